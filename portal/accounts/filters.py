@@ -1,0 +1,17 @@
+import django_filters
+
+from portal.accounts.models import AuditEvent
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    action = django_filters.CharFilter(
+        field_name="action", lookup_expr="startswith", help_text="e.g. ssh_key or ssh_key.create"
+    )
+    actor = django_filters.CharFilter(field_name="actor_label", lookup_expr="icontains")
+    target_type = django_filters.CharFilter(field_name="target_type", lookup_expr="iexact")
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["action", "actor", "target_type", "since", "until"]

@@ -1,0 +1,92 @@
+"""Forms only parse and label input; the services decide what is allowed."""
+
+from django import forms
+
+from portal.accounts.models import BillingMode, Currency
+from portal.accounts.roles import Role, grantable_roles
+
+
+class SignupForm(forms.Form):
+    full_name = forms.CharField(label="Full name", max_length=150, required=False)
+    email = forms.EmailField(
+        label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    password = forms.CharField(
+        label="Password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="At least 8 characters; not a common password.",
+    )
+
+
+class LoginForm(forms.Form):
+    email = forms.EmailField(
+        label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+    )
+    password = forms.CharField(
+        label="Password", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+    )
+
+
+class AcceptAsNewUserForm(forms.Form):
+    full_name = forms.CharField(label="Full name", max_length=150, required=False)
+    password = forms.CharField(
+        label="Choose a password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+
+class OrganizationForm(forms.Form):
+    name = forms.CharField(label="Organisation name", max_length=120)
+    billing_email = forms.EmailField(label="Billing email")
+    country = forms.CharField(
+        label="Country",
+        max_length=2,
+        min_length=2,
+        help_text="Two-letter ISO code, e.g. US, DE, CN.",
+        widget=forms.TextInput(attrs={"autocapitalize": "characters", "size": 3}),
+    )
+    tax_id = forms.CharField(label="Tax ID (VAT number)", max_length=40, required=False)
+    currency = forms.ChoiceField(label="Currency", choices=Currency.choices)
+    billing_mode = forms.ChoiceField(label="Billing", choices=BillingMode.choices)
+
+
+class DeleteOrganizationForm(forms.Form):
+    confirm_slug = forms.CharField(label="Type the organisation's slug to confirm")
+
+
+class RoleChoiceMixin:
+    def limit_roles(self, granter_role: str) -> None:
+        self.fields["role"].choices = [(r.value, r.label) for r in grantable_roles(granter_role)]
+
+
+class InvitationForm(RoleChoiceMixin, forms.Form):
+    email = forms.EmailField(label="Email address")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
+
+
+class RoleChangeForm(forms.Form):
+    role = forms.ChoiceField(label="Role", choices=Role.choices)
+
+
+class ApiKeyForm(RoleChoiceMixin, forms.Form):
+    name = forms.CharField(label="Name", max_length=80, help_text="What uses it, e.g. ci-pipeline.")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
+    expires_at = forms.DateTimeField(
+        label="Expires (optional)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+
+
+class SshKeyForm(forms.Form):
+    name = forms.CharField(
+        label="Name", max_length=80, required=False, help_text="Defaults to the key's comment."
+    )
+    public_key = forms.CharField(
+        label="Public key",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAA… you@laptop"}),
+    )
+
+
+class AccountForm(forms.Form):
+    full_name = forms.CharField(label="Full name", max_length=150, required=False)

@@ -1,0 +1,53 @@
+"""Sets ``request.organization``, ``request.membership`` and ``request.actor`` for signed-in users.
+
+The current organisation is kept in the session; a user switches it with the organisation
+switcher. A stale or foreign id falls back to the user's first organisation.
+"""
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from portal.accounts.selectors import membership_for, memberships_for_user
+from portal.accounts.types import Actor
+
+SESSION_KEY = "organization_id"
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def actor_for_request(request: HttpRequest) -> Actor:
+    membership = getattr(request, "membership", None)
+    return Actor(
+        user=request.user if request.user.is_authenticated else None,
+        organization=membership.organization if membership else None,
+        role=membership.role if membership else None,
+        ip_address=client_ip(request),
+    )
+
+
+class CurrentOrganizationMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.membership = None
+        request.organization = None
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            membership = None
+            org_id = request.session.get(SESSION_KEY)
+            if org_id:
+                membership = membership_for(user, org_id)
+            if membership is None:
+                membership = memberships_for_user(user).first()
+                if membership is not None:
+                    request.session[SESSION_KEY] = membership.organization_id
+                elif org_id:
+                    request.session.pop(SESSION_KEY, None)
+            request.membership = membership
+            request.organization = membership.organization if membership else None
+        request.actor = actor_for_request(request)
+        return self.get_response(request)

@@ -1,0 +1,63 @@
+"""Reads about accounts. Every customer query is scoped to one organisation."""
+
+from django.db.models import QuerySet
+
+from portal.accounts.models import (
+    ApiKey,
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organization,
+    SshKey,
+    User,
+)
+from portal.errors import NotFound
+
+
+def memberships_for_user(user: User) -> QuerySet[Membership]:
+    return (
+        Membership.objects.filter(user=user)
+        .select_related("organization")
+        .order_by("organization__name")
+    )
+
+
+def membership_for(user: User, organization_id: int) -> Membership | None:
+    return (
+        Membership.objects.filter(user=user, organization_id=organization_id)
+        .select_related("organization")
+        .first()
+    )
+
+
+def members_list(organization: Organization) -> QuerySet[Membership]:
+    return (
+        Membership.objects.filter(organization=organization)
+        .select_related("user")
+        .order_by("user__email")
+    )
+
+
+def invitations_open(organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True
+    ).select_related("invited_by")
+
+
+def api_keys_list(organization: Organization) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(organization=organization).select_related("created_by")
+
+
+def ssh_keys_list(organization: Organization) -> QuerySet[SshKey]:
+    return SshKey.objects.filter(organization=organization).select_related("created_by")
+
+
+def ssh_key_get(organization: Organization, ssh_key_id: int) -> SshKey:
+    ssh_key = ssh_keys_list(organization).filter(pk=ssh_key_id).first()
+    if ssh_key is None:
+        raise NotFound("No such SSH key in this organisation.")
+    return ssh_key
+
+
+def audit_events_list(organization: Organization) -> QuerySet[AuditEvent]:
+    return AuditEvent.objects.filter(organization=organization)

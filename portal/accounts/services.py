@@ -1,0 +1,681 @@
+"""Every write about accounts: sign-up, organisations, members, invitations, keys, audit.
+
+Services are keyword-only, run in a transaction, check the actor's role against the
+permission matrix, write an audit row, and enqueue email after commit.
+"""
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django.contrib.auth.password_validation import validate_password
+from django.core import signing
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+
+from portal.accounts import emails
+from portal.accounts.models import (
+    ApiKey,
+    AuditEvent,
+    BillingMode,
+    Currency,
+    Invitation,
+    Membership,
+    Organization,
+    SshKey,
+    User,
+)
+from portal.accounts.roles import Action, Role, role_can_grant
+from portal.accounts.ssh import parse_public_key
+from portal.accounts.types import Actor
+from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Throttled
+
+API_KEY_PREFIX = "gpc"
+EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _require(actor: Actor, action: Action) -> None:
+    if actor.organization is None or not actor.can(action):
+        raise PermissionDenied()
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _clean_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidInput("Enter a valid email address.", code="email_invalid") from None
+    return email
+
+
+def _absolute(path: str) -> str:
+    return f"{settings.SITE_URL}{path}"
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    target: Any = None,
+    organization: Organization | None = None,
+    details: dict | None = None,
+) -> AuditEvent:
+    """Append one audit row. Called by every state-changing service, inside its transaction."""
+    return AuditEvent.objects.create(
+        organization=organization if organization is not None else actor.organization,
+        actor_user=actor.user,
+        actor_api_key=actor.api_key,
+        actor_label=actor.label,
+        action=action,
+        target_type=type(target).__name__ if target is not None else "",
+        target_id=str(getattr(target, "pk", "") or ""),
+        target_label=str(target)[:200] if target is not None else "",
+        ip_address=actor.ip_address,
+        details=details or {},
+    )
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def user_signup(
+    *, email: str, password: str, full_name: str = "", ip_address: str | None = None
+) -> User:
+    email = _clean_email(email)
+    if User.objects.filter(email__iexact=email).exists():
+        raise Conflict(
+            "An account with this email already exists. Log in instead.", code="email_taken"
+        )
+    candidate = User(email=email, full_name=full_name.strip())
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
+    user = User.objects.create_user(email=email, password=password, full_name=full_name.strip())
+    actor = Actor(user=user, organization=None, role=None, ip_address=ip_address)
+    audit_record(actor=actor, action="user.signup", target=user)
+    user_send_verification(user=user)
+    return user
+
+
+def user_send_verification(*, user: User) -> None:
+    token = signing.dumps({"user": user.pk, "email": user.email}, salt=EMAIL_VERIFY_SALT)
+    link = _absolute(reverse("accounts:verify_email", args=[token]))
+    emails.send_later(emails.verification_email(user=user, link=link))
+
+
+@transaction.atomic
+def user_verify_email(*, token: str) -> User:
+    try:
+        data = signing.loads(
+            token, salt=EMAIL_VERIFY_SALT, max_age=settings.EMAIL_VERIFICATION_MAX_AGE_SECONDS
+        )
+    except signing.SignatureExpired:
+        raise InvalidInput(
+            "This verification link has expired. Ask for a new one.", code="token_expired"
+        ) from None
+    except signing.BadSignature:
+        raise InvalidInput("This verification link is not valid.", code="token_invalid") from None
+    user = User.objects.select_for_update().filter(pk=data["user"], email=data["email"]).first()
+    if user is None:
+        raise InvalidInput("This verification link is not valid.", code="token_invalid")
+    if user.email_verified_at is None:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+        audit_record(
+            actor=Actor(user=user, organization=None, role=None),
+            action="user.verify_email",
+            target=user,
+        )
+    return user
+
+
+def _throttle_key(email: str, ip_address: str | None) -> str:
+    digest = hashlib.sha256(f"{email.lower()}|{ip_address}".encode()).hexdigest()
+    return f"login-failures:{digest}"
+
+
+def user_login(*, request: HttpRequest, email: str, password: str) -> User:
+    """Check credentials with a throttle of failed attempts per (email, IP)."""
+    ip_address = request.META.get("REMOTE_ADDR")
+    key = _throttle_key(email or "", ip_address)
+    failures = cache.get(key, 0)
+    if failures >= settings.LOGIN_THROTTLE_ATTEMPTS:
+        minutes = settings.LOGIN_THROTTLE_WINDOW_SECONDS // 60
+        raise Throttled(
+            f"Too many failed log-in attempts. Try again in {minutes} minutes or reset your password.",
+            code="login_throttled",
+        )
+    user = authenticate(request, username=(email or "").strip().lower(), password=password)
+    if user is None:
+        cache.set(key, failures + 1, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+        raise InvalidInput("Email or password is not correct.", code="login_failed")
+    cache.delete(key)
+    return user
+
+
+# --- organisations ----------------------------------------------------------------------------
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:50] or "org"
+    slug, n = base, 2
+    while Organization.objects.filter(slug=slug).exists():
+        slug = f"{base}-{n}"
+        n += 1
+    return slug
+
+
+def _clean_org_fields(fields: dict) -> dict:
+    cleaned = dict(fields)
+    if "name" in cleaned:
+        cleaned["name"] = (cleaned["name"] or "").strip()
+        if not cleaned["name"]:
+            raise InvalidInput("Give the organisation a name.", code="name_required")
+    if "billing_email" in cleaned:
+        cleaned["billing_email"] = _clean_email(cleaned["billing_email"])
+    if "country" in cleaned:
+        country = (cleaned["country"] or "").strip().upper()
+        if len(country) != 2 or not country.isalpha():
+            raise InvalidInput(
+                "Country must be a two-letter ISO code such as US, DE or CN.",
+                code="country_invalid",
+            )
+        cleaned["country"] = country
+    if "currency" in cleaned and cleaned["currency"] not in Currency.values:
+        raise InvalidInput(
+            f"Currency must be one of {', '.join(Currency.values)}.", code="currency_invalid"
+        )
+    if "billing_mode" in cleaned and cleaned["billing_mode"] not in BillingMode.values:
+        raise InvalidInput(
+            f"Billing mode must be one of {', '.join(BillingMode.values)}.",
+            code="billing_mode_invalid",
+        )
+    if "tax_id" in cleaned:
+        cleaned["tax_id"] = (cleaned["tax_id"] or "").strip()
+    return cleaned
+
+
+@transaction.atomic
+def organization_create(
+    *,
+    user: User,
+    name: str,
+    billing_email: str,
+    country: str,
+    currency: str = Currency.USD,
+    billing_mode: str = BillingMode.PREPAID,
+    tax_id: str = "",
+    slug: str | None = None,
+    ip_address: str | None = None,
+) -> Organization:
+    fields = _clean_org_fields(
+        {
+            "name": name,
+            "billing_email": billing_email,
+            "country": country,
+            "currency": currency,
+            "billing_mode": billing_mode,
+            "tax_id": tax_id,
+        }
+    )
+    if slug:
+        slug = slugify(slug)
+        if Organization.objects.filter(slug=slug).exists():
+            raise Conflict(f"The slug '{slug}' is taken.", code="slug_taken")
+    org = Organization.objects.create(slug=slug or _unique_slug(fields["name"]), **fields)
+    Membership.objects.create(user=user, organization=org, role=Role.OWNER)
+    actor = Actor(user=user, organization=org, role=Role.OWNER, ip_address=ip_address)
+    audit_record(actor=actor, action="organization.create", target=org)
+    return org
+
+
+ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency", "billing_mode")
+
+
+@transaction.atomic
+def organization_update(*, actor: Actor, **fields: Any) -> Organization:
+    _require(actor, Action.ORG_UPDATE)
+    unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code="invalid")
+    cleaned = _clean_org_fields(fields)
+    org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
+    changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
+    for key, value in changed.items():
+        setattr(org, key, value)
+    if changed:
+        org.save(update_fields=list(changed))
+        audit_record(
+            actor=actor,
+            action="organization.update",
+            target=org,
+            details={"fields": sorted(changed)},
+        )
+    return org
+
+
+@transaction.atomic
+def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
+    _require(actor, Action.ORG_DELETE)
+    org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
+    if confirm_slug != org.slug:
+        raise InvalidInput(
+            "Type the organisation's slug exactly to confirm deletion.",
+            code="confirmation_mismatch",
+        )
+    audit_record(actor=actor, action="organization.delete", target=org, details={"slug": org.slug})
+    org.delete()
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def _lock_owners(org: Organization) -> list[Membership]:
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization=org, role=Role.OWNER)
+        .order_by("pk")
+    )
+
+
+@transaction.atomic
+def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Membership:
+    _require(actor, Action.MEMBER_CHANGE_ROLE)
+    if role not in Role.values:
+        raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
+    owners = _lock_owners(actor.organization)
+    membership = (
+        Membership.objects.select_for_update()
+        .filter(organization=actor.organization, pk=membership_id)
+        .select_related("user")
+        .first()
+    )
+    if membership is None:
+        raise NotFound("No such member in this organisation.")
+    if membership.role == role:
+        return membership
+    if membership.role == Role.OWNER and len(owners) == 1:
+        raise Conflict(
+            "The last owner cannot be demoted. Make someone else an owner first.", code="last_owner"
+        )
+    previous = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        actor=actor,
+        action="membership.change_role",
+        target=membership,
+        details={"user": membership.user.email, "from": previous, "to": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: Actor, membership_id: int) -> None:
+    """Remove a member, or leave the organisation when the membership is the actor's own."""
+    owners = _lock_owners(actor.organization)
+    membership = (
+        Membership.objects.select_for_update()
+        .filter(organization=actor.organization, pk=membership_id)
+        .select_related("user")
+        .first()
+    )
+    if membership is None:
+        raise NotFound("No such member in this organisation.")
+    leaving = (
+        actor.user is not None and actor.api_key is None and membership.user_id == actor.user.pk
+    )
+    if not leaving:
+        _require(actor, Action.MEMBER_REMOVE)
+        if not role_can_grant(actor.role, membership.role):
+            raise PermissionDenied("Only an owner can remove an owner.")
+    if membership.role == Role.OWNER and len(owners) == 1:
+        raise Conflict(
+            "The last owner cannot leave. Make someone else an owner or delete the organisation.",
+            code="last_owner",
+        )
+    audit_record(
+        actor=actor,
+        action="membership.leave" if leaving else "membership.remove",
+        target=membership,
+        details={"user": membership.user.email, "role": membership.role},
+    )
+    membership.delete()
+
+
+# --- invitations ------------------------------------------------------------------------------
+
+
+def _check_grant(actor: Actor, role: str) -> None:
+    if role not in Role.values:
+        raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
+    if not role_can_grant(actor.role, role):
+        raise PermissionDenied(
+            f"Your role ({actor.role}) cannot grant the role {role}.", code="role_not_grantable"
+        )
+
+
+def _issue_invitation_token(invitation: Invitation) -> str:
+    token = secrets.token_urlsafe(32)
+    invitation.token_hash = _hash_secret(token)
+    invitation.sent_at = timezone.now()
+    invitation.expires_at = invitation.sent_at + timedelta(days=settings.INVITATION_TTL_DAYS)
+    return token
+
+
+def _send_invitation(invitation: Invitation, token: str) -> None:
+    link = _absolute(reverse("accounts:invitation_accept", args=[token]))
+    emails.send_later(emails.invitation_email(invitation=invitation, link=link))
+
+
+@transaction.atomic
+def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
+    _require(actor, Action.MEMBER_INVITE)
+    email = _clean_email(email)
+    _check_grant(actor, role)
+    org = actor.organization
+    if Membership.objects.filter(organization=org, user__email__iexact=email).exists():
+        raise Conflict(f"{email} is already a member of {org.name}.", code="already_member")
+    # An expired, unaccepted invitation to the same address is replaced by the new one.
+    Invitation.objects.filter(
+        organization=org,
+        email__iexact=email,
+        accepted_at__isnull=True,
+        revoked_at__isnull=True,
+        expires_at__lte=timezone.now(),
+    ).update(revoked_at=timezone.now())
+    invitation = Invitation(organization=org, email=email, role=role, invited_by=actor.user)
+    token = _issue_invitation_token(invitation)
+    try:
+        with transaction.atomic():
+            invitation.save()
+    except IntegrityError:
+        raise Conflict(
+            f"{email} already has a pending invitation. Resend it instead.", code="already_invited"
+        ) from None
+    audit_record(
+        actor=actor,
+        action="invitation.create",
+        target=invitation,
+        details={"email": email, "role": role},
+    )
+    _send_invitation(invitation, token)
+    return invitation
+
+
+def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
+    invitation = (
+        Invitation.objects.select_for_update()
+        .filter(organization=actor.organization, pk=invitation_id)
+        .first()
+    )
+    if invitation is None:
+        raise NotFound("No such invitation in this organisation.")
+    if invitation.accepted_at or invitation.revoked_at:
+        raise Conflict(
+            f"This invitation was already {invitation.status}.", code="invitation_closed"
+        )
+    return invitation
+
+
+@transaction.atomic
+def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
+    """Send a fresh link (the old one stops working) with a new expiry."""
+    _require(actor, Action.MEMBER_INVITE)
+    invitation = _open_invitation(actor, invitation_id)
+    _check_grant(actor, invitation.role)
+    token = _issue_invitation_token(invitation)
+    invitation.save(update_fields=["token_hash", "sent_at", "expires_at"])
+    audit_record(actor=actor, action="invitation.resend", target=invitation)
+    _send_invitation(invitation, token)
+    return invitation
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: Actor, invitation_id: int) -> Invitation:
+    _require(actor, Action.MEMBER_INVITE)
+    invitation = _open_invitation(actor, invitation_id)
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(actor=actor, action="invitation.revoke", target=invitation)
+    return invitation
+
+
+def invitation_for_token(token: str, *, lock: bool = False) -> Invitation:
+    """The open invitation a link points to, or ``invitation_invalid``."""
+    queryset = Invitation.objects.select_related("organization", "invited_by")
+    if lock:
+        queryset = queryset.select_for_update(of=("self",))
+    invitation = queryset.filter(token_hash=_hash_secret(token or "")).first()
+    if invitation is None or invitation.status != "pending":
+        status = invitation.status if invitation else "unknown"
+        messages = {
+            "accepted": "This invitation has already been used.",
+            "revoked": "This invitation was revoked. Ask for a new one.",
+            "expired": "This invitation has expired. Ask for a new one.",
+            "unknown": "This invitation link is not valid.",
+        }
+        raise InvalidInput(messages[status], code="invitation_invalid", details={"status": status})
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User, ip_address: str | None = None) -> Membership:
+    invitation = invitation_for_token(token, lock=True)
+    if invitation.email.lower() != user.email.lower():
+        raise PermissionDenied(
+            f"This invitation was sent to {invitation.email}. Log in with that address to accept it.",
+            code="invitation_wrong_user",
+        )
+    membership, created = Membership.objects.get_or_create(
+        user=user, organization=invitation.organization, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    if user.email_verified_at is None:
+        # Following the emailed link proves the address.
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+    actor = Actor(
+        user=user, organization=invitation.organization, role=membership.role, ip_address=ip_address
+    )
+    audit_record(
+        actor=actor,
+        action="invitation.accept",
+        target=invitation,
+        details={"role": membership.role, "already_member": not created},
+    )
+    return membership
+
+
+@transaction.atomic
+def invitation_accept_as_new_user(
+    *, token: str, full_name: str, password: str, ip_address: str | None = None
+) -> User:
+    invitation = invitation_for_token(token, lock=True)
+    if User.objects.filter(email__iexact=invitation.email).exists():
+        raise Conflict(
+            "An account with this email already exists. Log in to accept the invitation.",
+            code="email_taken",
+        )
+    candidate = User(email=invitation.email, full_name=full_name.strip())
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
+    user = User.objects.create_user(
+        email=invitation.email,
+        password=password,
+        full_name=full_name.strip(),
+        email_verified_at=timezone.now(),
+    )
+    audit_record(
+        actor=Actor(user=user, organization=None, role=None, ip_address=ip_address),
+        action="user.signup",
+        target=user,
+        details={"via": "invitation"},
+    )
+    invitation_accept(token=token, user=user, ip_address=ip_address)
+    return user
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def api_key_create(
+    *, actor: Actor, name: str, role: str, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is shown once and never stored."""
+    _require(actor, Action.API_KEY_MANAGE)
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("Give the key a name, e.g. 'ci-pipeline'.", code="name_required")
+    _check_grant(actor, role)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("The expiry must be in the future.", code="expiry_in_past")
+    prefix = secrets.token_hex(4)
+    secret = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        organization=actor.organization,
+        name=name[:80],
+        role=role,
+        prefix=prefix,
+        secret_hash=_hash_secret(secret),
+        created_by=actor.user,
+        expires_at=expires_at,
+    )
+    audit_record(actor=actor, action="api_key.create", target=api_key, details={"role": role})
+    return api_key, secret
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Actor, api_key_id: int) -> ApiKey:
+    _require(actor, Action.API_KEY_MANAGE)
+    api_key = (
+        ApiKey.objects.select_for_update()
+        .filter(organization=actor.organization, pk=api_key_id)
+        .first()
+    )
+    if api_key is None:
+        raise NotFound("No such API key in this organisation.")
+    if not role_can_grant(actor.role, api_key.role):
+        raise PermissionDenied(f"Your role ({actor.role}) cannot revoke a {api_key.role} key.")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        audit_record(actor=actor, action="api_key.revoke", target=api_key)
+    return api_key
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def api_key_authenticate(secret: str) -> ApiKey | None:
+    """The active key a bearer secret belongs to, or None. Records when it was last used."""
+    parts = (secret or "").split("_", 2)
+    if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
+        return None
+    api_key = (
+        ApiKey.objects.select_related("organization", "created_by").filter(prefix=parts[1]).first()
+    )
+    if api_key is None or not hmac.compare_digest(api_key.secret_hash, _hash_secret(secret)):
+        return None
+    if api_key.status != "active":
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+    return api_key
+
+
+# --- SSH keys ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
+    _require(actor, Action.SSH_KEY_MANAGE)
+    parsed = parse_public_key(public_key)
+    name = (name or "").strip() or parsed.comment or parsed.fingerprint[7:19]
+    org = actor.organization
+    duplicate = SshKey.objects.filter(organization=org, fingerprint=parsed.fingerprint).first()
+    if duplicate:
+        raise Conflict(
+            f"This key is already added as '{duplicate.name}'.",
+            code="ssh_key_duplicate",
+            details={"fingerprint": parsed.fingerprint},
+        )
+    if SshKey.objects.filter(organization=org, name=name[:80]).exists():
+        raise Conflict(f"A key named '{name}' already exists.", code="ssh_key_name_taken")
+    try:
+        with transaction.atomic():
+            ssh_key = SshKey.objects.create(
+                organization=org,
+                name=name[:80],
+                key_type=parsed.key_type,
+                bits=parsed.bits,
+                public_key=parsed.normalized,
+                fingerprint=parsed.fingerprint,
+                created_by=actor.user,
+            )
+    except IntegrityError:
+        raise Conflict(
+            "This key was just added by someone else.", code="ssh_key_duplicate"
+        ) from None
+    audit_record(
+        actor=actor,
+        action="ssh_key.create",
+        target=ssh_key,
+        details={"fingerprint": parsed.fingerprint},
+    )
+    return ssh_key
+
+
+@transaction.atomic
+def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
+    _require(actor, Action.SSH_KEY_MANAGE)
+    ssh_key = SshKey.objects.filter(organization=actor.organization, pk=ssh_key_id).first()
+    if ssh_key is None:
+        raise NotFound("No such SSH key in this organisation.")
+    audit_record(
+        actor=actor,
+        action="ssh_key.delete",
+        target=ssh_key,
+        details={"fingerprint": ssh_key.fingerprint},
+    )
+    ssh_key.delete()
+
+
+@transaction.atomic
+def user_update_profile(*, user: User, full_name: str, ip_address: str | None = None) -> User:
+    full_name = (full_name or "").strip()[:150]
+    if user.full_name != full_name:
+        user.full_name = full_name
+        user.save(update_fields=["full_name"])
+        audit_record(
+            actor=Actor(user=user, organization=None, role=None, ip_address=ip_address),
+            action="user.update",
+            target=user,
+        )
+    return user

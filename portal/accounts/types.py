@@ -1,0 +1,38 @@
+"""Frozen dataclasses other apps may import."""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from portal.accounts.roles import Action, role_allows
+
+if TYPE_CHECKING:
+    from portal.accounts.models import ApiKey, Organization, User
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, in which organisation, with which role, from where.
+
+    Built once per request (from a session or an API key) and passed to every service.
+    """
+
+    user: "User | None"
+    organization: "Organization | None"
+    role: str | None
+    api_key: "ApiKey | None" = None
+    ip_address: str | None = None
+
+    def can(self, action: Action) -> bool:
+        return role_allows(self.role, action)
+
+    @property
+    def label(self) -> str:
+        if self.api_key is not None:
+            return f"API key {self.api_key.name} ({self.api_key.prefix})"
+        if self.user is not None:
+            return self.user.email
+        return "system"
+
+    @classmethod
+    def system(cls, organization: "Organization | None" = None) -> "Actor":
+        return cls(user=None, organization=organization, role="owner")

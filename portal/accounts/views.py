@@ -1,0 +1,533 @@
+"""Account pages. One view per page; htmx requests get the named partial back.
+
+Views parse a form, call one service, and render. A ``PortalError`` from the service is shown
+next to the form as the same sentence the API returns.
+"""
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth import login, logout
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from portal.accounts import selectors, services
+from portal.accounts.filters import AuditEventFilter
+from portal.accounts.forms import (
+    AcceptAsNewUserForm,
+    AccountForm,
+    ApiKeyForm,
+    DeleteOrganizationForm,
+    InvitationForm,
+    LoginForm,
+    OrganizationForm,
+    RoleChangeForm,
+    SignupForm,
+    SshKeyForm,
+)
+from portal.accounts.middleware import SESSION_KEY, client_ip
+from portal.accounts.roles import Action, Role, grantable_roles
+from portal.errors import SHOWN_ON_PAGE
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def org_page(action: Action) -> Callable:
+    """Signed in, in an organisation, and the role allows ``action`` (else the 403 page)."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        @login_required
+        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.organization is None:
+                return redirect("accounts:organization_create")
+            if not request.actor.can(action):
+                raise DjangoPermissionDenied("Your role in this organisation does not allow this.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default
+
+
+def _render(request: HttpRequest, template: str, partial: str, context: dict, status: int = 200):
+    """The whole page, or just ``partial`` for an htmx request."""
+    name = f"{template}#{partial}" if request.htmx else template
+    return render(request, name, context, status=status)
+
+
+def _done(request: HttpRequest, url: str, message: str | None = None) -> HttpResponse:
+    if message:
+        messages.success(request, message)
+    if request.htmx:
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+# --- sign up, log in, verify ------------------------------------------------------------------
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("accounts:dashboard")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.user_signup(ip_address=client_ip(request), **form.cleaned_data)
+        except SHOWN_ON_PAGE as exc:
+            form.add_error("password" if exc.code == "password_invalid" else "email", exc.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, f"Welcome! We sent a confirmation link to {user.email}.")
+            return redirect(_safe_next(request, reverse("accounts:organization_create")))
+    return render(request, "accounts/signup.html", {"form": form, "next": _safe_next(request, "")})
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect(_safe_next(request, reverse("accounts:dashboard")))
+    form = LoginForm(request.POST or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.user_login(request=request, **form.cleaned_data)
+        except SHOWN_ON_PAGE as exc:
+            form.add_error(None, exc.message)
+            status = exc.status if exc.code == "login_throttled" else 200
+        else:
+            login(request, user)
+            return redirect(_safe_next(request, reverse("accounts:dashboard")))
+    return render(
+        request,
+        "accounts/login.html",
+        {"form": form, "next": _safe_next(request, "")},
+        status=status,
+    )
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    messages.info(request, "You are logged out.")
+    return redirect("accounts:login")
+
+
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        user = services.user_verify_email(token=token)
+    except SHOWN_ON_PAGE as exc:
+        return render(request, "accounts/verify_email.html", {"error": exc.message}, status=400)
+    return render(request, "accounts/verify_email.html", {"verified_user": user})
+
+
+@login_required
+@require_POST
+def verify_email_resend(request: HttpRequest) -> HttpResponse:
+    if not request.user.email_verified:
+        services.user_send_verification(user=request.user)
+        messages.success(request, f"We sent a new confirmation link to {request.user.email}.")
+    return redirect(_safe_next(request, reverse("accounts:account")))
+
+
+# --- dashboard and organisations --------------------------------------------------------------
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    if request.organization is None:
+        return redirect("accounts:organization_create")
+    org = request.organization
+    context = {
+        "member_count": selectors.members_list(org).count(),
+        "ssh_key_count": selectors.ssh_keys_list(org).count(),
+        "api_key_count": selectors.api_keys_list(org).filter(revoked_at__isnull=True).count(),
+    }
+    return render(request, "accounts/dashboard.html", context)
+
+
+@login_required
+def organization_create(request: HttpRequest) -> HttpResponse:
+    initial = {"billing_email": request.user.email, "currency": "USD", "billing_mode": "prepaid"}
+    form = OrganizationForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            org = services.organization_create(
+                user=request.user, ip_address=client_ip(request), **form.cleaned_data
+            )
+        except SHOWN_ON_PAGE as exc:
+            form.add_error(None, exc.message)
+        else:
+            request.session[SESSION_KEY] = org.pk
+            return _done(
+                request, reverse("accounts:dashboard"), f"Organisation {org.name} created."
+            )
+    return render(request, "accounts/organization_create.html", {"form": form})
+
+
+@login_required
+@require_POST
+def organization_switch(request: HttpRequest) -> HttpResponse:
+    membership = None
+    if request.POST.get("organization", "").isdigit():
+        membership = selectors.membership_for(request.user, int(request.POST["organization"]))
+    if membership is None:
+        messages.error(request, "You are not a member of that organisation.")
+    else:
+        request.session[SESSION_KEY] = membership.organization_id
+        messages.info(request, f"Switched to {membership.organization.name}.")
+    return redirect(_safe_next(request, reverse("accounts:dashboard")))
+
+
+@org_page(Action.ORG_VIEW)
+def organization_settings(request: HttpRequest) -> HttpResponse:
+    org = request.organization
+    can_edit = request.actor.can(Action.ORG_UPDATE)
+    form = OrganizationForm(
+        request.POST or None,
+        initial={field: getattr(org, field) for field in services.ORG_EDITABLE_FIELDS},
+    )
+    if not can_edit:
+        for field in form.fields.values():
+            field.disabled = True
+    if request.method == "POST":
+        if not can_edit:
+            raise DjangoPermissionDenied("Your role does not allow changing the organisation.")
+        if form.is_valid():
+            try:
+                services.organization_update(actor=request.actor, **form.cleaned_data)
+            except SHOWN_ON_PAGE as exc:
+                form.add_error(None, exc.message)
+            else:
+                return _done(request, reverse("accounts:organization_settings"), "Settings saved.")
+    context = {"form": form, "can_edit": can_edit, "delete_form": DeleteOrganizationForm()}
+    return render(request, "accounts/organization_settings.html", context)
+
+
+@org_page(Action.ORG_DELETE)
+@require_POST
+def organization_delete(request: HttpRequest) -> HttpResponse:
+    form = DeleteOrganizationForm(request.POST)
+    name = request.organization.name
+    if form.is_valid():
+        try:
+            services.organization_delete(actor=request.actor, **form.cleaned_data)
+        except SHOWN_ON_PAGE as exc:
+            form.add_error("confirm_slug", exc.message)
+        else:
+            request.session.pop(SESSION_KEY, None)
+            return _done(
+                request, reverse("accounts:dashboard"), f"Organisation {name} was deleted."
+            )
+    context = {
+        "form": OrganizationForm(
+            initial={f: getattr(request.organization, f) for f in services.ORG_EDITABLE_FIELDS}
+        ),
+        "can_edit": request.actor.can(Action.ORG_UPDATE),
+        "delete_form": form,
+    }
+    return _render(
+        request, "accounts/organization_settings.html", "danger-zone", context, status=400
+    )
+
+
+# --- members and invitations ------------------------------------------------------------------
+
+
+def _members_context(request: HttpRequest, invite_form: InvitationForm | None = None) -> dict:
+    org = request.organization
+    form = invite_form or InvitationForm()
+    form.limit_roles(request.actor.role)
+    return {
+        "members": selectors.members_list(org),
+        "invitations": selectors.invitations_open(org),
+        "invite_form": form,
+        "roles": list(Role),
+        "grantable": {role.value for role in grantable_roles(request.actor.role)},
+    }
+
+
+@org_page(Action.MEMBER_VIEW)
+def members(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/members.html", _members_context(request))
+
+
+@org_page(Action.MEMBER_INVITE)
+@require_POST
+def invitation_create(request: HttpRequest) -> HttpResponse:
+    form = InvitationForm(request.POST)
+    form.limit_roles(request.actor.role)
+    status = 400
+    if form.is_valid():
+        try:
+            invitation = services.invitation_create(actor=request.actor, **form.cleaned_data)
+        except SHOWN_ON_PAGE as exc:
+            form.add_error("email", exc.message)
+        else:
+            messages.success(request, f"Invitation sent to {invitation.email}.")
+            form, status = None, 200
+    if not request.htmx:
+        return redirect("accounts:members")
+    return _render(
+        request, "accounts/members.html", "invitations", _members_context(request, form), status
+    )
+
+
+def _invitation_action(request: HttpRequest, pk: int, service: Callable, done: str) -> HttpResponse:
+    try:
+        invitation = service(actor=request.actor, invitation_id=pk)
+    except SHOWN_ON_PAGE as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done.format(email=invitation.email))
+    if not request.htmx:
+        return redirect("accounts:members")
+    return _render(request, "accounts/members.html", "invitations", _members_context(request))
+
+
+@org_page(Action.MEMBER_INVITE)
+@require_POST
+def invitation_resend(request: HttpRequest, pk: int) -> HttpResponse:
+    return _invitation_action(request, pk, services.invitation_resend, "New link sent to {email}.")
+
+
+@org_page(Action.MEMBER_INVITE)
+@require_POST
+def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    return _invitation_action(
+        request, pk, services.invitation_revoke, "Invitation of {email} revoked."
+    )
+
+
+@org_page(Action.MEMBER_CHANGE_ROLE)
+@require_POST
+def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
+    form = RoleChangeForm(request.POST)
+    if form.is_valid():
+        try:
+            membership = services.membership_change_role(
+                actor=request.actor, membership_id=pk, role=form.cleaned_data["role"]
+            )
+        except SHOWN_ON_PAGE as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{membership.user.email} is now {membership.role}.")
+    if not request.htmx:
+        return redirect("accounts:members")
+    return _render(request, "accounts/members.html", "member-table", _members_context(request))
+
+
+@org_page(Action.MEMBER_VIEW)
+@require_POST
+def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
+    leaving = request.membership.pk == pk
+    try:
+        services.membership_remove(actor=request.actor, membership_id=pk)
+    except SHOWN_ON_PAGE as exc:
+        messages.error(request, exc.message)
+    else:
+        if leaving:
+            request.session.pop(SESSION_KEY, None)
+            return _done(request, reverse("accounts:dashboard"), "You left the organisation.")
+        messages.success(request, "Member removed.")
+    if not request.htmx:
+        return redirect("accounts:members")
+    return _render(request, "accounts/members.html", "member-table", _members_context(request))
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link. Accept as the signed-in user, or create an account and accept."""
+    try:
+        invitation = services.invitation_for_token(token)
+    except SHOWN_ON_PAGE as exc:
+        return render(
+            request, "accounts/invitation_accept.html", {"error": exc.message}, status=400
+        )
+    from portal.accounts.models import User
+
+    account_exists = User.objects.filter(email__iexact=invitation.email).exists()
+    form = AcceptAsNewUserForm(request.POST or None)
+    context = {"invitation": invitation, "account_exists": account_exists, "form": form}
+    if request.method == "POST":
+        try:
+            if request.user.is_authenticated:
+                membership = services.invitation_accept(
+                    token=token, user=request.user, ip_address=client_ip(request)
+                )
+            elif not account_exists and form.is_valid():
+                user = services.invitation_accept_as_new_user(
+                    token=token, ip_address=client_ip(request), **form.cleaned_data
+                )
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                membership = selectors.membership_for(user, invitation.organization_id)
+            else:
+                return render(request, "accounts/invitation_accept.html", context, status=400)
+        except SHOWN_ON_PAGE as exc:
+            context["error"] = exc.message
+            return render(request, "accounts/invitation_accept.html", context, status=exc.status)
+        request.session[SESSION_KEY] = membership.organization_id
+        messages.success(
+            request, f"You joined {membership.organization.name} as {membership.role}."
+        )
+        return redirect("accounts:dashboard")
+    return render(request, "accounts/invitation_accept.html", context)
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **extra) -> dict:
+    form = form or ApiKeyForm()
+    form.limit_roles(request.actor.role)
+    return {
+        "api_keys": selectors.api_keys_list(request.organization),
+        "form": form,
+        "grantable": {role.value for role in grantable_roles(request.actor.role)},
+        **extra,
+    }
+
+
+@org_page(Action.API_KEY_VIEW)
+def api_keys(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        if not request.actor.can(Action.API_KEY_MANAGE):
+            raise DjangoPermissionDenied("Your role does not allow creating API keys.")
+        form = ApiKeyForm(request.POST)
+        form.limit_roles(request.actor.role)
+        if form.is_valid():
+            try:
+                api_key, secret = services.api_key_create(actor=request.actor, **form.cleaned_data)
+            except SHOWN_ON_PAGE as exc:
+                form.add_error(None, exc.message)
+            else:
+                # The secret is shown in this response only; it is never stored or shown again.
+                context = _api_keys_context(request, new_key=api_key, new_secret=secret)
+                return _render(request, "accounts/api_keys.html", "api-key-panel", context)
+        return _render(
+            request,
+            "accounts/api_keys.html",
+            "api-key-panel",
+            _api_keys_context(request, form),
+            400,
+        )
+    return render(request, "accounts/api_keys.html", _api_keys_context(request))
+
+
+@org_page(Action.API_KEY_MANAGE)
+@require_POST
+def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        api_key = services.api_key_revoke(actor=request.actor, api_key_id=pk)
+    except SHOWN_ON_PAGE as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Key {api_key.name} revoked.")
+    if not request.htmx:
+        return redirect("accounts:api_keys")
+    return _render(request, "accounts/api_keys.html", "api-key-panel", _api_keys_context(request))
+
+
+# --- SSH keys ---------------------------------------------------------------------------------
+
+
+def _ssh_keys_context(request: HttpRequest, form: SshKeyForm | None = None) -> dict:
+    return {"ssh_keys": selectors.ssh_keys_list(request.organization), "form": form or SshKeyForm()}
+
+
+@org_page(Action.SSH_KEY_VIEW)
+def ssh_keys(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        if not request.actor.can(Action.SSH_KEY_MANAGE):
+            raise DjangoPermissionDenied("Your role does not allow adding SSH keys.")
+        form = SshKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                ssh_key = services.ssh_key_create(actor=request.actor, **form.cleaned_data)
+            except SHOWN_ON_PAGE as exc:
+                form.add_error("public_key", exc.message)
+            else:
+                messages.success(request, f"SSH key {ssh_key.name} added.")
+                if not request.htmx:
+                    return redirect("accounts:ssh_keys")
+                return _render(
+                    request, "accounts/ssh_keys.html", "ssh-key-panel", _ssh_keys_context(request)
+                )
+        return _render(
+            request,
+            "accounts/ssh_keys.html",
+            "ssh-key-panel",
+            _ssh_keys_context(request, form),
+            400,
+        )
+    return render(request, "accounts/ssh_keys.html", _ssh_keys_context(request))
+
+
+@org_page(Action.SSH_KEY_MANAGE)
+@require_POST
+def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.ssh_key_delete(actor=request.actor, ssh_key_id=pk)
+    except SHOWN_ON_PAGE as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "SSH key deleted.")
+    if not request.htmx:
+        return redirect("accounts:ssh_keys")
+    return _render(request, "accounts/ssh_keys.html", "ssh-key-panel", _ssh_keys_context(request))
+
+
+# --- audit log and account --------------------------------------------------------------------
+
+
+AUDIT_ACTION_GROUPS = [
+    ("organization", "Organisation"),
+    ("membership", "Members"),
+    ("invitation", "Invitations"),
+    ("api_key", "API keys"),
+    ("ssh_key", "SSH keys"),
+    ("user", "Users"),
+]
+
+
+@org_page(Action.AUDIT_VIEW)
+def audit_log(request: HttpRequest) -> HttpResponse:
+    filterset = AuditEventFilter(
+        request.GET or None, selectors.audit_events_list(request.organization)
+    )
+    page = Paginator(filterset.qs.select_related(None), 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "filter": filterset,
+        "page": page,
+        "query": query.urlencode(),
+        "action_choices": AUDIT_ACTION_GROUPS,
+    }
+    return _render(request, "accounts/audit_log.html", "audit-table", context)
+
+
+@login_required
+def account(request: HttpRequest) -> HttpResponse:
+    form = AccountForm(request.POST or None, initial={"full_name": request.user.full_name})
+    if request.method == "POST" and form.is_valid():
+        services.user_update_profile(
+            user=request.user, ip_address=client_ip(request), **form.cleaned_data
+        )
+        return _done(request, reverse("accounts:account"), "Profile saved.")
+    return render(request, "accounts/account.html", {"form": form})

@@ -1,0 +1,58 @@
+"""Friendly error pages. API paths get the API's error shape instead."""
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+
+from portal.api.errors import error_body
+
+_PAGES = {
+    400: ("bad_request", "Bad request", "The request could not be understood."),
+    403: (
+        "permission_denied",
+        "Not allowed",
+        "Your role in this organisation does not allow this.",
+    ),
+    404: (
+        "not_found",
+        "Not found",
+        "There is nothing here, or it belongs to another organisation.",
+    ),
+    500: (
+        "server_error",
+        "Something went wrong",
+        "The error was logged. Please try again shortly.",
+    ),
+}
+
+
+def _respond(request: HttpRequest, status: int, exception: Exception | None = None) -> HttpResponse:
+    code, title, message = _PAGES[status]
+    if status == 403 and exception is not None and str(exception):
+        message = str(exception)
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(code, message), status=status)
+    return render(
+        request, "error.html", {"status": status, "title": title, "message": message}, status=status
+    )
+
+
+def bad_request(request, exception):
+    return _respond(request, 400)
+
+
+def permission_denied(request, exception):
+    return _respond(request, 403, exception)
+
+
+def page_not_found(request, exception):
+    return _respond(request, 404)
+
+
+def server_error(request):
+    code, _title, message = _PAGES[500]
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(code, message), status=500)
+    # No context processors here: the failure may be in them.
+    from django.template import loader
+
+    return HttpResponse(loader.get_template("500.html").render(), status=500)

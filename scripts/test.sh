@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs ruff and the whole pytest suite against a throwaway PostgreSQL and Redis started here,
+# on loopback, and stops them on exit (also on failure or Ctrl-C).
+#
+# Outside CI a missing server binary or browser makes the tests that need it skip with a
+# one-line reason; with CI=true it is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CI="${CI:-false}"
+PG_PORT="${TEST_PG_PORT:-55432}"
+REDIS_PORT="${TEST_REDIS_PORT:-56379}"
+WORK=$(mktemp -d /tmp/portal-test.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PGDATA=""
+PGBIN=""
+
+cleanup() {
+    local status=$?
+    if [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ]; then
+        (cd / && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1) || true
+    fi
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+    exit $status
+}
+trap cleanup EXIT INT TERM
+
+missing() {
+    if [ "$CI" = "true" ]; then
+        echo "error: $1 (CI=true: this is a failure, not a skip)" >&2
+        exit 1
+    fi
+    echo "skip: $1"
+}
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] && id postgres >/dev/null 2>&1; then
+    PGDATA="$WORK/pg"
+    mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"
+    (cd / && runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$WORK/initdb.log" 2>&1) \
+        || { cat "$WORK/initdb.log"; exit 1; }
+    (cd / && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/log" -w start \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGDATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200") >/dev/null \
+        || { cat "$PGDATA/log"; exit 1; }
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/portal"
+    echo "==> PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+else
+    missing "PostgreSQL server binaries not found (apt-get install postgresql); tests run on SQLite"
+fi
+
+# --- Redis --------------------------------------------------------------------------------
+if command -v redis-server >/dev/null 2>&1; then
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
+    PIDS+=($!)
+    for _ in $(seq 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$REDIS_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    echo "==> Redis on 127.0.0.1:$REDIS_PORT"
+else
+    missing "redis-server not found (apt-get install redis-server); Redis and worker tests skip"
+fi
+
+# --- Browser ------------------------------------------------------------------------------
+if [ -x /usr/bin/chromium ]; then
+    export TEST_CHROMIUM=/usr/bin/chromium
+else
+    missing "Chromium not found (apt-get install chromium); browser tests skip"
+fi
+
+export CI
+export SECRET_KEY="test-secret-key-not-for-production" DEBUG=0
+export SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
+export ALLOWED_HOSTS="localhost,127.0.0.1,testserver"
+export CELERY_TASK_ALWAYS_EAGER=1 CELERY_BROKER_URL="memory://"
+export PORTAL_VAR_DIR="$WORK/var"
+export DJANGO_ALLOW_ASYNC_UNSAFE=true STATIC_ROOT="$WORK/static"
+mkdir -p "$PORTAL_VAR_DIR"
+.venv/bin/python manage.py collectstatic --noinput -v0
+
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "==> migrations are up to date"
+.venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
+    || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
+
+echo "==> pytest"
+.venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,14 @@
+// Small progressive enhancements; every page works without them.
+document.addEventListener("change", (event) => {
+  const el = event.target;
+  if (el.matches("select[data-autosubmit]")) el.form.requestSubmit();
+});
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-copy]");
+  if (!button) return;
+  const target = document.getElementById(button.dataset.copy);
+  if (target && navigator.clipboard) {
+    navigator.clipboard.writeText(target.textContent.trim());
+    button.textContent = "Copied";
+  }
+});

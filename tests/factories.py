@@ -1,0 +1,64 @@
+"""Test data, made through the same services customers use wherever that is practical."""
+
+import itertools
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from portal.accounts import services
+from portal.accounts.models import Membership, Organization, User
+from portal.accounts.types import Actor
+
+PASSWORD = "correct-horse-battery-42"
+_seq = itertools.count(1)
+
+
+def user(email: str | None = None, **extra) -> User:
+    n = next(_seq)
+    return User.objects.create_user(
+        email=email or f"user{n}@example.com", password=PASSWORD, full_name=f"User {n}", **extra
+    )
+
+
+def organization(name: str | None = None, **extra) -> Organization:
+    n = next(_seq)
+    fields = {"billing_email": f"billing{n}@example.com", "country": "DE", "currency": "USD"}
+    fields.update(extra)
+    return Organization.objects.create(name=name or f"Org {n}", slug=f"org-{n}", **fields)
+
+
+def member(org: Organization, role: str, account: User | None = None) -> User:
+    account = account or user()
+    Membership.objects.create(user=account, organization=org, role=role)
+    return account
+
+
+def actor(org: Organization, account: User | None = None, role: str | None = None) -> Actor:
+    if account is not None and role is None:
+        role = Membership.objects.get(user=account, organization=org).role
+    return Actor(user=account, organization=org, role=role, ip_address="127.0.0.1")
+
+
+def api_key_secret(org: Organization, role: str, name: str = "test key") -> str:
+    _, secret = services.api_key_create(actor=Actor.system(org), name=name, role=role)
+    return secret
+
+
+def openssh(key) -> str:
+    return key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+
+
+def ed25519_public_key(comment: str = "me@laptop") -> str:
+    return f"{openssh(ed25519.Ed25519PrivateKey.generate().public_key())} {comment}".strip()
+
+
+def ecdsa_public_key(curve=None, comment: str = "") -> str:
+    key = ec.generate_private_key(curve or ec.SECP256R1()).public_key()
+    return f"{openssh(key)} {comment}".strip()
+
+
+def rsa_public_key(bits: int = 2048, comment: str = "") -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
+    return f"{openssh(key)} {comment}".strip()
