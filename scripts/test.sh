@@ -45,6 +45,7 @@ if [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] && id postgres >/dev/null 2>&1; the
     (cd / && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/log" -w start \
         -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGDATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200") >/dev/null \
         || { cat "$PGDATA/log"; exit 1; }
+    "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres portal
     export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/portal"
     echo "==> PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 else
