@@ -62,3 +62,11 @@ def ecdsa_public_key(curve=None, comment: str = "") -> str:
 def rsa_public_key(bits: int = 2048, comment: str = "") -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
     return f"{openssh(key)} {comment}".strip()
+
+
+def api_client_for(org: Organization, role: str):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_secret(org, role)}")
+    return client

@@ -617,8 +617,21 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
 def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
     _require(actor, Action.SSH_KEY_MANAGE)
     parsed = parse_public_key(public_key)
-    name = (name or "").strip() or parsed.comment or parsed.fingerprint[7:19]
     org = actor.organization
+    name = (name or "").strip()[:80]
+    if not name:
+        # Named after its comment; a second key with the same comment gets a number.
+        base = (parsed.comment or parsed.fingerprint[7:19])[:70]
+        taken = set(
+            SshKey.objects.filter(organization=org, name__startswith=base).values_list(
+                "name", flat=True
+            )
+        )
+        name = next(
+            n
+            for n in [base, *(f"{base} ({i})" for i in range(2, len(taken) + 3))]
+            if n not in taken
+        )
     duplicate = SshKey.objects.filter(organization=org, fingerprint=parsed.fingerprint).first()
     if duplicate:
         raise Conflict(
@@ -626,13 +639,13 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
             code="ssh_key_duplicate",
             details={"fingerprint": parsed.fingerprint},
         )
-    if SshKey.objects.filter(organization=org, name=name[:80]).exists():
+    if SshKey.objects.filter(organization=org, name=name).exists():
         raise Conflict(f"A key named '{name}' already exists.", code="ssh_key_name_taken")
     try:
         with transaction.atomic():
             ssh_key = SshKey.objects.create(
                 organization=org,
-                name=name[:80],
+                name=name,
                 key_type=parsed.key_type,
                 bits=parsed.bits,
                 public_key=parsed.normalized,

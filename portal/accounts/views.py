@@ -337,6 +337,8 @@ def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     leaving = request.membership.pk == pk
+    if not leaving and not request.actor.can(Action.MEMBER_REMOVE):
+        raise DjangoPermissionDenied("Your role does not allow removing members.")
     try:
         services.membership_remove(actor=request.actor, membership_id=pk)
     except SHOWN_ON_PAGE as exc:

@@ -1,0 +1,222 @@
+"""Every role through every action, in pages and the API; and another organisation's objects
+answer 404 everywhere.
+
+The expected roles below are written out by hand, not read from the matrix in code, so a change
+to the matrix that nobody meant fails here as well as a missing check in a view.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from portal.accounts import services
+from portal.accounts.models import Invitation, Membership
+from portal.accounts.roles import MATRIX, Action, Role
+from portal.accounts.types import Actor
+from tests import factories
+
+ALL = {"owner", "admin", "member", "billing", "viewer"}
+MANAGERS = {"owner", "admin"}
+BUILDERS = {"owner", "admin", "member"}
+KEY_HOLDERS = {"owner", "admin", "member", "billing"}
+
+
+@dataclass
+class World:
+    org: object
+    objects: dict
+
+
+def build_world(org=None) -> World:
+    """An organisation with one of each object an action can target."""
+    org = org or factories.organization()
+    factories.member(org, "owner")  # keeps an owner whatever the acting role does
+    system = Actor.system(org)
+    ssh_key = services.ssh_key_create(actor=system, public_key=factories.ed25519_public_key())
+    api_key, _ = services.api_key_create(actor=system, name="target", role="viewer")
+    invitation = Invitation.objects.create(
+        organization=org,
+        email=f"invitee-{org.pk}@example.com",
+        role="viewer",
+        token_hash=f"{org.pk:064d}",
+        expires_at=api_key.created_at.replace(year=api_key.created_at.year + 1),
+    )
+    viewer = Membership.objects.get(user=factories.member(org, "viewer"))
+    return World(
+        org=org,
+        objects={
+            "ssh_key": ssh_key.pk,
+            "api_key": api_key.pk,
+            "invitation": invitation.pk,
+            "membership": viewer.pk,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    method: str
+    path: str  # may name an object: {ssh_key}, {api_key}, {invitation}, {membership}
+    allowed: frozenset
+    ok: int
+    action: Action
+    data: dict | None = None
+    api: bool = False
+
+    def url(self, objects: dict) -> str:
+        return self.path.format(**objects)
+
+
+def op(name, method, path, allowed, ok, action, data=None, api=False) -> Op:
+    return Op(name, method, path, frozenset(allowed), ok, action, data, api)
+
+
+NEW_KEY = {"public_key": "placeholder"}
+API_OPS = [
+    op("api organization", "GET", "/api/v1/organization", ALL, 200, Action.ORG_VIEW, api=True),
+    op("api members", "GET", "/api/v1/members", ALL, 200, Action.MEMBER_VIEW, api=True),
+    op("api ssh list", "GET", "/api/v1/ssh-keys", ALL, 200, Action.SSH_KEY_VIEW, api=True),
+    op("api ssh get", "GET", "/api/v1/ssh-keys/{ssh_key}", ALL, 200, Action.SSH_KEY_VIEW, api=True),
+    op(
+        "api ssh add",
+        "POST",
+        "/api/v1/ssh-keys",
+        BUILDERS,
+        201,
+        Action.SSH_KEY_MANAGE,
+        NEW_KEY,
+        True,
+    ),
+    op(
+        "api ssh delete",
+        "DELETE",
+        "/api/v1/ssh-keys/{ssh_key}",
+        BUILDERS,
+        204,
+        Action.SSH_KEY_MANAGE,
+        api=True,
+    ),
+    op("api audit", "GET", "/api/v1/audit-events", MANAGERS, 200, Action.AUDIT_VIEW, api=True),
+]
+PAGE_OPS = [
+    op("dashboard", "GET", "/", ALL, 200, Action.ORG_VIEW),
+    op("ssh page", "GET", "/ssh-keys/", ALL, 200, Action.SSH_KEY_VIEW),
+    op("ssh add", "POST", "/ssh-keys/", BUILDERS, 302, Action.SSH_KEY_MANAGE, NEW_KEY),
+    op("ssh delete", "POST", "/ssh-keys/{ssh_key}/delete/", BUILDERS, 302, Action.SSH_KEY_MANAGE),
+    op("api keys page", "GET", "/api-keys/", KEY_HOLDERS, 200, Action.API_KEY_VIEW),
+    op("api key add", "POST", "/api-keys/", KEY_HOLDERS, 200, Action.API_KEY_MANAGE, {"name": "k", "role": "viewer"}),
+    op("api key revoke", "POST", "/api-keys/{api_key}/revoke/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE),
+    op("members page", "GET", "/members/", ALL, 200, Action.MEMBER_VIEW),
+    op("invite", "POST", "/invitations/", MANAGERS, 302, Action.MEMBER_INVITE, {"email": "x@example.com", "role": "viewer"}),
+    op("invite resend", "POST", "/invitations/{invitation}/resend/", MANAGERS, 302, Action.MEMBER_INVITE),
+    op("invite revoke", "POST", "/invitations/{invitation}/revoke/", MANAGERS, 302, Action.MEMBER_INVITE),
+    op("change role", "POST", "/members/{membership}/role/", {"owner"}, 302, Action.MEMBER_CHANGE_ROLE, {"role": "member"}),
+    op("remove member", "POST", "/members/{membership}/remove/", MANAGERS, 302, Action.MEMBER_REMOVE),
+    op("settings page", "GET", "/settings/", ALL, 200, Action.ORG_VIEW),
+    op("settings save", "POST", "/settings/", MANAGERS, 302, Action.ORG_UPDATE,
+       {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD", "billing_mode": "prepaid"}),
+    op("org delete", "POST", "/settings/delete/", {"owner"}, 302, Action.ORG_DELETE, {"confirm_slug": "{slug}"}),
+    op("audit page", "GET", "/audit/", MANAGERS, 200, Action.AUDIT_VIEW),
+]  # fmt: skip
+
+
+def perform(client, operation: Op, world: World):
+    data = dict(operation.data or {})
+    if "public_key" in data:
+        data["public_key"] = factories.ed25519_public_key()
+    if data.get("confirm_slug") == "{slug}":
+        data["confirm_slug"] = world.org.slug
+    url = operation.url(world.objects)
+    if operation.method == "GET":
+        return client.get(url)
+    if operation.method == "DELETE":
+        return client.delete(url)
+    if operation.api:
+        return client.post(url, data, format="json")
+    return client.post(url, data)
+
+
+@pytest.mark.parametrize("operation", API_OPS + PAGE_OPS, ids=lambda o: o.name)
+def test_hand_written_expectations_agree_with_the_matrix(operation):
+    assert {role.value for role in Role if operation.action in MATRIX[role]} == operation.allowed
+
+
+@pytest.mark.parametrize("role", sorted(ALL))
+@pytest.mark.parametrize("operation", API_OPS, ids=lambda o: o.name)
+def test_api_role_matrix(require_postgres, operation, role):
+    world = build_world()
+    client = factories.api_client_for(world.org, role)
+    response = perform(client, operation, world)
+    expected = operation.ok if role in operation.allowed else 403
+    assert response.status_code == expected, response.content[:300]
+    if expected == 403:
+        assert response.json()["error"]["code"] == "permission_denied"
+
+
+@pytest.mark.parametrize("role", sorted(ALL))
+@pytest.mark.parametrize("operation", PAGE_OPS, ids=lambda o: o.name)
+def test_page_role_matrix(require_postgres, operation, role):
+    world = build_world()
+    client = Client()
+    client.force_login(factories.member(world.org, role))
+    response = perform(client, operation, world)
+    expected = operation.ok if role in operation.allowed else 403
+    assert response.status_code == expected, response.content[:300]
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+FOREIGN_OBJECT_OPS = [o for o in API_OPS + PAGE_OPS if "{" in o.path]
+
+
+@pytest.mark.parametrize("operation", FOREIGN_OBJECT_OPS, ids=lambda o: o.name)
+def test_another_organizations_object_answers_404(require_postgres, operation):
+    mine, theirs = build_world(), build_world()
+    owner = factories.member(mine.org, "owner")
+    if operation.api:
+        client = factories.api_client_for(mine.org, "owner")
+    else:
+        client = Client()
+        client.force_login(owner)
+    response = perform(client, operation, World(org=mine.org, objects=theirs.objects))
+    assert response.status_code == 404, response.content[:300]
+    if operation.api:
+        assert response.json()["error"]["code"] == "not_found"
+    # Nothing of theirs changed.
+    assert Membership.objects.get(pk=theirs.objects["membership"]).role == "viewer"
+    invitation = Invitation.objects.get(pk=theirs.objects["invitation"])
+    assert invitation.revoked_at is None
+    assert invitation.token_hash == f"{theirs.org.pk:064d}"
+
+
+def test_lists_show_only_the_current_organizations_data(require_postgres):
+    mine, theirs = build_world(), build_world()
+    client = factories.api_client_for(mine.org, "owner")
+    ids = {row["id"] for row in client.get("/api/v1/ssh-keys").json()["results"]}
+    assert ids == {mine.objects["ssh_key"]}
+    members = client.get("/api/v1/members").json()["results"]
+    assert theirs.objects["membership"] not in {row["id"] for row in members}
+    audit = client.get("/api/v1/audit-events").json()["results"]
+    assert audit and all(str(theirs.objects["ssh_key"]) != row["target_id"] for row in audit)
+
+
+def _object_routes(resolver=None, prefix=""):
+    resolver = resolver or get_resolver()
+    for entry in resolver.url_patterns:
+        pattern = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            if pattern.startswith("admin/"):
+                continue  # operators see every organisation by design
+            yield from _object_routes(entry, pattern)
+        elif isinstance(entry, URLPattern) and "<int:" in pattern:
+            yield pattern
+
+
+def test_every_route_that_takes_an_object_id_is_in_the_isolation_table():
+    covered = {o.path.lstrip("/").split("{")[0] for o in FOREIGN_OBJECT_OPS}
+    routes = {route.split("<")[0] for route in _object_routes()}
+    assert routes, "no routes found"
+    assert routes <= covered, f"routes without an isolation test: {sorted(routes - covered)}"
