@@ -39,6 +39,10 @@ class HasOrganizationRole(BasePermission):
             raise PermissionDenied(
                 "You are not a member of any organisation yet.", code="no_organization"
             )
+        if request.method.lower() not in view.http_method_names or not hasattr(
+            view, request.method.lower()
+        ):
+            return True  # the view answers 405 Method Not Allowed
         action: Action | None = getattr(view, "actions", {}).get(request.method)
         if action is None and request.method in ("HEAD", "OPTIONS"):
             action = view.actions.get("GET")

@@ -1,0 +1,192 @@
+"""Pages as a browser without JavaScript and as htmx see them."""
+
+import re
+
+import pytest
+from django.core import mail
+from django.test import Client
+
+from portal.accounts import services
+from portal.accounts.models import Membership, Organization, SshKey, User
+from portal.accounts.types import Actor
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def owner_client(org, owner):
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+def test_signup_then_create_organization_lands_on_dashboard():
+    client = Client()
+    response = client.post(
+        "/signup/", {"full_name": "Ada", "email": "ada@example.com", "password": "a-Long-pass-123"}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/organizations/new/"
+    assert client.get("/").status_code == 302  # no organisation yet: sent to create one
+    response = client.post(
+        "/organizations/new/",
+        {
+            "name": "Ada Labs",
+            "billing_email": "ada@example.com",
+            "country": "gb",
+            "currency": "CNY",
+            "billing_mode": "invoiced",
+        },
+    )
+    assert response.status_code == 302
+    org = Organization.objects.get(name="Ada Labs")
+    assert (org.country, org.currency, org.billing_mode) == ("GB", "CNY", "invoiced")
+    page = client.get("/").content.decode()
+    assert "Ada Labs" in page and "Please confirm your email address" in page
+
+
+def test_signup_errors_are_shown_next_to_the_field():
+    factories.user("taken@example.com")
+    response = Client().post(
+        "/signup/", {"email": "taken@example.com", "password": "a-Long-pass-123"}
+    )
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    response = Client().post("/signup/", {"email": "new@example.com", "password": "password"})
+    assert "too common" in response.content.decode()
+    assert not User.objects.filter(email="new@example.com").exists()
+
+
+def test_login_wrong_password_then_throttled_with_429(settings):
+    settings.LOGIN_THROTTLE_ATTEMPTS = 2
+    factories.user("who@example.com")
+    client = Client()
+    for _ in range(2):
+        response = client.post("/login/", {"email": "who@example.com", "password": "nope"})
+        assert "Email or password is not correct" in response.content.decode()
+    response = client.post("/login/", {"email": "who@example.com", "password": factories.PASSWORD})
+    assert response.status_code == 429
+    assert "Too many failed log-in attempts" in response.content.decode()
+
+
+def test_login_honours_a_safe_next_only():
+    factories.user("who@example.com")
+    data = {"email": "who@example.com", "password": factories.PASSWORD}
+    response = Client().post("/login/?next=/ssh-keys/", data)
+    assert response["Location"] == "/ssh-keys/"
+    response = Client().post("/login/?next=https://evil.example/", data)
+    assert response["Location"] == "/"
+
+
+def test_password_reset_by_email(client):
+    factories.user("forgot@example.com")
+    client.post("/password-reset/", {"email": "forgot@example.com"})
+    assert len(mail.outbox) == 1
+    link = re.search(r"https?://\S+", mail.outbox[0].body).group(0)
+    path = re.sub(r"^https?://[^/]+", "", link)
+    response = client.get(path, follow=True)
+    form_url = response.redirect_chain[-1][0]
+    response = client.post(
+        form_url, {"new_password1": "Brand-new-pass-9", "new_password2": "Brand-new-pass-9"}
+    )
+    assert response.status_code == 302
+    assert User.objects.get(email="forgot@example.com").check_password("Brand-new-pass-9")
+
+
+def test_ssh_key_htmx_add_returns_the_panel_with_the_new_key(owner_client):
+    line = factories.ed25519_public_key("laptop")
+    response = owner_client.post("/ssh-keys/", {"public_key": line}, **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="ssh-key-panel"' in html and "<html" not in html
+    assert SshKey.objects.get().fingerprint in html
+    response = owner_client.post("/ssh-keys/", {"public_key": line}, **HTMX)
+    assert response.status_code == 400
+    assert "already added" in response.content.decode()
+
+
+def test_delete_buttons_ask_for_confirmation(org, owner_client):
+    services.ssh_key_create(actor=Actor.system(org), public_key=factories.ed25519_public_key())
+    html = owner_client.get("/ssh-keys/").content.decode()
+    assert re.search(r'ssh-keys/\d+/delete/"[^>]*hx-confirm="Delete the SSH key', html)
+
+
+def test_api_key_secret_is_shown_once(owner_client):
+    response = owner_client.post("/api-keys/", {"name": "ci", "role": "member"}, **HTMX)
+    secret = re.search(r'id="new-secret">(gpc_[^<]+)<', response.content.decode()).group(1)
+    assert secret.startswith("gpc_")
+    assert secret not in owner_client.get("/api-keys/").content.decode()
+
+
+def test_member_cannot_pick_a_role_above_their_own(org):
+    member = factories.member(org, "member")
+    client = Client()
+    client.force_login(member)
+    html = client.get("/api-keys/").content.decode()
+    role_select = re.search(r'<select name="role".*?</select>', html, re.S).group(0)
+    options = set(re.findall(r'<option value="(\w+)"', role_select))
+    assert options == {"member", "viewer"}
+
+
+def test_organization_switcher_only_switches_to_own_organizations(org, owner, owner_client):
+    second = services.organization_create(
+        user=owner, name="Second", billing_email="b@x.com", country="US"
+    )
+    foreign = factories.organization()
+    owner_client.post("/organizations/switch/", {"organization": second.pk})
+    assert "Second" in owner_client.get("/settings/").content.decode()
+    owner_client.post("/organizations/switch/", {"organization": foreign.pk})
+    assert foreign.name not in owner_client.get("/settings/").content.decode()
+
+
+def test_invitation_link_for_an_existing_account_asks_to_log_in(
+    org, owner, django_capture_on_commit_callbacks
+):
+    invited = factories.user("invited@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.invitation_create(
+            actor=factories.actor(org, owner), email=invited.email, role="viewer"
+        )
+    path = re.sub(r"^https?://[^/]+", "", re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
+    client = Client()
+    assert "Log in to accept" in client.get(path).content.decode()
+    client.force_login(invited)
+    response = client.post(path)
+    assert response.status_code == 302
+    assert Membership.objects.get(user=invited, organization=org).role == "viewer"
+    assert "already been used" in Client().get(path).content.decode()
+
+
+def test_friendly_error_pages(owner_client, client):
+    response = owner_client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert "Not found" in response.content.decode()
+    response = client.get("/api/v1/no-such-endpoint")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_pages_need_login(client):
+    for path in (
+        "/",
+        "/ssh-keys/",
+        "/members/",
+        "/api-keys/",
+        "/audit/",
+        "/settings/",
+        "/account/",
+    ):
+        response = client.get(path)
+        assert response.status_code == 302 and response["Location"].startswith("/login/"), path
+
+
+def test_audit_log_filters_and_paginates(org, owner_client):
+    actor = Actor.system(org)
+    for _ in range(55):
+        services.ssh_key_create(actor=actor, public_key=factories.ed25519_public_key())
+    html = owner_client.get("/audit/?action=ssh_key").content.decode()
+    assert "Page 1 of 2" in html and "55 events" in html
+    html = owner_client.get("/audit/?action=invitation", **HTMX).content.decode()
+    assert "No events match" in html
