@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from pytest_django.live_server_helper import LiveServer
 
 from tests.conftest import missing
 
@@ -30,6 +31,31 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+def _no_static_handler(application):
+    return application
+
+
+@pytest.fixture(scope="session")
+def live_server(request):
+    """pytest-django's live server, but static files come from the app's own WhiteNoise.
+
+    pytest-django wraps the server in staticfiles' ``StaticFilesHandler``, which looks files up
+    with the finders and answers 404 for the hashed names that ``ManifestStaticFilesStorage``
+    (on when DEBUG is off) puts in the pages: the browser would get no CSS and no htmx. Without
+    the wrapper, WhiteNoise serves the collected ``STATIC_ROOT`` exactly as in production.
+    """
+    addr = (
+        request.config.getvalue("liveserver")
+        or os.environ.get("DJANGO_LIVE_TEST_SERVER_ADDRESS")
+        or "localhost"
+    )
+    server = LiveServer(addr, start=False)
+    server.thread.static_handler = _no_static_handler
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
