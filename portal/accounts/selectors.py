@@ -11,6 +11,7 @@ from portal.accounts.models import (
     SshKey,
     User,
 )
+from portal.accounts.roles import Role
 from portal.errors import NotFound
 
 
@@ -36,6 +37,15 @@ def members_list(organization: Organization) -> QuerySet[Membership]:
         .select_related("user")
         .order_by("user__email")
     )
+
+
+def members_for_page(organization: Organization) -> list[Membership]:
+    """Members with ``is_last_owner`` set: the one membership that may not leave or change role."""
+    members = list(members_list(organization))
+    owners = [m for m in members if m.role == Role.OWNER]
+    for m in members:
+        m.is_last_owner = len(owners) == 1 and m is owners[0]
+    return members
 
 
 def invitations_open(organization: Organization) -> QuerySet[Invitation]:

@@ -255,7 +255,7 @@ def _members_context(request: HttpRequest, invite_form: InvitationForm | None = 
     form = invite_form or InvitationForm()
     form.limit_roles(request.actor.role)
     return {
-        "members": selectors.members_list(org),
+        "members": selectors.members_for_page(org),
         "invitations": selectors.invitations_open(org),
         "invite_form": form,
         "roles": list(Role),

@@ -44,7 +44,8 @@ def test_signup_then_create_organization_lands_on_dashboard():
     org = Organization.objects.get(name="Ada Labs")
     assert (org.country, org.currency, org.billing_mode) == ("GB", "CNY", "invoiced")
     page = client.get("/").content.decode()
-    assert "Ada Labs" in page and "Please confirm your email address" in page
+    assert "Ada Labs" in page and "Organisation Ada Labs created" in page
+    assert "Please confirm your email address" in client.get("/").content.decode()
 
 
 def test_signup_errors_are_shown_next_to_the_field():

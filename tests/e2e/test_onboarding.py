@@ -101,7 +101,7 @@ def test_onboarding(live_server, settings, page: Page, screenshot):
     expect(page).to_have_url(f"{base}/")
     expect(page.get_by_role("heading", name=ORG_NAME, level=1)).to_be_visible()
     expect(page.get_by_text(f"Organisation {ORG_NAME} created.")).to_be_visible()
-    expect(page.get_by_text("You are owner of this organisation")).to_contain_text("currency CNY")
+    expect(page.get_by_text("Your role: Owner")).to_contain_text("currency CNY")
     screenshot("dashboard-owner")
 
     # --- invite a colleague as member (htmx: no page load) ---------------------------------
@@ -143,7 +143,7 @@ def test_onboarding(live_server, settings, page: Page, screenshot):
     expect(page).to_have_url(f"{base}/")
     expect(page.get_by_role("heading", name=ORG_NAME, level=1)).to_be_visible()
     expect(page.get_by_text(f"You joined {ORG_NAME} as member.")).to_be_visible()
-    expect(page.get_by_text("You are member of this organisation")).to_be_visible()
+    expect(page.get_by_text("Your role: Member")).to_be_visible()
     expect(page.get_by_role("link", name="Grace Hopper")).to_be_visible()
     screenshot("dashboard-member")
 
