@@ -240,6 +240,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(CELERY_BROKER_DATA_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DATA_DIR / "queue"),
         "processed_folder": str(CELERY_BROKER_DATA_DIR / "processed"),
+        "control_folder": str(CELERY_BROKER_DATA_DIR / "control"),
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
