@@ -70,3 +70,29 @@ def api_client_for(org: Organization, role: str):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_secret(org, role)}")
     return client
+
+
+class QueryCounter:
+    """Counts the SQL statements run inside ``with QueryCounter() as counted:`` (``counted.n``).
+
+    Uses ``connection.execute_wrapper``, which, unlike ``connection.queries``, is not reset
+    when a request starts.
+    """
+
+    def __init__(self) -> None:
+        from django.db import connection
+
+        self.connection = connection
+        self.n = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.n += 1
+        return execute(sql, params, many, context)
+
+    def __enter__(self) -> "QueryCounter":
+        self._cm = self.connection.execute_wrapper(self)
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cm.__exit__(*exc)

@@ -191,3 +191,20 @@ def test_audit_log_filters_and_paginates(org, owner_client):
     assert "Page 1 of 2" in html and "55 events" in html
     html = owner_client.get("/audit/?action=invitation", **HTMX).content.decode()
     assert "No events match" in html
+
+
+@pytest.mark.parametrize("path", ["/ssh-keys/", "/members/", "/api-keys/", "/audit/"])
+def test_list_pages_do_not_run_a_query_per_row(org, owner, owner_client, path):
+    def queries() -> int:
+        with factories.QueryCounter() as counted:
+            assert owner_client.get(path).status_code == 200
+        return counted.n
+
+    queries()  # the first request stores the current organisation in the session
+    before = queries()
+    actor = factories.actor(org, owner)
+    for i in range(5):
+        services.ssh_key_create(actor=actor, public_key=factories.ed25519_public_key())
+        services.api_key_create(actor=actor, name=f"k{i}", role="viewer")
+        factories.member(org, "viewer")
+    assert queries() == before
