@@ -9,8 +9,12 @@ class AuditEventFilter(django_filters.FilterSet):
     )
     actor = django_filters.CharFilter(field_name="actor_label", lookup_expr="icontains")
     target_type = django_filters.CharFilter(field_name="target_type", lookup_expr="iexact")
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = django_filters.IsoDateTimeFilter(
+        field_name="created_at", lookup_expr="gte", label="From"
+    )
+    until = django_filters.IsoDateTimeFilter(
+        field_name="created_at", lookup_expr="lt", label="Until"
+    )
 
     class Meta:
         model = AuditEvent

@@ -1,12 +1,21 @@
 """Forms only parse and label input; the services decide what is allowed."""
 
 from django import forms
+from django_countries import countries
 
 from portal.accounts.models import BillingMode, Currency
 from portal.accounts.roles import Role, grantable_roles
 
 
-class SignupForm(forms.Form):
+class PortalForm(forms.Form):
+    """Labels without a trailing colon."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class SignupForm(PortalForm):
     full_name = forms.CharField(label="Full name", max_length=150, required=False)
     email = forms.EmailField(
         label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email"})
@@ -18,7 +27,7 @@ class SignupForm(forms.Form):
     )
 
 
-class LoginForm(forms.Form):
+class LoginForm(PortalForm):
     email = forms.EmailField(
         label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
     )
@@ -27,7 +36,7 @@ class LoginForm(forms.Form):
     )
 
 
-class AcceptAsNewUserForm(forms.Form):
+class AcceptAsNewUserForm(PortalForm):
     full_name = forms.CharField(label="Full name", max_length=150, required=False)
     password = forms.CharField(
         label="Choose a password",
@@ -35,22 +44,16 @@ class AcceptAsNewUserForm(forms.Form):
     )
 
 
-class OrganizationForm(forms.Form):
+class OrganizationForm(PortalForm):
     name = forms.CharField(label="Organisation name", max_length=120)
     billing_email = forms.EmailField(label="Billing email")
-    country = forms.CharField(
-        label="Country",
-        max_length=2,
-        min_length=2,
-        help_text="Two-letter ISO code, e.g. US, DE, CN.",
-        widget=forms.TextInput(attrs={"autocapitalize": "characters", "size": 3}),
-    )
+    country = forms.ChoiceField(label="Country", choices=[("", "Choose a country"), *countries])
     tax_id = forms.CharField(label="Tax ID (VAT number)", max_length=40, required=False)
     currency = forms.ChoiceField(label="Currency", choices=Currency.choices)
     billing_mode = forms.ChoiceField(label="Billing", choices=BillingMode.choices)
 
 
-class DeleteOrganizationForm(forms.Form):
+class DeleteOrganizationForm(PortalForm):
     confirm_slug = forms.CharField(label="Type the organisation's slug to confirm")
 
 
@@ -59,16 +62,16 @@ class RoleChoiceMixin:
         self.fields["role"].choices = [(r.value, r.label) for r in grantable_roles(granter_role)]
 
 
-class InvitationForm(RoleChoiceMixin, forms.Form):
+class InvitationForm(RoleChoiceMixin, PortalForm):
     email = forms.EmailField(label="Email address")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
 
 
-class RoleChangeForm(forms.Form):
+class RoleChangeForm(PortalForm):
     role = forms.ChoiceField(label="Role", choices=Role.choices)
 
 
-class ApiKeyForm(RoleChoiceMixin, forms.Form):
+class ApiKeyForm(RoleChoiceMixin, PortalForm):
     name = forms.CharField(label="Name", max_length=80, help_text="What uses it, e.g. ci-pipeline.")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
     expires_at = forms.DateTimeField(
@@ -78,7 +81,7 @@ class ApiKeyForm(RoleChoiceMixin, forms.Form):
     )
 
 
-class SshKeyForm(forms.Form):
+class SshKeyForm(PortalForm):
     name = forms.CharField(
         label="Name", max_length=80, required=False, help_text="Defaults to the key's comment."
     )
@@ -88,5 +91,5 @@ class SshKeyForm(forms.Form):
     )
 
 
-class AccountForm(forms.Form):
+class AccountForm(PortalForm):
     full_name = forms.CharField(label="Full name", max_length=150, required=False)

@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django_countries.fields import CountryField
 
 from portal.accounts.roles import Role
 
@@ -88,7 +89,7 @@ class Organization(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
     billing_email = models.EmailField()
-    country = models.CharField(max_length=2, help_text="ISO 3166-1 alpha-2 country code.")
+    country = CountryField(help_text="ISO 3166-1 country; decides tax treatment on invoices.")
     tax_id = models.CharField(max_length=40, blank=True)
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
     billing_mode = models.CharField(

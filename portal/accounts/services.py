@@ -22,6 +22,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from django_countries import countries
 
 from portal.accounts import emails
 from portal.accounts.models import (
@@ -193,8 +194,8 @@ def _clean_org_fields(fields: dict) -> dict:
     if "billing_email" in cleaned:
         cleaned["billing_email"] = _clean_email(cleaned["billing_email"])
     if "country" in cleaned:
-        country = (cleaned["country"] or "").strip().upper()
-        if len(country) != 2 or not country.isalpha():
+        country = str(cleaned["country"] or "").strip().upper()
+        if len(country) != 2 or countries.alpha2(country) != country:
             raise InvalidInput(
                 "Country must be a two-letter ISO code such as US, DE or CN.",
                 code="country_invalid",

@@ -243,7 +243,7 @@ def organization_delete(request: HttpRequest) -> HttpResponse:
         "delete_form": form,
     }
     return _render(
-        request, "accounts/organization_settings.html", "danger-zone", context, status=400
+        request, "accounts/organization_settings.html", "danger-zone", context, status=422
     )
 
 
@@ -273,7 +273,7 @@ def members(request: HttpRequest) -> HttpResponse:
 def invitation_create(request: HttpRequest) -> HttpResponse:
     form = InvitationForm(request.POST)
     form.limit_roles(request.actor.role)
-    status = 400
+    status = 422
     if form.is_valid():
         try:
             invitation = services.invitation_create(actor=request.actor, **form.cleaned_data)
@@ -393,6 +393,8 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
 # --- API keys ---------------------------------------------------------------------------------
 
+NEW_API_KEY_SESSION_KEY = "new_api_key"
+
 
 def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **extra) -> dict:
     form = form or ApiKeyForm()
@@ -418,17 +420,29 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             except SHOWN_ON_PAGE as exc:
                 form.add_error(None, exc.message)
             else:
-                # The secret is shown in this response only; it is never stored or shown again.
-                context = _api_keys_context(request, new_key=api_key, new_secret=secret)
-                return _render(request, "accounts/api_keys.html", "api-key-panel", context)
+                # The secret is shown once. htmx swaps it in directly; a plain form post
+                # redirects and the next page view pops it from the session, so reloading
+                # neither shows it again nor creates a second key.
+                if request.htmx:
+                    context = _api_keys_context(request, new_key=api_key, new_secret=secret)
+                    return _render(request, "accounts/api_keys.html", "api-key-panel", context)
+                request.session[NEW_API_KEY_SESSION_KEY] = [api_key.pk, secret]
+                return redirect("accounts:api_keys")
         return _render(
             request,
             "accounts/api_keys.html",
             "api-key-panel",
             _api_keys_context(request, form),
-            400,
+            422,
         )
-    return render(request, "accounts/api_keys.html", _api_keys_context(request))
+    extra = {}
+    shown = request.session.pop(NEW_API_KEY_SESSION_KEY, None)
+    if shown:
+        extra = {
+            "new_key": selectors.api_keys_list(request.organization).filter(pk=shown[0]).first(),
+            "new_secret": shown[1],
+        }
+    return render(request, "accounts/api_keys.html", _api_keys_context(request, **extra))
 
 
 @org_page(Action.API_KEY_MANAGE)
@@ -475,7 +489,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
             "accounts/ssh_keys.html",
             "ssh-key-panel",
             _ssh_keys_context(request, form),
-            400,
+            422,
         )
     return render(request, "accounts/ssh_keys.html", _ssh_keys_context(request))
 

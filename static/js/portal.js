@@ -12,3 +12,8 @@ document.addEventListener("click", (event) => {
     button.textContent = "Copied";
   }
 });
+// After htmx swaps a panel, put focus where the user needs it: the first invalid field.
+document.addEventListener("htmx:afterSwap", (event) => {
+  const invalid = document.querySelector("[aria-invalid=true]");
+  if (invalid) invalid.focus();
+});

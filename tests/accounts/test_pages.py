@@ -35,7 +35,7 @@ def test_signup_then_create_organization_lands_on_dashboard():
         {
             "name": "Ada Labs",
             "billing_email": "ada@example.com",
-            "country": "gb",
+            "country": "GB",
             "currency": "CNY",
             "billing_mode": "invoiced",
         },
@@ -104,7 +104,7 @@ def test_ssh_key_htmx_add_returns_the_panel_with_the_new_key(owner_client):
     assert 'id="ssh-key-panel"' in html and "<html" not in html
     assert SshKey.objects.get().fingerprint in html
     response = owner_client.post("/ssh-keys/", {"public_key": line}, **HTMX)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "already added" in response.content.decode()
 
 
@@ -213,3 +213,29 @@ def test_list_pages_do_not_run_a_query_per_row(org, owner, owner_client, path):
     before = queries()
     add_rows(5)
     assert queries() == before
+
+
+def test_api_key_created_without_htmx_is_shown_once_after_a_redirect(owner_client):
+    from portal.accounts.models import ApiKey
+
+    response = owner_client.post("/api-keys/", {"name": "plain", "role": "viewer"})
+    assert response.status_code == 302
+    html = owner_client.get("/api-keys/").content.decode()
+    secret = re.search(r'id="new-secret">(gpc_[^<]+)<', html).group(1)
+    assert secret not in owner_client.get("/api-keys/").content.decode()  # reload: gone
+    assert ApiKey.objects.filter(name="plain").count() == 1
+
+
+def test_country_must_be_a_real_iso_code(owner_client, org):
+    data = {
+        "name": "X",
+        "billing_email": "b@example.com",
+        "country": "ZZ",
+        "currency": "USD",
+        "billing_mode": "prepaid",
+    }
+    response = owner_client.post("/settings/", data)
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    org.refresh_from_db()
+    assert org.country != "ZZ"

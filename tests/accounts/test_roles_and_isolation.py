@@ -107,7 +107,7 @@ PAGE_OPS = [
     op("ssh add", "POST", "/ssh-keys/", BUILDERS, 302, Action.SSH_KEY_MANAGE, NEW_KEY),
     op("ssh delete", "POST", "/ssh-keys/{ssh_key}/delete/", BUILDERS, 302, Action.SSH_KEY_MANAGE),
     op("api keys page", "GET", "/api-keys/", KEY_HOLDERS, 200, Action.API_KEY_VIEW),
-    op("api key add", "POST", "/api-keys/", KEY_HOLDERS, 200, Action.API_KEY_MANAGE, {"name": "k", "role": "viewer"}),
+    op("api key add", "POST", "/api-keys/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE, {"name": "k", "role": "viewer"}),
     op("api key revoke", "POST", "/api-keys/{api_key}/revoke/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE),
     op("members page", "GET", "/members/", ALL, 200, Action.MEMBER_VIEW),
     op("invite", "POST", "/invitations/", MANAGERS, 302, Action.MEMBER_INVITE, {"email": "x@example.com", "role": "viewer"}),

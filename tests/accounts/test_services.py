@@ -105,6 +105,7 @@ def test_organization_create_makes_creator_owner_with_unique_slug():
     ("field", "value", "code"),
     [
         ("country", "Germany", "country_invalid"),
+        ("country", "ZZ", "country_invalid"),
         ("currency", "EUR", "currency_invalid"),
         ("billing_mode", "weekly", "billing_mode_invalid"),
         ("billing_email", "not-an-email", "email_invalid"),

@@ -99,6 +99,8 @@ def screenshot_dir() -> Path:
 def screenshot(page, screenshot_dir, request):
     """``screenshot("signup")`` saves ``<test>-01-signup.png`` (full page) and returns its path."""
     prefix = request.node.originalname
+    for stale in screenshot_dir.glob(f"{prefix}-*.png"):
+        stale.unlink()
     counter = iter(range(1, 100))
 
     def take(step: str) -> Path:

@@ -92,7 +92,7 @@ def test_onboarding(live_server, settings, page: Page, screenshot):
     billing_email = page.get_by_label("Billing email")
     expect(billing_email).to_have_value(OWNER_EMAIL)  # prefilled with the user's email
     billing_email.fill("billing@example.com")
-    page.get_by_label("Country").fill("CN")
+    page.get_by_label("Country").select_option("CN")
     page.get_by_label("Currency").select_option(label="Chinese yuan")
     screenshot("organisation-create")
     page.get_by_role("button", name="Create organisation").click()
@@ -152,6 +152,13 @@ def test_onboarding(live_server, settings, page: Page, screenshot):
     main_nav.get_by_role("link", name="SSH keys").click()
     expect(page).to_have_url(f"{base}/ssh-keys/")
     expect(page.get_by_text("No SSH keys yet.")).to_be_visible()
+    # A bad key is refused next to the field, in place, and focus goes to the field.
+    page.get_by_label("Public key").fill("ssh-ed25519 not-a-key")
+    page.get_by_role("button", name="Add key").click()
+    expect(page.get_by_text("The key body is not valid base64.")).to_be_visible()
+    expect(page.get_by_label("Public key")).to_be_focused()
+    expect(page.get_by_role("banner")).to_be_visible()  # the page was not replaced
+    screenshot("ssh-key-invalid")
     page.get_by_label("Name").fill("Grace's laptop")
     page.get_by_label("Public key").fill(public_key)
     page.get_by_role("button", name="Add key").click()
