@@ -1,0 +1,351 @@
+"""Capacity: what is free on the hosts, how many more instances fit, and where one would go.
+
+The model
+---------
+Each GPU has 8 memory slots (``GPU_MEMORY_SLOTS``). A whole-GPU instance claims all 8 slots of
+each of its GPUs; a MIG instance claims the slots of one placement of its profile (from the
+``nvidia-smi mig -lgipp`` table: a profile of size *k* may start only at its listed slots and
+covers slots ``start .. start+k-1``). A ``GpuSlotClaim`` row is unique per (GPU, slot), so two
+allocations can never hold the same slot: a whole GPU cannot host slices, slices of different
+profiles on one GPU cannot overlap, and no GPU is sold twice, even under concurrent launches.
+Hosts also give each instance its vCPUs and RAM. Only ``active`` hosts take new instances.
+
+Placement (best fit, deterministic)
+-----------------------------------
+Whole GPUs: among the region's active hosts with enough free vCPUs and RAM and at least *n* free
+GPUs of the model on one host, take the host with the *fewest* free GPUs of that model (then the
+fewest free vCPUs, then the name), so large free blocks stay for large instances. On that host,
+take GPUs that are not enabled for MIG first, then the lowest indexes.
+
+MIG slices: among all (host, GPU, start) where the profile fits, prefer a GPU that already holds
+slices over an untouched one (untouched GPUs stay whole-GPU capable), then the GPU with the
+fewest free slots, then the host with the fewest free vCPUs, host name and GPU index, and on the
+GPU the *highest* allowed start: small slices fill from the top so the low starts that only the
+large profiles may use (4g, 7g at slot 0) stay free.
+
+Queries
+-------
+``availability()`` reads hosts, GPUs, claims, allocation totals, instance types and regions in
+six queries, whatever their number; the rest is arithmetic in memory.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from portal.catalog.models import (
+    GPU_MEMORY_SLOTS,
+    Allocation,
+    Gpu,
+    GpuSlotClaim,
+    Host,
+    HostState,
+    InstanceType,
+    Region,
+)
+from portal.catalog.types import GpuSlot, Placement
+from portal.errors import PortalError
+
+FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
+
+
+class CapacityUnavailable(PortalError):
+    code = "capacity_unavailable"
+    status = 409
+    default_message = "There is no free capacity for this instance type in this region."
+
+
+@dataclass
+class _GpuState:
+    id: int
+    uuid: str
+    index: int
+    model_id: int
+    mig_enabled: bool
+    mask: int = 0  # bit i set = slot i claimed
+
+    @property
+    def free_slots(self) -> int:
+        return GPU_MEMORY_SLOTS - bin(self.mask).count("1")
+
+
+@dataclass
+class _HostState:
+    id: int
+    name: str
+    region_id: int
+    free_vcpus: int
+    free_ram_gib: int
+    gpus: list[_GpuState] = field(default_factory=list)
+
+    def free_whole(self, model_id: int) -> list[_GpuState]:
+        return [g for g in self.gpus if g.model_id == model_id and g.mask == 0]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What an instance type needs, reduced to what placement looks at."""
+
+    model_id: int
+    gpu_count: int
+    vcpus: int
+    ram_gib: int
+    mig_size: int | None = None
+    mig_starts: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, instance_type: InstanceType) -> "_Shape":
+        profile = instance_type.mig_profile
+        return cls(
+            model_id=instance_type.gpu_model_id,
+            gpu_count=instance_type.gpu_count,
+            vcpus=instance_type.vcpus,
+            ram_gib=instance_type.ram_gib,
+            mig_size=profile.memory_slots if profile else None,
+            mig_starts=tuple(sorted(profile.placements)) if profile else (),
+        )
+
+
+def _slot_mask(start: int, size: int) -> int:
+    return ((1 << size) - 1) << start
+
+
+@lru_cache(maxsize=8192)
+def _mig_fits(mask: int, size: int, starts: tuple[int, ...]) -> int:
+    """How many more slices of one profile fit on a GPU whose claimed slots are ``mask``.
+
+    Greedy from the lowest start is optimal here: placements of one profile are aligned to their
+    size, so taking the first free one never blocks two others.
+    """
+    count = 0
+    for start in starts:
+        slots = _slot_mask(start, size)
+        if not mask & slots:
+            mask |= slots
+            count += 1
+    return count
+
+
+def _load(host_ids: Iterable[int] | None = None, region_id: int | None = None) -> list[_HostState]:
+    """Free capacity of the active hosts (all, or the given ones), in four queries."""
+    hosts = Host.objects.filter(state=HostState.ACTIVE, region__is_active=True)
+    if host_ids is not None:
+        hosts = hosts.filter(pk__in=list(host_ids))
+    if region_id is not None:
+        hosts = hosts.filter(region_id=region_id)
+    states = {
+        row["id"]: _HostState(
+            id=row["id"],
+            name=row["name"],
+            region_id=row["region_id"],
+            free_vcpus=row["vcpus"],
+            free_ram_gib=row["ram_gib"],
+        )
+        for row in hosts.values("id", "name", "region_id", "vcpus", "ram_gib")
+    }
+    if not states:
+        return []
+    used = (
+        Allocation.objects.filter(host_id__in=states, released_at__isnull=True)
+        .values("host_id")
+        .annotate(vcpus=Sum("vcpus"), ram=Sum("ram_gib"))
+    )
+    for row in used:
+        states[row["host_id"]].free_vcpus -= row["vcpus"] or 0
+        states[row["host_id"]].free_ram_gib -= row["ram"] or 0
+    gpus: dict[int, _GpuState] = {}
+    for row in (
+        Gpu.objects.filter(host_id__in=states)
+        .order_by("host_id", "index")
+        .values("id", "host_id", "uuid", "index", "gpu_model_id", "mig_enabled")
+    ):
+        gpu = _GpuState(
+            id=row["id"],
+            uuid=row["uuid"],
+            index=row["index"],
+            model_id=row["gpu_model_id"],
+            mig_enabled=row["mig_enabled"],
+        )
+        gpus[gpu.id] = gpu
+        states[row["host_id"]].gpus.append(gpu)
+    for gpu_id, slot in GpuSlotClaim.objects.filter(gpu__host_id__in=states).values_list(
+        "gpu_id", "slot"
+    ):
+        gpus[gpu_id].mask |= 1 << slot
+    return list(states.values())
+
+
+def _count_on_host(host: _HostState, shape: _Shape) -> int:
+    """How many more instances of ``shape`` fit on one host."""
+    by_cpu = host.free_vcpus // shape.vcpus if shape.vcpus else 10**6
+    by_ram = host.free_ram_gib // shape.ram_gib if shape.ram_gib else 10**6
+    limit = min(by_cpu, by_ram)
+    if limit <= 0:
+        return 0
+    if shape.mig_size is None:
+        by_gpu = len(host.free_whole(shape.model_id)) // shape.gpu_count
+    else:
+        by_gpu = sum(
+            _mig_fits(g.mask, shape.mig_size, shape.mig_starts)
+            for g in host.gpus
+            if g.model_id == shape.model_id and g.mig_enabled
+        )
+    return min(limit, by_gpu)
+
+
+def availability(
+    instance_types: Iterable[InstanceType] | None = None,
+) -> dict[int, dict[str, int]]:
+    """For every instance type: region code -> how many more instances could be placed now.
+
+    Regions without room are left out. Pass instance types already loaded (with
+    ``mig_profile``) to save their query.
+    """
+    if instance_types is None:
+        instance_types = InstanceType.objects.filter(is_active=True).select_related("mig_profile")
+    types = list(instance_types)
+    hosts = _load()
+    region_codes = dict(Region.objects.values_list("id", "code"))
+    by_region_model: dict[tuple[int, int], list[_HostState]] = defaultdict(list)
+    for host in hosts:
+        for model_id in {g.model_id for g in host.gpus}:
+            by_region_model[(host.region_id, model_id)].append(host)
+    regions_of_model: dict[int, list[int]] = defaultdict(list)
+    for region_id, model_id in by_region_model:
+        regions_of_model[model_id].append(region_id)
+    result: dict[int, dict[str, int]] = {}
+    for instance_type in types:
+        shape = _Shape.of(instance_type)
+        counts = {}
+        for region_id in regions_of_model.get(shape.model_id, []):
+            n = sum(_count_on_host(h, shape) for h in by_region_model[(region_id, shape.model_id)])
+            if n > 0:
+                counts[region_codes[region_id]] = n
+        result[instance_type.pk] = counts
+    return result
+
+
+def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
+    fitting = [h for h in hosts if h.free_vcpus >= shape.vcpus and h.free_ram_gib >= shape.ram_gib]
+    if shape.mig_size is None:
+        candidates = []
+        for host in fitting:
+            free = host.free_whole(shape.model_id)
+            if len(free) >= shape.gpu_count:
+                candidates.append(((len(free), host.free_vcpus, host.name), host, free))
+        if not candidates:
+            return None
+        _, host, free = min(candidates, key=lambda c: c[0])
+        chosen = sorted(free, key=lambda g: (g.mig_enabled, g.index))[: shape.gpu_count]
+        slots = tuple(
+            GpuSlot(g.id, g.uuid, 0, GPU_MEMORY_SLOTS)
+            for g in sorted(chosen, key=lambda g: g.index)
+        )
+        return Placement(host_id=host.id, host_name=host.name, slots=slots)
+    best = None
+    for host in fitting:
+        for gpu in host.gpus:
+            if gpu.model_id != shape.model_id or not gpu.mig_enabled:
+                continue
+            for start in shape.mig_starts:
+                if gpu.mask & _slot_mask(start, shape.mig_size):
+                    continue
+                key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
+                if best is None or key < best[0]:
+                    best = (key, host, gpu, start)
+    if best is None:
+        return None
+    _, host, gpu, start = best
+    return Placement(
+        host_id=host.id,
+        host_name=host.name,
+        slots=(GpuSlot(gpu.id, gpu.uuid, start, shape.mig_size),),
+    )
+
+
+def placement(*, instance_type: InstanceType, region: Region) -> Placement | None:
+    """Which host and GPUs (or MIG slot) a launch of this type in this region would get now.
+
+    Read-only; ``allocation_reserve`` calls it again under row locks before it claims anything.
+    """
+    return _choose(_load(region_id=region.pk), _Shape.of(instance_type))
+
+
+def capacity_unavailable(instance_type: InstanceType, region: Region) -> CapacityUnavailable:
+    """The error for a launch that found no room, naming where this type and similar types fit."""
+    similar = list(
+        InstanceType.objects.filter(is_active=True, gpu_model_id=instance_type.gpu_model_id)
+        .exclude(pk=instance_type.pk)
+        .select_related("mig_profile")
+    )
+    free = availability([instance_type, *similar])
+    regions = sorted(free.get(instance_type.pk, {}))
+    similar_here = sorted(t.name for t in similar if free.get(t.pk, {}).get(region.code))
+    message = f"No capacity for {instance_type.name} in {region.code} right now."
+    if regions:
+        message += f" It is available in {', '.join(regions)}."
+    if similar_here:
+        message += f" Similar types available in {region.code}: {', '.join(similar_here)}."
+    return CapacityUnavailable(
+        message,
+        details={"regions_with_capacity": regions, "similar_types_available_here": similar_here},
+    )
+
+
+@transaction.atomic
+def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: str) -> Allocation:
+    """Claim capacity for one instance, or raise ``capacity_unavailable``.
+
+    Locks the region's active hosts that have GPUs of the type's model (in id order, so
+    concurrent reservations queue instead of deadlocking), places with :func:`placement`'s
+    rules, and claims the GPU slots. The (GPU, slot) unique constraint is the last guard.
+    """
+    candidate_ids = Gpu.objects.filter(
+        gpu_model_id=instance_type.gpu_model_id,
+        host__region=region,
+        host__state=HostState.ACTIVE,
+    ).values("host_id")
+    locked = list(
+        Host.objects.select_for_update()
+        .filter(pk__in=candidate_ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    chosen = _choose(_load(host_ids=locked), _Shape.of(instance_type)) if locked else None
+    if chosen is None:
+        raise capacity_unavailable(instance_type, region)
+    allocation = Allocation.objects.create(
+        host_id=chosen.host_id,
+        instance_type=instance_type,
+        vcpus=instance_type.vcpus,
+        ram_gib=instance_type.ram_gib,
+        gpu_slots=[{"gpu": s.gpu_uuid, "start": s.start, "size": s.size} for s in chosen.slots],
+        holder=holder,
+    )
+    claims = [
+        GpuSlotClaim(gpu_id=s.gpu_id, slot=slot, allocation=allocation)
+        for s in chosen.slots
+        for slot in range(s.start, s.start + s.size)
+    ]
+    try:
+        with transaction.atomic():
+            GpuSlotClaim.objects.bulk_create(claims)
+    except IntegrityError:  # only possible if something bypassed the host locks
+        raise capacity_unavailable(instance_type, region) from None
+    return allocation
+
+
+@transaction.atomic
+def allocation_release(*, allocation: Allocation) -> Allocation:
+    """Give the capacity back. Safe to call twice."""
+    allocation = Allocation.objects.select_for_update().get(pk=allocation.pk)
+    if allocation.released_at is None:
+        GpuSlotClaim.objects.filter(allocation=allocation).delete()
+        allocation.released_at = timezone.now()
+        allocation.save(update_fields=["released_at"])
+    return allocation

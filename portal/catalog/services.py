@@ -1,0 +1,424 @@
+"""Writes about the catalog: GPU models, regions, instance types, prices, images and hosts.
+
+Operators call these from admin and management commands; each runs in a transaction and writes
+an audit row. Capacity (availability, placement, allocations) is in ``capacity.py``.
+"""
+
+import csv
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+from django_countries import countries
+
+from portal.accounts.models import Currency
+from portal.accounts.services import audit_record
+from portal.accounts.types import Actor
+from portal.catalog.models import (
+    Gpu,
+    GpuModel,
+    Host,
+    HostState,
+    InstanceType,
+    Interconnect,
+    MigProfile,
+    Price,
+    Region,
+)
+from portal.catalog.reports import parse_mig_tables, parse_nvidia_smi_report
+from portal.catalog.types import MigProfileReport
+from portal.errors import Conflict, InvalidInput
+
+# Names other catalogs and nvidia-smi use for the GPUs in gpus.csv, keyed by (name, variant).
+# Catalog accelerator names follow SkyPilot's canonical names.
+GPU_ALIASES: dict[tuple[str, str], list[str]] = {
+    ("H100", "SXM5 80GB"): ["H100", "H100-SXM", "H100-MEGA", "H100-80GB", "NVIDIA H100 80GB HBM3"],
+    ("H100", "PCIe 80GB"): ["H100-PCIE", "NVIDIA H100 PCIe"],
+    ("H100", "NVL 94GB"): ["H100-NVL", "NVIDIA H100 NVL"],
+    ("H200", "SXM 141GB"): ["H200", "H200-SXM", "NVIDIA H200"],
+    ("GH200", "Grace Hopper 96GB"): ["GH200", "NVIDIA GH200 480GB"],
+    ("B200", "HGX B200 (per GPU)"): ["B200", "NVIDIA B200"],
+    ("A100", "SXM4 40GB"): ["A100", "A100-40GB", "NVIDIA A100-SXM4-40GB"],
+    ("A100", "SXM4 80GB"): ["A100-80GB", "A100-80GB-SXM", "NVIDIA A100-SXM4-80GB"],
+    ("A100", "PCIe 80GB"): ["A100-80GB-PCIE", "NVIDIA A100 80GB PCIe"],
+    ("L40S", "PCIe 48GB"): ["L40S", "NVIDIA L40S"],
+    ("L4", "PCIe 24GB"): ["L4", "NVIDIA L4"],
+    ("A10", "PCIe 24GB"): ["A10", "NVIDIA A10"],
+    ("RTX 6000 Ada", "PCIe 48GB"): [
+        "RTX6000-Ada",
+        "RTX-6000-Ada",
+        "NVIDIA RTX 6000 Ada Generation",
+    ],
+    ("MI300X", "OAM 192GB"): ["MI300X"],
+}
+MIG_CAPABLE = {"A100", "H100", "H200", "GH200", "B200"}
+
+
+def _system_actor(actor: Actor | None) -> Actor:
+    return actor or Actor(user=None, organization=None, role=None)
+
+
+def _decimal(value, field: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidInput(f"{field} '{value}' is not a number.", code="invalid") from None
+
+
+def _code(name: str, variant: str) -> str:
+    from django.utils.text import slugify
+
+    return slugify(f"{name} {variant}".replace("(per GPU)", ""))[:40]
+
+
+# --- GPU models -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def gpu_models_load(*, path: Path) -> int:
+    """Create or update GPU models from a gpus.csv file; returns how many rows were read."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=2):
+        try:
+            name, variant = row["gpu"].strip(), row["variant"].strip()
+            fields = {
+                "code": _code(name, variant),
+                "vendor": row["vendor"].strip(),
+                "architecture": row["architecture"].strip(),
+                "memory_gb": int(row["memory_gb"]),
+                "memory_type": row["memory_type"].strip(),
+                "memory_bandwidth_gb_s": int(row["memory_bandwidth_gb_s"]),
+                "bf16_tflops": Decimal(row["fp16_bf16_tensor_tflops_dense"]),
+                "tdp_w": int(row["tdp_w"]),
+                "interconnect": row["gpu_interconnect"].strip(),
+                "interconnect_gb_s": int(row["gpu_interconnect_gb_s"] or 0) or None,
+                "mig_capable": name in MIG_CAPABLE and row["vendor"].strip() == "NVIDIA",
+                "aliases": GPU_ALIASES.get((name, variant), []),
+            }
+        except (KeyError, ValueError, InvalidOperation) as exc:
+            raise InvalidInput(f"{path.name} line {number}: {exc!r}", code="invalid") from None
+        GpuModel.objects.update_or_create(name=name, variant=variant, defaults=fields)
+    return len(rows)
+
+
+def gpu_model_index() -> dict[str, GpuModel]:
+    """Every alias, name and code of every GPU model, upper-cased, to its model."""
+    index: dict[str, GpuModel] = {}
+    for model in GpuModel.objects.all():
+        for key in [model.code, *model.aliases]:
+            index.setdefault(key.upper(), model)
+    return index
+
+
+# --- regions, instance types, prices ----------------------------------------------------------
+
+
+def region_ensure(*, code: str, name: str = "", country: str = "") -> Region:
+    """The region with this code, created if new; name and country fill in blanks only."""
+    code = (code or "").strip()
+    if not code:
+        raise InvalidInput("A region needs a code.", code="region_invalid")
+    if country and countries.alpha2(country) != country.upper():
+        raise InvalidInput(f"Country '{country}' is not an ISO 3166 code.", code="country_invalid")
+    region, created = Region.objects.get_or_create(
+        code=code, defaults={"name": name or code, "country": country.upper()}
+    )
+    changed = []
+    if not created and name and region.name in ("", region.code) and name != region.name:
+        region.name = name
+        changed.append("name")
+    if not created and country and not region.country:
+        region.country = country.upper()
+        changed.append("country")
+    if changed:
+        region.save(update_fields=changed)
+    return region
+
+
+@transaction.atomic
+def instance_type_upsert(
+    *,
+    name: str,
+    gpu_model: GpuModel,
+    gpu_count: int,
+    vcpus: int,
+    ram_gib: int,
+    mig_profile: MigProfile | None = None,
+    local_nvme_gb: int = 0,
+    interconnect: str | None = None,
+    spot_allowed: bool = False,
+    description: str = "",
+    provider: str = "",
+    provider_name: str = "",
+) -> tuple[InstanceType, bool]:
+    """Create or update an instance type, found by (provider, provider_name) or by name."""
+    if mig_profile is not None:
+        if mig_profile.gpu_model_id != gpu_model.pk:
+            raise InvalidInput(
+                f"MIG profile {mig_profile} is not a profile of {gpu_model}.",
+                code="instance_type_invalid",
+            )
+        gpu_count = 1
+    if gpu_count < 1 or vcpus < 1 or ram_gib < 1:
+        raise InvalidInput(
+            f"Instance type {name}: GPUs, vCPUs and RAM must be at least 1.",
+            code="instance_type_invalid",
+        )
+    if interconnect is None:
+        pcie = "PCIe" in gpu_model.variant or "none" in gpu_model.interconnect.lower()
+        interconnect = (
+            Interconnect.PCIE if (gpu_count == 1 or pcie or mig_profile) else Interconnect.NVLINK
+        )
+    fields = {
+        "gpu_model": gpu_model,
+        "gpu_count": gpu_count,
+        "mig_profile": mig_profile,
+        "vcpus": vcpus,
+        "ram_gib": ram_gib,
+        "local_nvme_gb": local_nvme_gb,
+        "interconnect": interconnect,
+        "spot_allowed": spot_allowed,
+        "description": description[:200],
+    }
+    existing = None
+    if provider:
+        existing = InstanceType.objects.filter(
+            provider=provider, provider_name=provider_name
+        ).first()
+    if existing is None:
+        existing = InstanceType.objects.filter(name=name).first()
+        if existing is not None and provider and existing.provider not in ("", provider):
+            # The same name from another catalog is another product.
+            name = f"{provider}_{name}"[:60]
+            existing = InstanceType.objects.filter(name=name).first()
+    if existing is None:
+        return (
+            InstanceType.objects.create(
+                name=name, provider=provider, provider_name=provider_name, **fields
+            ),
+            True,
+        )
+    changed = [key for key, value in fields.items() if getattr(existing, key) != value]
+    for key in changed:
+        setattr(existing, key, fields[key])
+    if changed:
+        existing.save(update_fields=changed)
+    return existing, False
+
+
+def price_in_force(
+    *, instance_type: InstanceType, region: Region, currency: str, at: datetime | None = None
+) -> Price | None:
+    return (
+        Price.objects.filter(
+            instance_type=instance_type,
+            region=region,
+            currency=currency,
+            effective_from__lte=at or timezone.now(),
+        )
+        .order_by("-effective_from")
+        .first()
+    )
+
+
+@transaction.atomic
+def price_set(
+    *,
+    instance_type: InstanceType,
+    region: Region,
+    currency: str,
+    on_demand_per_hour,
+    spot_per_hour=None,
+    effective_from: datetime | None = None,
+    actor: Actor | None = None,
+) -> tuple[Price, bool]:
+    """Schedule a price (now when ``effective_from`` is empty). Returns (price, created).
+
+    Setting the price already in force at that moment changes nothing, so re-running an
+    import never duplicates.
+    """
+    if not currency:
+        raise InvalidInput(
+            f"The price of {instance_type} in {region} has no currency.", code="price_invalid"
+        )
+    if currency not in Currency.values:
+        raise InvalidInput(
+            f"Currency '{currency}' is not one of {', '.join(Currency.values)}.",
+            code="price_invalid",
+        )
+    on_demand = _decimal(on_demand_per_hour, "On-demand price")
+    spot = _decimal(spot_per_hour, "Spot price")
+    if on_demand is None or on_demand <= 0:
+        raise InvalidInput(
+            f"The on-demand price of {instance_type} in {region} must be positive, not {on_demand}.",
+            code="price_invalid",
+        )
+    if spot is not None and spot <= 0:
+        raise InvalidInput(
+            f"The spot price of {instance_type} in {region} must be positive, not {spot}.",
+            code="price_invalid",
+        )
+    if on_demand.as_tuple().exponent < -6 or (spot is not None and spot.as_tuple().exponent < -6):
+        raise InvalidInput("Prices have at most 6 decimal places.", code="price_invalid")
+    effective_from = effective_from or timezone.now()
+    current = price_in_force(
+        instance_type=instance_type, region=region, currency=currency, at=effective_from
+    )
+    if (
+        current is not None
+        and current.on_demand_per_hour == on_demand
+        and current.spot_per_hour == spot
+    ):
+        return current, False
+    price = Price.objects.create(
+        instance_type=instance_type,
+        region=region,
+        currency=currency,
+        on_demand_per_hour=on_demand,
+        spot_per_hour=spot,
+        effective_from=effective_from,
+    )
+    if actor is not None:
+        audit_record(
+            actor=actor,
+            action="price.set",
+            target=price,
+            details={
+                "on_demand": str(on_demand),
+                "spot": str(spot),
+                "from": effective_from.isoformat(),
+            },
+        )
+    return price, True
+
+
+# --- hosts ------------------------------------------------------------------------------------
+
+
+def _mig_profiles_ensure(gpu_model: GpuModel, reports: tuple[MigProfileReport, ...]) -> None:
+    for report in reports:
+        MigProfile.objects.update_or_create(
+            gpu_model=gpu_model,
+            name=report.name,
+            defaults={
+                "profile_id": report.profile_id,
+                "memory_gib": report.memory_gib,
+                "compute_slices": report.compute_slices,
+                "memory_slots": report.memory_slots,
+                "placements": list(report.placements),
+                "max_instances": report.max_instances,
+                "sm_count": report.sm_count,
+            },
+        )
+
+
+@transaction.atomic
+def host_register(
+    *,
+    name: str,
+    region: Region,
+    report: bytes | str,
+    vcpus: int,
+    ram_gib: int,
+    disk_gb: int = 0,
+    mig_tables: str | None = None,
+    actor: Actor | None = None,
+) -> Host:
+    """Register a GPU host from its ``nvidia-smi -q -x`` report (and MIG tables, if any).
+
+    Every GPU must be a known GPU model and its UUID new. MIG-capable GPUs whose model has MIG
+    profiles may be sold as slices (``mig_enabled``); operators can change that in admin.
+    Nothing is written unless everything is valid.
+    """
+    parsed = parse_nvidia_smi_report(report)
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("Give the host a name.", code="host_invalid")
+    if Host.objects.filter(name=name).exists():
+        raise Conflict(f"A host named '{name}' is already registered.", code="host_exists")
+    if vcpus < 1 or ram_gib < 1:
+        raise InvalidInput("vCPUs and RAM must be at least 1.", code="host_invalid")
+    index = gpu_model_index()
+    models_by_gpu = {}
+    for gpu in parsed.gpus:
+        model = index.get(gpu.product_name.upper())
+        if model is None:
+            raise InvalidInput(
+                f"GPU {gpu.index} ({gpu.pci_bus_id}) is a '{gpu.product_name}', which is not a known "
+                "GPU model. Add it (or an alias) to the GPU models first.",
+                code="gpu_unknown",
+                details={"product_name": gpu.product_name},
+            )
+        models_by_gpu[gpu.uuid] = model
+    taken = (
+        Gpu.objects.filter(uuid__in=[g.uuid for g in parsed.gpus]).select_related("host").first()
+    )
+    if taken is not None:
+        raise Conflict(
+            f"GPU {taken.uuid} is already registered on host {taken.host.name}.",
+            code="gpu_duplicate",
+            details={"uuid": taken.uuid},
+        )
+    if mig_tables:
+        profiles = parse_mig_tables(mig_tables)
+        for model in {m for m in models_by_gpu.values() if m.mig_capable}:
+            _mig_profiles_ensure(model, profiles)
+    host = Host.objects.create(
+        name=name,
+        region=region,
+        vcpus=vcpus,
+        ram_gib=ram_gib,
+        disk_gb=disk_gb,
+        driver_version=parsed.driver_version,
+        cuda_version=parsed.cuda_version,
+    )
+    with_profiles = set(
+        MigProfile.objects.filter(gpu_model__in=set(models_by_gpu.values())).values_list(
+            "gpu_model_id", flat=True
+        )
+    )
+    Gpu.objects.bulk_create(
+        Gpu(
+            host=host,
+            index=gpu.index,
+            uuid=gpu.uuid,
+            pci_bus_id=gpu.pci_bus_id,
+            gpu_model=models_by_gpu[gpu.uuid],
+            memory_mib=gpu.memory_mib,
+            mig_enabled=models_by_gpu[gpu.uuid].pk in with_profiles,
+        )
+        for gpu in parsed.gpus
+    )
+    audit_record(
+        actor=_system_actor(actor),
+        action="host.register",
+        target=host,
+        details={"gpus": len(parsed.gpus), "region": region.code},
+    )
+    return host
+
+
+@transaction.atomic
+def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Host:
+    """Drain (no new instances), take offline, or activate a host."""
+    if state not in HostState.values:
+        raise InvalidInput(
+            f"State must be one of {', '.join(HostState.values)}.", code="host_invalid"
+        )
+    host = Host.objects.select_for_update().get(pk=host.pk)
+    if host.state != state:
+        previous = host.state
+        host.state = state
+        host.save(update_fields=["state"])
+        audit_record(
+            actor=_system_actor(actor),
+            action="host.set_state",
+            target=host,
+            details={"from": previous, "to": state},
+        )
+    return host
