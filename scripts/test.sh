@@ -37,7 +37,9 @@ missing() {
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] && id postgres >/dev/null 2>&1; then
+if [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] && [ "$(id -u)" != 0 ]; then
+    missing "the throwaway PostgreSQL is started as the postgres user, which needs root; tests run on SQLite"
+elif [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] && id postgres >/dev/null 2>&1; then
     PGDATA="$WORK/pg"
     mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"
     (cd / && runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$WORK/initdb.log" 2>&1) \
@@ -57,12 +59,18 @@ if command -v redis-server >/dev/null 2>&1; then
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
         --dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
     PIDS+=($!)
+    redis_up=false
     for _ in $(seq 50); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$REDIS_PORT") 2>/dev/null && break
+        if (exec 3<>/dev/tcp/127.0.0.1/"$REDIS_PORT") 2>/dev/null; then redis_up=true; break; fi
         sleep 0.1
     done
-    export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-    echo "==> Redis on 127.0.0.1:$REDIS_PORT"
+    if $redis_up; then
+        export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+        echo "==> Redis on 127.0.0.1:$REDIS_PORT"
+    else
+        cat "$WORK/redis.log" >&2 || true
+        missing "redis-server did not start on 127.0.0.1:$REDIS_PORT"
+    fi
 else
     missing "redis-server not found (apt-get install redis-server); Redis and worker tests skip"
 fi
@@ -80,7 +88,7 @@ export SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
 export ALLOWED_HOSTS="localhost,127.0.0.1,testserver"
 export CELERY_TASK_ALWAYS_EAGER=1 CELERY_BROKER_URL="memory://"
 export PORTAL_VAR_DIR="$WORK/var"
-export DJANGO_ALLOW_ASYNC_UNSAFE=true STATIC_ROOT="$WORK/static"
+export STATIC_ROOT="$WORK/static"
 mkdir -p "$PORTAL_VAR_DIR"
 .venv/bin/python manage.py collectstatic --noinput -v0
 

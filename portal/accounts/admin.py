@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from portal.accounts.models import (
@@ -10,6 +10,8 @@ from portal.accounts.models import (
     SshKey,
     User,
 )
+from portal.accounts.services import api_key_revoke, invitation_revoke
+from portal.accounts.types import Actor
 
 
 @admin.register(User)
@@ -39,9 +41,31 @@ class UserAdmin(DjangoUserAdmin):
 
 
 class MembershipInline(admin.TabularInline):
+    """Read-only: roles change through the members page, which keeps the last-owner rule."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+def _run_for_each(modeladmin, request, queryset, service, id_field: str, done: str) -> None:
+    from portal.accounts.middleware import client_ip
+    from portal.errors import PortalError
+
+    count = 0
+    for obj in queryset.select_related("organization"):
+        actor = Actor.for_operator(request.user, obj.organization, client_ip(request))
+        try:
+            service(actor=actor, **{id_field: obj.pk})
+            count += 1
+        except PortalError as exc:
+            modeladmin.message_user(request, f"{obj}: {exc.message}", level=messages.WARNING)
+    modeladmin.message_user(request, done.format(count=count))
 
 
 @admin.register(Organization)
@@ -58,8 +82,35 @@ class InvitationAdmin(admin.ModelAdmin):
     list_display = ["email", "organization", "role", "status", "sent_at", "expires_at"]
     list_filter = ["role"]
     search_fields = ["email", "organization__name", "organization__slug"]
-    readonly_fields = ["token_hash", "created_at", "sent_at", "accepted_at", "accepted_by"]
+    fields = [
+        "organization",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "sent_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    ]
+    readonly_fields = fields
     list_select_related = ["organization"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # invitations are sent from the members page
+
+    @admin.action(description="Revoke selected invitations")
+    def revoke(self, request, queryset):
+        _run_for_each(
+            self,
+            request,
+            queryset,
+            invitation_revoke,
+            "invitation_id",
+            "{count} invitation(s) revoked.",
+        )
 
 
 @admin.register(ApiKey)
@@ -77,8 +128,25 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix", "organization__name", "organization__slug"]
     list_select_related = ["organization"]
     # The secret is never stored; its hash is not shown either.
-    exclude = ["secret_hash"]
-    readonly_fields = ["prefix", "organization", "created_by", "created_at", "last_used_at"]
+    fields = [
+        "name",
+        "prefix",
+        "organization",
+        "role",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke(self, request, queryset):
+        _run_for_each(
+            self, request, queryset, api_key_revoke, "api_key_id", "{count} key(s) revoked."
+        )
 
     def has_add_permission(self, request):
         return False  # keys are created by customers or `manage.py create_api_key`

@@ -18,9 +18,10 @@ class Email:
 
 
 def send_later(email: Email) -> None:
+    """Send after commit. If the broker is down, the write stands and the failure is logged."""
     from portal.accounts.tasks import send_email
 
-    transaction.on_commit(lambda: send_email.delay(**asdict(email)))
+    transaction.on_commit(lambda: send_email.delay(**asdict(email)), robust=True)
 
 
 def verification_email(*, user: "User", link: str) -> Email:

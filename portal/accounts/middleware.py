@@ -4,8 +4,10 @@ The current organisation is kept in the session; a user switches it with the org
 switcher. A stale or foreign id falls back to the user's first organisation.
 """
 
+import ipaddress
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from portal.accounts.selectors import membership_for, memberships_for_user
@@ -15,6 +17,19 @@ SESSION_KEY = "organization_id"
 
 
 def client_ip(request: HttpRequest) -> str | None:
+    """The client's address. Behind ``TRUSTED_PROXY_COUNT`` proxies, the address the outermost
+    trusted proxy saw, from ``X-Forwarded-For`` (entries a client adds itself are ignored)."""
+    proxies = settings.TRUSTED_PROXY_COUNT
+    if proxies > 0:
+        forwarded = [
+            p.strip() for p in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if p.strip()
+        ]
+        if len(forwarded) >= proxies:
+            candidate = forwarded[-proxies]
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                pass
     return request.META.get("REMOTE_ADDR")
 
 

@@ -15,6 +15,10 @@ from portal.accounts.roles import Role
 from portal.errors import NotFound
 
 
+def user_exists(email: str) -> bool:
+    return User.objects.filter(email__iexact=email).exists()
+
+
 def memberships_for_user(user: User) -> QuerySet[Membership]:
     return (
         Membership.objects.filter(user=user)

@@ -7,6 +7,7 @@ permission matrix, write an audit row, and enqueue email after commit.
 import hashlib
 import hmac
 import secrets
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,17 +49,81 @@ EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _require(actor: Actor, action: Action) -> None:
-    if actor.organization is None or not actor.can(action):
+def _require(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
+    """The actor with its role read again now (under the organisation's row lock if ``lock``).
+
+    A role read at the start of a request may be stale by the time the transaction runs (a
+    concurrent demotion or revocation); services that change members, invitations or keys lock
+    the organisation first (the house lock order) and decide on the fresh role.
+    """
+    if actor.organization is None:
         raise PermissionDenied()
+    if lock:
+        Organization.objects.select_for_update().filter(pk=actor.organization.pk).exists()
+    role = actor.role
+    if actor.api_key is not None:
+        key = ApiKey.objects.filter(pk=actor.api_key.pk).first()
+        role = key.role if key is not None and key.status == "active" else None
+    elif actor.user is not None and not actor.operator:
+        role = (
+            Membership.objects.filter(user=actor.user, organization=actor.organization)
+            .values_list("role", flat=True)
+            .first()
+        )
+    fresh = replace(actor, role=role)
+    if not fresh.can(action):
+        raise PermissionDenied()
+    return fresh
+
+
+def _revoke_grants_beyond(*, actor: Actor, user: User, role: str | None) -> None:
+    """Revoke the API keys and open invitations ``user`` made in the actor's organisation that
+    carry a role ``role`` could not grant (all of them when ``role`` is None: they left)."""
+    now = timezone.now()
+    keys = ApiKey.objects.select_for_update().filter(
+        organization=actor.organization, created_by=user, revoked_at__isnull=True
+    )
+    for key in keys:
+        if role is None or not role_can_grant(role, key.role):
+            key.revoked_at = now
+            key.save(update_fields=["revoked_at"])
+            audit_record(
+                actor=actor,
+                action="api_key.revoke",
+                target=key,
+                details={"reason": "creator_role_changed"},
+            )
+    invitations = Invitation.objects.select_for_update().filter(
+        organization=actor.organization,
+        invited_by=user,
+        accepted_at__isnull=True,
+        revoked_at__isnull=True,
+    )
+    for invitation in invitations:
+        if role is None or not role_can_grant(role, invitation.role):
+            invitation.revoked_at = now
+            invitation.save(update_fields=["revoked_at"])
+            audit_record(
+                actor=actor,
+                action="invitation.revoke",
+                target=invitation,
+                details={"reason": "inviter_role_changed"},
+            )
 
 
 def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+MAX_EMAIL_LENGTH = 254
+
+
 def _clean_email(email: str) -> str:
     email = (email or "").strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise InvalidInput(
+            f"An email address has at most {MAX_EMAIL_LENGTH} characters.", code="email_invalid"
+        )
     try:
         validate_email(email)
     except ValidationError:
@@ -96,6 +161,17 @@ def audit_record(
 # --- users ------------------------------------------------------------------------------------
 
 
+def _create_user(**fields) -> User:
+    """Create a user; a concurrent sign-up with the same email is a conflict, not a 500."""
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(**fields)
+    except IntegrityError:
+        raise Conflict(
+            "An account with this email already exists. Log in instead.", code="email_taken"
+        ) from None
+
+
 @transaction.atomic
 def user_signup(
     *, email: str, password: str, full_name: str = "", ip_address: str | None = None
@@ -110,7 +186,7 @@ def user_signup(
         validate_password(password, user=candidate)
     except ValidationError as exc:
         raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
-    user = User.objects.create_user(email=email, password=password, full_name=full_name.strip())
+    user = _create_user(email=email, password=password, full_name=full_name.strip())
     actor = Actor(user=user, organization=None, role=None, ip_address=ip_address)
     audit_record(actor=actor, action="user.signup", target=user)
     user_send_verification(user=user)
@@ -156,10 +232,10 @@ def _throttle_key(email: str, ip_address: str | None) -> str:
 
 def user_login(*, request: HttpRequest, email: str, password: str) -> User:
     """Check credentials with a throttle of failed attempts per (email, IP)."""
-    ip_address = request.META.get("REMOTE_ADDR")
-    key = _throttle_key(email or "", ip_address)
-    failures = cache.get(key, 0)
-    if failures >= settings.LOGIN_THROTTLE_ATTEMPTS:
+    from portal.accounts.middleware import client_ip
+
+    key = _throttle_key(email or "", client_ip(request))
+    if cache.get(key, 0) >= settings.LOGIN_THROTTLE_ATTEMPTS:
         minutes = settings.LOGIN_THROTTLE_WINDOW_SECONDS // 60
         raise Throttled(
             f"Too many failed log-in attempts. Try again in {minutes} minutes or reset your password.",
@@ -167,7 +243,12 @@ def user_login(*, request: HttpRequest, email: str, password: str) -> User:
         )
     user = authenticate(request, username=(email or "").strip().lower(), password=password)
     if user is None:
-        cache.set(key, failures + 1, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+        # add-then-incr is atomic in every cache backend, so parallel guesses all count.
+        cache.add(key, 0, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
         raise InvalidInput("Email or password is not correct.", code="login_failed")
     cache.delete(key)
     return user
@@ -242,7 +323,16 @@ def organization_create(
         slug = slugify(slug)
         if Organization.objects.filter(slug=slug).exists():
             raise Conflict(f"The slug '{slug}' is taken.", code="slug_taken")
-    org = Organization.objects.create(slug=slug or _unique_slug(fields["name"]), **fields)
+    for attempt in range(5):
+        try:
+            with transaction.atomic():
+                org = Organization.objects.create(
+                    slug=slug or _unique_slug(fields["name"]), **fields
+                )
+            break
+        except IntegrityError:
+            if slug or attempt == 4:  # a chosen slug taken meanwhile, or no luck generating one
+                raise Conflict("This slug was just taken. Try again.", code="slug_taken") from None
     Membership.objects.create(user=user, organization=org, role=Role.OWNER)
     actor = Actor(user=user, organization=org, role=Role.OWNER, ip_address=ip_address)
     audit_record(actor=actor, action="organization.create", target=org)
@@ -254,7 +344,7 @@ ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency",
 
 @transaction.atomic
 def organization_update(*, actor: Actor, **fields: Any) -> Organization:
-    _require(actor, Action.ORG_UPDATE)
+    actor = _require(actor, Action.ORG_UPDATE, lock=True)
     unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code="invalid")
@@ -276,7 +366,7 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
 
 @transaction.atomic
 def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
-    _require(actor, Action.ORG_DELETE)
+    actor = _require(actor, Action.ORG_DELETE, lock=True)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     if confirm_slug != org.slug:
         raise InvalidInput(
@@ -300,7 +390,7 @@ def _lock_owners(org: Organization) -> list[Membership]:
 
 @transaction.atomic
 def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Membership:
-    _require(actor, Action.MEMBER_CHANGE_ROLE)
+    actor = _require(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
     if role not in Role.values:
         raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
     owners = _lock_owners(actor.organization)
@@ -327,12 +417,19 @@ def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Me
         target=membership,
         details={"user": membership.user.email, "from": previous, "to": role},
     )
+    _revoke_grants_beyond(actor=actor, user=membership.user, role=role)
     return membership
 
 
 @transaction.atomic
 def membership_remove(*, actor: Actor, membership_id: int) -> None:
-    """Remove a member, or leave the organisation when the membership is the actor's own."""
+    """Remove a member, or leave the organisation when the membership is the actor's own.
+
+    Their API keys and open invitations in the organisation are revoked with them.
+    """
+    if actor.organization is None:
+        raise PermissionDenied()
+    Organization.objects.select_for_update().filter(pk=actor.organization.pk).exists()
     owners = _lock_owners(actor.organization)
     membership = (
         Membership.objects.select_for_update()
@@ -346,7 +443,7 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
         actor.user is not None and actor.api_key is None and membership.user_id == actor.user.pk
     )
     if not leaving:
-        _require(actor, Action.MEMBER_REMOVE)
+        actor = _require(actor, Action.MEMBER_REMOVE)
         if not role_can_grant(actor.role, membership.role):
             raise PermissionDenied("Only an owner can remove an owner.")
     if membership.role == Role.OWNER and len(owners) == 1:
@@ -360,6 +457,7 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
         target=membership,
         details={"user": membership.user.email, "role": membership.role},
     )
+    _revoke_grants_beyond(actor=actor, user=membership.user, role=None)
     membership.delete()
 
 
@@ -384,13 +482,13 @@ def _issue_invitation_token(invitation: Invitation) -> str:
 
 
 def _send_invitation(invitation: Invitation, token: str) -> None:
-    link = _absolute(reverse("accounts:invitation_accept", args=[token]))
+    link = _absolute(reverse("accounts:invitation_link", args=[token]))
     emails.send_later(emails.invitation_email(invitation=invitation, link=link))
 
 
 @transaction.atomic
 def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
-    _require(actor, Action.MEMBER_INVITE)
+    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
     email = _clean_email(email)
     _check_grant(actor, role)
     org = actor.organization
@@ -441,7 +539,7 @@ def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
 @transaction.atomic
 def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
     """Send a fresh link (the old one stops working) with a new expiry."""
-    _require(actor, Action.MEMBER_INVITE)
+    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
     invitation = _open_invitation(actor, invitation_id)
     _check_grant(actor, invitation.role)
     token = _issue_invitation_token(invitation)
@@ -453,8 +551,9 @@ def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
 
 @transaction.atomic
 def invitation_revoke(*, actor: Actor, invitation_id: int) -> Invitation:
-    _require(actor, Action.MEMBER_INVITE)
+    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
     invitation = _open_invitation(actor, invitation_id)
+    _check_grant(actor, invitation.role)
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
     audit_record(actor=actor, action="invitation.revoke", target=invitation)
@@ -524,7 +623,7 @@ def invitation_accept_as_new_user(
         validate_password(password, user=candidate)
     except ValidationError as exc:
         raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
-    user = User.objects.create_user(
+    user = _create_user(
         email=invitation.email,
         password=password,
         full_name=full_name.strip(),
@@ -548,14 +647,14 @@ def api_key_create(
     *, actor: Actor, name: str, role: str, expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is shown once and never stored."""
-    _require(actor, Action.API_KEY_MANAGE)
+    actor = _require(actor, Action.API_KEY_MANAGE, lock=True)
     name = (name or "").strip()
     if not name:
         raise InvalidInput("Give the key a name, e.g. 'ci-pipeline'.", code="name_required")
     _check_grant(actor, role)
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("The expiry must be in the future.", code="expiry_in_past")
-    prefix = secrets.token_hex(4)
+    prefix = secrets.token_hex(8)
     secret = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
         organization=actor.organization,
@@ -572,7 +671,7 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, actor: Actor, api_key_id: int) -> ApiKey:
-    _require(actor, Action.API_KEY_MANAGE)
+    actor = _require(actor, Action.API_KEY_MANAGE, lock=True)
     api_key = (
         ApiKey.objects.select_for_update()
         .filter(organization=actor.organization, pk=api_key_id)
@@ -616,7 +715,7 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
 
 @transaction.atomic
 def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
-    _require(actor, Action.SSH_KEY_MANAGE)
+    actor = _require(actor, Action.SSH_KEY_MANAGE)
     parsed = parse_public_key(public_key)
     org = actor.organization
     name = (name or "").strip()[:80]
@@ -668,7 +767,7 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
 
 @transaction.atomic
 def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
-    _require(actor, Action.SSH_KEY_MANAGE)
+    actor = _require(actor, Action.SSH_KEY_MANAGE)
     ssh_key = SshKey.objects.filter(organization=actor.organization, pk=ssh_key_id).first()
     if ssh_key is None:
         raise NotFound("No such SSH key in this organisation.")
@@ -693,3 +792,14 @@ def user_update_profile(*, user: User, full_name: str, ip_address: str | None = 
             target=user,
         )
     return user
+
+
+@transaction.atomic
+def user_password_changed(*, user: User, via: str, ip_address: str | None = None) -> None:
+    """Record a password change (from the account page or a reset link)."""
+    audit_record(
+        actor=Actor(user=user, organization=None, role=None, ip_address=ip_address),
+        action="user.password_change",
+        target=user,
+        details={"via": via},
+    )

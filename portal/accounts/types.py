@@ -21,6 +21,7 @@ class Actor:
     role: str | None
     api_key: "ApiKey | None" = None
     ip_address: str | None = None
+    operator: bool = False  # staff acting from admin on a customer's behalf
 
     def can(self, action: Action) -> bool:
         return role_allows(self.role, action)
@@ -30,8 +31,16 @@ class Actor:
         if self.api_key is not None:
             return f"API key {self.api_key.name} ({self.api_key.prefix})"
         if self.user is not None:
-            return self.user.email
+            return f"operator {self.user.email}" if self.operator else self.user.email
         return "system"
+
+    @classmethod
+    def for_operator(
+        cls, user: "User", organization: "Organization", ip_address: str | None = None
+    ) -> "Actor":
+        return cls(
+            user=user, organization=organization, role="owner", ip_address=ip_address, operator=True
+        )
 
     @classmethod
     def system(cls, organization: "Organization | None" = None) -> "Actor":

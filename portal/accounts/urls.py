@@ -29,10 +29,7 @@ urlpatterns = [
     ),
     path(
         "password-reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(
-            template_name="accounts/password_reset_confirm.html",
-            success_url=reverse_lazy("accounts:password_reset_complete"),
-        ),
+        views.PasswordResetConfirmView.as_view(),
         name="password_reset_confirm",
     ),
     path(
@@ -45,10 +42,7 @@ urlpatterns = [
     path("account/", views.account, name="account"),
     path(
         "account/password/",
-        auth_views.PasswordChangeView.as_view(
-            template_name="accounts/password_change.html",
-            success_url=reverse_lazy("accounts:account"),
-        ),
+        views.PasswordChangeView.as_view(),
         name="password_change",
     ),
     path("organizations/new/", views.organization_create, name="organization_create"),
@@ -61,7 +55,8 @@ urlpatterns = [
     path("invitations/", views.invitation_create, name="invitation_create"),
     path("invitations/<int:pk>/resend/", views.invitation_resend, name="invitation_resend"),
     path("invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
-    path("invitations/accept/<str:token>/", views.invitation_accept, name="invitation_accept"),
+    path("invitations/accept/", views.invitation_accept, name="invitation_accept"),
+    path("invitations/accept/<str:token>/", views.invitation_link, name="invitation_link"),
     path("api-keys/", views.api_keys, name="api_keys"),
     path("api-keys/<int:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("ssh-keys/", views.ssh_keys, name="ssh_keys"),

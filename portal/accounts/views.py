@@ -9,12 +9,13 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth import login, logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -185,8 +186,9 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 def organization_switch(request: HttpRequest) -> HttpResponse:
     membership = None
-    if request.POST.get("organization", "").isdigit():
-        membership = selectors.membership_for(request.user, int(request.POST["organization"]))
+    raw = request.POST.get("organization", "")
+    if raw.isdigit() and len(raw) < 19:
+        membership = selectors.membership_for(request.user, int(raw))
     if membership is None:
         messages.error(request, "You are not a member of that organisation.")
     else:
@@ -282,7 +284,7 @@ def invitation_create(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Invitation sent to {invitation.email}.")
             form, status = None, 200
-    if not request.htmx:
+    if not request.htmx and status == 200:
         return redirect("accounts:members")
     return _render(
         request, "accounts/members.html", "invitations", _members_context(request, form), status
@@ -353,17 +355,29 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     return _render(request, "accounts/members.html", "member-table", _members_context(request))
 
 
-def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
-    """The emailed link. Accept as the signed-in user, or create an account and accept."""
+INVITATION_SESSION_KEY = "invitation_token"
+
+
+def invitation_link(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link: keep the token in the session and continue on a URL without it, so
+    the token never appears in logs or Referer headers (as Django's password reset does)."""
+    request.session[INVITATION_SESSION_KEY] = token
+    return redirect("accounts:invitation_accept")
+
+
+def invitation_accept(request: HttpRequest) -> HttpResponse:
+    """Accept as the signed-in user, or create an account and accept."""
+    token = request.session.get(INVITATION_SESSION_KEY, "")
+    if not token:
+        message = "Open the invitation link from your email again."
+        return render(request, "accounts/invitation_accept.html", {"error": message}, status=400)
     try:
         invitation = services.invitation_for_token(token)
     except SHOWN_ON_PAGE as exc:
         return render(
             request, "accounts/invitation_accept.html", {"error": exc.message}, status=400
         )
-    from portal.accounts.models import User
-
-    account_exists = User.objects.filter(email__iexact=invitation.email).exists()
+    account_exists = selectors.user_exists(invitation.email)
     form = AcceptAsNewUserForm(request.POST or None)
     context = {"invitation": invitation, "account_exists": account_exists, "form": form}
     if request.method == "POST":
@@ -379,10 +393,11 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
                 login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 membership = selectors.membership_for(user, invitation.organization_id)
             else:
-                return render(request, "accounts/invitation_accept.html", context, status=400)
+                return render(request, "accounts/invitation_accept.html", context, status=422)
         except SHOWN_ON_PAGE as exc:
             context["error"] = exc.message
             return render(request, "accounts/invitation_accept.html", context, status=exc.status)
+        request.session.pop(INVITATION_SESSION_KEY, None)
         request.session[SESSION_KEY] = membership.organization_id
         messages.success(
             request, f"You joined {membership.organization.name} as {membership.role}."
@@ -393,7 +408,9 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
 # --- API keys ---------------------------------------------------------------------------------
 
-NEW_API_KEY_SESSION_KEY = "new_api_key"
+NEW_API_KEY_COOKIE = "new_api_key"
+NEW_API_KEY_COOKIE_SALT = "portal.accounts.new-api-key"
+NEW_API_KEY_COOKIE_MAX_AGE = 120
 
 
 def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **extra) -> dict:
@@ -426,8 +443,19 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 if request.htmx:
                     context = _api_keys_context(request, new_key=api_key, new_secret=secret)
                     return _render(request, "accounts/api_keys.html", "api-key-panel", context)
-                request.session[NEW_API_KEY_SESSION_KEY] = [api_key.pk, secret]
-                return redirect("accounts:api_keys")
+                # The secret rides in a short-lived signed cookie, never in the database.
+                response = redirect("accounts:api_keys")
+                response.set_signed_cookie(
+                    NEW_API_KEY_COOKIE,
+                    f"{api_key.pk}:{secret}",
+                    salt=NEW_API_KEY_COOKIE_SALT,
+                    max_age=NEW_API_KEY_COOKIE_MAX_AGE,
+                    path=reverse("accounts:api_keys"),
+                    secure=request.is_secure(),
+                    httponly=True,
+                    samesite="Strict",
+                )
+                return response
         return _render(
             request,
             "accounts/api_keys.html",
@@ -436,13 +464,25 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             422,
         )
     extra = {}
-    shown = request.session.pop(NEW_API_KEY_SESSION_KEY, None)
+    shown = request.get_signed_cookie(
+        NEW_API_KEY_COOKIE,
+        default="",
+        salt=NEW_API_KEY_COOKIE_SALT,
+        max_age=NEW_API_KEY_COOKIE_MAX_AGE,
+    )
+    key_id, _, secret = shown.partition(":")
+    new_key = (
+        selectors.api_keys_list(request.organization).filter(pk=key_id).first()
+        if key_id.isdigit()
+        else None
+    )
+    if new_key is not None:
+        extra = {"new_key": new_key, "new_secret": secret}
+    response = render(request, "accounts/api_keys.html", _api_keys_context(request, **extra))
     if shown:
-        extra = {
-            "new_key": selectors.api_keys_list(request.organization).filter(pk=shown[0]).first(),
-            "new_secret": shown[1],
-        }
-    return render(request, "accounts/api_keys.html", _api_keys_context(request, **extra))
+        response.delete_cookie(NEW_API_KEY_COOKIE, path=reverse("accounts:api_keys"))
+        response["Cache-Control"] = "no-store"
+    return response
 
 
 @org_page(Action.API_KEY_MANAGE)
@@ -547,3 +587,28 @@ def account(request: HttpRequest) -> HttpResponse:
         )
         return _done(request, reverse("accounts:account"), "Profile saved.")
     return render(request, "accounts/account.html", {"form": form})
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    template_name = "accounts/password_change.html"
+    success_url = reverse_lazy("accounts:account")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        services.user_password_changed(
+            user=form.user, via="account", ip_address=client_ip(self.request)
+        )
+        messages.success(self.request, "Password changed.")
+        return response
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "accounts/password_reset_confirm.html"
+    success_url = reverse_lazy("accounts:password_reset_complete")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        services.user_password_changed(
+            user=form.user, via="reset_link", ip_address=client_ip(self.request)
+        )
+        return response

@@ -152,12 +152,15 @@ def test_invitation_link_for_an_existing_account_asks_to_log_in(
         )
     path = re.sub(r"^https?://[^/]+", "", re.search(r"https?://\S+", mail.outbox[-1].body).group(0))
     client = Client()
-    assert "Log in to accept" in client.get(path).content.decode()
+    response = client.get(path, follow=True)
+    assert response.redirect_chain == [("/invitations/accept/", 302)]  # the token leaves the URL
+    assert "Log in to accept" in response.content.decode()
     client.force_login(invited)
-    response = client.post(path)
+    response = client.post("/invitations/accept/")
     assert response.status_code == 302
     assert Membership.objects.get(user=invited, organization=org).role == "viewer"
-    assert "already been used" in Client().get(path).content.decode()
+    assert "already been used" in Client().get(path, follow=True).content.decode()
+    assert "Open the invitation link" in Client().get("/invitations/accept/").content.decode()
 
 
 def test_friendly_error_pages(owner_client, client):

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from portal.accounts import services
-from portal.accounts.models import Invitation, Membership
+from portal.accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, SshKey
 from portal.accounts.roles import MATRIX, Action, Role
 from portal.accounts.types import Actor
 from tests import factories
@@ -65,13 +65,36 @@ class Op:
     action: Action
     data: dict | None = None
     api: bool = False
+    effect: object = None  # (world) -> bool: did the write happen?
 
     def url(self, objects: dict) -> str:
         return self.path.format(**objects)
 
 
-def op(name, method, path, allowed, ok, action, data=None, api=False) -> Op:
-    return Op(name, method, path, frozenset(allowed), ok, action, data, api)
+def op(name, method, path, allowed, ok, action, data=None, api=False, effect=None) -> Op:
+    return Op(name, method, path, frozenset(allowed), ok, action, data, api, effect)
+
+
+def ssh_keys(w):
+    return SshKey.objects.filter(organization=w.org).count()
+
+
+def ssh_key_gone(w):
+    return not SshKey.objects.filter(pk=w.objects["ssh_key"]).exists()
+
+
+def api_key_revoked(w):
+    return ApiKey.objects.get(pk=w.objects["api_key"]).revoked_at is not None
+
+
+def invitation(w):
+    return Invitation.objects.get(pk=w.objects["invitation"])
+
+
+def membership_role(w):
+    return (
+        Membership.objects.filter(pk=w.objects["membership"]).values_list("role", flat=True).first()
+    )
 
 
 NEW_KEY = {"public_key": "placeholder"}
@@ -104,21 +127,32 @@ API_OPS = [
 PAGE_OPS = [
     op("dashboard", "GET", "/", ALL, 200, Action.ORG_VIEW),
     op("ssh page", "GET", "/ssh-keys/", ALL, 200, Action.SSH_KEY_VIEW),
-    op("ssh add", "POST", "/ssh-keys/", BUILDERS, 302, Action.SSH_KEY_MANAGE, NEW_KEY),
-    op("ssh delete", "POST", "/ssh-keys/{ssh_key}/delete/", BUILDERS, 302, Action.SSH_KEY_MANAGE),
+    op("ssh add", "POST", "/ssh-keys/", BUILDERS, 302, Action.SSH_KEY_MANAGE, NEW_KEY,
+       effect=lambda w: ssh_keys(w) == 2),
+    op("ssh delete", "POST", "/ssh-keys/{ssh_key}/delete/", BUILDERS, 302, Action.SSH_KEY_MANAGE,
+       effect=ssh_key_gone),
     op("api keys page", "GET", "/api-keys/", KEY_HOLDERS, 200, Action.API_KEY_VIEW),
-    op("api key add", "POST", "/api-keys/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE, {"name": "k", "role": "viewer"}),
-    op("api key revoke", "POST", "/api-keys/{api_key}/revoke/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE),
+    op("api key add", "POST", "/api-keys/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE, {"name": "new", "role": "viewer"},
+       effect=lambda w: ApiKey.objects.filter(organization=w.org, name="new").exists()),
+    op("api key revoke", "POST", "/api-keys/{api_key}/revoke/", KEY_HOLDERS, 302, Action.API_KEY_MANAGE,
+       effect=api_key_revoked),
     op("members page", "GET", "/members/", ALL, 200, Action.MEMBER_VIEW),
-    op("invite", "POST", "/invitations/", MANAGERS, 302, Action.MEMBER_INVITE, {"email": "x@example.com", "role": "viewer"}),
-    op("invite resend", "POST", "/invitations/{invitation}/resend/", MANAGERS, 302, Action.MEMBER_INVITE),
-    op("invite revoke", "POST", "/invitations/{invitation}/revoke/", MANAGERS, 302, Action.MEMBER_INVITE),
-    op("change role", "POST", "/members/{membership}/role/", {"owner"}, 302, Action.MEMBER_CHANGE_ROLE, {"role": "member"}),
-    op("remove member", "POST", "/members/{membership}/remove/", MANAGERS, 302, Action.MEMBER_REMOVE),
+    op("invite", "POST", "/invitations/", MANAGERS, 302, Action.MEMBER_INVITE, {"email": "x@example.com", "role": "viewer"},
+       effect=lambda w: Invitation.objects.filter(organization=w.org, email="x@example.com").exists()),
+    op("invite resend", "POST", "/invitations/{invitation}/resend/", MANAGERS, 302, Action.MEMBER_INVITE,
+       effect=lambda w: invitation(w).token_hash != f"{w.org.pk:064d}"),
+    op("invite revoke", "POST", "/invitations/{invitation}/revoke/", MANAGERS, 302, Action.MEMBER_INVITE,
+       effect=lambda w: invitation(w).revoked_at is not None),
+    op("change role", "POST", "/members/{membership}/role/", {"owner"}, 302, Action.MEMBER_CHANGE_ROLE, {"role": "member"},
+       effect=lambda w: membership_role(w) == "member"),
+    op("remove member", "POST", "/members/{membership}/remove/", MANAGERS, 302, Action.MEMBER_REMOVE,
+       effect=lambda w: membership_role(w) is None),
     op("settings page", "GET", "/settings/", ALL, 200, Action.ORG_VIEW),
     op("settings save", "POST", "/settings/", MANAGERS, 302, Action.ORG_UPDATE,
-       {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD", "billing_mode": "prepaid"}),
-    op("org delete", "POST", "/settings/delete/", {"owner"}, 302, Action.ORG_DELETE, {"confirm_slug": "{slug}"}),
+       {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD", "billing_mode": "prepaid"},
+       effect=lambda w: Organization.objects.filter(pk=w.org.pk, name="New name").exists()),
+    op("org delete", "POST", "/settings/delete/", {"owner"}, 302, Action.ORG_DELETE, {"confirm_slug": "{slug}"},
+       effect=lambda w: not Organization.objects.filter(pk=w.org.pk).exists()),
     op("audit page", "GET", "/audit/", MANAGERS, 200, Action.AUDIT_VIEW),
 ]  # fmt: skip
 
@@ -146,25 +180,29 @@ def test_hand_written_expectations_agree_with_the_matrix(operation):
 
 @pytest.mark.parametrize("role", sorted(ALL))
 @pytest.mark.parametrize("operation", API_OPS, ids=lambda o: o.name)
-def test_api_role_matrix(require_postgres, operation, role):
+def test_api_role_matrix(db, operation, role):
     world = build_world()
     client = factories.api_client_for(world.org, role)
     response = perform(client, operation, world)
-    expected = operation.ok if role in operation.allowed else 403
-    assert response.status_code == expected, response.content[:300]
-    if expected == 403:
+    allowed = role in operation.allowed
+    assert response.status_code == (operation.ok if allowed else 403), response.content[:300]
+    if not allowed:
         assert response.json()["error"]["code"] == "permission_denied"
+    if operation.effect is not None:
+        assert operation.effect(world) is allowed
 
 
 @pytest.mark.parametrize("role", sorted(ALL))
 @pytest.mark.parametrize("operation", PAGE_OPS, ids=lambda o: o.name)
-def test_page_role_matrix(require_postgres, operation, role):
+def test_page_role_matrix(db, operation, role):
     world = build_world()
     client = Client()
     client.force_login(factories.member(world.org, role))
     response = perform(client, operation, world)
-    expected = operation.ok if role in operation.allowed else 403
-    assert response.status_code == expected, response.content[:300]
+    allowed = role in operation.allowed
+    assert response.status_code == (operation.ok if allowed else 403), response.content[:300]
+    if operation.effect is not None:
+        assert operation.effect(world) is allowed
 
 
 # --- isolation --------------------------------------------------------------------------------
@@ -173,7 +211,7 @@ FOREIGN_OBJECT_OPS = [o for o in API_OPS + PAGE_OPS if "{" in o.path]
 
 
 @pytest.mark.parametrize("operation", FOREIGN_OBJECT_OPS, ids=lambda o: o.name)
-def test_another_organizations_object_answers_404(require_postgres, operation):
+def test_another_organizations_object_answers_404(db, operation):
     mine, theirs = build_world(), build_world()
     owner = factories.member(mine.org, "owner")
     if operation.api:
@@ -190,17 +228,21 @@ def test_another_organizations_object_answers_404(require_postgres, operation):
     invitation = Invitation.objects.get(pk=theirs.objects["invitation"])
     assert invitation.revoked_at is None
     assert invitation.token_hash == f"{theirs.org.pk:064d}"
+    assert SshKey.objects.filter(pk=theirs.objects["ssh_key"]).exists()
+    assert ApiKey.objects.get(pk=theirs.objects["api_key"]).revoked_at is None
 
 
-def test_lists_show_only_the_current_organizations_data(require_postgres):
+def test_lists_show_only_the_current_organizations_data(db):
     mine, theirs = build_world(), build_world()
     client = factories.api_client_for(mine.org, "owner")
     ids = {row["id"] for row in client.get("/api/v1/ssh-keys").json()["results"]}
     assert ids == {mine.objects["ssh_key"]}
     members = client.get("/api/v1/members").json()["results"]
     assert theirs.objects["membership"] not in {row["id"] for row in members}
-    audit = client.get("/api/v1/audit-events").json()["results"]
-    assert audit and all(str(theirs.objects["ssh_key"]) != row["target_id"] for row in audit)
+    audit = {row["id"] for row in client.get("/api/v1/audit-events").json()["results"]}
+    assert audit and audit <= set(
+        AuditEvent.objects.filter(organization=mine.org).values_list("id", flat=True)
+    )
 
 
 def _object_routes(resolver=None, prefix=""):

@@ -8,6 +8,10 @@ downloads are never used.
 import os
 from pathlib import Path
 
+# pytest-playwright runs an event loop in this thread; Django's ORM calls from the sync test
+# code are safe here (one thread, no real concurrency), so tell Django so for browser tests only.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 import pytest
 from playwright.sync_api import expect
 from pytest_django.live_server_helper import LiveServer
