@@ -60,13 +60,16 @@ def _system_actor(actor: Actor | None) -> Actor:
     return actor or Actor(user=None, organization=None, role=None)
 
 
-def _decimal(value, field: str) -> Decimal | None:
+def _decimal(value, field: str, code: str = "invalid") -> Decimal | None:
     if value is None or value == "":
         return None
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value).strip())
     except InvalidOperation:
-        raise InvalidInput(f"{field} '{value}' is not a number.", code="invalid") from None
+        raise InvalidInput(f"{field} '{value}' is not a number.", code=code) from None
+    if not number.is_finite():
+        raise InvalidInput(f"{field} '{value}' is not a finite number.", code=code)
+    return number
 
 
 def _code(name: str, variant: str) -> str:
@@ -149,14 +152,19 @@ def instance_type_upsert(
     vcpus: int,
     ram_gib: int,
     mig_profile: MigProfile | None = None,
-    local_nvme_gb: int = 0,
+    local_nvme_gb: int | None = None,
     interconnect: str | None = None,
     spot_allowed: bool = False,
-    description: str = "",
+    description: str | None = None,
     provider: str = "",
     provider_name: str = "",
 ) -> tuple[InstanceType, bool]:
-    """Create or update an instance type, found by (provider, provider_name) or by name."""
+    """Create or update an instance type. Returns (type, created).
+
+    An imported type is found by (provider, provider_name); a hand-made one by name. A name
+    already used by another product gets the provider as a prefix. On update, ``local_nvme_gb``,
+    ``interconnect`` and ``description`` left as None keep what operators set.
+    """
     if mig_profile is not None:
         if mig_profile.gpu_model_id != gpu_model.pk:
             raise InvalidInput(
@@ -169,40 +177,42 @@ def instance_type_upsert(
             f"Instance type {name}: GPUs, vCPUs and RAM must be at least 1.",
             code="instance_type_invalid",
         )
-    if interconnect is None:
-        pcie = "PCIe" in gpu_model.variant or "none" in gpu_model.interconnect.lower()
-        interconnect = (
-            Interconnect.PCIE if (gpu_count == 1 or pcie or mig_profile) else Interconnect.NVLINK
-        )
     fields = {
         "gpu_model": gpu_model,
         "gpu_count": gpu_count,
         "mig_profile": mig_profile,
         "vcpus": vcpus,
         "ram_gib": ram_gib,
-        "local_nvme_gb": local_nvme_gb,
-        "interconnect": interconnect,
         "spot_allowed": spot_allowed,
-        "description": description[:200],
     }
-    existing = None
+    if local_nvme_gb is not None:
+        fields["local_nvme_gb"] = local_nvme_gb
+    if interconnect is not None:
+        fields["interconnect"] = interconnect
+    if description is not None:
+        fields["description"] = description[:200]
     if provider:
         existing = InstanceType.objects.filter(
             provider=provider, provider_name=provider_name
         ).first()
+    else:
+        existing = InstanceType.objects.filter(name=name, provider="").first()
     if existing is None:
-        existing = InstanceType.objects.filter(name=name).first()
-        if existing is not None and provider and existing.provider not in ("", provider):
-            # The same name from another catalog is another product.
-            name = f"{provider}_{name}"[:60]
-            existing = InstanceType.objects.filter(name=name).first()
-    if existing is None:
-        return (
-            InstanceType.objects.create(
-                name=name, provider=provider, provider_name=provider_name, **fields
-            ),
-            True,
+        if InstanceType.objects.filter(name=name).exists():
+            # The same name already means another product (another catalog, or hand-made).
+            name = f"{provider or 'custom'}_{name}"[:60]
+            if InstanceType.objects.filter(name=name).exists():
+                raise Conflict(
+                    f"The instance type name '{name}' is taken.", code="instance_type_exists"
+                )
+        if interconnect is None:
+            pcie = "PCIe" in gpu_model.variant or "none" in gpu_model.interconnect.lower()
+            single = gpu_count == 1 or mig_profile is not None
+            fields["interconnect"] = Interconnect.PCIE if (single or pcie) else Interconnect.NVLINK
+        instance_type = InstanceType.objects.create(
+            name=name, provider=provider, provider_name=provider_name, **fields
         )
+        return instance_type, True
     changed = [key for key, value in fields.items() if getattr(existing, key) != value]
     for key in changed:
         setattr(existing, key, fields[key])
@@ -251,8 +261,8 @@ def price_set(
             f"Currency '{currency}' is not one of {', '.join(Currency.values)}.",
             code="price_invalid",
         )
-    on_demand = _decimal(on_demand_per_hour, "On-demand price")
-    spot = _decimal(spot_per_hour, "Spot price")
+    on_demand = _decimal(on_demand_per_hour, "On-demand price", "price_invalid")
+    spot = _decimal(spot_per_hour, "Spot price", "price_invalid")
     if on_demand is None or on_demand <= 0:
         raise InvalidInput(
             f"The on-demand price of {instance_type} in {region} must be positive, not {on_demand}.",

@@ -1,0 +1,183 @@
+"""Reads of the catalog: offers (types with prices in one currency and live availability),
+regions, images and GPU models.
+
+``catalog_offers`` runs a fixed number of queries whatever the number of types, regions, prices
+and hosts; filtering and sorting happen in memory on the result.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from portal.catalog.capacity import availability
+from portal.catalog.models import GpuModel, Image, InstanceType, Price, Region
+from portal.catalog.types import Offer, PriceQuote
+
+SORTS = {
+    "price": "Price per hour",
+    "price_per_gpu": "Price per GPU-hour",
+    "tflops_per_dollar": "BF16 TFLOPS per dollar",
+    "name": "Name",
+}
+
+
+def prices_in_force(*, currency: str, at: datetime | None = None) -> dict[tuple[int, int], Price]:
+    """(instance type id, region id) -> the price in force at ``at`` in ``currency``. One query."""
+    latest: dict[tuple[int, int], Price] = {}
+    rows = (
+        Price.objects.filter(currency=currency, effective_from__lte=at or timezone.now())
+        .order_by("effective_from", "id")
+        .only("instance_type_id", "region_id", "on_demand_per_hour", "spot_per_hour", "currency")
+    )
+    for price in rows:
+        latest[(price.instance_type_id, price.region_id)] = price
+    return latest
+
+
+def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
+    """Every active type with a price in ``currency``: its specs, prices per region and how many
+    more instances fit per region right now. A type with no price in the currency is not offered
+    (no conversion is guessed)."""
+    types = list(
+        InstanceType.objects.filter(is_active=True).select_related("gpu_model", "mig_profile")
+    )
+    regions = {r.pk: r.code for r in Region.objects.filter(is_active=True)}
+    prices = prices_in_force(currency=currency, at=at)
+    free = availability(types)
+    offers = []
+    for t in types:
+        quotes = tuple(
+            PriceQuote(
+                region=regions[region_id],
+                currency=currency,
+                on_demand_per_hour=price.on_demand_per_hour,
+                spot_per_hour=price.spot_per_hour if t.spot_allowed else None,
+            )
+            for (type_id, region_id), price in sorted(
+                prices.items(), key=lambda kv: regions.get(kv[0][1], "")
+            )
+            if type_id == t.pk and region_id in regions
+        )
+        if not quotes:
+            continue
+        offers.append(
+            Offer(
+                instance_type_id=t.pk,
+                name=t.name,
+                description=t.description,
+                gpu_model=str(t.gpu_model),
+                gpu_model_code=t.gpu_model.code,
+                gpu_count=t.gpu_count,
+                mig_profile=t.mig_profile.name if t.mig_profile else None,
+                gpu_memory_gb=t.gpu_memory_gb,
+                vcpus=t.vcpus,
+                ram_gib=t.ram_gib,
+                local_nvme_gb=t.local_nvme_gb,
+                interconnect=t.get_interconnect_display(),
+                spot_allowed=t.spot_allowed,
+                bf16_tflops=t.gpu_model.bf16_tflops,
+                currency=currency,
+                prices=quotes,
+                available={
+                    code: n for code, n in free.get(t.pk, {}).items() if code in regions.values()
+                },
+            )
+        )
+    return offers
+
+
+@dataclass(frozen=True)
+class CatalogQuery:
+    """Filters and sort order for the catalog page and ``GET /api/v1/instance-types``."""
+
+    gpu_model: str = ""
+    gpu_count: int | None = None
+    min_gpu_memory_gb: int | None = None
+    region: str = ""
+    max_price: Decimal | None = None
+    available: bool = False
+    sort: str = "price"
+
+
+def offer_price(offer: Offer, region: str = "") -> Decimal | None:
+    """The hourly on-demand price shown for an offer: in ``region``, or the lowest anywhere."""
+    amounts = [q.on_demand_per_hour for q in offer.prices if not region or q.region == region]
+    return min(amounts) if amounts else None
+
+
+def gpu_fraction(offer: Offer) -> Decimal:
+    """How much of a GPU one instance is: its GPU count, or its MIG slice's share (n/7)."""
+    if offer.mig_profile:
+        return Decimal(int(offer.mig_profile.split("g.", 1)[0])) / Decimal(7)
+    return Decimal(offer.gpu_count)
+
+
+def price_per_gpu_hour(offer: Offer, region: str = "") -> Decimal | None:
+    price = offer_price(offer, region)
+    return price / gpu_fraction(offer) if price is not None else None
+
+
+def tflops_per_dollar(offer: Offer, region: str = "") -> Decimal | None:
+    price = offer_price(offer, region)
+    if price is None or not offer.bf16_tflops:
+        return None
+    return offer.bf16_tflops * gpu_fraction(offer) / price
+
+
+def filter_offers(offers: list[Offer], query: CatalogQuery) -> list[Offer]:
+    selected = []
+    for offer in offers:
+        if query.gpu_model and offer.gpu_model_code != query.gpu_model:
+            continue
+        if query.gpu_count is not None and (
+            offer.mig_profile or offer.gpu_count != query.gpu_count
+        ):
+            continue
+        if query.min_gpu_memory_gb is not None and offer.gpu_memory_gb < query.min_gpu_memory_gb:
+            continue
+        price = offer_price(offer, query.region)
+        if price is None:  # not sold in that region
+            continue
+        if query.max_price is not None and price > query.max_price:
+            continue
+        if query.available and not (
+            offer.available.get(query.region, 0) if query.region else offer.regions_with_capacity
+        ):
+            continue
+        selected.append(offer)
+    region = query.region
+    keys = {
+        "price": lambda o: (offer_price(o, region), o.name),
+        "price_per_gpu": lambda o: (price_per_gpu_hour(o, region), o.name),
+        "tflops_per_dollar": lambda o: (-(tflops_per_dollar(o, region) or Decimal(0)), o.name),
+        "name": lambda o: (o.name,),
+    }
+    return sorted(selected, key=keys.get(query.sort, keys["price"]))
+
+
+def regions_list() -> QuerySet[Region]:
+    return Region.objects.filter(is_active=True)
+
+
+def gpu_models_list() -> QuerySet[GpuModel]:
+    return GpuModel.objects.all()
+
+
+def gpu_models_offered() -> QuerySet[GpuModel]:
+    return GpuModel.objects.filter(instance_types__is_active=True).distinct()
+
+
+def images_list() -> QuerySet[Image]:
+    return Image.objects.filter(is_active=True).prefetch_related("instance_types")
+
+
+def images_for(instance_type: InstanceType) -> QuerySet[Image]:
+    """Images that support a type: those listing it, and those listing no type at all."""
+    return (
+        Image.objects.filter(is_active=True)
+        .filter(Q(instance_types=instance_type) | Q(instance_types__isnull=True))
+        .distinct()
+    )
