@@ -15,5 +15,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("portal.accounts.api.urls")),
+    path("api/v1/", include("portal.catalog.api.urls")),
+    path("", include("portal.catalog.urls")),
     path("", include("portal.accounts.urls")),
 ]

@@ -200,17 +200,19 @@ def _count_on_host(host: _HostState, shape: _Shape) -> int:
 
 def availability(
     instance_types: Iterable[InstanceType] | None = None,
+    region_codes: dict[int, str] | None = None,
 ) -> dict[int, dict[str, int]]:
     """For every instance type: region code -> how many more instances could be placed now.
 
     Regions without room are left out. Pass instance types already loaded (with
-    ``mig_profile``) to save their query.
+    ``mig_profile``) and a {region id: code} map to save their queries.
     """
     if instance_types is None:
         instance_types = InstanceType.objects.filter(is_active=True).select_related("mig_profile")
     types = list(instance_types)
     hosts = _load()
-    region_codes = dict(Region.objects.values_list("id", "code"))
+    if region_codes is None:
+        region_codes = dict(Region.objects.values_list("id", "code"))
     by_region_model: dict[tuple[int, int], list[_HostState]] = defaultdict(list)
     for host in hosts:
         for model_id in {g.model_id for g in host.gpus}:
@@ -224,7 +226,7 @@ def availability(
         counts = {}
         for region_id in regions_of_model.get(shape.model_id, []):
             n = sum(_count_on_host(h, shape) for h in by_region_model[(region_id, shape.model_id)])
-            if n > 0:
+            if n > 0 and region_id in region_codes:
                 counts[region_codes[region_id]] = n
         result[instance_type.pk] = counts
     return result

@@ -46,20 +46,21 @@ def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
     )
     regions = {r.pk: r.code for r in Region.objects.filter(is_active=True)}
     prices = prices_in_force(currency=currency, at=at)
-    free = availability(types)
+    free = availability(types, regions)
+    by_type: dict[int, list[tuple[str, Price]]] = {}
+    for (type_id, region_id), price in prices.items():
+        if region_id in regions:
+            by_type.setdefault(type_id, []).append((regions[region_id], price))
     offers = []
     for t in types:
         quotes = tuple(
             PriceQuote(
-                region=regions[region_id],
+                region=code,
                 currency=currency,
                 on_demand_per_hour=price.on_demand_per_hour,
                 spot_per_hour=price.spot_per_hour if t.spot_allowed else None,
             )
-            for (type_id, region_id), price in sorted(
-                prices.items(), key=lambda kv: regions.get(kv[0][1], "")
-            )
-            if type_id == t.pk and region_id in regions
+            for code, price in sorted(by_type.get(t.pk, []), key=lambda item: item[0])
         )
         if not quotes:
             continue
@@ -81,9 +82,7 @@ def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
                 bf16_tflops=t.gpu_model.bf16_tflops,
                 currency=currency,
                 prices=quotes,
-                available={
-                    code: n for code, n in free.get(t.pk, {}).items() if code in regions.values()
-                },
+                available=free.get(t.pk, {}),
             )
         )
     return offers

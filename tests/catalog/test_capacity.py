@@ -162,7 +162,7 @@ def test_slices_prefer_a_gpu_already_in_use(make_host, make_type, region):
 
 def test_gpus_not_enabled_for_mig_are_only_sold_whole(make_host, make_type, region):
     make_host(gpu="A100", count=8, mig=False)
-    assert free(make_type("gpu_1x_a100", gpu="a100-sxm4-80gb")) == {"us-east-1": 8}
+    assert free(make_type("gpu_1x_a100", gpu="a100-sxm4-40gb")) == {"us-east-1": 8}
 
 
 def test_filling_a_gpu_with_slices_then_the_rest(make_host, make_type, region):

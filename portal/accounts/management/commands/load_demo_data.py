@@ -50,4 +50,7 @@ class Command(BaseCommand):
                 services.ssh_key_create(
                     actor=Actor.system(org), name="demo-laptop", public_key=DEMO_SSH_KEY
                 )
+        from portal.catalog.demo import load_demo_catalog
+
+        self.stdout.write(load_demo_catalog())
         self.stdout.write(f"Demo login: {DEMO_EMAIL} / {password} (organisation '{DEMO_SLUG}')")

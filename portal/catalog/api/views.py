@@ -1,0 +1,113 @@
+"""Catalog API: instance types with prices and live availability, regions, images, GPU models."""
+
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics
+from rest_framework.views import APIView
+
+from portal.accounts.roles import Action
+from portal.api.pagination import StandardPagination
+from portal.api.schema import error_responses
+from portal.catalog import selectors
+from portal.catalog.api import serializers
+from portal.catalog.models import GpuModel, Image, Region
+
+
+class InstanceTypeListView(APIView):
+    actions = {"GET": Action.ORG_VIEW}
+
+    @extend_schema(
+        operation_id="instance_types_list",
+        parameters=[serializers.CatalogQuerySerializer],
+        responses={
+            200: serializers.InstanceTypeSerializer(many=True),
+            **error_responses(400, 401, 403),
+        },
+        description="Instance types with their specs, prices per region in one currency (the "
+        "organisation's unless `currency` says otherwise) and `regions_with_capacity_available`. "
+        "Types with no price in the currency are not offered.",
+    )
+    def get(self, request):
+        params = serializers.CatalogQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        currency = params.validated_data.get("currency") or request.actor.organization.currency
+        offers = selectors.filter_offers(
+            selectors.catalog_offers(currency=currency), params.to_query()
+        )
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(offers, request, view=self)
+        return paginator.get_paginated_response(
+            serializers.InstanceTypeSerializer(page, many=True).data
+        )
+
+
+class RegionFilter(filters.FilterSet):
+    country = filters.CharFilter(field_name="country", lookup_expr="iexact")
+
+    class Meta:
+        model = Region
+        fields = ["country"]
+
+
+@extend_schema(
+    responses={200: serializers.RegionSerializer(many=True), **error_responses(401, 403)}
+)
+class RegionListView(generics.ListAPIView):
+    actions = {"GET": Action.ORG_VIEW}
+    serializer_class = serializers.RegionSerializer
+    filterset_class = RegionFilter
+    queryset = Region.objects.none()
+
+    def get_queryset(self):
+        return selectors.regions_list()
+
+
+class ImageFilter(filters.FilterSet):
+    instance_type = filters.CharFilter(
+        method="supports", help_text="Only images that support this type."
+    )
+
+    class Meta:
+        model = Image
+        fields = ["instance_type"]
+
+    def supports(self, queryset, name, value):
+        from django.db.models import Q
+
+        return queryset.filter(
+            Q(instance_types__name=value) | Q(instance_types__isnull=True)
+        ).distinct()
+
+
+@extend_schema(responses={200: serializers.ImageSerializer(many=True), **error_responses(401, 403)})
+class ImageListView(generics.ListAPIView):
+    actions = {"GET": Action.ORG_VIEW}
+    serializer_class = serializers.ImageSerializer
+    filterset_class = ImageFilter
+    queryset = Image.objects.none()
+
+    def get_queryset(self):
+        return selectors.images_list()
+
+
+class GpuModelFilter(filters.FilterSet):
+    vendor = filters.CharFilter(lookup_expr="iexact")
+    min_memory_gb = filters.NumberFilter(field_name="memory_gb", lookup_expr="gte")
+    mig_capable = filters.BooleanFilter()
+
+    class Meta:
+        model = GpuModel
+        fields = ["vendor", "min_memory_gb", "mig_capable"]
+
+
+@extend_schema(
+    responses={200: serializers.GpuModelSerializer(many=True), **error_responses(401, 403)}
+)
+class GpuModelListView(generics.ListAPIView):
+    actions = {"GET": Action.ORG_VIEW}
+    serializer_class = serializers.GpuModelSerializer
+    filterset_class = GpuModelFilter
+    queryset = GpuModel.objects.none()
+
+    def get_queryset(self):
+        return selectors.gpu_models_list().prefetch_related("mig_profiles")

@@ -1,0 +1,71 @@
+"""The catalog page's filter form: it only parses the query string into a ``CatalogQuery``."""
+
+from django import forms
+
+from portal.accounts.models import Currency
+from portal.catalog.selectors import SORTS, CatalogQuery, gpu_models_offered, regions_list
+
+GPU_COUNTS = [(1, "1"), (2, "2"), (4, "4"), (8, "8")]
+MEMORY_STEPS = [
+    (16, "16 GB+"),
+    (24, "24 GB+"),
+    (40, "40 GB+"),
+    (80, "80 GB+"),
+    (141, "141 GB+"),
+    (320, "320 GB+"),
+    (640, "640 GB+"),
+]
+
+
+class CatalogFilterForm(forms.Form):
+    gpu_model = forms.ChoiceField(label="GPU", required=False)
+    gpu_count = forms.TypedChoiceField(
+        label="GPUs",
+        required=False,
+        coerce=int,
+        empty_value=None,
+        choices=[("", "Any"), *GPU_COUNTS],
+    )
+    min_gpu_memory_gb = forms.TypedChoiceField(
+        label="GPU memory",
+        required=False,
+        coerce=int,
+        empty_value=None,
+        choices=[("", "Any"), *MEMORY_STEPS],
+    )
+    region = forms.ChoiceField(label="Region", required=False)
+    max_price = forms.DecimalField(
+        label="Max price / hour",
+        required=False,
+        min_value=0,
+        max_digits=12,
+        decimal_places=2,
+        widget=forms.NumberInput(
+            attrs={"step": "0.01", "inputmode": "decimal", "placeholder": "Any"}
+        ),
+    )
+    available = forms.BooleanField(label="Available now", required=False)
+    sort = forms.ChoiceField(label="Sort by", required=False, choices=list(SORTS.items()))
+    currency = forms.ChoiceField(label="Currency", required=False, choices=Currency.choices)
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["gpu_model"].choices = [("", "Any GPU")] + [
+            (m.code, str(m)) for m in gpu_models_offered()
+        ]
+        self.fields["region"].choices = [("", "Any region")] + [
+            (r.code, f"{r.name} ({r.code})" if r.name != r.code else r.code) for r in regions_list()
+        ]
+
+    def to_query(self) -> CatalogQuery:
+        data = self.cleaned_data if self.is_valid() else {}
+        return CatalogQuery(
+            gpu_model=data.get("gpu_model") or "",
+            gpu_count=data.get("gpu_count"),
+            min_gpu_memory_gb=data.get("min_gpu_memory_gb"),
+            region=data.get("region") or "",
+            max_price=data.get("max_price"),
+            available=bool(data.get("available")),
+            sort=data.get("sort") or "price",
+        )
