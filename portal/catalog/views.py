@@ -1,11 +1,15 @@
 """The catalog page: public, and the same page inside the app (prices in the organisation's
 currency). Filters live in the query string; htmx swaps just the offer list."""
 
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from portal.catalog import selectors
 from portal.catalog.filters_form import CatalogFilterForm
+
+
+PAGE_SIZE = 30
 
 
 def catalog(request: HttpRequest) -> HttpResponse:
@@ -20,7 +24,9 @@ def catalog(request: HttpRequest) -> HttpResponse:
             form.cleaned_data.get("currency") if form.is_bound and form.is_valid() else ""
         ) or "USD"
     offers = selectors.catalog_offers(currency=currency)
-    shown = selectors.filter_offers(offers, query)
+    page = Paginator(selectors.filter_offers(offers, query), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
     rows = [
         {
             "offer": offer,
@@ -36,12 +42,16 @@ def catalog(request: HttpRequest) -> HttpResponse:
                 key=lambda item: (-item[1], item[0]),
             ),
         }
-        for offer in shown
+        for offer in page.object_list
     ]
+    params = request.GET.copy()
+    params.pop("page", None)
     context = {
         "form": form,
         "rows": rows,
         "total": len(offers),
+        "page": page,
+        "params": params.urlencode(),
         "currency": currency,
         "query": query,
     }

@@ -272,3 +272,16 @@ def test_capacity_shows_in_offers(catalog):
     capacity.allocation_reserve(instance_type=catalog["eight"], region=catalog["east"], holder="x")
     offer = next(o for o in selectors.catalog_offers(currency="USD") if o.name == "gpu_8x_h200")
     assert offer.sold_out
+
+
+def test_catalog_page_paginates_and_keeps_filters_in_page_links(catalog, make_type):
+    for i in range(30):
+        t = make_type(f"bulk_{i:02d}", count=1, vcpus=1, ram_gib=1)
+        services.price_set(
+            instance_type=t, region=catalog["east"], currency="USD", on_demand_per_hour="5.00"
+        )
+    html = Client().get("/catalog/?sort=name&region=us-east-1").content.decode()
+    assert "34 of 34 instance types in us-east-1, page 1 of 2" in html
+    assert "?sort=name&amp;region=us-east-1&amp;page=2" in html
+    second = Client().get("/catalog/?sort=name&region=us-east-1&page=2").content.decode()
+    assert second.count("<article") == 4
