@@ -12,6 +12,13 @@ app.autodiscover_tasks()
 
 
 @app.on_after_configure.connect
+def _periodic_tasks(sender: Celery, **kwargs) -> None:
+    from portal.scheduled import SCHEDULE
+
+    sender.conf.beat_schedule = {**SCHEDULE, **(sender.conf.beat_schedule or {})}
+
+
+@app.on_after_configure.connect
 def _make_broker_folders(sender: Celery, **kwargs) -> None:
     options = sender.conf.broker_transport_options or {}
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):

@@ -255,9 +255,40 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {}  # filled from portal/scheduled.py
 
 # --- Pluggable backends (filled in by the instances and billing work) -----------------------
 PROVISIONING_BACKEND = os.environ.get("PROVISIONING_BACKEND", "simulated")
+PROVISIONING_BACKENDS = {
+    "simulated": {
+        "BACKEND": "portal.provisioning.simulated.SimulatedBackend",
+        "OPTIONS": {
+            # seconds a machine takes to boot, stop and reboot (a real GPU VM: a minute or two)
+            "boot_seconds": float(os.environ.get("SIMULATED_BOOT_SECONDS", "8")),
+            "stop_seconds": float(os.environ.get("SIMULATED_STOP_SECONDS", "3")),
+            "ip_network": os.environ.get("SIMULATED_IP_NETWORK", "10.64.0.0/16"),
+        },
+    },
+    "libvirt": {
+        "BACKEND": "portal.provisioning.libvirt.LibvirtBackend",
+        "OPTIONS": {
+            # one connection URI per host; {host} is the host's name
+            "uri_template": os.environ.get("LIBVIRT_URI_TEMPLATE", "qemu+ssh://root@{host}/system"),
+            "shutdown_timeout_seconds": float(os.environ.get("LIBVIRT_SHUTDOWN_TIMEOUT", "60")),
+            "image_dir": os.environ.get("LIBVIRT_IMAGE_DIR", "/var/lib/libvirt/images"),
+        },
+    },
+}
+# Instances
+DEFAULT_GPU_QUOTA = int(os.environ.get("DEFAULT_GPU_QUOTA", "16"))  # GPUs an organisation may hold
+COMPUTE_BOOT_DISK_GB = int(os.environ.get("COMPUTE_BOOT_DISK_GB", "100"))
+COMPUTE_POLL_SECONDS = float(os.environ.get("COMPUTE_POLL_SECONDS", "2"))
+COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "60"))
+COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
+# Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
+# by raising a PortalError (billing adds "can the organisation pay for it?").
+COMPUTE_LAUNCH_CHECKS: list[str] = []
+
 PAYMENT_PROVIDER = os.environ.get("PAYMENT_PROVIDER", "fake")
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")

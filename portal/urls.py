@@ -16,6 +16,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("portal.accounts.api.urls")),
     path("api/v1/", include("portal.catalog.api.urls")),
+    path("api/v1/", include("portal.compute.api.urls")),
     path("", include("portal.catalog.urls")),
+    path("", include("portal.compute.urls")),
     path("", include("portal.accounts.urls")),
 ]

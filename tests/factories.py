@@ -13,6 +13,10 @@ PASSWORD = "correct-horse-battery-42"
 _seq = itertools.count(1)
 
 
+def next_id() -> int:
+    return next(_seq)
+
+
 def user(email: str | None = None, **extra) -> User:
     n = next(_seq)
     return User.objects.create_user(

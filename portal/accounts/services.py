@@ -26,6 +26,7 @@ from django.utils.text import slugify
 from django_countries import countries
 
 from portal.accounts import emails
+from portal.accounts.locks import lock_organization
 from portal.accounts.models import (
     ApiKey,
     AuditEvent,
@@ -49,7 +50,7 @@ EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _require(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
+def authorize(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
     """The actor with its role read again now (under the organisation's row lock if ``lock``).
 
     A role read at the start of a request may be stale by the time the transaction runs (a
@@ -59,7 +60,7 @@ def _require(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
     if actor.organization is None:
         raise PermissionDenied()
     if lock:
-        Organization.objects.select_for_update().filter(pk=actor.organization.pk).exists()
+        lock_organization(actor.organization.pk)
     role = actor.role
     if actor.api_key is not None:
         key = ApiKey.objects.filter(pk=actor.api_key.pk).first()
@@ -344,7 +345,7 @@ ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency",
 
 @transaction.atomic
 def organization_update(*, actor: Actor, **fields: Any) -> Organization:
-    actor = _require(actor, Action.ORG_UPDATE, lock=True)
+    actor = authorize(actor, Action.ORG_UPDATE, lock=True)
     unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code="invalid")
@@ -366,7 +367,7 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
 
 @transaction.atomic
 def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
-    actor = _require(actor, Action.ORG_DELETE, lock=True)
+    actor = authorize(actor, Action.ORG_DELETE, lock=True)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     if confirm_slug != org.slug:
         raise InvalidInput(
@@ -390,7 +391,7 @@ def _lock_owners(org: Organization) -> list[Membership]:
 
 @transaction.atomic
 def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Membership:
-    actor = _require(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
+    actor = authorize(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
     if role not in Role.values:
         raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
     owners = _lock_owners(actor.organization)
@@ -429,7 +430,7 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
     """
     if actor.organization is None:
         raise PermissionDenied()
-    Organization.objects.select_for_update().filter(pk=actor.organization.pk).exists()
+    lock_organization(actor.organization.pk)
     owners = _lock_owners(actor.organization)
     membership = (
         Membership.objects.select_for_update()
@@ -443,7 +444,7 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
         actor.user is not None and actor.api_key is None and membership.user_id == actor.user.pk
     )
     if not leaving:
-        actor = _require(actor, Action.MEMBER_REMOVE)
+        actor = authorize(actor, Action.MEMBER_REMOVE)
         if not role_can_grant(actor.role, membership.role):
             raise PermissionDenied("Only an owner can remove an owner.")
     if membership.role == Role.OWNER and len(owners) == 1:
@@ -488,7 +489,7 @@ def _send_invitation(invitation: Invitation, token: str) -> None:
 
 @transaction.atomic
 def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
-    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
+    actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
     email = _clean_email(email)
     _check_grant(actor, role)
     org = actor.organization
@@ -539,7 +540,7 @@ def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
 @transaction.atomic
 def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
     """Send a fresh link (the old one stops working) with a new expiry."""
-    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
+    actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
     invitation = _open_invitation(actor, invitation_id)
     _check_grant(actor, invitation.role)
     token = _issue_invitation_token(invitation)
@@ -551,7 +552,7 @@ def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
 
 @transaction.atomic
 def invitation_revoke(*, actor: Actor, invitation_id: int) -> Invitation:
-    actor = _require(actor, Action.MEMBER_INVITE, lock=True)
+    actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
     invitation = _open_invitation(actor, invitation_id)
     _check_grant(actor, invitation.role)
     invitation.revoked_at = timezone.now()
@@ -647,7 +648,7 @@ def api_key_create(
     *, actor: Actor, name: str, role: str, expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret, which is shown once and never stored."""
-    actor = _require(actor, Action.API_KEY_MANAGE, lock=True)
+    actor = authorize(actor, Action.API_KEY_MANAGE, lock=True)
     name = (name or "").strip()
     if not name:
         raise InvalidInput("Give the key a name, e.g. 'ci-pipeline'.", code="name_required")
@@ -671,7 +672,7 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, actor: Actor, api_key_id: int) -> ApiKey:
-    actor = _require(actor, Action.API_KEY_MANAGE, lock=True)
+    actor = authorize(actor, Action.API_KEY_MANAGE, lock=True)
     api_key = (
         ApiKey.objects.select_for_update()
         .filter(organization=actor.organization, pk=api_key_id)
@@ -715,7 +716,7 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
 
 @transaction.atomic
 def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
-    actor = _require(actor, Action.SSH_KEY_MANAGE)
+    actor = authorize(actor, Action.SSH_KEY_MANAGE)
     parsed = parse_public_key(public_key)
     org = actor.organization
     name = (name or "").strip()[:80]
@@ -767,7 +768,7 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
 
 @transaction.atomic
 def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
-    actor = _require(actor, Action.SSH_KEY_MANAGE)
+    actor = authorize(actor, Action.SSH_KEY_MANAGE)
     ssh_key = SshKey.objects.filter(organization=actor.organization, pk=ssh_key_id).first()
     if ssh_key is None:
         raise NotFound("No such SSH key in this organisation.")

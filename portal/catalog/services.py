@@ -5,11 +5,13 @@ an audit row. Capacity (availability, placement, allocations) is in ``capacity.p
 """
 
 import csv
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 from django_countries import countries
 
@@ -221,6 +223,10 @@ def instance_type_upsert(
     return existing, False
 
 
+# A price may start a little before "now" (clock skew, a slow form); never earlier.
+PRICE_BACKDATE_TOLERANCE = timedelta(minutes=5)
+
+
 def price_in_force(
     *, instance_type: InstanceType, region: Region, currency: str, at: datetime | None = None
 ) -> Price | None:
@@ -246,6 +252,7 @@ def price_set(
     spot_per_hour=None,
     effective_from: datetime | None = None,
     actor: Actor | None = None,
+    allow_past: bool = False,
 ) -> tuple[Price, bool]:
     """Schedule a price (now when ``effective_from`` is empty). Returns (price, created).
 
@@ -275,7 +282,15 @@ def price_set(
         )
     if on_demand.as_tuple().exponent < -6 or (spot is not None and spot.as_tuple().exponent < -6):
         raise InvalidInput("Prices have at most 6 decimal places.", code="price_invalid")
-    effective_from = effective_from or timezone.now()
+    now = timezone.now()
+    effective_from = effective_from or now
+    if not allow_past and effective_from < now - PRICE_BACKDATE_TOLERANCE:
+        raise InvalidInput(
+            "A price cannot start in the past: usage already rated would change. "
+            "Schedule it from now or later.",
+            code="price_invalid",
+            details={"field": "effective_from"},
+        )
     current = price_in_force(
         instance_type=instance_type, region=region, currency=currency, at=effective_from
     )
@@ -285,6 +300,13 @@ def price_set(
         and current.spot_per_hour == spot
     ):
         return current, False
+    if Price.objects.filter(
+        instance_type=instance_type, region=region, currency=currency, effective_from=effective_from
+    ).exists():
+        raise Conflict(
+            f"A {currency} price of {instance_type} in {region} already starts at {effective_from:%Y-%m-%d %H:%M:%S}.",
+            code="price_exists",
+        )
     price = Price.objects.create(
         instance_type=instance_type,
         region=region,
@@ -293,17 +315,16 @@ def price_set(
         spot_per_hour=spot,
         effective_from=effective_from,
     )
-    if actor is not None:
-        audit_record(
-            actor=actor,
-            action="price.set",
-            target=price,
-            details={
-                "on_demand": str(on_demand),
-                "spot": str(spot),
-                "from": effective_from.isoformat(),
-            },
-        )
+    audit_record(
+        actor=_system_actor(actor),
+        action="price.set",
+        target=price,
+        details={
+            "on_demand": str(on_demand),
+            "spot": str(spot),
+            "from": effective_from.isoformat(),
+        },
+    )
     return price, True
 
 
@@ -327,8 +348,49 @@ def _mig_profiles_ensure(gpu_model: GpuModel, reports: tuple[MigProfileReport, .
         )
 
 
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
+
+
+def _check_mig_tables(
+    model: GpuModel, memory_mib: int, profiles: tuple[MigProfileReport, ...]
+) -> None:
+    """The tables must belong to this GPU, and may not rewrite profiles already registered."""
+    largest = max(p.memory_gib for p in profiles)
+    gpu_gib = Decimal(memory_mib) / 1024
+    if not gpu_gib * Decimal("0.9") <= largest <= gpu_gib:
+        raise InvalidInput(
+            f"These MIG tables are not for a {model}: their largest profile has {largest} GiB, "
+            f"the GPU {gpu_gib:.1f} GiB.",
+            code="report_invalid",
+            details={"field": "mig_tables"},
+        )
+    known = {p.name: p for p in MigProfile.objects.filter(gpu_model=model)}
+    for report in profiles:
+        existing = known.get(report.name)
+        if existing is not None and (
+            list(existing.placements) != list(report.placements)
+            or existing.memory_slots != report.memory_slots
+        ):
+            raise Conflict(
+                f"MIG profile {report.name} of {model} is registered with other placements; "
+                "refusing to change it under running instances.",
+                code="mig_profiles_differ",
+            )
+
+
+def host_register(**kwargs) -> Host:
+    """Register a GPU host (see ``_host_register``); a concurrent registration of the same
+    name or GPU is a conflict, not a database error."""
+    try:
+        return _host_register(**kwargs)
+    except IntegrityError:
+        raise Conflict(
+            "This host or one of its GPUs was registered at the same moment.", code="host_exists"
+        ) from None
+
+
 @transaction.atomic
-def host_register(
+def _host_register(
     *,
     name: str,
     region: Region,
@@ -347,8 +409,12 @@ def host_register(
     """
     parsed = parse_nvidia_smi_report(report)
     name = (name or "").strip()
-    if not name:
-        raise InvalidInput("Give the host a name.", code="host_invalid")
+    if not HOST_NAME.match(name):
+        raise InvalidInput(
+            "A host name is 1 to 80 letters, digits, hyphens and underscores.", code="host_invalid"
+        )
+    if disk_gb < 0:
+        raise InvalidInput("Disk size cannot be negative.", code="host_invalid")
     if Host.objects.filter(name=name).exists():
         raise Conflict(f"A host named '{name}' is already registered.", code="host_exists")
     if vcpus < 1 or ram_gib < 1:
@@ -376,6 +442,10 @@ def host_register(
         )
     if mig_tables:
         profiles = parse_mig_tables(mig_tables)
+        for gpu in parsed.gpus:
+            model = models_by_gpu[gpu.uuid]
+            if model.mig_capable:
+                _check_mig_tables(model, gpu.memory_mib, profiles)
         for model in {m for m in models_by_gpu.values() if m.mig_capable}:
             _mig_profiles_ensure(model, profiles)
     host = Host.objects.create(
@@ -400,7 +470,10 @@ def host_register(
             pci_bus_id=gpu.pci_bus_id,
             gpu_model=models_by_gpu[gpu.uuid],
             memory_mib=gpu.memory_mib,
-            mig_enabled=models_by_gpu[gpu.uuid].pk in with_profiles,
+            # Sold as MIG slices when the report says MIG is on, or the operator registered the
+            # host with its MIG tables (meaning: slice it); otherwise whole GPUs only.
+            mig_enabled=models_by_gpu[gpu.uuid].pk in with_profiles
+            and (gpu.mig_mode or bool(mig_tables)),
         )
         for gpu in parsed.gpus
     )
@@ -432,3 +505,50 @@ def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Hos
             details={"from": previous, "to": state},
         )
     return host
+
+
+@transaction.atomic
+def gpus_set_mig(*, gpus: QuerySet[Gpu], enabled: bool, actor: Actor) -> tuple[list, list]:
+    """Allow (or stop) selling GPUs as MIG slices. Returns (changed GPUs, refusals).
+
+    Locks the GPUs' hosts in id order, as ``allocation_reserve`` does, so no placement races the change; a GPU with any
+    slot claimed is left alone (its mode cannot change while it is in use), and MIG is only
+    enabled on a model that has MIG profiles.
+    """
+    gpu_ids = list(gpus.values_list("pk", flat=True))
+    host_ids = Gpu.objects.filter(pk__in=gpu_ids).values("host_id")
+    list(Host.objects.select_for_update().filter(pk__in=host_ids).order_by("pk"))
+    rows = (
+        Gpu.objects.filter(pk__in=gpu_ids)
+        .select_related("host", "gpu_model")
+        .annotate(claimed=Count("claims"))
+        .order_by("host__name", "index")
+    )
+    with_profiles = set(MigProfile.objects.values_list("gpu_model_id", flat=True).distinct())
+    changed, refused = [], []
+    for gpu in rows:
+        label = f"GPU {gpu.index} of {gpu.host.name}"
+        if gpu.mig_enabled == enabled:
+            continue
+        if gpu.claimed:
+            refused.append(
+                f"{label} is in use ({gpu.claimed} slots claimed); drain its host and wait "
+                "until its instances are gone."
+            )
+            continue
+        if enabled and gpu.gpu_model_id not in with_profiles:
+            refused.append(
+                f"{label}: {gpu.gpu_model} has no MIG profiles (register a host of this model "
+                "with its MIG tables)."
+            )
+            continue
+        gpu.mig_enabled = enabled
+        gpu.save(update_fields=["mig_enabled"])
+        audit_record(
+            actor=actor,
+            action="gpu.set_mig",
+            target=gpu,
+            details={"mig_enabled": enabled, "host": gpu.host.name, "uuid": gpu.uuid},
+        )
+        changed.append(gpu)
+    return changed, refused

@@ -8,7 +8,6 @@ from django.shortcuts import render
 from portal.catalog import selectors
 from portal.catalog.filters_form import CatalogFilterForm
 
-
 PAGE_SIZE = 30
 
 

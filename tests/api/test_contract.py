@@ -95,13 +95,14 @@ def test_audit_events_filter_by_action_and_time(org, key_client):
 
 
 def test_api_is_throttled_per_key(settings, key_client):
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"anon": "60/min", "client": "3/min"},
-    }
     from rest_framework.settings import api_settings
     from rest_framework.throttling import SimpleRateThrottle
 
+    original = settings.REST_FRAMEWORK
+    settings.REST_FRAMEWORK = {
+        **original,
+        "DEFAULT_THROTTLE_RATES": {"anon": "60/min", "client": "3/min"},
+    }
     api_settings.reload()
     SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
     try:
@@ -114,7 +115,7 @@ def test_api_is_throttled_per_key(settings, key_client):
         # Another key has its own budget.
         assert key_client("viewer").get("/api/v1/organization").status_code == 200
     finally:
-        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK}
+        settings.REST_FRAMEWORK = original
         api_settings.reload()
         SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
 

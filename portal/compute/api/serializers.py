@@ -1,0 +1,98 @@
+from rest_framework import serializers
+
+from portal.compute.lifecycle import allowed_actions
+from portal.compute.models import Instance, InstanceEvent, Volume
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(source="state", help_text="The lifecycle state.")
+    instance_type = serializers.CharField(source="instance_type.name")
+    region = serializers.CharField(source="region.code")
+    image = serializers.CharField(source="image.name")
+    ip = serializers.IPAddressField(source="ip_address", allow_null=True)
+    ssh_command = serializers.CharField()
+    actions = serializers.SerializerMethodField(help_text="Actions allowed in this state.")
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id",
+            "name",
+            "status",
+            "desired_state",
+            "observed_state",
+            "status_message",
+            "instance_type",
+            "region",
+            "image",
+            "ip",
+            "ssh_command",
+            "disk_gb",
+            "actions",
+            "created_at",
+            "running_since",
+            "terminated_at",
+        ]
+        read_only_fields = fields
+
+    def get_actions(self, instance) -> list[str]:
+        return allowed_actions(instance.state)
+
+
+class InstanceCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    instance_type = serializers.CharField(
+        max_length=60, help_text="Its name, e.g. gpu_1x_h100_sxm5."
+    )
+    region = serializers.CharField(max_length=40, help_text="Its code, e.g. us-east-1.")
+    image = serializers.CharField(
+        max_length=80, required=False, allow_blank=True, help_text="Default image if empty."
+    )
+    ssh_key_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=1, max_length=20
+    )
+    volume_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=8
+    )
+    new_volume_gb = serializers.IntegerField(required=False, min_value=1, max_value=65536)
+    user_data = serializers.CharField(
+        required=False, allow_blank=True, max_length=16384, trim_whitespace=False
+    )
+
+
+class InstanceRenameSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+
+
+class InstanceEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_label")
+
+    class Meta:
+        model = InstanceEvent
+        fields = ["id", "created_at", "from_state", "to_state", "actor", "reason", "detail"]
+        read_only_fields = fields
+
+
+class VolumeSerializer(serializers.ModelSerializer):
+    region = serializers.CharField(source="region.code")
+    instance_id = serializers.IntegerField(allow_null=True)
+
+    class Meta:
+        model = Volume
+        fields = [
+            "id",
+            "name",
+            "region",
+            "size_gb",
+            "state",
+            "instance_id",
+            "delete_on_termination",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class VolumeCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    region = serializers.CharField(max_length=40)
+    size_gb = serializers.IntegerField(min_value=1, max_value=65536)

@@ -1,0 +1,19 @@
+from django.urls import path
+
+from portal.compute.api import views
+
+urlpatterns = [
+    path("instances", views.InstanceListView.as_view(), name="api-instances"),
+    path("instances/<int:pk>", views.InstanceDetailView.as_view(), name="api-instance"),
+    path(
+        "instances/<int:pk>/events",
+        views.InstanceEventListView.as_view(),
+        name="api-instance-events",
+    ),
+    *(
+        path(f"instances/<int:pk>/{name}", view, name=f"api-instance-{name}")
+        for name, view in views.INSTANCE_ACTION_VIEWS.items()
+    ),
+    path("volumes", views.VolumeListView.as_view(), name="api-volumes"),
+    path("volumes/<int:pk>", views.VolumeDetailView.as_view(), name="api-volume"),
+]

@@ -1,0 +1,194 @@
+"""Instances and volumes API. Views parse input, call one service or selector, render."""
+
+import django_filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from portal.accounts.roles import Action
+from portal.api.schema import error_responses
+from portal.compute import selectors, services
+from portal.compute.api import serializers
+from portal.compute.lifecycle import Action as InstanceAction
+from portal.compute.lifecycle import State
+from portal.compute.models import Instance, InstanceEvent, Volume
+from portal.errors import InvalidInput
+
+
+class InstanceFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(field_name="state", choices=State.choices)
+    region = django_filters.CharFilter(field_name="region__code")
+    instance_type = django_filters.CharFilter(field_name="instance_type__name")
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Instance
+        fields = ["status", "region", "instance_type", "name"]
+
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description="The same key and body return the same instance; the same key with another body is refused (409).",
+)
+
+
+class InstanceListView(generics.ListAPIView):
+    actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
+    serializer_class = serializers.InstanceSerializer
+    filterset_class = InstanceFilter
+    queryset = Instance.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return selectors.instances_list(self.request.actor.organization)
+
+    @extend_schema(
+        request=serializers.InstanceCreateSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: serializers.InstanceSerializer,
+            200: serializers.InstanceSerializer,
+            **error_responses(400, 401, 403, 409),
+        },
+        description="Launch an instance. 409 `capacity_unavailable` names the regions where the type "
+        "is available and similar types available in this region; 409 `quota_exceeded` gives the limit "
+        "and the current use.",
+    )
+    def post(self, request):
+        payload = serializers.InstanceCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key", "").strip() or None
+        if key is not None and len(key) > 255:
+            raise InvalidInput("Idempotency-Key is at most 255 characters.", code="invalid")
+        data = payload.validated_data
+        launch = services.LaunchRequest(
+            name=data["name"],
+            instance_type=data["instance_type"],
+            region=data["region"],
+            image=data.get("image", ""),
+            ssh_key_ids=tuple(data["ssh_key_ids"]),
+            volume_ids=tuple(data.get("volume_ids", ())),
+            new_volume_gb=data.get("new_volume_gb"),
+            user_data=data.get("user_data", ""),
+        )
+        instance, created = services.instance_launch(
+            actor=request.actor, request=launch, idempotency_key=key
+        )
+        instance = selectors.instance_get(request.actor.organization, instance.pk)
+        return Response(
+            serializers.InstanceSerializer(instance).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class InstanceDetailView(APIView):
+    actions = {"GET": Action.INSTANCE_VIEW, "PATCH": Action.INSTANCE_MANAGE}
+
+    @extend_schema(
+        responses={200: serializers.InstanceSerializer, **error_responses(401, 403, 404)}
+    )
+    def get(self, request, pk: int):
+        return Response(
+            serializers.InstanceSerializer(
+                selectors.instance_get(request.actor.organization, pk)
+            ).data
+        )
+
+    @extend_schema(
+        request=serializers.InstanceRenameSerializer,
+        responses={200: serializers.InstanceSerializer, **error_responses(400, 401, 403, 404, 409)},
+    )
+    def patch(self, request, pk: int):
+        payload = serializers.InstanceRenameSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.instance_rename(
+            actor=request.actor, instance_id=pk, name=payload.validated_data["name"]
+        )
+        return Response(
+            serializers.InstanceSerializer(
+                selectors.instance_get(request.actor.organization, pk)
+            ).data
+        )
+
+
+class InstanceActionView(APIView):
+    actions = {"POST": Action.INSTANCE_MANAGE}
+    action_name = ""
+
+    def post(self, request, pk: int):
+        services.instance_action(actor=request.actor, instance_id=pk, action=self.action_name)
+        instance = selectors.instance_get(request.actor.organization, pk)
+        return Response(
+            serializers.InstanceSerializer(instance).data, status=status.HTTP_202_ACCEPTED
+        )
+
+
+def action_view(name: str):
+    def post(self, request, pk: int):
+        return InstanceActionView.post(self, request, pk)
+
+    view = type(f"Instance{name.title()}View", (InstanceActionView,), {"action_name": name})
+    view.post = extend_schema(
+        operation_id=f"instances_{name}",
+        request=None,
+        responses={202: serializers.InstanceSerializer, **error_responses(401, 403, 404, 409)},
+        description=f"{name.title()} the instance. 409 `invalid_transition` when its state does not allow it"
+        + ("; 409 `capacity_unavailable` leaves it stopped." if name == "start" else "."),
+    )(post)
+    return view.as_view()
+
+
+INSTANCE_ACTION_VIEWS = {action.value: action_view(action.value) for action in InstanceAction}
+
+
+@extend_schema(
+    responses={
+        200: serializers.InstanceEventSerializer(many=True),
+        **error_responses(401, 403, 404),
+    }
+)
+class InstanceEventListView(generics.ListAPIView):
+    actions = {"GET": Action.INSTANCE_VIEW}
+    serializer_class = serializers.InstanceEventSerializer
+    queryset = InstanceEvent.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        instance = selectors.instance_get(self.request.actor.organization, self.kwargs["pk"])
+        return selectors.instance_events(instance)
+
+
+class VolumeListView(generics.ListAPIView):
+    actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
+    serializer_class = serializers.VolumeSerializer
+    queryset = Volume.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return selectors.volumes_list(self.request.actor.organization)
+
+    @extend_schema(
+        request=serializers.VolumeCreateSerializer,
+        responses={201: serializers.VolumeSerializer, **error_responses(400, 401, 403, 409)},
+    )
+    def post(self, request):
+        payload = serializers.VolumeCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        volume = services.volume_create(actor=request.actor, **payload.validated_data)
+        return Response(serializers.VolumeSerializer(volume).data, status=status.HTTP_201_CREATED)
+
+
+class VolumeDetailView(APIView):
+    actions = {"DELETE": Action.INSTANCE_MANAGE}
+
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404, 409)})
+    def delete(self, request, pk: int):
+        services.volume_delete(actor=request.actor, volume_id=pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,249 @@
+"""Instances, their event history, volumes, quotas and API idempotency records.
+
+State changes go through ``portal.compute.services``; the allowed moves are in ``lifecycle.py``.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from portal.accounts.models import ApiKey, Organization
+from portal.catalog.models import Allocation, GpuModel, Host, Image, InstanceType, Region
+from portal.compute.lifecycle import LIVE, State
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+    TERMINATED = "terminated", "Terminated"
+
+
+class Instance(models.Model):
+    """A GPU machine of an organisation.
+
+    ``state`` is the portal's lifecycle state; ``desired_state`` is what the customer asked
+    for; ``observed_state`` is what the provisioning backend last reported (Waldur keeps the
+    same three apart). ``allocation`` is the capacity it holds now (none while stopped).
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="instances"
+    )
+    name = models.CharField(max_length=63)
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="+")
+    ssh_public_keys = models.JSONField(default=list, help_text="The keys it was launched with.")
+    user_data = models.TextField(blank=True)
+    disk_gb = models.PositiveIntegerField(help_text="Boot disk, kept (and billed) while stopped.")
+
+    state = models.CharField(
+        max_length=12, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    desired_state = models.CharField(
+        max_length=10, choices=DesiredState.choices, default=DesiredState.RUNNING
+    )
+    observed_state = models.CharField(max_length=12, blank=True)
+    observed_at = models.DateTimeField(null=True, blank=True)
+    status_message = models.CharField(max_length=300, blank=True)
+
+    backend = models.CharField(max_length=40, help_text="Provisioning backend alias.")
+    allocation = models.OneToOneField(
+        Allocation, null=True, blank=True, on_delete=models.SET_NULL, related_name="instance"
+    )
+    host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When work for the current state was last enqueued."
+    )
+    running_since = models.DateTimeField(null=True, blank=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=State.values), name="compute_instance_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(desired_state__in=DesiredState.values),
+                name="compute_instance_desired_valid",
+            ),
+            models.UniqueConstraint(
+                "organization",
+                "name",
+                condition=Q(state__in=sorted(s.value for s in LIVE)),
+                name="compute_instance_live_name_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="compute_instance_org_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.pk})"
+
+    @property
+    def machine_id(self) -> str:
+        return f"inst-{self.pk}"
+
+    @property
+    def is_transitional(self) -> bool:
+        from portal.compute.lifecycle import TRANSITIONAL
+
+        return self.state in TRANSITIONAL
+
+    @property
+    def ssh_command(self) -> str:
+        return (
+            f"ssh ubuntu@{self.ip_address}"
+            if self.ip_address and self.state == State.RUNNING
+            else ""
+        )
+
+
+class InstanceEvent(models.Model):
+    """One step of an instance's history: a transition or something worth telling."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    from_state = models.CharField(max_length=12, blank=True)
+    to_state = models.CharField(max_length=12, blank=True)
+    actor_label = models.CharField(max_length=200)
+    reason = models.CharField(max_length=300)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["instance", "created_at"], name="compute_event_instance_time")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.from_state} → {self.to_state} ({self.reason})"
+
+
+class VolumeState(models.TextChoices):
+    AVAILABLE = "available", "Available"
+    IN_USE = "in_use", "In use"
+    DELETED = "deleted", "Deleted"
+
+
+class Volume(models.Model):
+    """Persistent block storage in a region; attached to at most one instance."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="volumes")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=63)
+    size_gb = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=10, choices=VolumeState.choices, default=VolumeState.AVAILABLE
+    )
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
+    )
+    delete_on_termination = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=VolumeState.values), name="compute_volume_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(state="in_use", instance__isnull=False) | ~Q(state="in_use"),
+                name="compute_volume_in_use_has_instance",
+            ),
+            models.UniqueConstraint(
+                "organization",
+                "name",
+                condition=~Q(state="deleted"),
+                name="compute_volume_name_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size_gb} GB)"
+
+
+class Quota(models.Model):
+    """How many GPUs an organisation may hold at once: in total (no GPU model) or per model.
+
+    Organisations without a total quota get ``settings.DEFAULT_GPU_QUOTA``.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="quotas")
+    gpu_model = models.ForeignKey(
+        GpuModel, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    max_gpus = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(gpu_model__isnull=True),
+                name="compute_quota_one_total",
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "gpu_model"],
+                condition=Q(gpu_model__isnull=False),
+                name="compute_quota_one_per_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.max_gpus} {self.gpu_model or 'GPUs in total'}"
+
+
+class IdempotencyRecord(models.Model):
+    """``Idempotency-Key`` of a create request: the same key and body give the same result."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    instance = models.ForeignKey(Instance, null=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "key"], name="compute_idempotency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}:{self.key}"
+
+
+class BackendOrphan(models.Model):
+    """A machine a provisioning backend runs that no live instance accounts for."""
+
+    backend = models.CharField(max_length=40)
+    machine_id = models.CharField(max_length=80)
+    state = models.CharField(max_length=20)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "machine_id"], name="compute_orphan_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.machine_id}"

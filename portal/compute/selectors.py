@@ -1,0 +1,31 @@
+"""Reads about instances and volumes, always scoped to one organisation."""
+
+from django.db.models import QuerySet
+
+from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
+from portal.errors import NotFound
+
+
+def instances_list(organization) -> QuerySet[Instance]:
+    return Instance.objects.filter(organization=organization).select_related(
+        "instance_type__gpu_model", "instance_type__mig_profile", "region", "image"
+    )
+
+
+def instance_get(organization, instance_id: int) -> Instance:
+    instance = instances_list(organization).filter(pk=instance_id).first()
+    if instance is None:
+        raise NotFound("No such instance in this organisation.")
+    return instance
+
+
+def instance_events(instance: Instance) -> QuerySet[InstanceEvent]:
+    return InstanceEvent.objects.filter(instance=instance).order_by("created_at", "id")
+
+
+def volumes_list(organization) -> QuerySet[Volume]:
+    return (
+        Volume.objects.filter(organization=organization)
+        .exclude(state=VolumeState.DELETED)
+        .select_related("region", "instance")
+    )

@@ -1,0 +1,32 @@
+"""Celery tasks for instances: ids in, a service call, safe to run twice."""
+
+from celery import shared_task
+from django.conf import settings
+
+from portal.compute import services
+from portal.provisioning.base import TransientBackendError
+
+
+@shared_task(
+    bind=True,
+    name="compute.instance_sync",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(TransientBackendError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=10,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def instance_sync(self, instance_id: int) -> None:
+    """Move an instance one step towards its desired state; poll again while it moves."""
+    if services.instance_sync(instance_id=instance_id):
+        instance_sync.apply_async((instance_id,), countdown=settings.COMPUTE_POLL_SECONDS)
+
+
+@shared_task(name="compute.reconcile", acks_late=True, soft_time_limit=50, time_limit=55)
+def reconcile() -> dict:
+    report = services.reconcile()
+    return {key: list(value) for key, value in report.__dict__.items()}

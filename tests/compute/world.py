@@ -1,0 +1,80 @@
+"""Plain builders for compute tests (fixtures live in each test module or conftest)."""
+
+from decimal import Decimal
+
+from portal.accounts import services as account_services
+from portal.accounts.types import Actor
+from portal.catalog import services as catalog_services
+from portal.catalog.models import GpuModel, Image, MigProfile
+from portal.catalog.synthetic import DATA_DIR, H200_MIG_TABLES, synthesize_report
+from portal.compute.services import LaunchRequest
+from tests import factories
+
+
+class World:
+    """An organisation with an owner and an SSH key; a region with H200 hosts; types and prices."""
+
+    def __init__(
+        self, *, hosts: int = 1, gpus_per_host: int = 8, region_code: str = "us-east-1"
+    ) -> None:
+        if not GpuModel.objects.exists():
+            catalog_services.gpu_models_load(path=DATA_DIR / "gpus.csv")
+        self.region = catalog_services.region_ensure(
+            code=region_code, name=region_code, country="US"
+        )
+        self.hosts = [
+            catalog_services.host_register(
+                name=f"{region_code}-h200-{i}-{factories.next_id()}",
+                region=self.region,
+                report=synthesize_report(
+                    gpu="H200", count=gpus_per_host, seed=f"{region_code}-{i}-{factories.next_id()}"
+                ),
+                vcpus=512,
+                ram_gib=8192,
+                mig_tables=H200_MIG_TABLES.read_text(),
+            )
+            for i in range(hosts)
+        ]
+        h200 = GpuModel.objects.get(code="h200-sxm-141gb")
+        self.types = {}
+        for name, count, mig, price in [
+            ("gpu_1x_h200", 1, None, "3.50"),
+            ("gpu_2x_h200", 2, None, "7.00"),
+            ("gpu_8x_h200", 8, None, "28.00"),
+            ("mig_1g_18gb", 1, "1g.18gb", "0.60"),
+        ]:
+            profile = MigProfile.objects.get(gpu_model=h200, name=mig) if mig else None
+            instance_type, _ = catalog_services.instance_type_upsert(
+                name=name, gpu_model=h200, gpu_count=count, mig_profile=profile, vcpus=4, ram_gib=32
+            )
+            catalog_services.price_set(
+                instance_type=instance_type,
+                region=self.region,
+                currency="USD",
+                on_demand_per_hour=Decimal(price),
+            )
+            self.types[name] = instance_type
+        self.image = Image.objects.filter(is_default=True).first() or Image.objects.create(
+            name="ubuntu-24.04", os="Ubuntu 24.04", is_default=True
+        )
+        self.org = factories.organization(currency="USD")
+        self.owner = factories.member(self.org, "owner")
+        self.ssh_key = account_services.ssh_key_create(
+            actor=Actor.system(self.org), public_key=factories.ed25519_public_key()
+        )
+
+    def actor(self, role: str = "owner") -> Actor:
+        user = self.owner if role == "owner" else factories.member(self.org, role)
+        return factories.actor(self.org, user)
+
+    def request(
+        self, name: str = "box", instance_type: str = "gpu_1x_h200", **extra
+    ) -> LaunchRequest:
+        return LaunchRequest(
+            name=name,
+            instance_type=instance_type,
+            region=self.region.code,
+            image=self.image.name,
+            ssh_key_ids=(self.ssh_key.pk,),
+            **extra,
+        )
