@@ -40,6 +40,13 @@ if [ ! -x .tools/bin/uv ] || [ "$(.tools/bin/uv --version | cut -d' ' -f2)" != "
         || .tools/bin/pip install "uv==$UV_VERSION"
 fi
 
-echo "==> syncing .venv from uv.lock ($("$PYTHON" -V))"
-UV_PROJECT_ENVIRONMENT=.venv .tools/bin/uv sync --frozen --compile-bytecode --python "$PYTHON" --quiet
+# The optional `libvirt` group (libvirt-python) builds against libvirt-dev: include it whenever
+# that library is there, so this exact sync and scripts/test.sh never undo each other.
+groups=()
+if pkg-config --exists libvirt 2>/dev/null; then
+    groups+=(--group libvirt)
+fi
+
+echo "==> syncing .venv from uv.lock ($("$PYTHON" -V))${groups:+ with ${groups[*]}}"
+UV_PROJECT_ENVIRONMENT=.venv .tools/bin/uv sync --frozen --compile-bytecode --python "$PYTHON" --quiet ${groups[@]+"${groups[@]}"}
 mkdir -p var

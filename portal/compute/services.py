@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, F, IntegerField, Q, Sum, When
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -159,25 +159,23 @@ def gpu_units(instance_type: InstanceType) -> Decimal:
     return Decimal(instance_type.gpu_count)
 
 
-def _check_quota(
-    organization, instance_type: InstanceType, *, exclude: Instance | None = None
-) -> None:
+def _check_quota(organization, instance_type: InstanceType, *, exclude: Instance | None = None) -> None:
+    """Refuse with ``quota_exceeded`` if this type would take the organisation over its GPU
+    quota, in total or for the type's GPU model. One aggregate query, whatever the fleet size."""
+    sevenths = Case(
+        When(instance_type__mig_profile__isnull=True, then=F("instance_type__gpu_count") * 7),
+        default=F("instance_type__mig_profile__compute_slices"),
+        output_field=IntegerField(),
+    )
     holding = (
-        Instance.objects.filter(
-            organization=organization, state__in=[s.value for s in HOLDS_CAPACITY]
-        )
+        Instance.objects.filter(organization=organization, state__in=[s.value for s in HOLDS_CAPACITY])
         .exclude(pk=exclude.pk if exclude else None)
-        .select_related("instance_type__mig_profile")
+        .values("instance_type__gpu_model_id")
+        .annotate(sevenths=Sum(sevenths))
     )
-    total = sum((gpu_units(i.instance_type) for i in holding), Decimal(0))
-    same_model = sum(
-        (
-            gpu_units(i.instance_type)
-            for i in holding
-            if i.instance_type.gpu_model_id == instance_type.gpu_model_id
-        ),
-        Decimal(0),
-    )
+    per_model = {row["instance_type__gpu_model_id"]: Decimal(row["sevenths"]) / MIG_COMPUTE_SLICES for row in holding}
+    total = sum(per_model.values(), Decimal(0))
+    same_model = per_model.get(instance_type.gpu_model_id, Decimal(0))
     needed = gpu_units(instance_type)
     quotas = {q.gpu_model_id: q.max_gpus for q in Quota.objects.filter(organization=organization)}
     limits = [(None, quotas.get(None, settings.DEFAULT_GPU_QUOTA), total)]
@@ -186,13 +184,14 @@ def _check_quota(
     for model, limit, used in limits:
         if used + needed > limit:
             what = f"{model} GPUs" if model else "GPUs in total"
+            used_text = f"{used.quantize(Decimal('0.01')).normalize()}"
             raise QuotaExceeded(
-                f"This launch needs {needed.normalize()} more {what}; your quota is {limit} and "
-                f"{used.normalize()} are in use. Ask support to raise it or stop an instance.",
+                f"This launch needs {needed.quantize(Decimal('0.01')).normalize()} more {what}; your quota is "
+                f"{limit} and {used_text} are in use. Ask support to raise it or stop an instance.",
                 details={
                     "limit": limit,
-                    "in_use": str(used.normalize()),
-                    "requested": str(needed.normalize()),
+                    "in_use": used_text,
+                    "requested": str(needed.quantize(Decimal("0.01")).normalize()),
                     "gpu_model": model.code if model else None,
                 },
             )
