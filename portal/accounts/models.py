@@ -96,6 +96,9 @@ class Organization(models.Model):
         max_length=10, choices=BillingMode.choices, default=BillingMode.PREPAID
     )
     created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="Closed by its owner; kept for its history."
+    )
 
     class Meta:
         ordering = ["name"]

@@ -374,8 +374,28 @@ def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
             "Type the organisation's slug exactly to confirm deletion.",
             code="confirmation_mismatch",
         )
+    from portal.compute.selectors import organization_footprint
+
+    live_instances, volumes = organization_footprint(org)
+    if live_instances or volumes:
+        raise Conflict(
+            f"{org.name} still has {live_instances} instance(s) and {volumes} volume(s). "
+            "Terminate the instances and delete the volumes first.",
+            code="organization_not_empty",
+            details={"instances": live_instances, "volumes": volumes},
+        )
+    # Closed, not erased: its history (instances, usage, invoices) stays for the books; its
+    # people, keys and invitations go now.
+    now = timezone.now()
     audit_record(actor=actor, action="organization.delete", target=org, details={"slug": org.slug})
-    org.delete()
+    Membership.objects.filter(organization=org).delete()
+    Invitation.objects.filter(
+        organization=org, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=now)
+    ApiKey.objects.filter(organization=org, revoked_at__isnull=True).update(revoked_at=now)
+    SshKey.objects.filter(organization=org).delete()
+    org.deleted_at = now
+    org.save(update_fields=["deleted_at"])
 
 
 # --- members ----------------------------------------------------------------------------------

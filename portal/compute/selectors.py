@@ -23,6 +23,16 @@ def instance_events(instance: Instance) -> QuerySet[InstanceEvent]:
     return InstanceEvent.objects.filter(instance=instance).order_by("created_at", "id")
 
 
+def organization_footprint(organization) -> tuple[int, int]:
+    """How many live instances and volumes an organisation still has."""
+    from portal.compute.lifecycle import LIVE, State
+
+    live = Instance.objects.filter(
+        organization=organization, state__in=[s.value for s in LIVE | {State.TERMINATING}]
+    ).count()
+    return live, volumes_list(organization).count()
+
+
 def volumes_list(organization) -> QuerySet[Volume]:
     return (
         Volume.objects.filter(organization=organization)

@@ -13,6 +13,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from portal.accounts import services
 from portal.accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, SshKey
+from portal.compute.models import Volume
 from portal.accounts.roles import MATRIX, Action, Role
 from portal.accounts.types import Actor
 from tests import factories
@@ -44,6 +45,7 @@ def build_world(org=None) -> World:
         expires_at=api_key.created_at.replace(year=api_key.created_at.year + 1),
     )
     viewer = Membership.objects.get(user=factories.member(org, "viewer"))
+    instance, volume = _compute_objects(org)
     return World(
         org=org,
         objects={
@@ -51,8 +53,46 @@ def build_world(org=None) -> World:
             "api_key": api_key.pk,
             "invitation": invitation.pk,
             "membership": viewer.pk,
+            "instance": instance.pk,
+            "volume": volume.pk,
         },
     )
+
+
+def _compute_objects(org):
+    """A running instance and a detached volume, made directly: only ownership matters here."""
+    from portal.catalog.models import GpuModel, Image, InstanceType, Region
+    from portal.compute.models import Instance, Volume
+
+    model, _ = GpuModel.objects.get_or_create(
+        code="test-gpu", defaults={"name": "TestGPU", "memory_gb": 80}
+    )
+    region, _ = Region.objects.get_or_create(code="test-region", defaults={"name": "Test"})
+    itype, _ = InstanceType.objects.get_or_create(
+        name="test_1x", defaults={"gpu_model": model, "gpu_count": 1, "vcpus": 1, "ram_gib": 1}
+    )
+    image, _ = Image.objects.get_or_create(name="test-image", defaults={"os": "Ubuntu 24.04"})
+    instance = Instance.objects.create(
+        organization=org,
+        name=f"vm-{org.pk}",
+        instance_type=itype,
+        region=region,
+        image=image,
+        disk_gb=10,
+        backend="simulated",
+        state="running",
+        ip_address="10.0.0.5",
+    )
+    volume = Volume.objects.create(
+        organization=org, region=region, name=f"vol-{org.pk}", size_gb=10
+    )
+    return instance, volume
+
+
+def instance_state(w):
+    from portal.compute.models import Instance
+
+    return Instance.objects.get(pk=w.objects["instance"])
 
 
 @dataclass(frozen=True)
@@ -123,6 +163,62 @@ API_OPS = [
         api=True,
     ),
     op("api audit", "GET", "/api/v1/audit-events", MANAGERS, 200, Action.AUDIT_VIEW, api=True),
+    op("api instances", "GET", "/api/v1/instances", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op(
+        "api instance get",
+        "GET",
+        "/api/v1/instances/{instance}",
+        ALL,
+        200,
+        Action.INSTANCE_VIEW,
+        api=True,
+    ),
+    op(
+        "api instance events",
+        "GET",
+        "/api/v1/instances/{instance}/events",
+        ALL,
+        200,
+        Action.INSTANCE_VIEW,
+        api=True,
+    ),
+    op(
+        "api instance rename",
+        "PATCH",
+        "/api/v1/instances/{instance}",
+        BUILDERS,
+        200,
+        Action.INSTANCE_MANAGE,
+        {"name": "renamed"},
+        True,
+        effect=lambda w: instance_state(w).name == "renamed",
+    ),
+    *(
+        op(
+            f"api instance {a}",
+            "POST",
+            f"/api/v1/instances/{{instance}}/{a}",
+            BUILDERS,
+            202,
+            Action.INSTANCE_MANAGE,
+            api=True,
+            effect=lambda w, s=s: instance_state(w).state == s,
+        )
+        for a, s in (("stop", "stopping"), ("reboot", "rebooting"), ("terminate", "terminating"))
+    ),
+    op("api volumes", "GET", "/api/v1/volumes", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op(
+        "api volume delete",
+        "DELETE",
+        "/api/v1/volumes/{volume}",
+        BUILDERS,
+        204,
+        Action.INSTANCE_MANAGE,
+        api=True,
+        effect=lambda w: (
+            not Volume.objects.filter(pk=w.objects["volume"]).exclude(state="deleted").exists()
+        ),
+    ),
 ]
 PAGE_OPS = [
     op("dashboard", "GET", "/", ALL, 200, Action.ORG_VIEW),
@@ -151,8 +247,9 @@ PAGE_OPS = [
     op("settings save", "POST", "/settings/", MANAGERS, 302, Action.ORG_UPDATE,
        {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD", "billing_mode": "prepaid"},
        effect=lambda w: Organization.objects.filter(pk=w.org.pk, name="New name").exists()),
-    op("org delete", "POST", "/settings/delete/", {"owner"}, 302, Action.ORG_DELETE, {"confirm_slug": "{slug}"},
-       effect=lambda w: not Organization.objects.filter(pk=w.org.pk).exists()),
+    # The world has a running instance and a volume, so even the owner is refused (422, with
+    # organization_not_empty); tests/accounts/test_services.py deletes an empty organisation.
+    op("org delete", "POST", "/settings/delete/", {"owner"}, 422, Action.ORG_DELETE, {"confirm_slug": "{slug}"}),
     op("audit page", "GET", "/audit/", MANAGERS, 200, Action.AUDIT_VIEW),
 ]  # fmt: skip
 
@@ -168,6 +265,8 @@ def perform(client, operation: Op, world: World):
         return client.get(url)
     if operation.method == "DELETE":
         return client.delete(url)
+    if operation.method == "PATCH":
+        return client.patch(url, data, format="json")
     if operation.api:
         return client.post(url, data, format="json")
     return client.post(url, data)

@@ -130,6 +130,8 @@ def test_organization_update_and_delete(org, owner):
         services.organization_delete(actor=actor, confirm_slug="wrong")
     services.organization_delete(actor=actor, confirm_slug=org.slug)
     assert not Membership.objects.filter(user=owner).exists()
+    org.refresh_from_db()
+    assert org.deleted_at is not None  # closed, its history kept
     event = AuditEvent.objects.get(action="organization.delete")
     assert event.details == {"slug": org.slug}
 

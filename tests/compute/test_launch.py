@@ -288,3 +288,19 @@ def test_40_launches_at_once_for_10_gpus_give_10_instances(require_postgres, set
         i.allocation.gpu_slots[0]["gpu"] for i in Instance.objects.select_related("allocation")
     ]
     assert len(allocated) == len(set(allocated)) == 10
+
+
+def test_an_organization_with_instances_or_volumes_cannot_be_closed(world):
+    from portal.accounts import services as account_services
+
+    instance = launch(world)
+    with pytest.raises(Conflict) as caught:
+        account_services.organization_delete(actor=world.actor(), confirm_slug=world.org.slug)
+    assert caught.value.code == "organization_not_empty"
+    assert caught.value.details == {"instances": 1, "volumes": 0}
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="terminate")
+    services.instance_sync(instance_id=instance.pk)
+    account_services.organization_delete(actor=world.actor(), confirm_slug=world.org.slug)
+    world.org.refresh_from_db()
+    assert world.org.deleted_at is not None
+    assert Instance.objects.filter(organization=world.org).count() == 1  # history kept
