@@ -49,14 +49,13 @@ from portal.catalog.models import (
     Region,
 )
 from portal.catalog.types import GpuSlot, Placement
-from portal.errors import PortalError
+from portal.errors import Conflict
 
 FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
 
 
-class CapacityUnavailable(PortalError):
+class CapacityUnavailable(Conflict):
     code = "capacity_unavailable"
-    status = 409
     default_message = "There is no free capacity for this instance type in this region."
 
 

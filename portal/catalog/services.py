@@ -304,8 +304,10 @@ def price_set(
         instance_type=instance_type, region=region, currency=currency, effective_from=effective_from
     ).exists():
         raise Conflict(
-            f"A {currency} price of {instance_type} in {region} already starts at {effective_from:%Y-%m-%d %H:%M:%S}.",
+            f"Another {currency} price of {instance_type} in {region} starts at exactly that "
+            f"moment ({effective_from:%Y-%m-%d %H:%M:%S}). Pick another time.",
             code="price_exists",
+            details={"field": "effective_from"},
         )
     price = Price.objects.create(
         instance_type=instance_type,

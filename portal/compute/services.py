@@ -46,7 +46,7 @@ from portal.compute.models import (
     Volume,
     VolumeState,
 )
-from portal.errors import Conflict, InvalidInput, NotFound, PortalError
+from portal.errors import Conflict, InvalidInput, NotFound
 from portal.provisioning import get_backend
 from portal.provisioning.base import (
     CapacityError,
@@ -64,9 +64,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MIG_COMPUTE_SLICES = Decimal(7)
 
 
-class QuotaExceeded(PortalError):
+class QuotaExceeded(Conflict):
     code = "quota_exceeded"
-    status = 409
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -159,7 +158,9 @@ def gpu_units(instance_type: InstanceType) -> Decimal:
     return Decimal(instance_type.gpu_count)
 
 
-def _check_quota(organization, instance_type: InstanceType, *, exclude: Instance | None = None) -> None:
+def _check_quota(
+    organization, instance_type: InstanceType, *, exclude: Instance | None = None
+) -> None:
     """Refuse with ``quota_exceeded`` if this type would take the organisation over its GPU
     quota, in total or for the type's GPU model. One aggregate query, whatever the fleet size."""
     sevenths = Case(
@@ -168,12 +169,17 @@ def _check_quota(organization, instance_type: InstanceType, *, exclude: Instance
         output_field=IntegerField(),
     )
     holding = (
-        Instance.objects.filter(organization=organization, state__in=[s.value for s in HOLDS_CAPACITY])
+        Instance.objects.filter(
+            organization=organization, state__in=[s.value for s in HOLDS_CAPACITY]
+        )
         .exclude(pk=exclude.pk if exclude else None)
         .values("instance_type__gpu_model_id")
         .annotate(sevenths=Sum(sevenths))
     )
-    per_model = {row["instance_type__gpu_model_id"]: Decimal(row["sevenths"]) / MIG_COMPUTE_SLICES for row in holding}
+    per_model = {
+        row["instance_type__gpu_model_id"]: Decimal(row["sevenths"]) / MIG_COMPUTE_SLICES
+        for row in holding
+    }
     total = sum(per_model.values(), Decimal(0))
     same_model = per_model.get(instance_type.gpu_model_id, Decimal(0))
     needed = gpu_units(instance_type)
@@ -419,7 +425,7 @@ def _launch(
         actor=actor.label,
         reason="Launch requested",
         to_state=State.PENDING,
-        detail={"host": allocation.host.name, "gpu_slots": allocation.gpu_slots},
+        detail={"host": allocation.host.name, "gpu_slots": allocation.gpu_slots},  # operators only
     )
     audit_record(
         actor=actor,
@@ -498,7 +504,7 @@ def instance_rename(*, actor: Actor, instance_id: int, name: str) -> Instance:
         raise InvalidInput(
             "Use 1 to 63 lowercase letters, digits and hyphens.",
             code="invalid",
-            details={"name": "invalid"},
+            details={"name": "Use 1 to 63 lowercase letters, digits and hyphens."},
         )
     if instance.name != name:
         taken = Instance.objects.filter(
@@ -618,19 +624,31 @@ def _apply(instance_id: int, expected: str, outcome) -> bool:
                     instance,
                     State.STOPPED,
                     actor=SYSTEM,
-                    reason=f"The host could not take it back: {outcome}",
+                    reason="The host could not take it back; it stays stopped. Start it again later.",
+                    detail={"backend_error": str(outcome)},
                 )
             else:
-                _fail(instance, f"No capacity on the host: {outcome}")
+                _fail(
+                    instance,
+                    "The host had no room for it after all; nothing is billed.",
+                    detail={"backend_error": str(outcome)},
+                )
             return False
         if isinstance(outcome, PermanentBackendError):
             if expected in (State.PROVISIONING, State.STARTING):
+                verb = "started" if expected == State.STARTING else "created"
                 _fail(
                     instance,
-                    f"The backend could not {'start' if expected == State.STARTING else 'create'} it: {outcome}",
+                    f"The machine could not be {verb}; nothing is billed.",
+                    detail={"backend_error": str(outcome)},
                 )
             else:
-                _event(instance, actor=SYSTEM, reason=f"Backend error: {outcome}")
+                _event(
+                    instance,
+                    actor=SYSTEM,
+                    reason="The backend reported an error; operators have been told.",
+                    detail={"backend_error": str(outcome)},
+                )
             return False
         status: MachineStatus = outcome
         _record_observation(instance, status)
@@ -834,10 +852,22 @@ def reconcile() -> ReconcileReport:
 # --- operator actions (admin) -----------------------------------------------------------------
 
 
-def operator_resync(*, instance_id: int) -> None:
+def _operator_audit(instance: Instance, operator: str, action: str, details=None) -> None:
+    """Operator actions show in the organisation's audit log too."""
+    audit_record(
+        actor=Actor(user=None, organization=instance.organization, role=None),
+        action=action,
+        target=instance,
+        details={"operator": operator, **(details or {})},
+    )
+
+
+def operator_resync(*, instance_id: int, operator: str = "operator") -> None:
+    """Ask the backend again: re-dispatch a moving instance, refresh a settled one's observation."""
     with transaction.atomic():
         instance = _locked(instance_id)
-        _event(instance, actor="operator", reason="Re-sync requested by an operator")
+        _event(instance, actor=operator, reason="Re-sync requested by an operator")
+        _operator_audit(instance, operator, "instance.operator_resync")
         if instance.state in TRANSITIONAL:
             _dispatch(instance)
             return
@@ -860,6 +890,7 @@ def operator_force_terminate(*, instance_id: int, operator: str) -> None:
         instance = _locked(instance_id)
         if instance.state not in (State.TERMINATED, State.FAILED):
             _force_terminated(instance, "Force-terminated by an operator", actor=operator)
+            _operator_audit(instance, operator, "instance.operator_force_terminate", detail)
             if detail:
                 _event(instance, actor=operator, reason="Backend terminate failed", detail=detail)
 
@@ -868,4 +899,12 @@ def operator_mark_failed(*, instance_id: int, operator: str, reason: str = "") -
     with transaction.atomic():
         instance = _locked(instance_id)
         if instance.state not in (State.TERMINATED, State.FAILED):
-            _fail(instance, reason or "Marked failed by an operator", detail={"operator": operator})
+            _release(instance)
+            _detach_volumes(instance)
+            _transition(
+                instance,
+                State.FAILED,
+                actor=operator,
+                reason=reason or "Marked failed by an operator",
+            )
+            _operator_audit(instance, operator, "instance.operator_mark_failed", {"reason": reason})

@@ -13,9 +13,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from portal.accounts import services
 from portal.accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, SshKey
-from portal.compute.models import Volume
 from portal.accounts.roles import MATRIX, Action, Role
 from portal.accounts.types import Actor
+from portal.compute.models import Volume
 from tests import factories
 
 ALL = {"owner", "admin", "member", "billing", "viewer"}
@@ -251,6 +251,24 @@ PAGE_OPS = [
     # organization_not_empty); tests/accounts/test_services.py deletes an empty organisation.
     op("org delete", "POST", "/settings/delete/", {"owner"}, 422, Action.ORG_DELETE, {"confirm_slug": "{slug}"}),
     op("audit page", "GET", "/audit/", MANAGERS, 200, Action.AUDIT_VIEW),
+    op("instances page", "GET", "/instances/", ALL, 200, Action.INSTANCE_VIEW),
+    op("instance page", "GET", "/instances/{instance}/", ALL, 200, Action.INSTANCE_VIEW),
+    op("instance row", "GET", "/instances/{instance}/row/", ALL, 302, Action.INSTANCE_VIEW),
+    op("launch page", "GET", "/instances/launch/", BUILDERS, 200, Action.INSTANCE_MANAGE),
+    op("instance rename", "POST", "/instances/{instance}/rename/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       {"name": "renamed"}, effect=lambda w: instance_state(w).name == "renamed"),
+    op("instance stop", "POST", "/instances/{instance}/stop/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       effect=lambda w: instance_state(w).state == "stopping"),
+    op("instance reboot", "POST", "/instances/{instance}/reboot/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       effect=lambda w: instance_state(w).state == "rebooting"),
+    op("instance terminate", "POST", "/instances/{instance}/terminate/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       {"confirm_name": "{instance_name}"}, effect=lambda w: instance_state(w).state == "terminating"),
+    op("volumes page", "GET", "/volumes/", ALL, 200, Action.INSTANCE_VIEW),
+    op("volume add", "POST", "/volumes/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       {"name": "scratch", "region": "test-region", "size_gb": 10},
+       effect=lambda w: Volume.objects.filter(organization=w.org, name="scratch").exists()),
+    op("volume delete", "POST", "/volumes/{volume}/delete/", BUILDERS, 302, Action.INSTANCE_MANAGE,
+       effect=lambda w: not Volume.objects.filter(pk=w.objects["volume"]).exclude(state="deleted").exists()),
 ]  # fmt: skip
 
 
@@ -260,6 +278,8 @@ def perform(client, operation: Op, world: World):
         data["public_key"] = factories.ed25519_public_key()
     if data.get("confirm_slug") == "{slug}":
         data["confirm_slug"] = world.org.slug
+    if data.get("confirm_name") == "{instance_name}":
+        data["confirm_name"] = instance_state(world).name
     url = operation.url(world.objects)
     if operation.method == "GET":
         return client.get(url)

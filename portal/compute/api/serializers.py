@@ -69,7 +69,8 @@ class InstanceEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = InstanceEvent
-        fields = ["id", "created_at", "from_state", "to_state", "actor", "reason", "detail"]
+        # ``detail`` (hosts, GPU ids, backend errors) is for operators; customers see the reason.
+        fields = ["id", "created_at", "from_state", "to_state", "actor", "reason"]
         read_only_fields = fields
 
 

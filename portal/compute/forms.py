@@ -1,0 +1,211 @@
+"""Forms for the instance and volume pages. They parse and label input; the services decide
+what is allowed (names, capacity, quota, which type is sold where)."""
+
+from decimal import Decimal
+
+from django import forms
+
+from portal.accounts.forms import PortalForm
+from portal.catalog.selectors import offer_price
+from portal.catalog.types import Offer
+from portal.compute.services import NAME_PATTERN
+
+HOURS_PER_MONTH = 730
+TIMES = "\N{MULTIPLICATION SIGN}"
+NAME_HELP = "Lowercase letters, digits and hyphens, e.g. train-llama-01."
+NAME_INVALID = (
+    "Use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit."
+)
+
+
+def clean_resource_name(value: str) -> str:
+    """The services' naming rule, checked early so it shows with the form's other errors."""
+    name = (value or "").strip().lower()
+    if not NAME_PATTERN.match(name):
+        raise forms.ValidationError(NAME_INVALID)
+    return name
+
+
+class NamedForm(PortalForm):
+    def clean_name(self) -> str:
+        return clean_resource_name(self.cleaned_data["name"])
+
+
+# Keys of ``InvalidInput.details`` from ``instance_launch`` -> the launch form's field.
+LAUNCH_ERROR_FIELDS = {
+    "name": "name",
+    "instance_type": "instance_type",
+    "region": "region",
+    "image": "image",
+    "ssh_key_ids": "ssh_key_ids",
+    "volume_ids": "volume_id",
+    "new_volume_gb": "new_volume_gb",
+    "user_data": "user_data",
+}
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return f"{amount:,.2f} {currency}"
+
+
+def type_label(offer: Offer) -> str:
+    gpus = (
+        f"MIG {offer.mig_profile} of 1{TIMES} {offer.gpu_model}"
+        if offer.mig_profile
+        else f"{offer.gpu_count}{TIMES} {offer.gpu_model}"
+    )
+    price = offer_price(offer)
+    starting = "from " if len(offer.prices) > 1 else ""
+    available = "available now" if not offer.sold_out else "sold out"
+    return f"{offer.name} — {gpus} — {starting}{_money(price, offer.currency)}/h — {available}"
+
+
+def region_label(offer: Offer, region: str) -> str:
+    price = offer_price(offer, region)
+    free = offer.available.get(region, 0)
+    available = f"{free} available now" if free else "sold out"
+    return f"{region} — {_money(price, offer.currency)}/h — {available}"
+
+
+class LaunchForm(NamedForm):
+    """Choices come from the catalog in the organisation's currency (``catalog_offers``)."""
+
+    instance_type = forms.ChoiceField(label="Instance type")
+    region = forms.ChoiceField(label="Region")
+    image = forms.ChoiceField(label="Image")
+    ssh_key_ids = forms.TypedMultipleChoiceField(
+        label="SSH keys",
+        coerce=int,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one SSH key to log in with."},
+    )
+    name = forms.CharField(
+        label="Name",
+        max_length=63,
+        help_text=NAME_HELP,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    volume_id = forms.TypedChoiceField(
+        label="Attach an existing volume (optional)",
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+    new_volume_gb = forms.IntegerField(
+        label="Or create a new volume, GB (optional)",
+        required=False,
+        min_value=1,
+        max_value=65536,
+        help_text="Kept when the instance is terminated; billed while it exists.",
+    )
+    user_data = forms.CharField(
+        label="User data (optional)",
+        required=False,
+        strip=False,
+        max_length=16384,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text="A cloud-init script or #cloud-config run at first boot (up to 16 KiB).",
+    )
+
+    def __init__(self, *args, offers, images, ssh_keys, volumes, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.offers = {offer.name: offer for offer in offers}
+        self.fields["instance_type"].choices = [(offer.name, type_label(offer)) for offer in offers]
+        self.fields["image"].choices = [
+            (image.name, f"{image.name} ({image.os})" if image.os else image.name)
+            for image in images
+        ]
+        self.fields["ssh_key_ids"].choices = [(key.pk, key.name) for key in ssh_keys]
+        self.fields["volume_id"].choices = [
+            ("", "No existing volume"),
+            *((v.pk, f"{v.name} — {v.size_gb} GB in {v.region.code}") for v in volumes),
+        ]
+        self.set_regions(self.data.get("instance_type") or self.initial.get("instance_type"))
+
+    def set_regions(self, type_name: str | None) -> None:
+        """Regions where the chosen type has a price, most free capacity first."""
+        offer = self.offers.get(type_name or "")
+        if offer is None:
+            self.fields["region"].choices = []
+            return
+        regions = sorted(
+            (quote.region for quote in offer.prices),
+            key=lambda code: (-offer.available.get(code, 0), code),
+        )
+        self.fields["region"].choices = [(code, region_label(offer, code)) for code in regions]
+
+    @property
+    def has_ssh_keys(self) -> bool:
+        return bool(self.fields["ssh_key_ids"].choices)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("volume_id") and data.get("new_volume_gb"):
+            self.add_error(
+                "new_volume_gb", "Attach an existing volume or create a new one, not both."
+            )
+        return data
+
+
+class RenameForm(NamedForm):
+    name = forms.CharField(
+        label="New name",
+        max_length=63,
+        help_text=NAME_HELP,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+
+
+class TerminateForm(PortalForm):
+    confirm_name = forms.CharField(
+        label="Type the instance's name to terminate it",
+        max_length=63,
+        help_text="Terminating deletes the machine and its boot disk; attached volumes are "
+        "detached and kept. It cannot be undone.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+
+    def __init__(self, *args, instance_name: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance_name = instance_name
+
+    def clean_confirm_name(self) -> str:
+        typed = self.cleaned_data["confirm_name"].strip()
+        if typed != self.instance_name:
+            raise forms.ValidationError(
+                f"That is not the name; type {self.instance_name} to confirm."
+            )
+        return typed
+
+
+class VolumeForm(NamedForm):
+    name = forms.CharField(
+        label="Name",
+        max_length=63,
+        help_text=NAME_HELP,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    region = forms.ChoiceField(label="Region")
+    size_gb = forms.IntegerField(label="Size, GB", min_value=1, max_value=65536, initial=100)
+
+    def __init__(self, *args, regions, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["region"].choices = [(r.code, f"{r.code} — {r.name}") for r in regions]
+
+
+STATE_FILTERS = {
+    "all": "All",
+    "live": "Live",
+    "terminated": "Terminated or failed",
+}
+
+
+class InstanceFilterForm(PortalForm):
+    state = forms.ChoiceField(
+        label="Show", choices=list(STATE_FILTERS.items()), required=False, initial="all"
+    )
+
+    def value(self) -> str:
+        if self.is_valid():
+            return self.cleaned_data["state"] or "all"
+        return "all"

@@ -1,0 +1,421 @@
+"""Instance and volume pages. One view per page; htmx requests get the named partial back.
+
+Views parse a form, call one service or selector, and render. Rows and status panels of
+instances in a transitional state poll their own partial every 2.5 s (as Horizon does); a
+settled one is rendered without the trigger, so polling stops by itself.
+"""
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from portal.accounts import selectors as account_selectors
+from portal.accounts.roles import Action
+from portal.accounts.views import org_page
+from portal.catalog import selectors as catalog_selectors
+from portal.catalog.capacity import CapacityUnavailable
+from portal.catalog.selectors import CatalogQuery
+from portal.compute import selectors, services
+from portal.compute.forms import (
+    HOURS_PER_MONTH,
+    LAUNCH_ERROR_FIELDS,
+    InstanceFilterForm,
+    LaunchForm,
+    RenameForm,
+    TerminateForm,
+    VolumeForm,
+)
+from portal.compute.lifecycle import FINAL, LIVE, State, allowed_actions
+from portal.compute.lifecycle import Action as InstanceAction
+from portal.compute.models import Instance, VolumeState
+from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
+
+PAGE_SIZE = 25
+POLL_TRIGGER = "every 2.5s"
+# What an action or launch may be refused with, shown on the page (quota and capacity errors
+# are conflicts, so SHOWN_ON_PAGE covers them; named here for readers).
+ACTION_ERRORS = SHOWN_ON_PAGE
+BUTTON_ACTIONS = (InstanceAction.START, InstanceAction.STOP, InstanceAction.REBOOT)
+CONFIRM = {
+    InstanceAction.START: "Start {name}? Billing for its GPUs resumes once it runs.",
+    InstanceAction.STOP: "Stop {name}? Its GPUs are released; the boot disk and volumes are kept.",
+    InstanceAction.REBOOT: "Reboot {name}? Running processes are interrupted.",
+}
+DONE = {
+    InstanceAction.START: "Starting {name}.",
+    InstanceAction.STOP: "Stopping {name}.",
+    InstanceAction.REBOOT: "Rebooting {name}.",
+    InstanceAction.TERMINATE: "Terminating {name}. Its GPUs are released when it is gone.",
+}
+
+
+def _render(request: HttpRequest, template: str, partial: str, context: dict, status: int = 200):
+    """The whole page, or just ``partial`` for an htmx request."""
+    name = f"{template}#{partial}" if request.htmx else template
+    return render(request, name, context, status=status)
+
+
+# --- instances list ---------------------------------------------------------------------------
+
+FILTERS = {
+    "all": None,
+    "live": sorted({s.value for s in LIVE} | {State.TERMINATING.value}),
+    "terminated": sorted(s.value for s in FINAL),
+}
+
+
+@org_page(Action.INSTANCE_VIEW)
+def instance_list(request: HttpRequest) -> HttpResponse:
+    filter_form = InstanceFilterForm(request.GET or None)
+    state = filter_form.value()
+    instances = selectors.instances_list(request.organization)
+    if FILTERS[state] is not None:
+        instances = instances.filter(state__in=FILTERS[state])
+    page = Paginator(instances, PAGE_SIZE).get_page(request.GET.get("page"))
+    params = urlencode({"state": state}) if state != "all" else ""
+    context = {
+        "filter_form": filter_form,
+        "state_filter": state,
+        "page": page,
+        "params": params,
+        "any_instance": page.paginator.count > 0
+        or selectors.instances_list(request.organization).exists(),
+        "poll_trigger": POLL_TRIGGER,
+    }
+    return _render(request, "compute/instances.html", "instance-table", context)
+
+
+@org_page(Action.INSTANCE_VIEW)
+@require_GET
+def instance_row(request: HttpRequest, pk: int) -> HttpResponse:
+    """One row of the list (what a transitional row polls)."""
+    instance = selectors.instance_get(request.organization, pk)
+    if not request.htmx:
+        return redirect("compute:instance_detail", pk=instance.pk)
+    context = {"instance": instance, "poll_trigger": POLL_TRIGGER}
+    return render(request, "compute/instances.html#instance-row", context)
+
+
+# --- launch -----------------------------------------------------------------------------------
+
+
+def _launch_choices(request: HttpRequest) -> dict:
+    org = request.organization
+    offers = catalog_selectors.filter_offers(
+        catalog_selectors.catalog_offers(currency=org.currency), CatalogQuery()
+    )
+    return {
+        "offers": offers,
+        "images": list(catalog_selectors.images_list()),
+        "ssh_keys": list(account_selectors.ssh_keys_list(org)),
+        "volumes": list(
+            selectors.volumes_list(org).filter(state=VolumeState.AVAILABLE).order_by("name")
+        ),
+    }
+
+
+def _launch_initial(request: HttpRequest, choices: dict) -> dict:
+    """Initial values: what the query string says (``?type=`` from the catalog, or the
+    fields an htmx refresh sends), else the best guess (a type available now, its region with
+    most room, the default image, the only SSH key)."""
+    query = request.GET
+    offers = {offer.name: offer for offer in choices["offers"]}
+    type_name = query.get("instance_type") or query.get("type") or ""
+    if type_name not in offers:
+        ranked = sorted(choices["offers"], key=lambda o: o.sold_out)  # stable: cheapest first
+        type_name = ranked[0].name if ranked else ""
+    initial = {"instance_type": type_name}
+    offer = offers.get(type_name)
+    region = query.get("region", "")
+    if offer is not None and region not in {q.region for q in offer.prices}:
+        ranked = sorted(
+            (q.region for q in offer.prices),
+            key=lambda code: (-offer.available.get(code, 0), code),
+        )
+        region = ranked[0] if ranked else ""
+    initial["region"] = region
+    images = {image.name for image in choices["images"]}
+    default_image = next((i.name for i in choices["images"] if i.is_default), "")
+    image = query.get("image", "")
+    initial["image"] = image if image in images else default_image
+    keys = [k for k in query.getlist("ssh_key_ids") if k.isdigit()]
+    if not keys and len(choices["ssh_keys"]) == 1:
+        keys = [choices["ssh_keys"][0].pk]
+    initial["ssh_key_ids"] = keys
+    for field in ("name", "volume_id", "new_volume_gb", "user_data"):
+        if query.get(field):
+            initial[field] = query[field]
+    return initial
+
+
+def _price_summary(form: LaunchForm, type_name: str, region: str) -> dict | None:
+    offer = form.offers.get(type_name or "")
+    if offer is None:
+        return None
+    hourly = catalog_selectors.offer_price(offer, region) if region else None
+    summary = {"offer": offer, "region": region, "currency": offer.currency, "hourly": hourly}
+    if hourly is not None:
+        summary["monthly"] = hourly * HOURS_PER_MONTH
+        summary["free"] = offer.available.get(region, 0)
+        summary["other_regions"] = [r for r in offer.regions_with_capacity if r != region]
+    return summary
+
+
+def _launch_htmx_attrs(form: LaunchForm) -> None:
+    url = reverse("compute:instance_launch")
+    common = {
+        "hx-get": url,
+        "hx-trigger": "change",
+        "hx-include": "#id_instance_type, #id_region",
+        "hx-swap": "outerHTML",
+        "hx-sync": "closest form:abort",
+    }
+    form.fields["instance_type"].widget.attrs.update({**common, "hx-target": "#region-field"})
+    form.fields["region"].widget.attrs.update({**common, "hx-target": "#price-summary"})
+    for name in ("instance_type", "region"):
+        form.fields[name].widget.attrs["aria-controls"] = "price-summary"
+
+
+def _alternatives(request: HttpRequest, exc: CapacityUnavailable, data) -> list[tuple[str, str]]:
+    """Links that prefill the form with a type/region that has room now."""
+    details = exc.details or {}
+    keep = {"name": data.get("name", ""), "ssh_key_ids": data.getlist("ssh_key_ids")}
+    base = reverse("compute:instance_launch")
+    links = []
+    for region in details.get("regions_with_capacity", []):
+        query = urlencode({"type": data.get("instance_type"), "region": region, **keep}, True)
+        links.append((f"{data.get('instance_type')} in {region}", f"{base}?{query}"))
+    for type_name in details.get("similar_types_available_here", []):
+        query = urlencode({"type": type_name, "region": data.get("region"), **keep}, True)
+        links.append((f"{type_name} in {data.get('region')}", f"{base}?{query}"))
+    return links
+
+
+@org_page(Action.INSTANCE_MANAGE)
+def instance_launch(request: HttpRequest) -> HttpResponse:
+    choices = _launch_choices(request)
+    template = "compute/instance_launch.html"
+    alternatives = []
+    status = 200
+    if request.method == "POST":
+        form = LaunchForm(request.POST, **choices)
+        if form.is_valid():
+            data = form.cleaned_data
+            launch = services.LaunchRequest(
+                name=data["name"],
+                instance_type=data["instance_type"],
+                region=data["region"],
+                image=data["image"],
+                ssh_key_ids=tuple(data["ssh_key_ids"]),
+                volume_ids=(data["volume_id"],) if data.get("volume_id") else (),
+                new_volume_gb=data.get("new_volume_gb"),
+                user_data=data.get("user_data") or "",
+            )
+            try:
+                instance, _ = services.instance_launch(actor=request.actor, request=launch)
+            except NotFound:
+                raise
+            except PortalError as exc:
+                details = exc.details if isinstance(exc.details, dict) else {}
+                fields = {k: v for k, v in details.items() if k in LAUNCH_ERROR_FIELDS}
+                if exc.code == "invalid" and fields:
+                    for key, message in fields.items():
+                        form.add_error(LAUNCH_ERROR_FIELDS[key], message)
+                elif exc.code == "name_taken":
+                    form.add_error("name", exc.message)
+                else:
+                    form.add_error(None, exc.message)
+                if isinstance(exc, CapacityUnavailable):
+                    alternatives = _alternatives(request, exc, request.POST)
+            else:
+                messages.success(
+                    request,
+                    f"Launching {instance.name}. This page follows it until it is running.",
+                )
+                url = reverse("compute:instance_detail", args=[instance.pk])
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+        status = 422
+        type_name, region = request.POST.get("instance_type", ""), request.POST.get("region", "")
+    else:
+        initial = _launch_initial(request, choices)
+        form = LaunchForm(initial=initial, **choices)
+        type_name, region = initial["instance_type"], initial["region"]
+    _launch_htmx_attrs(form)
+    context = {
+        "form": form,
+        "summary": _price_summary(form, type_name, region),
+        "alternatives": alternatives,
+        "hours_per_month": HOURS_PER_MONTH,
+    }
+    if request.htmx and request.method == "GET":
+        # A type or region changed: new regions (for a new type) and the price.
+        partial = "type-change" if request.htmx.trigger_name == "instance_type" else "price-summary"
+        return render(request, f"{template}#{partial}", context)
+    return _render(request, template, "launch-form", context, status)
+
+
+# --- instance detail and actions --------------------------------------------------------------
+
+
+def _detail_context(
+    request: HttpRequest,
+    instance: Instance,
+    *,
+    terminate_form: TerminateForm | None = None,
+    rename_form: RenameForm | None = None,
+) -> dict:
+    allowed = allowed_actions(instance.state)
+    can_manage = request.actor.can(Action.INSTANCE_MANAGE)
+    buttons = [
+        {
+            "action": action.value,
+            "label": action.label,
+            "confirm": CONFIRM[action].format(name=instance.name),
+            "danger": action != InstanceAction.START,
+        }
+        for action in BUTTON_ACTIONS
+        if action.value in allowed
+    ]
+    return {
+        "instance": instance,
+        "events": list(selectors.instance_events(instance)),
+        "volumes": list(selectors.volumes_list(request.organization).filter(instance=instance)),
+        "buttons": buttons if can_manage else [],
+        "can_terminate": can_manage and InstanceAction.TERMINATE.value in allowed,
+        "can_manage": can_manage,
+        "can_rename": can_manage and instance.state not in FINAL,
+        "terminate_form": terminate_form or TerminateForm(instance_name=instance.name),
+        "rename_form": rename_form or RenameForm(initial={"name": instance.name}),
+        "poll_trigger": POLL_TRIGGER,
+    }
+
+
+@org_page(Action.INSTANCE_VIEW)
+@require_GET
+def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    instance = selectors.instance_get(request.organization, pk)
+    return _render(
+        request,
+        "compute/instance_detail.html",
+        "instance-status",
+        _detail_context(request, instance),
+    )
+
+
+def _after_action(request: HttpRequest, pk: int, status: int = 200, **forms) -> HttpResponse:
+    """Plain posts go back to the page; htmx gets the status panel and the messages."""
+    if not request.htmx and status == 200:
+        return redirect("compute:instance_detail", pk=pk)
+    instance = selectors.instance_get(request.organization, pk)
+    context = _detail_context(request, instance, **forms)
+    return _render(request, "compute/instance_detail.html", "action-result", context, status)
+
+
+@org_page(Action.INSTANCE_MANAGE)
+@require_POST
+def instance_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    if action not in {a.value for a in BUTTON_ACTIONS}:
+        raise Http404("No such action.")
+    instance = selectors.instance_get(request.organization, pk)
+    try:
+        services.instance_action(actor=request.actor, instance_id=instance.pk, action=action)
+    except ACTION_ERRORS as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, DONE[InstanceAction(action)].format(name=instance.name))
+    return _after_action(request, instance.pk)
+
+
+@org_page(Action.INSTANCE_MANAGE)
+@require_POST
+def instance_terminate(request: HttpRequest, pk: int) -> HttpResponse:
+    instance = selectors.instance_get(request.organization, pk)
+    form = TerminateForm(request.POST, instance_name=instance.name)
+    if not form.is_valid():
+        return _after_action(request, instance.pk, status=422, terminate_form=form)
+    try:
+        services.instance_action(actor=request.actor, instance_id=instance.pk, action="terminate")
+    except ACTION_ERRORS as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, DONE[InstanceAction.TERMINATE].format(name=instance.name))
+    return _after_action(request, instance.pk)
+
+
+@org_page(Action.INSTANCE_MANAGE)
+@require_POST
+def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
+    instance = selectors.instance_get(request.organization, pk)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        try:
+            renamed = services.instance_rename(
+                actor=request.actor, instance_id=instance.pk, name=form.cleaned_data["name"]
+            )
+        except SHOWN_ON_PAGE as exc:
+            form.add_error("name", exc.message)
+        else:
+            if renamed.name != instance.name:
+                messages.success(request, f"Renamed {instance.name} to {renamed.name}.")
+            url = reverse("compute:instance_detail", args=[instance.pk])
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    context = _detail_context(request, instance, rename_form=form)
+    return _render(request, "compute/instance_detail.html", "rename-form", context, 422)
+
+
+# --- volumes ----------------------------------------------------------------------------------
+
+
+def _volumes_context(request: HttpRequest, form: VolumeForm | None = None) -> dict:
+    regions = list(catalog_selectors.regions_list())
+    return {
+        "volumes": selectors.volumes_list(request.organization),
+        "form": form or VolumeForm(regions=regions),
+    }
+
+
+@org_page(Action.INSTANCE_VIEW)
+def volumes(request: HttpRequest) -> HttpResponse:
+    template = "compute/volumes.html"
+    if request.method == "POST":
+        if not request.actor.can(Action.INSTANCE_MANAGE):
+            raise DjangoPermissionDenied("Your role does not allow creating volumes.")
+        form = VolumeForm(request.POST, regions=list(catalog_selectors.regions_list()))
+        if form.is_valid():
+            try:
+                volume = services.volume_create(actor=request.actor, **form.cleaned_data)
+            except SHOWN_ON_PAGE as exc:
+                details = exc.details if isinstance(exc.details, dict) else {}
+                fields = {k: v for k, v in details.items() if k in form.fields}
+                for key, message in fields.items():
+                    form.add_error(key, message)
+                if not fields:
+                    form.add_error("name" if exc.code == "name_taken" else None, exc.message)
+            else:
+                messages.success(request, f"Volume {volume.name} created.")
+                if not request.htmx:
+                    return redirect("compute:volumes")
+                return _render(request, template, "volume-panel", _volumes_context(request))
+        return _render(request, template, "volume-panel", _volumes_context(request, form), 422)
+    return render(request, template, _volumes_context(request))
+
+
+@org_page(Action.INSTANCE_MANAGE)
+@require_POST
+def volume_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.volume_delete(actor=request.actor, volume_id=pk)
+    except SHOWN_ON_PAGE as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Volume deleted.")
+    if not request.htmx:
+        return redirect("compute:volumes")
+    return _render(request, "compute/volumes.html", "volume-panel", _volumes_context(request))
