@@ -6,4 +6,9 @@ SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "close-usage-hours": {
+        "task": "metering.close_recent_hours",
+        "schedule": 300.0,
+        "options": {"expires": 280},
+    },
 }

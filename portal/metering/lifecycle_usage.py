@@ -1,0 +1,112 @@
+"""Usage from the instance lifecycle, computed exactly from the instance events.
+
+An instance's event history is a sequence of states, each from the moment of its event until
+the next one. From it:
+
+- ``instance.seconds`` (compute): every second in ``running`` or ``rebooting``, from the moment
+  the backend reported it running until it left running (a reboot keeps its GPUs, so it is
+  billed straight through), at the instance type and region it ran as;
+- ``instance.disk_gb_seconds`` (the kept boot disk): every second in ``stopping``, ``stopped``
+  or ``starting``, times the boot disk's size;
+- ``volume.gb_seconds``: every second a volume exists, times its size.
+
+Everything is split at UTC hour boundaries, at full precision (microseconds), so the hourly
+records of a subject add up to exactly its total.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+COMPUTE = "instance.seconds"
+BOOT_DISK = "instance.disk_gb_seconds"
+VOLUME = "volume.gb_seconds"
+
+BILLED_RUNNING = frozenset({"running", "rebooting"})
+BOOT_DISK_KEPT = frozenset({"stopping", "stopped", "starting"})
+HOUR = timedelta(hours=1)
+MICRO = Decimal("0.000001")
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def seconds(delta: timedelta) -> Decimal:
+    """A duration in seconds, exactly (microsecond resolution)."""
+    return (
+        Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / 1_000_000
+    ).quantize(MICRO)
+
+
+@dataclass(frozen=True)
+class Segment:
+    state: str
+    start: datetime
+    end: datetime
+
+
+def segments(transitions: Iterable[tuple[datetime, str]], until: datetime) -> list[Segment]:
+    """(time, new state) pairs in order → the states with their spans, cut at ``until``."""
+    result: list[Segment] = []
+    previous: tuple[datetime, str] | None = None
+    for moment, state in transitions:
+        if previous is not None and moment > previous[0]:
+            result.append(Segment(previous[1], previous[0], min(moment, until)))
+        previous = (moment, state)
+        if moment >= until:
+            break
+    if previous is not None and previous[0] < until:
+        result.append(Segment(previous[1], previous[0], until))
+    return [s for s in result if s.end > s.start]
+
+
+def split_by_hour(start: datetime, end: datetime) -> Iterable[tuple[datetime, Decimal]]:
+    """(hour start, seconds) for each UTC hour the span [start, end) touches."""
+    cursor = start
+    while cursor < end:
+        hour = hour_floor(cursor)
+        stop = min(end, hour + HOUR)
+        yield hour, seconds(stop - cursor)
+        cursor = stop
+
+
+def instance_usage(
+    transitions: Iterable[tuple[datetime, str]],
+    *,
+    disk_gb: int,
+    window_start: datetime,
+    window_end: datetime,
+) -> dict[tuple[str, datetime], Decimal]:
+    """(meter, hour) → quantity for one instance, for the hours in [window_start, window_end)."""
+    usage: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)
+    for segment in segments(transitions, window_end):
+        start, end = max(segment.start, window_start), min(segment.end, window_end)
+        if end <= start:
+            continue
+        if segment.state in BILLED_RUNNING:
+            for hour, amount in split_by_hour(start, end):
+                usage[(COMPUTE, hour)] += amount
+        elif segment.state in BOOT_DISK_KEPT:
+            for hour, amount in split_by_hour(start, end):
+                usage[(BOOT_DISK, hour)] += amount * disk_gb
+    return dict(usage)
+
+
+def volume_usage(
+    *,
+    created_at: datetime,
+    deleted_at: datetime | None,
+    size_gb: int,
+    window_start: datetime,
+    window_end: datetime,
+) -> dict[tuple[str, datetime], Decimal]:
+    start = max(created_at, window_start)
+    end = min(deleted_at or window_end, window_end)
+    usage: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)
+    if end > start:
+        for hour, amount in split_by_hour(start, end):
+            usage[(VOLUME, hour)] += amount * size_gb
+    return dict(usage)

@@ -1,0 +1,163 @@
+"""Usage: hourly records closed from the instance lifecycle and from external usage events.
+
+A ``UsageRecord`` is unique per (subject, meter, hour), so closing or rebuilding an hour twice
+never double-counts. ``UsageEvent`` rows are CloudEvents, unique on (source, id).
+"""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from portal.accounts.models import Currency, Organization
+
+QUANTITY_MAX_DIGITS = 24
+QUANTITY_DECIMAL_PLACES = 6
+
+
+class Aggregation(models.TextChoices):
+    SUM = "sum", "Sum"
+    MAX = "max", "Maximum"
+    COUNT = "count", "Count"
+    LATEST = "latest", "Latest value"
+
+
+class Meter(models.Model):
+    """Something usage is measured in. Built-in meters come from the lifecycle; operators
+    define others for external usage events (``type`` of a CloudEvent names the meter)."""
+
+    key = models.SlugField(max_length=80, unique=True, help_text="e.g. instance.gpu_seconds")
+    name = models.CharField(max_length=120)
+    unit = models.CharField(max_length=20, help_text="e.g. second, GB-second, request")
+    aggregation = models.CharField(
+        max_length=10, choices=Aggregation.choices, default=Aggregation.SUM
+    )
+    built_in = models.BooleanField(default=False, help_text="Measured by the portal itself.")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(aggregation__in=Aggregation.values),
+                name="metering_meter_aggregation_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class MeterPrice(models.Model):
+    """Price per unit of a meter, per currency, in force from ``effective_from``."""
+
+    meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="prices")
+    currency = models.CharField(max_length=3, choices=Currency.choices)
+    price_per_unit = models.DecimalField(max_digits=20, decimal_places=12)
+    effective_from = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["meter", "currency", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["meter", "currency", "effective_from"],
+                name="metering_meterprice_one_per_moment",
+            ),
+            models.CheckConstraint(
+                condition=Q(price_per_unit__gte=0), name="metering_meterprice_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter} {self.price_per_unit} {self.currency}/{self.meter.unit}"
+
+
+class SubjectType(models.TextChoices):
+    INSTANCE = "instance", "Instance"
+    VOLUME = "volume", "Volume"
+    EXTERNAL = "external", "External subject"
+
+
+class UsageRecord(models.Model):
+    """Usage of one subject on one meter in one UTC hour."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    subject_type = models.CharField(max_length=10, choices=SubjectType.choices)
+    subject_id = models.CharField(max_length=80)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="records")
+    hour_start = models.DateTimeField(help_text="UTC, on the hour.")
+    quantity = models.DecimalField(
+        max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES
+    )
+    unit = models.CharField(max_length=20)
+    # what rating needs, as it was in that hour
+    instance_type_id = models.BigIntegerField(null=True, blank=True)
+    region_id = models.BigIntegerField(null=True, blank=True)
+    closed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["hour_start", "subject_type", "subject_id", "meter"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject_type", "subject_id", "meter", "hour_start"],
+                name="metering_record_one_per_hour",
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gte=0), name="metering_record_not_negative"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "hour_start"], name="metering_record_org_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject_type}:{self.subject_id} {self.meter_id} {self.hour_start:%Y-%m-%d %H}h {self.quantity}"
+
+
+class UsageEvent(models.Model):
+    """An external usage report (a CloudEvent). Unique on (source, id): a re-sent event is kept once."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="usage_events"
+    )
+    source = models.CharField(max_length=255)
+    event_id = models.CharField(max_length=255)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="events")
+    subject = models.CharField(max_length=255)
+    time = models.DateTimeField()
+    value = models.DecimalField(
+        max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES
+    )
+    data = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["time", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "event_id"], name="metering_event_source_id_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organization", "meter", "time"], name="metering_event_org_meter_time"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source}/{self.event_id}"
+
+
+class ClosedHour(models.Model):
+    """An hour whose lifecycle usage has been closed into records (live figures add the rest)."""
+
+    hour_start = models.DateTimeField(unique=True)
+    closed_at = models.DateTimeField(default=timezone.now)
+    records = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-hour_start"]
+
+    def __str__(self) -> str:
+        return f"{self.hour_start:%Y-%m-%d %H}:00"
