@@ -289,6 +289,12 @@ COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECO
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = []
 
+# Storage (kept boot disks of stopped instances, volumes): price per GB-month (730 hours).
+STORAGE_PRICE_PER_GB_MONTH = {
+    "USD": os.environ.get("STORAGE_PRICE_PER_GB_MONTH_USD", "0.10"),
+    "CNY": os.environ.get("STORAGE_PRICE_PER_GB_MONTH_CNY", "0.72"),
+}
+
 PAYMENT_PROVIDER = os.environ.get("PAYMENT_PROVIDER", "fake")
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")

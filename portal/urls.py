@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/v1/", include("portal.accounts.api.urls")),
     path("api/v1/", include("portal.catalog.api.urls")),
     path("api/v1/", include("portal.compute.api.urls")),
+    path("api/v1/", include("portal.metering.api.urls")),
     path("", include("portal.catalog.urls")),
     path("", include("portal.compute.urls")),
     path("", include("portal.accounts.urls")),

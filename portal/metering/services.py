@@ -23,7 +23,14 @@ from portal.metering.lifecycle_usage import (
     instance_usage,
     volume_usage,
 )
-from portal.metering.models import ClosedHour, Meter, SubjectType, UsageRecord
+from portal.metering.models import (
+    Aggregation,
+    ClosedHour,
+    Meter,
+    SubjectType,
+    UsageEvent,
+    UsageRecord,
+)
 
 BUILT_IN_METERS = {
     COMPUTE: ("Instance running time", "second"),
@@ -115,7 +122,44 @@ def _lifecycle_usage(
                     region_id=volume["region_id"],
                 )
             )
+    records.extend(_event_usage(window_start, window_end, organization))
     return [r for r in records if r.quantity > 0]
+
+
+def _event_usage(
+    window_start: datetime, window_end: datetime, organization=None
+) -> list[UsageRecord]:
+    """External usage events aggregated per (subject, meter, hour) with the meter's aggregation."""
+    events = UsageEvent.objects.filter(time__gte=window_start, time__lt=window_end).select_related(
+        "meter"
+    )
+    if organization is not None:
+        events = events.filter(organization=organization)
+    buckets: dict[tuple, list] = {}
+    for event in events.order_by("time", "id"):
+        key = (event.organization_id, event.subject, event.meter_id, hour_floor(event.time))
+        bucket = buckets.setdefault(key, [event.meter, []])
+        bucket[1].append(event.value)
+    records = []
+    for (org_id, subject, _meter_id, hour), (meter, values) in buckets.items():
+        quantity = {
+            Aggregation.SUM: lambda v: sum(v, Decimal(0)),
+            Aggregation.MAX: max,
+            Aggregation.COUNT: lambda v: Decimal(len(v)),
+            Aggregation.LATEST: lambda v: v[-1],
+        }[Aggregation(meter.aggregation)](values)
+        records.append(
+            UsageRecord(
+                organization_id=org_id,
+                subject_type=SubjectType.EXTERNAL,
+                subject_id=subject[:80],
+                meter=meter,
+                hour_start=hour,
+                quantity=quantity,
+                unit=meter.unit,
+            )
+        )
+    return records
 
 
 def usage_close_hour(*, hour_start: datetime) -> int:
@@ -154,7 +198,7 @@ def usage_rebuild(*, start: datetime, end: datetime) -> dict[str, int]:
     existing = {
         (r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
         for r in UsageRecord.objects.filter(
-            hour_start__gte=start, hour_start__lt=end, meter__built_in=True
+            hour_start__gte=start, hour_start__lt=end
         ).select_for_update()
     }
     created = [wanted[k] for k in wanted.keys() - existing.keys()]

@@ -1,0 +1,158 @@
+"""Usage figures for pages and the API: stored hourly records plus the part not closed yet.
+
+``usage_summary`` groups by day, instance, instance type or meter, with quantities per meter and
+the cost at full precision in the organisation's currency. The page, its CSV and
+``GET /api/v1/usage`` all use it, so they always agree.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from portal.catalog.models import InstanceType
+from portal.compute.models import Instance, Volume
+from portal.metering.lifecycle_usage import COMPUTE
+from portal.metering.models import UsageRecord
+from portal.metering.rating import Rater
+from portal.metering.services import first_open_hour, usage_open
+
+GROUPS = ("day", "instance", "instance_type", "meter")
+
+
+@dataclass
+class UsageRow:
+    key: str
+    label: str
+    quantities: dict[str, Decimal] = field(default_factory=dict)
+    cost: Decimal = Decimal(0)
+
+
+@dataclass
+class UsageSummary:
+    currency: str
+    start: datetime
+    end: datetime
+    group_by: str
+    rows: list[UsageRow]
+
+    @property
+    def total_cost(self) -> Decimal:
+        return sum((row.cost for row in self.rows), Decimal(0))
+
+
+def _records(organization, start: datetime, end: datetime, now: datetime) -> list[UsageRecord]:
+    open_from = first_open_hour(now)
+    stored = list(
+        UsageRecord.objects.filter(
+            organization=organization, hour_start__gte=start, hour_start__lt=min(end, open_from)
+        ).select_related("meter")
+    )
+    if end > open_from:
+        live = [
+            r for r in usage_open(organization=organization, now=now) if start <= r.hour_start < end
+        ]
+        stored.extend(live)
+    return stored
+
+
+def usage_summary(
+    *,
+    organization,
+    start: datetime,
+    end: datetime,
+    group_by: str = "day",
+    now: datetime | None = None,
+) -> UsageSummary:
+    now = now or timezone.now()
+    records = _records(organization, start, end, now)
+    rater = Rater(organization.currency)
+    rows: dict[str, UsageRow] = {}
+    names = _names(records, group_by)
+    for record in records:
+        key = _key(record, group_by)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = UsageRow(key=key, label=names.get(key, key))
+        row.quantities[record.meter.key] = (
+            row.quantities.get(record.meter.key, Decimal(0)) + record.quantity
+        )
+        row.cost += rater.cost(record)
+    ordered = sorted(
+        rows.values(), key=lambda r: r.key if group_by == "day" else (-r.cost, r.label)
+    )
+    return UsageSummary(
+        currency=organization.currency, start=start, end=end, group_by=group_by, rows=ordered
+    )
+
+
+def _key(record: UsageRecord, group_by: str) -> str:
+    if group_by == "day":
+        return record.hour_start.date().isoformat()
+    if group_by == "instance":
+        return f"{record.subject_type}:{record.subject_id}"
+    if group_by == "instance_type":
+        return (
+            f"type:{record.instance_type_id}"
+            if record.instance_type_id
+            else f"{record.subject_type}s"
+        )
+    return record.meter.key
+
+
+def _names(records: list[UsageRecord], group_by: str) -> dict[str, str]:
+    if group_by == "instance":
+        instance_ids = {r.subject_id for r in records if r.subject_type == "instance"}
+        volume_ids = {r.subject_id for r in records if r.subject_type == "volume"}
+        names = {
+            f"instance:{pk}": name
+            for pk, name in Instance.objects.filter(pk__in=instance_ids).values_list("pk", "name")
+        }
+        names.update(
+            {
+                f"volume:{pk}": f"volume {name}"
+                for pk, name in Volume.objects.filter(pk__in=volume_ids).values_list("pk", "name")
+            }
+        )
+        return names
+    if group_by == "instance_type":
+        type_ids = {r.instance_type_id for r in records if r.instance_type_id}
+        names = {
+            f"type:{pk}": name
+            for pk, name in InstanceType.objects.filter(pk__in=type_ids).values_list("pk", "name")
+        }
+        names["volumes"] = "Volumes"
+        return names
+    return {}
+
+
+@dataclass(frozen=True)
+class Burn:
+    running_instances: int
+    per_hour: Decimal  # what the running fleet costs per hour now
+    month_to_date: Decimal
+
+
+def burn_rate(organization, now: datetime | None = None) -> Burn:
+    """Running instances, their cost per hour now, and spend since the month began."""
+    now = now or timezone.now()
+    rater = Rater(organization.currency)
+    running = Instance.objects.filter(
+        organization=organization, state__in=["running", "rebooting"]
+    ).values_list("instance_type_id", "region_id")
+    per_hour = sum(
+        (
+            rater.unit_price(
+                meter_key=COMPUTE, meter_id=0, hour=now, instance_type_id=t, region_id=r
+            )
+            * 3600
+            for t, r in running
+        ),
+        Decimal(0),
+    )
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    spent = usage_summary(
+        organization=organization, start=month_start, end=now + timedelta(seconds=1), now=now
+    )
+    return Burn(running_instances=len(running), per_hour=per_hour, month_to_date=spent.total_cost)
