@@ -175,13 +175,14 @@ class UsageView(APIView):
                 "start": summary.start,
                 "end": summary.end,
                 "group_by": summary.group_by,
-                "total_cost": f"{summary.total_cost:.12f}",
+                # full precision (Decimal's own digits); invoices round, once, per line
+                "total_cost": str(summary.total_cost),
                 "rows": [
                     {
                         "key": row.key,
                         "label": row.label,
-                        "quantities": {k: f"{v:.6f}" for k, v in sorted(row.quantities.items())},
-                        "cost": f"{row.cost:.12f}",
+                        "quantities": {k: str(v) for k, v in sorted(row.quantities.items())},
+                        "cost": str(row.cost),
                     }
                     for row in summary.rows
                 ],
