@@ -45,7 +45,7 @@ def usage(key_client):
 
 
 def test_usage_by_every_grouping_agrees_and_is_priced_exactly(usage):
-    world, client = usage
+    _world, client = usage
     now = START + timedelta(hours=3, minutes=30)
     with time_machine.travel(now, tick=False):
         totals = {}
@@ -73,7 +73,7 @@ def test_usage_by_every_grouping_agrees_and_is_priced_exactly(usage):
 
 
 def test_usage_days_and_bad_ranges(usage):
-    world, client = usage
+    _world, client = usage
     body = client.get(
         "/api/v1/usage?start=2026-05-01T00:00:00Z&end=2026-05-10T00:00:00Z&group_by=day"
     ).json()
