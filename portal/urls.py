@@ -20,5 +20,6 @@ urlpatterns = [
     path("api/v1/", include("portal.metering.api.urls")),
     path("", include("portal.catalog.urls")),
     path("", include("portal.compute.urls")),
+    path("", include("portal.metering.urls")),
     path("", include("portal.accounts.urls")),
 ]

@@ -160,6 +160,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "ssh_key_count": selectors.ssh_keys_list(org).count(),
         "api_key_count": selectors.api_keys_list(org).filter(revoked_at__isnull=True).count(),
     }
+    if request.actor.can(Action.INSTANCE_VIEW):
+        from portal.metering.selectors import burn_rate  # only this view reads metering
+
+        context["burn"] = burn_rate(org)
     return render(request, "accounts/dashboard.html", context)
 
 

@@ -301,12 +301,12 @@ def _detail_context(
 @require_GET
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_get(request.organization, pk)
-    return _render(
-        request,
-        "compute/instance_detail.html",
-        "instance-status",
-        _detail_context(request, instance),
-    )
+    context = _detail_context(request, instance)
+    if not request.htmx:  # the status panel's polls do not show telemetry
+        from portal.metering.telemetry import instance_telemetry
+
+        context["telemetry"] = instance_telemetry(instance)
+    return _render(request, "compute/instance_detail.html", "instance-status", context)
 
 
 def _after_action(request: HttpRequest, pk: int, status: int = 200, **forms) -> HttpResponse:

@@ -161,3 +161,41 @@ class ClosedHour(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour_start:%Y-%m-%d %H}:00"
+
+
+class GpuSample(models.Model):
+    """One NVML reading of one physical GPU (operator telemetry, not a customer's usage).
+
+    Unique per (GPU, time), so a re-sent sample is kept once. ``energy_mj`` is the GPU's total
+    energy counter (monotonic since the driver loaded); an instance's energy is the sum of its
+    increases while the instance held the GPU (``portal.metering.telemetry``). Readings the
+    GPU does not support are empty.
+    """
+
+    gpu = models.ForeignKey("catalog.Gpu", on_delete=models.CASCADE, related_name="samples")
+    time = models.DateTimeField()
+    utilization_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    memory_utilization_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    memory_used_bytes = models.BigIntegerField(null=True, blank=True)
+    power_mw = models.PositiveIntegerField(null=True, blank=True)
+    energy_mj = models.BigIntegerField(null=True, blank=True)
+    temperature_c = models.SmallIntegerField(null=True, blank=True)
+    sm_clock_mhz = models.PositiveIntegerField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["gpu", "time"]
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "time"], name="metering_gpusample_gpu_time"),
+            models.CheckConstraint(
+                condition=Q(utilization_pct__lte=100) & Q(memory_utilization_pct__lte=100),
+                name="metering_gpusample_pct_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(energy_mj__gte=0) & Q(memory_used_bytes__gte=0),
+                name="metering_gpusample_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_id} {self.time:%Y-%m-%d %H:%M:%S.%f}"

@@ -45,9 +45,7 @@ class Rater:
             times, amounts = self._meters[price.meter_id]
             times.append(price.effective_from)
             amounts.append(price.price_per_unit)
-        self.storage_per_gb_second = (
-            Decimal(settings.STORAGE_PRICE_PER_GB_MONTH[currency]) / SECONDS_PER_MONTH
-        )
+        self.storage_per_gb_month = Decimal(settings.STORAGE_PRICE_PER_GB_MONTH[currency])
 
     @staticmethod
     def _in_force(history: tuple[list[datetime], list[Decimal]], at: datetime) -> Decimal | None:
@@ -71,15 +69,23 @@ class Rater:
             )
             return per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
         if meter_key in (BOOT_DISK, VOLUME):
-            return self.storage_per_gb_second
+            return self.storage_per_gb_month / SECONDS_PER_MONTH
         price = self._in_force(self._meters.get(meter_id, ([], [])), hour)
         return price if price is not None else Decimal(0)
 
     def cost(self, record) -> Decimal:
-        return record.quantity * self.unit_price(
-            meter_key=record.meter.key,
-            meter_id=record.meter_id,
-            hour=record.hour_start,
-            instance_type_id=record.instance_type_id,
-            region_id=record.region_id,
-        )
+        """Quantity times price, multiplying before dividing (so an hour at 7.00/h is 7.00
+        exactly), at full precision."""
+        key = record.meter.key
+        if key == COMPUTE:
+            history = self._compute.get((record.instance_type_id, record.region_id), ([], []))
+            per_hour = self._in_force(history, record.hour_start)
+            return (
+                record.quantity * per_hour / SECONDS_PER_HOUR
+                if per_hour is not None
+                else Decimal(0)
+            )
+        if key in (BOOT_DISK, VOLUME):
+            return record.quantity * self.storage_per_gb_month / SECONDS_PER_MONTH
+        price = self._in_force(self._meters.get(record.meter_id, ([], [])), record.hour_start)
+        return record.quantity * price if price is not None else Decimal(0)

@@ -26,6 +26,7 @@ class UsageRow:
     key: str
     label: str
     quantities: dict[str, Decimal] = field(default_factory=dict)
+    costs: dict[str, Decimal] = field(default_factory=dict)  # per meter
     cost: Decimal = Decimal(0)
 
 
@@ -75,10 +76,10 @@ def usage_summary(
         row = rows.get(key)
         if row is None:
             row = rows[key] = UsageRow(key=key, label=names.get(key, key))
-        row.quantities[record.meter.key] = (
-            row.quantities.get(record.meter.key, Decimal(0)) + record.quantity
-        )
-        row.cost += rater.cost(record)
+        meter, cost = record.meter.key, rater.cost(record)
+        row.quantities[meter] = row.quantities.get(meter, Decimal(0)) + record.quantity
+        row.costs[meter] = row.costs.get(meter, Decimal(0)) + cost
+        row.cost += cost
     ordered = sorted(
         rows.values(), key=lambda r: r.key if group_by == "day" else (-r.cost, r.label)
     )

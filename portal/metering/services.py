@@ -179,10 +179,19 @@ def usage_close_hour(*, hour_start: datetime) -> int:
     return after - before
 
 
-def usage_close_recent(*, hours: int = 3) -> int:
-    """Close the last ``hours`` ended hours (the periodic task: a missed run catches up)."""
-    latest = hour_floor(timezone.now()) - HOUR
-    return sum(usage_close_hour(hour_start=latest - HOUR * i) for i in range(hours))
+MAX_CATCH_UP = timedelta(days=31)
+
+
+def usage_close_recent() -> int:
+    """Close every ended hour since the last closed one, oldest first (the periodic task: a
+    missed run, or a week of downtime, is caught up; no hour is skipped)."""
+    current = hour_floor(timezone.now())
+    hour = max(first_open_hour(), current - MAX_CATCH_UP)
+    created = 0
+    while hour < current:
+        created += usage_close_hour(hour_start=hour)
+        hour += HOUR
+    return created
 
 
 @transaction.atomic
@@ -220,18 +229,21 @@ def usage_rebuild(*, start: datetime, end: datetime) -> dict[str, int]:
     }
 
 
-OPEN_LOOKBACK = timedelta(hours=24)
-
-
 def first_open_hour(now: datetime | None = None) -> datetime:
-    """The first hour not closed yet (the current one, or earlier if the closing task is late;
-    at most a day back)."""
+    """The first hour not closed into records yet: the hour after the last closed one, or, if
+    nothing was ever closed, the hour of the first instance, volume or usage event."""
     now = now or timezone.now()
     current = hour_floor(now)
     last = ClosedHour.objects.filter(hour_start__lt=current).order_by("-hour_start").first()
-    if last is None:
-        return current - OPEN_LOOKBACK
-    return max(last.hour_start + HOUR, current - OPEN_LOOKBACK)
+    if last is not None:
+        return last.hour_start + HOUR
+    firsts = [
+        Instance.objects.order_by("created_at").values_list("created_at", flat=True).first(),
+        Volume.objects.order_by("created_at").values_list("created_at", flat=True).first(),
+        UsageEvent.objects.order_by("time").values_list("time", flat=True).first(),
+    ]
+    known = [moment for moment in firsts if moment is not None]
+    return min(hour_floor(min(known)), current) if known else current
 
 
 def usage_open(*, organization, now: datetime | None = None) -> list[UsageRecord]:

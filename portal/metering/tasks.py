@@ -8,4 +8,4 @@ from portal.metering import services
 )
 def close_recent_hours() -> int:
     """Close the hours that ended recently (idempotent; a missed run is caught up)."""
-    return services.usage_close_recent(hours=3)
+    return services.usage_close_recent()

@@ -77,7 +77,8 @@ def test_usage_days_and_bad_ranges(usage):
     body = client.get(
         "/api/v1/usage?start=2026-05-01T00:00:00Z&end=2026-05-10T00:00:00Z&group_by=day"
     ).json()
-    assert [r["key"] for r in body["rows"]] == ["2026-05-03"]
+    # running on the 3rd; the stopped instance's boot disk is kept (and accrues) every day after
+    assert [r["key"] for r in body["rows"]] == [f"2026-05-{day:02d}" for day in range(3, 10)]
     bad = client.get("/api/v1/usage?start=2026-05-10T00:00:00Z&end=2026-05-01T00:00:00Z")
     assert bad.status_code == 400 and "end" in bad.json()["error"]["details"]
     too_long = client.get("/api/v1/usage?start=2020-01-01T00:00:00Z&end=2026-05-01T00:00:00Z")

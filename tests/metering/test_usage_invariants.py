@@ -162,3 +162,25 @@ def test_live_usage_includes_the_open_hour(instance_row):
         assert compute == {11: Decimal(3600), 12: Decimal(1800)}
         closed = UsageRecord.objects.get(meter__key=COMPUTE, subject_id=str(instance_row.pk))
         assert closed.quantity == Decimal(55 * 60)
+
+
+def test_closing_catches_up_every_missed_hour_oldest_first(instance_row):
+    from portal.metering.models import ClosedHour
+
+    start = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
+    InstanceEvent.objects.filter(instance=instance_row).delete()
+    InstanceEvent.objects.create(
+        instance=instance_row, created_at=start, to_state="running", actor_label="t", reason="t"
+    )
+    Instance.objects.filter(pk=instance_row.pk).update(created_at=start, state="running")
+    with time_machine.travel(start + timedelta(hours=1, minutes=10), tick=False):
+        services.usage_close_recent()
+    # the task then misses six hours
+    with time_machine.travel(start + timedelta(hours=7, minutes=30), tick=False):
+        services.usage_close_recent()
+        hours = list(ClosedHour.objects.order_by("hour_start").values_list("hour_start", flat=True))
+        assert hours == [start + timedelta(hours=h) for h in range(7)]
+        records = UsageRecord.objects.filter(subject_id=str(instance_row.pk), meter__key=COMPUTE)
+        assert sum(r.quantity for r in records) == Decimal(7 * 3600)
+        live = services.usage_open(organization=instance_row.organization)
+        assert [r.quantity for r in live if r.meter.key == COMPUTE] == [Decimal(1800)]

@@ -53,4 +53,7 @@ class Command(BaseCommand):
         from portal.catalog.demo import load_demo_catalog
 
         self.stdout.write(load_demo_catalog())
+        from portal.metering.telemetry import demo_telemetry
+
+        self.stdout.write(demo_telemetry(organization=org))
         self.stdout.write(f"Demo login: {DEMO_EMAIL} / {password} (organisation '{DEMO_SLUG}')")
