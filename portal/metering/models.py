@@ -4,6 +4,7 @@ A ``UsageRecord`` is unique per (subject, meter, hour), so closing or rebuilding
 never double-counts. ``UsageEvent`` rows are CloudEvents, unique on (source, id).
 """
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -25,7 +26,16 @@ class Meter(models.Model):
     """Something usage is measured in. Built-in meters come from the lifecycle; operators
     define others for external usage events (``type`` of a CloudEvent names the meter)."""
 
-    key = models.SlugField(max_length=80, unique=True, help_text="e.g. instance.gpu_seconds")
+    key = models.CharField(
+        max_length=80,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "Letters, digits, dots, hyphens and underscores."
+            )
+        ],
+        help_text="e.g. tokens.generated (the CloudEvent type)",
+    )
     name = models.CharField(max_length=120)
     unit = models.CharField(max_length=20, help_text="e.g. second, GB-second, request")
     aggregation = models.CharField(
@@ -84,7 +94,7 @@ class UsageRecord(models.Model):
         Organization, on_delete=models.PROTECT, related_name="usage_records"
     )
     subject_type = models.CharField(max_length=10, choices=SubjectType.choices)
-    subject_id = models.CharField(max_length=80)
+    subject_id = models.CharField(max_length=255)
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="records")
     hour_start = models.DateTimeField(help_text="UTC, on the hour.")
     quantity = models.DecimalField(
@@ -100,7 +110,7 @@ class UsageRecord(models.Model):
         ordering = ["hour_start", "subject_type", "subject_id", "meter"]
         constraints = [
             models.UniqueConstraint(
-                fields=["subject_type", "subject_id", "meter", "hour_start"],
+                fields=["organization", "subject_type", "subject_id", "meter", "hour_start"],
                 name="metering_record_one_per_hour",
             ),
             models.CheckConstraint(
@@ -109,6 +119,7 @@ class UsageRecord(models.Model):
         ]
         indexes = [
             models.Index(fields=["organization", "hour_start"], name="metering_record_org_hour"),
+            models.Index(fields=["hour_start"], name="metering_record_hour"),
         ]
 
     def __str__(self) -> str:
@@ -136,7 +147,8 @@ class UsageEvent(models.Model):
         ordering = ["time", "id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["source", "event_id"], name="metering_event_source_id_unique"
+                fields=["organization", "source", "event_id"],
+                name="metering_event_source_id_unique",
             ),
         ]
         indexes = [

@@ -152,7 +152,7 @@ def _event_usage(
             UsageRecord(
                 organization_id=org_id,
                 subject_type=SubjectType.EXTERNAL,
-                subject_id=subject[:80],
+                subject_id=subject,
                 meter=meter,
                 hour_start=hour,
                 quantity=quantity,
@@ -201,11 +201,11 @@ def usage_rebuild(*, start: datetime, end: datetime) -> dict[str, int]:
     start = hour_floor(start)
     end = min(hour_floor(end), hour_floor(timezone.now()))
     wanted = {
-        (r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
+        (r.organization_id, r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
         for r in _lifecycle_usage(start, end)
     }
     existing = {
-        (r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
+        (r.organization_id, r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
         for r in UsageRecord.objects.filter(
             hour_start__gte=start, hour_start__lt=end
         ).select_for_update()
