@@ -1,0 +1,207 @@
+"""Writes to the credits ledger: posting entries, operator grants, and debiting rated usage.
+
+Locks follow the house order: organisation, then its ledger account. ``ledger_post`` is the one
+place an entry is written: it checks the idempotency key, appends the entry and moves the cached
+balance in the same transaction, under the account's row lock.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.models import AMOUNT_DECIMAL_PLACES, Account, EntryKind, LedgerEntry, UsageRating
+from portal.accounts.locks import lock_organization
+from portal.accounts.models import Organization
+from portal.accounts.services import audit_record
+from portal.accounts.types import Actor
+from portal.errors import Conflict, InvalidInput, PermissionDenied
+from portal.metering.models import UsageRecord
+from portal.metering.rating import Rater
+
+QUANTUM = Decimal(1).scaleb(-AMOUNT_DECIMAL_PLACES)  # 1e-12: the ledger's full precision
+
+
+def account_for(organization: Organization, *, lock: bool = False) -> Account:
+    """The organisation's account (created in its currency on first use)."""
+    account, _ = Account.objects.get_or_create(
+        organization=organization, defaults={"currency": organization.currency}
+    )
+    if lock:
+        account = Account.objects.select_for_update().get(pk=account.pk)
+    return account
+
+
+def _amount(value) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidInput(f"Amount '{value}' is not a number.", code="amount_invalid") from None
+    if not amount.is_finite() or amount == 0:
+        raise InvalidInput(
+            "The amount must be a finite number other than zero.", code="amount_invalid"
+        )
+    if amount.as_tuple().exponent < -AMOUNT_DECIMAL_PLACES:
+        raise InvalidInput(
+            f"Amounts have at most {AMOUNT_DECIMAL_PLACES} decimal places.", code="amount_invalid"
+        )
+    return amount
+
+
+@transaction.atomic
+def ledger_post(
+    *,
+    organization: Organization,
+    kind: str,
+    amount,
+    idempotency_key: str,
+    description: str,
+    actor_label: str,
+    usage_record: UsageRecord | None = None,
+    reference: str = "",
+) -> tuple[LedgerEntry, bool]:
+    """Append an entry (or return the one already posted with this key). Returns (entry, created).
+
+    The same key with a different kind or amount is refused: an idempotency key names one
+    movement of money, forever.
+    """
+    if kind not in EntryKind.values:
+        raise InvalidInput(f"Unknown entry kind '{kind}'.", code="invalid")
+    amount = _amount(amount)
+    if not idempotency_key:
+        raise InvalidInput("Every ledger entry needs an idempotency key.", code="invalid")
+    lock_organization(organization.pk)
+    account = account_for(organization, lock=True)
+    existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.kind != kind or existing.amount != amount or existing.account_id != account.pk:
+            raise Conflict(
+                "This idempotency key was already used for another ledger entry.",
+                code="idempotency_key_reused",
+            )
+        return existing, False
+    try:
+        with transaction.atomic():
+            entry = LedgerEntry.objects.create(
+                account=account,
+                kind=kind,
+                amount=amount,
+                currency=account.currency,
+                idempotency_key=idempotency_key,
+                description=description[:300],
+                actor_label=actor_label[:200],
+                usage_record=usage_record,
+                reference=reference,
+            )
+    except IntegrityError:
+        raise Conflict("This movement was already recorded.", code="already_recorded") from None
+    account.balance += amount
+    account.updated_at = timezone.now()
+    account.save(update_fields=["balance", "updated_at"])
+    return entry, True
+
+
+def credit_grant(
+    *, actor: Actor, organization: Organization, amount, reason: str, idempotency_key: str
+) -> LedgerEntry:
+    """Operators give credit (a promotion, a goodwill gesture) with a reason."""
+    if not actor.operator:
+        raise PermissionDenied("Only operators grant credit.", code="operators_only")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Say why the credit is granted.", code="reason_required")
+    amount = _amount(amount)
+    if amount <= 0:
+        raise InvalidInput(
+            "A grant adds credit: the amount must be positive.", code="amount_invalid"
+        )
+    with transaction.atomic():
+        entry, created = ledger_post(
+            organization=organization,
+            kind=EntryKind.GRANT,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            description=f"Credit granted: {reason}",
+            actor_label=actor.label,
+        )
+        if created:
+            audit_record(
+                actor=actor,
+                action="credit.grant",
+                target=entry,
+                organization=organization,
+                details={"amount": str(amount), "currency": entry.currency, "reason": reason},
+            )
+    return entry
+
+
+@dataclass(frozen=True)
+class RatingReport:
+    debited: int
+    amount: Decimal
+    skipped_free: int
+
+
+def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
+    """Price closed usage records not rated yet and debit them, once each (the periodic task).
+
+    Each record is priced with the price in force in its hour, at full precision (12 places),
+    and gets one ``UsageRating`` (unique per record) and, when it cost something, one ledger
+    debit keyed ``usage:<record id>``, in the same transaction: running this twice, or in two
+    workers at once, debits nothing twice.
+    """
+    pending = (
+        UsageRecord.objects.filter(rating__isnull=True)
+        .select_related("meter", "organization")
+        .order_by("id")[:limit]
+    )
+    raters: dict[str, Rater] = {}
+    debited, total, free = 0, Decimal(0), 0
+    for record in pending:
+        currency = record.organization.currency
+        rater = raters.setdefault(currency, Rater(currency))
+        cost = rater.cost(record).quantize(QUANTUM)
+        try:
+            with transaction.atomic():
+                entry = None
+                if cost > 0:
+                    entry, _ = ledger_post(
+                        organization=record.organization,
+                        kind=EntryKind.USAGE,
+                        amount=-cost,
+                        idempotency_key=f"usage:{record.pk}",
+                        description=(
+                            f"{record.meter.key} {record.subject_type} {record.subject_id}, "
+                            f"{record.hour_start:%Y-%m-%d %H}:00 UTC"
+                        ),
+                        actor_label="system",
+                        usage_record=record,
+                    )
+                UsageRating.objects.create(
+                    usage_record=record, amount=cost, currency=currency, entry=entry
+                )
+        except IntegrityError:
+            continue  # another worker rated it first
+        if cost > 0:
+            debited += 1
+            total += cost
+        else:
+            free += 1
+    return RatingReport(debited=debited, amount=total, skipped_free=free)
+
+
+def balance(organization: Organization) -> Decimal:
+    """The balance to show and to decide on: the ledger, less usage not debited yet (closed
+    records awaiting rating and the hours not closed), so it is never behind by more than a
+    moment."""
+    from portal.metering.services import usage_open
+
+    account = account_for(organization)
+    rater = Rater(account.currency)
+    unrated = UsageRecord.objects.filter(
+        organization=organization, rating__isnull=True
+    ).select_related("meter")
+    pending = sum((rater.cost(r) for r in unrated), Decimal(0))
+    open_usage = sum((rater.cost(r) for r in usage_open(organization=organization)), Decimal(0))
+    return account.balance - pending - open_usage

@@ -1,0 +1,150 @@
+"""The credits ledger: append-only, idempotent, balance equal to the sum, usage debited once."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import close_old_connections
+from django.test import Client
+
+from billing import services
+from billing.models import Account, EntryKind, LedgerEntry, UsageRating
+from portal.accounts.types import Actor
+from portal.errors import Conflict, InvalidInput, PermissionDenied
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def post(org, amount, key, kind=EntryKind.ADJUSTMENT):
+    return services.ledger_post(
+        organization=org,
+        kind=kind,
+        amount=amount,
+        idempotency_key=key,
+        description="test",
+        actor_label="test",
+    )
+
+
+def test_balance_is_the_sum_of_entries_and_keys_are_idempotent(org):
+    post(org, "100.00", "a", EntryKind.TOP_UP)
+    post(org, "-12.345678901234", "b")
+    _entry, created = post(org, "-12.345678901234", "b")
+    assert not created
+    account = Account.objects.get(organization=org)
+    assert account.balance == Decimal("87.654321098766")
+    assert account.balance == sum(e.amount for e in LedgerEntry.objects.filter(account=account))
+    with pytest.raises(Conflict) as caught:
+        post(org, "-1", "b")
+    assert caught.value.code == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize("amount", ["0", "abc", "NaN", "1.0000000000001"])
+def test_bad_amounts_are_refused(org, amount):
+    with pytest.raises(InvalidInput):
+        post(org, amount, f"bad-{amount}")
+    assert not LedgerEntry.objects.exists()
+
+
+def test_grants_need_an_operator_and_a_reason_and_are_audited(org, owner):
+    from portal.accounts.models import AuditEvent
+
+    operator = factories.user(is_staff=True)
+    with pytest.raises(PermissionDenied):
+        services.credit_grant(
+            actor=factories.actor(org, owner),
+            organization=org,
+            amount="5",
+            reason="x",
+            idempotency_key="g0",
+        )
+    actor = Actor.for_operator(operator, org)
+    with pytest.raises(InvalidInput):
+        services.credit_grant(
+            actor=actor, organization=org, amount="5", reason=" ", idempotency_key="g1"
+        )
+    entry = services.credit_grant(
+        actor=actor, organization=org, amount="25.50", reason="launch promo", idempotency_key="g2"
+    )
+    assert entry.kind == "grant" and entry.amount == Decimal("25.50")
+    assert AuditEvent.objects.get(action="credit.grant").details["reason"] == "launch promo"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_posts_keep_the_cached_balance_exact(require_postgres):
+    org = factories.organization()
+    barrier = threading.Barrier(10)
+
+    def worker(i):
+        try:
+            barrier.wait()
+            for j in range(10):
+                post(org, "-0.333333333333", f"c{i}-{j}")
+                post(org, "-0.333333333333", f"c{i}-{j}")  # a retry
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    account = Account.objects.get(organization=org)
+    assert LedgerEntry.objects.count() == 100
+    assert (
+        account.balance == Decimal("-33.3333333333") == sum(e.amount for e in account.entries.all())
+    )
+
+
+def test_usage_is_debited_once_at_the_price_in_force(settings):
+    from portal.compute import services as compute
+    from portal.metering.services import usage_close_hour
+    from portal.provisioning import reset_backends
+    from tests.compute.world import World
+
+    settings.PROVISIONING_BACKENDS = {
+        **settings.PROVISIONING_BACKENDS,
+        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
+    }
+    settings.PROVISIONING_BACKEND = "memory"
+    reset_backends()
+    start = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+    with time_machine.travel(start - timedelta(days=1), tick=False):
+        world = World()
+    with time_machine.travel(start, tick=False) as clock:
+        instance, _ = compute.instance_launch(actor=world.actor(), request=world.request())
+        compute.instance_sync(instance_id=instance.pk)
+        clock.move_to(start + timedelta(hours=2, minutes=10))
+        usage_close_hour(hour_start=start)
+        usage_close_hour(hour_start=start + timedelta(hours=1))
+        first = services.usage_debit_pending()
+        again = services.usage_debit_pending()
+    assert (first.debited, again.debited) == (2, 0)
+    assert first.amount == Decimal("7.00")  # two full hours at 3.50
+    assert UsageRating.objects.count() == 2
+    account = Account.objects.get(organization=world.org)
+    assert account.balance == Decimal("-7.00")
+    # the balance shown also counts the 10 minutes not closed yet
+    with time_machine.travel(start + timedelta(hours=2, minutes=10), tick=False):
+        shown = services.balance(world.org)
+    assert shown == Decimal("-7.00") - Decimal("3.50") * 600 / 3600
+
+
+def test_admin_grant_form(org):
+    staff = Client()
+    staff.force_login(factories.user(is_staff=True, is_superuser=True))
+    account = services.account_for(org)
+    page = staff.get(f"/admin/billing/account/{account.pk}/grant/")
+    assert page.status_code == 200
+    key = page.context["form"].initial["key"]
+    for _ in range(2):  # a double submit grants once
+        staff.post(
+            f"/admin/billing/account/{account.pk}/grant/",
+            {"amount": "10", "reason": "welcome", "key": key},
+        )
+    account.refresh_from_db()
+    assert account.balance == Decimal("10")
+    assert staff.get("/admin/billing/ledgerentry/").status_code == 200
