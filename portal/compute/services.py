@@ -124,6 +124,10 @@ def _dispatch(instance: Instance) -> None:
     transaction.on_commit(send)
 
 
+def mark_dispatched(*, instance_id: int) -> None:
+    Instance.objects.filter(pk=instance_id).update(dispatched_at=timezone.now())
+
+
 def _release(instance: Instance) -> None:
     if instance.allocation_id is not None:
         capacity.allocation_release(allocation=instance.allocation)
@@ -471,15 +475,26 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
             f"Unknown action '{action}'; use one of {', '.join(Action.values)}.", code="invalid"
         )
     actor = authorize(actor, RoleAction.INSTANCE_MANAGE, lock=True)
-    instance = _locked(instance_id, actor.organization)
-    target = action_target(instance.state, action)
+    # The organisation's lock (held from here) is taken by every write to its instances, so
+    # this read stays true; hosts are locked before the instance (the house lock order).
+    current = (
+        Instance.objects.select_related("instance_type__mig_profile", "region")
+        .filter(organization=actor.organization, pk=instance_id)
+        .first()
+    )
+    if current is None:
+        raise NotFound("No such instance in this organisation.")
+    target = action_target(current.state, action)
+    allocation = None
     if action == Action.START:
-        _check_quota(actor.organization, instance.instance_type, exclude=instance)
+        _check_quota(actor.organization, current.instance_type, exclude=current)
         allocation = capacity.allocation_reserve(
-            instance_type=instance.instance_type,
-            region=instance.region,
-            holder=f"instance:{instance.pk}",
+            instance_type=current.instance_type,
+            region=current.region,
+            holder=f"instance:{current.pk}",
         )
+    instance = _locked(instance_id, actor.organization)
+    if allocation is not None:
         instance.allocation, instance.host_id = allocation, allocation.host_id
         instance.save(update_fields=["allocation", "host"])
     instance.desired_state = {
@@ -656,6 +671,30 @@ def _apply(instance_id: int, expected: str, outcome) -> bool:
         if observed == ObservedState.ERROR and expected in (State.PROVISIONING, State.STARTING):
             _fail(instance, "The machine failed to boot.", detail=status.detail)
             return False
+        if observed == ObservedState.MISSING and expected in (
+            State.STOPPING,
+            State.REBOOTING,
+            State.STARTING,
+        ):
+            # the machine is gone: nothing to stop, reboot or start; give everything back
+            _force_terminated(instance, "The backend no longer has this machine.")
+            return False
+        if observed == ObservedState.ERROR and expected == State.STOPPING:
+            _release(instance)
+            instance.ip_address, instance.running_since = None, None
+            instance.save(update_fields=["ip_address", "running_since"])
+            _transition(
+                instance,
+                State.STOPPED,
+                actor=SYSTEM,
+                reason="The machine failed while stopping; it is off.",
+            )
+            return False
+        if observed == ObservedState.ERROR and expected == State.REBOOTING:
+            _fail(
+                instance, "The machine failed to come back from the reboot.", detail=status.detail
+            )
+            return False
         done = {
             State.PROVISIONING: ObservedState.RUNNING,
             State.STARTING: ObservedState.RUNNING,
@@ -716,8 +755,9 @@ def instance_sync(*, instance_id: int) -> bool:
     if instance.state == State.PENDING:
         with transaction.atomic():
             locked = _locked(instance_id)
-            if locked.state == State.PENDING:
-                _transition(locked, State.PROVISIONING, actor=SYSTEM, reason="Provisioning started")
+            if locked.state != State.PENDING:  # terminated meanwhile, or another sync got here
+                return locked.state in TRANSITIONAL
+            _transition(locked, State.PROVISIONING, actor=SYSTEM, reason="Provisioning started")
         instance.state = State.PROVISIONING
     backend = get_backend(instance.backend)
     state = instance.state
@@ -782,23 +822,41 @@ def reconcile() -> ReconcileReport:
     timed_out, redispatched, gone, orphans = [], [], [], []
 
     stuck = Instance.objects.filter(
-        state__in=[State.PENDING, State.PROVISIONING, State.STARTING],
+        state__in=[s.value for s in TRANSITIONAL - {State.TERMINATING}],
         state_changed_at__lt=timeout_before,
-    ).values_list("pk", "backend")
-    for instance_id, backend_alias in stuck:
-        try:
-            get_backend(backend_alias).terminate(f"inst-{instance_id}")
-        except Exception:  # best effort: the orphan sweep reports what is left
-            logger.warning("could not terminate timed-out instance %s", instance_id, exc_info=True)
+    ).values_list("pk", flat=True)
+    minutes = settings.COMPUTE_LAUNCH_TIMEOUT_SECONDS // 60
+    for instance_id in stuck:
+        cleanup = None
         with transaction.atomic():
-            instance = _locked(instance_id)
-            if instance.state in (State.PENDING, State.PROVISIONING, State.STARTING):
-                minutes = settings.COMPUTE_LAUNCH_TIMEOUT_SECONDS // 60
-                _fail(
+            instance = _locked(instance_id)  # re-checked under the lock: it may have moved on
+            state = instance.state
+            if state == State.STARTING:
+                # a stopped instance that would not start: it goes back to stopped, disk kept
+                _release(instance)
+                _transition(
                     instance,
-                    f"Timed out after {minutes} minutes in {instance.state}; capacity released.",
+                    State.STOPPED,
+                    actor=SYSTEM,
+                    reason=f"Start timed out after {minutes} minutes; it stays stopped.",
                 )
-                timed_out.append(instance_id)
+                cleanup = "stop"
+            elif state in (State.PENDING, State.PROVISIONING, State.STOPPING, State.REBOOTING):
+                _fail(instance, f"Timed out after {minutes} minutes in {state}; capacity released.")
+                cleanup = "terminate"
+            else:
+                continue
+            timed_out.append(instance_id)
+            backend_alias, machine_id = instance.backend, instance.machine_id
+
+            def clean(alias=backend_alias, machine=machine_id, how=cleanup):
+                try:
+                    backend = get_backend(alias)
+                    backend.stop(machine) if how == "stop" else backend.terminate(machine)
+                except Exception:  # best effort: the orphan sweep reports what is left
+                    logger.warning("could not %s timed-out machine %s", how, machine, exc_info=True)
+
+            transaction.on_commit(clean)
 
     lost = Instance.objects.filter(state__in=[s.value for s in TRANSITIONAL]).filter(
         Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=redispatch_before)
@@ -822,6 +880,22 @@ def reconcile() -> ReconcileReport:
             logger.warning("could not list machines of backend %s", backend_alias, exc_info=True)
             continue
         for machine_id, (instance_id, state) in known.items():
+            machine = machines.get(machine_id)
+            if (
+                state == State.RUNNING
+                and machine is not None
+                and machine.state in (ObservedState.ERROR, ObservedState.STOPPED)
+            ):
+                with transaction.atomic():
+                    instance = _locked(instance_id)
+                    if instance.state == State.RUNNING:
+                        _record_observation(instance, machine)
+                        _fail(
+                            instance,
+                            f"The machine is {machine.state} outside the portal; its GPUs are released.",
+                        )
+                        gone.append(instance_id)
+                continue
             if state in (State.RUNNING, State.STOPPED) and machine_id not in machines:
                 with transaction.atomic():
                     instance = _locked(instance_id)
@@ -879,7 +953,9 @@ def operator_resync(*, instance_id: int, operator: str = "operator") -> None:
 
 def operator_force_terminate(*, instance_id: int, operator: str) -> None:
     """Terminate now, whatever the state: backend terminate (best effort), release, record."""
-    instance = Instance.objects.get(pk=instance_id)
+    instance = Instance.objects.filter(pk=instance_id).first()
+    if instance is None:
+        raise NotFound("No such instance.")
     try:
         get_backend(instance.backend).terminate(instance.machine_id)
     except Exception as exc:  # recorded; the orphan sweep shows a machine left behind

@@ -23,6 +23,8 @@ from portal.provisioning.base import TransientBackendError
 def instance_sync(self, instance_id: int) -> None:
     """Move an instance one step towards its desired state; poll again while it moves."""
     if services.instance_sync(instance_id=instance_id):
+        # this poll chain is alive: the reconciler must not start another one
+        services.mark_dispatched(instance_id=instance_id)
         instance_sync.apply_async((instance_id,), countdown=settings.COMPUTE_POLL_SECONDS)
 
 

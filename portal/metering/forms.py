@@ -74,7 +74,9 @@ class UsageRangeForm(PortalForm):
         cleaned = super().clean()
         start, end = cleaned.get("start"), cleaned.get("end")
         if start and end:
-            if end < start:
+            if end >= date.max - timedelta(days=1) or start.year < 1900:
+                self.add_error("end", "Pick dates between 1900 and 9998.")
+            elif end < start:
                 self.add_error("end", REVERSED)
             elif (end - start).days + 1 > MAX_DAYS:
                 self.add_error("end", TOO_LONG)

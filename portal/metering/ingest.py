@@ -27,6 +27,7 @@ from portal.accounts.roles import Action
 from portal.accounts.services import authorize
 from portal.accounts.types import Actor
 from portal.metering.models import Meter, UsageEvent
+from portal.metering.services import closed_until
 
 MAX_BATCH = 1000
 MAX_VALUE = Decimal("1e17")
@@ -140,7 +141,7 @@ def _echo_id(event) -> str | int | float | None:
     return _quoted(value, 255)
 
 
-def _parse(index: int, event, meters: dict[str, Meter], now: datetime):
+def _parse(index: int, event, meters: dict[str, Meter], now: datetime, open_from: datetime | None):
     def reject(code: str, reason: str) -> Rejection:
         return Rejection(index=index, id=_echo_id(event), code=code, reason=reason)
 
@@ -175,6 +176,7 @@ def _parse(index: int, event, meters: dict[str, Meter], now: datetime):
             return reject("time", "time must be an RFC 3339 timestamp with a time zone.")
         if moment > now + FUTURE_TOLERANCE:
             return reject("time", "time is in the future.")
+
     data = event.get("data")
     value = _value(data)
     stored = _data(data) if value is not None else None
@@ -197,12 +199,17 @@ def usage_events_ingest(*, actor: Actor, events: list) -> IngestResult:
         )
     meters = {m.key: m for m in Meter.objects.filter(is_active=True, built_in=False)}
     now = timezone.now()
+    open_from = closed_until()
     result = IngestResult()
     rows, seen = [], set()
+    late: list[tuple[int, tuple]] = []
     for index, event in enumerate(events):
-        parsed = _parse(index, event, meters, now)
+        parsed = _parse(index, event, meters, now, open_from)
         if isinstance(parsed, Rejection):
             result.rejected.append(parsed)
+            continue
+        if open_from is not None and parsed[4] < open_from:
+            late.append((index, parsed))
             continue
         key = (parsed[0], parsed[1])
         if key in seen:
@@ -210,6 +217,31 @@ def usage_events_ingest(*, actor: Actor, events: list) -> IngestResult:
             continue
         seen.add(key)
         rows.append(parsed)
+    if late:
+        # An event of an hour already closed for billing: a re-sent one is a duplicate as
+        # usual; a new one is refused, since closed hours are never re-opened.
+        known = set(
+            UsageEvent.objects.filter(
+                organization=actor.organization,
+                source__in={p[0] for _, p in late},
+                event_id__in={p[1] for _, p in late},
+            ).values_list("source", "event_id")
+        )
+        for index, parsed in late:
+            if (parsed[0], parsed[1]) in known:
+                result.duplicates += 1
+            else:
+                result.rejected.append(
+                    Rejection(
+                        index=index,
+                        id=_echo_id(events[index]),
+                        code="time_closed",
+                        reason=(
+                            f"time is in an hour already closed for billing (before "
+                            f"{open_from:%Y-%m-%d %H:%M} UTC); report usage within minutes of its hour."
+                        ),
+                    )
+                )
     stored = _store(actor.organization.pk, rows, now) if rows else 0
     result.accepted = stored
     result.duplicates += len(rows) - stored

@@ -179,18 +179,22 @@ def usage_close_hour(*, hour_start: datetime) -> int:
     return after - before
 
 
-MAX_CATCH_UP = timedelta(days=31)
+MAX_HOURS_PER_RUN = 24 * 7
+# An hour is closed only this long after it ends, so a usage event or a lifecycle step that
+# arrives a moment late is still in it. Events for closed hours are refused (ingest).
+CLOSE_GRACE = timedelta(minutes=10)
 
 
 def usage_close_recent() -> int:
     """Close every ended hour since the last closed one, oldest first (the periodic task: a
-    missed run, or a week of downtime, is caught up; no hour is skipped)."""
-    current = hour_floor(timezone.now())
-    hour = max(first_open_hour(), current - MAX_CATCH_UP)
-    created = 0
-    while hour < current:
+    missed run, or a week of downtime, is caught up over a few runs; no hour is skipped)."""
+    closable = hour_floor(timezone.now() - CLOSE_GRACE)
+    hour = first_open_hour()
+    created, runs = 0, 0
+    while hour < closable and runs < MAX_HOURS_PER_RUN:
         created += usage_close_hour(hour_start=hour)
         hour += HOUR
+        runs += 1
     return created
 
 
@@ -227,6 +231,12 @@ def usage_rebuild(*, start: datetime, end: datetime) -> dict[str, int]:
         "removed": len(extra),
         "kept": len(wanted) - len(created) - fixed,
     }
+
+
+def closed_until() -> datetime | None:
+    """The end of the last closed hour (usage before it is closed for billing), or None."""
+    last = ClosedHour.objects.order_by("-hour_start").values_list("hour_start", flat=True).first()
+    return last + HOUR if last is not None else None
 
 
 def first_open_hour(now: datetime | None = None) -> datetime:

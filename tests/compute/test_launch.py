@@ -304,3 +304,9 @@ def test_an_organization_with_instances_or_volumes_cannot_be_closed(world):
     world.org.refresh_from_db()
     assert world.org.deleted_at is not None
     assert Instance.objects.filter(organization=world.org).count() == 1  # history kept
+
+
+def test_api_refuses_ids_too_large_for_the_database(world, key_client):
+    client = key_client("member", organization=world.org)
+    response = client.post("/api/v1/instances", api_body(world, ssh_key_ids=[2**70]), format="json")
+    assert response.status_code == 400 and "ssh_key_ids" in response.json()["error"]["details"]

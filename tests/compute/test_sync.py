@@ -104,7 +104,9 @@ def test_reconciler_redispatches_lost_work(world, django_capture_on_commit_callb
         assert services.reconcile().redispatched == ()
 
 
-def test_reconciler_fails_launches_stuck_past_the_timeout_and_releases_capacity(world, simulated):
+def test_reconciler_fails_launches_stuck_past_the_timeout_and_releases_capacity(
+    world, simulated, django_capture_on_commit_callbacks
+):
     with time_machine.travel(timezone.now(), tick=False) as clock:
         instance, _ = services.instance_launch(
             actor=world.actor(), request=world.request(name="stuck-sim-hang")
@@ -112,7 +114,8 @@ def test_reconciler_fails_launches_stuck_past_the_timeout_and_releases_capacity(
         services.instance_sync(instance_id=instance.pk)
         clock.shift(timedelta(minutes=16))
         assert services.instance_sync(instance_id=instance.pk) is True  # still booting, forever
-        report = services.reconcile()
+        with django_capture_on_commit_callbacks(execute=True):
+            report = services.reconcile()
         assert report.timed_out == (instance.pk,)
         assert (
             state(instance) == State.FAILED
@@ -169,3 +172,60 @@ def test_operator_force_terminate_and_mark_failed(world):
     assert second.status_message == "bad host"
     assert not GpuSlotClaim.objects.exists()
     assert Instance.objects.get(pk=first.pk).events.last().actor_label == "operator ops@example.com"
+
+
+def test_a_machine_lost_while_stopping_ends_terminated_with_everything_released(world):
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+        services.instance_sync(instance_id=instance.pk)
+        clock.shift(timedelta(seconds=61))
+        services.instance_sync(instance_id=instance.pk)
+        services.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+        simulate_loss(instance.machine_id)
+        assert services.instance_sync(instance_id=instance.pk) is False
+    assert state(instance) == State.TERMINATED
+    assert not GpuSlotClaim.objects.exists()
+
+
+def test_a_start_that_times_out_goes_back_to_stopped_keeping_the_disk(
+    world, django_capture_on_commit_callbacks
+):
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+        services.instance_sync(instance_id=instance.pk)
+        clock.shift(timedelta(seconds=61))
+        services.instance_sync(instance_id=instance.pk)
+        services.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+        services.instance_sync(instance_id=instance.pk)
+        clock.shift(timedelta(seconds=21))
+        services.instance_sync(instance_id=instance.pk)
+        services.instance_action(actor=world.actor(), instance_id=instance.pk, action="start")
+        clock.shift(timedelta(minutes=16))  # the start was never worked on
+        with django_capture_on_commit_callbacks(execute=True):
+            report = services.reconcile()
+    assert report.timed_out == (instance.pk,)
+    assert state(instance) == State.STOPPED
+    assert instance.terminated_at is None and not GpuSlotClaim.objects.exists()
+
+
+def test_a_sync_that_loses_the_race_to_terminate_creates_no_machine(world, simulated):
+    instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="terminate")
+    services.instance_sync(instance_id=instance.pk)  # terminates (nothing was created)
+    assert services.instance_sync(instance_id=instance.pk) is False
+    assert state(instance) == State.TERMINATED
+    assert simulated.list_machines() == []
+
+
+def test_a_running_instance_whose_machine_crashed_is_failed_and_released(world):
+    from portal.provisioning.simulated import simulate_crash
+
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+        services.instance_sync(instance_id=instance.pk)
+        clock.shift(timedelta(seconds=61))
+        services.instance_sync(instance_id=instance.pk)
+        simulate_crash(instance.machine_id)
+        report = services.reconcile()
+    assert report.gone == (instance.pk,)
+    assert state(instance) == State.FAILED and not GpuSlotClaim.objects.exists()

@@ -49,10 +49,14 @@ class InstanceCreateSerializer(serializers.Serializer):
         max_length=80, required=False, allow_blank=True, help_text="Default image if empty."
     )
     ssh_key_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), min_length=1, max_length=20
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        min_length=1,
+        max_length=20,
     )
     volume_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=8
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        required=False,
+        max_length=8,
     )
     new_volume_gb = serializers.IntegerField(required=False, min_value=1, max_value=65536)
     user_data = serializers.CharField(
