@@ -21,5 +21,6 @@ urlpatterns = [
     path("", include("portal.catalog.urls")),
     path("", include("portal.compute.urls")),
     path("", include("portal.metering.urls")),
+    path("", include("billing.urls")),
     path("", include("portal.accounts.urls")),
 ]
