@@ -12,6 +12,7 @@ from billing import services
 from billing.models import Account, LedgerEntry, UsageRating
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
+from portal.admin_base import ReadOnlyAdmin
 from portal.errors import PortalError
 
 
@@ -23,19 +24,8 @@ class GrantForm(forms.Form):
     key = forms.CharField(widget=forms.HiddenInput)
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Account)
-class AccountAdmin(ReadOnly):
+class AccountAdmin(ReadOnlyAdmin):
     list_display = ["organization", "currency", "balance", "updated_at"]
     list_filter = ["currency"]
     search_fields = ["organization__name", "organization__slug"]
@@ -81,7 +71,7 @@ class AccountAdmin(ReadOnly):
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(ReadOnly):
+class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "account",
@@ -103,6 +93,6 @@ class LedgerEntryAdmin(ReadOnly):
 
 
 @admin.register(UsageRating)
-class UsageRatingAdmin(ReadOnly):
+class UsageRatingAdmin(ReadOnlyAdmin):
     list_display = ["usage_record", "amount", "currency", "rated_at"]
     list_filter = ["currency"]

@@ -71,3 +71,18 @@ def key_client(org, owner):
         return client
 
     return make
+
+
+@pytest.fixture
+def memory_backend(settings):
+    """Instances run on the in-memory provisioning backend (instant, records its calls)."""
+    from portal.provisioning import get_backend, reset_backends
+
+    settings.PROVISIONING_BACKENDS = {
+        **settings.PROVISIONING_BACKENDS,
+        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
+    }
+    settings.PROVISIONING_BACKEND = "memory"
+    reset_backends()
+    yield get_backend("memory")
+    reset_backends()

@@ -23,6 +23,7 @@ from django.utils.html import format_html
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
+from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
 from portal.catalog import services
 from portal.catalog.forms import HostRegisterForm, ImageForm, InstanceTypeForm, PriceAddForm
 from portal.catalog.models import (
@@ -55,32 +56,9 @@ def _operator(request: HttpRequest) -> Actor:
     )
 
 
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
+class ReadOnlyInline(ReadOnlyTabularInline):
     def get_readonly_fields(self, request, obj=None):
         return self.fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def _service_form(

@@ -14,6 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
 from portal.compute import services
 from portal.compute.lifecycle import FINAL
 from portal.compute.models import BackendOrphan, Instance, InstanceEvent, Quota, Volume
@@ -21,33 +22,11 @@ from portal.compute.models import BackendOrphan, Instance, InstanceEvent, Quota,
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class InstanceEventInline(admin.TabularInline):
+class InstanceEventInline(ReadOnlyTabularInline):
     model = InstanceEvent
     fields = ["created_at", "from_state", "to_state", "actor_label", "reason", "detail"]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     ordering = ["created_at", "id"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def _operator_label(request: HttpRequest) -> str:

@@ -27,6 +27,7 @@ from django.utils.dateparse import parse_datetime
 from portal.accounts.middleware import client_ip
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
+from portal.admin_base import ReadOnlyAdmin as BaseReadOnlyAdmin
 from portal.metering.models import ClosedHour, Meter, MeterPrice, UsageEvent, UsageRecord
 from portal.metering.services import BUILT_IN_METERS
 
@@ -47,18 +48,9 @@ def _operator(request: HttpRequest) -> Actor:
     )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(BaseReadOnlyAdmin):
     # These tables grow by the hour: no COUNT(*) of the whole table on every page.
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- meters and their prices ------------------------------------------------------------------

@@ -99,18 +99,11 @@ def test_concurrent_posts_keep_the_cached_balance_exact(require_postgres):
     )
 
 
-def test_usage_is_debited_once_at_the_price_in_force(settings):
+def test_usage_is_debited_once_at_the_price_in_force(memory_backend):
     from portal.compute import services as compute
     from portal.metering.services import usage_close_hour
-    from portal.provisioning import reset_backends
     from tests.compute.world import World
 
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
     start = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
     with time_machine.travel(start - timedelta(days=1), tick=False):
         world = World()

@@ -10,7 +10,6 @@ from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.models import IdempotencyRecord, Instance, Quota
 from portal.errors import Conflict, InvalidInput, PermissionDenied
-from portal.provisioning import reset_backends
 from tests import factories
 from tests.compute.world import World
 
@@ -18,15 +17,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def memory_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
-    yield
-    reset_backends()
+def _on_the_memory_backend(memory_backend):
+    """Every test here runs instances on the in-memory backend (tests/conftest.py)."""
 
 
 @pytest.fixture

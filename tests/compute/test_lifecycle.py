@@ -13,22 +13,9 @@ from portal.compute.lifecycle import (
     check_transition,
 )
 from portal.compute.models import Instance
-from portal.provisioning import get_backend, reset_backends
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def memory_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
-    yield get_backend("memory")
-    reset_backends()
 
 
 @pytest.fixture

@@ -24,23 +24,10 @@ from playwright.sync_api import Page, expect
 from portal.accounts import services as account_services
 from portal.compute import services as compute
 from portal.metering import services as metering
-from portal.provisioning import reset_backends
 from tests import factories
 from tests.compute.world import World
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def memory_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
-    yield
-    reset_backends()
 
 
 def launch(world: World, name: str, instance_type: str = "gpu_1x_h200"):

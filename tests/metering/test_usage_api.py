@@ -8,7 +8,6 @@ import time_machine
 
 from portal.compute import services as compute
 from portal.metering import services
-from portal.provisioning import reset_backends
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
@@ -16,15 +15,8 @@ START = datetime(2026, 5, 3, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def memory_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
-    yield
-    reset_backends()
+def _on_the_memory_backend(memory_backend):
+    """Every test here runs instances on the in-memory backend (tests/conftest.py)."""
 
 
 @pytest.fixture

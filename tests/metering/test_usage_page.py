@@ -29,7 +29,6 @@ from portal.accounts.roles import Action, Role
 from portal.compute import services as compute
 from portal.metering import services, views
 from portal.metering.forms import MAX_DAYS
-from portal.provisioning import reset_backends
 from tests import factories
 from tests.compute.world import World
 from tests.factories import QueryCounter
@@ -45,15 +44,8 @@ CENT = Decimal("0.01")
 
 
 @pytest.fixture(autouse=True)
-def memory_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "memory": {"BACKEND": "portal.provisioning.simulated.InMemoryBackend"},
-    }
-    settings.PROVISIONING_BACKEND = "memory"
-    reset_backends()
-    yield
-    reset_backends()
+def _on_the_memory_backend(memory_backend):
+    """Every test here runs instances on the in-memory backend (tests/conftest.py)."""
 
 
 def launch(world: World, name: str, instance_type: str = "gpu_1x_h200"):
