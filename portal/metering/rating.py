@@ -15,7 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from portal.catalog.models import Price
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
+from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, HOUR, VOLUME
 from portal.metering.models import MeterPrice
 
 SECONDS_PER_HOUR = Decimal(3600)
@@ -49,9 +49,15 @@ class Rater:
 
     @staticmethod
     def _in_force(history: tuple[list[datetime], list[Decimal]], at: datetime) -> Decimal | None:
+        """The price in force at the start of the hour ``at``; for an hour in which the first
+        price appeared (a new type or meter), that first price: usage is never free by accident."""
         times, amounts = history
         index = bisect.bisect_right(times, at) - 1
-        return amounts[index] if index >= 0 else None
+        if index >= 0:
+            return amounts[index]
+        if times and times[0] < at + HOUR:
+            return amounts[0]
+        return None
 
     def unit_price(
         self,

@@ -76,3 +76,20 @@ def test_usage_days_and_bad_ranges(usage):
     too_long = client.get("/api/v1/usage?start=2020-01-01T00:00:00Z&end=2026-05-01T00:00:00Z")
     assert too_long.status_code == 400
     assert client.get("/api/v1/usage?group_by=planet").status_code == 400
+
+
+def test_the_first_hour_of_a_new_price_is_charged_at_that_price(memory_backend):
+    """A type priced at 10:20 and run from 10:30 is charged for 10:30-11:00, not free."""
+    start = datetime(2026, 8, 1, 10, 20, tzinfo=UTC)
+    with time_machine.travel(start, tick=False) as clock:
+        world = World()  # prices take effect now, in the middle of the hour
+        clock.move_to(start + timedelta(minutes=10))
+        instance, _ = compute.instance_launch(actor=world.actor(), request=world.request())
+        compute.instance_sync(instance_id=instance.pk)
+        clock.move_to(start + timedelta(hours=1))
+        from portal.metering.selectors import usage_summary
+
+        summary = usage_summary(
+            organization=world.org, start=start - timedelta(hours=1), end=start + timedelta(hours=1)
+        )
+    assert summary.total_cost == Decimal("3.50") * 30 * 60 / 3600 + Decimal("3.50") * 20 * 60 / 3600
