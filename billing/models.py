@@ -25,6 +25,8 @@ class EntryKind(models.TextChoices):
     REFUND = "refund", "Refund"
     ADJUSTMENT = "adjustment", "Adjustment"
     ROUNDING = "rounding", "Rounding"
+    PAYMENT = "payment", "Invoice payment"
+    TAX = "tax", "Tax"
 
 
 class Account(models.Model):
@@ -64,6 +66,12 @@ class LedgerEntry(models.Model):
         UsageRecord, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entry"
     )
     reference = models.CharField(max_length=120, blank=True, help_text="e.g. a payment id.")
+    payment = models.ForeignKey(
+        "Payment", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    invoice = models.ForeignKey(
+        "Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -78,8 +86,8 @@ class LedgerEntry(models.Model):
                 name="billing_usage_is_a_debit",
             ),
             models.CheckConstraint(
-                condition=Q(kind__in=["top_up", "grant"], amount__gt=0)
-                | ~Q(kind__in=["top_up", "grant"]),
+                condition=Q(kind__in=["top_up", "grant", "payment"], amount__gt=0)
+                | ~Q(kind__in=["top_up", "grant", "payment"]),
                 name="billing_credit_is_positive",
             ),
         ]
@@ -111,3 +119,406 @@ class UsageRating(models.Model):
 
     def __str__(self) -> str:
         return f"record {self.usage_record_id}: {self.amount} {self.currency}"
+
+
+# --- Payments -------------------------------------------------------------------------------
+
+MONEY_MAX_DIGITS = 18
+MONEY_DECIMAL_PLACES = 2  # what a payment provider or an invoice carries (both currencies)
+
+
+class TaxStatus(models.TextChoices):
+    STANDARD = "standard", "Standard rate"
+    REVERSE_CHARGE = "reverse_charge", "Reverse charge"
+    ZERO_RATED = "zero_rated", "Zero-rated"
+    NOT_SUBJECT = "not_subject", "Not subject to tax"
+
+
+class BillingProfile(models.Model):
+    """How an organisation pays and what it lets itself spend: one per organisation."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_profile"
+    )
+    provider = models.CharField(max_length=20, blank=True, help_text="Payment provider in use.")
+    customer_id = models.CharField(
+        max_length=120, blank=True, help_text="The provider's customer id (e.g. cus_...)."
+    )
+    auto_recharge_enabled = models.BooleanField(default=False)
+    auto_recharge_threshold = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, null=True, blank=True
+    )
+    auto_recharge_amount = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, null=True, blank=True
+    )
+    monthly_spend_limit = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, null=True, blank=True
+    )
+    tax_status = models.CharField(
+        max_length=16, choices=TaxStatus.choices, default=TaxStatus.STANDARD
+    )
+    tax_rate = models.DecimalField(
+        max_digits=5, decimal_places=4, default=0, help_text="0.2000 is 20 %."
+    )
+    payment_terms_days = models.PositiveSmallIntegerField(default=30)
+    balance_exhausted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a prepaid balance last reached zero (grace clock)."
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(tax_rate__gte=0, tax_rate__lt=1), name="billing_profile_tax_rate_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(monthly_spend_limit__isnull=True) | Q(monthly_spend_limit__gt=0),
+                name="billing_profile_limit_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Billing profile of {self.organization}"
+
+
+class PaymentMethod(models.Model):
+    """A saved card, as the provider describes it (never the number)."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="payment_methods"
+    )
+    provider = models.CharField(max_length=20)
+    provider_id = models.CharField(max_length=120)
+    brand = models.CharField(max_length=20)
+    last4 = models.CharField(max_length=4)
+    exp_month = models.PositiveSmallIntegerField()
+    exp_year = models.PositiveSmallIntegerField()
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-is_default", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "provider_id"], name="billing_payment_method_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(is_default=True, removed_at__isnull=True),
+                name="billing_one_default_payment_method",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.brand} •••• {self.last4}"
+
+
+class PaymentPurpose(models.TextChoices):
+    TOP_UP = "top_up", "Top-up"
+    AUTO_RECHARGE = "auto_recharge", "Auto-recharge"
+    INVOICE = "invoice", "Invoice payment"
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    REQUIRES_ACTION = "requires_action", "Needs authentication"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+class Payment(models.Model):
+    """Money asked of a payment provider. The idempotency key is stored before the first call,
+    so a retry after a crash asks the provider for the same payment, never a second one."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="payments"
+    )
+    purpose = models.CharField(max_length=16, choices=PaymentPurpose.choices)
+    invoice = models.ForeignKey(
+        "Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="payments"
+    )
+    amount = models.DecimalField(max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES)
+    currency = models.CharField(max_length=3, choices=Currency.choices)
+    status = models.CharField(
+        max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
+    )
+    provider = models.CharField(max_length=20)
+    idempotency_key = models.CharField(max_length=120, unique=True)
+    checkout_id = models.CharField(max_length=255, blank=True, help_text="e.g. cs_... (Checkout)")
+    payment_intent_id = models.CharField(max_length=255, blank=True, help_text="e.g. pi_...")
+    payment_method = models.ForeignKey(
+        PaymentMethod, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments"
+    )
+    refunded_amount = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    failure_message = models.CharField(max_length=300, blank=True)
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="billing_payment_positive"),
+            models.CheckConstraint(
+                condition=Q(refunded_amount__gte=0, refunded_amount__lte=models.F("amount")),
+                name="billing_payment_refund_within_amount",
+            ),
+            models.UniqueConstraint(
+                fields=["provider", "checkout_id"],
+                condition=~Q(checkout_id=""),
+                name="billing_payment_checkout_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["provider", "payment_intent_id"],
+                condition=~Q(payment_intent_id=""),
+                name="billing_payment_intent_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_purpose_display()} {self.amount} {self.currency} ({self.status})"
+
+
+class Refund(models.Model):
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.DecimalField(max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES)
+    reason = models.CharField(max_length=300)
+    idempotency_key = models.CharField(max_length=120, unique=True)
+    provider_id = models.CharField(max_length=255, blank=True, help_text="e.g. re_...")
+    status = models.CharField(max_length=16, default="pending")
+    created_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="billing_refund_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund {self.amount} of payment {self.payment_id}"
+
+
+class WebhookEvent(models.Model):
+    """A provider's event, stored as received (its id unique per provider) and processed by a
+    task; ``processed_at`` is set in the same transaction as the event's effect."""
+
+    provider = models.CharField(max_length=20)
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="billing_webhook_once"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["received_at"],
+                condition=Q(processed_at__isnull=True),
+                name="billing_webhook_unprocessed",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.type} {self.event_id}"
+
+
+# --- Spend controls -------------------------------------------------------------------------
+
+
+class AlertKind(models.TextChoices):
+    LOW_BALANCE_24H = "low_balance_24h", "Less than 24 hours of credit left"
+    LOW_BALANCE_1H = "low_balance_1h", "Less than 1 hour of credit left"
+    BALANCE_EXHAUSTED = "balance_exhausted", "Credit exhausted"
+    INSTANCES_STOPPED = "instances_stopped", "Instances stopped for lack of credit"
+    SPEND_LIMIT = "spend_limit", "Monthly spend limit reached"
+    AUTO_RECHARGE_FAILED = "auto_recharge_failed", "Auto-recharge failed"
+
+
+class SpendAlert(models.Model):
+    """One notice sent, once per organisation, kind and period (e.g. since the last top-up)."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="spend_alerts"
+    )
+    kind = models.CharField(max_length=24, choices=AlertKind.choices)
+    period = models.CharField(max_length=40)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "kind", "period"], name="billing_alert_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.kind} ({self.period})"
+
+
+# --- Invoices -------------------------------------------------------------------------------
+
+
+class InvoiceKind(models.TextChoices):
+    INVOICE = "invoice", "Invoice"
+    CREDIT_NOTE = "credit_note", "Credit note"
+
+
+class InvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    FINALIZED = "finalized", "Finalized"
+    PAID = "paid", "Paid"
+    VOID = "void", "Void"
+
+
+class Invoice(models.Model):
+    """A monthly invoice (or a credit note correcting one). Finalizing gives it the next number
+    of a gapless yearly series and freezes it and its lines; the database refuses changes to a
+    frozen invoice's amounts and lines (triggers), not only the forms."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="invoices"
+    )
+    kind = models.CharField(max_length=12, choices=InvoiceKind.choices, default=InvoiceKind.INVOICE)
+    corrects = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="credit_notes"
+    )
+    period_start = models.DateField(help_text="First day of the month (UTC).")
+    period_end = models.DateField(help_text="First day of the next month (exclusive).")
+    currency = models.CharField(max_length=3, choices=Currency.choices)
+    billing_mode = models.CharField(max_length=10)
+    status = models.CharField(
+        max_length=10, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT
+    )
+    number = models.CharField(max_length=30, null=True, blank=True, unique=True)
+    tax_status = models.CharField(max_length=16, choices=TaxStatus.choices)
+    tax_rate = models.DecimalField(max_digits=5, decimal_places=4, default=0)
+    subtotal = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    tax = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    total = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    credits_applied = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    amount_due = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
+    )
+    payment_reference = models.CharField(
+        max_length=40, blank=True, help_text="Quote this on a bank transfer."
+    )
+    paid_reference = models.CharField(
+        max_length=120, blank=True, help_text="How it was paid (bank reference, payment id)."
+    )
+    seller = models.JSONField(default=dict, blank=True)
+    buyer = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    pdf = models.BinaryField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-period_start", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "period_start"],
+                condition=Q(kind="invoice"),
+                name="billing_one_invoice_per_month",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="invoice", corrects__isnull=True)
+                | Q(kind="credit_note", corrects__isnull=False),
+                name="billing_credit_note_corrects_invoice",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="draft", number__isnull=True)
+                | (~Q(status="draft") & Q(number__isnull=False)),
+                name="billing_number_iff_finalized",
+            ),
+            models.CheckConstraint(
+                condition=Q(total=models.F("subtotal") + models.F("tax")),
+                name="billing_invoice_total_is_subtotal_plus_tax",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "period_start"], name="billing_invoice_status_month"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"Draft {self.get_kind_display().lower()} {self.period_start:%Y-%m}"
+
+
+class LineKind(models.TextChoices):
+    COMPUTE = "compute", "Compute"
+    STORAGE = "storage", "Storage"
+    METER = "meter", "Other usage"
+    CREDIT = "credit", "Credit"
+    ADJUSTMENT = "adjustment", "Adjustment"
+
+
+class InvoiceLine(models.Model):
+    """One line: usage of one kind (an instance type in a region, storage, a meter) in the month.
+    ``amount`` is the line's exact cost rounded once, to the currency's minor unit, half-up."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=12, choices=LineKind.choices)
+    description = models.CharField(max_length=300)
+    meter_key = models.CharField(max_length=100, blank=True)
+    instance_type_id = models.BigIntegerField(null=True, blank=True)
+    region_id = models.BigIntegerField(null=True, blank=True)
+    quantity = models.DecimalField(max_digits=24, decimal_places=6)
+    unit = models.CharField(max_length=20)
+    unit_price = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES, null=True, blank=True
+    )
+    exact_amount = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES
+    )
+    amount = models.DecimalField(max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="billing_line_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.description}: {self.amount}"
+
+
+class DocumentSequence(models.Model):
+    """The last number used in one yearly series (``INV`` or ``CN``), locked while finalizing so
+    numbers are gapless and never reused."""
+
+    series = models.CharField(max_length=8)
+    year = models.PositiveSmallIntegerField()
+    last = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "year"], name="billing_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.series}-{self.year}: {self.last}"

@@ -7,6 +7,7 @@ real Stripe when the variables say so (see the README).
 """
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -295,10 +296,36 @@ STORAGE_PRICE_PER_GB_MONTH = {
     "CNY": os.environ.get("STORAGE_PRICE_PER_GB_MONTH_CNY", "0.72"),
 }
 
+# --- Billing --------------------------------------------------------------------------------
+# "fake" (a local checkout page; test cards decide the outcome) or "stripe".
 PAYMENT_PROVIDER = os.environ.get("PAYMENT_PROVIDER", "fake")
 STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
-STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # e.g. a Stripe-compatible test server
+# The fake provider signs its events like Stripe does, with this secret.
+FAKE_PAYMENTS_WEBHOOK_SECRET = os.environ.get(
+    "FAKE_PAYMENTS_WEBHOOK_SECRET", "whsec_fake_" + SECRET_KEY[:24]
+)
+WEBHOOK_TOLERANCE_SECONDS = 300
+# Top-ups a customer may ask for, in major units of the organisation's currency.
+BILLING_TOP_UP_MIN = Decimal(os.environ.get("BILLING_TOP_UP_MIN", "5"))
+BILLING_TOP_UP_MAX = Decimal(os.environ.get("BILLING_TOP_UP_MAX", "50000"))
+# Prepaid spend controls: warnings at these hours of burn left; stop running instances this
+# long after the balance reached zero (never terminate them).
+BILLING_LOW_BALANCE_HOURS = (24, 1)
+BILLING_GRACE_SECONDS = int(os.environ.get("BILLING_GRACE_SECONDS", "3600"))
+BILLING_PAYMENT_TERMS_DAYS = 30
+# Month close runs at this time on the 1st (UTC); see portal/scheduled.py.
+BILLING_MONTH_CLOSE_AT = {"hour": 0, "minute": 5}
+# The seller on every invoice and credit note.
+BILLING_SELLER = {
+    "name": os.environ.get("SELLER_NAME", "GPU Cloud Computing Centre GmbH"),
+    "address": os.environ.get("SELLER_ADDRESS", "Rechenzentrumstrasse 1\n60314 Frankfurt am Main"),
+    "country": os.environ.get("SELLER_COUNTRY", "DE"),
+    "tax_id": os.environ.get("SELLER_TAX_ID", "DE123456789"),
+    "email": os.environ.get("SELLER_EMAIL", "billing@gpucloud.example"),
+    "bank": os.environ.get("SELLER_BANK", "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX"),
+}
 
 # --- Logging --------------------------------------------------------------------------------
 LOGGING = {

@@ -1,0 +1,129 @@
+"""The payment provider interface: what the portal asks of Stripe, or of the fake provider.
+
+Providers speak Stripe's shapes: their webhook events have Stripe's types and objects
+(``checkout.session``, ``payment_intent``, ``setup_intent``, ``charge``), with amounts as integers
+in the currency's minor unit, so one handler (``billing.payments.events``) applies them all.
+Every call that changes something at the provider sends the idempotency key the portal stored
+before the first try (``Payment.idempotency_key``, ``Refund.idempotency_key``).
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from portal.errors import InvalidInput, PortalError
+
+# Both currencies the portal bills in (USD, CNY) have two decimal places.
+MINOR_UNITS = {"USD": 2, "CNY": 2}
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """Decimal major units to the integer minor units providers use (exact, or refused)."""
+    scaled = Decimal(amount).scaleb(MINOR_UNITS[currency.upper()])
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput(
+            f"{amount} {currency} has more decimal places than the currency.",
+            code="amount_invalid",
+        )
+    return int(scaled)
+
+
+def from_minor(value: int, currency: str) -> Decimal:
+    return Decimal(int(value)).scaleb(-MINOR_UNITS[currency.upper()])
+
+
+class PaymentProviderError(PortalError):
+    """The provider refused or failed a call (shown to the customer with its code)."""
+
+    status = 502
+    code = "payment_provider_error"
+
+
+class CardDeclined(PortalError):
+    status = 402
+    code = "card_declined"
+
+
+class WebhookSignatureInvalid(PortalError):
+    status = 400
+    code = "signature_invalid"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Where to send the customer to pay or to save a card, and the provider's id for it."""
+
+    url: str
+    checkout_id: str
+
+
+@dataclass(frozen=True)
+class CardDetails:
+    provider_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """The outcome of an off-session charge, as the provider answered it synchronously.
+
+    ``status`` is a ``PaymentStatus`` value: succeeded, failed, requires_action or pending."""
+
+    status: str
+    payment_intent_id: str
+    failure_message: str = ""
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    provider_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """A verified webhook event: its unique id, Stripe type and ``data.object``."""
+
+    id: str
+    type: str
+    object: dict
+    payload: dict = field(default_factory=dict)
+
+
+class PaymentProvider(ABC):
+    name: str
+
+    @abstractmethod
+    def customer_ensure(self, organization) -> str:
+        """The organisation's customer id at the provider, created once (kept on its
+        ``BillingProfile``)."""
+
+    @abstractmethod
+    def checkout_start(self, payment, *, success_url: str, cancel_url: str) -> Redirect:
+        """A hosted page where the customer pays ``payment`` (a top-up). Its metadata carries
+        ``payment_id`` and ``organization_id``; completion is learnt from the webhook only."""
+
+    @abstractmethod
+    def setup_start(self, organization, *, success_url: str, cancel_url: str) -> Redirect:
+        """A hosted page where the customer saves a card for later off-session charges."""
+
+    @abstractmethod
+    def card_details(self, payment_method_id: str) -> CardDetails:
+        """Brand, last four digits and expiry of a saved payment method."""
+
+    @abstractmethod
+    def charge_off_session(self, payment, payment_method) -> ChargeResult:
+        """Charge a saved card without the customer (auto-recharge, invoices)."""
+
+    @abstractmethod
+    def refund(self, refund) -> RefundResult:
+        """Refund part or all of a succeeded payment."""
+
+    @abstractmethod
+    def webhook_event(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
+        """Verify the signature on the raw body and parse it; ``WebhookSignatureInvalid`` if the
+        signature is missing, wrong or older than the tolerance (300 s)."""
