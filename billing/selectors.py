@@ -1,11 +1,32 @@
-"""Reads of the ledger, scoped to one organisation."""
+"""Reads of billing data, scoped to one organisation."""
 
 from django.db.models import QuerySet
 
-from billing.models import LedgerEntry
+from billing.models import Invoice, LedgerEntry, Payment, PaymentMethod
 
 
 def ledger_entries(organization) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(account__organization=organization).order_by(
         "-created_at", "-id"
     )
+
+
+def payment_methods(organization) -> QuerySet[PaymentMethod]:
+    return PaymentMethod.objects.filter(organization=organization, removed_at__isnull=True)
+
+
+def payments(organization) -> QuerySet[Payment]:
+    return Payment.objects.filter(organization=organization).select_related("payment_method")
+
+
+def invoices(organization, *, include_drafts: bool = True) -> QuerySet[Invoice]:
+    """Invoices and credit notes, newest month first (drafts are the running month's)."""
+    found = Invoice.objects.filter(organization=organization).defer("pdf")
+    if not include_drafts:
+        found = found.exclude(status="draft")
+    return found.order_by("-period_start", "-kind", "-id")
+
+
+def invoice_filename(invoice: Invoice) -> str:
+    label = invoice.number or f"draft-{invoice.period_start:%Y-%m}"
+    return f"{label}.pdf"

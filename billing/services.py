@@ -60,6 +60,8 @@ def ledger_post(
     actor_label: str,
     usage_record: UsageRecord | None = None,
     reference: str = "",
+    payment=None,
+    invoice=None,
 ) -> tuple[LedgerEntry, bool]:
     """Append an entry (or return the one already posted with this key). Returns (entry, created).
 
@@ -92,7 +94,9 @@ def ledger_post(
                 description=description[:300],
                 actor_label=actor_label[:200],
                 usage_record=usage_record,
-                reference=reference,
+                reference=reference[:120],
+                payment=payment,
+                invoice=invoice,
             )
     except IntegrityError:
         raise Conflict("This movement was already recorded.", code="already_recorded") from None

@@ -8,3 +8,74 @@ def debit_usage() -> str:
     """Rate closed usage and debit it from the credits ledger (idempotent)."""
     report = services.usage_debit_pending()
     return f"{report.debited} debited ({report.amount}), {report.skipped_free} free"
+
+
+@shared_task(name="billing.webhook_process", acks_late=True, soft_time_limit=60, time_limit=90)
+def webhook_process(event_pk: int) -> str:
+    """Apply one stored provider event (once, whatever the number of deliveries)."""
+    from billing.payments import events
+
+    return events.webhook_process(event_pk)
+
+
+@shared_task(name="billing.webhooks_retry", acks_late=True, soft_time_limit=240, time_limit=280)
+def webhooks_retry() -> str:
+    """Apply events whose task was lost (e.g. the broker was down when they arrived)."""
+    from billing.payments import events
+
+    return f"{events.webhooks_retry()} event(s) processed"
+
+
+@shared_task(name="billing.spend_watch", acks_late=True, soft_time_limit=240, time_limit=280)
+def spend_watch() -> dict:
+    """Warn as credit runs low, auto-recharge, stop instances after the grace period."""
+    from billing import spend
+
+    return spend.spend_watch()
+
+
+# --- Invoices (billing.invoicing) ----------------------------------------------------------
+
+
+@shared_task(
+    name="billing.send_invoice_email",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def send_invoice_email(invoice_id: int) -> int:
+    """Email an issued invoice or credit note with its PDF to the billing contacts."""
+    from billing import emails
+
+    return emails.invoice_email_send(invoice_id)
+
+
+@shared_task(
+    name="billing.month_close",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=24,
+    soft_time_limit=3 * 3600,
+    time_limit=3 * 3600 + 300,
+)
+def month_close(self, month: str | None = None) -> str:
+    """Close the previous month (or ``month``, 'YYYY-MM') and issue its invoices. Safe to run
+    twice. Too early (the month's last hour is still in its grace period): retried then."""
+    from datetime import datetime
+
+    from django.utils import timezone
+
+    from billing import invoicing
+    from portal.errors import Conflict
+
+    try:
+        report = invoicing.month_close(month)
+    except Conflict as exc:
+        if exc.code != "month_not_closable":
+            raise
+        wait = datetime.fromisoformat(exc.details["retry_at"]) - timezone.now()
+        raise self.retry(countdown=max(30, int(wait.total_seconds()) + 30)) from None
+    return report.summary()

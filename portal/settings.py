@@ -91,6 +91,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "portal.accounts.context_processors.current_organization",
+                "billing.context_processors.billing_banner",
             ],
         },
     },
@@ -288,7 +289,9 @@ COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "6
 COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
-COMPUTE_LAUNCH_CHECKS: list[str] = []
+COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.launch_check"]
+# Callables(organization, instance) that may refuse starting a stopped instance.
+COMPUTE_START_CHECKS: list[str] = ["billing.spend.start_check"]
 
 # Storage (kept boot disks of stopped instances, volumes): price per GB-month (730 hours).
 STORAGE_PRICE_PER_GB_MONTH = {

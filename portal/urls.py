@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/v1/", include("portal.catalog.api.urls")),
     path("api/v1/", include("portal.compute.api.urls")),
     path("api/v1/", include("portal.metering.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
     path("", include("portal.catalog.urls")),
     path("", include("portal.compute.urls")),
     path("", include("portal.metering.urls")),

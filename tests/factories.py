@@ -24,11 +24,31 @@ def user(email: str | None = None, **extra) -> User:
     )
 
 
-def organization(name: str | None = None, **extra) -> Organization:
+def organization(name: str | None = None, *, credit_amount="10000", **extra) -> Organization:
+    """An organisation; prepaid ones get ``credit_amount`` of granted credit so that launches
+    pass the billing check (``credit_amount=None`` for none)."""
     n = next(_seq)
     fields = {"billing_email": f"billing{n}@example.com", "country": "DE", "currency": "USD"}
     fields.update(extra)
-    return Organization.objects.create(name=name or f"Org {n}", slug=f"org-{n}", **fields)
+    org = Organization.objects.create(name=name or f"Org {n}", slug=f"org-{n}", **fields)
+    if credit_amount is not None and org.billing_mode == "prepaid":
+        credit(org, credit_amount)
+    return org
+
+
+def credit(org: Organization, amount="10000", reason: str = "test credit"):
+    """Prepaid credit, so launches pass the billing check (a grant in the ledger)."""
+    from billing.services import ledger_post
+
+    entry, _ = ledger_post(
+        organization=org,
+        kind="grant",
+        amount=amount,
+        idempotency_key=f"test-credit:{org.pk}:{next(_seq)}",
+        description=f"Credit granted: {reason}",
+        actor_label="tests",
+    )
+    return entry
 
 
 def member(org: Organization, role: str, account: User | None = None) -> User:

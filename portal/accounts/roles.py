@@ -41,7 +41,7 @@ _READ = {A.ORG_VIEW, A.MEMBER_VIEW, A.SSH_KEY_VIEW, A.INSTANCE_VIEW}
 
 MATRIX: dict[Role, frozenset[Action]] = {
     Role.OWNER: frozenset(Action),
-    Role.ADMIN: frozenset(Action) - {A.ORG_DELETE, A.MEMBER_CHANGE_ROLE},
+    Role.ADMIN: frozenset(Action) - {A.ORG_DELETE, A.MEMBER_CHANGE_ROLE, A.BILLING_MANAGE},
     Role.MEMBER: frozenset(
         _READ | {A.SSH_KEY_MANAGE, A.INSTANCE_MANAGE, A.API_KEY_VIEW, A.API_KEY_MANAGE}
     ),

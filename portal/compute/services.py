@@ -207,9 +207,10 @@ def _check_quota(
             )
 
 
-def _run_launch_checks(**context) -> None:
-    """Hooks that may refuse a launch (billing fills one in: can the organisation pay?)."""
-    for path in settings.COMPUTE_LAUNCH_CHECKS:
+def _run_launch_checks(*, path_setting: str = "COMPUTE_LAUNCH_CHECKS", **context) -> None:
+    """Hooks that may refuse a launch or a start (billing fills them in: can the organisation
+    pay?)."""
+    for path in getattr(settings, path_setting):
         import_string(path)(**context)
 
 
@@ -487,6 +488,9 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
     target = action_target(current.state, action)
     allocation = None
     if action == Action.START:
+        _run_launch_checks(
+            path_setting="COMPUTE_START_CHECKS", organization=actor.organization, instance=current
+        )
         _check_quota(actor.organization, current.instance_type, exclude=current)
         allocation = capacity.allocation_reserve(
             instance_type=current.instance_type,

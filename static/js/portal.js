@@ -17,3 +17,10 @@ document.addEventListener("htmx:afterSwap", (event) => {
   const invalid = document.querySelector("[aria-invalid=true]");
   if (invalid) invalid.focus();
 });
+// Plain forms that destroy something ask first.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form.matches("form[data-confirm]") && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+});

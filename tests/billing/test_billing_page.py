@@ -20,7 +20,9 @@ def test_billing_page_follows_the_role_matrix(org, role, status):
     assert client.get("/billing/").status_code == status
 
 
-def test_billing_page_shows_balance_and_only_this_organizations_ledger(org, owner):
+def test_billing_page_shows_balance_and_only_this_organizations_ledger():
+    org = factories.organization(credit_amount=None)
+    owner = factories.member(org, "owner")
     other = factories.organization()
     services.ledger_post(
         organization=org,

@@ -75,7 +75,7 @@ def test_grants_need_an_operator_and_a_reason_and_are_audited(org, owner):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_posts_keep_the_cached_balance_exact(require_postgres):
-    org = factories.organization()
+    org = factories.organization(credit_amount=None)
     barrier = threading.Barrier(10)
 
     def worker(i):
@@ -119,11 +119,11 @@ def test_usage_is_debited_once_at_the_price_in_force(memory_backend):
     assert first.amount == Decimal("7.00")  # two full hours at 3.50
     assert UsageRating.objects.count() == 2
     account = Account.objects.get(organization=world.org)
-    assert account.balance == Decimal("-7.00")
+    assert account.balance == Decimal("10000") - Decimal("7.00")  # the world's starting credit
     # the balance shown also counts the 10 minutes not closed yet
     with time_machine.travel(start + timedelta(hours=2, minutes=10), tick=False):
         shown = services.balance(world.org)
-    assert shown == Decimal("-7.00") - Decimal("3.50") * 600 / 3600
+    assert shown == Decimal("10000") - Decimal("7.00") - Decimal("3.50") * 600 / 3600
 
 
 def test_admin_grant_form(org):
@@ -141,3 +141,9 @@ def test_admin_grant_form(org):
     account.refresh_from_db()
     assert account.balance == Decimal("10")
     assert staff.get("/admin/billing/ledgerentry/").status_code == 200
+
+
+@pytest.fixture
+def org(db):
+    """No starting credit: these tests count every entry."""
+    return factories.organization(credit_amount=None)

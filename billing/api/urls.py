@@ -1,0 +1,11 @@
+from django.urls import path
+
+from billing.api import views
+
+urlpatterns = [
+    path("balance", views.BalanceView.as_view(), name="api-balance"),
+    path("ledger", views.LedgerView.as_view(), name="api-ledger"),
+    path("invoices", views.InvoiceListView.as_view(), name="api-invoices"),
+    path("invoices/<int:pk>", views.InvoiceDetailView.as_view(), name="api-invoice"),
+    path("invoices/<int:pk>/pdf", views.InvoicePdfView.as_view(), name="api-invoice-pdf"),
+]

@@ -1,0 +1,130 @@
+"""Billing API: balance, ledger and invoices (read-only; paying happens on the billing page)."""
+
+import django_filters
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors, services, spend
+from billing.api import serializers
+from billing.models import Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from portal.accounts.roles import Action
+from portal.api.schema import error_responses
+from portal.errors import NotFound
+
+
+class BalanceView(APIView):
+    actions = {"GET": Action.BILLING_VIEW}
+
+    @extend_schema(
+        operation_id="balance_retrieve",
+        responses={200: serializers.BalanceSerializer, **error_responses(401, 403)},
+    )
+    def get(self, request):
+        organization = request.actor.organization
+        state = spend.spend_state(organization)
+        account = services.account_for(organization)
+        body = {
+            "currency": account.currency,
+            "balance": state.balance,
+            "ledger_balance": account.balance,
+            "burn_per_hour": state.per_hour,
+            "hours_left": None if state.hours_left is None else round(state.hours_left, 2),
+            "month_to_date": state.month_to_date,
+            "monthly_spend_limit": state.limit,
+            "limit_reached": state.limit_reached,
+            "invoice_overdue": state.overdue,
+            "billing_mode": organization.billing_mode,
+        }
+        return Response(serializers.BalanceSerializer(body).data)
+
+
+class LedgerFilter(django_filters.FilterSet):
+    kind = django_filters.CharFilter()
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = LedgerEntry
+        fields = ["kind", "created_after", "created_before"]
+
+
+class LedgerView(generics.ListAPIView):
+    actions = {"GET": Action.BILLING_VIEW}
+    serializer_class = serializers.LedgerEntrySerializer
+    filterset_class = LedgerFilter
+    queryset = LedgerEntry.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return selectors.ledger_entries(self.request.actor.organization)
+
+
+class InvoiceFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=InvoiceStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=InvoiceKind.choices)
+    period_start = django_filters.DateFilter()
+
+    class Meta:
+        model = Invoice
+        fields = ["status", "kind", "period_start"]
+
+
+class InvoiceListView(generics.ListAPIView):
+    actions = {"GET": Action.BILLING_VIEW}
+    serializer_class = serializers.InvoiceSerializer
+    filterset_class = InvoiceFilter
+    queryset = Invoice.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return selectors.invoices(self.request.actor.organization).select_related("corrects")
+
+
+def _invoice(request, pk: int) -> Invoice:
+    invoice = (
+        selectors.invoices(request.actor.organization)
+        .select_related("corrects")
+        .filter(pk=pk)
+        .first()
+    )
+    if invoice is None:
+        raise NotFound("No such invoice in this organisation.")
+    return invoice
+
+
+class InvoiceDetailView(APIView):
+    actions = {"GET": Action.BILLING_VIEW}
+
+    @extend_schema(
+        operation_id="invoices_retrieve",
+        responses={200: serializers.InvoiceDetailSerializer, **error_responses(401, 403, 404)},
+    )
+    def get(self, request, pk: int):
+        return Response(serializers.InvoiceDetailSerializer(_invoice(request, pk)).data)
+
+
+class InvoicePdfView(APIView):
+    actions = {"GET": Action.BILLING_VIEW}
+
+    @extend_schema(
+        operation_id="invoices_pdf",
+        responses={
+            (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The PDF."),
+            **error_responses(401, 403, 404),
+        },
+    )
+    def get(self, request, pk: int):
+        from billing.documents import invoice_pdf
+
+        invoice = _invoice(request, pk)
+        response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+        response["Content-Disposition"] = (
+            f'attachment; filename="{selectors.invoice_filename(invoice)}"'
+        )
+        return response

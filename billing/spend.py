@@ -1,0 +1,415 @@
+"""Spend controls: can the organisation pay for a launch, warnings as credit runs low, stopping
+instances (never terminating them) when a prepaid balance stays at zero past the grace period,
+monthly spend limits, and overdue invoices.
+
+Notices are sent once per organisation, kind and period (``SpendAlert`` is unique on them): the
+period of a low-balance notice is "since the last credit", so a top-up re-arms it; the period of
+a spend-limit notice is the month.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing.models import AlertKind, BillingProfile, Invoice, SpendAlert
+from billing.services import balance as balance_now
+from portal.accounts.models import BillingMode, Membership, Organization, Role
+from portal.accounts.roles import Action
+from portal.accounts.services import audit_record, authorize
+from portal.accounts.types import Actor
+from portal.errors import PortalError
+from portal.metering.lifecycle_usage import COMPUTE
+from portal.metering.rating import Rater
+from portal.metering.selectors import burn_rate
+
+log = logging.getLogger(__name__)
+
+
+class PaymentRequired(PortalError):
+    """A launch the organisation cannot pay for (no credit, limit reached, invoice overdue)."""
+
+    code = "payment_required"
+    status = 402
+
+
+def _money(value: Decimal) -> str:
+    return str(Decimal(value).quantize(Decimal("0.01")))
+
+
+# --- State ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpendState:
+    balance: Decimal
+    per_hour: Decimal
+    hours_left: Decimal | None  # None when nothing is running
+    month_to_date: Decimal
+    limit: Decimal | None
+    overdue: bool
+
+    @property
+    def limit_reached(self) -> bool:
+        return self.limit is not None and self.month_to_date >= self.limit
+
+
+def overdue(organization: Organization, now: datetime | None = None) -> bool:
+    """An invoice finalized, unpaid and past its due date."""
+    now = now or timezone.now()
+    return Invoice.objects.filter(
+        organization=organization, kind="invoice", status="finalized", due_at__lt=now
+    ).exists()
+
+
+def spend_state(organization: Organization, now: datetime | None = None) -> SpendState:
+    now = now or timezone.now()
+    burn = burn_rate(organization, now=now)
+    balance = balance_now(organization)
+    hours_left = None
+    if burn.per_hour > 0:
+        hours_left = max(Decimal(0), balance) / burn.per_hour
+    profile = BillingProfile.objects.filter(organization=organization).first()
+    return SpendState(
+        balance=balance,
+        per_hour=burn.per_hour,
+        hours_left=hours_left,
+        month_to_date=burn.month_to_date,
+        limit=profile.monthly_spend_limit if profile else None,
+        overdue=overdue(organization, now),
+    )
+
+
+# --- The launch check (settings.COMPUTE_LAUNCH_CHECKS) ----------------------------------------
+
+
+def launch_check(*, organization: Organization, instance_type, region, actor=None, **_) -> None:
+    """Refuse a launch the organisation cannot pay for.
+
+    - an overdue invoice blocks every launch;
+    - a monthly spend limit, once reached, blocks new launches;
+    - a prepaid organisation needs credit for at least one hour of the new instance, on top of
+      what its running instances use (the balance counts usage not debited yet).
+    """
+    if overdue(organization):
+        raise PaymentRequired(
+            "An invoice is overdue. Pay it to launch new instances.", code="invoice_overdue"
+        )
+    profile = BillingProfile.objects.filter(organization=organization).first()
+    rater = Rater(organization.currency)
+    hourly = (
+        rater.unit_price(
+            meter_key=COMPUTE,
+            meter_id=0,
+            hour=timezone.now(),
+            instance_type_id=instance_type.pk,
+            region_id=region.pk,
+        )
+        * 3600
+    )
+    limit = profile.monthly_spend_limit if profile else None
+    if limit is not None:
+        spent = burn_rate(organization).month_to_date
+        if spent >= limit:
+            raise PaymentRequired(
+                f"This month's spend limit of {_money(limit)} {organization.currency} is reached. "
+                "Raise it on the billing page to launch more.",
+                code="spend_limit_reached",
+                details={"limit": _money(limit), "month_to_date": _money(spent)},
+            )
+    if organization.billing_mode == BillingMode.PREPAID:
+        available = balance_now(organization)
+        if available < hourly:
+            raise PaymentRequired(
+                f"Your balance of {_money(available)} {organization.currency} does not cover one "
+                f"hour of {instance_type.name} ({_money(hourly)} {organization.currency}). "
+                "Top up to launch it.",
+                code="insufficient_balance",
+                details={
+                    "balance": _money(available),
+                    "needed_per_hour": _money(hourly),
+                    "currency": organization.currency,
+                },
+            )
+
+
+def start_check(*, organization: Organization, **_) -> None:
+    """Starting a stopped instance again needs a positive prepaid balance and nothing overdue."""
+    if overdue(organization):
+        raise PaymentRequired(
+            "An invoice is overdue. Pay it to start instances.", code="invoice_overdue"
+        )
+    if organization.billing_mode == BillingMode.PREPAID and balance_now(organization) <= 0:
+        raise PaymentRequired(
+            "Your balance is used up. Top up to start instances again.",
+            code="insufficient_balance",
+        )
+
+
+# --- Settings a customer changes ----------------------------------------------------------------
+
+
+@transaction.atomic
+def spend_limit_set(*, actor: Actor, limit) -> BillingProfile:
+    """Set (or clear, with an empty value) the monthly spend limit."""
+    from billing.payments.services import money, profile_for
+
+    actor = authorize(actor, Action.BILLING_MANAGE, lock=True)
+    organization = actor.organization
+    value = None
+    if limit not in (None, ""):
+        value = money(limit, organization.currency, field="limit")
+    profile = profile_for(organization, lock=True)
+    profile.monthly_spend_limit = value
+    profile.updated_at = timezone.now()
+    profile.save(update_fields=["monthly_spend_limit", "updated_at"])
+    # A new limit is a new start: it may be reached (and announced) again this month.
+    SpendAlert.objects.filter(organization=organization, kind=AlertKind.SPEND_LIMIT).delete()
+    audit_record(
+        actor=actor,
+        action="billing.spend_limit",
+        target=profile,
+        details={"limit": None if value is None else str(value)},
+    )
+    return profile
+
+
+def credit_arrived(organization: Organization) -> None:
+    """A top-up or payment landed: the grace clock stops once the balance is positive again."""
+    if balance_now(organization) > 0:
+        BillingProfile.objects.filter(
+            organization=organization, balance_exhausted_at__isnull=False
+        ).update(balance_exhausted_at=None, updated_at=timezone.now())
+
+
+# --- The periodic watch -------------------------------------------------------------------------
+
+
+def _alert_once(organization: Organization, kind: str, period: str) -> bool:
+    try:
+        with transaction.atomic():
+            SpendAlert.objects.create(organization=organization, kind=kind, period=period)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _notify(organization: Organization, kind: str, body: str) -> None:
+    from billing.notices import spend_notice_send
+
+    spend_notice_send(organization=organization, kind=kind, body=body)
+
+
+def watch_organization(organization: Organization, now: datetime | None = None) -> list[str]:
+    """Check one organisation: warn, auto-recharge, start or stop the grace clock, stop instances.
+    Returns what it did (for the task's result)."""
+    from billing.payments.services import auto_recharge_maybe, last_credit_id
+
+    now = now or timezone.now()
+    done: list[str] = []
+    state = spend_state(organization, now)
+    currency = organization.currency
+    month = f"{now:%Y-%m}"
+    if state.limit_reached and _alert_once(organization, AlertKind.SPEND_LIMIT, month):
+        _notify(
+            organization,
+            AlertKind.SPEND_LIMIT,
+            f"This month's spend reached the limit of {_money(state.limit)} {currency} "
+            f"({_money(state.month_to_date)} {currency} so far). New launches are blocked until "
+            "the limit is raised or the month ends; running instances keep running.",
+        )
+        done.append("spend limit reached")
+    if organization.billing_mode != BillingMode.PREPAID:
+        return done
+    recharge = auto_recharge_maybe(organization, state.balance)
+    period = str(last_credit_id(organization))
+    if recharge is not None and recharge.status == "succeeded":
+        done.append("auto-recharged")
+        state = spend_state(organization, now)
+    elif recharge is not None and _alert_once(
+        organization, AlertKind.AUTO_RECHARGE_FAILED, recharge.idempotency_key[-40:]
+    ):
+        _notify(
+            organization,
+            AlertKind.AUTO_RECHARGE_FAILED,
+            f"Auto-recharge could not charge your card {recharge.amount} {currency}: "
+            f"{recharge.failure_message or 'the payment did not go through.'} "
+            "Top up on the billing page or save another card.",
+        )
+        done.append("auto-recharge failed")
+    if state.balance > 0:
+        BillingProfile.objects.filter(
+            organization=organization, balance_exhausted_at__isnull=False
+        ).update(balance_exhausted_at=None)
+        for hours, kind in zip(
+            settings.BILLING_LOW_BALANCE_HOURS,
+            (AlertKind.LOW_BALANCE_24H, AlertKind.LOW_BALANCE_1H),
+            strict=True,
+        ):
+            low = state.hours_left is not None and state.hours_left < hours
+            if low and _alert_once(organization, kind, period):
+                _notify(
+                    organization,
+                    kind,
+                    f"Your balance is {_money(state.balance)} {currency}: about "
+                    f"{state.hours_left:.1f} hours at the current {_money(state.per_hour)} "
+                    f"{currency} per hour. Top up to keep your instances running.",
+                )
+                done.append(kind)
+        return done
+    if state.per_hour == 0 and not _running(organization):
+        return done
+    from billing.payments.services import profile_for
+
+    profile = profile_for(organization)
+    if profile.balance_exhausted_at is None:
+        BillingProfile.objects.filter(pk=profile.pk).update(balance_exhausted_at=now)
+        profile.balance_exhausted_at = now
+        if _alert_once(organization, AlertKind.BALANCE_EXHAUSTED, period):
+            grace_minutes = settings.BILLING_GRACE_SECONDS // 60
+            _notify(
+                organization,
+                AlertKind.BALANCE_EXHAUSTED,
+                f"Your balance is used up ({_money(state.balance)} {currency}). Running instances "
+                f"will be stopped in {grace_minutes} minutes unless you top up. They are stopped, "
+                "never deleted: top up and start them again.",
+            )
+        done.append("balance exhausted")
+    elapsed = (now - profile.balance_exhausted_at).total_seconds()
+    if elapsed >= settings.BILLING_GRACE_SECONDS:
+        stopped = instances_stop_for_credit(organization)
+        if stopped and _alert_once(organization, AlertKind.INSTANCES_STOPPED, period):
+            _notify(
+                organization,
+                AlertKind.INSTANCES_STOPPED,
+                f"{stopped} running instance(s) were stopped because the balance stayed at zero "
+                "past the grace period. Their disks and volumes are kept. Top up, then start them "
+                "again.",
+            )
+        if stopped:
+            done.append(f"{stopped} instance(s) stopped")
+    return done
+
+
+def _running(organization: Organization):
+    from portal.compute.models import Instance
+
+    return Instance.objects.filter(
+        organization=organization, state__in=["running", "rebooting", "starting", "pending"]
+    )
+
+
+def instances_stop_for_credit(organization: Organization) -> int:
+    """Stop (never terminate) every running instance of the organisation. Returns how many."""
+    from portal.compute.services import instance_action
+
+    actor = Actor.system(organization)
+    stopped = 0
+    for instance_id in (
+        _running(organization)
+        .filter(state__in=["running", "rebooting"])
+        .values_list("pk", flat=True)
+    ):
+        try:
+            instance_action(actor=actor, instance_id=instance_id, action="stop")
+            stopped += 1
+        except PortalError as exc:  # e.g. it moved on meanwhile; the next watch sees it again
+            log.info("could not stop instance %s for credit: %s", instance_id, exc.message)
+    return stopped
+
+
+def spend_watch(now: datetime | None = None) -> dict[str, list[str]]:
+    """The periodic task: every organisation that is running something, has a spend limit or
+    auto-recharge, or whose grace clock is running."""
+    from portal.compute.models import Instance
+
+    now = now or timezone.now()
+    busy = Instance.objects.filter(state__in=["running", "rebooting"]).values("organization_id")
+    watched = BillingProfile.objects.filter(
+        Q(monthly_spend_limit__isnull=False)
+        | Q(auto_recharge_enabled=True)
+        | Q(balance_exhausted_at__isnull=False)
+    ).values("organization_id")
+    organizations = Organization.objects.filter(
+        Q(pk__in=busy) | Q(pk__in=watched), deleted_at__isnull=True
+    )
+    report = {}
+    for organization in organizations:
+        try:
+            done = watch_organization(organization, now)
+        except Exception:  # one organisation must not stop the watch for the others
+            log.exception("spend watch failed for organisation %s", organization.pk)
+            continue
+        if done:
+            report[organization.slug] = done
+    return report
+
+
+# --- What pages show -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Banner:
+    level: str  # "warn" or "error"
+    message: str
+
+
+def banner(organization: Organization) -> Banner | None:
+    """The notice shown on every page, from the alerts already sent (one cheap query)."""
+    from billing.payments.services import last_credit_id
+
+    if organization is None:
+        return None
+    now = timezone.now()
+    latest = {
+        alert.kind: alert
+        for alert in SpendAlert.objects.filter(
+            organization=organization,
+            kind__in=[
+                AlertKind.LOW_BALANCE_24H,
+                AlertKind.LOW_BALANCE_1H,
+                AlertKind.BALANCE_EXHAUSTED,
+                AlertKind.INSTANCES_STOPPED,
+                AlertKind.SPEND_LIMIT,
+            ],
+        ).order_by("created_at")
+    }
+    if not latest:
+        return None
+    period = str(last_credit_id(organization))
+    current = {k: a for k, a in latest.items() if a.period in (period, f"{now:%Y-%m}")}
+    if AlertKind.INSTANCES_STOPPED in current:
+        return Banner(
+            "error",
+            "Instances were stopped: your balance is used up. Top up, then start them again.",
+        )
+    if AlertKind.BALANCE_EXHAUSTED in current:
+        return Banner(
+            "error",
+            "Your balance is used up: running instances will be stopped after the grace period. Top up now.",
+        )
+    if AlertKind.LOW_BALANCE_1H in current:
+        return Banner(
+            "error", "Less than one hour of credit left. Top up to keep instances running."
+        )
+    if AlertKind.LOW_BALANCE_24H in current:
+        return Banner("warn", "Less than a day of credit left at the current burn rate.")
+    if AlertKind.SPEND_LIMIT in current:
+        return Banner("warn", "This month's spend limit is reached: new launches are blocked.")
+    return None
+
+
+def billing_contacts(organization: Organization) -> list[str]:
+    """Who hears about money: the billing email, owners and billing members."""
+    emails = {organization.billing_email} if organization.billing_email else set()
+    emails.update(
+        Membership.objects.filter(
+            organization=organization, role__in=[Role.OWNER, Role.BILLING]
+        ).values_list("user__email", flat=True)
+    )
+    return sorted(e for e in emails if e)
