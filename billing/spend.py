@@ -23,7 +23,7 @@ from portal.accounts.models import BillingMode, Membership, Organization, Role
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
-from portal.errors import PortalError
+from portal.errors import Conflict, PortalError
 from portal.metering.lifecycle_usage import COMPUTE
 from portal.metering.rating import Rater
 from portal.metering.selectors import burn_rate
@@ -31,8 +31,9 @@ from portal.metering.selectors import burn_rate
 log = logging.getLogger(__name__)
 
 
-class PaymentRequired(PortalError):
-    """A launch the organisation cannot pay for (no credit, limit reached, invoice overdue)."""
+class PaymentRequired(Conflict):
+    """A launch the organisation cannot pay for (no credit, limit reached, invoice overdue);
+    shown on the form like any conflict, 402 in the API."""
 
     code = "payment_required"
     status = 402

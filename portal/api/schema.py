@@ -23,6 +23,7 @@ def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
         400: "Invalid input",
         401: "Not authenticated",
         403: "Role does not allow this",
+        402: "The organisation cannot pay for this (no credit, spend limit, overdue invoice)",
         404: "Not found in this organisation",
         409: "Conflicts with the current state",
         429: "Throttled",

@@ -15,7 +15,13 @@ class World:
     """An organisation with an owner and an SSH key; a region with H200 hosts; types and prices."""
 
     def __init__(
-        self, *, hosts: int = 1, gpus_per_host: int = 8, region_code: str = "us-east-1"
+        self,
+        *,
+        hosts: int = 1,
+        gpus_per_host: int = 8,
+        region_code: str = "us-east-1",
+        credit_amount: str | None = "10000",
+        **org_fields,
     ) -> None:
         if not GpuModel.objects.exists():
             catalog_services.gpu_models_load(path=DATA_DIR / "gpus.csv")
@@ -57,7 +63,9 @@ class World:
         self.image = Image.objects.filter(is_default=True).first() or Image.objects.create(
             name="ubuntu-24.04", os="Ubuntu 24.04", is_default=True
         )
-        self.org = factories.organization(currency="USD")
+        self.org = factories.organization(
+            credit_amount=credit_amount, **{"currency": "USD", **org_fields}
+        )
         self.owner = factories.member(self.org, "owner")
         self.ssh_key = account_services.ssh_key_create(
             actor=Actor.system(self.org), public_key=factories.ed25519_public_key()

@@ -53,9 +53,10 @@ class InstanceListView(generics.ListAPIView):
         responses={
             201: serializers.InstanceSerializer,
             200: serializers.InstanceSerializer,
-            **error_responses(400, 401, 403, 409),
+            **error_responses(400, 401, 402, 403, 409),
         },
-        description="Launch an instance. 409 `capacity_unavailable` names the regions where the type "
+        description="Launch an instance. 402 `insufficient_balance`, `spend_limit_reached` or "
+        "`invoice_overdue` when the organisation cannot pay for it. 409 `capacity_unavailable` names the regions where the type "
         "is available and similar types available in this region; 409 `quota_exceeded` gives the limit "
         "and the current use.",
     )
@@ -136,9 +137,19 @@ def action_view(name: str):
     view.post = extend_schema(
         operation_id=f"instances_{name}",
         request=None,
-        responses={202: serializers.InstanceSerializer, **error_responses(401, 403, 404, 409)},
+        responses={
+            202: serializers.InstanceSerializer,
+            **error_responses(
+                *((401, 402, 403, 404, 409) if name == "start" else (401, 403, 404, 409))
+            ),
+        },
         description=f"{name.title()} the instance. 409 `invalid_transition` when its state does not allow it"
-        + ("; 409 `capacity_unavailable` leaves it stopped." if name == "start" else "."),
+        + (
+            "; 409 `capacity_unavailable` leaves it stopped; 402 `insufficient_balance` or "
+            "`invoice_overdue` when the organisation cannot pay."
+            if name == "start"
+            else "."
+        ),
     )(post)
     return view.as_view()
 

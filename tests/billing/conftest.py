@@ -1,0 +1,32 @@
+"""Stripe fixtures: one in-memory localstripe per test session, emptied before each test."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.billing.stripe_payloads import STRIPE_API_KEY, WEBHOOK_SECRET
+from tests.billing.stripe_server import LocalStripe, LocalStripeUnavailable, localstripe_start
+from tests.conftest import missing
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[LocalStripe]:
+    try:
+        server = localstripe_start()
+    except LocalStripeUnavailable as exc:
+        missing(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stripe_settings(settings, localstripe: LocalStripe):
+    """The portal configured for Stripe, pointed at an empty localstripe."""
+    localstripe.reset()
+    settings.PAYMENT_PROVIDER = "stripe"
+    settings.STRIPE_API_BASE = localstripe.url
+    settings.STRIPE_API_KEY = STRIPE_API_KEY
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return settings

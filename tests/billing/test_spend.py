@@ -1,0 +1,267 @@
+"""Spend controls: the launch and start checks, notices as credit runs low, instances stopped
+(never terminated) after the grace period, monthly limits and overdue invoices."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.core import mail
+from django.db import connection
+from django.test import Client
+
+from billing import services, spend
+from billing.models import AlertKind, BillingProfile, Invoice, LedgerEntry, Payment, SpendAlert
+from billing.payments import services as payments
+from portal.compute import services as compute
+from portal.compute.models import Instance
+from portal.errors import Conflict
+from tests import factories
+from tests.compute.world import World
+
+pytestmark = pytest.mark.django_db
+START = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+
+
+def _world(credit: str | None, **org_fields) -> World:
+    with time_machine.travel(START - timedelta(days=1), tick=False):
+        return World(credit_amount=credit, **org_fields)
+
+
+def _launch(world: World, name: str = "box") -> Instance:
+    instance, _ = compute.instance_launch(actor=world.actor(), request=world.request(name=name))
+    compute.instance_sync(instance_id=instance.pk)
+    return Instance.objects.get(pk=instance.pk)
+
+
+def test_a_prepaid_launch_needs_one_hour_of_credit(memory_backend):
+    world = _world(credit="3.49")  # gpu_1x_h200 costs 3.50 an hour
+    with time_machine.travel(START, tick=False):
+        with pytest.raises(spend.PaymentRequired) as refused:
+            _launch(world)
+        assert refused.value.code == "insufficient_balance" and refused.value.status == 402
+        assert refused.value.details == {
+            "balance": "3.49",
+            "needed_per_hour": "3.50",
+            "currency": "USD",
+        }
+        assert not Instance.objects.exists()
+        factories.credit(world.org, "0.01")
+        assert _launch(world).state == "running"
+
+
+def test_the_api_answers_402_with_the_code_and_the_page_shows_it(memory_backend):
+    world = _world(credit=None)
+    client = factories.api_client_for(world.org, "owner")
+    with time_machine.travel(START, tick=False):
+        response = client.post(
+            "/api/v1/instances",
+            {
+                "name": "box",
+                "instance_type": "gpu_1x_h200",
+                "region": world.region.code,
+                "ssh_key_ids": [world.ssh_key.pk],
+            },  # fmt: skip
+            format="json",
+        )
+        assert response.status_code == 402, response.content
+        assert response.json()["error"]["code"] == "insufficient_balance"
+        page = Client()
+        page.force_login(world.owner)
+        form = page.post(
+            "/instances/launch/",
+            {"name": "box", "instance_type": "gpu_1x_h200", "region": world.region.code,
+             "image": world.image.name, "ssh_key_ids": [world.ssh_key.pk], "volume_id": "",
+             "new_volume_gb": "", "user_data": ""},
+        )  # fmt: skip
+        assert form.status_code == 422
+        assert "does not cover one hour of gpu_1x_h200" in form.content.decode(), form.context[
+            "form"
+        ].errors
+
+
+def test_an_invoiced_organisation_launches_without_credit(memory_backend):
+    world = _world(credit=None, billing_mode="invoiced")
+    with time_machine.travel(START, tick=False):
+        assert _launch(world).state == "running"
+
+
+def test_an_overdue_invoice_blocks_launches_and_starts(memory_backend):
+    world = _world(credit="100", billing_mode="invoiced")
+    with time_machine.travel(START, tick=False):
+        instance = _launch(world)
+        compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+        compute.instance_sync(instance_id=instance.pk)
+        Invoice.objects.create(
+            organization=world.org, period_start="2026-04-01", period_end="2026-05-01",
+            currency="USD", billing_mode="invoiced", status="finalized", number="INV-2026-000001",
+            tax_status="standard", subtotal=10, total=10, amount_due=10,
+            issued_at=START - timedelta(days=40), due_at=START - timedelta(days=10),
+        )  # fmt: skip
+        with pytest.raises(spend.PaymentRequired) as launch:
+            _launch(world, "second")
+        with pytest.raises(spend.PaymentRequired) as start:
+            compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="start")
+    assert launch.value.code == start.value.code == "invoice_overdue"
+    assert spend.spend_state(world.org).overdue
+
+
+def test_the_spend_limit_blocks_launches_and_tells_owners_and_billing_once(
+    memory_backend, django_capture_on_commit_callbacks
+):
+    world = _world(credit="1000")
+    billing_member = factories.member(world.org, "billing")
+    factories.member(world.org, "member")  # not told
+    with time_machine.travel(START, tick=False) as clock:
+        _launch(world)
+        spend.spend_limit_set(actor=world.actor(), limit="5")
+        clock.move_to(START + timedelta(hours=1, minutes=30))  # 5.25 spent
+        mail.outbox.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            spend.spend_watch()
+            spend.spend_watch()
+        with pytest.raises(spend.PaymentRequired) as refused:
+            _launch(world, "second")
+    assert refused.value.code == "spend_limit_reached"
+    assert refused.value.details == {"limit": "5.00", "month_to_date": "5.25"}
+    told = sorted(m.to[0] for m in mail.outbox)
+    assert told == sorted([world.org.billing_email, world.owner.email, billing_member.email])
+    assert "Monthly spend limit reached" in mail.outbox[0].subject
+    with time_machine.travel(START + timedelta(hours=1, minutes=31), tick=False):
+        client = Client()
+        client.force_login(world.owner)
+        page = client.get("/instances/").content.decode()
+        assert "spend limit is reached" in page
+        spend.spend_limit_set(actor=world.actor(), limit="")  # cleared: launches again
+        assert _launch(world, "third").state == "running"
+        assert "spend limit is reached" not in client.get("/instances/").content.decode()
+
+
+def test_low_balance_notices_at_a_day_and_an_hour_left_once_each(
+    memory_backend, django_capture_on_commit_callbacks
+):
+    world = _world(credit="90")  # 3.50/h: about 25.7 hours
+    with time_machine.travel(START, tick=False) as clock:
+        _launch(world)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert spend.watch_organization(world.org) == []
+            clock.move_to(START + timedelta(hours=2))  # 83 left: 23.7 h
+            assert spend.watch_organization(world.org) == [AlertKind.LOW_BALANCE_24H]
+            assert spend.watch_organization(world.org) == []
+            clock.move_to(START + timedelta(hours=25, minutes=10))  # 1.92 left: 0.55 h
+            assert spend.watch_organization(world.org) == [AlertKind.LOW_BALANCE_1H]
+    subjects = [m.subject for m in mail.outbox if m.to == [world.owner.email]]
+    assert subjects == [
+        f"Less than 24 hours of credit left — {world.org.name}",
+        f"Less than 1 hour of credit left — {world.org.name}",
+    ]
+    assert "about 0.5 hours" in mail.outbox[-1].body
+
+
+def test_at_zero_instances_are_stopped_after_the_grace_period_and_start_after_a_top_up(
+    memory_backend, settings, django_capture_on_commit_callbacks
+):
+    settings.BILLING_GRACE_SECONDS = 1800
+    world = _world(credit="7")  # two hours at 3.50
+    with time_machine.travel(START, tick=False) as clock:
+        instance = _launch(world)
+        volume_count = world.org.volumes.count()
+        clock.move_to(START + timedelta(hours=2, minutes=1))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert spend.watch_organization(world.org) == ["balance exhausted"]
+        profile = BillingProfile.objects.get(organization=world.org)
+        assert profile.balance_exhausted_at == START + timedelta(hours=2, minutes=1)
+        clock.move_to(START + timedelta(hours=2, minutes=30))  # still within the grace period
+        spend.watch_organization(world.org)
+        assert Instance.objects.get(pk=instance.pk).state == "running"
+        clock.move_to(START + timedelta(hours=2, minutes=32))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert spend.watch_organization(world.org) == ["1 instance(s) stopped"]
+        compute.instance_sync(instance_id=instance.pk)
+        stopped = Instance.objects.get(pk=instance.pk)
+        assert stopped.state == "stopped" and stopped.desired_state == "stopped"
+        assert world.org.volumes.count() == volume_count
+        kinds = set(SpendAlert.objects.values_list("kind", flat=True))
+        assert {AlertKind.BALANCE_EXHAUSTED, AlertKind.INSTANCES_STOPPED} <= kinds
+        page = Client()
+        page.force_login(world.owner)
+        assert "Instances were stopped" in page.get("/").content.decode()
+
+        with pytest.raises(spend.PaymentRequired):
+            compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="start")
+        payment = Payment.objects.create(
+            organization=world.org, purpose="top_up", amount=Decimal("50"), currency="USD",
+            provider="fake", idempotency_key="top-up:grace", created_by="test",
+        )  # fmt: skip
+        payments.payment_succeeded(payment.pk)
+        assert BillingProfile.objects.get(organization=world.org).balance_exhausted_at is None
+        assert "Instances were stopped" not in page.get("/").content.decode()
+        compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="start")
+        compute.instance_sync(instance_id=instance.pk)
+        assert Instance.objects.get(pk=instance.pk).state == "running"
+
+
+def test_the_billing_page_and_api_show_burn_and_time_left(memory_backend):
+    world = _world(credit="35")
+    with time_machine.travel(START, tick=False):
+        _launch(world)
+        client = factories.api_client_for(world.org, "billing")
+        body = client.get("/api/v1/balance").json()
+        assert body["currency"] == "USD" and Decimal(body["balance"]) == Decimal("35")
+        assert Decimal(body["burn_per_hour"]) == Decimal("3.5")
+        assert Decimal(body["hours_left"]) == Decimal("10.00")
+        assert body["limit_reached"] is False and body["invoice_overdue"] is False
+        ledger = client.get("/api/v1/ledger").json()
+        assert [(e["kind"], e["amount"]) for e in ledger["results"]] == [
+            ("grant", "35.000000000000")
+        ]
+        assert (
+            factories.api_client_for(world.org, "member").get("/api/v1/balance").status_code == 403
+        )
+        page = Client()
+        page.force_login(world.owner)
+        html = page.get("/billing/").content.decode()
+        assert "3.50 USD/h" in html and "About 10.0 hours of credit left" in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_debits_and_top_ups_lose_no_update(require_postgres):
+    """Ten threads debit usage while ten others credit top-ups, on one organisation."""
+    org = factories.organization(credit_amount=None)
+    barrier = threading.Barrier(20)
+    errors = []
+
+    def post(i: int) -> None:
+        try:
+            barrier.wait()
+            if i % 2:
+                services.ledger_post(
+                    organization=org, kind="usage", amount=Decimal("-1.234567890123"),
+                    idempotency_key=f"usage-test:{i}", description="usage", actor_label="t",
+                )  # fmt: skip
+            else:
+                payment = Payment.objects.create(
+                    organization=org, purpose="top_up", amount=Decimal("10.01"), currency="USD",
+                    provider="fake", idempotency_key=f"top-up:c{i}", created_by="t",
+                )  # fmt: skip
+                payments.payment_succeeded(payment.pk)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    account = services.account_for(org)
+    expected = Decimal("10.01") * 10 - Decimal("1.234567890123") * 10
+    assert account.balance == expected
+    assert sum(e.amount for e in LedgerEntry.objects.filter(account=account)) == expected
+
+
+def test_conflict_errors_stay_conflicts():
+    assert issubclass(spend.PaymentRequired, Conflict)
