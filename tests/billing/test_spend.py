@@ -62,7 +62,7 @@ def test_the_api_answers_402_with_the_code_and_the_page_shows_it(memory_backend)
                 "instance_type": "gpu_1x_h200",
                 "region": world.region.code,
                 "ssh_key_ids": [world.ssh_key.pk],
-            },  # fmt: skip
+            },
             format="json",
         )
         assert response.status_code == 402, response.content
