@@ -22,6 +22,8 @@ ALL = {"owner", "admin", "member", "billing", "viewer"}
 MANAGERS = {"owner", "admin"}
 BUILDERS = {"owner", "admin", "member"}
 KEY_HOLDERS = {"owner", "admin", "member", "billing"}
+BILLING_READERS = {"owner", "admin", "billing"}
+BILLING_MANAGERS = {"owner", "billing"}
 
 
 @dataclass
@@ -46,6 +48,7 @@ def build_world(org=None) -> World:
     )
     viewer = Membership.objects.get(user=factories.member(org, "viewer"))
     instance, volume = _compute_objects(org)
+    card, invoice = _billing_objects(org)
     return World(
         org=org,
         objects={
@@ -55,8 +58,42 @@ def build_world(org=None) -> World:
             "membership": viewer.pk,
             "instance": instance.pk,
             "volume": volume.pk,
+            "card": card.pk,
+            "invoice": invoice.pk,
         },
     )
+
+
+def _billing_objects(org):
+    """Two saved cards (the second is the target) and a finalized invoice."""
+    from billing.models import Invoice, PaymentMethod
+
+    PaymentMethod.objects.create(
+        organization=org, provider="fake", provider_id=f"fakepm_visa_1111_01_2040_{org.pk}a",
+        brand="visa", last4="1111", exp_month=1, exp_year=2040, is_default=True,
+    )  # fmt: skip
+    card = PaymentMethod.objects.create(
+        organization=org, provider="fake", provider_id=f"fakepm_visa_4242_01_2040_{org.pk}b",
+        brand="visa", last4="4242", exp_month=1, exp_year=2040,
+    )  # fmt: skip
+    invoice = Invoice.objects.create(
+        organization=org, period_start="2026-01-01", period_end="2026-02-01", currency="USD",
+        billing_mode="prepaid", status="paid", number=f"INV-2026-{org.pk:06d}",
+        tax_status="standard", subtotal=12, total=12, credits_applied=12,
+    )  # fmt: skip
+    return card, invoice
+
+
+def profile_has(w, **fields) -> bool:
+    from billing.models import BillingProfile
+
+    return BillingProfile.objects.filter(organization=w.org, **fields).exists()
+
+
+def card_state(w):
+    from billing.models import PaymentMethod
+
+    return PaymentMethod.objects.get(pk=w.objects["card"])
 
 
 def _compute_objects(org):
@@ -207,6 +244,27 @@ API_OPS = [
         for a, s in (("stop", "stopping"), ("reboot", "rebooting"), ("terminate", "terminating"))
     ),
     op("api volumes", "GET", "/api/v1/volumes", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op("api balance", "GET", "/api/v1/balance", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op("api ledger", "GET", "/api/v1/ledger", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op("api invoices", "GET", "/api/v1/invoices", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op(
+        "api invoice get",
+        "GET",
+        "/api/v1/invoices/{invoice}",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
+        "api invoice pdf",
+        "GET",
+        "/api/v1/invoices/{invoice}/pdf",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
     op(
         "api volume delete",
         "DELETE",
@@ -269,6 +327,22 @@ PAGE_OPS = [
        effect=lambda w: Volume.objects.filter(organization=w.org, name="scratch").exists()),
     op("volume delete", "POST", "/volumes/{volume}/delete/", BUILDERS, 302, Action.INSTANCE_MANAGE,
        effect=lambda w: not Volume.objects.filter(pk=w.objects["volume"]).exclude(state="deleted").exists()),
+    op("billing page", "GET", "/billing/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("payments page", "GET", "/billing/payments/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("top up", "POST", "/billing/top-up/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE, {"amount": "50"},
+       effect=lambda w: w.org.payments.exists()),
+    op("add card", "POST", "/billing/cards/add/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE),
+    op("card default", "POST", "/billing/cards/{card}/default/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
+       effect=lambda w: card_state(w).is_default),
+    op("card remove", "POST", "/billing/cards/{card}/remove/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
+       effect=lambda w: card_state(w).removed_at is not None),
+    op("spend limit", "POST", "/billing/spend-limit/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE, {"limit": "900"},
+       effect=lambda w: profile_has(w, monthly_spend_limit=900)),
+    op("auto-recharge", "POST", "/billing/auto-recharge/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
+       {"enabled": "on", "threshold": "10", "amount": "50"},
+       effect=lambda w: profile_has(w, auto_recharge_enabled=True)),
+    op("invoice page", "GET", "/billing/invoices/{invoice}/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("invoice pdf", "GET", "/billing/invoices/{invoice}/pdf/", BILLING_READERS, 200, Action.BILLING_VIEW),
 ]  # fmt: skip
 
 
@@ -349,6 +423,8 @@ def test_another_organizations_object_answers_404(db, operation):
     assert invitation.token_hash == f"{theirs.org.pk:064d}"
     assert SshKey.objects.filter(pk=theirs.objects["ssh_key"]).exists()
     assert ApiKey.objects.get(pk=theirs.objects["api_key"]).revoked_at is None
+    theirs_card = card_state(theirs)
+    assert theirs_card.removed_at is None and not theirs_card.is_default
 
 
 def test_lists_show_only_the_current_organizations_data(db):
