@@ -79,3 +79,12 @@ def month_close(self, month: str | None = None) -> str:
         wait = datetime.fromisoformat(exc.details["retry_at"]) - timezone.now()
         raise self.retry(countdown=max(30, int(wait.total_seconds()) + 30)) from None
     return report.summary()
+
+
+@shared_task(name="billing.invoice_charge", acks_late=True, soft_time_limit=60, time_limit=90)
+def invoice_charge(invoice_id: int) -> str:
+    """Charge a finalized invoice to the saved card (invoiced organisations)."""
+    from billing.payments.services import invoice_charge as charge
+
+    payment = charge(invoice_id)
+    return "no card or nothing due" if payment is None else f"payment {payment.pk} {payment.status}"

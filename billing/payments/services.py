@@ -532,3 +532,30 @@ def refund_recorded(
             payment=payment,
         )
     return True
+
+
+# --- Invoices of invoiced organisations ------------------------------------------------------
+
+
+def invoice_charge(invoice_id: int) -> Payment | None:
+    """Charge a finalized invoice to the organisation's saved card, off-session, once (key
+    ``invoice:<id>``). Without a card the invoice waits for a bank transfer quoting its payment
+    reference. The invoice is marked paid when the charge succeeds."""
+    from billing.models import Invoice
+
+    invoice = Invoice.objects.select_related("organization").get(pk=invoice_id)
+    if (
+        invoice.kind != "invoice"
+        or invoice.status != "finalized"
+        or invoice.billing_mode != "invoiced"
+        or invoice.amount_due <= 0
+    ):
+        return None
+    return charge_saved_card(
+        organization=invoice.organization,
+        purpose=PaymentPurpose.INVOICE,
+        amount=invoice.amount_due,
+        idempotency_key=f"invoice:{invoice.pk}",
+        created_by=f"invoice {invoice.number}",
+        invoice=invoice,
+    )
