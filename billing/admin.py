@@ -1,18 +1,33 @@
-"""Finance staff and operators: accounts and their append-only ledger; grants go through the service."""
+"""Finance staff and operators: accounts and their append-only ledger, and invoices. Grants,
+finalizing, payments, voids and credit notes go through the services."""
 
 import uuid
+from datetime import UTC, datetime, time
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
-from billing import services
-from billing.models import Account, LedgerEntry, UsageRating
+from billing import invoicing, services
+from billing.documents import invoice_pdf
+from billing.models import (
+    Account,
+    Invoice,
+    InvoiceKind,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+    UsageRating,
+)
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
-from portal.admin_base import ReadOnlyAdmin
+from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
 from portal.errors import PortalError
 
 
@@ -96,3 +111,396 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 class UsageRatingAdmin(ReadOnlyAdmin):
     list_display = ["usage_record", "amount", "currency", "rated_at"]
     list_filter = ["currency"]
+
+
+# --- Invoices (finance staff) -----------------------------------------------------------------
+# Rows are read-only; every change goes through billing.invoicing. Changing actions need the
+# ``billing.change_invoice`` permission (superusers have it), viewing needs ``view_invoice``.
+
+
+class MonthListFilter(admin.SimpleListFilter):
+    title = "month"
+    parameter_name = "month"
+
+    def lookups(self, request, model_admin):
+        months = (
+            Invoice.objects.order_by("-period_start")
+            .values_list("period_start", flat=True)
+            .distinct()[:36]
+        )
+        return [(f"{m:%Y-%m}", f"{m:%B %Y}") for m in months]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            try:
+                return queryset.filter(period_start=invoicing.month_start(self.value()))
+            except PortalError:
+                return queryset.none()
+        return queryset
+
+
+class MarkPaidForm(forms.Form):
+    reference = forms.CharField(
+        max_length=120, help_text="The bank transfer's reference or the payment's id."
+    )
+    paid_on = forms.DateField(
+        required=False, help_text="YYYY-MM-DD, when the money arrived (default: now)."
+    )
+
+
+class VoidForm(forms.Form):
+    reason = forms.CharField(max_length=250, help_text="Kept on the invoice and in the audit log.")
+
+
+class CreditNoteForm(forms.Form):
+    amount = forms.DecimalField(
+        min_value=Decimal("0.01"),
+        max_digits=16,
+        decimal_places=2,
+        help_text="Net amount to credit, before tax (tax follows the invoice's rate).",
+    )
+    reason = forms.CharField(max_length=250, help_text="Printed on the credit note.")
+    # The number of credit notes the page was shown with: a double submit creates one.
+    notes = forms.IntegerField(widget=forms.HiddenInput)
+
+
+class InvoiceLineInline(ReadOnlyTabularInline):
+    model = InvoiceLine
+    fields = [
+        "position",
+        "kind",
+        "description",
+        "quantity",
+        "unit",
+        "unit_price",
+        "exact_amount",
+        "amount",
+    ]
+    readonly_fields = fields
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = [
+        "__str__",
+        "organization",
+        "kind",
+        "period_start",
+        "status",
+        "currency",
+        "total",
+        "amount_due",
+        "issued_at",
+        "due_at",
+        "pdf_link",
+    ]
+    list_filter = [
+        MonthListFilter,
+        "status",
+        "currency",
+        "kind",
+        ("organization", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_fields = ["number", "organization__name", "organization__slug"]
+    list_select_related = ["organization"]
+    inlines = [InvoiceLineInline]
+    actions = [
+        "finalize_selected",
+        "refresh_drafts",
+        "resend_selected",
+        "mark_paid",
+        "void",
+        "credit_note",
+    ]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "number",
+                    "kind",
+                    "corrects",
+                    "organization",
+                    "status",
+                    "period_start",
+                    "period_end",
+                    "billing_mode",
+                    "pdf_link",
+                    "finance_actions",
+                ]
+            },
+        ),
+        (
+            "Amounts",
+            {
+                "fields": [
+                    "currency",
+                    "subtotal",
+                    "tax_status",
+                    "tax_rate",
+                    "tax",
+                    "total",
+                    "credits_applied",
+                    "amount_due",
+                ]
+            },
+        ),
+        (
+            "Dates and payment",
+            {
+                "fields": [
+                    "issued_at",
+                    "due_at",
+                    "payment_reference",
+                    "paid_at",
+                    "paid_reference",
+                    "voided_at",
+                    "note",
+                ]
+            },
+        ),
+        ("Parties (as issued)", {"fields": ["seller", "buyer"]}),
+    ]
+    readonly_fields = ["pdf_link", "finance_actions"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("pdf")
+
+    # --- permissions ---------------------------------------------------------------------
+
+    def has_finance_permission(self, request) -> bool:
+        return request.user.has_perm("billing.change_invoice")
+
+    def _require_finance(self, request) -> None:
+        if not self.has_finance_permission(request):
+            raise DjangoPermissionDenied
+
+    def _actor(self, request, invoice: Invoice) -> Actor:
+        return Actor.for_operator(request.user, invoice.organization, client_ip(request))
+
+    # --- columns --------------------------------------------------------------------------
+
+    @admin.display(description="PDF")
+    def pdf_link(self, obj: Invoice):
+        label = "PDF" if obj.number else "Draft PDF"
+        url = reverse("admin:billing_invoice_pdf", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, label)
+
+    @admin.display(description="Actions")
+    def finance_actions(self, obj: Invoice):
+        links = []
+        if obj.kind == InvoiceKind.INVOICE and obj.status == InvoiceStatus.FINALIZED:
+            links += [("Mark paid", "billing_invoice_mark_paid"), ("Void", "billing_invoice_void")]
+        if obj.kind == InvoiceKind.INVOICE and obj.status in (
+            InvoiceStatus.FINALIZED,
+            InvoiceStatus.PAID,
+        ):
+            links.append(("Credit note", "billing_invoice_credit_note"))
+        if not links:
+            return "—"
+        return format_html_join(
+            " · ",
+            '<a href="{}">{}</a>',
+            ((reverse(f"admin:{name}", args=[obj.pk]), label) for label, name in links),
+        )
+
+    # --- actions on the list ---------------------------------------------------------------
+
+    def _each(self, request, queryset, verb: str, call) -> None:
+        done, failed = [], []
+        for invoice in queryset.select_related("organization").defer("pdf"):
+            try:
+                result = call(invoice)
+            except PortalError as exc:
+                failed.append(f"{invoice}: {exc.message}")
+            else:
+                done.append(str(result or invoice))
+        if done:
+            messages.success(request, f"{verb}: {', '.join(done)}.")
+        for message in failed:
+            messages.error(request, message)
+
+    @admin.action(description="Finalize selected drafts", permissions=["finance"])
+    def finalize_selected(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=InvoiceStatus.DRAFT, kind=InvoiceKind.INVOICE),
+            "Finalized",
+            lambda invoice: invoicing.invoice_finalize(
+                invoice, actor=self._actor(request, invoice)
+            ),
+        )
+
+    @admin.action(description="Rebuild selected drafts from usage", permissions=["finance"])
+    def refresh_drafts(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=InvoiceStatus.DRAFT, kind=InvoiceKind.INVOICE),
+            "Rebuilt",
+            lambda invoice: invoicing.invoice_draft_refresh(
+                invoice.organization, invoice.period_start
+            ),
+        )
+
+    @admin.action(description="Email selected again", permissions=["finance"])
+    def resend_selected(self, request, queryset):
+        self._each(
+            request,
+            queryset.exclude(status=InvoiceStatus.DRAFT),
+            "Emailed again",
+            lambda invoice: invoicing.invoice_resend(invoice, actor=self._actor(request, invoice)),
+        )
+
+    def _one(self, request, queryset, url_name: str):
+        if queryset.count() != 1:
+            messages.error(request, "Select exactly one invoice for this action.")
+            return None
+        return redirect(reverse(f"admin:{url_name}", args=[queryset.get().pk]))
+
+    @admin.action(description="Mark paid…", permissions=["finance"])
+    def mark_paid(self, request, queryset):
+        return self._one(request, queryset, "billing_invoice_mark_paid")
+
+    @admin.action(description="Void…", permissions=["finance"])
+    def void(self, request, queryset):
+        return self._one(request, queryset, "billing_invoice_void")
+
+    @admin.action(description="Credit note…", permissions=["finance"])
+    def credit_note(self, request, queryset):
+        return self._one(request, queryset, "billing_invoice_credit_note")
+
+    # --- pages --------------------------------------------------------------------------------
+
+    def get_urls(self):
+        def view(name: str, function):
+            return path(
+                f"<int:pk>/{name}/",
+                self.admin_site.admin_view(function),
+                name=f"billing_invoice_{name.replace('-', '_')}",
+            )
+
+        return [
+            view("pdf", self.pdf_view),
+            view("mark-paid", self.mark_paid_view),
+            view("void", self.void_view),
+            view("credit-note", self.credit_note_view),
+            *super().get_urls(),
+        ]
+
+    def _invoice(self, request, pk: int) -> Invoice:
+        if not self.has_view_permission(request):
+            raise DjangoPermissionDenied
+        invoice = Invoice.objects.select_related("organization", "corrects").filter(pk=pk).first()
+        if invoice is None:
+            raise Http404("No such invoice.")
+        return invoice
+
+    def pdf_view(self, request, pk: int):
+        invoice = self._invoice(request, pk)
+        response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+        name = invoice.number or f"draft-{invoice.organization.slug}-{invoice.period_start:%Y-%m}"
+        response["Content-Disposition"] = f'attachment; filename="{name}.pdf"'
+        return response
+
+    def _form_page(self, request, invoice: Invoice, form, *, title: str, submit: str, intro: str):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "invoice": invoice,
+            "form": form,
+            "title": title,
+            "submit": submit,
+            "intro": intro,
+        }
+        return TemplateResponse(request, "billing/admin/invoice_action.html", context)
+
+    def _back(self, invoice: Invoice):
+        return redirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
+
+    def mark_paid_view(self, request, pk: int):
+        self._require_finance(request)
+        invoice = self._invoice(request, pk)
+        form = MarkPaidForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            paid_on = form.cleaned_data["paid_on"]
+            try:
+                invoicing.invoice_mark_paid(
+                    invoice,
+                    reference=form.cleaned_data["reference"],
+                    actor=self._actor(request, invoice),
+                    paid_at=datetime.combine(paid_on, time(12), tzinfo=UTC) if paid_on else None,
+                )
+            except PortalError as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(request, f"{invoice} marked paid.")
+                return self._back(invoice)
+        return self._form_page(
+            request,
+            invoice,
+            form,
+            title=f"Mark {invoice} paid",
+            submit="Mark paid",
+            intro=f"{invoice.amount_due} {invoice.currency} due from {invoice.organization}.",
+        )
+
+    def void_view(self, request, pk: int):
+        self._require_finance(request)
+        invoice = self._invoice(request, pk)
+        form = VoidForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                invoicing.invoice_void(
+                    invoice,
+                    actor=self._actor(request, invoice),
+                    reason=form.cleaned_data["reason"],
+                )
+            except PortalError as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(request, f"{invoice} voided.")
+                return self._back(invoice)
+        return self._form_page(
+            request,
+            invoice,
+            form,
+            title=f"Void {invoice}",
+            submit="Void the invoice",
+            intro=(
+                "Voiding cancels what is still due on it; the month keeps this (void) invoice "
+                "and gets no other. To correct part of it, make a credit note instead."
+            ),
+        )
+
+    def credit_note_view(self, request, pk: int):
+        self._require_finance(request)
+        invoice = self._invoice(request, pk)
+        notes = invoice.credit_notes.count()
+        form = CreditNoteForm(request.POST or None, initial={"notes": notes})
+        if request.method == "POST" and form.is_valid():
+            if form.cleaned_data["notes"] != notes:
+                messages.warning(request, "A credit note was made meanwhile; nothing was added.")
+                return self._back(invoice)
+            try:
+                note = invoicing.credit_note_create(
+                    invoice,
+                    actor=self._actor(request, invoice),
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                )
+            except PortalError as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(request, f"Credit note {note} issued for {invoice}.")
+                return redirect(reverse("admin:billing_invoice_change", args=[note.pk]))
+        return self._form_page(
+            request,
+            invoice,
+            form,
+            title=f"Credit note for {invoice}",
+            submit="Issue the credit note",
+            intro=(
+                f"Subtotal {invoice.subtotal} {invoice.currency}, tax {invoice.tax_rate * 100:.2f} % "
+                f"({invoice.get_tax_status_display()}). The credit note is issued at once and emailed."
+            ),
+        )

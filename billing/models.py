@@ -8,6 +8,8 @@ Entries are never edited or deleted: corrections are new entries.
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Round
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from portal.accounts.models import Currency, Organization
@@ -455,8 +457,13 @@ class Invoice(models.Model):
                 | (~Q(status="draft") & Q(number__isnull=False)),
                 name="billing_number_iff_finalized",
             ),
+            # Compared in cents: SQLite keeps decimals as floating point (0.67 + 0.02 there is
+            # not 0.69), PostgreSQL exactly; both hold amounts of two places.
             models.CheckConstraint(
-                condition=Q(total=models.F("subtotal") + models.F("tax")),
+                condition=Exact(
+                    Round(models.F("total") * 100),
+                    Round(models.F("subtotal") * 100) + Round(models.F("tax") * 100),
+                ),
                 name="billing_invoice_total_is_subtotal_plus_tax",
             ),
         ]

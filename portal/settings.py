@@ -235,6 +235,12 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKeyAuth": {"type": "http", "scheme": "bearer"}},
     },
     "SECURITY": [{"ApiKeyAuth": []}],
+    # Fields named "kind" in the billing API have three different choice sets.
+    "ENUM_NAME_OVERRIDES": {
+        "LedgerEntryKindEnum": "billing.models.EntryKind",
+        "InvoiceKindEnum": "billing.models.InvoiceKind",
+        "InvoiceLineKindEnum": "billing.models.LineKind",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------

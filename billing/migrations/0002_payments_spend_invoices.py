@@ -2,6 +2,8 @@
 
 import django.db.models.deletion
 import django.db.models.expressions
+import django.db.models.functions
+import django.db.models.lookups
 import django.utils.timezone
 from django.db import migrations, models
 
@@ -648,13 +650,25 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="invoice",
             constraint=models.CheckConstraint(
-                condition=models.Q(
-                    (
-                        "total",
+                condition=django.db.models.lookups.Exact(
+                    django.db.models.functions.Round(
                         django.db.models.expressions.CombinedExpression(
-                            models.F("subtotal"), "+", models.F("tax")
+                            models.F("total"), "*", models.Value(100)
+                        )
+                    ),
+                    django.db.models.expressions.CombinedExpression(
+                        django.db.models.functions.Round(
+                            django.db.models.expressions.CombinedExpression(
+                                models.F("subtotal"), "*", models.Value(100)
+                            )
                         ),
-                    )
+                        "+",
+                        django.db.models.functions.Round(
+                            django.db.models.expressions.CombinedExpression(
+                                models.F("tax"), "*", models.Value(100)
+                            )
+                        ),
+                    ),
                 ),
                 name="billing_invoice_total_is_subtotal_plus_tax",
             ),

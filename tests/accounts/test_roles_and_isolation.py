@@ -244,9 +244,19 @@ API_OPS = [
         for a, s in (("stop", "stopping"), ("reboot", "rebooting"), ("terminate", "terminating"))
     ),
     op("api volumes", "GET", "/api/v1/volumes", ALL, 200, Action.INSTANCE_VIEW, api=True),
-    op("api balance", "GET", "/api/v1/balance", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op(
+        "api balance", "GET", "/api/v1/balance", BILLING_READERS, 200, Action.BILLING_VIEW, api=True
+    ),
     op("api ledger", "GET", "/api/v1/ledger", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
-    op("api invoices", "GET", "/api/v1/invoices", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op(
+        "api invoices",
+        "GET",
+        "/api/v1/invoices",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
     op(
         "api invoice get",
         "GET",

@@ -294,7 +294,7 @@ def test_api_key_expiry_and_last_used(org, owner):
     ("creator", "allowed"),
     [
         ("owner", {"owner", "admin", "member", "billing", "viewer"}),
-        ("admin", {"admin", "member", "billing", "viewer"}),
+        ("admin", {"admin", "member", "viewer"}),  # billing can manage billing; admins cannot
         ("member", {"member", "viewer"}),
         ("billing", {"billing", "viewer"}),
     ],

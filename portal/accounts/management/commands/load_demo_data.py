@@ -53,6 +53,9 @@ class Command(BaseCommand):
         from portal.catalog.demo import load_demo_catalog
 
         self.stdout.write(load_demo_catalog())
+        from billing.demo import load_billing_demo
+
+        self.stdout.write(load_billing_demo(org))
         from portal.metering.telemetry import demo_telemetry
 
         self.stdout.write(demo_telemetry(organization=org))
