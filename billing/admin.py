@@ -18,12 +18,18 @@ from billing import invoicing, services
 from billing.documents import invoice_pdf
 from billing.models import (
     Account,
+    BillingProfile,
     Invoice,
     InvoiceKind,
     InvoiceLine,
     InvoiceStatus,
     LedgerEntry,
+    Payment,
+    PaymentMethod,
+    Refund,
+    SpendAlert,
     UsageRating,
+    WebhookEvent,
 )
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
@@ -504,3 +510,168 @@ class InvoiceAdmin(ReadOnlyAdmin):
                 f"({invoice.get_tax_status_display()}). The credit note is issued at once and emailed."
             ),
         )
+
+
+# --- Payments -------------------------------------------------------------------------------
+
+
+class RefundForm(forms.Form):
+    amount = forms.DecimalField(
+        label="Amount to refund", min_value=Decimal("0.01"), decimal_places=2
+    )
+    reason = forms.CharField(label="Reason", max_length=300)
+
+
+class RefundInline(ReadOnlyTabularInline):
+    model = Refund
+    fields = ["created_at", "amount", "status", "provider_id", "reason", "created_by"]
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "organization",
+        "purpose",
+        "amount",
+        "currency",
+        "status",
+        "refunded_amount",
+        "provider",
+        "refund_link",
+    ]
+    list_filter = ["status", "purpose", "provider", "currency"]
+    search_fields = ["organization__name", "organization__slug", "payment_intent_id", "checkout_id"]
+    list_select_related = ["organization"]
+    inlines = [RefundInline]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Refund")
+    def refund_link(self, obj: Payment):
+        if obj.status != "succeeded" or obj.refunded_amount >= obj.amount:
+            return "—"
+        return format_html(
+            '<a href="{}">Refund…</a>', reverse("admin:billing_payment_refund", args=[obj.pk])
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/refund/",
+                self.admin_site.admin_view(self.refund_view),
+                name="billing_payment_refund",
+            ),
+            *super().get_urls(),
+        ]
+
+    def refund_view(self, request, pk: int):
+        from billing.payments.services import refund_create
+
+        if not request.user.is_superuser and not request.user.has_perm("billing.change_payment"):
+            raise DjangoPermissionDenied
+        payment = Payment.objects.select_related("organization").filter(pk=pk).first()
+        if payment is None:
+            raise Http404("No such payment.")
+        form = RefundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            actor = Actor.for_operator(request.user, payment.organization, client_ip(request))
+            try:
+                refund = refund_create(
+                    actor=actor,
+                    payment_id=payment.pk,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                )
+            except PortalError as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(
+                    request, f"Refund of {refund.amount} {payment.currency}: {refund.status}."
+                )
+                return redirect(reverse("admin:billing_payment_change", args=[payment.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "payment": payment,
+            "form": form,
+            "title": f"Refund payment {payment.pk}",
+        }
+        return TemplateResponse(request, "billing/admin/refund.html", context)
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "provider", "type", "event_id", "processed_at", "outcome"]
+    list_filter = ["provider", "type", ("processed_at", admin.EmptyFieldListFilter)]
+    search_fields = ["event_id", "type"]
+    date_hierarchy = "received_at"
+
+
+@admin.register(PaymentMethod)
+class PaymentMethodAdmin(ReadOnlyAdmin):
+    list_display = [
+        "organization",
+        "brand",
+        "last4",
+        "exp_month",
+        "exp_year",
+        "is_default",
+        "removed_at",
+    ]
+    list_filter = ["provider", "brand", "is_default"]
+    search_fields = ["organization__name", "organization__slug", "provider_id"]
+    list_select_related = ["organization"]
+
+
+@admin.register(BillingProfile)
+class BillingProfileAdmin(admin.ModelAdmin):
+    """Operators set tax status, rate and payment terms; customers set limits and auto-recharge."""
+
+    list_display = [
+        "organization",
+        "tax_status",
+        "tax_rate",
+        "payment_terms_days",
+        "monthly_spend_limit",
+        "auto_recharge_enabled",
+        "balance_exhausted_at",
+    ]
+    list_filter = ["tax_status", "auto_recharge_enabled"]
+    search_fields = ["organization__name", "organization__slug"]
+    fields = [
+        "organization",
+        "tax_status",
+        "tax_rate",
+        "payment_terms_days",
+        "monthly_spend_limit",
+        "auto_recharge_enabled",
+        "auto_recharge_threshold",
+        "auto_recharge_amount",
+        "provider",
+        "customer_id",
+        "balance_exhausted_at",
+    ]
+    readonly_fields = [
+        "organization",
+        "monthly_spend_limit",
+        "auto_recharge_enabled",
+        "auto_recharge_threshold",
+        "auto_recharge_amount",
+        "provider",
+        "customer_id",
+        "balance_exhausted_at",
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SpendAlert)
+class SpendAlertAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "organization", "kind", "period"]
+    list_filter = ["kind"]
+    search_fields = ["organization__name"]
+    list_select_related = ["organization"]
