@@ -569,6 +569,24 @@ def _draft_get_or_create(organization: Organization, month: date) -> Invoice:
         )
 
 
+def drafts_refresh(now: datetime | None = None) -> int:
+    """Keep this month's running drafts current for every organisation with usage in it (the
+    hourly task), so customers and finance see the month build up. Returns how many."""
+    now = now or timezone.now()
+    month = month_start(now)
+    start, end = month_bounds(month)
+    with_usage = (
+        UsageRecord.objects.filter(hour_start__gte=start, hour_start__lt=end)
+        .values_list("organization_id", flat=True)
+        .distinct()
+    )
+    refreshed = 0
+    for organization in Organization.objects.filter(pk__in=with_usage, deleted_at__isnull=True):
+        invoice_draft_refresh(organization, month)
+        refreshed += 1
+    return refreshed
+
+
 @transaction.atomic
 def invoice_draft_refresh(organization: Organization, month: date | str | None = None) -> Invoice:
     """Build (or rebuild) the organisation's draft invoice of the month (default: this month)

@@ -88,3 +88,11 @@ def invoice_charge(invoice_id: int) -> str:
 
     payment = charge(invoice_id)
     return "no card or nothing due" if payment is None else f"payment {payment.pk} {payment.status}"
+
+
+@shared_task(name="billing.refresh_drafts", acks_late=True, soft_time_limit=1800, time_limit=1900)
+def refresh_drafts() -> str:
+    """Rebuild this month's draft invoices from the usage so far."""
+    from billing import invoicing
+
+    return f"{invoicing.drafts_refresh()} draft(s) refreshed"

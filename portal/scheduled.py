@@ -21,6 +21,11 @@ SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "billing-refresh-drafts": {
+        "task": "billing.refresh_drafts",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     "close-usage-hours": {
         "task": "metering.close_recent_hours",
         "schedule": 300.0,

@@ -1044,3 +1044,18 @@ def test_the_total_check_holds_where_floating_point_sums_differ(world):
         Decimal("0.02"),
         Decimal("0.69"),
     )
+
+
+def test_the_hourly_task_keeps_this_months_drafts_current(world):
+    org, idle = world.org, factories.organization()
+    running_hours(org, world, OCT_START, 3)
+    with time_machine.travel(OCT_START + 5 * H, tick=False):
+        assert invoicing.drafts_refresh() == 1
+        draft = Invoice.objects.get(organization=org, period_start=OCT)
+        assert draft.status == "draft" and draft.subtotal == Decimal("10.50")
+        running_hours(org, world, OCT_START + 3 * H, 1)
+        assert invoicing.drafts_refresh() == 1
+    draft.refresh_from_db()
+    assert draft.subtotal == Decimal("14.00")
+    assert Invoice.objects.filter(organization=org).count() == 1
+    assert not Invoice.objects.filter(organization=idle).exists()
