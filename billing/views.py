@@ -1,6 +1,8 @@
 """Billing pages: balance and burn, top-ups, saved cards, auto-recharge, the spend limit, the
 ledger and invoices; the provider webhook endpoint; and the fake provider's checkout page."""
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.core import signing
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -8,6 +10,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -104,8 +107,10 @@ def payments_page(request: HttpRequest) -> HttpResponse:
         "payments": selectors.payments(request.organization)[:50],
         "returned": request.GET.get("returned") == "1",
     }
-    context["waiting"] = any(
-        p.status == PaymentStatus.PENDING and p.checkout_id for p in context["payments"][:5]
+    recent = timezone.now() - timedelta(minutes=30)
+    context["waiting"] = context["returned"] and any(
+        p.status == PaymentStatus.PENDING and p.checkout_id and p.created_at > recent
+        for p in context["payments"][:5]
     )
     name = "billing/payments.html#payment-list" if request.htmx else "billing/payments.html"
     return render(request, name, context)

@@ -153,6 +153,15 @@ def _async_failed(provider_name: str, obj: Mapping) -> str:
     return f"payment {payment.pk} failed"
 
 
+def _checkout_expired(provider_name: str, obj: Mapping) -> str:
+    """The customer never paid on the checkout page: the top-up is canceled (not if paid)."""
+    payment = _payment_for(provider_name, obj)
+    if payment is None:
+        return "no matching payment"
+    services.payment_canceled(payment.pk, message="The checkout page expired unpaid.")
+    return f"payment {payment.pk} canceled"
+
+
 def _intent_failed(provider_name: str, obj: Mapping) -> str:
     payment = _payment_for(provider_name, obj)
     if payment is None:
@@ -235,6 +244,7 @@ HANDLERS: dict[str, Callable[[str, Mapping], str]] = {
     "checkout.session.completed": _checkout_completed,
     "checkout.session.async_payment_succeeded": _async_succeeded,
     "checkout.session.async_payment_failed": _async_failed,
+    "checkout.session.expired": _checkout_expired,
     "payment_intent.succeeded": _async_succeeded,
     "payment_intent.payment_failed": _intent_failed,
     "setup_intent.succeeded": _setup_succeeded,

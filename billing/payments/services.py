@@ -200,6 +200,18 @@ def payment_failed(payment_id: int, *, message: str, payment_intent_id: str = ""
 
 
 @transaction.atomic
+def payment_canceled(payment_id: int, *, message: str) -> Payment:
+    """Abandoned before paying. Only a pending payment is canceled; a success stays."""
+    payment = Payment.objects.select_for_update().get(pk=payment_id)
+    if payment.status in (PaymentStatus.PENDING, PaymentStatus.REQUIRES_ACTION):
+        payment.status = PaymentStatus.CANCELED
+        payment.failure_message = message[:300]
+        payment.updated_at = timezone.now()
+        payment.save()
+    return payment
+
+
+@transaction.atomic
 def payment_requires_action(payment_id: int, *, payment_intent_id: str = "") -> Payment:
     payment = Payment.objects.select_for_update().get(pk=payment_id)
     if payment_intent_id and not payment.payment_intent_id:

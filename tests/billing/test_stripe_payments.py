@@ -188,3 +188,22 @@ def test_a_refund_at_stripe_takes_the_credit_back_once(stripe_settings, org, adm
     payment.refresh_from_db()
     assert payment.refunded_amount == Decimal("12.50")
     assert _ledger(org) == [("refund", Decimal("-12.5")), ("top_up", Decimal("30"))]
+
+
+def test_an_expired_checkout_cancels_the_top_up_unless_it_was_paid(stripe_settings, org):
+    abandoned, paid = _top_up(org), _top_up(org, "30.00")
+    _deliver(
+        payloads.checkout_session_completed(
+            paid.pk, org.pk, 3000, "usd", session_id=paid.checkout_id, payment_intent="pi_paid"
+        )
+    )
+    for payment in (abandoned, paid):
+        _deliver(
+            payloads.checkout_session_expired(
+                payment.pk, org.pk, int(payment.amount * 100), "usd",
+                session_id=payment.checkout_id,
+            )
+        )  # fmt: skip
+    abandoned.refresh_from_db(), paid.refresh_from_db()
+    assert abandoned.status == PaymentStatus.CANCELED and paid.status == PaymentStatus.SUCCEEDED
+    assert _ledger(org) == [("top_up", Decimal("30"))]
