@@ -217,6 +217,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
         "mark_paid",
         "void",
         "credit_note",
+        "export_register_csv",
+        "export_register_xlsx",
+        "export_lines_csv",
+        "export_einvoices_zip",
     ]
     fieldsets = [
         (
@@ -374,6 +378,74 @@ class InvoiceAdmin(ReadOnlyAdmin):
     @admin.action(description="Credit note…", permissions=["finance"])
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
+
+    # --- exports of the selection (billing.exports, billing.einvoice) -----------------------
+
+    def _selection_filter(self, queryset):
+        from billing.exports import RegisterFilter
+
+        months = sorted(queryset.values_list("period_start", flat=True).distinct())
+        return RegisterFilter(
+            start=months[0],
+            end=months[-1],
+            include_drafts=queryset.filter(status=InvoiceStatus.DRAFT).exists(),
+            invoice_ids=tuple(queryset.values_list("pk", flat=True)),
+        )
+
+    def _export(self, queryset, kind: str, fmt: str) -> HttpResponse:
+        import io
+
+        from billing import exports
+
+        flt = self._selection_filter(queryset)
+        rows, columns = (
+            (exports.register_rows(flt), exports.REGISTER_COLUMNS)
+            if kind == "register"
+            else (exports.line_rows(flt), exports.LINE_COLUMNS)
+        )
+        if fmt == "xlsx":
+            buffer = io.BytesIO()
+            exports.write_xlsx(rows, columns, buffer, flt.title)
+            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            body = buffer.getvalue()
+        else:
+            buffer = io.StringIO()
+            exports.write_csv(
+                rows, columns, buffer, title=flt.title if flt.include_drafts else None
+            )
+            content_type, body = "text/csv; charset=utf-8", buffer.getvalue()
+        response = HttpResponse(body, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{kind}-selected.{fmt}"'
+        return response
+
+    @admin.action(description="Export selected: register (CSV)")
+    def export_register_csv(self, request, queryset):
+        return self._export(queryset, "register", "csv")
+
+    @admin.action(description="Export selected: register (XLSX)")
+    def export_register_xlsx(self, request, queryset):
+        return self._export(queryset, "register", "xlsx")
+
+    @admin.action(description="Export selected: lines (CSV)")
+    def export_lines_csv(self, request, queryset):
+        return self._export(queryset, "lines", "csv")
+
+    @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
+    def export_einvoices_zip(self, request, queryset):
+        import io
+        import zipfile
+
+        from billing import einvoice
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for invoice in queryset.exclude(status=InvoiceStatus.DRAFT).order_by("number"):
+                archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
+                archive.writestr(f"{invoice.number}-ubl.xml", einvoice.invoice_ubl(invoice))
+                archive.writestr(f"{invoice.number}-cii.xml", einvoice.invoice_cii(invoice))
+        response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+        response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
+        return response
 
     # --- pages --------------------------------------------------------------------------------
 

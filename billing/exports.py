@@ -165,6 +165,7 @@ class RegisterFilter:
     organization_id: int | None = None
     country: str | None = None
     include_drafts: bool = False
+    invoice_ids: tuple[int, ...] = ()  # only these documents (admin: "export selected")
     months: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -189,6 +190,7 @@ class RegisterFilter:
                 details={"statuses": unknown},
             )
         object.__setattr__(self, "statuses", tuple(self.statuses))
+        object.__setattr__(self, "invoice_ids", tuple(self.invoice_ids))
         object.__setattr__(self, "months", months)
 
     @property
@@ -214,6 +216,8 @@ def _invoices(flt: RegisterFilter) -> QuerySet[Invoice]:
         found = found.filter(organization_id=flt.organization_id)
     if flt.country:
         found = found.filter(organization__country=flt.country.upper())
+    if flt.invoice_ids:
+        found = found.filter(pk__in=flt.invoice_ids)
     return found
 
 

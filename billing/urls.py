@@ -15,6 +15,25 @@ urlpatterns = [
     path("billing/spend-limit/", views.spend_limit, name="spend_limit"),
     path("billing/invoices/<int:pk>/", views.invoice_detail, name="invoice"),
     path("billing/invoices/<int:pk>/pdf/", views.invoice_pdf, name="invoice_pdf"),
+    path(
+        "billing/invoices/<int:pk>/e-invoice/<str:flavor>/",
+        views.invoice_einvoice,
+        name="invoice_einvoice",
+    ),
     path("billing/checkout/fake/<str:token>/", views.fake_checkout, name="fake_checkout"),
     path("webhooks/<slug:provider_name>/", views.webhook, name="webhook"),
+]
+
+# The finance area (staff): the register and period exports.
+from billing import finance_views  # noqa: E402
+
+urlpatterns += [
+    path("finance/", finance_views.finance_index, name="finance"),
+    path("finance/exports/", finance_views.export_create, name="finance_export_create"),
+    path("finance/exports/<int:pk>/", finance_views.export_detail, name="finance_export"),
+    path(
+        "finance/exports/<int:pk>/download",
+        finance_views.export_download,
+        name="finance_export_download",
+    ),
 ]

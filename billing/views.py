@@ -232,6 +232,30 @@ def invoice_pdf(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
+EINVOICE_FLAVORS = {
+    # flavor: (builder name in billing.einvoice, content type, file suffix)
+    "ubl": ("invoice_ubl", "application/xml", "ubl.xml"),
+    "cii": ("invoice_cii", "application/xml", "cii.xml"),
+    "factur-x": ("invoice_facturx_pdf", "application/pdf", "facturx.pdf"),
+}
+
+
+@org_page(Action.BILLING_VIEW)
+def invoice_einvoice(request: HttpRequest, pk: int, flavor: str) -> HttpResponse:
+    """The EN 16931 e-invoice of a finalized invoice or credit note: UBL 2.1, CII, Factur-X."""
+    from billing import einvoice
+
+    if flavor not in EINVOICE_FLAVORS:
+        raise Http404("Use ubl, cii or factur-x.")
+    invoice = _invoice(request, pk)
+    if invoice.status == "draft":
+        raise Http404("A draft has no e-invoice yet.")
+    builder, content_type, suffix = EINVOICE_FLAVORS[flavor]
+    response = HttpResponse(getattr(einvoice, builder)(invoice), content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}-{suffix}"'
+    return response
+
+
 # --- Provider webhooks ----------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from billing.models import BillingProfile, Invoice
 from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from portal.metering.lifecycle_usage import VOLUME
+from tests import factories
 from tests.billing.test_invoicing import (
     NOV_START,
     OCT,
@@ -267,3 +268,54 @@ def test_validators_reject_unknown_flavors_and_report_xsd_errors():
         b'<rsm:CrossIndustryInvoice xmlns:rsm="' + einvoice.RSM.encode() + b'"/>', "cii"
     )
     assert errors and "ExchangedDocumentContext" in " ".join(errors)
+
+
+# --- downloads: the customer's invoice page and finance's admin actions ----------------------
+
+
+def test_customers_download_the_einvoices_of_their_finalized_invoices(world):
+    from django.test import Client
+
+    invoice = issue(world)
+    client = Client()
+    client.force_login(world.owner)
+    page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
+    assert "UBL 2.1" in page and "Factur-X PDF" in page
+    ubl = client.get(f"/billing/invoices/{invoice.pk}/e-invoice/ubl/")
+    assert ubl.status_code == 200 and ubl["Content-Type"] == "application/xml"
+    assert ubl.content == einvoice.invoice_ubl(invoice)
+    assert_valid(client.get(f"/billing/invoices/{invoice.pk}/e-invoice/cii/").content, "cii")
+    pdf = client.get(f"/billing/invoices/{invoice.pk}/e-invoice/factur-x/")
+    assert pdf.content.startswith(b"%PDF")
+    assert client.get(f"/billing/invoices/{invoice.pk}/e-invoice/pdfa/").status_code == 404
+    stranger = Client()
+    stranger.force_login(factories.member(factories.organization(), "owner"))
+    assert stranger.get(f"/billing/invoices/{invoice.pk}/e-invoice/ubl/").status_code == 404
+
+
+def test_finance_exports_selected_invoices_from_admin(world):
+    import csv
+    import io
+    import zipfile
+
+    from django.test import Client
+
+    invoice = issue(world)
+    staff = Client()
+    staff.force_login(factories.user(is_staff=True, is_superuser=True))
+    url = "/admin/billing/invoice/"
+    base = {"_selected_action": [invoice.pk]}
+    register = staff.post(url, {**base, "action": "export_register_csv"})
+    rows = list(csv.DictReader(io.StringIO(register.content.decode())))
+    assert [(r["number"], r["gross"]) for r in rows] == [(invoice.number, f"{invoice.total:.2f}")]
+    lines = staff.post(url, {**base, "action": "export_lines_csv"})
+    assert len(list(csv.DictReader(io.StringIO(lines.content.decode())))) == invoice.lines.count()
+    xlsx = staff.post(url, {**base, "action": "export_register_xlsx"})
+    assert xlsx.content.startswith(b"PK")
+    bundle = staff.post(url, {**base, "action": "export_einvoices_zip"})
+    names = zipfile.ZipFile(io.BytesIO(bundle.content)).namelist()
+    assert names == [
+        f"{invoice.number}.pdf",
+        f"{invoice.number}-ubl.xml",
+        f"{invoice.number}-cii.xml",
+    ]
