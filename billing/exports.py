@@ -131,6 +131,21 @@ JOURNAL_COLUMNS: tuple[Column, ...] = (
     Column("description"),
 )
 
+RECONCILIATION_COLUMNS: tuple[Column, ...] = (
+    Column("date", "datetime"),
+    Column("match"),
+    Column("provider"),
+    Column("provider_reference"),
+    Column("payment_id", "integer"),
+    Column("purpose"),
+    Column("status"),
+    Column("amount", "money"),
+    Column("currency"),
+    Column("settled"),
+    Column("settled_amount", "money"),
+    Column("difference", "money"),
+)
+
 AGEING_BUCKETS = ("0-30", "31-60", "61-90", "90+")
 
 JOURNAL_ACCOUNTS: dict[str, str] = {
@@ -740,3 +755,119 @@ def _xlsx_value(kind: str, value: Any) -> Any:
     if kind == "date":
         return date.fromisoformat(value) if isinstance(value, str) else value
     return str(value)
+
+
+# --- payment reconciliation -------------------------------------------------------------------
+
+
+def reconciliation_rows(start: date, end: date) -> Iterator[dict[str, str]]:
+    """Each payment-provider transaction of the UTC days ``start`` to ``end`` against what it
+    settled (``RECONCILIATION_COLUMNS``), then what is unmatched on either side:
+
+    - ``matched``: a succeeded payment and its top-up credit, or the invoice it paid, for the
+      same amount (refunds: the refund and its ledger debit);
+    - ``unmatched_payment``: a succeeded payment or refund the ledger or invoice does not show
+      (or shows for another amount: see ``difference``);
+    - ``unmatched_ledger``: a top-up or invoice payment in the ledger with no provider
+      transaction (e.g. a bank transfer entered by finance).
+
+    Failed and pending payments are listed as ``not_settled`` for completeness."""
+    from billing.models import Payment, PaymentStatus, Refund
+
+    since, until = _day_bounds(start, end)
+    payments = (
+        Payment.objects.filter(created_at__gte=since, created_at__lt=until)
+        .select_related("invoice")
+        .prefetch_related("entries")
+        .order_by("created_at", "pk")
+    )
+    for payment in payments.iterator(chunk_size=CHUNK_SIZE):
+        row = {
+            "date": _iso(payment.succeeded_at or payment.created_at),
+            "provider": payment.provider,
+            "provider_reference": payment.payment_intent_id or payment.checkout_id,
+            "payment_id": str(payment.pk),
+            "purpose": payment.purpose,
+            "status": payment.status,
+            "amount": _money(payment.amount),
+            "currency": payment.currency,
+        }
+        if payment.status != PaymentStatus.SUCCEEDED:
+            yield {**row, "match": "not_settled", "settled": "", "settled_amount": "",
+                   "difference": ""}  # fmt: skip
+            continue
+        if payment.invoice_id:
+            invoice = payment.invoice
+            settled = invoice.number or ""
+            settled_amount = invoice.amount_due if invoice.status == "paid" else Decimal(0)
+            paid = invoice.status == "paid" and invoice.paid_reference in (
+                payment.payment_intent_id,
+                f"payment {payment.pk}",
+            )
+            settled_amount = settled_amount if paid else Decimal(0)
+        else:
+            credits = [e for e in payment.entries.all() if e.kind == EntryKind.TOP_UP]
+            settled = ", ".join(f"ledger {e.pk}" for e in credits)
+            settled_amount = sum((e.amount for e in credits), Decimal(0))
+        difference = payment.amount - settled_amount
+        yield {
+            **row,
+            "match": "matched" if difference == 0 else "unmatched_payment",
+            "settled": settled,
+            "settled_amount": _money(settled_amount),
+            "difference": _money(difference),
+        }
+    refunds = (
+        Refund.objects.filter(created_at__gte=since, created_at__lt=until, status="succeeded")
+        .select_related("payment")
+        .order_by("created_at", "pk")
+    )
+    for refund in refunds.iterator(chunk_size=CHUNK_SIZE):
+        payment = refund.payment
+        debit = LedgerEntry.objects.filter(
+            kind=EntryKind.REFUND, payment=payment, reference=refund.provider_id
+        ).first()
+        settled_amount = -debit.amount if debit is not None else Decimal(0)
+        if payment.purpose == "invoice":
+            settled_amount = refund.amount  # invoice refunds are settled by credit notes
+        difference = refund.amount - settled_amount
+        yield {
+            "date": _iso(refund.created_at),
+            "match": "matched" if difference == 0 else "unmatched_payment",
+            "provider": payment.provider,
+            "provider_reference": refund.provider_id,
+            "payment_id": str(payment.pk),
+            "purpose": "refund",
+            "status": refund.status,
+            "amount": _money(-refund.amount),
+            "currency": payment.currency,
+            "settled": f"ledger {debit.pk}" if debit is not None else "",
+            "settled_amount": _money(-settled_amount),
+            "difference": _money(-difference),
+        }
+    orphans = (
+        LedgerEntry.objects.filter(
+            created_at__gte=since,
+            created_at__lt=until,
+            kind__in=[EntryKind.TOP_UP, EntryKind.PAYMENT],
+            payment__isnull=True,
+        )
+        .exclude(kind=EntryKind.PAYMENT, invoice__payments__status="succeeded")
+        .select_related("invoice")
+        .order_by("created_at", "pk")
+    )
+    for entry in orphans.iterator(chunk_size=CHUNK_SIZE):
+        yield {
+            "date": _iso(entry.created_at),
+            "match": "unmatched_ledger",
+            "provider": "",
+            "provider_reference": entry.reference,
+            "payment_id": "",
+            "purpose": entry.kind,
+            "status": "",
+            "amount": "",
+            "currency": entry.currency,
+            "settled": (entry.invoice.number if entry.invoice_id else f"ledger {entry.pk}") or "",
+            "settled_amount": _money(entry.amount),
+            "difference": _money(-entry.amount),
+        }

@@ -149,3 +149,46 @@ def test_without_a_card_or_with_a_declining_one_the_invoice_waits():
     assert failed.status == "failed"
     invoice.refresh_from_db()
     assert invoice.status == "finalized" and invoice.paid_at is None
+
+
+def test_reconciliation_matches_payments_and_lists_what_is_unmatched(admin_user):
+    import io
+
+    from billing import exports
+    from billing.services import ledger_post
+    from portal.accounts.types import Actor
+
+    org = factories.organization(credit_amount=None)
+    invoiced = factories.organization(billing_mode="invoiced")
+    _card(org)
+    _card(invoiced, last4="4444")
+    top_up = _paid_top_up(org)
+    payments.refund_create(
+        actor=Actor.for_operator(admin_user, org), payment_id=top_up.pk, amount="5", reason="x"
+    )
+    invoice_payment = payments.invoice_charge(_finalized_invoice(invoiced, "50.00").pk)
+    declined = Payment.objects.create(
+        organization=org, purpose="top_up", amount=Decimal("9"), currency="USD",
+        provider="fake", idempotency_key="top-up:declined", status="failed", created_by="t",
+    )  # fmt: skip
+    ledger_post(
+        organization=org, kind="top_up", amount="70", idempotency_key="bank:1",
+        description="Bank transfer", actor_label="finance", reference="SEPA-123",
+    )  # fmt: skip
+    today = timezone.now().date()
+    rows = list(exports.reconciliation_rows(today, today))
+    by_match = {(r["match"], r["purpose"], r["amount"]) for r in rows}
+    assert by_match == {
+        ("matched", "top_up", "80.00"),
+        ("matched", "invoice", "50.00"),
+        ("matched", "refund", "-5.00"),
+        ("not_settled", "top_up", "9.00"),
+        ("unmatched_ledger", "top_up", ""),
+    }
+    orphan = next(r for r in rows if r["match"] == "unmatched_ledger")
+    assert (orphan["provider_reference"], orphan["settled_amount"]) == ("SEPA-123", "70.00")
+    assert all(r["difference"] in ("0.00", "") for r in rows if r["match"] == "matched")
+    assert (invoice_payment.status, declined.status) == ("succeeded", "failed")
+    buffer = io.StringIO()
+    assert exports.write_csv(rows, exports.RECONCILIATION_COLUMNS, buffer) == len(rows)
+    assert buffer.getvalue().splitlines()[0].startswith("date,match,provider,")
