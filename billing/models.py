@@ -529,3 +529,69 @@ class DocumentSequence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.series}-{self.year}: {self.last}"
+
+
+class ExportKind(models.TextChoices):
+    REGISTER = "register", "Invoice register"
+    LINES = "lines", "Invoice lines"
+    JOURNAL = "journal", "Accounting journal"
+
+
+class ExportFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    XLSX = "xlsx", "Excel (XLSX)"
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ExportJob(models.Model):
+    """A finance export run in the background (``billing.finance``): ``params`` is the filter
+    it was asked for; the finished file is kept in ``content`` (the portal has no media
+    storage) until it is downloaded or cleaned up."""
+
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.CASCADE, related_name="export_jobs"
+    )
+    kind = models.CharField(max_length=10, choices=ExportKind.choices)
+    format = models.CharField(max_length=4, choices=ExportFormat.choices)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=8, choices=ExportStatus.choices, default=ExportStatus.QUEUED
+    )
+    progress = models.PositiveSmallIntegerField(default=0)
+    rows = models.PositiveIntegerField(default=0)
+    filename = models.CharField(max_length=120, blank=True)
+    content = models.BinaryField(null=True, blank=True, editable=False)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["register", "lines", "journal"]),
+                name="billing_exportjob_kind_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(format__in=["csv", "xlsx"]), name="billing_exportjob_format_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed"]),
+                name="billing_exportjob_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__lte=100), name="billing_exportjob_progress_max"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["created_by", "created_at"], name="billing_exportjob_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.format} export #{self.pk} ({self.status})"

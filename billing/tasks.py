@@ -96,3 +96,21 @@ def refresh_drafts() -> str:
     from billing import invoicing
 
     return f"{invoicing.drafts_refresh()} draft(s) refreshed"
+
+
+# --- Finance exports (billing.finance) -----------------------------------------------------
+
+
+@shared_task(
+    name="billing.export_run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=1800,
+    time_limit=1900,
+)
+def export_run(job_id: int) -> str:
+    """Write one finance export's file (a finished job is left alone)."""
+    from billing import finance
+
+    job = finance.export_job_run(job_id=job_id)
+    return f"export {job.pk} {job.status}: {job.rows} row(s)"

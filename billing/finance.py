@@ -1,0 +1,235 @@
+"""The finance area's services: the register filter read from a form, and period exports run
+in the background (``ExportJob``), streamed through the writers of ``billing.exports``.
+
+``params`` of a job (and the finance page's query string) name the filter: ``start`` and
+``end`` (``YYYY-MM``, inclusive), ``status`` (a list), ``currency``, ``organization`` (a slug),
+``country`` and ``include_drafts``. The journal covers the UTC days of those months.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing import exports
+from billing.exports import JOURNAL_COLUMNS, LINE_COLUMNS, REGISTER_COLUMNS, RegisterFilter
+from billing.invoicing import month_start, next_month
+from billing.models import (
+    ExportFormat,
+    ExportJob,
+    ExportKind,
+    ExportStatus,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LedgerEntry,
+)
+from portal.accounts.models import Organization, User
+from portal.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 500
+CONTENT_TYPES = {
+    ExportFormat.CSV: "text/csv; charset=utf-8",
+    ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+FILTER_KEYS = ("start", "end", "status", "currency", "organization", "country", "include_drafts")
+
+
+# --- the filter -------------------------------------------------------------------------------
+
+
+def default_month(today: date | None = None) -> str:
+    """The last month that is over (``YYYY-MM``): what finance usually looks at."""
+    today = today or timezone.now().date()
+    return f"{month_start(today) - timedelta(days=1):%Y-%m}"
+
+
+def _month(value: str, label: str) -> date:
+    try:
+        year, month = value.split("-")
+        return date(int(year), int(month), 1)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"The {label} month must look like 2026-10, not “{value}”.",
+            code="month_invalid",
+            details={"field": label, "value": value},
+        ) from None
+
+
+def filter_params(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter's parameters from a query string or form (a ``QueryDict`` or a dict), with
+    defaults: the last closed month, every status, drafts left out."""
+    getlist = data.getlist if hasattr(data, "getlist") else None
+    if getlist is not None:
+        statuses = [s for s in getlist("status") if s]
+    else:
+        raw = data.get("status") or []
+        statuses = [raw] if isinstance(raw, str) else list(raw)
+    month = default_month()
+    include = data.get("include_drafts")
+    return {
+        "start": (data.get("start") or month).strip(),
+        "end": (data.get("end") or data.get("start") or month).strip(),
+        "status": statuses,
+        "currency": (data.get("currency") or "").strip().upper(),
+        "organization": (data.get("organization") or "").strip(),
+        "country": (data.get("country") or "").strip().upper(),
+        "include_drafts": include in (True, "1", "on", "true", "yes"),
+    }
+
+
+def register_filter_build(*, params: Mapping[str, Any]) -> RegisterFilter:
+    """A validated ``RegisterFilter`` from the parameters (``InvalidInput`` otherwise); missing
+    ones take ``filter_params``' defaults."""
+    params = filter_params(params)
+    organization_id = None
+    if params.get("organization"):
+        organization_id = (
+            Organization.objects.filter(slug=params["organization"])
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if organization_id is None:
+            raise InvalidInput(
+                f"No organisation has the slug “{params['organization']}”.",
+                code="organization_unknown",
+            )
+    return RegisterFilter(
+        start=_month(params.get("start", ""), "first"),
+        end=_month(params.get("end", ""), "last"),
+        statuses=tuple(params.get("status") or ()),
+        currency=params.get("currency") or None,
+        organization_id=organization_id,
+        country=params.get("country") or None,
+        include_drafts=bool(params.get("include_drafts")),
+    )
+
+
+def register_count(flt: RegisterFilter) -> int:
+    """How many documents the register of ``flt`` has (one count query)."""
+    return exports._invoices(flt).count()
+
+
+def _journal_days(flt: RegisterFilter) -> tuple[date, date]:
+    return month_start(flt.start), next_month(month_start(flt.end)) - timedelta(days=1)
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+
+def export_job_create(
+    *, user: User, kind: str, format: str, params: Mapping[str, Any]
+) -> ExportJob:
+    """Queue an export of ``kind`` (register, lines, journal) in ``format`` (csv, xlsx) for the
+    filter ``params``; ``billing.export_run`` runs it once the transaction commits."""
+    if kind not in ExportKind.values:
+        raise InvalidInput(
+            f"Unknown export “{kind}”; choose {', '.join(ExportKind.values)}.",
+            code="export_kind_invalid",
+            details={"kind": kind},
+        )
+    if format not in ExportFormat.values:
+        raise InvalidInput(
+            f"Unknown format “{format}”; choose {', '.join(ExportFormat.values)}.",
+            code="export_format_invalid",
+            details={"format": format},
+        )
+    params = filter_params(params)
+    register_filter_build(params=params)  # validates before anything is queued
+    with transaction.atomic():
+        job = ExportJob.objects.create(created_by=user, kind=kind, format=format, params=params)
+        transaction.on_commit(lambda: _enqueue(job.pk))
+    return job
+
+
+def _enqueue(job_id: int) -> None:
+    from billing.tasks import export_run
+
+    export_run.delay(job_id)
+
+
+def export_filename(job: ExportJob) -> str:
+    """``register-2026-10_2026-10.csv``."""
+    params = filter_params(job.params)
+    return f"{job.kind}-{params['start']}_{params['end']}.{job.format}"
+
+
+def _progress(job_id: int, rows: Iterable[dict], total: int | None) -> Iterator[dict]:
+    """The rows, passed on; every ``PROGRESS_EVERY`` rows the job's progress is saved (out of
+    ``total``, capped at 99 until the file is stored)."""
+    for count, row in enumerate(rows, 1):
+        yield row
+        if count % PROGRESS_EVERY == 0:
+            done = min(99, count * 100 // total) if total else min(99, count // PROGRESS_EVERY)
+            ExportJob.objects.filter(pk=job_id).update(progress=done, rows=count)
+
+
+def _journal_estimate(start: date, end: date) -> int:
+    """Roughly how many journal rows (documents carry about four, ledger movements two)."""
+    since, until = exports._day_bounds(start, end)
+    documents = (
+        Invoice.objects.filter(issued_at__gte=since, issued_at__lt=until)
+        .exclude(status=InvoiceStatus.DRAFT)
+        .count()
+    )
+    voided = Invoice.objects.filter(voided_at__gte=since, voided_at__lt=until).count()
+    entries = LedgerEntry.objects.filter(
+        created_at__gte=since, created_at__lt=until, kind__in=exports.LEDGER_JOURNAL_KINDS
+    ).count()
+    return 4 * documents + 3 * voided + 2 * entries
+
+
+def export_job_run(*, job_id: int) -> ExportJob:
+    """Write the job's file. Safe to run twice: a finished job is left alone. A failure marks
+    the job failed with its message (the error is logged, not raised)."""
+    job = ExportJob.objects.get(pk=job_id)
+    if job.status in (ExportStatus.DONE, ExportStatus.FAILED):
+        return job
+    job.status, job.progress, job.rows = ExportStatus.RUNNING, 0, 0
+    job.save(update_fields=["status", "progress", "rows"])
+    try:
+        flt = register_filter_build(params=job.params)
+        if job.kind == ExportKind.REGISTER:
+            columns, rows = REGISTER_COLUMNS, exports.register_rows(flt)
+            total = register_count(flt)
+        elif job.kind == ExportKind.LINES:
+            columns, rows = LINE_COLUMNS, exports.line_rows(flt)
+            total = InvoiceLine.objects.filter(
+                invoice__in=exports._invoices(flt).values("pk")
+            ).count()
+        else:
+            start, end = _journal_days(flt)
+            columns, rows = JOURNAL_COLUMNS, exports.journal_rows(start, end)
+            total = _journal_estimate(start, end)
+        rows = _progress(job.pk, rows, total)
+        title = flt.title if flt.include_drafts else None
+        if job.format == ExportFormat.CSV:
+            with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
+                written = exports.write_csv(rows, columns, file, title=title)
+                file.seek(0)
+                content = file.read().encode("utf-8")
+        else:
+            with tempfile.TemporaryFile("w+b") as file:
+                written = exports.write_xlsx(rows, columns, file, flt.title)
+                file.seek(0)
+                content = file.read()
+    except Exception as exc:  # any failure is the job's, shown to its owner
+        logger.exception("export %s failed", job.pk)
+        job.status = ExportStatus.FAILED
+        job.error = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error", "finished_at"])
+        return job
+    job.status, job.progress, job.rows = ExportStatus.DONE, 100, written
+    job.content, job.filename = content, export_filename(job)
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "progress", "rows", "content", "filename", "finished_at"])
+    return job
