@@ -39,6 +39,7 @@ PROGRESS_EVERY = 500
 CONTENT_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
     ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ExportFormat.ZIP: "application/zip",
 }
 FILTER_KEYS = ("start", "end", "status", "currency", "organization", "country", "include_drafts")
 
@@ -142,6 +143,12 @@ def export_job_create(
             code="export_format_invalid",
             details={"format": format},
         )
+    if (kind == ExportKind.DOCUMENTS) != (format == ExportFormat.ZIP):
+        raise InvalidInput(
+            "Invoice documents export as ZIP; the other exports as CSV or XLSX.",
+            code="export_format_invalid",
+            details={"kind": kind, "format": format},
+        )
     params = filter_params(params)
     register_filter_build(params=params)  # validates before anything is queued
     with transaction.atomic():
@@ -187,6 +194,46 @@ def _journal_estimate(start: date, end: date) -> int:
     return 4 * documents + 3 * voided + 2 * entries
 
 
+def _write(job: ExportJob, flt: RegisterFilter, columns, rows) -> tuple[int, bytes]:
+    """Stream ``rows`` into a temporary file in the job's format; returns (rows, bytes)."""
+    title = flt.title if flt.include_drafts else None
+    if job.format == ExportFormat.CSV:
+        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
+            written = exports.write_csv(rows, columns, file, title=title)
+            file.seek(0)
+            return written, file.read().encode("utf-8")
+    with tempfile.TemporaryFile("w+b") as file:
+        written = exports.write_xlsx(rows, columns, file, flt.title)
+        file.seek(0)
+        return written, file.read()
+
+
+def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
+    """Every finalized document of the filter: its PDF, UBL and CII, in one ZIP (one invoice
+    in memory at a time; the archive itself is a temporary file)."""
+    import zipfile
+
+    from billing import einvoice
+    from billing.documents import invoice_pdf
+
+    documents = exports._invoices(flt).exclude(status=InvoiceStatus.DRAFT).order_by("number")
+    total = documents.count()
+    written = 0
+    with tempfile.TemporaryFile("w+b") as file:
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
+            for invoice in documents.iterator(chunk_size=100):
+                archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
+                archive.writestr(f"{invoice.number}-ubl.xml", einvoice.invoice_ubl(invoice))
+                archive.writestr(f"{invoice.number}-cii.xml", einvoice.invoice_cii(invoice))
+                written += 1
+                if written % 20 == 0:
+                    ExportJob.objects.filter(pk=job.pk).update(
+                        progress=min(99, written * 100 // total), rows=written
+                    )
+        file.seek(0)
+        return written, file.read()
+
+
 def export_job_run(*, job_id: int) -> ExportJob:
     """Write the job's file. Safe to run twice: a finished job is left alone. A failure marks
     the job failed with its message (the error is logged, not raised)."""
@@ -205,22 +252,19 @@ def export_job_run(*, job_id: int) -> ExportJob:
             total = InvoiceLine.objects.filter(
                 invoice__in=exports._invoices(flt).values("pk")
             ).count()
+        elif job.kind == ExportKind.DOCUMENTS:
+            written, content = _documents_zip(job, flt)
+            columns = rows = None
+        elif job.kind == ExportKind.RECONCILIATION:
+            start, end = _journal_days(flt)
+            columns, rows = exports.RECONCILIATION_COLUMNS, exports.reconciliation_rows(start, end)
+            total = None
         else:
             start, end = _journal_days(flt)
             columns, rows = JOURNAL_COLUMNS, exports.journal_rows(start, end)
             total = _journal_estimate(start, end)
-        rows = _progress(job.pk, rows, total)
-        title = flt.title if flt.include_drafts else None
-        if job.format == ExportFormat.CSV:
-            with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
-                written = exports.write_csv(rows, columns, file, title=title)
-                file.seek(0)
-                content = file.read().encode("utf-8")
-        else:
-            with tempfile.TemporaryFile("w+b") as file:
-                written = exports.write_xlsx(rows, columns, file, flt.title)
-                file.seek(0)
-                content = file.read()
+        if rows is not None:
+            written, content = _write(job, flt, columns, _progress(job.pk, rows, total))
     except Exception as exc:  # any failure is the job's, shown to its owner
         logger.exception("export %s failed", job.pk)
         job.status = ExportStatus.FAILED

@@ -535,11 +535,14 @@ class ExportKind(models.TextChoices):
     REGISTER = "register", "Invoice register"
     LINES = "lines", "Invoice lines"
     JOURNAL = "journal", "Accounting journal"
+    RECONCILIATION = "reconciliation", "Payment reconciliation"
+    DOCUMENTS = "documents", "Invoice PDFs and e-invoices"
 
 
 class ExportFormat(models.TextChoices):
     CSV = "csv", "CSV"
     XLSX = "xlsx", "Excel (XLSX)"
+    ZIP = "zip", "ZIP (documents only)"
 
 
 class ExportStatus(models.TextChoices):
@@ -557,7 +560,7 @@ class ExportJob(models.Model):
     created_by = models.ForeignKey(
         "accounts.User", on_delete=models.CASCADE, related_name="export_jobs"
     )
-    kind = models.CharField(max_length=10, choices=ExportKind.choices)
+    kind = models.CharField(max_length=16, choices=ExportKind.choices)
     format = models.CharField(max_length=4, choices=ExportFormat.choices)
     params = models.JSONField(default=dict, blank=True)
     status = models.CharField(
@@ -575,11 +578,15 @@ class ExportJob(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(kind__in=["register", "lines", "journal"]),
-                name="billing_exportjob_kind_valid",
+                condition=Q(kind__in=ExportKind.values), name="billing_exportjob_kind_valid"
             ),
             models.CheckConstraint(
-                condition=Q(format__in=["csv", "xlsx"]), name="billing_exportjob_format_valid"
+                condition=Q(format__in=ExportFormat.values), name="billing_exportjob_format_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="documents", format="zip")
+                | (~Q(kind="documents") & ~Q(format="zip")),
+                name="billing_exportjob_zip_is_documents",
             ),
             models.CheckConstraint(
                 condition=Q(status__in=["queued", "running", "done", "failed"]),

@@ -187,6 +187,44 @@ def test_an_export_runs_and_downloads_the_rows(
         assert sheet.title == "2026-10 to 2026-11"
 
 
+def test_reconciliation_and_document_exports(
+    month,  # noqa: F811
+    staff_client,
+    django_capture_on_commit_callbacks,
+):
+    import zipfile
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(
+            "/finance/exports/", {**OCT_NOV, "kind": "reconciliation", "format": "csv"}
+        )
+        staff_client.post("/finance/exports/", {**OCT_NOV, "kind": "documents", "format": "zip"})
+    reconciliation, documents = ExportJob.objects.order_by("pk")
+    assert (reconciliation.status, documents.status) == (ExportStatus.DONE, ExportStatus.DONE)
+    expected = io.StringIO(newline="")
+    exports.write_csv(
+        exports.reconciliation_rows(date(2026, 10, 1), date(2026, 11, 30)),
+        exports.RECONCILIATION_COLUMNS,
+        expected,
+    )
+    download = staff_client.get(f"/finance/exports/{reconciliation.pk}/download")
+    assert download.content.decode("utf-8") == expected.getvalue()
+    archive = staff_client.get(f"/finance/exports/{documents.pk}/download")
+    assert archive["Content-Type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+    numbers = sorted(
+        exports._invoices(RegisterFilter(date(2026, 10, 1), date(2026, 11, 1)))
+        .exclude(status="draft")
+        .values_list("number", flat=True)
+    )
+    assert numbers and names == [
+        name
+        for number in numbers
+        for name in (f"{number}.pdf", f"{number}-ubl.xml", f"{number}-cii.xml")
+    ]
+    assert documents.rows == len(numbers)
+
+
 def test_a_queued_job_polls_its_progress_bar(month, staff_client):  # noqa: F811
     response = staff_client.post("/finance/exports/", {**OCT_NOV, "kind": "lines", "format": "csv"})
     job = ExportJob.objects.get()  # the task waits for a commit that never comes in this test
@@ -258,6 +296,8 @@ def test_a_failing_export_is_marked_failed_with_its_message(
     [
         ({"kind": "ledger", "format": "csv"}, "export_kind_invalid", "Unknown export “ledger”"),
         ({"kind": "lines", "format": "pdf"}, "export_format_invalid", "Unknown format “pdf”"),
+        ({"kind": "documents", "format": "csv"}, "export_format_invalid", "export as ZIP"),
+        ({"kind": "register", "format": "zip"}, "export_format_invalid", "export as ZIP"),
         (
             {"kind": "lines", "format": "csv", "start": "2026-11", "end": "2026-10"},
             "range_reversed",
