@@ -220,6 +220,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         "export_register_csv",
         "export_register_xlsx",
         "export_lines_csv",
+        "export_lines_xlsx",
         "export_einvoices_zip",
     ]
     fieldsets = [
@@ -429,6 +430,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
     @admin.action(description="Export selected: lines (CSV)")
     def export_lines_csv(self, request, queryset):
         return self._export(queryset, "lines", "csv")
+
+    @admin.action(description="Export selected: lines (XLSX)")
+    def export_lines_xlsx(self, request, queryset):
+        return self._export(queryset, "lines", "xlsx")
 
     @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
     def export_einvoices_zip(self, request, queryset):

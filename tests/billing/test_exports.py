@@ -531,3 +531,19 @@ def test_xlsx_writer_memory_does_not_grow_with_rows(tmp_path):
     assert large < 2 * small, (small, large)
     written = load_workbook(tmp_path / "20000.xlsx", read_only=True).active
     assert sum(1 for _ in written.iter_rows(values_only=True)) == 20_001
+
+
+def test_every_export_adds_up_to_the_registers_totals(month):
+    """For the same filter, the lines sum to the register's net per currency and the register
+    rows to its totals."""
+    flt = RegisterFilter(**OCT_ONLY)
+    totals = exports.register_totals(flt)
+    lines: dict[str, Decimal] = {}
+    for row in exports.line_rows(flt):
+        lines[row["currency"]] = lines.get(row["currency"], Decimal(0)) + Decimal(row["amount"])
+    assert lines == {currency: t["net"] for currency, t in totals.items()}
+    rows = list(exports.register_rows(flt))
+    for currency, expected in totals.items():
+        mine = [r for r in rows if r["currency"] == currency]
+        for field in ("net", "tax", "gross", "paid", "outstanding"):
+            assert sum(Decimal(r[field]) for r in mine) == expected[field]
