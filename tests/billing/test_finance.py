@@ -334,3 +334,9 @@ def test_only_the_creator_or_a_superuser_sees_a_job(client):
     assert download["Content-Disposition"] == 'attachment; filename="register-2026-10_2026-10.csv"'
     client.force_login(factories.user(is_staff=True, is_superuser=True))
     assert client.get(f"/finance/exports/{job.pk}/").status_code == 200
+
+
+def test_the_admin_links_to_the_finance_area(staff_client):
+    page = staff_client.get("/admin/")
+    assert page.status_code == 200
+    assert 'href="/finance/"' in page.content.decode()
