@@ -445,9 +445,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for invoice in queryset.exclude(status=InvoiceStatus.DRAFT).order_by("number"):
-                archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
-                archive.writestr(f"{invoice.number}-ubl.xml", einvoice.invoice_ubl(invoice))
-                archive.writestr(f"{invoice.number}-cii.xml", einvoice.invoice_cii(invoice))
+                einvoice.archive_add(archive, invoice)
         response = HttpResponse(buffer.getvalue(), content_type="application/zip")
         response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
         return response

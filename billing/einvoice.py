@@ -616,3 +616,12 @@ def validate_schematron(xml: bytes, flavor: str) -> list[str]:
         suffix = f" ({flag})" if flag and flag != "fatal" else ""
         failures.append(f"{rule}{suffix}: {text} @ {failure.get('location', '')}")
     return failures
+
+
+def archive_add(archive, invoice: Invoice) -> None:
+    """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
+    from billing.documents import invoice_pdf
+
+    archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
+    archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(invoice))
+    archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(invoice))

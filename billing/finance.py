@@ -214,7 +214,6 @@ def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
     import zipfile
 
     from billing import einvoice
-    from billing.documents import invoice_pdf
 
     documents = exports._invoices(flt).exclude(status=InvoiceStatus.DRAFT).order_by("number")
     total = documents.count()
@@ -222,9 +221,7 @@ def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
     with tempfile.TemporaryFile("w+b") as file:
         with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
             for invoice in documents.iterator(chunk_size=100):
-                archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
-                archive.writestr(f"{invoice.number}-ubl.xml", einvoice.invoice_ubl(invoice))
-                archive.writestr(f"{invoice.number}-cii.xml", einvoice.invoice_cii(invoice))
+                einvoice.archive_add(archive, invoice)
                 written += 1
                 if written % 20 == 0:
                     ExportJob.objects.filter(pk=job.pk).update(

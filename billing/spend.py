@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing.models import AlertKind, BillingProfile, Invoice, SpendAlert
+from billing.models import AlertKind, BillingProfile, SpendAlert
 from billing.services import balance as balance_now
 from portal.accounts.models import BillingMode, Membership, Organization, Role
 from portal.accounts.roles import Action
@@ -61,11 +61,10 @@ class SpendState:
 
 
 def overdue(organization: Organization, now: datetime | None = None) -> bool:
-    """An invoice finalized, unpaid and past its due date."""
-    now = now or timezone.now()
-    return Invoice.objects.filter(
-        organization=organization, kind="invoice", status="finalized", due_at__lt=now
-    ).exists()
+    """An invoice finalized, unpaid and past its due date (billing.invoicing decides)."""
+    from billing.invoicing import invoice_overdue
+
+    return invoice_overdue(organization, now)
 
 
 def spend_state(organization: Organization, now: datetime | None = None) -> SpendState:

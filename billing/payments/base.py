@@ -7,6 +7,7 @@ Every call that changes something at the provider sends the idempotency key the 
 before the first try (``Payment.idempotency_key``, ``Refund.idempotency_key``).
 """
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,3 +128,42 @@ class PaymentProvider(ABC):
     def webhook_event(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         """Verify the signature on the raw body and parse it; ``WebhookSignatureInvalid`` if the
         signature is missing, wrong or older than the tolerance (300 s)."""
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str:
+    """A header from request.headers, request.META or a plain dict, whatever its case."""
+    wanted = {name.lower(), "http_" + name.lower().replace("-", "_")}
+    for key, value in headers.items():
+        if key.lower() in wanted:
+            return value
+    return ""
+
+
+def stripe_signed_event(
+    body: bytes, headers: Mapping[str, str], *, secret: str, tolerance: int
+) -> ProviderEvent:
+    """Verify Stripe's signature scheme (``Stripe-Signature: t=..,v1=..``, an HMAC of the raw
+    body) and parse the event. Both providers sign this way, so both verify here."""
+    import stripe
+
+    signature = header_value(headers, "Stripe-Signature")
+    if not signature:
+        raise WebhookSignatureInvalid("The request has no Stripe-Signature header.")
+    try:
+        stripe.WebhookSignature.verify_header(body.decode(), signature, secret, tolerance)
+        payload = json.loads(body)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookSignatureInvalid(
+            f"The Stripe signature is not valid: {exc.user_message}"
+        ) from exc
+    except ValueError as exc:  # not UTF-8 or not JSON, though correctly signed
+        raise WebhookSignatureInvalid("The webhook body is not a JSON Stripe event.") from exc
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise WebhookSignatureInvalid("The webhook body is not a Stripe event (no data.object).")
+    try:
+        return ProviderEvent(
+            id=payload["id"], type=payload["type"], object=data["object"], payload=payload
+        )
+    except KeyError:
+        raise WebhookSignatureInvalid("The Stripe event has no id or type.") from None

@@ -11,7 +11,6 @@ Checkout and Stripe's real error shapes are tested against a recording HTTP serv
 with Stripe's own example objects (``tests/billing/stripe_payloads.py``).
 """
 
-import json
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from billing.payments.base import (
     ProviderEvent,
     Redirect,
     RefundResult,
-    WebhookSignatureInvalid,
+    stripe_signed_event,
     to_minor,
 )
 from portal.accounts.models import Organization
@@ -66,15 +65,6 @@ def _stripe_errors(action: str) -> Iterator[None]:
         yield
     except stripe.StripeError as exc:
         raise _provider_error(action, exc) from exc
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    """A header from request.headers, request.META or a plain dict, whatever its case."""
-    wanted = {name.lower(), "http_" + name.lower().replace("-", "_")}
-    for key, value in headers.items():
-        if key.lower() in wanted:
-            return value
-    return ""
 
 
 class StripeProvider(PaymentProvider):
@@ -251,27 +241,9 @@ class StripeProvider(PaymentProvider):
             raise ImproperlyConfigured(
                 "STRIPE_WEBHOOK_SECRET is not set; Stripe webhooks cannot be verified."
             )
-        signature = _header(headers, "Stripe-Signature")
-        if not signature:
-            raise WebhookSignatureInvalid("The request has no Stripe-Signature header.")
-        try:
-            event = stripe.Webhook.construct_event(
-                body, signature, self.webhook_secret, tolerance=self.tolerance
-            )
-        except stripe.SignatureVerificationError as exc:
-            raise WebhookSignatureInvalid(
-                f"The Stripe signature is not valid: {exc.user_message}"
-            ) from exc
-        except ValueError as exc:  # not UTF-8 or not JSON, though correctly signed
-            raise WebhookSignatureInvalid("The webhook body is not a JSON Stripe event.") from exc
-        # The body itself, not the SDK's objects: plain JSON types, exactly as Stripe sent them.
-        payload = json.loads(body)
-        data = payload.get("data")
-        if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-            raise WebhookSignatureInvalid(
-                "The webhook body is not a Stripe event (no data.object)."
-            )
-        return ProviderEvent(id=event.id, type=event.type, object=data["object"], payload=payload)
+        return stripe_signed_event(
+            body, headers, secret=self.webhook_secret, tolerance=self.tolerance
+        )
 
 
 def _payment_metadata(payment: Payment) -> dict[str, str]:

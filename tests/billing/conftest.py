@@ -30,3 +30,13 @@ def stripe_settings(settings, localstripe: LocalStripe):
     settings.STRIPE_API_KEY = STRIPE_API_KEY
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     return settings
+
+
+@pytest.fixture
+def events_at_once(monkeypatch):
+    """Tests run inside one transaction that never commits: hand stored webhook events to the
+    (eager) Celery task at once instead of after commit. test_payments.py's
+    ``test_events_wait_for_the_commit`` checks the real order."""
+    from billing.payments import events
+
+    monkeypatch.setattr(events, "after_commit", lambda func: func())

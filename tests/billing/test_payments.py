@@ -29,16 +29,7 @@ from billing.services import account_for
 from portal.accounts.types import Actor
 from tests import factories
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _events_processed_at_commit(monkeypatch):
-    """Tests run inside one transaction that never commits: run the "after commit" hand-off to
-    the (eager) Celery task at once. ``test_events_wait_for_the_commit`` checks the real order."""
-    from billing.payments import events
-
-    monkeypatch.setattr(events, "after_commit", lambda func: func())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("events_at_once")]
 
 
 @pytest.fixture

@@ -18,14 +18,7 @@ from billing.models import (
 from billing.payments import services as payments
 from tests import factories
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _events_processed_at_commit(monkeypatch):
-    from billing.payments import events
-
-    monkeypatch.setattr(events, "after_commit", lambda func: func())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("events_at_once")]
 
 
 @pytest.fixture

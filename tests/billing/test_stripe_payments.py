@@ -14,14 +14,7 @@ from portal.accounts.types import Actor
 from tests import factories
 from tests.billing import stripe_payloads as payloads
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _events_processed_at_commit(monkeypatch):
-    from billing.payments import events
-
-    monkeypatch.setattr(events, "after_commit", lambda func: func())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("events_at_once")]
 
 
 @pytest.fixture
