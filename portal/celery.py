@@ -10,6 +10,9 @@ app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+# Log context, request-id propagation and task metrics; Django's LOGGING instead of Celery's.
+import portal.observability.celery_signals  # noqa: E402, F401
+
 
 @app.on_after_configure.connect
 def _periodic_tasks(sender: Celery, **kwargs) -> None:

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.observability.middleware.RequestObservabilityMiddleware",  # request id, metrics
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -73,6 +74,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "portal.accounts.middleware.CurrentOrganizationMiddleware",
+    "portal.observability.middleware.RequestContextMiddleware",  # organisation, user in logs
     "portal.middleware.PortalErrorMiddleware",
 ]
 
@@ -186,7 +188,7 @@ WHITENOISE_USE_FINDERS = DEBUG
 # --- Security (production defaults when DEBUG is off) ---------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load-balancer probes speak plain HTTP
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]  # probes and scrapers speak plain HTTP
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
@@ -337,10 +339,33 @@ BILLING_SELLER = {
 }
 
 # --- Logging --------------------------------------------------------------------------------
+# One JSON object a line (LOG_FORMAT=json, the default with DEBUG off) or a human line
+# (LOG_FORMAT=plain, the default with DEBUG on); both carry the request id, organisation, user,
+# task and instance the line is about (portal/observability/logging.py). Celery workers log
+# through this too.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain" if DEBUG else "json").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be 'plain' or 'json'.")
+# One "request finished" line per request (method, route, status, duration_ms).
+LOG_REQUESTS = env_bool("LOG_REQUESTS", not DEBUG)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "portal.observability.logging.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "portal.observability.logging.PlainFormatter"},
+        "json": {"()": "portal.observability.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+# GET /metrics: with a token, callers send "Authorization: Bearer <token>"; without one, only
+# direct (unproxied) loopback connections are answered. PROMETHEUS_MULTIPROC_DIR (read by
+# prometheus_client itself) adds up the samples of every gunicorn and Celery process.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

@@ -1,5 +1,7 @@
-"""The platform around the apps: health check, a real Celery worker, deploy settings, commands."""
+"""The platform around the apps: a real Celery worker, deploy settings, commands. (The probes,
+/healthz and /readyz, are tested with the rest of operating the portal in test_observability.py.)"""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,38 +28,16 @@ def run_manage(
     )
 
 
-@pytest.mark.django_db
-def test_healthz_reports_database_and_broker(client, settings):
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
-
-
-@pytest.mark.django_db
-def test_healthz_says_degraded_when_the_broker_is_unreachable(client, monkeypatch):
-    from kombu import Connection
-
-    from portal import health
-
-    # A real connection attempt to a port where nothing listens.
-    monkeypatch.setattr(
-        health.celery_app, "connection_for_write", lambda: Connection("redis://127.0.0.1:1/0")
-    )
-    response = client.get("/healthz")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "degraded"
-    assert body["database"] == "ok"
-    assert body["broker"].startswith("error")
-
-
 def test_a_real_worker_consumes_tasks_from_redis(redis_url, tmp_path):
-    """Start `celery worker` as its own process against Redis and round-trip a task."""
+    """Start `celery worker` as its own process against Redis and round-trip a task; the
+    worker logs JSON lines carrying the task and the request id of the process that sent it."""
     env = {
         **os.environ,
         "CELERY_BROKER_URL": f"{redis_url}/0",
         "CELERY_RESULT_BACKEND": f"{redis_url}/1",
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
     }
     worker = subprocess.Popen(
         [
@@ -80,7 +60,9 @@ def test_a_real_worker_consumes_tasks_from_redis(redis_url, tmp_path):
     try:
         code = (
             "from portal.celery import ping; import sys; "
-            "sys.stdout.write(ping.delay().get(timeout=30))"
+            "from portal.observability.logging import log_context\n"
+            "with log_context(request_id='req-to-worker'):\n"
+            "    sys.stdout.write(ping.delay().get(timeout=30))"
         )
         result = subprocess.run(
             [sys.executable, "-c", code],
@@ -94,6 +76,13 @@ def test_a_real_worker_consumes_tasks_from_redis(redis_url, tmp_path):
     finally:
         worker.terminate()
         worker.wait(timeout=20)
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    done = [line for line in lines if line.get("task_name") == "portal.ping"]
+    assert done and all(line["request_id"] == "req-to-worker" for line in done), lines
 
 
 def test_check_deploy_is_clean_with_production_settings():

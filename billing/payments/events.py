@@ -21,7 +21,8 @@ from django.utils import timezone
 from billing.models import BillingProfile, Payment, WebhookEvent
 from billing.payments import provider as payment_provider
 from billing.payments import services
-from billing.payments.base import from_minor
+from billing.payments.base import WebhookSignatureInvalid, from_minor
+from portal.observability.metrics import webhook_observed
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,21 @@ def webhook_receive(
 ) -> tuple[WebhookEvent, bool]:
     """Verify and store one delivery; returns (event, created). Raises
     ``WebhookSignatureInvalid`` (400) for a bad signature and stores nothing."""
-    event = payment_provider(provider_name).webhook_event(body, headers)
+    provider = payment_provider(provider_name)
+    try:
+        event = provider.webhook_event(body, headers)
+    except WebhookSignatureInvalid:
+        webhook_observed(provider=provider_name, outcome="bad_signature")
+        raise
     try:
         with transaction.atomic():
             stored = WebhookEvent.objects.create(
                 provider=provider_name, event_id=event.id, type=event.type, payload=event.payload
             )
     except IntegrityError:
+        webhook_observed(provider=provider_name, outcome="duplicate")
         return WebhookEvent.objects.get(provider=provider_name, event_id=event.id), False
+    webhook_observed(provider=provider_name, outcome="received")
     after_commit(lambda: _enqueue(stored.pk))
     return stored, True
 
@@ -57,17 +65,25 @@ def _enqueue(event_pk: int) -> None:
 
 def webhook_process(event_pk: int) -> str:
     """Apply one stored event, once."""
-    with transaction.atomic():
-        event = WebhookEvent.objects.select_for_update().get(pk=event_pk)
-        if event.processed_at is not None:
-            return f"already processed: {event.outcome}"
-        handler = HANDLERS.get(event.type)
-        data = (event.payload.get("data") or {}).get("object") or {}
-        outcome = handler(event.provider, data) if handler else f"ignored ({event.type})"
-        event.processed_at = timezone.now()
-        event.outcome = outcome[:300]
-        event.attempts += 1
-        event.save(update_fields=["processed_at", "outcome", "attempts"])
+    provider_name = None
+    try:
+        with transaction.atomic():
+            event = WebhookEvent.objects.select_for_update().get(pk=event_pk)
+            if event.processed_at is not None:
+                return f"already processed: {event.outcome}"
+            provider_name = event.provider
+            handler = HANDLERS.get(event.type)
+            data = (event.payload.get("data") or {}).get("object") or {}
+            outcome = handler(event.provider, data) if handler else f"ignored ({event.type})"
+            event.processed_at = timezone.now()
+            event.outcome = outcome[:300]
+            event.attempts += 1
+            event.save(update_fields=["processed_at", "outcome", "attempts"])
+    except Exception:
+        if provider_name is not None:
+            webhook_observed(provider=provider_name, outcome="failed")
+        raise
+    webhook_observed(provider=provider_name, outcome="processed")
     return outcome
 
 

@@ -47,6 +47,7 @@ from portal.compute.models import (
     VolumeState,
 )
 from portal.errors import Conflict, InvalidInput, NotFound
+from portal.observability import metrics
 from portal.provisioning import get_backend
 from portal.provisioning.base import (
     CapacityError,
@@ -101,6 +102,7 @@ def _transition(instance: Instance, target: State, *, actor: str, reason: str, d
     _event(
         instance, actor=actor, reason=reason, from_state=previous, to_state=target, detail=detail
     )
+    metrics.instance_transitioned(instance, previous, target)
 
 
 def _dispatch(instance: Instance) -> None:
@@ -119,6 +121,7 @@ def _dispatch(instance: Instance) -> None:
                 "could not enqueue sync of instance %s; the reconciler will",
                 instance_id,
                 exc_info=True,
+                extra={"instance_id": instance_id},
             )
 
     transaction.on_commit(send)
@@ -853,12 +856,18 @@ def reconcile() -> ReconcileReport:
             timed_out.append(instance_id)
             backend_alias, machine_id = instance.backend, instance.machine_id
 
-            def clean(alias=backend_alias, machine=machine_id, how=cleanup):
+            def clean(alias=backend_alias, machine=machine_id, how=cleanup, pk=instance_id):
                 try:
                     backend = get_backend(alias)
                     backend.stop(machine) if how == "stop" else backend.terminate(machine)
                 except Exception:  # best effort: the orphan sweep reports what is left
-                    logger.warning("could not %s timed-out machine %s", how, machine, exc_info=True)
+                    logger.warning(
+                        "could not %s timed-out machine %s",
+                        how,
+                        machine,
+                        exc_info=True,
+                        extra={"instance_id": pk},
+                    )
 
             transaction.on_commit(clean)
 
@@ -923,7 +932,13 @@ def reconcile() -> ReconcileReport:
         ).delete()
         orphans.extend(seen_orphans)
     if timed_out or gone or orphans:
-        logger.warning("reconcile: timed out %s, gone %s, orphans %s", timed_out, gone, orphans)
+        logger.warning(
+            "reconcile: timed out %s, gone %s, orphans %s",
+            timed_out,
+            gone,
+            orphans,
+            extra={"instance_ids": sorted({*timed_out, *gone})},
+        )
     return ReconcileReport(tuple(redispatched), tuple(timed_out), tuple(gone), tuple(orphans))
 
 

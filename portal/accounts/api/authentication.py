@@ -3,6 +3,7 @@ from rest_framework import authentication, exceptions
 
 from portal.accounts.models import ApiKey
 from portal.accounts.services import api_key_authenticate
+from portal.observability import logging as log_context
 
 
 class ApiKeyPrincipal:
@@ -36,6 +37,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         api_key = api_key_authenticate(header[1])
         if api_key is None:
             raise exceptions.AuthenticationFailed("The API key is not valid, revoked or expired.")
+        log_context.bind(api_key_id=api_key.pk, organization_id=api_key.organization_id)
         return ApiKeyPrincipal(api_key), api_key
 
     def authenticate_header(self, request):

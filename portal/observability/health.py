@@ -1,4 +1,11 @@
-"""``GET /healthz``: is the database reachable, and the Celery broker?"""
+"""Probes for load balancers and orchestrators.
+
+- ``GET /healthz`` (liveness): the process answers. It touches no database or broker, so a
+  database outage does not get every web process restarted; always 200.
+- ``GET /readyz`` (readiness): the database and the Celery broker are reachable. 200 with
+  ``{"status": "ok", "database": "ok", "broker": "ok"}``, or 503 with ``"status": "degraded"``
+  and ``"error: <ExceptionType>"`` for the part that is down, so traffic goes elsewhere.
+"""
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -28,8 +35,13 @@ def _broker() -> str:
 
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database(), "broker": _broker()}
-    healthy = all(value == "ok" for value in checks.values())
+    ready = all(value == "ok" for value in checks.values())
     return JsonResponse(
-        {"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503
+        {"status": "ok" if ready else "degraded", **checks}, status=200 if ready else 503
     )
