@@ -103,10 +103,12 @@ export STATIC_ROOT="$WORK/static"
 mkdir -p "$PORTAL_VAR_DIR"
 .venv/bin/python manage.py collectstatic --noinput -v0
 
-if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff while iterating on a few tests
+if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff and bandit while iterating on a few tests
     echo "==> ruff"
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    echo "==> bandit"
+    .venv/bin/bandit -c pyproject.toml -r portal billing -q
 fi
 
 echo "==> migrations are up to date"

@@ -11,7 +11,7 @@ and where.
 
 import re
 from decimal import Decimal, InvalidOperation
-from xml.etree.ElementTree import Element
+from xml.etree.ElementTree import Element  # nosec B405 # a type hint; defusedxml parses
 
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException

@@ -66,7 +66,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from xml.etree import ElementTree as ET
+from xml.etree import ElementTree as ET  # nosec B405 # builds XML; defusedxml parses
 
 from defusedxml import ElementTree as SafeET
 from django.core.exceptions import ImproperlyConfigured

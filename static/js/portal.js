@@ -24,3 +24,11 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
   }
 });
+// A polled panel skips its refresh while the user is typing into a field inside it
+// (data-poll-paused-by="<field id>"): the swap would throw the typing away. Done here rather
+// than with an hx-trigger filter, which htmx would have to eval (the CSP forbids that).
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const fieldId = event.detail.elt?.dataset?.pollPausedBy;
+  const field = fieldId && document.getElementById(fieldId);
+  if (field && field.value) event.preventDefault();
+});
