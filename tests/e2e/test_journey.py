@@ -440,16 +440,17 @@ def test_journey(
             assert response.status == 403, (path, response.status)
             expect(page.get_by_text("The finance area is for finance staff.")).to_be_visible()
         shot("billing-member-finance-refused")
+        csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
         status_code, text = page.evaluate(
-            """async () => {
-                const token = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
+            """async (token) => {
                 const response = await fetch("/finance/exports/", {
                     method: "POST",
                     headers: {"X-CSRFToken": token},
                     body: new URLSearchParams({kind: "register", format: "csv"}),
                 });
                 return [response.status, await response.text()];
-            }"""
+            }""",
+            csrf,
         )
         assert status_code == 403 and "The finance area is for finance staff." in text
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing").click()
