@@ -3,7 +3,7 @@
 import django_filters
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,7 +12,8 @@ from billing import selectors, services, spend
 from billing.api import serializers
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
 from portal.accounts.roles import Action
-from portal.api.schema import error_responses
+from portal.api.filters import BoundedDateTimeFilter
+from portal.api.schema import error_responses, list_responses
 from portal.errors import NotFound
 
 
@@ -44,14 +45,15 @@ class BalanceView(APIView):
 
 class LedgerFilter(django_filters.FilterSet):
     kind = django_filters.CharFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = BoundedDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = BoundedDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = LedgerEntry
         fields = ["kind", "created_after", "created_before"]
 
 
+@extend_schema_view(get=extend_schema(responses=list_responses(serializers.LedgerEntrySerializer)))
 class LedgerView(generics.ListAPIView):
     actions = {"GET": Action.BILLING_VIEW}
     serializer_class = serializers.LedgerEntrySerializer
@@ -74,6 +76,7 @@ class InvoiceFilter(django_filters.FilterSet):
         fields = ["status", "kind", "period_start"]
 
 
+@extend_schema_view(get=extend_schema(responses=list_responses(serializers.InvoiceSerializer)))
 class InvoiceListView(generics.ListAPIView):
     actions = {"GET": Action.BILLING_VIEW}
     serializer_class = serializers.InvoiceSerializer

@@ -1,27 +1,7 @@
-from datetime import datetime
-
 import django_filters
-from django.core.exceptions import ValidationError
-from django_filters.fields import IsoDateTimeField
 
 from portal.accounts.models import AuditEvent
-
-
-class BoundedIsoDateTimeField(IsoDateTimeField):
-    """An ISO date-time between the years 1900 and 9998; others overflow the database."""
-
-    def clean(self, value):
-        try:
-            value = super().clean(value)
-        except OverflowError:
-            value = datetime.min
-        if value is not None and not 1900 <= value.year <= 9998:
-            raise ValidationError("Give a date between the years 1900 and 9998.", code="invalid")
-        return value
-
-
-class BoundedDateTimeFilter(django_filters.IsoDateTimeFilter):
-    field_class = BoundedIsoDateTimeField
+from portal.api.filters import BoundedDateTimeFilter
 
 
 class AuditEventFilter(django_filters.FilterSet):

@@ -9,25 +9,40 @@ ErrorSerializer = inline_serializer(
         "error": inline_serializer(
             name="ErrorBody",
             fields={
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.JSONField(),
+                "code": serializers.CharField(help_text="Stable and machine-readable."),
+                "message": serializers.CharField(help_text="A sentence for people."),
+                "details": serializers.JSONField(
+                    help_text="Per-field messages for 400 `invalid`; other facts otherwise."
+                ),
             },
         )
     },
 )
 
+DESCRIPTIONS = {
+    400: "Invalid input",
+    401: "Not authenticated",
+    402: "The organisation cannot pay for this (no credit, spend limit, overdue invoice)",
+    403: "Role does not allow this",
+    404: "Not found in this organisation",
+    409: "Conflicts with the current state",
+    415: "Unsupported request content type",
+    429: "Throttled",
+}
+
+# Every operation needs a key (401) and is throttled per key (429).
+ALWAYS = (401, 429)
+
 
 def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
-    descriptions = {
-        400: "Invalid input",
-        401: "Not authenticated",
-        403: "Role does not allow this",
-        402: "The organisation cannot pay for this (no credit, spend limit, overdue invoice)",
-        404: "Not found in this organisation",
-        409: "Conflicts with the current state",
-        429: "Throttled",
-    }
+    """The documented error answers of an operation: ``statuses`` plus 401 and 429."""
     return {
-        code: OpenApiResponse(ErrorSerializer, description=descriptions[code]) for code in statuses
+        code: OpenApiResponse(ErrorSerializer, description=DESCRIPTIONS[code])
+        for code in sorted({*statuses, *ALWAYS})
     }
+
+
+def list_responses(serializer, *statuses: int) -> dict:
+    """A paginated list: its page of ``serializer`` rows, 400 for a malformed page, page size
+    or filter, 404 for a page past the last, and ``statuses``."""
+    return {200: serializer(many=True), **error_responses(400, 403, 404, *statuses)}

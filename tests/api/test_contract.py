@@ -6,6 +6,8 @@ import yaml
 from portal.accounts import services
 from portal.accounts.types import Actor
 from tests import factories
+from tests.api.openapi import components, list_operations, portal_schema
+from tests.api.world import ROWS, api_world
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +63,7 @@ def test_malformed_json_is_a_parse_error(key_client):
     assert_error(response, 400, "parse_error")
 
 
-def test_lists_paginate_and_query_count_does_not_grow_with_page_size(org, key_client):
+def test_pages_have_counts_and_links(org, key_client):
     client = key_client("owner")
     actor = Actor.system(org)
     for _ in range(30):
@@ -70,17 +72,71 @@ def test_lists_paginate_and_query_count_does_not_grow_with_page_size(org, key_cl
     assert page["count"] == 30
     assert len(page["results"]) == 10
     assert page["next"] and page["previous"]
-
-    def queries(path: str) -> int:
-        with factories.QueryCounter() as counted:
-            assert client.get(path).status_code == 200
-        return counted.n
-
-    assert queries("/api/v1/ssh-keys?page_size=2") == queries("/api/v1/ssh-keys?page_size=30")
+    assert client.get("/api/v1/ssh-keys?page_size=10&page=last").json()["next"] is None
+    with factories.QueryCounter() as counted:
+        assert client.get("/api/v1/ssh-keys?page_size=30").status_code == 200
     # key lookup, last-used stamp (at most once a minute), count, page
-    assert 2 <= queries("/api/v1/ssh-keys?page_size=30") <= 4
-    for path in ("/api/v1/members", "/api/v1/audit-events"):
-        assert 2 <= queries(path) <= 4, path
+    assert 2 <= counted.n <= 4
+
+
+LIST_PATHS = list_operations(portal_schema().raw_schema)
+
+
+def test_the_schema_has_the_list_operations_we_know():
+    """A guard for the enumeration below: it finds the lists, and the new ones too."""
+    assert {
+        "/api/v1/audit-events",
+        "/api/v1/instance-types",
+        "/api/v1/instances",
+        "/api/v1/instances/{id}/events",
+        "/api/v1/invoices",
+        "/api/v1/ledger",
+        "/api/v1/members",
+        "/api/v1/ssh-keys",
+        "/api/v1/volumes",
+    } <= set(LIST_PATHS)
+
+
+def test_no_operation_answers_an_unpaginated_array():
+    """Every list is a page (``count``, ``next``, ``previous``, ``results``), never a bare array:
+    a bare array cannot grow a count or a next link later without breaking its clients."""
+    raw = portal_schema().raw_schema
+    bare = []
+    for path, item in raw["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation.get("responses", {}).items():
+                for media_type, content in response.get("content", {}).items():
+                    if components(raw, content.get("schema", {})).get("type") == "array":
+                        bare.append(f"{method.upper()} {path} {status} {media_type}")
+    assert not bare, "Paginate these (portal.api.pagination.StandardPagination): " + ", ".join(bare)
+
+
+@pytest.mark.parametrize("path", LIST_PATHS)
+def test_every_list_paginates_and_its_query_count_does_not_grow_with_page_size(
+    path, memory_backend
+):
+    world = api_world()
+    client = factories.api_client_for(world.org, "owner")
+    if "{id}" in path:  # a list inside an object: the first of that collection
+        path = path.replace("{id}", str(world.ids[path.split("/")[3]][0]))
+    url = path
+    assert client.get(url).status_code == 200  # stamps the key's last use
+
+    def page(query: str) -> tuple[dict, int]:
+        with factories.QueryCounter() as counted:
+            response = client.get(f"{url}?{query}")
+        assert response.status_code == 200, response.content[:300]
+        return response.json(), counted.n
+
+    first, queries_for_one = page("page_size=1")
+    assert set(first) == {"count", "next", "previous", "results"}
+    assert first["count"] >= ROWS, f"add {ROWS} rows for {path} in tests/api/world.py"
+    assert len(first["results"]) == 1 and first["next"] and first["previous"] is None
+    second, _ = page("page_size=1&page=2")
+    assert second["previous"] and second["results"] != first["results"]
+    three, queries_for_three = page(f"page_size={ROWS}")
+    assert len(three["results"]) == ROWS
+    assert queries_for_one == queries_for_three, "one query per row: select or prefetch them"
 
 
 def test_audit_events_filter_by_action_and_time(org, key_client):
@@ -143,3 +199,139 @@ def test_schema_generation_has_no_warnings():
     from django.core.management import call_command
 
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
+
+
+# --- Defects the fuzzing found (tests/api/test_fuzz.py), each kept fixed ----------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=abc", "page"),
+        ("page=1.5", "page"),
+        ("page_size=0", "page_size"),
+        ("page_size=-1", "page_size"),
+        ("page_size=%C2%B2", "page_size"),  # "²" is a digit to str.isdigit, not to int()
+    ],
+)
+def test_a_page_or_page_size_that_is_not_a_whole_number_from_1_is_a_400(key_client, query, field):
+    response = key_client("owner").get(f"/api/v1/ssh-keys?{query}")
+    assert_error(response, 400, "invalid")
+    assert set(response.json()["error"]["details"]) == {field}
+
+
+def test_a_page_past_the_last_is_a_documented_404_and_big_page_sizes_are_capped(key_client):
+    client = key_client("owner")
+    assert_error(client.get("/api/v1/ssh-keys?page=2"), 404, "not_found")
+    assert client.get("/api/v1/ssh-keys?page_size=100000").status_code == 200
+    paths = portal_schema().raw_schema["paths"]
+    for path in LIST_PATHS:
+        assert {"400", "404"} <= set(paths[path]["get"]["responses"]), path
+        page_size = next(p for p in paths[path]["get"]["parameters"] if p["name"] == "page_size")
+        assert page_size["schema"]["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("/api/v1/audit-events", "since"), ("/api/v1/ledger", "created_after")],
+)
+def test_time_filters_take_any_utc_offset_and_refuse_years_the_database_cannot_hold(
+    key_client, path, name
+):
+    client = key_client("owner")
+    # ISO 8601 and Python allow offsets up to ±23:59; PostgreSQL refused those past ±15:59 (500).
+    response = client.get(path, {name: "2026-01-01T00:00:00-22:28"})
+    assert response.status_code == 200, response.content[:300]
+    assert_error(client.get(path, {name: "0161-06-14T20:51:19-23:37"}), 400, "invalid")
+    assert_error(client.get(path, {name: "0001-01-01T00:00:00+14:00"}), 400, "invalid")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/ssh-keys/{}"),
+        ("delete", "/api/v1/ssh-keys/{}"),
+        ("get", "/api/v1/instances/{}"),
+        ("get", "/api/v1/instances/{}/events"),
+        ("post", "/api/v1/instances/{}/stop"),
+        ("delete", "/api/v1/volumes/{}"),
+        ("get", "/api/v1/invoices/{}"),
+        ("get", "/api/v1/invoices/{}/pdf"),
+    ],
+)
+def test_ids_too_big_for_the_database_are_404_not_500(key_client, method, path):
+    client = key_client("owner")
+    for pk in (2**63, 10**30):
+        assert_error(getattr(client, method)(path.format(pk)), 404, "not_found")
+
+
+def test_every_operation_documents_401_and_429_and_body_operations_415():
+    for path, item in portal_schema().raw_schema["paths"].items():
+        for method, operation in item.items():
+            documented = set(operation["responses"])
+            assert {"401", "429"} <= documented, f"{method} {path}"
+            if "requestBody" in operation:
+                assert "415" in documented, f"{method} {path}"
+
+
+def test_instance_types_are_a_page_in_the_schema_as_in_the_answer(key_client):
+    raw = portal_schema().raw_schema
+    ok = raw["paths"]["/api/v1/instance-types"]["get"]["responses"]["200"]
+    ref = ok["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/PaginatedInstanceTypeList")
+    body = key_client("viewer").get("/api/v1/instance-types").json()
+    assert set(body) == {"count", "next", "previous", "results"}
+
+
+def conforms(operation: str, key: str, **case) -> dict:
+    """Call ``operation`` ("GET /api/v1/...") and check its answer against the schema."""
+    from schemathesis.specs.openapi.checks import (
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    method, path = operation.split(" ")
+    response = (
+        portal_schema()[path][method]
+        .Case(**case)
+        .call_and_validate(
+            headers={"Authorization": f"Bearer {key}", **case.pop("headers", {})},
+            checks=[status_code_conformance, response_schema_conformance],
+        )
+    )
+    return response.json()
+
+
+def test_image_names_with_dots_conform_to_the_schema(org):
+    from portal.catalog.models import Image
+
+    Image.objects.create(name="ubuntu-24.04-cuda-13.0", os="Ubuntu 24.04")
+    body = conforms("GET /api/v1/images", factories.api_key_secret(org, "viewer"))
+    assert [image["name"] for image in body["results"]] == ["ubuntu-24.04-cuda-13.0"]
+
+
+def test_usage_costs_at_full_precision_conform_to_the_schema(memory_backend):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    world = api_world()  # a running instance and volumes: costs with many decimals
+    now = timezone.now()
+    body = conforms(
+        "GET /api/v1/usage",
+        world.key("viewer"),
+        query={"start": (now - timedelta(days=1)).isoformat(), "end": now.isoformat()},
+    )
+    assert len(body["total_cost"].split(".")[-1]) > 12 or body["total_cost"] == "0"
+
+
+def test_refused_events_quote_back_ids_that_are_not_text_and_conform_to_the_schema(org):
+    body = conforms(
+        "POST /api/v1/usage-events",
+        factories.api_key_secret(org, "member"),
+        body=[{"specversion": "1.0", "id": False, "source": "s", "type": "t", "subject": "x"}],
+        media_type="application/cloudevents-batch+json",
+    )
+    assert body["rejected"][0]["id"] is False

@@ -1,6 +1,6 @@
 """Accounts API. Views parse input, call one service or selector, and render the result."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,7 +10,7 @@ from portal.accounts.api import serializers
 from portal.accounts.filters import AuditEventFilter
 from portal.accounts.models import AuditEvent, Membership, SshKey
 from portal.accounts.roles import Action
-from portal.api.schema import error_responses
+from portal.api.schema import error_responses, list_responses
 
 
 class OrganizationView(APIView):
@@ -24,9 +24,7 @@ class OrganizationView(APIView):
         return Response(serializers.OrganizationSerializer(request.actor.organization).data)
 
 
-@extend_schema(
-    responses={200: serializers.MemberSerializer(many=True), **error_responses(401, 403)}
-)
+@extend_schema(responses=list_responses(serializers.MemberSerializer))
 class MemberListView(generics.ListAPIView):
     actions = {"GET": Action.MEMBER_VIEW}
     serializer_class = serializers.MemberSerializer
@@ -38,6 +36,7 @@ class MemberListView(generics.ListAPIView):
         return selectors.members_list(self.request.actor.organization)
 
 
+@extend_schema_view(get=extend_schema(responses=list_responses(serializers.SshKeySerializer)))
 class SshKeyListView(generics.ListAPIView):
     actions = {"GET": Action.SSH_KEY_VIEW, "POST": Action.SSH_KEY_MANAGE}
     serializer_class = serializers.SshKeySerializer
@@ -50,7 +49,7 @@ class SshKeyListView(generics.ListAPIView):
 
     @extend_schema(
         request=serializers.SshKeyCreateSerializer,
-        responses={201: serializers.SshKeySerializer, **error_responses(400, 401, 403, 409)},
+        responses={201: serializers.SshKeySerializer, **error_responses(400, 401, 403, 409, 415)},
     )
     def post(self, request):
         payload = serializers.SshKeyCreateSerializer(data=request.data)
@@ -73,9 +72,7 @@ class SshKeyDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-@extend_schema(
-    responses={200: serializers.AuditEventSerializer(many=True), **error_responses(401, 403)}
-)
+@extend_schema(responses=list_responses(serializers.AuditEventSerializer))
 class AuditEventListView(generics.ListAPIView):
     actions = {"GET": Action.AUDIT_VIEW}
     serializer_class = serializers.AuditEventSerializer

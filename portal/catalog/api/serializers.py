@@ -148,6 +148,8 @@ class GpuModelSerializer(serializers.ModelSerializer):
 
 
 class ImageSerializer(serializers.ModelSerializer):
+    # Image names have dots ("ubuntu-24.04-cuda-13.0"), which a slug pattern would refuse.
+    name = serializers.CharField(read_only=True)
     instance_types = serializers.SerializerMethodField(
         help_text="Names of the types this image supports; empty means every type."
     )

@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from portal.accounts.roles import Action
 from portal.api.pagination import StandardPagination
-from portal.api.schema import error_responses
+from portal.api.schema import list_responses
 from portal.catalog import selectors
 from portal.catalog.api import serializers
 from portal.catalog.models import GpuModel, Image, Region
@@ -15,14 +15,12 @@ from portal.catalog.models import GpuModel, Image, Region
 
 class InstanceTypeListView(APIView):
     actions = {"GET": Action.ORG_VIEW}
+    pagination_class = StandardPagination  # pages the offers below, and the schema says so
 
     @extend_schema(
         operation_id="instance_types_list",
         parameters=[serializers.CatalogQuerySerializer],
-        responses={
-            200: serializers.InstanceTypeSerializer(many=True),
-            **error_responses(400, 401, 403),
-        },
+        responses=list_responses(serializers.InstanceTypeSerializer),
         description="Instance types with their specs, prices per region in one currency (the "
         "organisation's unless `currency` says otherwise) and `regions_with_capacity_available`. "
         "Types with no price in the currency are not offered.",
@@ -34,7 +32,7 @@ class InstanceTypeListView(APIView):
         offers = selectors.filter_offers(
             selectors.catalog_offers(currency=currency), params.to_query()
         )
-        paginator = StandardPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(offers, request, view=self)
         return paginator.get_paginated_response(
             serializers.InstanceTypeSerializer(page, many=True).data
@@ -49,9 +47,7 @@ class RegionFilter(filters.FilterSet):
         fields = ["country"]
 
 
-@extend_schema(
-    responses={200: serializers.RegionSerializer(many=True), **error_responses(401, 403)}
-)
+@extend_schema(responses=list_responses(serializers.RegionSerializer))
 class RegionListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.RegionSerializer
@@ -79,7 +75,7 @@ class ImageFilter(filters.FilterSet):
         ).distinct()
 
 
-@extend_schema(responses={200: serializers.ImageSerializer(many=True), **error_responses(401, 403)})
+@extend_schema(responses=list_responses(serializers.ImageSerializer))
 class ImageListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.ImageSerializer
@@ -100,9 +96,7 @@ class GpuModelFilter(filters.FilterSet):
         fields = ["vendor", "min_memory_gb", "mig_capable"]
 
 
-@extend_schema(
-    responses={200: serializers.GpuModelSerializer(many=True), **error_responses(401, 403)}
-)
+@extend_schema(responses=list_responses(serializers.GpuModelSerializer))
 class GpuModelListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.GpuModelSerializer

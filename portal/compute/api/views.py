@@ -1,13 +1,13 @@
 """Instances and volumes API. Views parse input, call one service or selector, render."""
 
 import django_filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.accounts.roles import Action
-from portal.api.schema import error_responses
+from portal.api.schema import error_responses, list_responses
 from portal.compute import selectors, services
 from portal.compute.api import serializers
 from portal.compute.lifecycle import Action as InstanceAction
@@ -36,6 +36,7 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
+@extend_schema_view(get=extend_schema(responses=list_responses(serializers.InstanceSerializer)))
 class InstanceListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
     serializer_class = serializers.InstanceSerializer
@@ -53,7 +54,7 @@ class InstanceListView(generics.ListAPIView):
         responses={
             201: serializers.InstanceSerializer,
             200: serializers.InstanceSerializer,
-            **error_responses(400, 401, 402, 403, 409),
+            **error_responses(400, 401, 402, 403, 409, 415),
         },
         description="Launch an instance. 402 `insufficient_balance`, `spend_limit_reached` or "
         "`invoice_overdue` when the organisation cannot pay for it. 409 `capacity_unavailable` names the regions where the type "
@@ -102,7 +103,10 @@ class InstanceDetailView(APIView):
 
     @extend_schema(
         request=serializers.InstanceRenameSerializer,
-        responses={200: serializers.InstanceSerializer, **error_responses(400, 401, 403, 404, 409)},
+        responses={
+            200: serializers.InstanceSerializer,
+            **error_responses(400, 401, 403, 404, 409, 415),
+        },
     )
     def patch(self, request, pk: int):
         payload = serializers.InstanceRenameSerializer(data=request.data)
@@ -157,12 +161,7 @@ def action_view(name: str):
 INSTANCE_ACTION_VIEWS = {action.value: action_view(action.value) for action in InstanceAction}
 
 
-@extend_schema(
-    responses={
-        200: serializers.InstanceEventSerializer(many=True),
-        **error_responses(401, 403, 404),
-    }
-)
+@extend_schema(responses=list_responses(serializers.InstanceEventSerializer))
 class InstanceEventListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW}
     serializer_class = serializers.InstanceEventSerializer
@@ -175,6 +174,7 @@ class InstanceEventListView(generics.ListAPIView):
         return selectors.instance_events(instance)
 
 
+@extend_schema_view(get=extend_schema(responses=list_responses(serializers.VolumeSerializer)))
 class VolumeListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
     serializer_class = serializers.VolumeSerializer
@@ -187,7 +187,7 @@ class VolumeListView(generics.ListAPIView):
 
     @extend_schema(
         request=serializers.VolumeCreateSerializer,
-        responses={201: serializers.VolumeSerializer, **error_responses(400, 401, 403, 409)},
+        responses={201: serializers.VolumeSerializer, **error_responses(400, 401, 403, 409, 415)},
     )
     def post(self, request):
         payload = serializers.VolumeCreateSerializer(data=request.data)

@@ -35,7 +35,11 @@ IngestResultSerializer = inline_serializer(
             many=True,
             fields={
                 "index": serializers.IntegerField(),
-                "id": serializers.CharField(allow_null=True),
+                "id": serializers.JSONField(
+                    allow_null=True,
+                    help_text="The event's id as sent when it is text (shortened past 255 characters), "
+                    "a number, a boolean or null; other values are quoted back as text.",
+                ),
                 "code": serializers.CharField(),
                 "reason": serializers.CharField(),
             },
@@ -66,7 +70,7 @@ class UsageEventIngestView(APIView):
             "application/cloudevents+json": CloudEventSerializer,
             "application/cloudevents-batch+json": CloudEventSerializer(many=True),
         },
-        responses={200: IngestResultSerializer, **error_responses(400, 401, 403)},
+        responses={200: IngestResultSerializer, **error_responses(400, 401, 403, 415)},
         examples=[
             OpenApiExample(
                 "One event",
@@ -131,6 +135,13 @@ class UsageQuerySerializer(serializers.Serializer):
         return {**attrs, "start": start, "end": end}
 
 
+# Costs are rated at full precision, so they have as many decimals as the rating gives; the
+# schema says "a decimal number in a string" without a digit limit.
+FULL_PRECISION = serializers.DecimalField(
+    max_digits=None, decimal_places=None, help_text="Full precision, not rounded."
+)
+
+
 class UsageView(APIView):
     actions = {"GET": Action.INSTANCE_VIEW}
 
@@ -145,7 +156,7 @@ class UsageView(APIView):
                     "start": serializers.DateTimeField(),
                     "end": serializers.DateTimeField(),
                     "group_by": serializers.CharField(),
-                    "total_cost": serializers.DecimalField(max_digits=30, decimal_places=12),
+                    "total_cost": FULL_PRECISION,
                     "rows": inline_serializer(
                         name="UsageRow",
                         many=True,
@@ -155,7 +166,7 @@ class UsageView(APIView):
                             "quantities": serializers.DictField(
                                 child=serializers.DecimalField(max_digits=30, decimal_places=6)
                             ),
-                            "cost": serializers.DecimalField(max_digits=30, decimal_places=12),
+                            "cost": FULL_PRECISION,
                         },
                     ),
                 },
