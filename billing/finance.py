@@ -158,9 +158,40 @@ def export_job_create(
 
 
 def _enqueue(job_id: int) -> None:
+    """Hand the job to a worker; with the broker down it stays queued for the sweep."""
     from billing.tasks import export_run
 
-    export_run.delay(job_id)
+    try:
+        export_run.delay(job_id)
+    except Exception:  # the broker is down: export_jobs_sweep sends it again later
+        logger.warning("could not enqueue export %s; the sweep will", job_id, exc_info=True)
+
+
+# A queued job no worker took for this long is sent again; a running job older than the task's
+# hard time limit (plus margin) lost its worker and is marked failed.
+EXPORT_REQUEUE_AFTER = timedelta(minutes=2)
+EXPORT_RUNNING_AT_MOST = timedelta(minutes=40)
+
+
+def export_jobs_sweep(now=None) -> dict[str, int]:
+    """Leave no export waiting forever: re-send queued jobs whose message was lost, and fail
+    running jobs whose worker died (their owner can start the export again)."""
+    now = now or timezone.now()
+    queued = list(
+        ExportJob.objects.filter(
+            status=ExportStatus.QUEUED, created_at__lt=now - EXPORT_REQUEUE_AFTER
+        ).values_list("pk", flat=True)
+    )
+    for job_id in queued:
+        _enqueue(job_id)
+    failed = ExportJob.objects.filter(
+        status=ExportStatus.RUNNING, created_at__lt=now - EXPORT_RUNNING_AT_MOST
+    ).update(
+        status=ExportStatus.FAILED,
+        error="The export was interrupted; run it again.",
+        finished_at=now,
+    )
+    return {"requeued": len(queued), "failed": failed}
 
 
 def export_filename(job: ExportJob) -> str:
@@ -232,13 +263,16 @@ def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
 
 
 def export_job_run(*, job_id: int) -> ExportJob:
-    """Write the job's file. Safe to run twice: a finished job is left alone. A failure marks
-    the job failed with its message (the error is logged, not raised)."""
+    """Write the job's file. Safe to run twice: only a queued job is taken, so a job running,
+    finished or failed is left alone. A failure marks the job failed with its message (the error
+    is logged, not raised)."""
+    # Claim it: only one run takes a queued job (a re-sent message finds it taken).
+    claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
+        status=ExportStatus.RUNNING, progress=0, rows=0
+    )
     job = ExportJob.objects.get(pk=job_id)
-    if job.status in (ExportStatus.DONE, ExportStatus.FAILED):
+    if not claimed:
         return job
-    job.status, job.progress, job.rows = ExportStatus.RUNNING, 0, 0
-    job.save(update_fields=["status", "progress", "rows"])
     try:
         flt = register_filter_build(params=job.params)
         if job.kind == ExportKind.REGISTER:

@@ -114,3 +114,11 @@ def export_run(job_id: int) -> str:
 
     job = finance.export_job_run(job_id=job_id)
     return f"export {job.pk} {job.status}: {job.rows} row(s)"
+
+
+@shared_task(name="billing.exports_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
+def exports_sweep() -> dict:
+    """Re-send exports whose message was lost; fail those whose worker died."""
+    from billing import finance
+
+    return finance.export_jobs_sweep()

@@ -16,6 +16,11 @@ SCHEDULE = {
         "schedule": 120.0,
         "options": {"expires": 110},
     },
+    "billing-exports-sweep": {
+        "task": "billing.exports_sweep",
+        "schedule": 120.0,
+        "options": {"expires": 110},
+    },
     "billing-spend-watch": {
         "task": "billing.spend_watch",
         "schedule": 60.0,

@@ -291,6 +291,58 @@ def test_a_failing_export_is_marked_failed_with_its_message(
     assert finance.export_job_run(job_id=job.pk).status == ExportStatus.FAILED  # not rerun
 
 
+def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month, monkeypatch):  # noqa: F811
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    staff, now = finance_staff(), timezone.now()
+
+    def job(minutes_ago, status=ExportStatus.QUEUED):
+        return ExportJob.objects.create(
+            created_by=staff,
+            kind="register",
+            format="csv",
+            params=OCT_NOV,
+            status=status,
+            created_at=now - timedelta(minutes=minutes_ago),
+        )
+
+    lost, fresh = job(3), job(1)
+    dead, busy = job(41, ExportStatus.RUNNING), job(5, ExportStatus.RUNNING)
+    sent = []
+    monkeypatch.setattr("billing.tasks.export_run.delay", sent.append)
+    assert finance.export_jobs_sweep(now) == {"requeued": 1, "failed": 1}
+    assert sent == [lost.pk]
+    dead.refresh_from_db()
+    assert dead.status == ExportStatus.FAILED
+    assert dead.error == "The export was interrupted; run it again."
+    # a running job is not taken a second time; a queued one is, once
+    assert finance.export_job_run(job_id=busy.pk).status == ExportStatus.RUNNING
+    assert finance.export_job_run(job_id=lost.pk).status == ExportStatus.DONE
+    assert finance.export_job_run(job_id=lost.pk).status == ExportStatus.DONE
+    fresh.refresh_from_db()
+    assert fresh.status == ExportStatus.QUEUED
+
+
+def test_an_export_asked_for_while_the_broker_is_down_waits_queued(
+    month,  # noqa: F811
+    staff_client,
+    django_capture_on_commit_callbacks,
+    monkeypatch,
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr("billing.tasks.export_run.delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(
+            "/finance/exports/", {**OCT_NOV, "kind": "register", "format": "csv"}
+        )
+    job = ExportJob.objects.get()
+    assert response.status_code == 302 and job.status == ExportStatus.QUEUED
+
+
 @pytest.mark.parametrize(
     ("data", "code", "message"),
     [
