@@ -18,6 +18,7 @@ The same pages are opened in Chromium, which reports any CSP violation, by
 ``tests/e2e/test_csp.py``.
 """
 
+import io
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from portal.accounts.models import Organization, User
 from portal.catalog import services as catalog_services
 from portal.catalog.models import Host, InstanceType
 from portal.catalog.reports import MAX_REPORT_BYTES
+from portal.celery import app as celery_app
 from portal.compute.models import Instance
 from portal.errors import InvalidInput
 from tests import factories
@@ -129,7 +131,12 @@ def inline_code(html: str) -> list[str]:
 @pytest.fixture
 def demo(db):
     """The demo organisation (instances, an invoice, a top-up, telemetry) and a staff operator."""
-    call_command("load_demo_data", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False  # the demo's launch waits in the broker
+    try:
+        call_command("load_demo_data", stdout=io.StringIO())
+    finally:
+        celery_app.conf.task_always_eager = eager
     user = User.objects.get(email="demo@example.com")
     org = Organization.objects.get(slug="demo")
     operator = factories.user("operator@example.com", is_staff=True, is_superuser=True)
