@@ -5,6 +5,8 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -112,14 +114,31 @@ class InvoiceDetailView(APIView):
         return Response(serializers.InvoiceDetailSerializer(_invoice(request, pk)).data)
 
 
+class PdfOrJsonError(BaseContentNegotiation):
+    """The PDF download answers the PDF, or an error in JSON, whatever ``Accept`` says: a
+    client asking for ``application/pdf`` must not get a 406."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class InvoicePdfView(APIView):
     actions = {"GET": Action.BILLING_VIEW}
+    renderer_classes = [JSONRenderer]  # for errors; the PDF is returned as it is
+    content_negotiation_class = PdfOrJsonError
 
     @extend_schema(
         operation_id="invoices_pdf",
         responses={
             (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The PDF."),
-            **error_responses(401, 403, 404),
+            **{
+                status: response
+                for status, response in error_responses(403, 404).items()
+                if status != 406  # never: see PdfOrJsonError
+            },
         },
     )
     def get(self, request, pk: int):

@@ -19,7 +19,10 @@ class _Permissions:
 
 
 def current_organization(request: HttpRequest) -> dict:
-    if not getattr(request, "user", None) or not request.user.is_authenticated:
+    user = getattr(request, "user", None)
+    if not user or not user.is_authenticated or user.pk is None:
+        # No one signed in, or an API call made with a key (a key is not a person and has no
+        # memberships): the browsable API renders its page for it too.
         return {}
     actor = getattr(request, "actor", None)
     return {

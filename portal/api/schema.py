@@ -25,17 +25,19 @@ DESCRIPTIONS = {
     402: "The organisation cannot pay for this (no credit, spend limit, overdue invoice)",
     403: "Role does not allow this",
     404: "Not found in this organisation",
+    406: "The Accept header asks for a type the API does not answer with (it answers JSON)",
     409: "Conflicts with the current state",
     415: "Unsupported request content type",
     429: "Throttled",
 }
 
-# Every operation needs a key (401) and is throttled per key (429).
-ALWAYS = (401, 429)
+# Every operation needs a key (401), negotiates its answer's type (406) and is throttled per
+# key (429).
+ALWAYS = (401, 406, 429)
 
 
 def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
-    """The documented error answers of an operation: ``statuses`` plus 401 and 429."""
+    """The documented error answers of an operation: ``statuses`` plus 401, 406 and 429."""
     return {
         code: OpenApiResponse(ErrorSerializer, description=DESCRIPTIONS[code])
         for code in sorted({*statuses, *ALWAYS})

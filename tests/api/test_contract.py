@@ -267,13 +267,43 @@ def test_ids_too_big_for_the_database_are_404_not_500(key_client, method, path):
         assert_error(getattr(client, method)(path.format(pk)), 404, "not_found")
 
 
-def test_every_operation_documents_401_and_429_and_body_operations_415():
+def test_every_operation_documents_401_406_and_429_and_body_operations_415():
     for path, item in portal_schema().raw_schema["paths"].items():
         for method, operation in item.items():
             documented = set(operation["responses"])
             assert {"401", "429"} <= documented, f"{method} {path}"
+            if not path.endswith("/pdf"):  # answers the PDF whatever Accept says
+                assert "406" in documented, f"{method} {path}"
             if "requestBody" in operation:
                 assert "415" in documented, f"{method} {path}"
+
+
+def test_an_accept_header_the_api_cannot_answer_is_a_406_in_the_error_shape(key_client):
+    response = key_client("owner").get("/api/v1/ssh-keys", HTTP_ACCEPT="text/xml")
+    assert_error(response, 406, "not_acceptable")
+
+
+def test_the_invoice_pdf_answers_a_client_that_asks_for_a_pdf(org, key_client):
+    from billing import invoicing
+
+    invoice = invoicing.invoice_draft_refresh(org)
+    client = key_client("billing")
+    for accept in ("application/pdf", "*/*", "application/json"):
+        response = client.get(f"/api/v1/invoices/{invoice.pk}/pdf", HTTP_ACCEPT=accept)
+        assert response.status_code == 200, (accept, response.content[:200])
+        assert response["Content-Type"] == "application/pdf"
+        assert response.content.startswith(b"%PDF")
+    # An error is JSON in the error shape, even to a client that asked for a PDF or a page.
+    for accept in ("application/pdf", "text/html"):
+        missing = client.get("/api/v1/invoices/999999/pdf", HTTP_ACCEPT=accept)
+        assert_error(missing, 404, "not_found")
+
+
+def test_a_key_that_asks_for_html_gets_the_browsable_page_not_a_500(key_client):
+    # The page's context asked for the memberships of request.user, which is the key.
+    response = key_client("owner").get("/api/v1/ssh-keys", HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
 
 
 def test_instance_types_are_a_page_in_the_schema_as_in_the_answer(key_client):

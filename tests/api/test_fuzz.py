@@ -60,6 +60,19 @@ def flatmap_path_parameters(context, path_parameters):
     )
 
 
+# What a client may put in Accept. Not text/html: browsers get DRF's browsable API, a page
+# for people that the schema does not describe.
+ACCEPT = ["application/json", "*/*", "application/json; indent=4", "application/pdf", "text/xml"]
+
+
+@schema.hook
+def flatmap_headers(context, headers):
+    return st.one_of(
+        st.just(headers),
+        st.sampled_from(ACCEPT).map(lambda accept: {**(headers or {}), "Accept": accept}),
+    )
+
+
 def error_body_has_the_documented_shape(ctx, response, case):
     """Every 4xx answers ``{"error": {"code": str, "message": str, "details": ...}}``."""
     if not 400 <= response.status_code < 500:
