@@ -4,7 +4,7 @@ The schema is loaded from the portal's WSGI application (no server). Each operat
 with an owner's API key, against an organisation that owns at least three of everything
 (tests/api/world.py): running, stopped and pending instances, volumes, SSH keys, members,
 ledger entries, invoices and audit events. Path ids are often those objects' ids, so the
-fuzzing gets past the 404s. Each response must:
+fuzzing gets past the 404s, and the Accept header varies. Each response must:
 
 - not be a 5xx;
 - conform to the schema: a documented status code and content type, a body that matches the
@@ -13,7 +13,7 @@ fuzzing gets past the 404s. Each response must:
 - be a 405 with an ``Allow`` header for a method the operation does not have, and a 401 when
   the key is missing or wrong.
 
-Examples are bounded per operation (the whole run takes about 35 s of CPU). Destructive
+Examples are bounded per operation (the whole run takes about 30 s of CPU). Destructive
 operations (terminate, delete) are fine: each operation's test builds its own world inside its
 own transaction.
 """
