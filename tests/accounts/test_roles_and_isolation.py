@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 from portal.accounts import services
 from portal.accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, SshKey
@@ -48,7 +48,7 @@ def build_world(org=None) -> World:
     )
     viewer = Membership.objects.get(user=factories.member(org, "viewer"))
     instance, volume = _compute_objects(org)
-    card, invoice = _billing_objects(org)
+    card, invoice, checkout = _billing_objects(org)
     return World(
         org=org,
         objects={
@@ -60,13 +60,18 @@ def build_world(org=None) -> World:
             "volume": volume.pk,
             "card": card.pk,
             "invoice": invoice.pk,
+            "checkout": checkout,
         },
     )
 
 
 def _billing_objects(org):
-    """Two saved cards (the second is the target) and a finalized invoice."""
-    from billing.models import Invoice, PaymentMethod
+    """Two saved cards (the second is the target), a finalized invoice, and the fake provider's
+    checkout page (its signed token) for a pending top-up."""
+    from django.core import signing
+
+    from billing.models import Invoice, Payment, PaymentMethod
+    from billing.payments.fake import SALT
 
     PaymentMethod.objects.create(
         organization=org, provider="fake", provider_id=f"fakepm_visa_1111_01_2040_{org.pk}a",
@@ -80,8 +85,19 @@ def _billing_objects(org):
         organization=org, period_start="2026-01-01", period_end="2026-02-01", currency="USD",
         billing_mode="prepaid", status="paid", number=f"INV-2026-{org.pk:06d}",
         tax_status="standard", subtotal=12, total=12, credits_applied=12,
+        seller={"name": "GPU Cloud", "country": "DE"}, buyer={"name": org.name, "country": "FR"},
+        issued_at="2026-02-01T00:05Z", due_at="2026-02-01T00:05Z", paid_at="2026-02-01T00:05Z",
     )  # fmt: skip
-    return card, invoice
+    payment = Payment.objects.create(
+        organization=org, purpose="top_up", amount=25, currency="USD", status="pending",
+        provider="fake", idempotency_key=f"top-up-{org.pk}",
+    )  # fmt: skip
+    checkout = signing.dumps(
+        {"mode": "payment", "payment": payment.pk, "cs": f"fakecs_{org.pk}", "ok": "/billing/",
+         "back": "/billing/"},
+        salt=SALT,
+    )  # fmt: skip
+    return card, invoice, checkout
 
 
 def profile_has(w, **fields) -> bool:
@@ -244,6 +260,32 @@ API_OPS = [
         for a, s in (("stop", "stopping"), ("reboot", "rebooting"), ("terminate", "terminating"))
     ),
     op("api volumes", "GET", "/api/v1/volumes", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    # permission is checked before the body: allowed roles get the validation error
+    op("api launch", "POST", "/api/v1/instances", BUILDERS, 400, Action.INSTANCE_MANAGE, {}, True),
+    op(
+        "api instance start",
+        "POST",
+        "/api/v1/instances/{instance}/start",
+        BUILDERS,
+        409,  # it is running: invalid_transition
+        Action.INSTANCE_MANAGE,
+        api=True,
+    ),
+    *(
+        op(f"api {name}", "GET", f"/api/v1/{name}", ALL, 200, Action.ORG_VIEW, api=True)
+        for name in ("instance-types", "regions", "images", "gpu-models")
+    ),
+    op("api usage", "GET", "/api/v1/usage", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op(
+        "api usage events",
+        "POST",
+        "/api/v1/usage-events",
+        BUILDERS,
+        400,
+        Action.INSTANCE_MANAGE,
+        {},
+        True,
+    ),
     op(
         "api balance", "GET", "/api/v1/balance", BILLING_READERS, 200, Action.BILLING_VIEW, api=True
     ),
@@ -323,6 +365,10 @@ PAGE_OPS = [
     op("instance page", "GET", "/instances/{instance}/", ALL, 200, Action.INSTANCE_VIEW),
     op("instance row", "GET", "/instances/{instance}/row/", ALL, 302, Action.INSTANCE_VIEW),
     op("launch page", "GET", "/instances/launch/", BUILDERS, 200, Action.INSTANCE_MANAGE),
+    # permission is checked before the form: allowed roles see the form's errors
+    op("launch", "POST", "/instances/launch/", BUILDERS, 422, Action.INSTANCE_MANAGE, {"name": ""}),
+    op("usage page", "GET", "/usage/", ALL, 200, Action.INSTANCE_VIEW),
+    op("usage export", "GET", "/usage/export.csv", ALL, 200, Action.INSTANCE_VIEW),
     op("instance rename", "POST", "/instances/{instance}/rename/", BUILDERS, 302, Action.INSTANCE_MANAGE,
        {"name": "renamed"}, effect=lambda w: instance_state(w).name == "renamed"),
     op("instance stop", "POST", "/instances/{instance}/stop/", BUILDERS, 302, Action.INSTANCE_MANAGE,
@@ -340,7 +386,7 @@ PAGE_OPS = [
     op("billing page", "GET", "/billing/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("payments page", "GET", "/billing/payments/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("top up", "POST", "/billing/top-up/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE, {"amount": "50"},
-       effect=lambda w: w.org.payments.exists()),
+       effect=lambda w: w.org.payments.filter(amount=50).exists()),
     op("add card", "POST", "/billing/cards/add/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE),
     op("card default", "POST", "/billing/cards/{card}/default/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
        effect=lambda w: card_state(w).is_default),
@@ -353,6 +399,8 @@ PAGE_OPS = [
        effect=lambda w: profile_has(w, auto_recharge_enabled=True)),
     op("invoice page", "GET", "/billing/invoices/{invoice}/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("invoice pdf", "GET", "/billing/invoices/{invoice}/pdf/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("invoice ubl", "GET", "/billing/invoices/{invoice}/e-invoice/ubl/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("fake checkout", "GET", "/billing/checkout/fake/{checkout}/", BILLING_READERS, 200, Action.BILLING_VIEW),
 ]  # fmt: skip
 
 
@@ -450,24 +498,98 @@ def test_lists_show_only_the_current_organizations_data(db):
     )
 
 
-def _object_routes(resolver=None, prefix=""):
+# --- every route is swept -----------------------------------------------------------------------
+
+# Routes outside the organisation role matrix, each with the reason. Everything else must be an
+# operation above (or a finance route below), so a new route without a role/isolation test fails.
+OUTSIDE_THE_MATRIX = {
+    "healthz": "liveness probe: no data",
+    "readyz": "readiness probe: no data",
+    "metrics": "operators' metrics, token or loopback only (tests/test_observability.py)",
+    "api/schema/": "the public API description",
+    "api/docs/": "the public API documentation",
+    "catalog/": "the public catalog, prices in the organisation's currency (tests/catalog)",
+    "signup/": "before any organisation",
+    "login/": "before any organisation",
+    "logout/": "the session only",
+    "verify-email/resend/": "the signed-in user's own address",
+    "verify-email/<str:token>/": "addressed by a signed token",
+    "password-reset/": "before signing in",
+    "password-reset/sent/": "before signing in",
+    "password-reset/<uidb64>/<token>/": "addressed by a signed token",
+    "password-reset/complete/": "before signing in",
+    "account/": "the signed-in user's own account",
+    "account/password/": "the signed-in user's own account",
+    "organizations/new/": "any signed-in user may create one",
+    "organizations/switch/": "only to an organisation of one's own (tests/accounts/test_hardening.py)",
+    "invitations/accept/": "addressed by the invitation's secret token",
+    "invitations/accept/<str:token>/": "addressed by the invitation's secret token",
+    "webhooks/<slug:provider_name>/": "payment providers, signature-checked (tests/billing)",
+}
+
+FINANCE_OPS = [
+    ("GET", "/finance/"),
+    ("POST", "/finance/exports/"),
+    ("GET", "/finance/exports/{job}/"),
+    ("GET", "/finance/exports/{job}/download"),
+]
+
+
+def _routes(resolver=None, prefix=""):
     resolver = resolver or get_resolver()
     for entry in resolver.url_patterns:
         pattern = prefix + str(entry.pattern)
         if isinstance(entry, URLResolver):
             if pattern.startswith("admin/"):
-                continue  # operators see every organisation by design
-            yield from _object_routes(entry, pattern)
-        elif isinstance(entry, URLPattern) and "<int:" in pattern:
-            if pattern.startswith("finance/"):
-                # finance staff see every organisation by design; their export jobs belong to
-                # their creator (tests/billing/test_finance.py)
-                continue
+                continue  # operators see every organisation by design (tests/*/test_admin.py)
+            yield from _routes(entry, pattern)
+        elif isinstance(entry, URLPattern):
             yield pattern
 
 
-def test_every_route_that_takes_an_object_id_is_in_the_isolation_table():
-    covered = {o.path.lstrip("/").split("{")[0] for o in FOREIGN_OBJECT_OPS}
-    routes = {route.split("<")[0] for route in _object_routes()}
-    assert routes, "no routes found"
-    assert routes <= covered, f"routes without an isolation test: {sorted(routes - covered)}"
+SAMPLE_IDS = {
+    **dict.fromkeys(("ssh_key", "api_key", "invitation", "membership", "instance"), 1),
+    **dict.fromkeys(("volume", "card", "invoice", "job"), 1),
+    "checkout": "token",
+}
+
+
+def _route_of(path: str) -> str:
+    return resolve(path.format(**SAMPLE_IDS)).route
+
+
+def test_every_route_is_in_the_role_matrix_or_says_why_not():
+    routes = set(_routes())
+    swept = {_route_of(o.path) for o in API_OPS + PAGE_OPS}
+    swept |= {_route_of(path) for _, path in FINANCE_OPS}
+    assert len(routes) > 60, "routes not found"
+    unswept = routes - swept - set(OUTSIDE_THE_MATRIX)
+    assert not unswept, f"routes without a role and isolation test: {sorted(unswept)}"
+    assert set(OUTSIDE_THE_MATRIX) <= routes, "OUTSIDE_THE_MATRIX names a route that is gone"
+    # every route that takes an organisation's object id is in the 404 sweep
+    foreign = {_route_of(o.path) for o in FOREIGN_OBJECT_OPS}
+    assert {r for r in swept if "<" in r and not r.startswith("finance/")} <= foreign
+
+
+@pytest.mark.parametrize("role", sorted(ALL))
+def test_the_finance_area_refuses_every_customer_role(db, role):
+    """Finance staff see every organisation; no customer role, owner included, gets in, and a
+    customer's request for another user's export job learns nothing."""
+    from billing.models import ExportJob
+
+    world = build_world()
+    staff = factories.user(is_staff=True)
+    job = ExportJob.objects.create(
+        created_by=staff,
+        kind="register",
+        format="csv",
+        params={"start": "2026-10", "end": "2026-10"},
+    )
+    client = Client()
+    client.force_login(factories.member(world.org, role))
+    for method, path in FINANCE_OPS:
+        url = path.format(job=job.pk)
+        data = {"kind": "register", "format": "csv", "start": "2026-10", "end": "2026-10"}
+        response = client.get(url) if method == "GET" else client.post(url, data)
+        assert response.status_code == 403, (url, response.status_code)
+    assert ExportJob.objects.count() == 1
