@@ -11,6 +11,7 @@ from lxml import etree
 
 from billing import einvoice, invoicing
 from billing.models import BillingProfile, Invoice
+from billing.templatetags.money import unit_price
 from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from portal.metering.lifecycle_usage import VOLUME
@@ -281,6 +282,9 @@ def test_customers_download_the_einvoices_of_their_finalized_invoices(world):
     client.force_login(world.owner)
     page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
     assert "UBL 2.1" in page and "Factur-X PDF" in page
+    assert page.count("E-invoice (EN 16931)") == 1
+    for line in invoice.lines.exclude(unit_price=None):  # no trailing zeros: 3.50, not 3.500000
+        assert f">{unit_price(line.unit_price)}<" in page
     ubl = client.get(f"/billing/invoices/{invoice.pk}/e-invoice/ubl/")
     assert ubl.status_code == 200 and ubl["Content-Type"] == "application/xml"
     assert ubl.content == einvoice.invoice_ubl(invoice)
@@ -319,3 +323,18 @@ def test_finance_exports_selected_invoices_from_admin(world):
         f"{invoice.number}-ubl.xml",
         f"{invoice.number}-cii.xml",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (Decimal("3.790000"), "3.79"),
+        (Decimal("0.000250"), "0.00025"),
+        (Decimal("4"), "4.00"),
+        (Decimal("1E+1"), "10.00"),
+        (Decimal("28.123456"), "28.123456"),
+        (None, ""),
+    ],
+)
+def test_unit_prices_are_shown_without_trailing_zeros(value, shown):
+    assert unit_price(value) == shown
