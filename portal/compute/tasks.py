@@ -23,6 +23,10 @@ from portal.provisioning.base import TransientBackendError
 def instance_sync(self, instance_id: int) -> None:
     """Move an instance one step towards its desired state; poll again while it moves."""
     if services.instance_sync(instance_id=instance_id):
+        if self.request.is_eager:
+            # run in-process (CELERY_TASK_ALWAYS_EAGER): a countdown cannot wait, so polling
+            # here would spin; the reconciler's next sweep or the caller syncs again
+            return
         # this poll chain is alive: the reconciler must not start another one
         services.mark_dispatched(instance_id=instance_id)
         instance_sync.apply_async((instance_id,), countdown=settings.COMPUTE_POLL_SECONDS)
