@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG="${DEBUG:-1}" PORT="${PORT:-8000}"
-mkdir -p var
+mkdir -p "${PORTAL_VAR_DIR:-var}"
 .venv/bin/python manage.py migrate --noinput
 demo=$(.venv/bin/python manage.py load_demo_data)
 echo
