@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG="${DEBUG:-1}" PORT="${PORT:-8000}"
+export SITE_URL="${SITE_URL:-http://127.0.0.1:${PORT}}"
 mkdir -p "${PORTAL_VAR_DIR:-var}"
 .venv/bin/python manage.py migrate --noinput
 demo=$(.venv/bin/python manage.py load_demo_data)
