@@ -24,6 +24,7 @@ from portal.compute.lifecycle import State
 from portal.compute.models import Instance
 from portal.observability import celery_signals, metrics
 from portal.observability.logging import ContextFilter, JsonFormatter, PlainFormatter, log_context
+from portal.observability.middleware import REDACTED
 from portal.provisioning import get_backend, reset_backends
 from tests import factories
 from tests.compute.world import World
@@ -110,6 +111,27 @@ def test_log_lines_of_a_request_carry_its_id_organisation_and_user(client, json_
         assert line["level"] and line["timestamp"]
     assert finished["status"] == 404 and finished["route"] == metrics.UNMATCHED_ROUTE
     assert finished["method"] == "GET" and finished["duration_ms"] >= 0
+
+
+@pytest.mark.django_db
+def test_secret_link_tokens_and_query_strings_stay_out_of_the_logs(client, json_lines):
+    """Invitation, e-mail verification and password-reset links are secrets: whoever reads the
+    logs must not be able to open them."""
+    secret = "s3cr3t-link-token-value"
+    client.get(f"/verify-email/{secret}/?next=/billing/&code=query-secret")  # a 400 page
+    client.get(f"/invitations/accept/{secret}/")
+    client.get(f"/password-reset/MQ/{secret}/")
+    lines = json_lines()
+    finished = [line for line in lines if line["message"] == "request finished"]
+    assert {line["route"] for line in finished} >= {
+        "verify-email/<str:token>/",
+        "invitations/accept/<str:token>/",
+        "password-reset/<uidb64>/<token>/",
+    }
+    assert f"/verify-email/{REDACTED}/" in {line["path"] for line in finished}
+    assert any(line["logger"] == "django.request" for line in lines)  # the 400 was logged
+    text = json.dumps(lines)
+    assert secret not in text and "query-secret" not in text
 
 
 @pytest.mark.django_db

@@ -79,6 +79,14 @@ class JsonFormatter(_BaseJsonFormatter):
         )
         super().__init__(*args, **kwargs)
 
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        # Django passes the request object with its log lines; its text is the full URL with
+        # the query string. The request id, method and (redacted) path say which request it was.
+        log_data.pop("request", None)
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """ISO 8601 in UTC, to the millisecond."""
         return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")

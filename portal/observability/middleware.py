@@ -28,6 +28,10 @@ from portal.observability import metrics
 REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: access log at DEBUG
+# URL parameters that are secrets (invitation, e-mail verification, password reset and checkout
+# links): whoever reads the logs must not be able to use the link.
+SECRET_PATH_PARAMETERS = frozenset({"token", "uidb64"})
+REDACTED = "<redacted>"
 
 access_log = logging.getLogger("portal.request")
 
@@ -54,6 +58,17 @@ def identity(request: HttpRequest) -> dict[str, int]:
     return fields
 
 
+def loggable_path(request: HttpRequest) -> str:
+    """The request's path with the values of secret URL parameters replaced by ``<redacted>``."""
+    path = request.path
+    match = getattr(request, "resolver_match", None)
+    if match is not None:
+        for name, value in match.kwargs.items():
+            if name in SECRET_PATH_PARAMETERS and isinstance(value, str) and value:
+                path = path.replace(value, REDACTED)
+    return path
+
+
 def route_of(request: HttpRequest) -> str:
     """The URL pattern that answered; ``<static>`` for WhiteNoise's files, ``<unmatched>`` when
     no pattern matched (a 404, a redirect to HTTPS)."""
@@ -76,13 +91,14 @@ class RequestObservabilityMiddleware:
         with log_context.log_context(request_id=request_id):
             response = self.get_response(request)
             seconds = time.perf_counter() - started
+            path = loggable_path(request)
             if response.status_code >= 400:
                 # Django logs 4xx responses ("Not Found: /x") after the last middleware has
                 # returned; log them here, inside the request's context (Django then skips it).
                 log_response(
                     "%s: %s",
                     response.reason_phrase,
-                    request.path,
+                    path,
                     response=response,
                     request=request,
                 )
@@ -100,7 +116,7 @@ class RequestObservabilityMiddleware:
                     "request finished",
                     extra={
                         "method": request.method,
-                        "path": request.path,
+                        "path": path,
                         "route": route,
                         "status": response.status_code,
                         "duration_ms": round(seconds * 1000, 1),
