@@ -159,6 +159,26 @@ def test_a_task_logs_its_name_id_arguments_and_the_request_that_enqueued_it(json
     assert after["message"] == "after" and "task_id" not in after
 
 
+@celery_app.task(name="tests.observability.send_secret")
+def send_secret(to: str, body: str, password: str, api_key_id: int, card_token: str) -> None:
+    task_log.info("sending")
+
+
+def test_a_task_logs_no_secret_or_message_body_among_its_arguments(json_lines):
+    send_secret.delay(
+        "a@example.com", "Open https://x/invitations/accept/t0k3n/", "pw-123", 9, "tok_9"
+    )
+    line = next(line for line in json_lines() if line["message"] == "sending")
+    assert line["task_args"] == {
+        "to": "a@example.com",
+        "body": "<redacted>",
+        "password": "<redacted>",
+        "api_key_id": 9,
+        "card_token": "<redacted>",
+    }
+    assert "t0k3n" not in json.dumps(line) and "pw-123" not in json.dumps(line)
+
+
 def test_a_worker_takes_the_request_id_from_the_message_headers(json_lines):
     log_for_instance.apply((7,), headers={celery_signals.REQUEST_ID_HEADER: "req-from-web"})
     line = next(line for line in json_lines() if line["message"] == "working on it")

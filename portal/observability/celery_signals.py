@@ -15,6 +15,7 @@ Connected by ``portal.celery`` on import.
 import contextlib
 import inspect
 import os
+import re
 import time
 from contextvars import Token
 from typing import Any
@@ -26,6 +27,9 @@ from portal.observability import metrics
 
 REQUEST_ID_HEADER = "portal_request_id"
 _MAX_ARG_LENGTH = 200
+# Arguments whose value is never logged (an e-mail body holds sign-in and invitation links).
+_SECRET_ARGUMENT = re.compile(r"password|secret|token|key|card|authorization|body", re.IGNORECASE)
+REDACTED = "<redacted>"
 
 # task id -> (log context token, start time) of its runs in this process, innermost last (an
 # eager retry runs inside the run it retries, under the same id)
@@ -33,14 +37,18 @@ _running: dict[str, list[tuple[Token, float]]] = {}
 
 
 def task_arguments(task, args, kwargs) -> dict[str, Any]:
-    """The scalar arguments of a call by parameter name (ids, names, flags; no payloads)."""
+    """The scalar arguments of a call by parameter name (ids, names, flags; no payloads).
+    Secrets and message bodies (``password``, ``token``, ``api_key``, ``body``, ...) show as
+    ``<redacted>``; ids (``*_id``) are shown."""
     args, kwargs = args or (), kwargs or {}
     try:
         bound = inspect.signature(task.run).bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
         bound = {**{f"arg{i}": value for i, value in enumerate(args)}, **kwargs}
     return {
-        name: value
+        name: REDACTED
+        if _SECRET_ARGUMENT.search(name) and not name.endswith("_id") and value is not None
+        else value
         for name, value in bound.items()
         if value is None
         or isinstance(value, bool | int | float)
