@@ -164,7 +164,9 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
     debited, total, free = 0, Decimal(0), 0
     for record in pending:
         currency = record.organization.currency
-        rater = raters.setdefault(currency, Rater(currency))
+        if currency not in raters:  # one price history load per currency and batch
+            raters[currency] = Rater(currency)
+        rater = raters[currency]
         cost = rater.cost(record).quantize(QUANTUM)
         try:
             with transaction.atomic():

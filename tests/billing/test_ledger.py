@@ -102,8 +102,9 @@ def test_concurrent_posts_keep_the_cached_balance_exact(require_postgres):
     )
 
 
-def test_usage_is_debited_once_at_the_price_in_force(memory_backend):
+def test_usage_is_debited_once_at_the_price_in_force(memory_backend, monkeypatch):
     from portal.compute import services as compute
+    from portal.metering.rating import Rater
     from portal.metering.services import usage_close_hour
     from tests.compute.world import World
 
@@ -116,9 +117,14 @@ def test_usage_is_debited_once_at_the_price_in_force(memory_backend):
         clock.move_to(start + timedelta(hours=2, minutes=10))
         usage_close_hour(hour_start=start)
         usage_close_hour(hour_start=start + timedelta(hours=1))
+        loads, init = [], Rater.__init__
+        monkeypatch.setattr(
+            Rater, "__init__", lambda self, currency: loads.append(currency) or init(self, currency)
+        )
         first = services.usage_debit_pending()
         again = services.usage_debit_pending()
     assert (first.debited, again.debited) == (2, 0)
+    assert loads == ["USD"]  # the price history is read once per currency, not per record
     assert first.amount == Decimal("7.00")  # two full hours at 3.50
     assert UsageRating.objects.count() == 2
     account = Account.objects.get(organization=world.org)
