@@ -224,6 +224,17 @@ def test_every_page_has_a_strict_csp_and_no_inline_code(demo):
     assert "SwaggerUIBundle" in script.content.decode()
 
 
+@pytest.mark.django_db
+def test_a_refused_form_csrf_check_answers_a_page_without_inline_code():
+    """Django's own CSRF failure page carries an inline <style> (nonce-based); the portal's
+    page needs nothing the policy forbids."""
+    response = Client(enforce_csrf_checks=True).post("/login/", {"email": "a@b.c"})
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "Request refused" in html and inline_code(html) == []
+    assert parse_csp(response["Content-Security-Policy"]) == EXPECTED_CSP
+
+
 def test_the_htmx_configuration_forbids_eval_inline_styles_and_swapped_scripts(org, owner):
     client = Client()
     client.force_login(owner)
