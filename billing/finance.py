@@ -171,11 +171,14 @@ def _enqueue(job_id: int) -> None:
 # hard time limit (plus margin) lost its worker and is marked failed.
 EXPORT_REQUEUE_AFTER = timedelta(minutes=2)
 EXPORT_RUNNING_AT_MOST = timedelta(minutes=40)
+# A finished export's file is kept this long for its download, then the job is deleted.
+EXPORT_KEEP = timedelta(days=7)
 
 
 def export_jobs_sweep(now=None) -> dict[str, int]:
-    """Leave no export waiting forever: re-send queued jobs whose message was lost, and fail
-    running jobs whose worker died (their owner can start the export again)."""
+    """Leave no export waiting forever: re-send queued jobs whose message was lost, fail
+    running jobs whose worker died (their owner can start the export again), and delete
+    finished jobs, with their file, after ``EXPORT_KEEP``."""
     now = now or timezone.now()
     queued = list(
         ExportJob.objects.filter(
@@ -191,7 +194,10 @@ def export_jobs_sweep(now=None) -> dict[str, int]:
         error="The export was interrupted; run it again.",
         finished_at=now,
     )
-    return {"requeued": len(queued), "failed": failed}
+    deleted, _ = ExportJob.objects.filter(
+        status__in=[ExportStatus.DONE, ExportStatus.FAILED], finished_at__lt=now - EXPORT_KEEP
+    ).delete()
+    return {"requeued": len(queued), "failed": failed, "deleted": deleted}
 
 
 def export_filename(job: ExportJob) -> str:

@@ -118,7 +118,7 @@ def export_run(job_id: int) -> str:
 
 @shared_task(name="billing.exports_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
 def exports_sweep() -> dict:
-    """Re-send exports whose message was lost; fail those whose worker died."""
+    """Re-send exports whose message was lost; fail those whose worker died; delete old ones."""
     from billing import finance
 
     return finance.export_jobs_sweep()

@@ -310,9 +310,16 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
 
     lost, fresh = job(3), job(1)
     dead, busy = job(41, ExportStatus.RUNNING), job(5, ExportStatus.RUNNING)
+    old_done, recent_done = job(8 * 24 * 60, ExportStatus.DONE), job(6 * 24 * 60, ExportStatus.DONE)
+    ExportJob.objects.filter(pk__in=[old_done.pk, recent_done.pk]).update(
+        finished_at=now - timedelta(days=1), content=b"x"
+    )
+    ExportJob.objects.filter(pk=old_done.pk).update(finished_at=now - timedelta(days=8))
     sent = []
     monkeypatch.setattr("billing.tasks.export_run.delay", sent.append)
-    assert finance.export_jobs_sweep(now) == {"requeued": 1, "failed": 1}
+    assert finance.export_jobs_sweep(now) == {"requeued": 1, "failed": 1, "deleted": 1}
+    assert not ExportJob.objects.filter(pk=old_done.pk).exists()
+    assert ExportJob.objects.filter(pk=recent_done.pk).exists()
     assert sent == [lost.pk]
     dead.refresh_from_db()
     assert dead.status == ExportStatus.FAILED
