@@ -7,8 +7,6 @@ never shows up in usage, the ledger or the invoice.
 """
 
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,7 +15,6 @@ from pathlib import Path
 import pytest
 import redis
 import time_machine
-from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -30,7 +27,7 @@ from portal.compute import services
 from portal.compute.models import Instance, State
 from portal.metering import services as metering
 from portal.metering.models import UsageRecord
-from tests import factories
+from tests import factories, workers
 from tests.compute.world import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,42 +84,18 @@ def simulated_fast(settings):
     reset_backends()
 
 
-def _database_url() -> str:
-    """The test database, as a URL another process (the worker) can use."""
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-
-
 @contextmanager
 def celery_worker(broker_url: str, log: Path):
     env = {
         **os.environ,
         "CELERY_BROKER_URL": broker_url,
         "CELERY_TASK_ALWAYS_EAGER": "0",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": workers.database_url_for_workers(),
         "PROVISIONING_BACKEND": "simulated",
         "SIMULATED_BOOT_SECONDS": "1",
         "COMPUTE_POLL_SECONDS": "0.5",
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "w"),  # noqa: SIM115 - closed with the process
-    )
+    worker = workers.start_worker(env, log)
     try:
         yield worker
     finally:

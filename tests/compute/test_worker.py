@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from portal.compute.lifecycle import State
 from portal.compute.models import Instance
 from portal.provisioning.models import SimulatedMachine
+from tests import workers
 from tests.compute.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,10 +22,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 @pytest.fixture
 def env(require_postgres, redis_url, tmp_path):
-    db = connection.settings_dict
     return {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": workers.database_url_for_workers(),
         "CELERY_BROKER_URL": f"{redis_url}/3",
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "PROVISIONING_BACKEND": "simulated",
@@ -37,28 +36,7 @@ def env(require_postgres, redis_url, tmp_path):
 
 
 def start_worker(env, tmp_path, name):
-    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"{name}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return workers.start_worker(env, tmp_path / f"{name}.log", name)
 
 
 def run(env, code: str) -> str:
