@@ -30,7 +30,6 @@ from portal.metering.models import UsageRecord
 from tests import factories, workers
 from tests.compute.world import World
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTHING_LISTENS = "redis://127.0.0.1:1/0"  # a real connection attempt, refused at once
 
 
