@@ -135,6 +135,8 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
         user = services.user_verify_email(token=token)
     except SHOWN_ON_PAGE as exc:
         return render(request, "accounts/verify_email.html", {"error": exc.message}, status=400)
+    if request.user.is_authenticated and request.user.pk == user.pk:
+        request.user = user  # the page's header must not still ask to confirm the address
     return render(request, "accounts/verify_email.html", {"verified_user": user})
 
 
