@@ -107,10 +107,14 @@ def payments_page(request: HttpRequest) -> HttpResponse:
         "payments": selectors.payments(request.organization)[:50],
         "returned": request.GET.get("returned") == "1",
     }
+    # Only the newest checkout counts: an abandoned earlier one must not keep the page waiting.
     recent = timezone.now() - timedelta(minutes=30)
-    context["waiting"] = context["returned"] and any(
-        p.status == PaymentStatus.PENDING and p.checkout_id and p.created_at > recent
-        for p in context["payments"][:5]
+    latest = next((p for p in context["payments"][:5] if p.checkout_id), None)
+    context["waiting"] = (
+        context["returned"]
+        and latest is not None
+        and latest.status == PaymentStatus.PENDING
+        and latest.created_at > recent
     )
     name = "billing/payments.html#payment-list" if request.htmx else "billing/payments.html"
     return render(request, name, context)
