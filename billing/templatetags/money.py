@@ -22,3 +22,12 @@ def unit_price(value) -> str:
     if number.as_tuple().exponent > -2:
         number = number.quantize(CENT)
     return f"{number:f}"
+
+
+@register.filter
+def quantity(line) -> str:
+    """An invoice line's quantity with its unit, exactly as the PDF prints it: ``40 hours``,
+    ``20.819635 GB-months``, ``1 hour``."""
+    from billing.documents import quantity as document_quantity
+
+    return document_quantity(line.quantity, line.unit)
