@@ -188,7 +188,7 @@ def export_jobs_sweep(now=None) -> dict[str, int]:
     for job_id in queued:
         _enqueue(job_id)
     failed = ExportJob.objects.filter(
-        status=ExportStatus.RUNNING, created_at__lt=now - EXPORT_RUNNING_AT_MOST
+        status=ExportStatus.RUNNING, started_at__lt=now - EXPORT_RUNNING_AT_MOST
     ).update(
         status=ExportStatus.FAILED,
         error="The export was interrupted; run it again.",
@@ -274,7 +274,7 @@ def export_job_run(*, job_id: int) -> ExportJob:
     is logged, not raised)."""
     # Claim it: only one run takes a queued job (a re-sent message finds it taken).
     claimed = ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
-        status=ExportStatus.RUNNING, progress=0, rows=0
+        status=ExportStatus.RUNNING, progress=0, rows=0, started_at=timezone.now()
     )
     job = ExportJob.objects.get(pk=job_id)
     if not claimed:

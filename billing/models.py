@@ -572,6 +572,7 @@ class ExportJob(models.Model):
     content = models.BinaryField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

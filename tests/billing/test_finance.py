@@ -298,7 +298,7 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
 
     staff, now = finance_staff(), timezone.now()
 
-    def job(minutes_ago, status=ExportStatus.QUEUED):
+    def job(minutes_ago, status=ExportStatus.QUEUED, started_minutes_ago=None):
         return ExportJob.objects.create(
             created_by=staff,
             kind="register",
@@ -306,10 +306,17 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
             params=OCT_NOV,
             status=status,
             created_at=now - timedelta(minutes=minutes_ago),
+            started_at=(
+                None
+                if started_minutes_ago is None
+                else now - timedelta(minutes=started_minutes_ago)
+            ),
         )
 
     lost, fresh = job(3), job(1)
-    dead, busy = job(41, ExportStatus.RUNNING), job(5, ExportStatus.RUNNING)
+    dead = job(45, ExportStatus.RUNNING, started_minutes_ago=41)
+    # queued for an hour (the broker was down), taken by a worker 5 minutes ago: still fine
+    busy = job(65, ExportStatus.RUNNING, started_minutes_ago=5)
     old_done, recent_done = job(8 * 24 * 60, ExportStatus.DONE), job(6 * 24 * 60, ExportStatus.DONE)
     ExportJob.objects.filter(pk__in=[old_done.pk, recent_done.pk]).update(
         finished_at=now - timedelta(days=1), content=b"x"
@@ -328,6 +335,8 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
     assert finance.export_job_run(job_id=busy.pk).status == ExportStatus.RUNNING
     assert finance.export_job_run(job_id=lost.pk).status == ExportStatus.DONE
     assert finance.export_job_run(job_id=lost.pk).status == ExportStatus.DONE
+    lost.refresh_from_db()
+    assert lost.started_at is not None and lost.finished_at >= lost.started_at
     fresh.refresh_from_db()
     assert fresh.status == ExportStatus.QUEUED
 
