@@ -456,3 +456,11 @@ def test_readyz_is_503_with_details_when_the_broker_is_unreachable(client, monke
     assert body["status"] == "degraded" and body["database"] == "ok"
     assert body["broker"].startswith("error")
     assert client.get("/healthz").status_code == 200  # alive all the same
+
+
+@pytest.mark.django_db
+def test_metrics_say_so_when_the_multiprocess_directory_is_missing(client, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    response = client.get("/metrics")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "metrics_unavailable"

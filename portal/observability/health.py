@@ -26,7 +26,8 @@ def _database() -> str:
 
 def _broker() -> str:
     try:
-        with celery_app.connection_for_write() as conn:
+        # a short connect timeout: a broker that drops packets must not outlast the probe
+        with celery_app.connection_for_write(connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:  # any transport error means unreachable
         return f"error: {type(exc).__name__}"

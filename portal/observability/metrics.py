@@ -228,4 +228,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             "metrics_forbidden",
             "Metrics are served to local scrapers only; set METRICS_TOKEN to scrape from elsewhere.",
         )
-    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
+    try:
+        registry = scrape_registry()
+    except ValueError as exc:  # PROMETHEUS_MULTIPROC_DIR names no directory
+        logger.error("metrics unavailable: %s", exc)
+        return _refused(503, "metrics_unavailable", "PROMETHEUS_MULTIPROC_DIR is not a directory.")
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
