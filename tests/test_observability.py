@@ -194,13 +194,14 @@ def test_publishing_a_task_puts_the_request_id_in_its_headers(settings):
         published.append(dict(headers or {}))
 
     signals.after_task_publish.connect(seen, weak=False)
+    eager = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = False
     try:
         with log_context(request_id="req-publish"):
             log_for_instance.apply_async((1,))
         log_for_instance.apply_async((2,))
     finally:
-        celery_app.conf.task_always_eager = True
+        celery_app.conf.task_always_eager = eager
         signals.after_task_publish.disconnect(seen)
     assert published[0][celery_signals.REQUEST_ID_HEADER] == "req-publish"
     assert celery_signals.REQUEST_ID_HEADER not in published[1]
