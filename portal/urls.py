@@ -9,6 +9,10 @@ handler403 = "portal.error_views.permission_denied"
 handler404 = "portal.error_views.page_not_found"
 handler500 = "portal.error_views.server_error"
 
+admin.site.site_header = "GPU Cloud operations"
+admin.site.site_title = "GPU Cloud admin"
+admin.site.index_title = "Hosts, capacity, prices, organisations and billing"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),

@@ -35,6 +35,7 @@ from portal.accounts.forms import (
     SshKeyForm,
 )
 from portal.accounts.middleware import SESSION_KEY, client_ip
+from portal.accounts.models import BillingMode
 from portal.accounts.roles import Action, Role, grantable_roles
 from portal.errors import SHOWN_ON_PAGE
 
@@ -155,6 +156,10 @@ def verify_email_resend(request: HttpRequest) -> HttpResponse:
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     if request.organization is None:
+        if request.user.is_staff:  # operators and finance staff belong to no organisation
+            if request.user.has_perm("billing.view_invoice"):
+                return redirect("billing:finance")
+            return redirect("admin:index")
         return redirect("accounts:organization_create")
     org = request.organization
     context = {
@@ -163,9 +168,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "api_key_count": selectors.api_keys_list(org).filter(revoked_at__isnull=True).count(),
     }
     if request.actor.can(Action.INSTANCE_VIEW):
-        from portal.metering.selectors import burn_rate  # only this view reads metering
+        from portal.compute.models import Instance  # only this view reads compute and metering
+        from portal.metering.selectors import burn_rate
 
         context["burn"] = burn_rate(org)
+        context["has_instances"] = Instance.objects.filter(organization=org).exists()
+    if request.actor.can(Action.BILLING_VIEW) and org.billing_mode == BillingMode.PREPAID:
+        from billing.services import balance  # the credit left, as the billing page shows it
+
+        context["balance"] = balance(org)
     return render(request, "accounts/dashboard.html", context)
 
 

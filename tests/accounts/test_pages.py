@@ -242,3 +242,43 @@ def test_country_must_be_a_real_iso_code(owner_client, org):
     assert "Select a valid choice" in response.content.decode()
     org.refresh_from_db()
     assert org.country != "ZZ"
+
+
+def test_a_new_prepaid_organization_sees_its_credit_and_how_to_start(org, owner_client):
+    page = owner_client.get("/").content.decode()
+    assert 'data-testid="credit-balance">10,000.00 USD' in page  # the factory's starting credit
+    assert 'data-testid="first-launch"' in page and 'href="/instances/launch/"' in page
+
+
+def test_viewers_see_no_launch_button_and_members_no_balance(org):
+    client = Client()
+    client.force_login(factories.member(org, "viewer"))
+    page = client.get("/").content.decode()
+    assert 'data-testid="first-launch"' in page and 'href="/instances/launch/"' not in page
+    assert 'data-testid="credit-balance"' not in page  # viewers do not see billing
+    client.force_login(factories.member(org, "member"))
+    assert 'data-testid="credit-balance"' not in client.get("/").content.decode()
+
+
+def test_invoiced_organizations_show_no_credit_balance(owner):
+    invoiced = factories.organization(billing_mode="invoiced", credit_amount=None)
+    client = Client()
+    client.force_login(factories.member(invoiced, "owner"))
+    assert 'data-testid="credit-balance"' not in client.get("/").content.decode()
+
+
+def test_staff_without_an_organization_land_in_their_area():
+    from django.contrib.auth.models import Permission
+
+    finance = factories.user(is_staff=True)
+    finance.user_permissions.add(Permission.objects.get(codename="view_invoice"))
+    client = Client()
+    client.force_login(finance)
+    assert client.get("/")["Location"] == "/finance/"
+    page = client.get("/finance/").content.decode()
+    assert 'href="/admin/">Admin</a>' in page
+    operator = factories.user(is_staff=True)
+    client.force_login(operator)
+    assert client.get("/")["Location"] == "/admin/"
+    client.force_login(factories.user())
+    assert client.get("/")["Location"] == "/organizations/new/"
