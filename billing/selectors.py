@@ -1,14 +1,83 @@
 """Reads of billing data, scoped to one organisation."""
 
-from django.db.models import QuerySet
+from django.core.paginator import Page, Paginator
+from django.db.models import BigIntegerField, Case, Count, F, Max, QuerySet, Sum, Value, When
+from django.db.models.functions import TruncDate
 
-from billing.models import Invoice, LedgerEntry, Payment, PaymentMethod
+from billing.models import EntryKind, Invoice, LedgerEntry, Payment, PaymentMethod
 
 
 def ledger_entries(organization) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(account__organization=organization).order_by(
         "-created_at", "-id"
     )
+
+
+def ledger_summary(organization) -> QuerySet:
+    """The ledger as people read it: usage debits summed per day and per thing that used
+    them (an instance's GPU time, its boot disk, a volume), every other entry on its own row.
+
+    Rows are dicts: ``at`` (latest entry), ``day``, ``kind``, ``amount`` (summed at full
+    precision), ``entries``, ``description`` and, for usage, ``meter``, ``subject_type``,
+    ``subject_id``.
+    """
+    return (
+        ledger_entries(organization)
+        .annotate(
+            day=TruncDate("created_at"),
+            # usage rows of one day and subject share a group; any other entry is its own
+            group=Case(
+                When(kind=EntryKind.USAGE, then=Value(0)),
+                default=F("id"),
+                output_field=BigIntegerField(),
+            ),
+            meter=F("usage_record__meter__name"),
+            subject_type=F("usage_record__subject_type"),
+            subject_id=F("usage_record__subject_id"),
+        )
+        .values("day", "group", "kind", "meter", "subject_type", "subject_id")
+        .annotate(
+            total=Sum("amount"), entries=Count("id"), at=Max("created_at"), text=Max("description")
+        )
+        .order_by("-at", "-group")
+    )
+
+
+def ledger_page(organization, number, per_page: int = 25) -> Page:
+    """One page of ``ledger_summary`` with each usage row named after its instance or volume."""
+    from portal.compute.models import Instance, Volume
+
+    page = Paginator(ledger_summary(organization), per_page).get_page(number)
+    rows = list(page.object_list)
+    ids = {
+        kind: {r["subject_id"] for r in rows if r["subject_type"] == kind}
+        for kind in ("instance", "volume")
+    }
+    names = {
+        "instance": dict(
+            Instance.objects.filter(
+                organization=organization, pk__in=_ints(ids["instance"])
+            ).values_list("pk", "name")
+        ),
+        "volume": dict(
+            Volume.objects.filter(
+                organization=organization, pk__in=_ints(ids["volume"])
+            ).values_list("pk", "name")
+        ),
+    }
+    for row in rows:
+        row["kind_label"] = EntryKind(row["kind"]).label
+        row["name"] = names.get(row["subject_type"], {}).get(_int(row["subject_id"]), "")
+    page.object_list = rows
+    return page
+
+
+def _int(value) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _ints(values) -> list[int]:
+    return [number for number in map(_int, values) if number is not None]
 
 
 def payment_methods(organization) -> QuerySet[PaymentMethod]:

@@ -6,7 +6,6 @@ from datetime import timedelta
 from django.contrib import messages
 from django.core import signing
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -33,7 +32,7 @@ def _context(request: HttpRequest, **forms) -> dict:
     organization = request.organization
     profile = payments.profile_for(organization)
     state = spend.spend_state(organization)
-    page = Paginator(selectors.ledger_entries(organization), 25).get_page(request.GET.get("page"))
+    page = selectors.ledger_page(organization, request.GET.get("page"))
     return {
         "account": services.account_for(organization),
         "state": state,

@@ -1,10 +1,11 @@
+import re
 from decimal import Decimal
 
 import pytest
 from django.test import Client
 
 from billing import services
-from billing.models import EntryKind
+from billing.models import EntryKind, LedgerEntry
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -46,3 +47,43 @@ def test_billing_page_shows_balance_and_only_this_organizations_ledger():
     assert "Top-up by card" in html and "Someone else" not in html
     assert "50.00 USD" in html
     assert services.balance(org) == Decimal("50")
+
+
+def test_the_ledger_sums_usage_per_day_and_instance(memory_backend):
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    from portal.compute import services as compute
+    from portal.metering.services import usage_close_hour
+    from tests.compute.world import World
+
+    start = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+    with time_machine.travel(start - timedelta(days=1), tick=False):
+        world = World()
+    with time_machine.travel(start, tick=False) as clock:
+        instance, _ = compute.instance_launch(actor=world.actor(), request=world.request("trainer"))
+        compute.instance_sync(instance_id=instance.pk)
+        clock.move_to(start + timedelta(hours=3, minutes=10))
+        for hour in range(3):
+            usage_close_hour(hour_start=start + timedelta(hours=hour))
+        services.usage_debit_pending()
+    debits = LedgerEntry.objects.filter(account__organization=world.org, kind="usage")
+    compute_debits = debits.filter(usage_record__meter__key="instance.seconds")
+    assert compute_debits.count() == 3  # one per hour
+    client = Client()
+    client.force_login(world.owner)
+    html = client.get("/billing/").content.decode()
+    rows = re.findall(
+        r"<tr><td[^>]*>2026-06-01</td><td>([^<]*)<span[^>]*>([^<]*)</span></td>"
+        r"<td[^>]*>Usage</td><td[^>]*>([^<]*)</td></tr>",
+        html,
+    )
+    ours = [row for row in rows if f"instance {instance.pk} (trainer)" in row[0]]
+    # one row for the day's GPU time, however many hours were debited (a running instance's
+    # boot disk is part of its price)
+    assert len(ours) == 1, rows
+    text, hours, amount = ours[0]
+    assert text.startswith("Instance running time · ") and hours == "3 hourly debits"
+    assert amount == "-10.5000"  # three hours at 3.50, summed
+    assert sum(e.amount for e in compute_debits) == Decimal("-10.5")
