@@ -52,6 +52,10 @@ class InstanceCreateSerializer(serializers.Serializer):
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
         min_length=1,
         max_length=20,
+        help_text=(
+            "The organisation's SSH keys (ids from GET /api/v1/ssh-keys) allowed to log in; "
+            "at least one is needed to reach the machine."
+        ),
     )
     volume_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
