@@ -15,8 +15,8 @@ Mapping choices (EN 16931 business terms in brackets):
 - Type code [BT-3]: 380 for an invoice, 381 for a credit note. A credit note is stored with
   negative amounts; the e-invoice states them positive (the type code says it is a credit),
   and refers to the corrected invoice [BG-3, BT-25, BT-26].
-- VAT category [BT-151, BT-118] from the invoice's tax status: standard -> ``S`` with the rate,
-  reverse_charge -> ``AE`` (0 %, exemption reason "Reverse charge", VATEX-EU-AE), zero_rated ->
+- VAT category [BT-151, BT-118] from the invoice's tax status: standard -> ``S`` with the rate
+  (``Z`` when the rate is 0, which EN 16931 does not allow for ``S``), reverse_charge -> ``AE`` (0 %, exemption reason "Reverse charge", VATEX-EU-AE), zero_rated ->
   ``Z`` (0 %), not_subject -> ``O`` (no rate, exemption reason "Not subject to VAT",
   VATEX-EU-O). For ``O`` the rules forbid the seller's and buyer's VAT identifiers (BR-O-02);
   a seller identifier is still required (BR-CO-26), so the seller's ``registration`` from the
@@ -161,6 +161,10 @@ def _document(invoice: Invoice) -> dict:
     credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
     sign = Decimal(-1) if credit_note else Decimal(1)
     category, reason, reason_code = CATEGORIES[invoice.tax_status]
+    if category == "S" and not invoice.tax_rate:
+        # "standard" at 0 % (an organisation whose tax status nobody set): EN 16931 wants a
+        # standard rate above zero (BR-S-05), so the e-invoice states it as zero rated
+        category, reason, reason_code = CATEGORIES[TaxStatus.ZERO_RATED]
     seller, buyer = dict(invoice.seller or {}), dict(invoice.buyer or {})
     if not seller.get("name") or not seller.get("country"):
         raise InvalidInput("The invoice has no seller details.", code="seller_missing")

@@ -94,6 +94,8 @@ CASES = [
     ("USD", "reverse_charge", "0", "prepaid", "AE", "0.00"),
     ("USD", "zero_rated", "0", "invoiced", "Z", "0.00"),
     ("CNY", "standard", "0.19", "prepaid", "S", "19.00"),
+    # what an organisation without a billing profile gets: standard at 0 % (BR-S-05)
+    ("USD", "standard", "0", "prepaid", "Z", "0.00"),
     ("CNY", "zero_rated", "0", "invoiced", "Z", "0.00"),
     ("CNY", "not_subject", "0", "invoiced", "O", None),
 ]
