@@ -501,6 +501,7 @@ def test_detail_shows_specs_state_and_events_but_never_the_host(
     assert "Launch requested" in page
     assert "The IP address and SSH command appear here when the instance is running." in page
     assert compute_catalog["host"].name not in page
+    assert '<span class="mono">3.50 USD/h</span>' in page  # its price in force in us-east-1
 
     # The htmx poll gets the status panel alone; once running it stops polling.
     settle(instance)
