@@ -26,6 +26,14 @@ def webhooks_retry() -> str:
     return f"{events.webhooks_retry()} event(s) processed"
 
 
+@shared_task(name="billing.checkouts_expire", acks_late=True, soft_time_limit=60, time_limit=90)
+def checkouts_expire() -> str:
+    """Cancel top-ups whose fake checkout page expired unpaid."""
+    from billing.payments import services
+
+    return f"{services.checkouts_expire()} checkout(s) expired"
+
+
 @shared_task(name="billing.spend_watch", acks_late=True, soft_time_limit=240, time_limit=280)
 def spend_watch() -> dict:
     """Warn as credit runs low, auto-recharge, stop instances after the grace period."""

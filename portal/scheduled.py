@@ -21,6 +21,11 @@ SCHEDULE = {
         "schedule": 120.0,
         "options": {"expires": 110},
     },
+    "billing-checkouts-expire": {
+        "task": "billing.checkouts_expire",
+        "schedule": 600.0,
+        "options": {"expires": 550},
+    },
     "billing-spend-watch": {
         "task": "billing.spend_watch",
         "schedule": 60.0,

@@ -38,6 +38,9 @@ from billing.payments.base import (
 )
 
 SALT = "billing.fake-checkout"
+# A checkout page works this long (Stripe's sessions: 24 hours); billing.payments.services.
+# checkouts_expire then cancels the top-up it was for.
+CHECKOUT_MAX_AGE_SECONDS = 3600
 DECLINES = {
     "4000000000000002": "Your card was declined.",
     "4000000000009995": "Your card has insufficient funds.",
@@ -154,7 +157,7 @@ class FakeProvider(PaymentProvider):
         return Redirect(url=reverse("billing:fake_checkout", args=[token]), checkout_id=checkout_id)
 
     @staticmethod
-    def checkout_read(token: str, *, max_age: int = 3600) -> dict:
+    def checkout_read(token: str, *, max_age: int = CHECKOUT_MAX_AGE_SECONDS) -> dict:
         return signing.loads(token, salt=SALT, max_age=max_age)
 
     def checkout_paid(self, session: dict, payment) -> None:

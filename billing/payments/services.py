@@ -9,6 +9,7 @@ ledger key ``payment:<id>``: whichever comes first posts it, the other finds it 
 """
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
@@ -209,6 +210,29 @@ def payment_canceled(payment_id: int, *, message: str) -> Payment:
         payment.updated_at = timezone.now()
         payment.save()
     return payment
+
+
+def checkouts_expire(now=None) -> int:
+    """Cancel top-ups left on the fake provider's checkout page after it stopped working.
+
+    Stripe tells of an abandoned Checkout with ``checkout.session.expired`` (handled with the
+    other webhooks); the fake provider has no such event, so its pending checkouts are expired
+    here. Returns how many were canceled.
+    """
+    from billing.payments.fake import CHECKOUT_MAX_AGE_SECONDS
+
+    now = now or timezone.now()
+    stale = Payment.objects.filter(
+        provider="fake",
+        status=PaymentStatus.PENDING,
+        checkout_id__startswith="fakecs_",
+        created_at__lt=now - timedelta(seconds=CHECKOUT_MAX_AGE_SECONDS),
+    ).values_list("pk", flat=True)
+    canceled = 0
+    for payment_id in stale:
+        payment = payment_canceled(payment_id, message="The checkout page expired before paying.")
+        canceled += payment.status == PaymentStatus.CANCELED
+    return canceled
 
 
 @transaction.atomic

@@ -93,6 +93,32 @@ def test_returning_from_checkout_without_paying_credits_nothing(bare_org, owner_
     assert _ledger(bare_org) == []
 
 
+def test_a_checkout_left_unpaid_is_canceled_once_its_page_expired(bare_org, owner_client):
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    url = _checkout(owner_client, "100")
+    paid_url = _checkout(owner_client, "50")
+    owner_client.post(
+        paid_url, {"card_number": "4242 4242 4242 4242", "expiry": "12/40", "cvc": "123"}
+    )
+    abandoned = Payment.objects.get(organization=bare_org, amount=100)
+    assert abandoned.status == PaymentStatus.PENDING and abandoned.checkout_id
+    with time_machine.travel(timezone.now() + timedelta(minutes=59)):
+        assert payments.checkouts_expire() == 0  # its page still works
+    with time_machine.travel(timezone.now() + timedelta(minutes=61)):
+        assert payments.checkouts_expire() == 1
+        assert payments.checkouts_expire() == 0
+        assert owner_client.get(url).status_code == 400  # the page says it expired
+    abandoned.refresh_from_db()
+    assert abandoned.status == PaymentStatus.CANCELED
+    assert abandoned.failure_message == "The checkout page expired before paying."
+    assert Payment.objects.get(amount=50).status == PaymentStatus.SUCCEEDED
+    assert _ledger(bare_org) == [("top_up", Decimal("50"))]
+
+
 @pytest.mark.parametrize(
     ("amount", "code_text"),
     [("1", "Top up between"), ("abc", "Enter an amount"), ("10.123", "decimal places"),
