@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0005_exportjob_started_at'),
+        ("billing", "0005_exportjob_started_at"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='ledgerentry',
-            options={'ordering': ['-created_at', '-id'], 'verbose_name_plural': 'ledger entries'},
+            name="ledgerentry",
+            options={"ordering": ["-created_at", "-id"], "verbose_name_plural": "ledger entries"},
         ),
     ]
