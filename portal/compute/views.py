@@ -237,7 +237,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Launching {instance.name}. This page follows it until it is running.",
+                    f"Launching {instance.name}.",
                 )
                 url = reverse("compute:instance_detail", args=[instance.pk])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
