@@ -31,3 +31,11 @@ def quantity(line) -> str:
     from billing.documents import quantity as document_quantity
 
     return document_quantity(line.quantity, line.unit)
+
+
+@register.filter
+def percent(rate) -> str:
+    """A tax rate as the PDF prints it: ``0.0750`` → ``7.5``, ``0.19`` → ``19``."""
+    from billing.documents import percent as document_percent
+
+    return document_percent(rate) if rate not in (None, "") else ""

@@ -11,7 +11,7 @@ from lxml import etree
 
 from billing import einvoice, invoicing
 from billing.models import BillingProfile, Invoice
-from billing.templatetags.money import unit_price
+from billing.templatetags.money import percent, unit_price
 from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from portal.metering.lifecycle_usage import VOLUME
@@ -285,6 +285,7 @@ def test_customers_download_the_einvoices_of_their_finalized_invoices(world):
     page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
     assert "UBL 2.1" in page and "Factur-X PDF" in page
     assert page.count("E-invoice (EN 16931)") == 1
+    assert "Tax (Standard rate, 19 %)" in page
     for line in invoice.lines.exclude(unit_price=None):  # no trailing zeros: 3.50, not 3.500000
         assert f">{unit_price(line.unit_price)}<" in page
     ubl = client.get(f"/billing/invoices/{invoice.pk}/e-invoice/ubl/")
@@ -340,3 +341,11 @@ def test_finance_exports_selected_invoices_from_admin(world):
 )
 def test_unit_prices_are_shown_without_trailing_zeros(value, shown):
     assert unit_price(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [(Decimal("0.19"), "19"), (Decimal("0.0750"), "7.5"), (Decimal("0"), "0"), (None, "")],
+)
+def test_tax_rates_are_shown_as_the_pdf_prints_them(rate, shown):
+    assert percent(rate) == shown  # not rounded to a whole percent
