@@ -86,3 +86,25 @@ def memory_backend(settings):
     reset_backends()
     yield get_backend("memory")
     reset_backends()
+
+
+@pytest.fixture
+def simulated_backend(settings):
+    """``simulated_backend(boot_seconds=1, stop_seconds=1)``: instances run on the simulated
+    backend (machines in the database) taking that long to boot and stop; returns it."""
+    from portal.provisioning import get_backend, reset_backends
+
+    def use(*, boot_seconds: float, stop_seconds: float = 0):
+        simulated = settings.PROVISIONING_BACKENDS["simulated"]
+        options = {**simulated["OPTIONS"], "boot_seconds": boot_seconds}
+        options["stop_seconds"] = stop_seconds
+        settings.PROVISIONING_BACKENDS = {
+            **settings.PROVISIONING_BACKENDS,
+            "simulated": {**simulated, "OPTIONS": options},
+        }
+        settings.PROVISIONING_BACKEND = "simulated"
+        reset_backends()
+        return get_backend("simulated")
+
+    yield use
+    reset_backends()

@@ -69,18 +69,8 @@ def api_body(world: World, name: str = "api-box") -> dict:
 
 
 @pytest.fixture
-def simulated_fast(settings):
-    options = {**settings.PROVISIONING_BACKENDS["simulated"]["OPTIONS"], "boot_seconds": 1}
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {**settings.PROVISIONING_BACKENDS["simulated"], "OPTIONS": options},
-    }
-    settings.PROVISIONING_BACKEND = "simulated"
-    from portal.provisioning import reset_backends
-
-    reset_backends()
-    yield
-    reset_backends()
+def simulated_fast(simulated_backend):
+    return simulated_backend(boot_seconds=1)
 
 
 @contextmanager
@@ -100,15 +90,6 @@ def celery_worker(broker_url: str, log: Path):
     finally:
         worker.terminate()
         worker.wait(timeout=20)
-
-
-def _wait_for(predicate, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s; worker log:\n{log.read_text()[-4000:]}")
 
 
 @pytest.mark.redis
@@ -157,7 +138,7 @@ def test_with_the_broker_down_the_portal_answers_and_launches_wait_for_the_recon
     with celery_broker(broker), celery_worker(broker, log):
         assert client.get("/readyz").status_code == 200
         assert services.reconcile().redispatched == (instance.pk,)
-        _wait_for(
+        workers.wait_until(
             lambda: Instance.objects.get(pk=instance.pk).state == State.RUNNING,
             timeout=45,
             what="the instance was not running",

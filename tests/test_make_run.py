@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.db import connection
+
+from tests import workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,15 +43,6 @@ def _call(url: str, *, key: str | None = None, body: dict | None = None) -> tupl
         return error.code, json.loads(error.read() or b"{}")
     except (urllib.error.URLError, ConnectionError):
         return 0, {}
-
-
-def _wait(predicate, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {timeout} s; make run printed:\n{log.read_text()[-6000:]}")
 
 
 @pytest.fixture
@@ -92,7 +84,7 @@ def test_make_run_serves_on_postgresql_and_redis(run_database, redis_url, tmp_pa
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait(
+        workers.wait_until(
             lambda: (
                 _call(f"{base}/readyz") == (200, {"status": "ok", "database": "ok", "broker": "ok"})
             ),
@@ -131,7 +123,7 @@ def test_make_run_serves_on_postgresql_and_redis(run_database, redis_url, tmp_pa
             if status == 201:
                 break
         assert status == 201, instance
-        _wait(
+        workers.wait_until(
             lambda: (
                 _call(f"{base}/api/v1/instances/{instance['id']}", key=key)[1].get("status")
                 == "running"

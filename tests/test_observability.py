@@ -25,7 +25,6 @@ from portal.compute.models import Instance
 from portal.observability import celery_signals, metrics
 from portal.observability.logging import ContextFilter, JsonFormatter, PlainFormatter, log_context
 from portal.observability.middleware import REDACTED
-from portal.provisioning import get_backend, reset_backends
 from tests import factories
 from tests.compute.world import World
 
@@ -271,18 +270,8 @@ def test_instance_gauges_match_the_database(memory_backend, django_assert_num_qu
 
 
 @pytest.fixture
-def slow_simulated_backend(settings):
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {
-            **settings.PROVISIONING_BACKENDS["simulated"],
-            "OPTIONS": {"boot_seconds": 60, "stop_seconds": 20, "ip_network": "10.64.0.0/16"},
-        },
-    }
-    settings.PROVISIONING_BACKEND = "simulated"
-    reset_backends()
-    yield get_backend("simulated")
-    reset_backends()
+def slow_simulated_backend(simulated_backend):
+    return simulated_backend(boot_seconds=60, stop_seconds=20)
 
 
 @pytest.mark.django_db

@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 
 from portal.accounts.models import ApiKey, Membership, Organization, SshKey, User
+from tests import workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,24 +40,7 @@ def test_a_real_worker_consumes_tasks_from_redis(redis_url, tmp_path):
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--pool=solo",
-            "--loglevel=WARNING",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "worker.log", "w"),  # noqa: SIM115
-    )
+    worker = workers.start_worker(env, tmp_path / "worker.log")
     try:
         code = (
             "from portal.celery import ping; import sys; "

@@ -1,7 +1,9 @@
-"""Real Celery worker processes for tests: started against the test database and a real broker."""
+"""Real Celery worker processes for tests: started against the test database and a real broker,
+and waiting for what they do."""
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from django.db import connection
@@ -38,3 +40,13 @@ def start_worker(env: dict, log: Path, name: str = "worker") -> subprocess.Popen
         stdout=open(log, "w"),
         stderr=subprocess.STDOUT,
     )
+
+
+def wait_until(predicate, *, timeout: float, what: str, log: Path) -> None:
+    """Poll ``predicate`` until it holds; else fail with ``what`` and the end of ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{what} within {timeout} s; log:\n{log.read_text()[-6000:]}")

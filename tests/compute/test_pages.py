@@ -20,7 +20,6 @@ from portal.catalog.models import GpuModel, Image
 from portal.catalog.synthetic import DATA_DIR, synthesize_report
 from portal.compute import services
 from portal.compute.models import Instance, Volume, VolumeState
-from portal.provisioning import reset_backends
 from tests import factories
 from tests.factories import QueryCounter
 
@@ -32,19 +31,9 @@ _seq = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
-def fast_simulated_backend(settings):
+def fast_simulated_backend(simulated_backend):
     """The simulated backend (machines in the database) with instant boots and stops."""
-    settings.PROVISIONING_BACKEND = "simulated"
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {
-            **settings.PROVISIONING_BACKENDS["simulated"],
-            "OPTIONS": {"boot_seconds": 0, "stop_seconds": 0, "ip_network": "10.64.0.0/16"},
-        },
-    }
-    reset_backends()
-    yield
-    reset_backends()
+    return simulated_backend(boot_seconds=0, stop_seconds=0)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.lifecycle import State
 from portal.compute.models import BackendOrphan, Instance
-from portal.provisioning import get_backend, reset_backends
 from portal.provisioning.simulated import simulate_loss
 from tests.compute.world import World
 
@@ -19,22 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def simulated(settings):
-    options = {
-        **settings.PROVISIONING_BACKENDS["simulated"]["OPTIONS"],
-        "boot_seconds": 60,
-        "stop_seconds": 20,
-    }
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {**settings.PROVISIONING_BACKENDS["simulated"], "OPTIONS": options},
-    }
-    settings.PROVISIONING_BACKEND = "simulated"
+def simulated(settings, simulated_backend):
     settings.COMPUTE_REDISPATCH_SECONDS = 60
     settings.COMPUTE_LAUNCH_TIMEOUT_SECONDS = 900
-    reset_backends()
-    yield get_backend("simulated")
-    reset_backends()
+    return simulated_backend(boot_seconds=60, stop_seconds=20)
 
 
 @pytest.fixture

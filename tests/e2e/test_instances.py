@@ -11,19 +11,15 @@ keeps its machines in the database and takes a few seconds per transition.
 import re
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
-from django.db import connection
 from django.utils import timezone
 from playwright.sync_api import Dialog, Page, expect
 
 from portal.accounts import services as account_services
 from portal.catalog.demo import load_demo_catalog
-from portal.celery import app as celery_app
 from portal.compute import services as compute_services
 from portal.compute.models import Instance
-from portal.provisioning import reset_backends
 from tests import factories
+from tests.e2e.conftest import assert_no_reload, background_worker, mark_document
 
 pytestmark = pytest.mark.browser
 
@@ -32,45 +28,13 @@ STOP_SECONDS = 2
 SETTLE_MS = 20_000  # how long a page may take to show a state the worker reaches
 
 
-def _close_db_connection(**kwargs) -> None:
-    connection.close()  # the worker thread's own connection, after each task
-
-
 @pytest.fixture
-def celery_worker(settings):
+def celery_worker(settings, simulated_backend):
     """A Celery worker in a thread, with tasks sent to the in-memory broker (not run eagerly)."""
     settings.COMPUTE_POLL_SECONDS = 0.5
-    settings.PROVISIONING_BACKEND = "simulated"
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {
-            **settings.PROVISIONING_BACKENDS["simulated"],
-            "OPTIONS": {
-                "boot_seconds": BOOT_SECONDS,
-                "stop_seconds": STOP_SECONDS,
-                "ip_network": "10.64.0.0/16",
-            },
-        },
-    }
-    reset_backends()
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    task_postrun.connect(_close_db_connection)
-    try:
-        with start_worker(celery_app, perform_ping_check=False, shutdown_timeout=20):
-            yield
-    finally:
-        task_postrun.disconnect(_close_db_connection)
-        celery_app.conf.task_always_eager = eager
-        reset_backends()
-
-
-def mark_document(page: Page) -> None:
-    page.evaluate("window.__e2eDocument = true")
-
-
-def assert_no_reload(page: Page) -> None:
-    assert page.evaluate("window.__e2eDocument === true"), "the page reloaded instead of htmx"
+    simulated_backend(boot_seconds=BOOT_SECONDS, stop_seconds=STOP_SECONDS)
+    with background_worker():
+        yield
 
 
 def test_launch_watch_stop_start_terminate(

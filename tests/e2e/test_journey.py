@@ -20,18 +20,13 @@ import io
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import time_machine
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 from playwright.sync_api import Dialog, Page, expect
 
@@ -41,13 +36,12 @@ from billing.tasks import debit_usage
 from portal.accounts import services as account_services
 from portal.accounts.models import Organization, SshKey
 from portal.catalog.demo import load_demo_catalog
-from portal.celery import app as celery_app
 from portal.compute import services as compute_services
 from portal.compute.models import Instance
 from portal.metering.selectors import usage_summary
 from portal.metering.tasks import close_recent_hours
-from portal.provisioning import reset_backends
 from tests import factories
+from tests.e2e.conftest import assert_no_reload, background_worker, mark_document
 from tests.e2e.test_onboarding import emailed_link
 
 pytestmark = pytest.mark.browser
@@ -85,68 +79,6 @@ def journey_start(now: datetime) -> datetime:
     first_of_next = (now.date().replace(day=1) + timedelta(days=32)).replace(day=1)
     month_after = (first_of_next + timedelta(days=32)).replace(day=1)
     return datetime.combine(month_after, datetime.min.time(), tzinfo=UTC) - timedelta(hours=4)
-
-
-def _close_db_connection(**kwargs) -> None:
-    connection.close()  # the worker thread's own connection, after each task
-
-
-@contextmanager
-def background_worker() -> Iterator[None]:
-    """Tasks go to a Celery worker in a thread (in-memory broker) instead of running eagerly."""
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    task_postrun.connect(_close_db_connection)
-    try:
-        with start_worker(celery_app, perform_ping_check=False, shutdown_timeout=20):
-            yield
-    finally:
-        task_postrun.disconnect(_close_db_connection)
-        celery_app.conf.task_always_eager = eager
-
-
-@pytest.fixture
-def simulated_backend(settings):
-    """The simulated provisioning backend, booting in ``BOOT_SECONDS``."""
-    settings.COMPUTE_POLL_SECONDS = 0.5
-    settings.PROVISIONING_BACKEND = "simulated"
-    settings.PROVISIONING_BACKENDS = {
-        **settings.PROVISIONING_BACKENDS,
-        "simulated": {
-            **settings.PROVISIONING_BACKENDS["simulated"],
-            "OPTIONS": {
-                "boot_seconds": BOOT_SECONDS,
-                "stop_seconds": STOP_SECONDS,
-                "ip_network": "10.64.0.0/16",
-            },
-        },
-    }
-    reset_backends()
-    yield
-    reset_backends()
-
-
-@pytest.fixture
-def shot(page: Page, screenshot_dir: Path):
-    """``shot("signup")`` saves ``journey-01-signup.png`` (full page)."""
-    for stale in screenshot_dir.glob("journey-*.png"):
-        stale.unlink()
-    counter = iter(range(1, 100))
-
-    def take(step: str) -> Path:
-        path = screenshot_dir / f"journey-{next(counter):02d}-{step}.png"
-        page.screenshot(path=str(path), full_page=True)
-        return path
-
-    return take
-
-
-def mark_document(page: Page) -> None:
-    page.evaluate("window.__e2eDocument = true")
-
-
-def assert_no_reload(page: Page) -> None:
-    assert page.evaluate("window.__e2eDocument === true"), "the page reloaded instead of htmx"
 
 
 def log_in(page: Page, base: str, email: str, password: str = factories.PASSWORD) -> None:
@@ -195,9 +127,11 @@ def month_usage(org: Organization, month_start: datetime) -> Decimal:
 
 
 def test_journey(
-    live_server, transactional_db, settings, simulated_backend, page: Page, shot, tmp_path
+    live_server, transactional_db, settings, simulated_backend, page: Page, screenshot, tmp_path
 ):
     settings.SITE_URL = live_server.url  # emailed links point at this server
+    settings.COMPUTE_POLL_SECONDS = 0.5
+    simulated_backend(boot_seconds=BOOT_SECONDS, stop_seconds=STOP_SECONDS)
     base = live_server.url
     dialogs: list[str] = []
 
@@ -228,7 +162,7 @@ def test_journey(
         page.get_by_label("Full name").fill("Ada Lovelace")
         page.get_by_label("Email").fill(EMAIL)
         page.get_by_label("Password").fill(PASSWORD)
-        shot("signup")
+        screenshot("signup")
         page.get_by_role("button", name="Sign up").click()
         expect(page).to_have_url(f"{base}/organizations/new/")
         expect(page.get_by_text(f"We sent a confirmation link to {EMAIL}")).to_be_visible()
@@ -236,7 +170,7 @@ def test_journey(
         page.goto(emailed_link(EMAIL))
         expect(page.get_by_role("heading", name="Email confirmed")).to_be_visible()
         expect(page.get_by_text(f"Thank you, {EMAIL} is confirmed.")).to_be_visible()
-        shot("email-confirmed")
+        screenshot("email-confirmed")
         page.get_by_role("link", name="Continue").click()
 
         # --- create the organisation --------------------------------------------------------
@@ -245,13 +179,13 @@ def test_journey(
         page.get_by_label("Organisation name").fill(ORG_NAME)
         page.get_by_label("Country").select_option("DE")
         page.get_by_label("Currency").select_option("USD")
-        shot("organisation")
+        screenshot("organisation")
         page.get_by_role("button", name="Create organisation").click()
         expect(page).to_have_url(f"{base}/")
         expect(page.get_by_role("heading", name=ORG_NAME, level=1)).to_be_visible()
         expect(page.get_by_text("Your role: Owner")).to_be_visible()
         org = Organization.objects.get(name=ORG_NAME)
-        shot("dashboard")
+        screenshot("dashboard")
         main_nav = page.get_by_role("navigation", name="Main")
 
         # --- add an SSH key -----------------------------------------------------------------
@@ -263,7 +197,7 @@ def test_journey(
         expect(page.get_by_text(f"SSH key {KEY_NAME} added.")).to_be_visible()
         key = SshKey.objects.get(organization=org)
         expect(page.get_by_role("row").filter(has_text=KEY_NAME)).to_contain_text(key.fingerprint)
-        shot("ssh-key")
+        screenshot("ssh-key")
 
         # --- top up with a test card: the credit comes with the provider's signed event -------
         main_nav.get_by_role("link", name="Billing").click()
@@ -274,7 +208,7 @@ def test_journey(
         page.get_by_label("Card number").fill("4242 4242 4242 4242")
         page.get_by_label("Expiry (MM/YY)").fill("12/40")
         page.get_by_label("CVC").fill("123")
-        shot("checkout")
+        screenshot("checkout")
         page.get_by_role("button", name=f"Pay {TOP_UP} USD").click()
         expect(page.get_by_text("Your payment is confirmed")).to_be_visible()
         expect(page.locator("#payment-list tbody tr").first).to_contain_text("Succeeded")
@@ -285,7 +219,7 @@ def test_journey(
         assert credit.amount == TOP_UP and credit.kind == "top_up"
         event = WebhookEvent.objects.get(provider="fake", type="checkout.session.completed")
         assert event.processed_at is not None, event.outcome
-        shot("billing-topped-up")
+        screenshot("billing-topped-up")
 
         with background_worker():
             # The other organisation runs an instance meanwhile (its own invoice comes of it).
@@ -307,7 +241,7 @@ def test_journey(
                 has=page.get_by_role("heading", name=INSTANCE_TYPE, exact=True)
             )
             expect(offer).to_be_visible()
-            shot("catalog")
+            screenshot("catalog")
             offer.get_by_role("link", name="Launch").click()
             expect(page).to_have_url(f"{base}/instances/launch/?type={INSTANCE_TYPE}")
             expect(page.get_by_label("Instance type")).to_have_value(INSTANCE_TYPE)
@@ -317,7 +251,7 @@ def test_journey(
             price = money(hourly.inner_text())
             expect(page.get_by_label(KEY_NAME)).to_be_checked()  # the only key
             page.get_by_label("Name", exact=True).fill(INSTANCE)
-            shot("launch")
+            screenshot("launch")
             page.get_by_role("button", name="Launch instance").click()
 
             # --- the instance page follows it to running, without a reload ------------------
@@ -329,12 +263,12 @@ def test_journey(
             badge = status.locator(".badge.state")
             expect(badge).to_have_text(re.compile("Pending|Provisioning"))
             expect(status).to_contain_text("This updates by itself")
-            shot("instance-provisioning")
+            screenshot("instance-provisioning")
             expect(badge).to_have_text("Running", timeout=SETTLE_MS)
             expect(page.locator("#ssh-command")).to_have_text(re.compile(r"^ssh \w+@10\.64\."))
             expect(page.locator("#instance-status[hx-trigger]")).to_have_count(0)
             assert_no_reload(page)
-            shot("instance-running")
+            screenshot("instance-running")
 
             # --- an hour later: the usage page shows what it cost so far ---------------------
             clock.move_to(start + timedelta(hours=1))
@@ -344,7 +278,7 @@ def test_journey(
             first_hour = money(total.inner_text())
             assert price * Decimal("0.95") < first_hour < price * Decimal("1.01"), first_hour
             expect(page.locator("#by-instance")).to_contain_text(INSTANCE)
-            shot("usage-one-hour")
+            screenshot("usage-one-hour")
 
             # --- 22:30: metering closes the ended hours and billing debits them -------------
             clock.move_to(start + timedelta(hours=2, minutes=30))
@@ -356,11 +290,11 @@ def test_journey(
             balance = money(page.get_by_test_id("balance").inner_text())
             assert TOP_UP - price * Decimal("2.51") < balance < TOP_UP - price * 2, balance
             expect(page.locator("table").last).to_contain_text(f"instance {instance.pk}")
-            shot("billing-usage-debited")
+            screenshot("billing-usage-debited")
             main_nav.get_by_role("link", name="Usage").click()
             later = money(page.get_by_test_id("usage-total").inner_text())
             assert later > first_hour + 5 * price / 4, (later, first_hour)
-            shot("usage-accrued")
+            screenshot("usage-accrued")
 
             # --- stop it (confirmed), then terminate it (its name typed) --------------------
             main_nav.get_by_role("link", name="Instances").click()
@@ -371,13 +305,13 @@ def test_journey(
             expect(page.get_by_text(f"Stopping {INSTANCE}.")).to_be_visible()
             expect(badge).to_have_text("Stopped", timeout=SETTLE_MS)
             assert dialogs[-1].startswith(f"Stop {INSTANCE}?"), dialogs
-            shot("instance-stopped")
+            screenshot("instance-stopped")
             page.get_by_label(f"Type {INSTANCE} to terminate it").fill(INSTANCE)
             page.get_by_role("button", name="Terminate").click()
             expect(page.get_by_text(f"Terminating {INSTANCE}.")).to_be_visible()
             expect(badge).to_have_text("Terminated", timeout=SETTLE_MS)
             assert_no_reload(page)
-            shot("instance-terminated")
+            screenshot("instance-terminated")
 
             compute_services.instance_action(
                 actor=factories.actor(other_org, other_owner),
@@ -390,7 +324,7 @@ def test_journey(
         spent = month_usage(org, month_start)
         main_nav.get_by_role("link", name="Usage").click()
         expect(page.get_by_test_id("usage-total")).to_have_text(cents(spent))
-        shot("usage-final")
+        screenshot("usage-final")
         main_nav.get_by_role("link", name="Billing").click()
         expect(page.get_by_test_id("balance")).to_have_text(cents(billing_services.balance(org)))
         assert billing_services.balance(org).quantize(Decimal("0.01")) == (TOP_UP - spent).quantize(
@@ -411,12 +345,12 @@ def test_journey(
         row = invoices_table(page).get_by_role("row").filter(has_text=invoice.number)
         expect(row).to_contain_text(f"{invoice.total} USD")
         expect(page.get_by_text(other_invoice.number)).to_have_count(0)
-        shot("billing-invoice")
+        screenshot("billing-invoice")
         row.get_by_role("link", name=invoice.number).click()
         expect(page).to_have_url(f"{base}/billing/invoices/{invoice.pk}/")
         expect(page.get_by_role("heading", name=f"Invoice {invoice.number}")).to_be_visible()
         expect(page.locator(".stat")).to_have_text(f"{invoice.total} USD")
-        shot("invoice")
+        screenshot("invoice")
         pdf_link = page.get_by_role("link", name="Download PDF")
         pdf_url = f"{base}{pdf_link.get_attribute('href')}"
         response = page.request.get(pdf_url)
@@ -439,7 +373,7 @@ def test_journey(
             response = page.goto(f"{base}{path}")
             assert response.status == 403, (path, response.status)
             expect(page.get_by_text("The finance area is for finance staff.")).to_be_visible()
-        shot("billing-member-finance-refused")
+        screenshot("billing-member-finance-refused")
         csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
         status_code, text = page.evaluate(
             """async (token) => {
@@ -458,7 +392,7 @@ def test_journey(
         expect(invoice_rows).to_have_count(1)
         expect(invoice_rows).to_contain_text(invoice.number)
         expect(page.get_by_text(other_invoice.number)).to_have_count(0)
-        shot("billing-member-invoices")
+        screenshot("billing-member-invoices")
         assert page.goto(f"{base}/billing/invoices/{other_invoice.pk}/").status == 404
         log_out(page, base)
 
@@ -469,7 +403,7 @@ def test_journey(
         other_nav.get_by_role("link", name="Instances").click()
         expect(page.get_by_role("link", name="other-llm")).to_be_visible()
         expect(page.get_by_role("main")).not_to_contain_text(INSTANCE)
-        shot("other-org-instances")
+        screenshot("other-org-instances")
         other_nav.get_by_role("link", name="Billing").click()
         expect(invoices_table(page).locator("tbody tr")).to_have_count(1)
         expect(invoices_table(page)).to_contain_text(other_invoice.number)
@@ -486,5 +420,5 @@ def test_journey(
             response = page.goto(f"{base}{path}")
             assert response.status == 404, (path, response.status)
         expect(page.get_by_role("heading", name="Not found")).to_be_visible()
-        shot("other-org-not-found")
+        screenshot("other-org-not-found")
         assert page.request.get(f"{base}/billing/invoices/{invoice.pk}/pdf/").status == 404

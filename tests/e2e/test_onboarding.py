@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.core import mail
 from playwright.sync_api import Dialog, Page, expect
 
+from tests.e2e.conftest import assert_no_reload, mark_document
+
 pytestmark = pytest.mark.browser
 
 OWNER_EMAIL = "ada@example.com"
@@ -60,15 +62,6 @@ def api_get(url: str, secret: str) -> tuple[int, dict]:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
-
-
-def mark_document(page: Page) -> None:
-    """Tag the loaded document; a full page load drops the tag (see ``assert_no_reload``)."""
-    page.evaluate("window.__e2eDocument = true")
-
-
-def assert_no_reload(page: Page) -> None:
-    assert page.evaluate("window.__e2eDocument === true"), "the page reloaded instead of htmx"
 
 
 def test_onboarding(live_server, settings, page: Page, screenshot):

@@ -26,6 +26,7 @@ from portal.compute import services as compute
 from portal.metering import services as metering
 from tests import factories
 from tests.compute.world import World
+from tests.e2e.conftest import assert_no_reload, mark_document
 
 pytestmark = pytest.mark.browser
 
@@ -44,14 +45,6 @@ def terminate(world: World, instance) -> None:
     compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="terminate")
     while compute.instance_sync(instance_id=instance.pk):
         pass
-
-
-def mark_document(page: Page) -> None:
-    page.evaluate("window.__e2eDocument = true")
-
-
-def assert_no_reload(page: Page) -> None:
-    assert page.evaluate("window.__e2eDocument === true"), "the page reloaded instead of htmx"
 
 
 def test_usage_page_picker_csv_and_api_agree(
