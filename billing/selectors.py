@@ -45,39 +45,16 @@ def ledger_summary(organization) -> QuerySet:
 
 def ledger_page(organization, number, per_page: int = 25) -> Page:
     """One page of ``ledger_summary`` with each usage row named after its instance or volume."""
-    from portal.compute.models import Instance, Volume
+    from portal.metering.selectors import subject_names
 
     page = Paginator(ledger_summary(organization), per_page).get_page(number)
     rows = list(page.object_list)
-    ids = {
-        kind: {r["subject_id"] for r in rows if r["subject_type"] == kind}
-        for kind in ("instance", "volume")
-    }
-    names = {
-        "instance": dict(
-            Instance.objects.filter(
-                organization=organization, pk__in=_ints(ids["instance"])
-            ).values_list("pk", "name")
-        ),
-        "volume": dict(
-            Volume.objects.filter(
-                organization=organization, pk__in=_ints(ids["volume"])
-            ).values_list("pk", "name")
-        ),
-    }
+    names = subject_names((row["subject_type"], row["subject_id"]) for row in rows)
     for row in rows:
         row["kind_label"] = EntryKind(row["kind"]).label
-        row["name"] = names.get(row["subject_type"], {}).get(_int(row["subject_id"]), "")
+        row["name"] = names.get((row["subject_type"], row["subject_id"]), "")
     page.object_list = rows
     return page
-
-
-def _int(value) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() else None
-
-
-def _ints(values) -> list[int]:
-    return [number for number in map(_int, values) if number is not None]
 
 
 def payment_methods(organization) -> QuerySet[PaymentMethod]:

@@ -5,6 +5,7 @@ the cost at full precision in the organisation's currency. The page, its CSV and
 ``GET /api/v1/usage`` all use it, so they always agree.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -102,21 +103,26 @@ def _key(record: UsageRecord, group_by: str) -> str:
     return record.meter.key
 
 
+def subject_names(subjects: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Names of usage subjects: ``("instance", "12")`` -> ``"trainer"``, ``("volume", "3")`` ->
+    ``"datasets"`` (two queries at most; external subjects have no name here)."""
+    subjects = set(subjects)
+    names: dict[tuple[str, str], str] = {}
+    for kind, model in (("instance", Instance), ("volume", Volume)):
+        ids = {subject_id for subject_type, subject_id in subjects if subject_type == kind}
+        if ids:
+            rows = model.objects.filter(pk__in=ids).values_list("pk", "name")
+            names.update({(kind, str(pk)): name for pk, name in rows})
+    return names
+
+
 def _names(records: list[UsageRecord], group_by: str) -> dict[str, str]:
     if group_by == "instance":
-        instance_ids = {r.subject_id for r in records if r.subject_type == "instance"}
-        volume_ids = {r.subject_id for r in records if r.subject_type == "volume"}
-        names = {
-            f"instance:{pk}": name
-            for pk, name in Instance.objects.filter(pk__in=instance_ids).values_list("pk", "name")
+        names = subject_names((r.subject_type, r.subject_id) for r in records)
+        return {
+            f"{kind}:{pk}": name if kind == "instance" else f"volume {name}"
+            for (kind, pk), name in names.items()
         }
-        names.update(
-            {
-                f"volume:{pk}": f"volume {name}"
-                for pk, name in Volume.objects.filter(pk__in=volume_ids).values_list("pk", "name")
-            }
-        )
-        return names
     if group_by == "instance_type":
         type_ids = {r.instance_type_id for r in records if r.instance_type_id}
         names = {
