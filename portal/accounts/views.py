@@ -168,11 +168,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "api_key_count": selectors.api_keys_list(org).filter(revoked_at__isnull=True).count(),
     }
     if request.actor.can(Action.INSTANCE_VIEW):
-        from portal.compute.models import Instance  # only this view reads compute and metering
+        from portal.compute.selectors import instances_list  # only this view reads them
         from portal.metering.selectors import burn_rate
 
         context["burn"] = burn_rate(org)
-        context["has_instances"] = Instance.objects.filter(organization=org).exists()
+        context["has_instances"] = instances_list(org).exists()
     if request.actor.can(Action.BILLING_VIEW) and org.billing_mode == BillingMode.PREPAID:
         from billing.services import balance  # the credit left, as the billing page shows it
 
