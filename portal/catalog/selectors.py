@@ -37,22 +37,6 @@ def prices_in_force(*, currency: str, at: datetime | None = None) -> dict[tuple[
     return latest
 
 
-def price_in_force(
-    *, instance_type_id: int, region_id: int, currency: str, at: datetime | None = None
-) -> Price | None:
-    """The on-demand price of one type in one region and currency at ``at``. One query."""
-    return (
-        Price.objects.filter(
-            instance_type_id=instance_type_id,
-            region_id=region_id,
-            currency=currency,
-            effective_from__lte=at or timezone.now(),
-        )
-        .order_by("-effective_from", "-id")
-        .first()
-    )
-
-
 def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
     """Every active type with a price in ``currency``: its specs, prices per region and how many
     more instances fit per region right now. A type with no price in the currency is not offered

@@ -306,11 +306,8 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
         from portal.metering.telemetry import instance_telemetry
 
         context["telemetry"] = instance_telemetry(instance)
-        context["price"] = catalog_selectors.price_in_force(
-            instance_type_id=instance.instance_type_id,
-            region_id=instance.region_id,
-            currency=request.organization.currency,
-        )
+        prices = catalog_selectors.prices_in_force(currency=request.organization.currency)
+        context["price"] = prices.get((instance.instance_type_id, instance.region_id))
     return _render(request, "compute/instance_detail.html", "instance-status", context)
 
 
