@@ -20,6 +20,7 @@ from portal.accounts import selectors as account_selectors
 from portal.accounts.roles import Action
 from portal.accounts.views import org_page
 from portal.catalog import selectors as catalog_selectors
+from portal.catalog import services as catalog_services
 from portal.catalog.capacity import CapacityUnavailable
 from portal.catalog.selectors import CatalogQuery
 from portal.compute import selectors, services
@@ -306,8 +307,11 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
         from portal.metering.telemetry import instance_telemetry
 
         context["telemetry"] = instance_telemetry(instance)
-        prices = catalog_selectors.prices_in_force(currency=request.organization.currency)
-        context["price"] = prices.get((instance.instance_type_id, instance.region_id))
+        context["price"] = catalog_services.price_in_force(
+            instance_type=instance.instance_type,
+            region=instance.region,
+            currency=request.organization.currency,
+        )
     return _render(request, "compute/instance_detail.html", "instance-status", context)
 
 
