@@ -1,60 +1,39 @@
-"""Periodic work, in one place. Each entry expires so a backlog never piles up."""
+"""Periodic work, in one place: every entry is a crontab with an expiry, so beat sends it at
+fixed wall-clock minutes (the same on every restart) and a backlog never piles up."""
+
+from celery.schedules import crontab
+from django.conf import settings
+
+
+def _entry(task: str, schedule: crontab, *, expires: int) -> dict:
+    """A beat entry for ``task``; a message not started within ``expires`` seconds is dropped
+    (the next one does the same work, since every periodic task is idempotent)."""
+    return {"task": task, "schedule": schedule, "options": {"expires": expires}}
+
 
 SCHEDULE = {
-    "reconcile-instances": {
-        "task": "compute.reconcile",
-        "schedule": 60.0,
-        "options": {"expires": 55},
-    },
-    "debit-usage": {
-        "task": "billing.debit_usage",
-        "schedule": 300.0,
-        "options": {"expires": 280},
-    },
-    "billing-webhooks-retry": {
-        "task": "billing.webhooks_retry",
-        "schedule": 120.0,
-        "options": {"expires": 110},
-    },
-    "billing-exports-sweep": {
-        "task": "billing.exports_sweep",
-        "schedule": 120.0,
-        "options": {"expires": 110},
-    },
-    "billing-checkouts-expire": {
-        "task": "billing.checkouts_expire",
-        "schedule": 600.0,
-        "options": {"expires": 550},
-    },
-    "billing-spend-watch": {
-        "task": "billing.spend_watch",
-        "schedule": 60.0,
-        "options": {"expires": 55},
-    },
-    "billing-refresh-drafts": {
-        "task": "billing.refresh_drafts",
-        "schedule": 3600.0,
-        "options": {"expires": 3000},
-    },
-    "close-usage-hours": {
-        "task": "metering.close_recent_hours",
-        "schedule": 300.0,
-        "options": {"expires": 280},
-    },
-}
-
-# --- Billing: the month close (billing.invoicing.month_close), on the 1st at
-# settings.BILLING_MONTH_CLOSE_AT UTC. It retries itself until the month's last hour may be
-# closed (metering's CLOSE_GRACE after midnight).
-from celery.schedules import crontab  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-SCHEDULE["billing-month-close"] = {
-    "task": "billing.month_close",
-    "schedule": crontab(
-        minute=settings.BILLING_MONTH_CLOSE_AT["minute"],
-        hour=settings.BILLING_MONTH_CLOSE_AT["hour"],
-        day_of_month=1,
+    "reconcile-instances": _entry("compute.reconcile", crontab(), expires=55),
+    "debit-usage": _entry("billing.debit_usage", crontab(minute="*/5"), expires=280),
+    "billing-webhooks-retry": _entry("billing.webhooks_retry", crontab(minute="*/2"), expires=110),
+    "billing-exports-sweep": _entry("billing.exports_sweep", crontab(minute="*/2"), expires=110),
+    "billing-checkouts-expire": _entry(
+        "billing.checkouts_expire", crontab(minute="*/10"), expires=550
     ),
-    "options": {"expires": 6 * 3600},
+    "billing-spend-watch": _entry("billing.spend_watch", crontab(), expires=55),
+    "billing-refresh-drafts": _entry("billing.refresh_drafts", crontab(minute=17), expires=3000),
+    "close-usage-hours": _entry(
+        "metering.close_recent_hours", crontab(minute="1-59/5"), expires=280
+    ),
+    # The month close (billing's month_close), on the 1st at settings.BILLING_MONTH_CLOSE_AT
+    # UTC. It retries itself until the month's last hour may be closed (metering's CLOSE_GRACE
+    # after midnight).
+    "billing-month-close": _entry(
+        "billing.month_close",
+        crontab(
+            minute=settings.BILLING_MONTH_CLOSE_AT["minute"],
+            hour=settings.BILLING_MONTH_CLOSE_AT["hour"],
+            day_of_month=1,
+        ),
+        expires=6 * 3600,
+    ),
 }

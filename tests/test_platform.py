@@ -128,3 +128,20 @@ def test_create_api_key_rejects_an_unknown_organization():
 
     with pytest.raises(CommandError, match="No organisation with slug 'nope'"):
         call_command("create_api_key", "--org", "nope", "--role", "viewer")
+
+
+def test_every_periodic_entry_is_a_crontab_with_an_expiry_and_a_registered_task():
+    from celery.schedules import crontab
+
+    from portal.celery import app
+    from portal.scheduled import SCHEDULE
+
+    app.loader.import_default_modules()
+    assert set(app.conf.beat_schedule) >= set(SCHEDULE)
+    for name, entry in SCHEDULE.items():
+        assert isinstance(entry["schedule"], crontab), name
+        assert 0 < entry["options"]["expires"], name
+        assert entry["task"] in app.tasks, name
+    # Every five minutes, hours are closed one minute after usage was debited.
+    assert SCHEDULE["debit-usage"]["schedule"].minute == set(range(0, 60, 5))
+    assert SCHEDULE["close-usage-hours"]["schedule"].minute == set(range(1, 60, 5))
