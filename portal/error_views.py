@@ -3,22 +3,23 @@
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from portal.api.errors import error_body
+from portal.api.errors import ApiErrorCode, error_body
+from portal.errors import ErrorCode
 
 _PAGES = {
-    400: ("bad_request", "Bad request", "The request could not be understood."),
+    400: (ApiErrorCode.BAD_REQUEST, "Bad request", "The request could not be understood."),
     403: (
-        "permission_denied",
+        ErrorCode.PERMISSION_DENIED,
         "Not allowed",
         "Your role in this organisation does not allow this.",
     ),
     404: (
-        "not_found",
+        ErrorCode.NOT_FOUND,
         "Not found",
         "There is nothing here, or it belongs to another organisation.",
     ),
     500: (
-        "server_error",
+        ApiErrorCode.SERVER_ERROR,
         "Something went wrong",
         "The error was logged. Please try again shortly.",
     ),

@@ -4,11 +4,45 @@ The API renders it as ``{"error": {"code", "message", "details"}}`` with ``statu
 the same sentence next to the field or action.
 """
 
+from enum import StrEnum
 from typing import Any
+
+# Every registry of error codes: each app lists its codes once, in a ``StrEnum`` of its
+# ``errors.py`` marked with ``@error_codes``, and raises ``InvalidInput(..., code=Enum.MEMBER)``,
+# never a bare string (tests/api/test_error_codes.py checks the code base for that). The API
+# schema documents the union as the values of ``error.code``.
+REGISTRIES: list[type[StrEnum]] = []
+
+
+def error_codes[E: type[StrEnum]](registry: E) -> E:
+    """Class decorator: register an app's ``StrEnum`` of error codes."""
+    if registry not in REGISTRIES:
+        REGISTRIES.append(registry)
+    return registry
+
+
+def all_codes() -> list[str]:
+    """The distinct codes of every registry (each installed app's ``errors`` module), sorted."""
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("errors")
+    return sorted({str(member) for registry in REGISTRIES for member in registry})
+
+
+@error_codes
+class ErrorCode(StrEnum):
+    """The codes every app shares."""
+
+    ERROR = "error"
+    INVALID = "invalid"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    THROTTLED = "throttled"
 
 
 class PortalError(Exception):
-    code = "error"
+    code: str = ErrorCode.ERROR
     status = 400
     default_message = "The request could not be completed."
 
@@ -23,30 +57,30 @@ class PortalError(Exception):
 
 
 class InvalidInput(PortalError):
-    code = "invalid"
+    code = ErrorCode.INVALID
     default_message = "Some of the input is not valid."
 
 
 class PermissionDenied(PortalError):
-    code = "permission_denied"
+    code = ErrorCode.PERMISSION_DENIED
     status = 403
     default_message = "Your role in this organisation does not allow this."
 
 
 class NotFound(PortalError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     status = 404
     default_message = "Not found."
 
 
 class Conflict(PortalError):
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     status = 409
     default_message = "This conflicts with the current state."
 
 
 class Throttled(PortalError):
-    code = "throttled"
+    code = ErrorCode.THROTTLED
     status = 429
     default_message = "Too many attempts. Try again later."
 

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "portal.provisioning",
     "portal.metering",
     "billing",
+    "portal.web",
 ]
 
 MIDDLEWARE = [
@@ -265,6 +266,10 @@ SPECTACULAR_SETTINGS = {
         "securitySchemes": {"ApiKeyAuth": {"type": "http", "scheme": "bearer"}},
     },
     "SECURITY": [{"ApiKeyAuth": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "portal.api.schema.document_error_codes",
+    ],
     # Fields named "kind" in the billing API have three different choice sets.
     "ENUM_NAME_OVERRIDES": {
         "LedgerEntryKindEnum": "billing.models.EntryKind",
@@ -326,6 +331,10 @@ COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECO
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.launch_check"]
+# What other apps add to an instance's page (compute's hook).
+COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_page_panel"]
+# What an organisation still holds elsewhere, refusing its deletion (accounts' hook).
+ACCOUNTS_ORGANIZATION_DELETE_CHECKS: list[str] = ["portal.compute.selectors.organization_holdings"]
 # Callables(organization, instance) that may refuse starting a stopped instance.
 COMPUTE_START_CHECKS: list[str] = ["billing.spend.start_check"]
 

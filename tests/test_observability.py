@@ -21,6 +21,7 @@ from billing.payments.fake import FakeProvider
 from portal.celery import app as celery_app
 from portal.compute import services as compute
 from portal.compute.lifecycle import State
+from portal.compute.metrics import InstanceCollector
 from portal.compute.models import Instance
 from portal.observability import celery_signals, metrics
 from portal.observability.logging import ContextFilter, JsonFormatter, PlainFormatter, log_context
@@ -266,7 +267,7 @@ def test_instance_gauges_match_the_database(memory_backend, django_assert_num_qu
             got = sample(text, "portal_instances", state=state, region=region)
             assert got == expected.get((state, region), 0), (state, region)
     with django_assert_num_queries(1):
-        list(metrics.InstanceCollector().collect())
+        list(InstanceCollector().collect())
 
 
 @pytest.fixture

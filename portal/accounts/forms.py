@@ -3,8 +3,9 @@
 from django import forms
 from django_countries import countries
 
-from portal.accounts.models import BillingMode, Currency
+from portal.accounts.models import Currency
 from portal.accounts.roles import Role, grantable_roles
+from portal.accounts.types import BillingMode
 
 
 class PortalForm(forms.Form):

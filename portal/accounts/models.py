@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_countries.fields import CountryField
 
 from portal.accounts.roles import Role
+from portal.accounts.types import BillingMode
 
 
 class UserManager(BaseUserManager["User"]):
@@ -76,11 +77,6 @@ class User(AbstractBaseUser, PermissionsMixin):
 class Currency(models.TextChoices):
     USD = "USD", "US dollar"
     CNY = "CNY", "Chinese yuan"
-
-
-class BillingMode(models.TextChoices):
-    PREPAID = "prepaid", "Prepaid credits"
-    INVOICED = "invoiced", "Invoiced monthly"
 
 
 class Organization(models.Model):

@@ -22,10 +22,12 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.utils.text import slugify
 from django_countries import countries
 
 from portal.accounts import emails
+from portal.accounts.errors import AccountsErrorCode
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import (
     ApiKey,
@@ -40,8 +42,8 @@ from portal.accounts.models import (
 )
 from portal.accounts.roles import Action, Role, role_can_grant
 from portal.accounts.ssh import parse_public_key
-from portal.accounts.types import Actor
-from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Throttled
+from portal.accounts.types import Actor, OrganizationDeleteCheck
+from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, PermissionDenied, Throttled
 
 API_KEY_PREFIX = "gpc"
 EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
@@ -123,12 +125,15 @@ def _clean_email(email: str) -> str:
     email = (email or "").strip().lower()
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidInput(
-            f"An email address has at most {MAX_EMAIL_LENGTH} characters.", code="email_invalid"
+            f"An email address has at most {MAX_EMAIL_LENGTH} characters.",
+            code=AccountsErrorCode.EMAIL_INVALID,
         )
     try:
         validate_email(email)
     except ValidationError:
-        raise InvalidInput("Enter a valid email address.", code="email_invalid") from None
+        raise InvalidInput(
+            "Enter a valid email address.", code=AccountsErrorCode.EMAIL_INVALID
+        ) from None
     return email
 
 
@@ -169,7 +174,8 @@ def _create_user(**fields) -> User:
             return User.objects.create_user(**fields)
     except IntegrityError:
         raise Conflict(
-            "An account with this email already exists. Log in instead.", code="email_taken"
+            "An account with this email already exists. Log in instead.",
+            code=AccountsErrorCode.EMAIL_TAKEN,
         ) from None
 
 
@@ -180,13 +186,16 @@ def user_signup(
     email = _clean_email(email)
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict(
-            "An account with this email already exists. Log in instead.", code="email_taken"
+            "An account with this email already exists. Log in instead.",
+            code=AccountsErrorCode.EMAIL_TAKEN,
         )
     candidate = User(email=email, full_name=full_name.strip())
     try:
         validate_password(password, user=candidate)
     except ValidationError as exc:
-        raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
+        raise InvalidInput(
+            " ".join(exc.messages), code=AccountsErrorCode.PASSWORD_INVALID
+        ) from None
     user = _create_user(email=email, password=password, full_name=full_name.strip())
     actor = Actor(user=user, organization=None, role=None, ip_address=ip_address)
     audit_record(actor=actor, action="user.signup", target=user)
@@ -208,13 +217,18 @@ def user_verify_email(*, token: str) -> User:
         )
     except signing.SignatureExpired:
         raise InvalidInput(
-            "This verification link has expired. Ask for a new one.", code="token_expired"
+            "This verification link has expired. Ask for a new one.",
+            code=AccountsErrorCode.TOKEN_EXPIRED,
         ) from None
     except signing.BadSignature:
-        raise InvalidInput("This verification link is not valid.", code="token_invalid") from None
+        raise InvalidInput(
+            "This verification link is not valid.", code=AccountsErrorCode.TOKEN_INVALID
+        ) from None
     user = User.objects.select_for_update().filter(pk=data["user"], email=data["email"]).first()
     if user is None:
-        raise InvalidInput("This verification link is not valid.", code="token_invalid")
+        raise InvalidInput(
+            "This verification link is not valid.", code=AccountsErrorCode.TOKEN_INVALID
+        )
     if user.email_verified_at is None:
         user.email_verified_at = timezone.now()
         user.save(update_fields=["email_verified_at"])
@@ -240,7 +254,7 @@ def user_login(*, request: HttpRequest, email: str, password: str) -> User:
         minutes = settings.LOGIN_THROTTLE_WINDOW_SECONDS // 60
         raise Throttled(
             f"Too many failed log-in attempts. Try again in {minutes} minutes or reset your password.",
-            code="login_throttled",
+            code=AccountsErrorCode.LOGIN_THROTTLED,
         )
     user = authenticate(request, username=(email or "").strip().lower(), password=password)
     if user is None:
@@ -250,7 +264,7 @@ def user_login(*, request: HttpRequest, email: str, password: str) -> User:
             cache.incr(key)
         except ValueError:  # expired between add and incr
             cache.set(key, 1, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
-        raise InvalidInput("Email or password is not correct.", code="login_failed")
+        raise InvalidInput("Email or password is not correct.", code=AccountsErrorCode.LOGIN_FAILED)
     cache.delete(key)
     return user
 
@@ -272,7 +286,9 @@ def _clean_org_fields(fields: dict) -> dict:
     if "name" in cleaned:
         cleaned["name"] = (cleaned["name"] or "").strip()
         if not cleaned["name"]:
-            raise InvalidInput("Give the organisation a name.", code="name_required")
+            raise InvalidInput(
+                "Give the organisation a name.", code=AccountsErrorCode.NAME_REQUIRED
+            )
     if "billing_email" in cleaned:
         cleaned["billing_email"] = _clean_email(cleaned["billing_email"])
     if "country" in cleaned:
@@ -280,17 +296,18 @@ def _clean_org_fields(fields: dict) -> dict:
         if len(country) != 2 or countries.alpha2(country) != country:
             raise InvalidInput(
                 "Country must be a two-letter ISO code such as US, DE or CN.",
-                code="country_invalid",
+                code=AccountsErrorCode.COUNTRY_INVALID,
             )
         cleaned["country"] = country
     if "currency" in cleaned and cleaned["currency"] not in Currency.values:
         raise InvalidInput(
-            f"Currency must be one of {', '.join(Currency.values)}.", code="currency_invalid"
+            f"Currency must be one of {', '.join(Currency.values)}.",
+            code=AccountsErrorCode.CURRENCY_INVALID,
         )
     if "billing_mode" in cleaned and cleaned["billing_mode"] not in BillingMode.values:
         raise InvalidInput(
             f"Billing mode must be one of {', '.join(BillingMode.values)}.",
-            code="billing_mode_invalid",
+            code=AccountsErrorCode.BILLING_MODE_INVALID,
         )
     if "tax_id" in cleaned:
         cleaned["tax_id"] = (cleaned["tax_id"] or "").strip()
@@ -323,7 +340,7 @@ def organization_create(
     if slug:
         slug = slugify(slug)
         if Organization.objects.filter(slug=slug).exists():
-            raise Conflict(f"The slug '{slug}' is taken.", code="slug_taken")
+            raise Conflict(f"The slug '{slug}' is taken.", code=AccountsErrorCode.SLUG_TAKEN)
     for attempt in range(5):
         try:
             with transaction.atomic():
@@ -333,7 +350,9 @@ def organization_create(
             break
         except IntegrityError:
             if slug or attempt == 4:  # a chosen slug taken meanwhile, or no luck generating one
-                raise Conflict("This slug was just taken. Try again.", code="slug_taken") from None
+                raise Conflict(
+                    "This slug was just taken. Try again.", code=AccountsErrorCode.SLUG_TAKEN
+                ) from None
     Membership.objects.create(user=user, organization=org, role=Role.OWNER)
     actor = Actor(user=user, organization=org, role=Role.OWNER, ip_address=ip_address)
     audit_record(actor=actor, action="organization.create", target=org)
@@ -348,7 +367,7 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
     actor = authorize(actor, Action.ORG_UPDATE, lock=True)
     unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
     if unknown:
-        raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code="invalid")
+        raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code=ErrorCode.INVALID)
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
@@ -365,6 +384,15 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
     return org
 
 
+def _organization_holdings(org: Organization) -> dict[str, int]:
+    """What the organisation still holds, from every ``ACCOUNTS_ORGANIZATION_DELETE_CHECKS``."""
+    held: dict[str, int] = {}
+    for path in settings.ACCOUNTS_ORGANIZATION_DELETE_CHECKS:
+        check: OrganizationDeleteCheck = import_string(path)
+        held.update(check(org))
+    return held
+
+
 @transaction.atomic
 def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
     actor = authorize(actor, Action.ORG_DELETE, lock=True)
@@ -372,17 +400,16 @@ def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
     if confirm_slug != org.slug:
         raise InvalidInput(
             "Type the organisation's slug exactly to confirm deletion.",
-            code="confirmation_mismatch",
+            code=AccountsErrorCode.CONFIRMATION_MISMATCH,
         )
-    from portal.compute.selectors import organization_footprint
-
-    live_instances, volumes = organization_footprint(org)
-    if live_instances or volumes:
+    held = _organization_holdings(org)
+    if any(held.values()):
         raise Conflict(
-            f"{org.name} still has {live_instances} instance(s) and {volumes} volume(s). "
+            f"{org.name} still has {held.get('instances', 0)} instance(s) and "
+            f"{held.get('volumes', 0)} volume(s). "
             "Terminate the instances and delete the volumes first.",
-            code="organization_not_empty",
-            details={"instances": live_instances, "volumes": volumes},
+            code=AccountsErrorCode.ORGANIZATION_NOT_EMPTY,
+            details=held,
         )
     # Closed, not erased: its history (instances, usage, invoices) stays for the books; its
     # people, keys and invitations go now.
@@ -413,7 +440,9 @@ def _lock_owners(org: Organization) -> list[Membership]:
 def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Membership:
     actor = authorize(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
     if role not in Role.values:
-        raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
+        raise InvalidInput(
+            f"Role must be one of {', '.join(Role.values)}.", code=AccountsErrorCode.ROLE_INVALID
+        )
     owners = _lock_owners(actor.organization)
     membership = (
         Membership.objects.select_for_update()
@@ -427,7 +456,8 @@ def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Me
         return membership
     if membership.role == Role.OWNER and len(owners) == 1:
         raise Conflict(
-            "The last owner cannot be demoted. Make someone else an owner first.", code="last_owner"
+            "The last owner cannot be demoted. Make someone else an owner first.",
+            code=AccountsErrorCode.LAST_OWNER,
         )
     previous = membership.role
     membership.role = role
@@ -470,7 +500,7 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
     if membership.role == Role.OWNER and len(owners) == 1:
         raise Conflict(
             "The last owner cannot leave. Make someone else an owner or delete the organisation.",
-            code="last_owner",
+            code=AccountsErrorCode.LAST_OWNER,
         )
     audit_record(
         actor=actor,
@@ -487,10 +517,13 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
 
 def _check_grant(actor: Actor, role: str) -> None:
     if role not in Role.values:
-        raise InvalidInput(f"Role must be one of {', '.join(Role.values)}.", code="role_invalid")
+        raise InvalidInput(
+            f"Role must be one of {', '.join(Role.values)}.", code=AccountsErrorCode.ROLE_INVALID
+        )
     if not role_can_grant(actor.role, role):
         raise PermissionDenied(
-            f"Your role ({actor.role}) cannot grant the role {role}.", code="role_not_grantable"
+            f"Your role ({actor.role}) cannot grant the role {role}.",
+            code=AccountsErrorCode.ROLE_NOT_GRANTABLE,
         )
 
 
@@ -514,7 +547,9 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
     _check_grant(actor, role)
     org = actor.organization
     if Membership.objects.filter(organization=org, user__email__iexact=email).exists():
-        raise Conflict(f"{email} is already a member of {org.name}.", code="already_member")
+        raise Conflict(
+            f"{email} is already a member of {org.name}.", code=AccountsErrorCode.ALREADY_MEMBER
+        )
     # An expired, unaccepted invitation to the same address is replaced by the new one.
     Invitation.objects.filter(
         organization=org,
@@ -530,7 +565,8 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
             invitation.save()
     except IntegrityError:
         raise Conflict(
-            f"{email} already has a pending invitation. Resend it instead.", code="already_invited"
+            f"{email} already has a pending invitation. Resend it instead.",
+            code=AccountsErrorCode.ALREADY_INVITED,
         ) from None
     audit_record(
         actor=actor,
@@ -552,7 +588,8 @@ def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
         raise NotFound("No such invitation in this organisation.")
     if invitation.accepted_at or invitation.revoked_at:
         raise Conflict(
-            f"This invitation was already {invitation.status}.", code="invitation_closed"
+            f"This invitation was already {invitation.status}.",
+            code=AccountsErrorCode.INVITATION_CLOSED,
         )
     return invitation
 
@@ -595,7 +632,9 @@ def invitation_for_token(token: str, *, lock: bool = False) -> Invitation:
             "expired": "This invitation has expired. Ask for a new one.",
             "unknown": "This invitation link is not valid.",
         }
-        raise InvalidInput(messages[status], code="invitation_invalid", details={"status": status})
+        raise InvalidInput(
+            messages[status], code=AccountsErrorCode.INVITATION_INVALID, details={"status": status}
+        )
     return invitation
 
 
@@ -605,7 +644,7 @@ def invitation_accept(*, token: str, user: User, ip_address: str | None = None) 
     if invitation.email.lower() != user.email.lower():
         raise PermissionDenied(
             f"This invitation was sent to {invitation.email}. Log in with that address to accept it.",
-            code="invitation_wrong_user",
+            code=AccountsErrorCode.INVITATION_WRONG_USER,
         )
     membership, created = Membership.objects.get_or_create(
         user=user, organization=invitation.organization, defaults={"role": invitation.role}
@@ -637,13 +676,15 @@ def invitation_accept_as_new_user(
     if User.objects.filter(email__iexact=invitation.email).exists():
         raise Conflict(
             "An account with this email already exists. Log in to accept the invitation.",
-            code="email_taken",
+            code=AccountsErrorCode.EMAIL_TAKEN,
         )
     candidate = User(email=invitation.email, full_name=full_name.strip())
     try:
         validate_password(password, user=candidate)
     except ValidationError as exc:
-        raise InvalidInput(" ".join(exc.messages), code="password_invalid") from None
+        raise InvalidInput(
+            " ".join(exc.messages), code=AccountsErrorCode.PASSWORD_INVALID
+        ) from None
     user = _create_user(
         email=invitation.email,
         password=password,
@@ -671,10 +712,14 @@ def api_key_create(
     actor = authorize(actor, Action.API_KEY_MANAGE, lock=True)
     name = (name or "").strip()
     if not name:
-        raise InvalidInput("Give the key a name, e.g. 'ci-pipeline'.", code="name_required")
+        raise InvalidInput(
+            "Give the key a name, e.g. 'ci-pipeline'.", code=AccountsErrorCode.NAME_REQUIRED
+        )
     _check_grant(actor, role)
     if expires_at is not None and expires_at <= timezone.now():
-        raise InvalidInput("The expiry must be in the future.", code="expiry_in_past")
+        raise InvalidInput(
+            "The expiry must be in the future.", code=AccountsErrorCode.EXPIRY_IN_PAST
+        )
     prefix = secrets.token_hex(8)
     secret = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
@@ -757,11 +802,13 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
     if duplicate:
         raise Conflict(
             f"This key is already added as '{duplicate.name}'.",
-            code="ssh_key_duplicate",
+            code=AccountsErrorCode.SSH_KEY_DUPLICATE,
             details={"fingerprint": parsed.fingerprint},
         )
     if SshKey.objects.filter(organization=org, name=name).exists():
-        raise Conflict(f"A key named '{name}' already exists.", code="ssh_key_name_taken")
+        raise Conflict(
+            f"A key named '{name}' already exists.", code=AccountsErrorCode.SSH_KEY_NAME_TAKEN
+        )
     try:
         with transaction.atomic():
             ssh_key = SshKey.objects.create(
@@ -775,7 +822,7 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
             )
     except IntegrityError:
         raise Conflict(
-            "This key was just added by someone else.", code="ssh_key_duplicate"
+            "This key was just added by someone else.", code=AccountsErrorCode.SSH_KEY_DUPLICATE
         ) from None
     audit_record(
         actor=actor,

@@ -9,6 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from portal.accounts.errors import AccountsErrorCode
 from portal.errors import InvalidInput
 
 MIN_RSA_BITS = 2048
@@ -29,7 +30,7 @@ class ParsedSshKey:
 
 
 def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, code="ssh_key_invalid")
+    return InvalidInput(message, code=AccountsErrorCode.SSH_KEY_INVALID)
 
 
 def parse_public_key(text: str) -> ParsedSshKey:

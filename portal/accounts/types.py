@@ -1,12 +1,21 @@
 """Frozen dataclasses other apps may import."""
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from django.db import models
 
 from portal.accounts.roles import Action, role_allows
 
 if TYPE_CHECKING:
     from portal.accounts.models import ApiKey, Organization, User
+
+
+class BillingMode(models.TextChoices):
+    """How an organisation pays: credit bought in advance, or a monthly invoice."""
+
+    PREPAID = "prepaid", "Prepaid credits"
+    INVOICED = "invoiced", "Invoiced monthly"
 
 
 @dataclass(frozen=True)
@@ -45,3 +54,11 @@ class Actor:
     @classmethod
     def system(cls, organization: "Organization | None" = None) -> "Actor":
         return cls(user=None, organization=organization, role="owner")
+
+
+class OrganizationDeleteCheck(Protocol):
+    """A hook (settings.ACCOUNTS_ORGANIZATION_DELETE_CHECKS) that says what an organisation
+    still holds in another app, e.g. ``{"instances": 2, "volumes": 0}``; deletion is refused
+    while any count is above zero. Apps above accounts fill it in, so accounts imports none."""
+
+    def __call__(self, organization: "Organization") -> dict[str, int]: ...

@@ -35,7 +35,6 @@ from portal.accounts.forms import (
     SshKeyForm,
 )
 from portal.accounts.middleware import SESSION_KEY, client_ip
-from portal.accounts.models import BillingMode
 from portal.accounts.roles import Action, Role, grantable_roles
 from portal.errors import SHOWN_ON_PAGE
 
@@ -151,33 +150,6 @@ def verify_email_resend(request: HttpRequest) -> HttpResponse:
 
 
 # --- dashboard and organisations --------------------------------------------------------------
-
-
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    if request.organization is None:
-        if request.user.is_staff:  # operators and finance staff belong to no organisation
-            if request.user.has_perm("billing.view_invoice"):
-                return redirect("billing:finance")
-            return redirect("admin:index")
-        return redirect("accounts:organization_create")
-    org = request.organization
-    context = {
-        "member_count": selectors.members_list(org).count(),
-        "ssh_key_count": selectors.ssh_keys_list(org).count(),
-        "api_key_count": selectors.api_keys_list(org).filter(revoked_at__isnull=True).count(),
-    }
-    if request.actor.can(Action.INSTANCE_VIEW):
-        from portal.compute.selectors import instances_list  # only this view reads them
-        from portal.metering.selectors import burn_rate
-
-        context["burn"] = burn_rate(org)
-        context["has_instances"] = instances_list(org).exists()
-    if request.actor.can(Action.BILLING_VIEW) and org.billing_mode == BillingMode.PREPAID:
-        from billing.services import balance  # the credit left, as the billing page shows it
-
-        context["balance"] = balance(org)
-    return render(request, "accounts/dashboard.html", context)
 
 
 @login_required

@@ -1,24 +1,41 @@
 """One error shape for the whole API: ``{"error": {"code", "message", "details"}}``."""
 
+from enum import StrEnum
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from portal.errors import PortalError
+from portal.errors import ErrorCode, PortalError, error_codes
+
+
+@error_codes
+class ApiErrorCode(StrEnum):
+    """Codes of the HTTP layer itself: authentication, negotiation, parsing, error pages."""
+
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTHENTICATION_FAILED = "authentication_failed"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PARSE_ERROR = "parse_error"
+    BAD_REQUEST = "bad_request"
+    SERVER_ERROR = "server_error"
+
 
 _CODES = {
-    exceptions.NotAuthenticated: "not_authenticated",
-    exceptions.AuthenticationFailed: "authentication_failed",
-    exceptions.PermissionDenied: "permission_denied",
-    exceptions.NotFound: "not_found",
-    exceptions.MethodNotAllowed: "method_not_allowed",
-    exceptions.NotAcceptable: "not_acceptable",
-    exceptions.UnsupportedMediaType: "unsupported_media_type",
-    exceptions.Throttled: "throttled",
-    exceptions.ParseError: "parse_error",
-    exceptions.ValidationError: "invalid",
+    exceptions.NotAuthenticated: ApiErrorCode.NOT_AUTHENTICATED,
+    exceptions.AuthenticationFailed: ApiErrorCode.AUTHENTICATION_FAILED,
+    exceptions.PermissionDenied: ErrorCode.PERMISSION_DENIED,
+    exceptions.NotFound: ErrorCode.NOT_FOUND,
+    exceptions.MethodNotAllowed: ApiErrorCode.METHOD_NOT_ALLOWED,
+    exceptions.NotAcceptable: ApiErrorCode.NOT_ACCEPTABLE,
+    exceptions.UnsupportedMediaType: ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    exceptions.Throttled: ErrorCode.THROTTLED,
+    exceptions.ParseError: ApiErrorCode.PARSE_ERROR,
+    exceptions.ValidationError: ErrorCode.INVALID,
 }
 
 
@@ -36,7 +53,7 @@ def exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
-    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), "error")
+    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), ErrorCode.ERROR)
     if isinstance(exc, exceptions.ValidationError):
         message = "Some of the input is not valid; see details."
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}

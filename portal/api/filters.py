@@ -6,6 +6,8 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 
+from portal.errors import ErrorCode
+
 
 class BoundedIsoDateTimeField(IsoDateTimeField):
     """An ISO date-time between the years 1900 and 9998, in UTC.
@@ -22,7 +24,9 @@ class BoundedIsoDateTimeField(IsoDateTimeField):
         if value is None:
             return None
         if not 1900 <= value.year <= 9998:
-            raise ValidationError("Give a date between the years 1900 and 9998.", code="invalid")
+            raise ValidationError(
+                "Give a date between the years 1900 and 9998.", code=ErrorCode.INVALID
+            )
         return value.astimezone(UTC) if value.tzinfo else value
 
 

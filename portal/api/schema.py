@@ -3,6 +3,9 @@
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from portal.api.errors import ApiErrorCode  # noqa: F401  (registers the HTTP layer's codes)
+from portal.errors import all_codes
+
 ErrorSerializer = inline_serializer(
     name="Error",
     fields={
@@ -48,3 +51,12 @@ def list_responses(serializer, *statuses: int) -> dict:
     """A paginated list: its page of ``serializer`` rows, 400 for a malformed page, page size
     or filter, 404 for a page past the last, and ``statuses``."""
     return {200: serializer(many=True), **error_responses(400, 403, 404, *statuses)}
+
+
+def document_error_codes(result: dict, generator, request, public) -> dict:
+    """A schema post-processing hook: ``error.code`` lists every registered code, read when the
+    schema is built (when every app's registry is loaded)."""
+    body = result.get("components", {}).get("schemas", {}).get("ErrorBody")
+    if body is not None:
+        body["properties"]["code"]["enum"] = all_codes()
+    return result

@@ -38,6 +38,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from portal.catalog.errors import CatalogErrorCode
 from portal.catalog.models import (
     GPU_MEMORY_SLOTS,
     Allocation,
@@ -55,7 +56,7 @@ FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
 
 
 class CapacityUnavailable(Conflict):
-    code = "capacity_unavailable"
+    code = CatalogErrorCode.CAPACITY_UNAVAILABLE
     default_message = "There is no free capacity for this instance type in this region."
 
 

@@ -38,6 +38,7 @@ from django.utils.text import slugify
 from portal.accounts.models import Currency
 from portal.accounts.types import Actor
 from portal.catalog import services
+from portal.catalog.errors import CatalogErrorCode
 from portal.catalog.models import GpuModel, InstanceType, Region
 from portal.errors import InvalidInput
 
@@ -201,16 +202,20 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The header and (line number, row) pairs of a catalog CSV (UTF-8, BOM and CRLF allowed)."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidInput(f"{path} does not exist or is not a file.", code="catalog_invalid")
+        raise InvalidInput(
+            f"{path} does not exist or is not a file.", code=CatalogErrorCode.CATALOG_INVALID
+        )
     data = path.read_bytes()
     if b"\x00" in data:
-        raise InvalidInput(f"{path.name} is not a CSV text file.", code="catalog_invalid")
+        raise InvalidInput(
+            f"{path.name} is not a CSV text file.", code=CatalogErrorCode.CATALOG_INVALID
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(
             f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
-            code="catalog_invalid",
+            code=CatalogErrorCode.CATALOG_INVALID,
         ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -221,16 +226,19 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
             rows.append((reader.line_num, row))
     except csv.Error as exc:
         raise InvalidInput(
-            f"{path.name} line {reader.line_num} is not valid CSV: {exc}.", code="catalog_invalid"
+            f"{path.name} line {reader.line_num} is not valid CSV: {exc}.",
+            code=CatalogErrorCode.CATALOG_INVALID,
         ) from None
     if not header:
-        raise InvalidInput(f"{path.name} is empty: it has no header row.", code="catalog_invalid")
+        raise InvalidInput(
+            f"{path.name} is empty: it has no header row.", code=CatalogErrorCode.CATALOG_INVALID
+        )
     missing = [column for column in REQUIRED_COLUMNS if column not in header]
     if missing:
         raise InvalidInput(
             f"{path.name} is not a SkyPilot catalog CSV: missing column"
             f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}.",
-            code="catalog_invalid",
+            code=CatalogErrorCode.CATALOG_INVALID,
             details={"missing_columns": missing},
         )
     return header, rows
@@ -390,7 +398,7 @@ def catalog_import(
     if not provider or len(provider) > PROVIDER_MAX:
         raise InvalidInput(
             f"Give the provider a name of at most {PROVIDER_MAX} characters.",
-            code="catalog_invalid",
+            code=CatalogErrorCode.CATALOG_INVALID,
         )
     path = Path(path)
     _header, rows = _read(path)
@@ -398,7 +406,7 @@ def catalog_import(
     if not index:
         raise InvalidInput(
             "No GPU models are loaded, so no accelerator can be mapped. Load gpus.csv first.",
-            code="gpu_models_missing",
+            code=CatalogErrorCode.GPU_MODELS_MISSING,
         )
 
     accelerators = {_cell(row, "AcceleratorName").upper() for _line, row in rows}

@@ -16,6 +16,7 @@ from xml.etree.ElementTree import Element  # nosec B405 # a type hint; defusedxm
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
+from portal.catalog.errors import CatalogErrorCode
 from portal.catalog.types import GpuReport, HostReport, MigProfileReport
 from portal.errors import InvalidInput
 
@@ -23,7 +24,7 @@ MAX_REPORT_BYTES = 2 * 1024 * 1024
 
 
 def _invalid(message: str, **details) -> InvalidInput:
-    return InvalidInput(message, code="report_invalid", details=details)
+    return InvalidInput(message, code=CatalogErrorCode.REPORT_INVALID, details=details)
 
 
 def _text(element: Element, path: str, where: str) -> str:

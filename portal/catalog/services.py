@@ -18,6 +18,7 @@ from django_countries import countries
 from portal.accounts.models import Currency
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
+from portal.catalog.errors import CatalogErrorCode
 from portal.catalog.models import (
     Gpu,
     GpuModel,
@@ -31,7 +32,7 @@ from portal.catalog.models import (
 )
 from portal.catalog.reports import parse_mig_tables, parse_nvidia_smi_report
 from portal.catalog.types import MigProfileReport
-from portal.errors import Conflict, InvalidInput
+from portal.errors import Conflict, ErrorCode, InvalidInput
 
 # Names other catalogs and nvidia-smi use for the GPUs in gpus.csv, keyed by (name, variant).
 # Catalog accelerator names follow SkyPilot's canonical names.
@@ -62,7 +63,7 @@ def _system_actor(actor: Actor | None) -> Actor:
     return actor or Actor(user=None, organization=None, role=None)
 
 
-def _decimal(value, field: str, code: str = "invalid") -> Decimal | None:
+def _decimal(value, field: str, code: str = ErrorCode.INVALID) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
@@ -106,7 +107,9 @@ def gpu_models_load(*, path: Path) -> int:
                 "aliases": GPU_ALIASES.get((name, variant), []),
             }
         except (KeyError, ValueError, InvalidOperation) as exc:
-            raise InvalidInput(f"{path.name} line {number}: {exc!r}", code="invalid") from None
+            raise InvalidInput(
+                f"{path.name} line {number}: {exc!r}", code=ErrorCode.INVALID
+            ) from None
         GpuModel.objects.update_or_create(name=name, variant=variant, defaults=fields)
     return len(rows)
 
@@ -127,9 +130,11 @@ def region_ensure(*, code: str, name: str = "", country: str = "") -> Region:
     """The region with this code, created if new; name and country fill in blanks only."""
     code = (code or "").strip()
     if not code:
-        raise InvalidInput("A region needs a code.", code="region_invalid")
+        raise InvalidInput("A region needs a code.", code=CatalogErrorCode.REGION_INVALID)
     if country and countries.alpha2(country) != country.upper():
-        raise InvalidInput(f"Country '{country}' is not an ISO 3166 code.", code="country_invalid")
+        raise InvalidInput(
+            f"Country '{country}' is not an ISO 3166 code.", code=CatalogErrorCode.COUNTRY_INVALID
+        )
     region, created = Region.objects.get_or_create(
         code=code, defaults={"name": name or code, "country": country.upper()}
     )
@@ -171,13 +176,13 @@ def instance_type_upsert(
         if mig_profile.gpu_model_id != gpu_model.pk:
             raise InvalidInput(
                 f"MIG profile {mig_profile} is not a profile of {gpu_model}.",
-                code="instance_type_invalid",
+                code=CatalogErrorCode.INSTANCE_TYPE_INVALID,
             )
         gpu_count = 1
     if gpu_count < 1 or vcpus < 1 or ram_gib < 1:
         raise InvalidInput(
             f"Instance type {name}: GPUs, vCPUs and RAM must be at least 1.",
-            code="instance_type_invalid",
+            code=CatalogErrorCode.INSTANCE_TYPE_INVALID,
         )
     fields = {
         "gpu_model": gpu_model,
@@ -205,7 +210,8 @@ def instance_type_upsert(
             name = f"{provider or 'custom'}_{name}"[:60]
             if InstanceType.objects.filter(name=name).exists():
                 raise Conflict(
-                    f"The instance type name '{name}' is taken.", code="instance_type_exists"
+                    f"The instance type name '{name}' is taken.",
+                    code=CatalogErrorCode.INSTANCE_TYPE_EXISTS,
                 )
         if interconnect is None:
             pcie = "PCIe" in gpu_model.variant or "none" in gpu_model.interconnect.lower()
@@ -261,34 +267,37 @@ def price_set(
     """
     if not currency:
         raise InvalidInput(
-            f"The price of {instance_type} in {region} has no currency.", code="price_invalid"
+            f"The price of {instance_type} in {region} has no currency.",
+            code=CatalogErrorCode.PRICE_INVALID,
         )
     if currency not in Currency.values:
         raise InvalidInput(
             f"Currency '{currency}' is not one of {', '.join(Currency.values)}.",
-            code="price_invalid",
+            code=CatalogErrorCode.PRICE_INVALID,
         )
-    on_demand = _decimal(on_demand_per_hour, "On-demand price", "price_invalid")
-    spot = _decimal(spot_per_hour, "Spot price", "price_invalid")
+    on_demand = _decimal(on_demand_per_hour, "On-demand price", CatalogErrorCode.PRICE_INVALID)
+    spot = _decimal(spot_per_hour, "Spot price", CatalogErrorCode.PRICE_INVALID)
     if on_demand is None or on_demand <= 0:
         raise InvalidInput(
             f"The on-demand price of {instance_type} in {region} must be positive, not {on_demand}.",
-            code="price_invalid",
+            code=CatalogErrorCode.PRICE_INVALID,
         )
     if spot is not None and spot <= 0:
         raise InvalidInput(
             f"The spot price of {instance_type} in {region} must be positive, not {spot}.",
-            code="price_invalid",
+            code=CatalogErrorCode.PRICE_INVALID,
         )
     if on_demand.as_tuple().exponent < -6 or (spot is not None and spot.as_tuple().exponent < -6):
-        raise InvalidInput("Prices have at most 6 decimal places.", code="price_invalid")
+        raise InvalidInput(
+            "Prices have at most 6 decimal places.", code=CatalogErrorCode.PRICE_INVALID
+        )
     now = timezone.now()
     effective_from = effective_from or now
     if not allow_past and effective_from < now - PRICE_BACKDATE_TOLERANCE:
         raise InvalidInput(
             "A price cannot start in the past: usage already rated would change. "
             "Schedule it from now or later.",
-            code="price_invalid",
+            code=CatalogErrorCode.PRICE_INVALID,
             details={"field": "effective_from"},
         )
     current = price_in_force(
@@ -306,7 +315,7 @@ def price_set(
         raise Conflict(
             f"Another {currency} price of {instance_type} in {region} starts at exactly that "
             f"moment ({effective_from:%Y-%m-%d %H:%M:%S}). Pick another time.",
-            code="price_exists",
+            code=CatalogErrorCode.PRICE_EXISTS,
             details={"field": "effective_from"},
         )
     price = Price.objects.create(
@@ -363,7 +372,7 @@ def _check_mig_tables(
         raise InvalidInput(
             f"These MIG tables are not for a {model}: their largest profile has {largest} GiB, "
             f"the GPU {gpu_gib:.1f} GiB.",
-            code="report_invalid",
+            code=CatalogErrorCode.REPORT_INVALID,
             details={"field": "mig_tables"},
         )
     known = {p.name: p for p in MigProfile.objects.filter(gpu_model=model)}
@@ -376,7 +385,7 @@ def _check_mig_tables(
             raise Conflict(
                 f"MIG profile {report.name} of {model} is registered with other placements; "
                 "refusing to change it under running instances.",
-                code="mig_profiles_differ",
+                code=CatalogErrorCode.MIG_PROFILES_DIFFER,
             )
 
 
@@ -387,7 +396,8 @@ def host_register(**kwargs) -> Host:
         return _host_register(**kwargs)
     except IntegrityError:
         raise Conflict(
-            "This host or one of its GPUs was registered at the same moment.", code="host_exists"
+            "This host or one of its GPUs was registered at the same moment.",
+            code=CatalogErrorCode.HOST_EXISTS,
         ) from None
 
 
@@ -413,14 +423,17 @@ def _host_register(
     name = (name or "").strip()
     if not HOST_NAME.match(name):
         raise InvalidInput(
-            "A host name is 1 to 80 letters, digits, hyphens and underscores.", code="host_invalid"
+            "A host name is 1 to 80 letters, digits, hyphens and underscores.",
+            code=CatalogErrorCode.HOST_INVALID,
         )
     if disk_gb < 0:
-        raise InvalidInput("Disk size cannot be negative.", code="host_invalid")
+        raise InvalidInput("Disk size cannot be negative.", code=CatalogErrorCode.HOST_INVALID)
     if Host.objects.filter(name=name).exists():
-        raise Conflict(f"A host named '{name}' is already registered.", code="host_exists")
+        raise Conflict(
+            f"A host named '{name}' is already registered.", code=CatalogErrorCode.HOST_EXISTS
+        )
     if vcpus < 1 or ram_gib < 1:
-        raise InvalidInput("vCPUs and RAM must be at least 1.", code="host_invalid")
+        raise InvalidInput("vCPUs and RAM must be at least 1.", code=CatalogErrorCode.HOST_INVALID)
     index = gpu_model_index()
     models_by_gpu = {}
     for gpu in parsed.gpus:
@@ -429,7 +442,7 @@ def _host_register(
             raise InvalidInput(
                 f"GPU {gpu.index} ({gpu.pci_bus_id}) is a '{gpu.product_name}', which is not a known "
                 "GPU model. Add it (or an alias) to the GPU models first.",
-                code="gpu_unknown",
+                code=CatalogErrorCode.GPU_UNKNOWN,
                 details={"product_name": gpu.product_name},
             )
         models_by_gpu[gpu.uuid] = model
@@ -439,7 +452,7 @@ def _host_register(
     if taken is not None:
         raise Conflict(
             f"GPU {taken.uuid} is already registered on host {taken.host.name}.",
-            code="gpu_duplicate",
+            code=CatalogErrorCode.GPU_DUPLICATE,
             details={"uuid": taken.uuid},
         )
     if mig_tables:
@@ -493,7 +506,8 @@ def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Hos
     """Drain (no new instances), take offline, or activate a host."""
     if state not in HostState.values:
         raise InvalidInput(
-            f"State must be one of {', '.join(HostState.values)}.", code="host_invalid"
+            f"State must be one of {', '.join(HostState.values)}.",
+            code=CatalogErrorCode.HOST_INVALID,
         )
     host = Host.objects.select_for_update().get(pk=host.pk)
     if host.state != state:

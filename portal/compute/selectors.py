@@ -33,6 +33,13 @@ def organization_footprint(organization) -> tuple[int, int]:
     return live, volumes_list(organization).count()
 
 
+def organization_holdings(organization) -> dict[str, int]:
+    """The accounts hook refusing to delete an organisation that still has instances or
+    volumes (settings.ACCOUNTS_ORGANIZATION_DELETE_CHECKS)."""
+    live_instances, volumes = organization_footprint(organization)
+    return {"instances": live_instances, "volumes": volumes}
+
+
 def volumes_list(organization) -> QuerySet[Volume]:
     return (
         Volume.objects.filter(organization=organization)

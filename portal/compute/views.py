@@ -7,12 +7,14 @@ settled one is rendered without the trigger, so polling stops by itself.
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -36,6 +38,7 @@ from portal.compute.forms import (
 from portal.compute.lifecycle import FINAL, LIVE, State, allowed_actions
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.models import Instance, VolumeState
+from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
 
 PAGE_SIZE = 25
@@ -304,9 +307,9 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_get(request.organization, pk)
     context = _detail_context(request, instance)
     if not request.htmx:  # the status panel's polls do not show telemetry
-        from portal.metering.telemetry import instance_telemetry
-
-        context["telemetry"] = instance_telemetry(instance)
+        for path in settings.COMPUTE_INSTANCE_PAGE_PANELS:
+            panel: InstancePagePanel = import_string(path)
+            context.update(panel(instance))
         context["price"] = catalog_services.price_in_force(
             instance_type=instance.instance_type,
             region=instance.region,

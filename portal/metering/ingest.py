@@ -26,6 +26,7 @@ from django.utils.dateparse import parse_datetime
 from portal.accounts.roles import Action
 from portal.accounts.services import authorize
 from portal.accounts.types import Actor
+from portal.metering.errors import EventRefusal, MeteringErrorCode
 from portal.metering.models import Meter, UsageEvent
 from portal.metering.services import closed_until
 
@@ -146,9 +147,9 @@ def _parse(index: int, event, meters: dict[str, Meter], now: datetime, open_from
         return Rejection(index=index, id=_echo_id(event), code=code, reason=reason)
 
     if not isinstance(event, dict):
-        return reject("not_an_object", "An event is a JSON object.")
+        return reject(EventRefusal.NOT_AN_OBJECT, "An event is a JSON object.")
     if event.get("specversion") != "1.0":
-        return reject("specversion", 'specversion must be "1.0".')
+        return reject(EventRefusal.SPECVERSION, 'specversion must be "1.0".')
     event_id, source, meter_key, subject = (
         _text(event, "id"),
         _text(event, "source"),
@@ -156,33 +157,37 @@ def _parse(index: int, event, meters: dict[str, Meter], now: datetime, open_from
         _text(event, "subject"),
     )
     if event_id is None:
-        return reject("id", "id is required (a string of at most 255 characters).")
+        return reject(EventRefusal.ID, "id is required (a string of at most 255 characters).")
     if source is None:
-        return reject("source", "source is required (a string of at most 255 characters).")
+        return reject(
+            EventRefusal.SOURCE, "source is required (a string of at most 255 characters)."
+        )
     if meter_key is None or meter_key not in meters:
         return reject(
-            "unknown_meter",
+            EventRefusal.UNKNOWN_METER,
             f"type '{_quoted(event.get('type'), 80)}' is not a meter you can report; ask an "
             "operator to define it.",
         )
     if subject is None:
         return reject(
-            "subject", "subject is required: what the value measures (e.g. a job or endpoint id)."
+            EventRefusal.SUBJECT,
+            "subject is required: what the value measures (e.g. a job or endpoint id).",
         )
     moment = now
     if event.get("time") is not None:
         moment = _moment(event["time"])
         if moment is None:
-            return reject("time", "time must be an RFC 3339 timestamp with a time zone.")
+            return reject(EventRefusal.TIME, "time must be an RFC 3339 timestamp with a time zone.")
         if moment > now + FUTURE_TOLERANCE:
-            return reject("time", "time is in the future.")
+            return reject(EventRefusal.TIME, "time is in the future.")
 
     data = event.get("data")
     value = _value(data)
     stored = _data(data) if value is not None else None
     if stored is None:
         return reject(
-            "data", 'data must be a non-negative number, or an object with a numeric "value".'
+            EventRefusal.DATA,
+            'data must be a non-negative number, or an object with a numeric "value".',
         )
     return (source, event_id, meters[meter_key], subject, moment, value, stored)
 
@@ -195,7 +200,7 @@ def usage_events_ingest(*, actor: Actor, events: list) -> IngestResult:
 
         raise InvalidInput(
             f"A batch has at most {MAX_BATCH} events; this one has {len(events)}.",
-            code="batch_too_large",
+            code=MeteringErrorCode.BATCH_TOO_LARGE,
         )
     meters = {m.key: m for m in Meter.objects.filter(is_active=True, built_in=False)}
     now = timezone.now()
@@ -235,7 +240,7 @@ def usage_events_ingest(*, actor: Actor, events: list) -> IngestResult:
                     Rejection(
                         index=index,
                         id=_echo_id(events[index]),
-                        code="time_closed",
+                        code=EventRefusal.TIME_CLOSED,
                         reason=(
                             f"time is in an hour already closed for billing (before "
                             f"{open_from:%Y-%m-%d %H:%M} UTC); report usage within minutes of its hour."

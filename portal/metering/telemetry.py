@@ -79,6 +79,7 @@ from django.utils import timezone
 
 from portal.catalog.models import GPU_MEMORY_SLOTS, Allocation, Gpu, GpuSlotClaim, Host
 from portal.errors import InvalidInput, PortalError
+from portal.metering.errors import MeteringErrorCode
 from portal.metering.models import GpuSample
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -129,12 +130,14 @@ class RecordResult:
 
 def _check(sample: Sample, latest: datetime) -> None:
     if not isinstance(sample.time, datetime) or timezone.is_naive(sample.time):
-        raise InvalidInput("A sample's time must be a datetime with a time zone.", code="time")
+        raise InvalidInput(
+            "A sample's time must be a datetime with a time zone.", code=MeteringErrorCode.TIME
+        )
     if sample.time > latest:
         raise InvalidInput(
             f"A sample of {sample.gpu_uuid} is in the future ({sample.time.isoformat()}); "
             "is the host's clock right?",
-            code="time",
+            code=MeteringErrorCode.TIME,
         )
     for name in READINGS:
         value = getattr(sample, name)
@@ -145,7 +148,7 @@ def _check(sample: Sample, latest: datetime) -> None:
             raise InvalidInput(
                 f"{name} of {sample.gpu_uuid} must be a whole number from {low} to {high}, "
                 f"not {value!r}.",
-                code="reading",
+                code=MeteringErrorCode.READING,
             )
 
 
@@ -167,7 +170,7 @@ def telemetry_record(*, samples: Iterable[Sample], host: Host | None = None) -> 
         where = f" of host {host.name}" if host is not None else ""
         raise InvalidInput(
             f"Not a registered GPU{where}: {', '.join(unknown)}.",
-            code="gpu_unknown",
+            code=MeteringErrorCode.GPU_UNKNOWN,
             details={"gpus": unknown},
         )
     latest = timezone.now() + FUTURE_TOLERANCE
@@ -243,11 +246,15 @@ def load_recording(path: Path) -> list[Recorded]:
     try:
         handle = path.open(newline="")
     except OSError as exc:
-        raise InvalidInput(f"Cannot read {path}: {exc.strerror}.", code="file") from None
+        raise InvalidInput(
+            f"Cannot read {path}: {exc.strerror}.", code=MeteringErrorCode.FILE
+        ) from None
     with handle:
         reader = csv.DictReader(handle)
         if "t_s" not in (reader.fieldnames or []):
-            raise InvalidInput(f"{path} has no t_s column (seconds since the start).", code="file")
+            raise InvalidInput(
+                f"{path} has no t_s column (seconds since the start).", code=MeteringErrorCode.FILE
+            )
         recording: list[Recorded] = []
         for line, row in enumerate(reader, start=2):
             try:
@@ -257,14 +264,17 @@ def load_recording(path: Path) -> list[Recorded]:
                     for column, reading in CSV_COLUMNS.items()
                 }
             except (TypeError, ValueError):
-                raise InvalidInput(f"{path}, line {line}: not a number.", code="file") from None
+                raise InvalidInput(
+                    f"{path}, line {line}: not a number.", code=MeteringErrorCode.FILE
+                ) from None
             if recording and offset <= recording[-1].offset:
                 raise InvalidInput(
-                    f"{path}, line {line}: t_s must increase from line to line.", code="file"
+                    f"{path}, line {line}: t_s must increase from line to line.",
+                    code=MeteringErrorCode.FILE,
                 )
             recording.append(Recorded(offset=offset, readings=readings))
     if not recording:
-        raise InvalidInput(f"{path} has no samples.", code="file")
+        raise InvalidInput(f"{path} has no samples.", code=MeteringErrorCode.FILE)
     return recording
 
 
@@ -494,6 +504,11 @@ class InstanceTelemetry:
     @property
     def charts(self) -> tuple["Chart", ...]:
         return telemetry_charts(self) if self.has_samples else ()
+
+
+def instance_page_panel(instance) -> dict:
+    """Compute's instance-page hook (settings.COMPUTE_INSTANCE_PAGE_PANELS): the telemetry panel."""
+    return {"telemetry": instance_telemetry(instance)}
 
 
 def instance_telemetry(instance) -> InstanceTelemetry:

@@ -26,10 +26,11 @@ import hmac
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from prometheus_client import (
@@ -41,7 +42,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -119,38 +120,15 @@ def instance_transitioned(instance, previous: str, target: str) -> None:
 # --- scrape ---------------------------------------------------------------------------------
 
 
-class InstanceCollector:
-    """``portal_instances{state, region}`` from one GROUP BY query at scrape time. Every state
-    is reported (0 when none) for each region that has instances."""
+# Collectors that read the database at scrape time, registered by the apps that own the data
+# (compute registers the instance counts in its AppConfig.ready()), so this module imports none.
+SCRAPE_COLLECTORS: list[Callable[[], Any]] = []
 
-    def describe(self) -> Iterable[Metric]:
-        return []  # the names are not known to clash; the query runs at scrape time only
 
-    def collect(self) -> Iterable[Metric]:
-        from django.db.models import Count
-
-        from portal.compute.lifecycle import State
-        from portal.compute.models import Instance
-
-        family = GaugeMetricFamily(
-            "portal_instances",
-            "Instances in the database, by lifecycle state and region.",
-            labels=["state", "region"],
-        )
-        try:
-            rows = list(
-                Instance.objects.order_by()
-                .values_list("state", "region__code")
-                .annotate(count=Count("id"))
-            )
-        except DatabaseError:
-            logger.warning("could not count instances for /metrics", exc_info=True)
-            return []
-        counts = {(state, region): count for state, region, count in rows}
-        for region in sorted({region for _state, region in counts}):
-            for state in State.values:
-                family.add_metric([state, region], counts.get((state, region), 0))
-        return [family]
+def scrape_collector_register(factory: Callable[[], Any]) -> None:
+    """Add a collector (``factory()`` gives one with ``collect()``) to every scrape."""
+    if factory not in SCRAPE_COLLECTORS:
+        SCRAPE_COLLECTORS.append(factory)
 
 
 class _Chain:
@@ -174,14 +152,14 @@ def multiprocess_dir() -> str | None:
 def scrape_registry(path: str | None = None) -> CollectorRegistry:
     """A registry for one scrape: every process' samples from the multiprocess directory
     (``path``, else ``PROMETHEUS_MULTIPROC_DIR``), or this process' own when there is none;
-    plus the instance counts from the database."""
+    plus what the apps' ``SCRAPE_COLLECTORS`` read from the database."""
     registry = CollectorRegistry()
     path = path or multiprocess_dir()
     if path:
         multiprocess.MultiProcessCollector(registry, path=path)
-        registry.register(InstanceCollector())
+        registry.register(_Chain(*(factory() for factory in SCRAPE_COLLECTORS)))
     else:
-        registry.register(_Chain(REGISTRY, InstanceCollector()))
+        registry.register(_Chain(REGISTRY, *(factory() for factory in SCRAPE_COLLECTORS)))
     return registry
 
 

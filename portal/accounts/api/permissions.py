@@ -1,5 +1,6 @@
 from rest_framework.permissions import BasePermission
 
+from portal.accounts.errors import AccountsErrorCode
 from portal.accounts.middleware import client_ip
 from portal.accounts.models import ApiKey
 from portal.accounts.roles import Action
@@ -37,7 +38,8 @@ class HasOrganizationRole(BasePermission):
         request.actor = actor
         if actor.organization is None:
             raise PermissionDenied(
-                "You are not a member of any organisation yet.", code="no_organization"
+                "You are not a member of any organisation yet.",
+                code=AccountsErrorCode.NO_ORGANIZATION,
             )
         if request.method.lower() not in view.http_method_names or not hasattr(
             view, request.method.lower()

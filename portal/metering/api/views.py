@@ -12,6 +12,7 @@ from portal.accounts.roles import Action
 from portal.api.schema import error_responses
 from portal.errors import InvalidInput
 from portal.metering import ingest
+from portal.metering.errors import MeteringErrorCode
 from portal.metering.selectors import GROUPS, usage_summary
 
 
@@ -92,14 +93,16 @@ class UsageEventIngestView(APIView):
         data = request.data
         if content_type == CloudEventBatchParser.media_type:
             if not isinstance(data, list):
-                raise InvalidInput("A batch is a JSON array of events.", code="batch_invalid")
+                raise InvalidInput(
+                    "A batch is a JSON array of events.", code=MeteringErrorCode.BATCH_INVALID
+                )
             events = data
         else:
             if not isinstance(data, dict):
                 raise InvalidInput(
                     "Send one event as a JSON object, or a batch as "
                     "application/cloudevents-batch+json.",
-                    code="event_invalid",
+                    code=MeteringErrorCode.EVENT_INVALID,
                 )
             events = [data]
         result = ingest.usage_events_ingest(actor=request.actor, events=events)

@@ -3,10 +3,13 @@ import os
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from billing.demo import load_billing_demo
 from portal.accounts import services
 from portal.accounts.models import Membership, Organization, SshKey, User
 from portal.accounts.roles import Role
 from portal.accounts.types import Actor
+from portal.catalog.demo import load_demo_catalog
+from portal.metering.telemetry import demo_telemetry
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_SLUG = "demo"
@@ -16,7 +19,10 @@ DEMO_SSH_KEY = (
 
 
 class Command(BaseCommand):
-    help = "Create the demo user, organisation and SSH key (safe to run again)."
+    help = (
+        "Create the demo user, organisation and SSH key, the demo catalog, billing history and "
+        "GPU telemetry (safe to run again)."
+    )
 
     def handle(self, *args, **options):
         password = os.environ.get("DEMO_PASSWORD", "demo-gpu-cloud")
@@ -50,13 +56,7 @@ class Command(BaseCommand):
                 services.ssh_key_create(
                     actor=Actor.system(org), name="demo-laptop", public_key=DEMO_SSH_KEY
                 )
-        from portal.catalog.demo import load_demo_catalog
-
         self.stdout.write(load_demo_catalog())
-        from billing.demo import load_billing_demo
-
         self.stdout.write(load_billing_demo(org))
-        from portal.metering.telemetry import demo_telemetry
-
         self.stdout.write(demo_telemetry(organization=org))
         self.stdout.write(f"Demo login: {DEMO_EMAIL} / {password} (organisation '{DEMO_SLUG}')")

@@ -1,0 +1,36 @@
+"""Error codes of accounts: organisations, members, invitations, keys and sign-in."""
+
+from enum import StrEnum
+
+from portal.errors import error_codes
+
+
+@error_codes
+class AccountsErrorCode(StrEnum):
+    ALREADY_INVITED = "already_invited"
+    ALREADY_MEMBER = "already_member"
+    BILLING_MODE_INVALID = "billing_mode_invalid"
+    CONFIRMATION_MISMATCH = "confirmation_mismatch"
+    COUNTRY_INVALID = "country_invalid"
+    CURRENCY_INVALID = "currency_invalid"
+    EMAIL_INVALID = "email_invalid"
+    EMAIL_TAKEN = "email_taken"
+    EXPIRY_IN_PAST = "expiry_in_past"
+    INVITATION_CLOSED = "invitation_closed"
+    INVITATION_INVALID = "invitation_invalid"
+    INVITATION_WRONG_USER = "invitation_wrong_user"
+    LAST_OWNER = "last_owner"
+    LOGIN_FAILED = "login_failed"
+    LOGIN_THROTTLED = "login_throttled"
+    NAME_REQUIRED = "name_required"
+    NO_ORGANIZATION = "no_organization"
+    ORGANIZATION_NOT_EMPTY = "organization_not_empty"
+    PASSWORD_INVALID = "password_invalid"
+    ROLE_INVALID = "role_invalid"
+    ROLE_NOT_GRANTABLE = "role_not_grantable"
+    SLUG_TAKEN = "slug_taken"
+    SSH_KEY_DUPLICATE = "ssh_key_duplicate"
+    SSH_KEY_INVALID = "ssh_key_invalid"
+    SSH_KEY_NAME_TAKEN = "ssh_key_name_taken"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_INVALID = "token_invalid"
