@@ -140,7 +140,7 @@ def test_every_periodic_entry_is_a_crontab_with_an_expiry_and_a_registered_task(
     assert set(app.conf.beat_schedule) >= set(SCHEDULE)
     for name, entry in SCHEDULE.items():
         assert isinstance(entry["schedule"], crontab), name
-        assert 0 < entry["options"]["expires"], name
+        assert entry["options"]["expires"] > 0, name
         assert entry["task"] in app.tasks, name
     # Every five minutes, hours are closed one minute after usage was debited.
     assert SCHEDULE["debit-usage"]["schedule"].minute == set(range(0, 60, 5))
