@@ -43,6 +43,12 @@ HOLDS_CAPACITY = frozenset(
     {S.PENDING, S.PROVISIONING, S.RUNNING, S.STOPPING, S.STARTING, S.REBOOTING}
 )
 
+# What each state costs (metering asks compute's selectors, which use these): a running or
+# rebooting instance is billed per second (a reboot keeps its GPUs); a stopping, stopped or
+# starting one keeps its boot disk.
+BILLED_RUNNING = frozenset({S.RUNNING, S.REBOOTING})
+DISK_KEPT = frozenset({S.STOPPING, S.STOPPED, S.STARTING})
+
 TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
     {
         (S.PENDING, S.PROVISIONING),

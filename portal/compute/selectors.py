@@ -1,7 +1,12 @@
-"""Reads about instances and volumes, always scoped to one organisation."""
+"""Reads about instances and volumes: the customer's, scoped to one organisation, and what
+metering needs to know of every instance's history (which ran, as what, and when)."""
 
-from django.db.models import QuerySet
+from collections import defaultdict
+from datetime import datetime
 
+from django.db.models import Q, QuerySet
+
+from portal.compute.lifecycle import BILLED_RUNNING, DISK_KEPT, State
 from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
 from portal.errors import NotFound
 
@@ -45,4 +50,60 @@ def volumes_list(organization) -> QuerySet[Volume]:
         Volume.objects.filter(organization=organization)
         .exclude(state=VolumeState.DELETED)
         .select_related("region", "instance")
+    )
+
+
+# --- for metering -----------------------------------------------------------------------------
+
+# States billed as running time, and states in which the boot disk is kept (as strings, the way
+# instance events store them).
+BILLED_STATES = frozenset(str(state) for state in BILLED_RUNNING)
+DISK_KEPT_STATES = frozenset(str(state) for state in DISK_KEPT)
+
+
+def instances_in_window(start: datetime, end: datetime, organization=None) -> QuerySet[Instance]:
+    """Instances that may have used something in [start, end): created before its end, not
+    terminated before its start, and not a launch that had already failed."""
+    instances = (
+        Instance.objects.filter(created_at__lt=end)
+        .filter(Q(terminated_at__isnull=True) | Q(terminated_at__gte=start))
+        .exclude(state=State.FAILED, state_changed_at__lt=start)
+    )
+    if organization is not None:
+        instances = instances.filter(organization=organization)
+    return instances
+
+
+def volumes_in_window(start: datetime, end: datetime, organization=None) -> QuerySet[Volume]:
+    """Volumes that existed at some moment of [start, end)."""
+    volumes = Volume.objects.filter(created_at__lt=end).filter(
+        Q(deleted_at__isnull=True) | Q(deleted_at__gte=start)
+    )
+    if organization is not None:
+        volumes = volumes.filter(organization=organization)
+    return volumes
+
+
+def instance_state_steps(
+    instances: QuerySet[Instance], until: datetime
+) -> dict[int, list[tuple[datetime, str]]]:
+    """Each instance's (moment, new state) steps before ``until``, in order, in one query."""
+    steps: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
+    events = (
+        InstanceEvent.objects.filter(instance__in=instances, created_at__lt=until)
+        .exclude(to_state="")
+        .order_by("instance_id", "created_at", "id")
+        .values_list("instance_id", "created_at", "to_state")
+    )
+    for instance_id, moment, state in events:
+        steps[instance_id].append((moment, state))
+    return steps
+
+
+def running_placements(organization) -> list[tuple[int, int]]:
+    """(instance type id, region id) of each instance the organisation has running now."""
+    return list(
+        Instance.objects.filter(
+            organization=organization, state__in=sorted(BILLED_STATES)
+        ).values_list("instance_type_id", "region_id")
     )

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from portal.compute.selectors import BILLED_STATES, DISK_KEPT_STATES
+
 COMPUTE = "instance.seconds"
 BOOT_DISK = "instance.disk_gb_seconds"
 VOLUME = "volume.gb_seconds"
 
-BILLED_RUNNING = frozenset({"running", "rebooting"})
-BOOT_DISK_KEPT = frozenset({"stopping", "stopped", "starting"})
+# Which states bill what is compute's to say.
+BILLED_RUNNING = BILLED_STATES
+BOOT_DISK_KEPT = DISK_KEPT_STATES
 HOUR = timedelta(hours=1)
 MICRO = Decimal("0.000001")
 

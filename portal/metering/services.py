@@ -5,15 +5,14 @@
 range from the lifecycle events and makes the records exactly what they should be.
 """
 
-from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from portal.compute.models import Instance, InstanceEvent, Volume
+from portal.compute.models import Instance, Volume
+from portal.compute.selectors import instance_state_steps, instances_in_window, volumes_in_window
 from portal.metering.lifecycle_usage import (
     BOOT_DISK,
     COMPUTE,
@@ -53,32 +52,15 @@ def _lifecycle_usage(
 ) -> list[UsageRecord]:
     """The records the lifecycle gives for [window_start, window_end), in three queries."""
     meters = builtin_meters()
-    instances = (
-        Instance.objects.filter(created_at__lt=window_end)
-        .filter(Q(terminated_at__isnull=True) | Q(terminated_at__gte=window_start))
-        .exclude(state="failed", state_changed_at__lt=window_start)
-    )
-    volumes = Volume.objects.filter(created_at__lt=window_end).filter(
-        Q(deleted_at__isnull=True) | Q(deleted_at__gte=window_start)
-    )
-    if organization is not None:
-        instances = instances.filter(organization=organization)
-        volumes = volumes.filter(organization=organization)
+    instances = instances_in_window(window_start, window_end, organization)
+    volumes = volumes_in_window(window_start, window_end, organization)
     facts = {
         row["id"]: row
         for row in instances.values(
             "id", "organization_id", "instance_type_id", "region_id", "disk_gb"
         )
     }
-    transitions: dict[int, list] = defaultdict(list)
-    events = (
-        InstanceEvent.objects.filter(instance__in=instances, created_at__lt=window_end)
-        .exclude(to_state="")
-        .order_by("instance_id", "created_at", "id")
-        .values_list("instance_id", "created_at", "to_state")
-    )
-    for instance_id, moment, state in events:
-        transitions[instance_id].append((moment, state))
+    transitions = instance_state_steps(instances, window_end)
     records = []
     for instance_id, steps in transitions.items():
         fact = facts[instance_id]
