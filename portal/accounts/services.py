@@ -179,7 +179,7 @@ def _create_user(**fields) -> User:
         ) from None
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def user_signup(
     *, email: str, password: str, full_name: str = "", ip_address: str | None = None
 ) -> User:
@@ -209,7 +209,7 @@ def user_send_verification(*, user: User) -> None:
     emails.send_later(emails.verification_email(user=user, link=link))
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def user_verify_email(*, token: str) -> User:
     try:
         data = signing.loads(
@@ -314,7 +314,7 @@ def _clean_org_fields(fields: dict) -> dict:
     return cleaned
 
 
-@transaction.atomic
+@transaction.atomic  # the demo data creates its organisation inside its own transaction
 def organization_create(
     *,
     user: User,
@@ -362,7 +362,7 @@ def organization_create(
 ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency", "billing_mode")
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def organization_update(*, actor: Actor, **fields: Any) -> Organization:
     actor = authorize(actor, Action.ORG_UPDATE, lock=True)
     unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
@@ -393,7 +393,7 @@ def _organization_holdings(org: Organization) -> dict[str, int]:
     return held
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
     actor = authorize(actor, Action.ORG_DELETE, lock=True)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
@@ -436,7 +436,7 @@ def _lock_owners(org: Organization) -> list[Membership]:
     )
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Membership:
     actor = authorize(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
     if role not in Role.values:
@@ -472,7 +472,7 @@ def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Me
     return membership
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def membership_remove(*, actor: Actor, membership_id: int) -> None:
     """Remove a member, or leave the organisation when the membership is the actor's own.
 
@@ -540,7 +540,7 @@ def _send_invitation(invitation: Invitation, token: str) -> None:
     emails.send_later(emails.invitation_email(invitation=invitation, link=link))
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
     actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
     email = _clean_email(email)
@@ -594,7 +594,7 @@ def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
     return invitation
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
     """Send a fresh link (the old one stops working) with a new expiry."""
     actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
@@ -607,7 +607,7 @@ def invitation_resend(*, actor: Actor, invitation_id: int) -> Invitation:
     return invitation
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invitation_revoke(*, actor: Actor, invitation_id: int) -> Invitation:
     actor = authorize(actor, Action.MEMBER_INVITE, lock=True)
     invitation = _open_invitation(actor, invitation_id)
@@ -638,7 +638,7 @@ def invitation_for_token(token: str, *, lock: bool = False) -> Invitation:
     return invitation
 
 
-@transaction.atomic
+@transaction.atomic  # also inside another service's transaction
 def invitation_accept(*, token: str, user: User, ip_address: str | None = None) -> Membership:
     invitation = invitation_for_token(token, lock=True)
     if invitation.email.lower() != user.email.lower():
@@ -668,7 +668,7 @@ def invitation_accept(*, token: str, user: User, ip_address: str | None = None) 
     return membership
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invitation_accept_as_new_user(
     *, token: str, full_name: str, password: str, ip_address: str | None = None
 ) -> User:
@@ -704,7 +704,7 @@ def invitation_accept_as_new_user(
 # --- API keys ---------------------------------------------------------------------------------
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def api_key_create(
     *, actor: Actor, name: str, role: str, expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
@@ -735,7 +735,7 @@ def api_key_create(
     return api_key, secret
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def api_key_revoke(*, actor: Actor, api_key_id: int) -> ApiKey:
     actor = authorize(actor, Action.API_KEY_MANAGE, lock=True)
     api_key = (
@@ -779,7 +779,7 @@ def api_key_authenticate(secret: str) -> ApiKey | None:
 # --- SSH keys ---------------------------------------------------------------------------------
 
 
-@transaction.atomic
+@transaction.atomic  # also inside another service's transaction
 def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
     actor = authorize(actor, Action.SSH_KEY_MANAGE)
     parsed = parse_public_key(public_key)
@@ -833,7 +833,7 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
     return ssh_key
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
     actor = authorize(actor, Action.SSH_KEY_MANAGE)
     ssh_key = SshKey.objects.filter(organization=actor.organization, pk=ssh_key_id).first()
@@ -848,7 +848,7 @@ def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
     ssh_key.delete()
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def user_update_profile(*, user: User, full_name: str, ip_address: str | None = None) -> User:
     full_name = (full_name or "").strip()[:150]
     if user.full_name != full_name:
@@ -862,7 +862,7 @@ def user_update_profile(*, user: User, full_name: str, ip_address: str | None = 
     return user
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def user_password_changed(*, user: User, via: str, ip_address: str | None = None) -> None:
     """Record a password change (from the account page or a reset link)."""
     audit_record(

@@ -84,7 +84,7 @@ def _code(name: str, variant: str) -> str:
 # --- GPU models -------------------------------------------------------------------------------
 
 
-@transaction.atomic
+@transaction.atomic  # also inside the demo catalog's transaction
 def gpu_models_load(*, path: Path) -> int:
     """Create or update GPU models from a gpus.csv file; returns how many rows were read."""
     with open(path, newline="", encoding="utf-8") as handle:
@@ -401,7 +401,7 @@ def host_register(**kwargs) -> Host:
         ) from None
 
 
-@transaction.atomic
+@transaction.atomic  # also inside the demo catalog's transaction
 def _host_register(
     *,
     name: str,
@@ -501,7 +501,7 @@ def _host_register(
     return host
 
 
-@transaction.atomic
+@transaction.atomic  # admin sets several hosts in one transaction
 def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Host:
     """Drain (no new instances), take offline, or activate a host."""
     if state not in HostState.values:
@@ -523,7 +523,7 @@ def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Hos
     return host
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def gpus_set_mig(*, gpus: QuerySet[Gpu], enabled: bool, actor: Actor) -> tuple[list, list]:
     """Allow (or stop) selling GPUs as MIG slices. Returns (changed GPUs, refusals).
 
