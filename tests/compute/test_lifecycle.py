@@ -2,6 +2,7 @@
 
 import pytest
 
+from portal.accounts.types import Actor
 from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.lifecycle import (
@@ -13,6 +14,7 @@ from portal.compute.lifecycle import (
     check_transition,
 )
 from portal.compute.models import Instance
+from tests import factories
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +51,10 @@ def put_in_state(world, state: State) -> Instance:
         elif step == "provision":
             Instance.objects.filter(pk=instance.pk).update(state=State.PROVISIONING)
         elif step == "fail":
-            services.operator_mark_failed(instance_id=instance.pk, operator="test")
+            staff = factories.user(is_staff=True)
+            services.operator_mark_failed(
+                actor=Actor.for_operator(staff, world.org), instance_id=instance.pk
+            )
         else:
             services.instance_action(actor=world.actor(), instance_id=instance.pk, action=step)
     instance.refresh_from_db()

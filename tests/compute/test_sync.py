@@ -7,11 +7,13 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+from portal.accounts.types import Actor
 from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.lifecycle import State
 from portal.compute.models import BackendOrphan, Instance
 from portal.provisioning.simulated import simulate_loss
+from tests import factories
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
@@ -151,10 +153,9 @@ def test_reconciler_reports_machines_the_database_does_not_know(world, simulated
 def test_operator_force_terminate_and_mark_failed(world):
     first, _ = services.instance_launch(actor=world.actor(), request=world.request(name="one"))
     second, _ = services.instance_launch(actor=world.actor(), request=world.request(name="two"))
-    services.operator_force_terminate(instance_id=first.pk, operator="operator ops@example.com")
-    services.operator_mark_failed(
-        instance_id=second.pk, operator="operator ops@example.com", reason="bad host"
-    )
+    operator = Actor.for_operator(factories.user(email="ops@example.com", is_staff=True), world.org)
+    services.operator_force_terminate(actor=operator, instance_id=first.pk)
+    services.operator_mark_failed(actor=operator, instance_id=second.pk, reason="bad host")
     assert (state(first), state(second)) == (State.TERMINATED, State.FAILED)
     assert second.status_message == "bad host"
     assert not GpuSlotClaim.objects.exists()
