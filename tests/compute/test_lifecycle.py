@@ -186,3 +186,39 @@ def test_terminate_while_provisioning_wins(world):
     services.instance_sync(instance_id=instance.pk)
     instance.refresh_from_db()
     assert instance.state == State.TERMINATED
+
+
+def test_every_rule_moves_along_a_declared_transition_and_every_step_has_rules():
+    from portal.compute.lifecycle import RULES, STEPS, BackendFailure
+
+    for (state, answer), rule in RULES.items():
+        assert state in STEPS, (state, answer)
+        if rule.next_state is not None:
+            assert (state, rule.next_state) in TRANSITIONS, (state, answer, rule)
+    for state in STEPS:
+        for failure in BackendFailure:  # a backend error always ends the step somehow
+            assert (state, failure) in RULES, (state, failure)
+
+
+def test_a_booting_machine_is_created_once_then_described(world, memory_backend):
+    instance = launched(world, "slow-sim-hang")  # the in-memory machine boots forever
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert [c.method for c in memory_backend.calls] == ["create", "describe", "describe"]
+    # a machine the backend lost while booting is created again at the next poll
+    memory_backend.simulate_loss(instance.machine_id)
+    assert services.instance_sync(instance_id=instance.pk) is True  # describe: missing
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert [c.method for c in memory_backend.calls][3:] == ["describe", "create"]
+    assert instance.machine_id in memory_backend.machines
+
+
+def test_a_reboot_is_sent_once_and_a_stop_once(world, memory_backend):
+    instance = put_in_state(world, State.RUNNING)
+    memory_backend.calls.clear()
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="reboot")
+    assert services.instance_sync(instance_id=instance.pk) is False  # in-memory: back at once
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+    assert services.instance_sync(instance_id=instance.pk) is False
+    assert [c.method for c in memory_backend.calls] == ["describe", "reboot", "stop"]
