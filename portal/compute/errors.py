@@ -4,7 +4,9 @@ The codes are part of the API (``{"error": {"code": ...}}``) and of the pages' b
 their values never change; raise them by member (``ComputeErrorCode.NAME_TAKEN``), never by a
 string spelled again. ``InvalidTransition`` lives beside the lifecycle it explains
 (``portal.compute.lifecycle``); ``CapacityUnavailable`` (``capacity_unavailable``) is the
-catalog's, raised when no host has room.
+catalog's, raised when no host has room. Provisioning has no codes of its own: its
+``BackendError`` classes (``portal.provisioning.base``) never reach a customer; the sync turns
+them into the lifecycle's rules (``BackendFailure``).
 """
 
 from enum import StrEnum
