@@ -14,6 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from portal.accounts.middleware import client_ip
+from portal.accounts.types import Actor
 from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
 from portal.compute import services
 from portal.compute.lifecycle import FINAL
@@ -29,8 +31,9 @@ class InstanceEventInline(ReadOnlyTabularInline):
     ordering = ["created_at", "id"]
 
 
-def _operator_label(request: HttpRequest) -> str:
-    return f"operator {request.user.email}"
+def _operator(request: HttpRequest, instance: Instance) -> Actor:
+    """The staff member acting on ``instance`` (its organisation's audit log names them)."""
+    return Actor.for_operator(request.user, instance.organization, client_ip(request))
 
 
 @admin.register(Instance)
@@ -91,7 +94,7 @@ class InstanceAdmin(ReadOnlyAdmin):
 
     def _each(self, request, queryset: QuerySet[Instance], call, done: str) -> None:
         changed, failed = [], []
-        for instance in queryset.order_by("pk"):
+        for instance in queryset.select_related("organization").order_by("pk"):
             try:
                 call(instance)
             except Exception as exc:  # a backend error for one must not stop the rest
@@ -125,9 +128,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         self._each(
             request,
             queryset,
-            lambda i: services.operator_resync(
-                instance_id=i.pk, operator=f"operator {request.user.email}"
-            ),
+            lambda i: services.operator_resync(actor=_operator(request, i), instance_id=i.pk),
             "Re-sync requested",
         )
 
@@ -144,11 +145,12 @@ class InstanceAdmin(ReadOnlyAdmin):
                 "released and it is recorded as terminated, whatever its state. The customer "
                 "loses the machine and its boot disk.",
             )
-        operator = _operator_label(request)
         self._each(
             request,
             live,
-            lambda i: services.operator_force_terminate(instance_id=i.pk, operator=operator),
+            lambda i: services.operator_force_terminate(
+                actor=_operator(request, i), instance_id=i.pk
+            ),
             "Force-terminated",
         )
 
@@ -164,13 +166,12 @@ class InstanceAdmin(ReadOnlyAdmin):
                 "Each instance is marked failed: its GPUs are released and its volumes "
                 "detached. The backend is not asked to do anything.",
             )
-        operator = _operator_label(request)
         reason = (request.POST.get("reason") or "").strip()[:200]
         self._each(
             request,
             live,
             lambda i: services.operator_mark_failed(
-                instance_id=i.pk, operator=operator, reason=reason
+                actor=_operator(request, i), instance_id=i.pk, reason=reason
             ),
             "Marked failed",
         )

@@ -26,6 +26,7 @@ from portal.catalog import services as catalog_services
 from portal.catalog.capacity import CapacityUnavailable
 from portal.catalog.selectors import CatalogQuery
 from portal.compute import selectors, services
+from portal.compute.errors import ComputeErrorCode
 from portal.compute.forms import (
     HOURS_PER_MONTH,
     LAUNCH_ERROR_FIELDS,
@@ -229,10 +230,10 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
             except PortalError as exc:
                 details = exc.details if isinstance(exc.details, dict) else {}
                 fields = {k: v for k, v in details.items() if k in LAUNCH_ERROR_FIELDS}
-                if exc.code == "invalid" and fields:
+                if exc.code == ComputeErrorCode.INVALID and fields:
                     for key, message in fields.items():
                         form.add_error(LAUNCH_ERROR_FIELDS[key], message)
-                elif exc.code == "name_taken":
+                elif exc.code == ComputeErrorCode.NAME_TAKEN:
                     form.add_error("name", exc.message)
                 else:
                     form.add_error(None, exc.message)
@@ -406,7 +407,9 @@ def volumes(request: HttpRequest) -> HttpResponse:
                 for key, message in fields.items():
                     form.add_error(key, message)
                 if not fields:
-                    form.add_error("name" if exc.code == "name_taken" else None, exc.message)
+                    form.add_error(
+                        "name" if exc.code == ComputeErrorCode.NAME_TAKEN else None, exc.message
+                    )
             else:
                 messages.success(request, f"Volume {volume.name} created.")
                 if not request.htmx:

@@ -198,3 +198,14 @@ def test_quotas_are_edited_here_total_or_per_gpu_model(staff_client, org, fleet,
     assert response.status_code == 302
     total.refresh_from_db()
     assert total.max_gpus == 32
+
+
+def test_operator_audit_rows_name_the_staff_member(staff_client, operator, fleet):
+    from portal.accounts.models import AuditEvent
+
+    running = fleet["running"]
+    act(staff_client, "force_terminate", running, confirm="yes")
+    audit = AuditEvent.objects.get(action="instance.operator_force_terminate")
+    assert (audit.actor_user, audit.actor_label) == (operator, "operator ops@example.com")
+    assert audit.organization_id == running.organization_id
+    assert audit.details == {"operator": "operator ops@example.com"}

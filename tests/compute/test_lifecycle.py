@@ -2,6 +2,7 @@
 
 import pytest
 
+from portal.accounts.types import Actor
 from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.lifecycle import (
@@ -13,6 +14,7 @@ from portal.compute.lifecycle import (
     check_transition,
 )
 from portal.compute.models import Instance
+from tests import factories
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +51,10 @@ def put_in_state(world, state: State) -> Instance:
         elif step == "provision":
             Instance.objects.filter(pk=instance.pk).update(state=State.PROVISIONING)
         elif step == "fail":
-            services.operator_mark_failed(instance_id=instance.pk, operator="test")
+            staff = factories.user(is_staff=True)
+            services.operator_mark_failed(
+                actor=Actor.for_operator(staff, world.org), instance_id=instance.pk
+            )
         else:
             services.instance_action(actor=world.actor(), instance_id=instance.pk, action=step)
     instance.refresh_from_db()
@@ -181,3 +186,39 @@ def test_terminate_while_provisioning_wins(world):
     services.instance_sync(instance_id=instance.pk)
     instance.refresh_from_db()
     assert instance.state == State.TERMINATED
+
+
+def test_every_rule_moves_along_a_declared_transition_and_every_step_has_rules():
+    from portal.compute.lifecycle import RULES, STEPS, BackendFailure
+
+    for (state, answer), rule in RULES.items():
+        assert state in STEPS, (state, answer)
+        if rule.next_state is not None:
+            assert (state, rule.next_state) in TRANSITIONS, (state, answer, rule)
+    for state in STEPS:
+        for failure in BackendFailure:  # a backend error always ends the step somehow
+            assert (state, failure) in RULES, (state, failure)
+
+
+def test_a_booting_machine_is_created_once_then_described(world, memory_backend):
+    instance = launched(world, "slow-sim-hang")  # the in-memory machine boots forever
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert [c.method for c in memory_backend.calls] == ["create", "describe", "describe"]
+    # a machine the backend lost while booting is created again at the next poll
+    memory_backend.simulate_loss(instance.machine_id)
+    assert services.instance_sync(instance_id=instance.pk) is True  # describe: missing
+    assert services.instance_sync(instance_id=instance.pk) is True
+    assert [c.method for c in memory_backend.calls][3:] == ["describe", "create"]
+    assert instance.machine_id in memory_backend.machines
+
+
+def test_a_reboot_is_sent_once_and_a_stop_once(world, memory_backend):
+    instance = put_in_state(world, State.RUNNING)
+    memory_backend.calls.clear()
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="reboot")
+    assert services.instance_sync(instance_id=instance.pk) is False  # in-memory: back at once
+    services.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+    assert services.instance_sync(instance_id=instance.pk) is False
+    assert [c.method for c in memory_backend.calls] == ["describe", "reboot", "stop"]

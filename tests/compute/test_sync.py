@@ -7,11 +7,13 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+from portal.accounts.types import Actor
 from portal.catalog.models import GpuSlotClaim
 from portal.compute import services
 from portal.compute.lifecycle import State
 from portal.compute.models import BackendOrphan, Instance
 from portal.provisioning.simulated import simulate_loss
+from tests import factories
 from tests.compute.world import World
 
 pytestmark = pytest.mark.django_db
@@ -151,10 +153,9 @@ def test_reconciler_reports_machines_the_database_does_not_know(world, simulated
 def test_operator_force_terminate_and_mark_failed(world):
     first, _ = services.instance_launch(actor=world.actor(), request=world.request(name="one"))
     second, _ = services.instance_launch(actor=world.actor(), request=world.request(name="two"))
-    services.operator_force_terminate(instance_id=first.pk, operator="operator ops@example.com")
-    services.operator_mark_failed(
-        instance_id=second.pk, operator="operator ops@example.com", reason="bad host"
-    )
+    operator = Actor.for_operator(factories.user(email="ops@example.com", is_staff=True), world.org)
+    services.operator_force_terminate(actor=operator, instance_id=first.pk)
+    services.operator_mark_failed(actor=operator, instance_id=second.pk, reason="bad host")
     assert (state(first), state(second)) == (State.TERMINATED, State.FAILED)
     assert second.status_message == "bad host"
     assert not GpuSlotClaim.objects.exists()
@@ -216,3 +217,43 @@ def test_a_running_instance_whose_machine_crashed_is_failed_and_released(world):
         report = services.reconcile()
     assert report.gone == (instance.pk,)
     assert state(instance) == State.FAILED and not GpuSlotClaim.objects.exists()
+
+
+def test_a_stop_is_sent_once_then_the_machine_is_described_until_it_is_off(
+    world, simulated, monkeypatch
+):
+    calls = []
+
+    def spy(method: str):
+        original = getattr(simulated, method)
+
+        def call(*args):
+            calls.append(method)
+            return original(*args)
+
+        return call
+
+    for method in ("create", "stop", "describe"):
+        monkeypatch.setattr(simulated, method, spy(method))
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+        services.instance_sync(instance_id=instance.pk)
+        clock.shift(timedelta(seconds=61))
+        services.instance_sync(instance_id=instance.pk)
+        services.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+        assert services.instance_sync(instance_id=instance.pk) is True
+        clock.shift(timedelta(seconds=10))
+        assert services.instance_sync(instance_id=instance.pk) is True
+        clock.shift(timedelta(seconds=11))
+        assert services.instance_sync(instance_id=instance.pk) is False
+    assert state(instance) == State.STOPPED
+    assert calls == ["create", "describe", "stop", "describe", "describe"]
+
+
+def test_operator_services_refuse_an_actor_that_is_not_an_operator(world):
+    from portal.errors import PermissionDenied
+
+    instance, _ = services.instance_launch(actor=world.actor(), request=world.request())
+    with pytest.raises(PermissionDenied):
+        services.operator_mark_failed(actor=world.actor(), instance_id=instance.pk)
+    assert state(instance) == State.PENDING

@@ -10,6 +10,7 @@ from portal.accounts.roles import Action
 from portal.api.schema import error_responses, list_responses
 from portal.compute import selectors, services
 from portal.compute.api import serializers
+from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.lifecycle import State
 from portal.compute.models import Instance, InstanceEvent, Volume
@@ -66,7 +67,9 @@ class InstanceListView(generics.ListAPIView):
         payload.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key", "").strip() or None
         if key is not None and len(key) > 255:
-            raise InvalidInput("Idempotency-Key is at most 255 characters.", code="invalid")
+            raise InvalidInput(
+                "Idempotency-Key is at most 255 characters.", code=ComputeErrorCode.INVALID
+            )
         data = payload.validated_data
         launch = services.LaunchRequest(
             name=data["name"],

@@ -1,0 +1,74 @@
+"""The checks a launch and a start pass before they take capacity: the GPU quota, and the
+hooks other apps fill in (``COMPUTE_LAUNCH_CHECKS``, ``COMPUTE_START_CHECKS``)."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Case, F, IntegerField, Sum, When
+from django.utils.module_loading import import_string
+
+from portal.catalog.models import InstanceType
+from portal.compute.errors import QuotaExceeded
+from portal.compute.lifecycle import HOLDS_CAPACITY
+from portal.compute.models import Instance, Quota
+
+MIG_COMPUTE_SLICES = Decimal(7)
+
+
+def gpu_units(instance_type: InstanceType) -> Decimal:
+    """GPUs one instance holds for quota: its GPU count, or its MIG slice's share (n/7)."""
+    if instance_type.mig_profile_id:
+        return Decimal(instance_type.mig_profile.compute_slices) / MIG_COMPUTE_SLICES
+    return Decimal(instance_type.gpu_count)
+
+
+def check_quota(
+    organization, instance_type: InstanceType, *, exclude: Instance | None = None
+) -> None:
+    """Refuse with ``quota_exceeded`` if this type would take the organisation over its GPU
+    quota, in total or for the type's GPU model. One aggregate query, whatever the fleet size."""
+    sevenths = Case(
+        When(instance_type__mig_profile__isnull=True, then=F("instance_type__gpu_count") * 7),
+        default=F("instance_type__mig_profile__compute_slices"),
+        output_field=IntegerField(),
+    )
+    holding = (
+        Instance.objects.filter(
+            organization=organization, state__in=[s.value for s in HOLDS_CAPACITY]
+        )
+        .exclude(pk=exclude.pk if exclude else None)
+        .values("instance_type__gpu_model_id")
+        .annotate(sevenths=Sum(sevenths))
+    )
+    per_model = {
+        row["instance_type__gpu_model_id"]: Decimal(row["sevenths"]) / MIG_COMPUTE_SLICES
+        for row in holding
+    }
+    total = sum(per_model.values(), Decimal(0))
+    same_model = per_model.get(instance_type.gpu_model_id, Decimal(0))
+    needed = gpu_units(instance_type)
+    quotas = {q.gpu_model_id: q.max_gpus for q in Quota.objects.filter(organization=organization)}
+    limits = [(None, quotas.get(None, settings.DEFAULT_GPU_QUOTA), total)]
+    if instance_type.gpu_model_id in quotas:
+        limits.append((instance_type.gpu_model, quotas[instance_type.gpu_model_id], same_model))
+    for model, limit, used in limits:
+        if used + needed > limit:
+            what = f"{model} GPUs" if model else "GPUs in total"
+            used_text = f"{used.quantize(Decimal('0.01')).normalize()}"
+            raise QuotaExceeded(
+                f"This launch needs {needed.quantize(Decimal('0.01')).normalize()} more {what}; your quota is "
+                f"{limit} and {used_text} are in use. Ask support to raise it or stop an instance.",
+                details={
+                    "limit": limit,
+                    "in_use": used_text,
+                    "requested": str(needed.quantize(Decimal("0.01")).normalize()),
+                    "gpu_model": model.code if model else None,
+                },
+            )
+
+
+def run_launch_checks(*, path_setting: str = "COMPUTE_LAUNCH_CHECKS", **context) -> None:
+    """Hooks that may refuse a launch or a start (billing fills them in: can the organisation
+    pay?)."""
+    for path in getattr(settings, path_setting):
+        import_string(path)(**context)

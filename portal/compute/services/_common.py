@@ -1,0 +1,133 @@
+"""What every compute service shares: events, transitions, the lock order, dispatching the
+sync task, and giving capacity and volumes back."""
+
+import re
+
+from django.utils import timezone
+
+from portal.accounts.locks import lock_organization
+from portal.background import enqueue_on_commit
+from portal.catalog import capacity
+from portal.compute.lifecycle import State, check_transition
+from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
+from portal.errors import NotFound
+from portal.observability import metrics
+from portal.provisioning.base import MachineStatus
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+SYSTEM = "system"  # the actor label of what the portal does by itself
+
+
+def record_event(
+    instance: Instance,
+    *,
+    actor: str,
+    reason: str,
+    from_state: str = "",
+    to_state: str = "",
+    detail=None,
+) -> InstanceEvent:
+    return InstanceEvent.objects.create(
+        instance=instance,
+        actor_label=actor[:200],
+        reason=reason[:300],
+        from_state=from_state,
+        to_state=to_state,
+        detail=detail or {},
+    )
+
+
+def transition(instance: Instance, target: State, *, actor: str, reason: str, detail=None) -> None:
+    """Move a locked instance to ``target`` (if the lifecycle allows it) and record the event."""
+    check_transition(instance.state, target)
+    previous = instance.state
+    instance.state = target
+    instance.state_changed_at = timezone.now()
+    instance.status_message = reason[:300] if target == State.FAILED else ""
+    instance.save(update_fields=["state", "state_changed_at", "status_message"])
+    record_event(
+        instance, actor=actor, reason=reason, from_state=previous, to_state=target, detail=detail
+    )
+    metrics.instance_transitioned(instance, previous, target)
+
+
+def dispatch(instance: Instance) -> None:
+    """Enqueue the sync task after commit and remember when (the reconciler re-sends lost work)."""
+    from portal.compute.tasks import instance_sync
+
+    instance.dispatched_at = timezone.now()
+    instance.save(update_fields=["dispatched_at"])
+    enqueue_on_commit(instance_sync, instance.pk)
+
+
+def mark_dispatched(*, instance_id: int) -> None:
+    Instance.objects.filter(pk=instance_id).update(dispatched_at=timezone.now())
+
+
+def locked_instance(instance_id: int, organization=None) -> Instance:
+    """The instance, row-locked, after its organisation's lock (the house lock order:
+    organisation, hosts, instance), so syncs and customer actions never deadlock.
+
+    With ``organization`` the caller holds that organisation's lock already, and an instance of
+    another organisation is not found."""
+    org_id = (
+        Instance.objects.filter(pk=instance_id).values_list("organization_id", flat=True).first()
+    )
+    if org_id is None or (organization is not None and org_id != organization.pk):
+        raise NotFound("No such instance in this organisation.")
+    if organization is None:
+        lock_organization(org_id)
+    return (
+        Instance.objects.select_for_update(of=("self",))
+        .select_related(
+            "instance_type__mig_profile", "instance_type__gpu_model", "region", "allocation", "host"
+        )
+        .get(pk=instance_id)
+    )
+
+
+def release_capacity(instance: Instance) -> None:
+    if instance.allocation_id is not None:
+        capacity.allocation_release(allocation=instance.allocation)
+        instance.allocation = None
+        instance.host = None
+        instance.save(update_fields=["allocation", "host"])
+
+
+def detach_volumes(instance: Instance) -> None:
+    now = timezone.now()
+    for volume in Volume.objects.select_for_update().filter(
+        instance=instance, state=VolumeState.IN_USE
+    ):
+        if volume.delete_on_termination:
+            volume.state, volume.deleted_at = VolumeState.DELETED, now
+        else:
+            volume.state = VolumeState.AVAILABLE
+        volume.instance = None
+        volume.save(update_fields=["state", "deleted_at", "instance"])
+
+
+def record_observation(instance: Instance, status: MachineStatus) -> None:
+    instance.observed_state = status.state
+    instance.observed_at = timezone.now()
+    fields = ["observed_state", "observed_at"]
+    if status.ip_addresses:
+        instance.ip_address = status.ip_addresses[0]
+        fields.append("ip_address")
+    instance.save(update_fields=fields)
+
+
+def fail(instance: Instance, reason: str, detail=None, actor: str = SYSTEM) -> None:
+    """Failed: its GPUs go back and its volumes are detached."""
+    release_capacity(instance)
+    detach_volumes(instance)
+    transition(instance, State.FAILED, actor=actor, reason=reason, detail=detail)
+
+
+def force_terminated(instance: Instance, reason: str, actor: str = SYSTEM) -> None:
+    """Terminated without asking the backend (it lost the machine, or an operator said so)."""
+    release_capacity(instance)
+    detach_volumes(instance)
+    instance.ip_address, instance.running_since, instance.terminated_at = None, None, timezone.now()
+    instance.save(update_fields=["ip_address", "running_since", "terminated_at"])
+    transition(instance, State.TERMINATED, actor=actor, reason=reason)
