@@ -3,8 +3,9 @@
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from django.db import transaction
 from django.template.loader import render_to_string
+
+from portal.background import enqueue_on_commit
 
 if TYPE_CHECKING:
     from portal.accounts.models import Invitation, User
@@ -21,7 +22,7 @@ def send_later(email: Email) -> None:
     """Send after commit. If the broker is down, the write stands and the failure is logged."""
     from portal.accounts.tasks import send_email
 
-    transaction.on_commit(lambda: send_email.delay(**asdict(email)), robust=True)
+    enqueue_on_commit(send_email, **asdict(email))
 
 
 def verification_email(*, user: "User", link: str) -> Email:
