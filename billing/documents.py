@@ -15,6 +15,7 @@ from django.template.loader import render_to_string
 from django_countries import countries
 
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
+from portal.money import MINUS, decimal_text, format_amount, format_unit_price
 
 TAX_NOTES = {
     TaxStatus.REVERSE_CHARGE: (
@@ -27,22 +28,11 @@ TAX_NOTES = {
 PLURAL_UNITS = {"hour": "hours", "GB-month": "GB-months", "credit": "credit"}
 
 
-def money(value: Decimal | None) -> str:
-    """1234.5 -> '1,234.50'; negative amounts with a real minus sign."""
-    if value is None:
-        return ""
-    text = f"{abs(value):,.2f}"
-    return f"\u2212{text}" if value < 0 else text
-
-
-def price(value: Decimal | None) -> str:
-    """A unit price: at least 2 decimals, more only where the price has them."""
+def price(value: Decimal | None, currency: str) -> str:
+    """A unit price: at least the currency's decimals, more only where the price has them."""
     if value is None:
         return "\u2014"
-    value = Decimal(value).normalize()
-    places = max(2, -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0)
-    text = f"{abs(value):,.{places}f}"
-    return f"\u2212{text}" if value < 0 else text
+    return format_unit_price(value, currency, grouping=True, minus=MINUS)
 
 
 def _plural(unit: str) -> str:
@@ -51,16 +41,13 @@ def _plural(unit: str) -> str:
 
 
 def quantity(value: Decimal, unit: str) -> str:
-    value = Decimal(value).normalize()
-    places = -value.as_tuple().exponent if value.as_tuple().exponent < 0 else 0
-    number = f"{value:,.{places}f}"
+    number = decimal_text(value, grouping=True)
     label = unit if value == 1 else PLURAL_UNITS.get(unit, _plural(unit))
     return f"{number} {label}"
 
 
 def percent(rate: Decimal) -> str:
-    value = (Decimal(rate) * 100).normalize()
-    return f"{value:f}"
+    return decimal_text(Decimal(rate) * 100)
 
 
 def _country_name(code: str) -> str:
@@ -79,12 +66,13 @@ def document_context(invoice: Invoice) -> dict:
     if not buyer.get("country_name"):
         buyer["country_name"] = _country_name(buyer.get("country", ""))
     credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
+    currency = invoice.currency
     lines = [
         {
             "description": line.description,
             "quantity": quantity(line.quantity, line.unit),
-            "unit_price": price(line.unit_price),
-            "amount": money(line.amount),
+            "unit_price": price(line.unit_price, currency),
+            "amount": format_amount(line.amount, currency),
         }
         for line in invoice.lines.all()
     ]
@@ -105,14 +93,14 @@ def document_context(invoice: Invoice) -> dict:
         "lines": lines,
         "period_first": invoice.period_start,
         "period_last": date.fromordinal(invoice.period_end.toordinal() - 1),
-        "subtotal": money(invoice.subtotal),
-        "tax": money(invoice.tax),
+        "subtotal": format_amount(invoice.subtotal, currency),
+        "tax": format_amount(invoice.tax, currency),
         "tax_label": tax_label,
         "tax_note": TAX_NOTES.get(invoice.tax_status, ""),
-        "total": money(invoice.total),
-        "credit": money(abs(invoice.total)),
-        "credits_applied": money(invoice.credits_applied),
-        "amount_due": money(invoice.amount_due),
+        "total": format_amount(invoice.total, currency),
+        "credit": format_amount(abs(invoice.total), currency),
+        "credits_applied": format_amount(invoice.credits_applied, currency),
+        "amount_due": format_amount(invoice.amount_due, currency),
         "show_credits": bool(invoice.credits_applied),
         "currency": invoice.currency,
         "prepaid": invoice.billing_mode == "prepaid",

@@ -57,6 +57,7 @@ from lxml import etree
 
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
 from portal.errors import InvalidInput
+from portal.money import amount_text, decimal_text, format_unit_price
 
 # --- namespaces ---------------------------------------------------------------------------------
 
@@ -98,7 +99,6 @@ CATEGORIES = {
 }
 
 VAT_PREFIX = re.compile(r"^[A-Z]{2}[0-9A-Za-z+*.]")
-CENT = Decimal("0.01")
 
 
 def _rules_path(relative: str) -> Path:
@@ -116,21 +116,8 @@ def _require_finalized(invoice: Invoice) -> None:
         )
 
 
-def _money(value: Decimal) -> str:
-    value = Decimal(value).quantize(CENT)
-    return f"{value if value else Decimal('0.00'):f}"  # never "-0.00" (a negated zero)
-
-
-def _decimal(value: Decimal, minimum_places: int = 0) -> str:
-    """A plain decimal without trailing zeros (at least ``minimum_places`` decimals)."""
-    value = Decimal(value).normalize()
-    exponent = value.as_tuple().exponent
-    places = max(minimum_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
-    return f"{value:.{places}f}"
-
-
 def _percent(rate: Decimal) -> str:
-    return _decimal(Decimal(rate) * 100, 2)
+    return decimal_text(Decimal(rate) * 100, min_places=2)
 
 
 def _split_address(text: str) -> dict:
@@ -185,6 +172,7 @@ def _document(invoice: Invoice) -> dict:
             seller_identifier = seller_vat_id
         seller_vat_id = ""
 
+    currency = invoice.currency
     lines = []
     for line in invoice.lines.all():
         quantity = Decimal(line.quantity)
@@ -201,11 +189,11 @@ def _document(invoice: Invoice) -> dict:
             {
                 "id": str(line.position),
                 "name": line.description or line.get_kind_display(),
-                "quantity": _decimal(quantity),
+                "quantity": decimal_text(quantity),
                 "unit_code": UNIT_CODES.get(line.unit, DEFAULT_UNIT_CODE),
                 "unit": line.unit,
-                "price": _decimal(price, 2),
-                "amount": _money(amount),
+                "price": format_unit_price(price, invoice.currency),
+                "amount": amount_text(amount, currency),
             }
         )
     total = sign * invoice.total
@@ -245,12 +233,12 @@ def _document(invoice: Invoice) -> dict:
             "account": buyer.get("account", ""),
         },
         "lines": lines,
-        "line_total": _money(sign * invoice.subtotal),
-        "tax_basis": _money(sign * invoice.subtotal),
-        "tax": _money(sign * invoice.tax),
-        "total": _money(total),
-        "prepaid": _money(prepaid),
-        "due": _money(total - prepaid),
+        "line_total": amount_text(sign * invoice.subtotal, currency),
+        "tax_basis": amount_text(sign * invoice.subtotal, currency),
+        "tax": amount_text(sign * invoice.tax, currency),
+        "total": amount_text(total, currency),
+        "prepaid": amount_text(prepaid, currency),
+        "due": amount_text(total - prepaid, currency),
         "corrects_number": corrected.number if corrected else "",
         "corrects_date": corrected.issued_at.date() if corrected and corrected.issued_at else None,
     }
@@ -389,7 +377,7 @@ def invoice_cii(invoice: Invoice) -> bytes:
 def _payment_terms(doc: dict) -> str:
     if doc["credit_note"]:
         return f"Credited to the account; corrects invoice {doc['corrects_number']}."
-    if doc["due"] == _money(Decimal(0)):
+    if doc["due"] == amount_text(Decimal(0), doc["currency"]):
         return "Paid from prepaid credits."
     if doc["due_date"]:
         return f"Due by {doc['due_date']:%d %b %Y}, quoting {doc['payment_reference']}."

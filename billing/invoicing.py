@@ -11,7 +11,7 @@ will say):
   at the price per GB-month;
 - other meters (operator-defined): one line per meter, in the meter's unit.
 
-**Rounding** (``money_round``, the one place it happens): a line's ``exact_amount`` is the sum of
+**Rounding** (``portal.money.money_round``, the one rule): a line's ``exact_amount`` is the sum of
 its records' full-precision ratings; its ``amount`` is that sum rounded once to the currency's
 minor unit (2 places), half-up (ties away from zero). ``subtotal`` is the sum of the line amounts,
 exactly; ``tax`` is ``money_round(subtotal * tax_rate)`` for the standard tax status and zero
@@ -48,7 +48,7 @@ import bisect
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -66,7 +66,7 @@ from billing.models import (
     LineKind,
     TaxStatus,
 )
-from billing.services import QUANTUM, account_for, ledger_post, usage_debit_pending
+from billing.services import account_for, ledger_post, usage_debit_pending
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
@@ -75,25 +75,11 @@ from portal.errors import Conflict, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, HOUR, VOLUME
 from portal.metering.models import Meter, UsageRecord
 from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
+from portal.money import at_rating_precision, minor_units, money_round, round_half_up
 
 logger = logging.getLogger(__name__)
 
-# --- the rounding rule ----------------------------------------------------------------------
-
-MINOR_UNITS = {"USD": 2, "CNY": 2}  # decimal places of each currency's minor unit (cent, fen)
-
-
-def money_round(amount: Decimal, currency: str) -> Decimal:
-    """THE rounding rule, used for every invoice amount: round once to the currency's minor
-    unit, half-up (ties away from zero, so -0.005 gives -0.01 and 0.005 gives 0.01).
-
-    It is applied to each line's exact (full-precision) amount and to the tax; sums of rounded
-    amounts are exact and never rounded again."""
-    places = MINOR_UNITS[currency]
-    return Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-
-
-QUANTITY_PLACES = Decimal("0.000001")  # InvoiceLine.quantity has 6 decimal places
+QUANTITY_PLACES = 6  # InvoiceLine.quantity has 6 decimal places
 
 
 # --- months ---------------------------------------------------------------------------------
@@ -273,7 +259,7 @@ class _LineBuilder:
             instance_type_id=group.instance_type_id,
             region_id=group.region_id,
         )
-        return (per_unit * _factor(meter.key)).quantize(QUANTUM)
+        return at_rating_precision(per_unit * _factor(meter.key))
 
     def runs(self, meter: Meter, group: _Group) -> list[_Run]:
         """The month cut where the unit price changes (one run when it is constant)."""
@@ -310,7 +296,7 @@ class _LineBuilder:
             if group.unrated:
                 for record in records.filter(_group_filter(group), rating__isnull=True):
                     record.meter = meter
-                    pieces[0].exact += self.rater.cost(record).quantize(QUANTUM)
+                    pieces[0].exact += at_rating_precision(self.rater.cost(record))
             return pieces
         starts = [run.start for run in runs]
         in_group = records.filter(_group_filter(group))
@@ -346,7 +332,7 @@ class _LineBuilder:
             for record in records.filter(pk__in=unrated):
                 record.meter = meter
                 piece = pieces[bisect.bisect_right(starts, record.hour_start) - 1]
-                piece.exact += self.rater.cost(record).quantize(QUANTUM)
+                piece.exact += at_rating_precision(self.rater.cost(record))
         return pieces
 
 
@@ -432,9 +418,7 @@ def _usage_lines(
                     meter_key=meter.key,
                     instance_type_id=group.instance_type_id,
                     region_id=group.region_id,
-                    quantity=(piece.quantity / factor).quantize(
-                        QUANTITY_PLACES, rounding=ROUND_HALF_UP
-                    ),
+                    quantity=round_half_up(piece.quantity / factor, QUANTITY_PLACES),
                     unit=unit,
                     unit_price=run.price,
                     exact_amount=piece.exact,
@@ -1038,7 +1022,7 @@ def _credit_amount(value, currency: str) -> Decimal:
         raise InvalidInput("A credit must be a positive amount.", code="amount_invalid")
     if amount != money_round(amount, currency):
         raise InvalidInput(
-            f"Amounts in {currency} have at most {MINOR_UNITS[currency]} decimal places.",
+            f"Amounts in {currency} have at most {minor_units(currency)} decimal places.",
             code="amount_invalid",
         )
     return amount

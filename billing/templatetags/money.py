@@ -4,9 +4,9 @@ from decimal import Decimal, InvalidOperation
 
 from django import template
 
-register = template.Library()
+from portal.money import format_unit_price
 
-CENT = Decimal("0.01")
+register = template.Library()
 
 
 @register.filter
@@ -16,12 +16,10 @@ def unit_price(value) -> str:
     if value is None or value == "":
         return ""
     try:
-        number = Decimal(value).normalize()
+        number = Decimal(value)
     except (InvalidOperation, TypeError, ValueError):
         return str(value)
-    if number.as_tuple().exponent > -2:
-        number = number.quantize(CENT)
-    return f"{number:f}"
+    return format_unit_price(number)
 
 
 @register.filter

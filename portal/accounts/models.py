@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_countries.fields import CountryField
 
 from portal.accounts.roles import Role
+from portal.money import Currency  # defined with the money rules; importable from here too
 
 
 class UserManager(BaseUserManager["User"]):
@@ -71,11 +72,6 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
-
-
-class Currency(models.TextChoices):
-    USD = "USD", "US dollar"
-    CNY = "CNY", "Chinese yuan"
 
 
 class BillingMode(models.TextChoices):

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from billing import invoicing
 from billing.documents import invoice_pdf
-from billing.invoicing import money_round
 from billing.models import (
     BillingProfile,
     DocumentSequence,
@@ -37,6 +36,7 @@ from portal.errors import Conflict, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import ClosedHour, Meter, MeterPrice, UsageRecord
 from portal.metering.services import builtin_meters
+from portal.money import money_round
 from tests import factories
 
 pytestmark = pytest.mark.django_db
