@@ -72,9 +72,9 @@ from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
 from portal.errors import Conflict, InvalidInput, PermissionDenied
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, HOUR, VOLUME
+from portal.metering.lifecycle_usage import BOOT_DISK, HOUR
 from portal.metering.models import Meter, UsageRecord
-from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
+from portal.metering.rating import Rater, Usage, pricing_for
 from portal.money import at_rating_precision, minor_units, money_round, round_half_up
 
 logger = logging.getLogger(__name__)
@@ -226,50 +226,31 @@ def _usage_groups(records: QuerySet) -> list[_Group]:
 
 
 class _LineBuilder:
-    """Prices one month of one currency: the Rater, and which prices change within the month."""
+    """Prices one month of one currency: one Rater (the price history, loaded once for the
+    invoice), and which prices change within the month."""
 
     def __init__(self, currency: str, start: datetime, end: datetime) -> None:
-        from portal.catalog.models import Price
-        from portal.metering.models import MeterPrice
-
         self.currency, self.start, self.end = currency, start, end
         self.rater = Rater(currency)
-        # Keys whose price may change within the month (a price effective in it, or in the
-        # hour before, since the hour a first price appears is charged at it). For all others
-        # the price is the same in every hour of the month.
-        since = start - HOUR
-        self.compute_changes = set(
-            Price.objects.filter(
-                currency=currency, effective_from__gte=since, effective_from__lt=end
-            ).values_list("instance_type_id", "region_id")
-        )
-        self.meter_changes = set(
-            MeterPrice.objects.filter(
-                currency=currency, effective_from__gte=since, effective_from__lt=end
-            ).values_list("meter_id", flat=True)
-        )
         self._runs: dict[tuple, list[_Run]] = {}
 
     def unit_price(self, meter: Meter, group: _Group, hour: datetime) -> Decimal:
         """The price of one invoiced unit (an hour, a GB-month, a unit of the meter)."""
-        per_unit = self.rater.unit_price(
-            meter_key=meter.key,
-            meter_id=meter.pk,
-            hour=hour,
-            instance_type_id=group.instance_type_id,
-            region_id=group.region_id,
-        )
-        return at_rating_precision(per_unit * _factor(meter.key))
+        pricing = pricing_for(meter.key)
+        per_unit = pricing.per_unit(self.rater, _usage(meter, group, hour))
+        return at_rating_precision(per_unit * pricing.factor)
 
     def runs(self, meter: Meter, group: _Group) -> list[_Run]:
         """The month cut where the unit price changes (one run when it is constant)."""
         key = (meter.pk, group.instance_type_id, group.region_id)
         if key in self._runs:
             return self._runs[key]
-        changes = (
-            meter.key == COMPUTE
-            and (group.instance_type_id, group.region_id) in self.compute_changes
-        ) or (meter.key not in (COMPUTE, BOOT_DISK, VOLUME) and meter.pk in self.meter_changes)
+        # The price may change within the month when a price takes effect in it, or in the
+        # hour before (the hour a first price appears is charged at it). Otherwise it is the
+        # same in every hour of the month.
+        changes = pricing_for(meter.key).changes_within(
+            self.rater, _usage(meter, group, self.start), self.start - HOUR, self.end
+        )
         if not changes:
             runs = [_Run(self.start, self.end, self.unit_price(meter, group, self.start))]
         else:
@@ -336,13 +317,38 @@ class _LineBuilder:
         return pieces
 
 
-def _factor(meter_key: str) -> Decimal:
-    """Metered units per invoiced unit: seconds per hour, GB-seconds per GB-month, or 1."""
-    if meter_key == COMPUTE:
-        return SECONDS_PER_HOUR
-    if meter_key in (BOOT_DISK, VOLUME):
-        return SECONDS_PER_MONTH
-    return Decimal(1)
+def _usage(meter: Meter, group: _Group, hour: datetime) -> Usage:
+    return Usage(meter.pk, hour, group.instance_type_id, group.region_id)
+
+
+@dataclass(frozen=True)
+class _LineStyle:
+    """How a group's lines read: line kind, unit, description and place on the invoice."""
+
+    kind: str
+    unit: str
+    description: str
+    rank: int
+    sort_name: str
+
+
+def _compute_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    name = instance_type.name if instance_type else f"instance type {group.instance_type_id}"
+    return _LineStyle(LineKind.COMPUTE, "hour", f"{name}{where}", 0, name)
+
+
+def _storage_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    what = "Boot disks of stopped instances" if meter.key == BOOT_DISK else "Volumes"
+    sort_name = "0" if meter.key == BOOT_DISK else "1"
+    return _LineStyle(LineKind.STORAGE, "GB-month", f"{what}{where}", 1, sort_name)
+
+
+def _meter_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    return _LineStyle(LineKind.METER, meter.unit[:20], f"{meter.name} ({meter.key})", 2, meter.key)
+
+
+# one line style per pricing strategy (``portal.metering.rating.PRICING``)
+LINE_STYLES = {"compute": _compute_style, "storage": _storage_style, "meter": _meter_style}
 
 
 def _moment(value: datetime) -> str:
@@ -390,25 +396,13 @@ def _usage_lines(
         used = [(run, piece) for run, piece in zip(runs, pieces, strict=True)]
         if len(runs) > 1:
             used = [(run, piece) for run, piece in used if piece.records]
-        factor = _factor(meter.key)
+        pricing = pricing_for(meter.key)
+        factor = pricing.factor
         region_code = region.code if region else ""
         where = f" in {region_code}" if region_code else ""
-        if meter.key == COMPUTE:
-            kind, unit, rank = LineKind.COMPUTE, "hour", 0
-            name = (
-                instance_type.name if instance_type else f"instance type {group.instance_type_id}"
-            )
-            description = f"{name}{where}"
-            sort_name = name
-        elif meter.key in (BOOT_DISK, VOLUME):
-            kind, unit, rank = LineKind.STORAGE, "GB-month", 1
-            what = "Boot disks of stopped instances" if meter.key == BOOT_DISK else "Volumes"
-            description = f"{what}{where}"
-            sort_name = "0" if meter.key == BOOT_DISK else "1"
-        else:
-            kind, unit, rank = LineKind.METER, meter.unit[:20], 2
-            description = f"{meter.name} ({meter.key})"
-            sort_name = meter.key
+        style = LINE_STYLES[pricing.kind](meter, group, instance_type, where)
+        kind, unit, rank = style.kind, style.unit, style.rank
+        description, sort_name = style.description, style.sort_name
         for run, piece in used:
             label = f", {_run_label(run, start, end)}" if len(used) > 1 else ""
             lines.append(

@@ -196,14 +196,15 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
     return RatingReport(debited=debited, amount=total, skipped_free=free)
 
 
-def balance(organization: Organization) -> Decimal:
+def balance(organization: Organization, *, rater: Rater | None = None) -> Decimal:
     """The balance to show and to decide on: the ledger, less usage not debited yet (closed
     records awaiting rating and the hours not closed), so it is never behind by more than a
-    moment."""
+    moment. ``rater``: the caller's price history of the organisation's currency, if any."""
     from portal.metering.services import usage_open
 
     account = account_for(organization)
-    rater = Rater(account.currency)
+    if rater is None or rater.currency != account.currency:
+        rater = Rater(account.currency)
     unrated = UsageRecord.objects.filter(
         organization=organization, rating__isnull=True
     ).select_related("meter")

@@ -24,7 +24,6 @@ from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.errors import Conflict, PortalError
-from portal.metering.lifecycle_usage import COMPUTE
 from portal.metering.rating import Rater
 from portal.metering.selectors import burn_rate
 from portal.money import amount_text, parse_amount
@@ -66,8 +65,9 @@ def overdue(organization: Organization, now: datetime | None = None) -> bool:
 
 def spend_state(organization: Organization, now: datetime | None = None) -> SpendState:
     now = now or timezone.now()
-    burn = burn_rate(organization, now=now)
-    balance = balance_now(organization)
+    rater = Rater(organization.currency)  # one price history for the whole state
+    burn = burn_rate(organization, now=now, rater=rater)
+    balance = balance_now(organization, rater=rater)
     hours_left = None
     if burn.per_hour > 0:
         hours_left = max(Decimal(0), balance) / burn.per_hour
@@ -99,20 +99,13 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
         )
     currency = organization.currency
     profile = BillingProfile.objects.filter(organization=organization).first()
-    rater = Rater(currency)
-    hourly = (
-        rater.unit_price(
-            meter_key=COMPUTE,
-            meter_id=0,
-            hour=timezone.now(),
-            instance_type_id=instance_type.pk,
-            region_id=region.pk,
-        )
-        * 3600
-    )
+    rater = Rater(currency)  # one price history for the whole check
+    hourly = rater.hourly.at(
+        instance_type_id=instance_type.pk, region_id=region.pk, at=timezone.now()
+    ) or Decimal(0)
     limit = profile.monthly_spend_limit if profile else None
     if limit is not None:
-        spent = burn_rate(organization).month_to_date
+        spent = burn_rate(organization, rater=rater).month_to_date
         if spent >= limit:
             raise PaymentRequired(
                 f"This month's spend limit of {amount_text(limit, currency)} {organization.currency} is reached. "
@@ -124,7 +117,7 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
                 },
             )
     if organization.billing_mode == BillingMode.PREPAID:
-        available = balance_now(organization)
+        available = balance_now(organization, rater=rater)
         if available < hourly:
             raise PaymentRequired(
                 f"Your balance of {amount_text(available, currency)} {organization.currency} does not cover one "
