@@ -7,8 +7,12 @@ addresses (fonts-noto-cjk).
 """
 
 import threading
-from datetime import date
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
 
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -54,19 +58,133 @@ def _country_name(code: str) -> str:
     return str(dict(countries).get(code, code)) if code else ""
 
 
-def document_context(invoice: Invoice) -> dict:
-    """What the template shows. Drafts show the parties as they are now; issued documents
-    show the snapshot taken when they were issued."""
+@dataclass(frozen=True)
+class DocumentLine:
+    position: int
+    kind: str
+    kind_label: str
+    description: str
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal | None
+    exact_amount: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class CorrectedDocument:
+    number: str | None
+    issued_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Document:
+    """An invoice or credit note as it states itself, built once (``document_build``) and read
+    by the PDF template and the e-invoice writers alike. Amounts are the stored ones (a credit
+    note's are negative); the parties are the snapshot taken when it was issued, or, for a
+    draft, as they are now."""
+
+    number: str
+    kind: str
+    status: str
+    currency: str
+    billing_mode: str
+    issued_at: datetime | None
+    due_at: datetime | None
+    period_start: date
+    period_end: date  # exclusive
+    note: str
+    payment_reference: str
+    tax_status: str
+    tax_status_label: str
+    tax_rate: Decimal
+    seller: Mapping[str, Any]
+    buyer: Mapping[str, Any]
+    lines: tuple[DocumentLine, ...]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    credits_applied: Decimal
+    amount_due: Decimal
+    corrects: CorrectedDocument | None
+
+    @property
+    def draft(self) -> bool:
+        return self.status == InvoiceStatus.DRAFT
+
+    @property
+    def credit_note(self) -> bool:
+        return self.kind == InvoiceKind.CREDIT_NOTE
+
+    @property
+    def period_last(self) -> date:
+        return date.fromordinal(self.period_end.toordinal() - 1)
+
+
+def document_build(invoice: Invoice) -> Document:
+    """The document of an invoice or credit note (two queries: its lines, and what it corrects)."""
     from billing.invoicing import buyer_snapshot
 
     draft = invoice.status == InvoiceStatus.DRAFT
-    seller = dict(invoice.seller or settings.BILLING_SELLER)
-    buyer = dict(invoice.buyer or buyer_snapshot(invoice.organization))
+    corrects = invoice.corrects if invoice.kind == InvoiceKind.CREDIT_NOTE else None
+    return Document(
+        number=invoice.number or "",
+        kind=invoice.kind,
+        status=invoice.status,
+        currency=invoice.currency,
+        billing_mode=invoice.billing_mode,
+        issued_at=invoice.issued_at,
+        due_at=invoice.due_at,
+        period_start=invoice.period_start,
+        period_end=invoice.period_end,
+        note=invoice.note,
+        payment_reference=invoice.payment_reference,
+        tax_status=invoice.tax_status,
+        tax_status_label=invoice.get_tax_status_display(),
+        tax_rate=invoice.tax_rate,
+        seller=MappingProxyType(
+            dict(invoice.seller or ({} if not draft else settings.BILLING_SELLER))
+        ),
+        buyer=MappingProxyType(
+            dict(invoice.buyer or ({} if not draft else buyer_snapshot(invoice.organization)))
+        ),
+        lines=tuple(
+            DocumentLine(
+                position=line.position,
+                kind=line.kind,
+                kind_label=line.get_kind_display(),
+                description=line.description,
+                quantity=line.quantity,
+                unit=line.unit,
+                unit_price=line.unit_price,
+                exact_amount=line.exact_amount,
+                amount=line.amount,
+            )
+            for line in invoice.lines.all()
+        ),
+        subtotal=invoice.subtotal,
+        tax=invoice.tax,
+        total=invoice.total,
+        credits_applied=invoice.credits_applied,
+        amount_due=invoice.amount_due,
+        corrects=CorrectedDocument(corrects.number, corrects.issued_at) if corrects else None,
+    )
+
+
+def document_context(invoice: Invoice, document: Document | None = None) -> dict:
+    """What the template shows, from the document (built here unless given)."""
+    doc = document or document_build(invoice)
+    seller = dict(doc.seller or settings.BILLING_SELLER)
+    if doc.buyer:
+        buyer = dict(doc.buyer)
+    else:
+        from billing.invoicing import buyer_snapshot
+
+        buyer = buyer_snapshot(invoice.organization)
     seller["country_name"] = _country_name(seller.get("country", ""))
     if not buyer.get("country_name"):
         buyer["country_name"] = _country_name(buyer.get("country", ""))
-    credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
-    currency = invoice.currency
+    currency = doc.currency
     lines = [
         {
             "description": line.description,
@@ -74,38 +192,38 @@ def document_context(invoice: Invoice) -> dict:
             "unit_price": price(line.unit_price, currency),
             "amount": format_amount(line.amount, currency),
         }
-        for line in invoice.lines.all()
+        for line in doc.lines
     ]
-    if invoice.tax_status == TaxStatus.STANDARD:
-        tax_label = f"Tax {percent(invoice.tax_rate)} %"
+    if doc.tax_status == TaxStatus.STANDARD:
+        tax_label = f"Tax {percent(doc.tax_rate)} %"
     else:
-        tax_label = f"Tax ({invoice.get_tax_status_display().lower()})"
-    title = "Credit note" if credit_note else "Invoice"
-    reference = invoice.payment_reference
+        tax_label = f"Tax ({doc.tax_status_label.lower()})"
+    reference = doc.payment_reference
     return {
         "invoice": invoice,
-        "draft": draft,
-        "credit_note": credit_note,
-        "title": title,
-        "number": invoice.number or "Draft",
+        "document": doc,
+        "draft": doc.draft,
+        "credit_note": doc.credit_note,
+        "title": "Credit note" if doc.credit_note else "Invoice",
+        "number": doc.number or "Draft",
         "seller": seller,
         "buyer": buyer,
         "lines": lines,
-        "period_first": invoice.period_start,
-        "period_last": date.fromordinal(invoice.period_end.toordinal() - 1),
-        "subtotal": format_amount(invoice.subtotal, currency),
-        "tax": format_amount(invoice.tax, currency),
+        "period_first": doc.period_start,
+        "period_last": doc.period_last,
+        "subtotal": format_amount(doc.subtotal, currency),
+        "tax": format_amount(doc.tax, currency),
         "tax_label": tax_label,
-        "tax_note": TAX_NOTES.get(invoice.tax_status, ""),
-        "total": format_amount(invoice.total, currency),
-        "credit": format_amount(abs(invoice.total), currency),
-        "credits_applied": format_amount(invoice.credits_applied, currency),
-        "amount_due": format_amount(invoice.amount_due, currency),
-        "show_credits": bool(invoice.credits_applied),
-        "currency": invoice.currency,
-        "prepaid": invoice.billing_mode == "prepaid",
+        "tax_note": TAX_NOTES.get(doc.tax_status, ""),
+        "total": format_amount(doc.total, currency),
+        "credit": format_amount(abs(doc.total), currency),
+        "credits_applied": format_amount(doc.credits_applied, currency),
+        "amount_due": format_amount(doc.amount_due, currency),
+        "show_credits": bool(doc.credits_applied),
+        "currency": currency,
+        "prepaid": doc.billing_mode == "prepaid",
         "reference": " ".join(reference[i : i + 4] for i in range(0, len(reference), 4)),
-        "corrects": invoice.corrects if credit_note else None,
+        "corrects": doc.corrects,
     }
 
 

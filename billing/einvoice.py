@@ -55,7 +55,8 @@ from pathlib import Path
 
 from lxml import etree
 
-from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
+from billing.documents import Document, document_build
+from billing.models import Invoice, TaxStatus
 from portal.errors import InvalidInput
 from portal.money import amount_text, decimal_text, format_unit_price
 
@@ -108,8 +109,8 @@ def _rules_path(relative: str) -> Path:
 # --- the document, as the e-invoice states it --------------------------------------------------
 
 
-def _require_finalized(invoice: Invoice) -> None:
-    if invoice.status == InvoiceStatus.DRAFT or not invoice.number:
+def _require_finalized(document: Document) -> None:
+    if document.draft or not document.number:
         raise InvalidInput(
             "Only a finalized invoice has an e-invoice; this one is still a draft.",
             code="invoice_not_finalized",
@@ -142,22 +143,24 @@ def _bank(text: str) -> dict:
     }
 
 
-def _document(invoice: Invoice) -> dict:
-    """Everything the XML forms state, signs and codes decided once."""
-    _require_finalized(invoice)
-    credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
+def _document(source: Invoice | Document) -> dict:
+    """Everything the XML forms state, signs and codes decided once, from the document that
+    the PDF shows too (``billing.documents.document_build``)."""
+    document = source if isinstance(source, Document) else document_build(source)
+    _require_finalized(document)
+    credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
-    category, reason, reason_code = CATEGORIES[invoice.tax_status]
-    if category == "S" and not invoice.tax_rate:
+    category, reason, reason_code = CATEGORIES[document.tax_status]
+    if category == "S" and not document.tax_rate:
         # "standard" at 0 % (an organisation whose tax status nobody set): EN 16931 wants a
         # standard rate above zero (BR-S-05), so the e-invoice states it as zero rated
         category, reason, reason_code = CATEGORIES[TaxStatus.ZERO_RATED]
-    seller, buyer = dict(invoice.seller or {}), dict(invoice.buyer or {})
+    seller, buyer = dict(document.seller or {}), dict(document.buyer or {})
     if not seller.get("name") or not seller.get("country"):
         raise InvalidInput("The invoice has no seller details.", code="seller_missing")
     if not buyer.get("name") or not buyer.get("country"):
         raise InvalidInput(
-            "The buyer's name and country are needed for an e-invoice.", code="buyer_missing"
+            "The buyer's name and country are needed for an e-document.", code="buyer_missing"
         )
     buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
     buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""
@@ -172,9 +175,9 @@ def _document(invoice: Invoice) -> dict:
             seller_identifier = seller_vat_id
         seller_vat_id = ""
 
-    currency = invoice.currency
+    currency = document.currency
     lines = []
-    for line in invoice.lines.all():
+    for line in document.lines:
         quantity = Decimal(line.quantity)
         amount = sign * line.amount
         price = line.unit_price
@@ -188,30 +191,30 @@ def _document(invoice: Invoice) -> dict:
         lines.append(
             {
                 "id": str(line.position),
-                "name": line.description or line.get_kind_display(),
+                "name": line.description or line.kind_label,
                 "quantity": decimal_text(quantity),
                 "unit_code": UNIT_CODES.get(line.unit, DEFAULT_UNIT_CODE),
                 "unit": line.unit,
-                "price": format_unit_price(price, invoice.currency),
+                "price": format_unit_price(price, document.currency),
                 "amount": amount_text(amount, currency),
             }
         )
-    total = sign * invoice.total
-    prepaid = sign * invoice.credits_applied
-    corrected = invoice.corrects if credit_note else None
+    total = sign * document.total
+    prepaid = sign * document.credits_applied
+    corrected = document.corrects
     return {
         "credit_note": credit_note,
         "type_code": "381" if credit_note else "380",
-        "number": invoice.number,
-        "issue_date": invoice.issued_at.date(),
-        "due_date": invoice.due_at.date() if invoice.due_at and not credit_note else None,
-        "currency": invoice.currency,
-        "period_start": invoice.period_start,
-        "period_end": invoice.period_end - timedelta(days=1),  # inclusive
-        "note": invoice.note,
-        "payment_reference": invoice.payment_reference,
+        "number": document.number,
+        "issue_date": document.issued_at.date(),
+        "due_date": document.due_at.date() if document.due_at and not credit_note else None,
+        "currency": document.currency,
+        "period_start": document.period_start,
+        "period_end": document.period_end - timedelta(days=1),  # inclusive
+        "note": document.note,
+        "payment_reference": document.payment_reference,
         "category": category,
-        "rate": _percent(invoice.tax_rate) if category != "O" else "",
+        "rate": _percent(document.tax_rate) if category != "O" else "",
         "exemption_reason": reason,
         "exemption_code": reason_code,
         "seller": {
@@ -233,9 +236,9 @@ def _document(invoice: Invoice) -> dict:
             "account": buyer.get("account", ""),
         },
         "lines": lines,
-        "line_total": amount_text(sign * invoice.subtotal, currency),
-        "tax_basis": amount_text(sign * invoice.subtotal, currency),
-        "tax": amount_text(sign * invoice.tax, currency),
+        "line_total": amount_text(sign * document.subtotal, currency),
+        "tax_basis": amount_text(sign * document.subtotal, currency),
+        "tax": amount_text(sign * document.tax, currency),
         "total": amount_text(total, currency),
         "prepaid": amount_text(prepaid, currency),
         "due": amount_text(total - prepaid, currency),
@@ -301,7 +304,7 @@ def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
         _ram(tax, "RateApplicablePercent", doc["rate"])
 
 
-def invoice_cii(invoice: Invoice) -> bytes:
+def invoice_cii(invoice: Invoice | Document) -> bytes:
     """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931)."""
     doc = _document(invoice)
     root = etree.Element(f"{{{RSM}}}CrossIndustryInvoice", nsmap=CII_NS)
@@ -440,7 +443,7 @@ def _ubl_category(parent, name: str, doc: dict, *, reasons: bool) -> None:
     _cbc(_cac(category, "TaxScheme"), "ID", "VAT")
 
 
-def invoice_ubl(invoice: Invoice) -> bytes:
+def invoice_ubl(invoice: Invoice | Document) -> bytes:
     """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote."""
     doc = _document(invoice)
     credit_note = doc["credit_note"]
@@ -614,6 +617,7 @@ def archive_add(archive, invoice: Invoice) -> None:
     """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
     from billing.documents import invoice_pdf
 
+    document = document_build(invoice)  # once, for both XML forms
     archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
-    archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(invoice))
-    archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(invoice))
+    archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(document))
+    archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(document))
