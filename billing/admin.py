@@ -380,7 +380,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
 
-    # --- exports of the selection (billing.exports, billing.einvoice) -----------------------
+    # --- exports of the selection (the finance export's writers, billing.finance) -----------
 
     def _selection_filter(self, queryset):
         from billing.exports import RegisterFilter
@@ -394,28 +394,13 @@ class InvoiceAdmin(ReadOnlyAdmin):
         )
 
     def _export(self, queryset, kind: str, fmt: str) -> HttpResponse:
-        import io
-
-        from billing import exports
+        """The selection through the finance export's own rows and writers."""
+        from billing import finance
 
         flt = self._selection_filter(queryset)
-        rows, columns = (
-            (exports.register_rows(flt), exports.REGISTER_COLUMNS)
-            if kind == "register"
-            else (exports.line_rows(flt), exports.LINE_COLUMNS)
-        )
-        if fmt == "xlsx":
-            buffer = io.BytesIO()
-            exports.write_xlsx(rows, columns, buffer, flt.title)
-            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-            body = buffer.getvalue()
-        else:
-            buffer = io.StringIO()
-            exports.write_csv(
-                rows, columns, buffer, title=flt.title if flt.include_drafts else None
-            )
-            content_type, body = "text/csv; charset=utf-8", buffer.getvalue()
-        response = HttpResponse(body, content_type=content_type)
+        columns, rows = finance.export_rows(kind, flt)
+        _, body = finance.export_write(fmt, flt, columns, rows)
+        response = HttpResponse(body, content_type=finance.CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="{kind}-selected.{fmt}"'
         return response
 
@@ -437,16 +422,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
     def export_einvoices_zip(self, request, queryset):
-        import io
-        import zipfile
+        from billing import finance
 
-        from billing import einvoice
-
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for invoice in queryset.exclude(status=InvoiceStatus.DRAFT).order_by("number"):
-                einvoice.archive_add(archive, invoice)
-        response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+        _, body = finance.documents_zip_write(queryset)
+        response = HttpResponse(body, content_type=finance.CONTENT_TYPES["zip"])
         response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
         return response
 
