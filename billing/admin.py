@@ -14,8 +14,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from billing import invoicing, services
-from billing.documents import invoice_pdf
+from billing.invoicing import services as invoicing
+from billing.invoicing.documents import invoice_pdf
+from billing.ledger import services
 from billing.models import (
     Account,
     BillingProfile,
@@ -120,7 +121,7 @@ class UsageRatingAdmin(ReadOnlyAdmin):
 
 
 # --- Invoices (finance staff) -----------------------------------------------------------------
-# Rows are read-only; every change goes through billing.invoicing. Changing actions need the
+# Rows are read-only; every change goes through billing.invoicing.services. Changing actions need the
 # ``billing.change_invoice`` permission (superusers have it), viewing needs ``view_invoice``.
 
 
@@ -380,10 +381,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
 
-    # --- exports of the selection (the finance export's writers, billing.finance) -----------
+    # --- exports of the selection (the finance export's writers, billing.finance.services) -----------
 
     def _selection_filter(self, queryset):
-        from billing.exports import RegisterFilter
+        from billing.finance.exports import RegisterFilter
 
         months = sorted(queryset.values_list("period_start", flat=True).distinct())
         return RegisterFilter(
@@ -395,7 +396,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     def _export(self, queryset, kind: str, fmt: str) -> HttpResponse:
         """The selection through the finance export's own rows and writers."""
-        from billing import finance
+        from billing.finance import services as finance
 
         flt = self._selection_filter(queryset)
         columns, rows = finance.export_rows(kind, flt)
@@ -422,7 +423,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
     def export_einvoices_zip(self, request, queryset):
-        from billing import finance
+        from billing.finance import services as finance
 
         _, body = finance.documents_zip_write(queryset)
         response = HttpResponse(body, content_type=finance.CONTENT_TYPES["zip"])

@@ -556,7 +556,7 @@ class ExportStatus(models.TextChoices):
 
 
 class ExportJob(models.Model):
-    """A finance export run in the background (``billing.finance``): ``params`` is the filter
+    """A finance export run in the background (``billing.finance.services``): ``params`` is the filter
     it was asked for; the finished file is kept in ``content`` (the portal has no media
     storage) until it is downloaded or cleaned up."""
 

@@ -43,7 +43,7 @@ SCHEDULE = {
     },
 }
 
-# --- Billing: the month close (billing.invoicing.month_close), on the 1st at
+# --- Billing: the month close (billing.invoicing.services.month_close), on the 1st at
 # settings.BILLING_MONTH_CLOSE_AT UTC. It retries itself until the month's last hour may be
 # closed (metering's CLOSE_GRACE after midnight).
 from celery.schedules import crontab  # noqa: E402

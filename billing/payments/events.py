@@ -59,7 +59,7 @@ def after_commit(func) -> None:
 
 
 def _enqueue(event_pk: int) -> None:
-    from billing.tasks import webhook_process
+    from billing.payments.tasks import webhook_process
 
     webhook_process.delay(event_pk)
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.ledger.services import ledger_post
 from billing.models import (
     BillingProfile,
     EntryKind,
@@ -26,6 +27,7 @@ from billing.models import (
     PaymentStatus,
     Refund,
 )
+from billing.payments import hooks
 from billing.payments import provider as payment_provider
 from billing.payments.base import (
     CardDetails,
@@ -33,7 +35,6 @@ from billing.payments.base import (
     PaymentProviderError,
     Redirect,
 )
-from billing.services import ledger_post
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
 from portal.accounts.roles import Action
@@ -133,11 +134,9 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
     payment.updated_at = timezone.now()
     payment.save()
     if payment.purpose == PaymentPurpose.INVOICE and payment.invoice_id:
-        from billing import invoicing
-
         invoice = payment.invoice
         if invoice.status == "finalized":
-            invoicing.invoice_mark_paid(
+            hooks.invoice_paid(  # invoicing marks it paid (registered in BillingConfig.ready)
                 invoice,
                 reference=payment.payment_intent_id or f"payment {payment.pk}",
                 actor=Actor.system(),
@@ -154,9 +153,7 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
             payment=payment,
         )
         if created:
-            from billing import spend
-
-            spend.credit_arrived(payment.organization)
+            hooks.credit_arrived(payment.organization)  # the spend controls hear of it
     return payment
 
 

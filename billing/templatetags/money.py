@@ -26,7 +26,7 @@ def unit_price(value) -> str:
 def quantity(line) -> str:
     """An invoice line's quantity with its unit, exactly as the PDF prints it: ``40 hours``,
     ``20.819635 GB-months``, ``1 hour``."""
-    from billing.documents import quantity as document_quantity
+    from billing.invoicing.documents import quantity as document_quantity
 
     return document_quantity(line.quantity, line.unit)
 
@@ -34,6 +34,6 @@ def quantity(line) -> str:
 @register.filter
 def percent(rate) -> str:
     """A tax rate as the PDF prints it: ``0.0750`` → ``7.5``, ``0.19`` → ``19``."""
-    from billing.documents import percent as document_percent
+    from billing.invoicing.documents import percent as document_percent
 
     return document_percent(rate) if rate not in (None, "") else ""

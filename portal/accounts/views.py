@@ -174,7 +174,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         context["burn"] = burn_rate(org)
         context["has_instances"] = instances_list(org).exists()
     if request.actor.can(Action.BILLING_VIEW) and org.billing_mode == BillingMode.PREPAID:
-        from billing.services import balance  # the credit left, as the billing page shows it
+        from billing.ledger.services import balance  # the credit left, as the billing page shows it
 
         context["balance"] = balance(org)
     return render(request, "accounts/dashboard.html", context)

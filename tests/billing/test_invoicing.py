@@ -17,8 +17,9 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing import invoicing
-from billing.documents import invoice_pdf
+from billing.invoicing import services as invoicing
+from billing.invoicing.documents import invoice_pdf
+from billing.ledger.services import account_for, ledger_post, usage_debit_pending
 from billing.models import (
     BillingProfile,
     DocumentSequence,
@@ -28,7 +29,6 @@ from billing.models import (
     LedgerEntry,
     UsageRating,
 )
-from billing.services import account_for, ledger_post, usage_debit_pending
 from portal.accounts.models import AuditEvent
 from portal.accounts.types import Actor
 from portal.catalog import services as catalog_services

@@ -123,7 +123,7 @@ class Document:
 
 def document_build(invoice: Invoice) -> Document:
     """The document of an invoice or credit note (two queries: its lines, and what it corrects)."""
-    from billing.invoicing import buyer_snapshot
+    from billing.invoicing.services import buyer_snapshot
 
     draft = invoice.status == InvoiceStatus.DRAFT
     corrects = invoice.corrects if invoice.kind == InvoiceKind.CREDIT_NOTE else None
@@ -178,7 +178,7 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
     if doc.buyer:
         buyer = dict(doc.buyer)
     else:
-        from billing.invoicing import buyer_snapshot
+        from billing.invoicing.services import buyer_snapshot
 
         buyer = buyer_snapshot(invoice.organization)
     seller["country_name"] = _country_name(seller.get("country", ""))

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from billing.documents import Document, document_build
+from billing.invoicing.documents import Document, document_build
 from billing.models import Invoice, TaxStatus
 from portal.errors import InvalidInput
 from portal.money import amount_text, decimal_text, format_unit_price
@@ -145,7 +145,7 @@ def _bank(text: str) -> dict:
 
 def _document(source: Invoice | Document) -> dict:
     """Everything the XML forms state, signs and codes decided once, from the document that
-    the PDF shows too (``billing.documents.document_build``)."""
+    the PDF shows too (``billing.invoicing.documents.document_build``)."""
     document = source if isinstance(source, Document) else document_build(source)
     _require_finalized(document)
     credit_note = document.credit_note
@@ -524,7 +524,7 @@ def invoice_facturx_pdf(invoice: Invoice) -> bytes:
     """The invoice's PDF with its CII embedded as factur-x.xml (Factur-X, level EN 16931)."""
     from facturx import generate_from_binary
 
-    from billing.documents import invoice_pdf
+    from billing.invoicing.documents import invoice_pdf
 
     xml = invoice_cii(invoice)
     return generate_from_binary(
@@ -615,7 +615,7 @@ def validate_schematron(xml: bytes, flavor: str) -> list[str]:
 
 def archive_add(archive, invoice: Invoice) -> None:
     """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
-    from billing.documents import invoice_pdf
+    from billing.invoicing.documents import invoice_pdf
 
     document = document_build(invoice)  # once, for both XML forms
     archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))

@@ -1,5 +1,5 @@
 """The finance area's services: the register filter read from a form, and period exports run
-in the background (``ExportJob``), streamed through the writers of ``billing.exports``.
+in the background (``ExportJob``), streamed through the writers of ``billing.finance.exports``.
 
 ``params`` of a job (and the finance page's query string) name the filter: ``start`` and
 ``end`` (``YYYY-MM``, inclusive), ``status`` (a list), ``currency``, ``organization`` (a slug),
@@ -18,15 +18,15 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from billing import exports
-from billing.exports import (
+from billing.finance import exports
+from billing.finance.exports import (
     JOURNAL_COLUMNS,
     LINE_COLUMNS,
     REGISTER_COLUMNS,
     Column,
     RegisterFilter,
 )
-from billing.invoicing import month_start, next_month
+from billing.invoicing.services import month_start, next_month
 from billing.models import (
     ExportFormat,
     ExportJob,
@@ -166,7 +166,7 @@ def export_job_create(
 
 def _enqueue(job_id: int) -> None:
     """Hand the job to a worker; with the broker down it stays queued for the sweep."""
-    from billing.tasks import export_run
+    from billing.finance.tasks import export_run
 
     try:
         export_run.delay(job_id)
@@ -275,7 +275,7 @@ def documents_zip_write(
     hears (written, total) every 20 documents."""
     import zipfile
 
-    from billing import einvoice
+    from billing.finance import einvoice
 
     documents = documents.exclude(status=InvoiceStatus.DRAFT).order_by("number")
     total = documents.count() if on_progress else 0

@@ -60,7 +60,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.db.models import Case, DecimalField, F, Q, QuerySet, Sum, Value, When
 
-from billing.invoicing import month_start, next_month
+from billing.invoicing.services import month_start, next_month
 from billing.models import (
     MONEY_DECIMAL_PLACES,
     MONEY_MAX_DIGITS,

@@ -17,9 +17,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.ledger.services import balance as balance_now
 from billing.models import AlertKind, BillingProfile, SpendAlert
-from billing.services import balance as balance_now
-from portal.accounts.models import BillingMode, Membership, Organization, Role
+from billing.spend.notices import spend_notice_send
+from portal.accounts.models import BillingMode, Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
@@ -57,8 +58,8 @@ class SpendState:
 
 
 def overdue(organization: Organization, now: datetime | None = None) -> bool:
-    """An invoice finalized, unpaid and past its due date (billing.invoicing decides)."""
-    from billing.invoicing import invoice_overdue
+    """An invoice finalized, unpaid and past its due date (billing.invoicing.services decides)."""
+    from billing.invoicing.services import invoice_overdue
 
     return invoice_overdue(organization, now)
 
@@ -194,8 +195,6 @@ def _alert_once(organization: Organization, kind: str, period: str) -> bool:
 
 
 def _notify(organization: Organization, kind: str, body: str) -> None:
-    from billing.notices import spend_notice_send
-
     spend_notice_send(organization=organization, kind=kind, body=body)
 
 
@@ -396,14 +395,3 @@ def banner(organization: Organization) -> Banner | None:
     if AlertKind.SPEND_LIMIT in current:
         return Banner("warn", "This month's spend limit is reached: new launches are blocked.")
     return None
-
-
-def billing_contacts(organization: Organization) -> list[str]:
-    """Who hears about money: the billing email, owners and billing members."""
-    emails = {organization.billing_email} if organization.billing_email else set()
-    emails.update(
-        Membership.objects.filter(
-            organization=organization, role__in=[Role.OWNER, Role.BILLING]
-        ).values_list("user__email", flat=True)
-    )
-    return sorted(e for e in emails if e)

@@ -26,7 +26,7 @@ line's usage (prices change on hour boundaries for rating, so the split is by ho
 the invoices and credit notes of a period add up to what is owed. They are finalized at once in
 the ``CN`` series, and credit the organisation's ledger (``adjustment``, positive).
 
-**Ledger** (``billing.services``): usage is debited record by record at full precision as it is
+**Ledger** (``billing.ledger.services``): usage is debited record by record at full precision as it is
 rated. Finalizing makes the month's usage debits equal the invoice's usage total to the cent with
 one ``rounding`` entry, and debits the tax (``tax``). Prepaid organisations are settled from their
 credits at once (the invoice is paid); invoiced organisations owe ``amount_due`` until
@@ -55,6 +55,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing.ledger.services import account_for, ledger_post, usage_debit_pending
 from billing.models import (
     DocumentSequence,
     EntryKind,
@@ -66,7 +67,6 @@ from billing.models import (
     LineKind,
     TaxStatus,
 )
-from billing.services import account_for, ledger_post, usage_debit_pending
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
@@ -686,7 +686,7 @@ def _require_finance(actor: Actor) -> None:
 def _issue(invoice: Invoice, *, now: datetime, terms_days: int) -> None:
     """Number, dates, references, the parties' snapshot, settlement and the PDF, written in
     the one UPDATE that takes the document out of draft (the freeze trigger allows it)."""
-    from billing.documents import render_pdf
+    from billing.invoicing.documents import render_pdf
 
     organization = invoice.organization
     invoice.number = _next_number(SERIES[invoice.kind], now.year)
@@ -868,7 +868,7 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
             details={"reference": invoice.paid_reference, "amount": str(invoice.total)},
         )
     if notify:
-        from billing.emails import send_invoice_later
+        from billing.invoicing.emails import send_invoice_later
 
         send_invoice_later(invoice)
     if invoice.status == InvoiceStatus.FINALIZED and invoice.billing_mode == "invoiced":
@@ -878,7 +878,7 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
 
 def _charge_later(invoice_id: int) -> None:
     """Invoiced organisations with a saved card pay it off-session (billing.payments)."""
-    from billing.tasks import invoice_charge
+    from billing.payments.tasks import invoice_charge
 
     invoice_charge.delay(invoice_id)
 
@@ -987,7 +987,7 @@ def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
 @transaction.atomic
 def invoice_resend(invoice: Invoice, *, actor: Actor) -> Invoice:
     """Email the invoice's PDF again to the organisation's billing contacts (after commit)."""
-    from billing.emails import send_invoice_later
+    from billing.invoicing.emails import send_invoice_later
 
     _require_finance(actor)
     invoice = Invoice.objects.select_related("organization").get(pk=invoice.pk)
@@ -1155,7 +1155,7 @@ def credit_note_create(
             },
         )
         if notify:
-            from billing.emails import send_invoice_later
+            from billing.invoicing.emails import send_invoice_later
 
             send_invoice_later(note)
     return note
