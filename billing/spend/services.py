@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from billing.ledger.services import balance as balance_now
 from billing.models import AlertKind, BillingProfile, SpendAlert
+from billing.spend.notices import billing_contacts as billing_contacts  # who hears about money
 from billing.spend.notices import spend_notice_send
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.roles import Action
