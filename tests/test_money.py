@@ -155,3 +155,11 @@ def test_decimal_text():
     assert money.decimal_text(Decimal("20.819635"), grouping=True) == "20.819635"
     assert money.decimal_text(Decimal("12345.5"), grouping=True) == "12,345.5"
     assert money.decimal_text(Decimal("7.5"), min_places=2) == "7.50"
+
+
+def test_the_amount_filter_writes_amounts_as_the_pages_did():
+    from billing.templatetags.money import amount
+
+    assert amount(Decimal("9.995000000000"), "USD") == "10.00"
+    assert amount(Decimal("-5"), "CNY") == "-5.00"
+    assert amount(None, "USD") == ""

@@ -4,9 +4,18 @@ from decimal import Decimal, InvalidOperation
 
 from django import template
 
-from portal.money import format_unit_price
+from portal.money import amount_text, format_unit_price
 
 register = template.Library()
+
+
+@register.filter
+def amount(value, currency) -> str:
+    """An amount rounded by the money rule to the currency's minor unit, as the pages show a
+    balance or a total: ``12.5|amount:"USD"`` -> ``12.50``; empty stays empty."""
+    if value is None or value == "":
+        return ""
+    return amount_text(Decimal(value), currency)
 
 
 @register.filter
