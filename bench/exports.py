@@ -95,7 +95,7 @@ def measure(name: str, export) -> tuple[float, float, int]:
 
 
 def exports_of(month):
-    from billing import exports
+    from billing.finance import exports
 
     flt = exports.RegisterFilter(start=month, end=month)
     sink = io.StringIO
@@ -150,7 +150,7 @@ def main() -> None:
             for name, export in exports_of(month).items():
                 if name == "journal CSV":
                     # the journal is by issue day: all invoices were issued on 1 November
-                    from billing import exports
+                    from billing.finance import exports
 
                     export = lambda: exports.write_csv(  # noqa: E731
                         exports.journal_rows(date(2026, 11, 1), date(2026, 11, 1)),

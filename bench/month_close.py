@@ -9,7 +9,7 @@ a tenth of the organisations pay in CNY, a third are invoiced monthly, half pay 
 
 The data is generated inside PostgreSQL (``INSERT ... SELECT`` over ``generate_series``: a few
 minutes for the full size, where creating 7 million records through the ORM would take hours),
-then ``billing.invoicing.month_close`` is timed (hours already closed, usage already debited, so
+then ``billing.invoicing.services.month_close`` is timed (hours already closed, usage already debited, so
 this is the invoicing: one invoice per organisation, lines from its records, numbering, PDF,
 ledger rounding and tax, emails queued) against one raw SQL aggregate of the same records (sum
 of quantity and rating per organisation, meter, type and region), reported as a ratio, with
@@ -64,7 +64,7 @@ def build(orgs: int, instances: int, month) -> dict:
     """Organisations, accounts, catalog, and the month's rated records, in SQL."""
     from datetime import UTC, datetime, timedelta
 
-    from billing.invoicing import month_bounds
+    from billing.invoicing.services import month_bounds
     from billing.models import Account, BillingProfile
     from portal.accounts.models import Organization
     from portal.catalog import services as catalog
@@ -297,7 +297,8 @@ def main() -> None:
     connection.settings_dict.setdefault("TEST", {})["NAME"] = f"test_bench_month_{os.getpid()}"
     old_name = connection.creation.create_test_db(verbosity=0)
     try:
-        from billing import documents, invoicing
+        from billing.invoicing import documents
+        from billing.invoicing import services as invoicing
 
         month = invoicing.month_start(args.month) if args.month else invoicing.previous_month()
         print(

@@ -14,8 +14,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from billing import invoicing, services
-from billing.documents import invoice_pdf
+from billing.invoicing import services as invoicing
+from billing.invoicing.documents import invoice_pdf
+from billing.ledger import services
 from billing.models import (
     Account,
     BillingProfile,
@@ -120,7 +121,7 @@ class UsageRatingAdmin(ReadOnlyAdmin):
 
 
 # --- Invoices (finance staff) -----------------------------------------------------------------
-# Rows are read-only; every change goes through billing.invoicing. Changing actions need the
+# Rows are read-only; every change goes through billing.invoicing.services. Changing actions need the
 # ``billing.change_invoice`` permission (superusers have it), viewing needs ``view_invoice``.
 
 
@@ -380,10 +381,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
 
-    # --- exports of the selection (billing.exports, billing.einvoice) -----------------------
+    # --- exports of the selection (the finance export's writers, billing.finance.services) -----------
 
     def _selection_filter(self, queryset):
-        from billing.exports import RegisterFilter
+        from billing.finance.exports import RegisterFilter
 
         months = sorted(queryset.values_list("period_start", flat=True).distinct())
         return RegisterFilter(
@@ -394,28 +395,13 @@ class InvoiceAdmin(ReadOnlyAdmin):
         )
 
     def _export(self, queryset, kind: str, fmt: str) -> HttpResponse:
-        import io
-
-        from billing import exports
+        """The selection through the finance export's own rows and writers."""
+        from billing.finance import services as finance
 
         flt = self._selection_filter(queryset)
-        rows, columns = (
-            (exports.register_rows(flt), exports.REGISTER_COLUMNS)
-            if kind == "register"
-            else (exports.line_rows(flt), exports.LINE_COLUMNS)
-        )
-        if fmt == "xlsx":
-            buffer = io.BytesIO()
-            exports.write_xlsx(rows, columns, buffer, flt.title)
-            content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-            body = buffer.getvalue()
-        else:
-            buffer = io.StringIO()
-            exports.write_csv(
-                rows, columns, buffer, title=flt.title if flt.include_drafts else None
-            )
-            content_type, body = "text/csv; charset=utf-8", buffer.getvalue()
-        response = HttpResponse(body, content_type=content_type)
+        columns, rows = finance.export_rows(kind, flt)
+        _, body = finance.export_write(fmt, flt, columns, rows)
+        response = HttpResponse(body, content_type=finance.CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="{kind}-selected.{fmt}"'
         return response
 
@@ -437,16 +423,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
     def export_einvoices_zip(self, request, queryset):
-        import io
-        import zipfile
+        from billing.finance import services as finance
 
-        from billing import einvoice
-
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for invoice in queryset.exclude(status=InvoiceStatus.DRAFT).order_by("number"):
-                einvoice.archive_add(archive, invoice)
-        response = HttpResponse(buffer.getvalue(), content_type="application/zip")
+        _, body = finance.documents_zip_write(queryset)
+        response = HttpResponse(body, content_type=finance.CONTENT_TYPES["zip"])
         response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
         return response
 

@@ -10,7 +10,7 @@ def billing_banner(request: HttpRequest) -> dict:
         return {}
 
     def lookup():
-        from billing.spend import banner
+        from billing.spend.services import banner
 
         return banner(organization) or ""
 

@@ -15,9 +15,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing import invoicing
+from billing.invoicing import services as invoicing
+from billing.ledger.services import ledger_post
 from billing.models import EntryKind, Invoice, InvoiceKind, InvoiceStatus
-from billing.services import ledger_post
 from portal.accounts.models import Organization
 from portal.accounts.types import Actor
 from portal.errors import PortalError

@@ -14,10 +14,11 @@ from django.utils import timezone
 
 from portal.accounts.models import Currency, Organization
 from portal.metering.models import UsageRecord
+from portal.money import MINOR_UNITS, RATING_PLACES
 
 # Ledger amounts keep full precision (usage is rated per second); invoices round once per line.
 AMOUNT_MAX_DIGITS = 28
-AMOUNT_DECIMAL_PLACES = 12
+AMOUNT_DECIMAL_PLACES = RATING_PLACES  # 12
 
 
 class EntryKind(models.TextChoices):
@@ -127,7 +128,8 @@ class UsageRating(models.Model):
 # --- Payments -------------------------------------------------------------------------------
 
 MONEY_MAX_DIGITS = 18
-MONEY_DECIMAL_PLACES = 2  # what a payment provider or an invoice carries (both currencies)
+# what a payment provider or an invoice carries: the largest minor unit (2, cents and fen)
+MONEY_DECIMAL_PLACES = max(MINOR_UNITS.values())
 
 
 class TaxStatus(models.TextChoices):
@@ -554,7 +556,7 @@ class ExportStatus(models.TextChoices):
 
 
 class ExportJob(models.Model):
-    """A finance export run in the background (``billing.finance``): ``params`` is the filter
+    """A finance export run in the background (``billing.finance.services``): ``params`` is the filter
     it was asked for; the finished file is kept in ``content`` (the portal has no media
     storage) until it is downloaded or cleaned up."""
 

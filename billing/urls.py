@@ -25,7 +25,7 @@ urlpatterns = [
 ]
 
 # The finance area (staff): the register and period exports.
-from billing import finance_views  # noqa: E402
+from billing.finance import views as finance_views  # noqa: E402
 
 urlpatterns += [
     path("finance/", finance_views.finance_index, name="finance"),

@@ -13,14 +13,18 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import selectors, services, spend
 from billing.forms import AutoRechargeForm, FakeCardForm, SpendLimitForm, TopUpForm
+from billing.invoicing import selectors as invoice_selectors
+from billing.ledger import selectors as ledger_selectors
+from billing.ledger import services
 from billing.models import Payment, PaymentStatus
 from billing.payments import provider as payment_provider
+from billing.payments import selectors as payment_selectors
 from billing.payments import services as payments
 from billing.payments.base import PaymentProviderError, WebhookSignatureInvalid
 from billing.payments.events import webhook_receive
 from billing.payments.fake import FakeProvider, card_check, payment_method_id
+from billing.spend import services as spend
 from portal.accounts.roles import Action
 from portal.accounts.views import org_page
 from portal.errors import SHOWN_ON_PAGE
@@ -32,14 +36,14 @@ def _context(request: HttpRequest, **forms) -> dict:
     organization = request.organization
     profile = payments.profile_for(organization)
     state = spend.spend_state(organization)
-    page = selectors.ledger_page(organization, request.GET.get("page"))
+    page = ledger_selectors.ledger_page(organization, request.GET.get("page"))
     return {
         "account": services.account_for(organization),
         "state": state,
         "profile": profile,
-        "cards": selectors.payment_methods(organization),
-        "payments": selectors.payments(organization)[:10],
-        "invoices": selectors.invoices(organization)[:24],
+        "cards": payment_selectors.payment_methods(organization),
+        "payments": payment_selectors.payments(organization)[:10],
+        "invoices": invoice_selectors.invoices(organization)[:24],
         "page": page,
         "top_up_form": forms.get("top_up_form") or TopUpForm(),
         "auto_recharge_form": forms.get("auto_recharge_form")
@@ -103,7 +107,7 @@ def top_up(request: HttpRequest) -> HttpResponse:
 def payments_page(request: HttpRequest) -> HttpResponse:
     """Recent payments, refreshed while one is still pending (the webhook may lag the return)."""
     context = {
-        "payments": selectors.payments(request.organization)[:50],
+        "payments": payment_selectors.payments(request.organization)[:50],
         "returned": request.GET.get("returned") == "1",
     }
     # Only the newest checkout counts: an abandoned earlier one must not keep the page waiting.
@@ -205,7 +209,9 @@ def spend_limit(request: HttpRequest) -> HttpResponse:
 
 
 def _invoice(request: HttpRequest, pk: int):
-    invoice = selectors.invoices(request.organization, include_drafts=True).filter(pk=pk).first()
+    invoice = (
+        invoice_selectors.invoices(request.organization, include_drafts=True).filter(pk=pk).first()
+    )
     if invoice is None:
         raise Http404("No such invoice in this organisation.")
     return invoice
@@ -227,16 +233,18 @@ def invoice_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @org_page(Action.BILLING_VIEW)
 def invoice_pdf(request: HttpRequest, pk: int) -> HttpResponse:
-    from billing.documents import invoice_pdf as render_pdf
+    from billing.invoicing.documents import invoice_pdf as render_pdf
 
     invoice = _invoice(request, pk)
     response = HttpResponse(render_pdf(invoice), content_type="application/pdf")
-    response["Content-Disposition"] = f'inline; filename="{selectors.invoice_filename(invoice)}"'
+    response["Content-Disposition"] = (
+        f'inline; filename="{invoice_selectors.invoice_filename(invoice)}"'
+    )
     return response
 
 
 EINVOICE_FLAVORS = {
-    # flavor: (builder name in billing.einvoice, content type, file suffix)
+    # flavor: (builder name in billing.finance.einvoice, content type, file suffix)
     "ubl": ("invoice_ubl", "application/xml", "ubl.xml"),
     "cii": ("invoice_cii", "application/xml", "cii.xml"),
     "factur-x": ("invoice_facturx_pdf", "application/pdf", "facturx.pdf"),
@@ -246,7 +254,7 @@ EINVOICE_FLAVORS = {
 @org_page(Action.BILLING_VIEW)
 def invoice_einvoice(request: HttpRequest, pk: int, flavor: str) -> HttpResponse:
     """The EN 16931 e-invoice of a finalized invoice or credit note: UBL 2.1, CII, Factur-X."""
-    from billing import einvoice
+    from billing.finance import einvoice
 
     if flavor not in EINVOICE_FLAVORS:
         raise Http404("Use ubl, cii or factur-x.")

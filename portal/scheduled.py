@@ -24,7 +24,7 @@ SCHEDULE = {
     "close-usage-hours": _entry(
         "metering.close_recent_hours", crontab(minute="1-59/5"), expires=280
     ),
-    # The month close (billing's month_close), on the 1st at settings.BILLING_MONTH_CLOSE_AT
+    # The month close (billing.invoicing.tasks.month_close), on the 1st at settings.BILLING_MONTH_CLOSE_AT
     # UTC. It retries itself until the month's last hour may be closed (metering's CLOSE_GRACE
     # after midnight).
     "billing-month-close": _entry(

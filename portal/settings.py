@@ -330,13 +330,13 @@ COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "6
 COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
-COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.launch_check"]
+COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.services.launch_check"]
 # What other apps add to an instance's page (compute's hook).
 COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_page_panel"]
 # What an organisation still holds elsewhere, refusing its deletion (accounts' hook).
 ACCOUNTS_ORGANIZATION_DELETE_CHECKS: list[str] = ["portal.compute.selectors.organization_holdings"]
 # Callables(organization, instance) that may refuse starting a stopped instance.
-COMPUTE_START_CHECKS: list[str] = ["billing.spend.start_check"]
+COMPUTE_START_CHECKS: list[str] = ["billing.spend.services.start_check"]
 
 # Storage (kept boot disks of stopped instances, volumes): price per GB-month (730 hours).
 STORAGE_PRICE_PER_GB_MONTH = {

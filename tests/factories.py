@@ -38,7 +38,7 @@ def organization(name: str | None = None, *, credit_amount="10000", **extra) -> 
 
 def credit(org: Organization, amount="10000", reason: str = "test credit"):
     """Prepaid credit, so launches pass the billing check (a grant in the ledger)."""
-    from billing.services import ledger_post
+    from billing.ledger.services import ledger_post
 
     entry, _ = ledger_post(
         organization=org,

@@ -18,8 +18,8 @@ import time_machine
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from billing import invoicing
-from billing import services as billing_services
+from billing.invoicing import services as invoicing
+from billing.ledger import services as billing_services
 from billing.models import LedgerEntry
 from portal.catalog.models import GpuSlotClaim
 from portal.celery import app as celery_app

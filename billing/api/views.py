@@ -10,9 +10,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import selectors, services, spend
 from billing.api import serializers
+from billing.invoicing import selectors as invoice_selectors
+from billing.ledger import selectors as ledger_selectors
+from billing.ledger import services
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from billing.spend import services as spend
 from portal.accounts.roles import Action
 from portal.api.filters import BoundedDateTimeFilter
 from portal.api.schema import error_responses, list_responses
@@ -65,7 +68,7 @@ class LedgerView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return selectors.ledger_entries(self.request.actor.organization)
+        return ledger_selectors.ledger_entries(self.request.actor.organization)
 
 
 class InvoiceFilter(django_filters.FilterSet):
@@ -88,12 +91,14 @@ class InvoiceListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return selectors.invoices(self.request.actor.organization).select_related("corrects")
+        return invoice_selectors.invoices(self.request.actor.organization).select_related(
+            "corrects"
+        )
 
 
 def _invoice(request, pk: int) -> Invoice:
     invoice = (
-        selectors.invoices(request.actor.organization)
+        invoice_selectors.invoices(request.actor.organization)
         .select_related("corrects")
         .filter(pk=pk)
         .first()
@@ -142,11 +147,11 @@ class InvoicePdfView(APIView):
         },
     )
     def get(self, request, pk: int):
-        from billing.documents import invoice_pdf
+        from billing.invoicing.documents import invoice_pdf
 
         invoice = _invoice(request, pk)
         response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
         response["Content-Disposition"] = (
-            f'attachment; filename="{selectors.invoice_filename(invoice)}"'
+            f'attachment; filename="{invoice_selectors.invoice_filename(invoice)}"'
         )
         return response

@@ -11,27 +11,8 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 
-from portal.errors import InvalidInput, PortalError
-
-# Both currencies the portal bills in (USD, CNY) have two decimal places.
-MINOR_UNITS = {"USD": 2, "CNY": 2}
-
-
-def to_minor(amount: Decimal, currency: str) -> int:
-    """Decimal major units to the integer minor units providers use (exact, or refused)."""
-    scaled = Decimal(amount).scaleb(MINOR_UNITS[currency.upper()])
-    if scaled != scaled.to_integral_value():
-        raise InvalidInput(
-            f"{amount} {currency} has more decimal places than the currency.",
-            code="amount_invalid",
-        )
-    return int(scaled)
-
-
-def from_minor(value: int, currency: str) -> Decimal:
-    return Decimal(int(value)).scaleb(-MINOR_UNITS[currency.upper()])
+from portal.errors import PortalError
 
 
 class PaymentProviderError(PortalError):

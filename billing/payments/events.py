@@ -21,7 +21,8 @@ from django.utils import timezone
 from billing.models import BillingProfile, Payment, WebhookEvent
 from billing.payments import provider as payment_provider
 from billing.payments import services
-from billing.payments.base import WebhookSignatureInvalid, from_minor
+from billing.payments.base import WebhookSignatureInvalid
+from portal.money import from_minor
 from portal.observability.metrics import webhook_observed
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def after_commit(func) -> None:
 
 
 def _enqueue(event_pk: int) -> None:
-    from billing.tasks import webhook_process
+    from billing.payments.tasks import webhook_process
 
     webhook_process.delay(event_pk)
 

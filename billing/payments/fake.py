@@ -34,8 +34,8 @@ from billing.payments.base import (
     Redirect,
     RefundResult,
     stripe_signed_event,
-    to_minor,
 )
+from portal.money import to_minor
 
 SALT = "billing.fake-checkout"
 # A checkout page works this long (Stripe's sessions: 24 hours); billing.payments.services.

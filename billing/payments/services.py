@@ -10,12 +10,13 @@ ledger key ``payment:<id>``: whichever comes first posts it, the other finds it 
 
 import uuid
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.ledger.services import ledger_post
 from billing.models import (
     BillingProfile,
     EntryKind,
@@ -26,21 +27,21 @@ from billing.models import (
     PaymentStatus,
     Refund,
 )
+from billing.payments import hooks
 from billing.payments import provider as payment_provider
 from billing.payments.base import (
-    MINOR_UNITS,
     CardDetails,
     ChargeResult,
     PaymentProviderError,
     Redirect,
 )
-from billing.services import ledger_post
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from portal.money import parse_amount
 
 CREDIT_KINDS = (EntryKind.TOP_UP, EntryKind.GRANT, EntryKind.PAYMENT)
 
@@ -55,34 +56,8 @@ def profile_for(organization: Organization, *, lock: bool = False) -> BillingPro
     return profile
 
 
-def money(value, currency: str, *, field: str = "amount", allow_zero: bool = False) -> Decimal:
-    """A customer-entered amount in major units: a number with at most the currency's places."""
-    try:
-        amount = Decimal(str(value).strip())
-    except (InvalidOperation, AttributeError):
-        raise InvalidInput(
-            "Enter an amount such as 50 or 49.90.",
-            code="amount_invalid",
-            details={field: "Enter an amount such as 50 or 49.90."},
-        ) from None
-    places = MINOR_UNITS[currency]
-    if not amount.is_finite() or amount.as_tuple().exponent < -places:
-        raise InvalidInput(
-            f"Use at most {places} decimal places.",
-            code="amount_invalid",
-            details={field: f"Use at most {places} decimal places."},
-        )
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise InvalidInput(
-            "The amount must be positive.",
-            code="amount_invalid",
-            details={field: "The amount must be positive."},
-        )
-    return amount.quantize(Decimal(1).scaleb(-places))
-
-
 def _top_up_amount(value, currency: str) -> Decimal:
-    amount = money(value, currency)
+    amount = parse_amount(value, currency)
     low, high = settings.BILLING_TOP_UP_MIN, settings.BILLING_TOP_UP_MAX
     if not low <= amount <= high:
         message = f"Top up between {low} and {high} {currency}."
@@ -159,11 +134,9 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
     payment.updated_at = timezone.now()
     payment.save()
     if payment.purpose == PaymentPurpose.INVOICE and payment.invoice_id:
-        from billing import invoicing
-
         invoice = payment.invoice
         if invoice.status == "finalized":
-            invoicing.invoice_mark_paid(
+            hooks.invoice_paid(  # invoicing marks it paid (registered in BillingConfig.ready)
                 invoice,
                 reference=payment.payment_intent_id or f"payment {payment.pk}",
                 actor=Actor.system(),
@@ -180,9 +153,7 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
             payment=payment,
         )
         if created:
-            from billing import spend
-
-            spend.credit_arrived(payment.organization)
+            hooks.credit_arrived(payment.organization)  # the spend controls hear of it
     return payment
 
 
@@ -403,7 +374,7 @@ def auto_recharge_configure(
         currency = organization.currency
         errors = {}
         try:
-            threshold = money(threshold, currency, field="threshold", allow_zero=True)
+            threshold = parse_amount(threshold, currency, field="threshold", allow_zero=True)
         except InvalidInput as exc:
             errors.update(exc.details)
         try:
@@ -484,7 +455,7 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
         raise InvalidInput("Say why the payment is refunded.", code="reason_required")
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=payment_id)
-        amount = money(amount, payment.currency)
+        amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:
             raise Conflict("Only a succeeded payment can be refunded.", code="payment_not_paid")
         pending = sum((r.amount for r in payment.refunds.filter(status="pending")), Decimal(0))

@@ -30,9 +30,9 @@ from billing.payments.base import (
     Redirect,
     RefundResult,
     stripe_signed_event,
-    to_minor,
 )
 from portal.accounts.models import Organization
+from portal.money import to_minor
 
 TOP_UP_PRODUCT_NAME = "Credit top-up"
 

@@ -4,9 +4,18 @@ from decimal import Decimal, InvalidOperation
 
 from django import template
 
+from portal.money import amount_text, format_unit_price
+
 register = template.Library()
 
-CENT = Decimal("0.01")
+
+@register.filter
+def amount(value, currency) -> str:
+    """An amount rounded by the money rule to the currency's minor unit, as the pages show a
+    balance or a total: ``12.5|amount:"USD"`` -> ``12.50``; empty stays empty."""
+    if value is None or value == "":
+        return ""
+    return amount_text(Decimal(value), currency)
 
 
 @register.filter
@@ -16,19 +25,17 @@ def unit_price(value) -> str:
     if value is None or value == "":
         return ""
     try:
-        number = Decimal(value).normalize()
+        number = Decimal(value)
     except (InvalidOperation, TypeError, ValueError):
         return str(value)
-    if number.as_tuple().exponent > -2:
-        number = number.quantize(CENT)
-    return f"{number:f}"
+    return format_unit_price(number)
 
 
 @register.filter
 def quantity(line) -> str:
     """An invoice line's quantity with its unit, exactly as the PDF prints it: ``40 hours``,
     ``20.819635 GB-months``, ``1 hour``."""
-    from billing.documents import quantity as document_quantity
+    from billing.invoicing.documents import quantity as document_quantity
 
     return document_quantity(line.quantity, line.unit)
 
@@ -36,6 +43,6 @@ def quantity(line) -> str:
 @register.filter
 def percent(rate) -> str:
     """A tax rate as the PDF prints it: ``0.0750`` → ``7.5``, ``0.19`` → ``19``."""
-    from billing.documents import percent as document_percent
+    from billing.invoicing.documents import percent as document_percent
 
     return document_percent(rate) if rate not in (None, "") else ""

@@ -14,6 +14,7 @@ from django_countries.fields import CountryField
 
 from portal.accounts.roles import Role
 from portal.accounts.types import BillingMode
+from portal.money import Currency  # defined with the money rules; importable from here too
 
 
 class UserManager(BaseUserManager["User"]):
@@ -72,11 +73,6 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
-
-
-class Currency(models.TextChoices):
-    USD = "USD", "US dollar"
-    CNY = "CNY", "Chinese yuan"
 
 
 class Organization(models.Model):

@@ -6,7 +6,7 @@ and hosts registered from the real H200 ``nvidia-smi -q -x`` report (multi-GPU h
 from it by ``synthetic.synthesize_report``). Safe to run again: nothing is duplicated.
 """
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.db import transaction
 
@@ -20,6 +20,7 @@ from portal.catalog.synthetic import (
     H200_REPORT,
     synthesize_report,
 )
+from portal.money import money_round
 
 REGIONS = {
     "us-east-1": ("US East (Virginia)", "US"),
@@ -167,7 +168,7 @@ def _own_types() -> None:
 
 
 def to_cny(amount: Decimal) -> Decimal:
-    return (amount * CNY_PER_USD).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    return money_round(amount * CNY_PER_USD, "CNY")
 
 
 def _cny_prices() -> None:

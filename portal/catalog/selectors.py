@@ -5,8 +5,10 @@ regions, images and GPU models.
 and hosts; filtering and sorting happen in memory on the result.
 """
 
-from dataclasses import dataclass
-from datetime import datetime
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Q, QuerySet
@@ -35,6 +37,90 @@ def prices_in_force(*, currency: str, at: datetime | None = None) -> dict[tuple[
     for price in rows:
         latest[(price.instance_type_id, price.region_id)] = price
     return latest
+
+
+# --- hourly prices over time -------------------------------------------------------------------
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass
+class PriceHistory:
+    """One price over time: ``amounts[i]`` is in force from ``times[i]`` (ascending)."""
+
+    times: list[datetime] = field(default_factory=list)
+    amounts: list[Decimal] = field(default_factory=list)
+
+    def at(self, moment: datetime) -> Decimal | None:
+        """The price in force at ``moment`` (the start of an hour being rated); for an hour in
+        which the first price appeared (a new type or meter), that first price: usage is never
+        free by accident. None when nothing is priced yet."""
+        index = bisect.bisect_right(self.times, moment) - 1
+        if index >= 0:
+            return self.amounts[index]
+        if self.times and self.times[0] < moment + HOUR:
+            return self.amounts[0]
+        return None
+
+    def changes_within(self, start: datetime, end: datetime) -> bool:
+        """Whether a price takes effect in [start, end)."""
+        index = bisect.bisect_left(self.times, start)
+        return index < len(self.times) and self.times[index] < end
+
+
+def price_histories(rows: Iterable[tuple[object, datetime, Decimal]]) -> dict:
+    """key -> ``PriceHistory`` from (key, effective from, amount) rows in time order."""
+    histories: dict = {}
+    for key, effective_from, amount in rows:
+        history = histories.get(key) or histories.setdefault(key, PriceHistory())
+        history.times.append(effective_from)
+        history.amounts.append(amount)
+    return histories
+
+
+class HourlyPrices:
+    """The on-demand hourly prices of one currency, for every (instance type, region) over
+    time, loaded in one query. Build it once per unit of work (a debit run, an invoice, a
+    page) and ask it for each record; ``hourly_price`` asks it once."""
+
+    def __init__(
+        self, currency: str, *, instance_type_id: int | None = None, region_id: int | None = None
+    ) -> None:
+        self.currency = currency
+        rows = Price.objects.filter(currency=currency)
+        if instance_type_id is not None:
+            rows = rows.filter(instance_type_id=instance_type_id)
+        if region_id is not None:
+            rows = rows.filter(region_id=region_id)
+        self._histories: dict[tuple[int, int], PriceHistory] = price_histories(
+            ((t, r), effective_from, amount)
+            for t, r, effective_from, amount in rows.order_by("effective_from", "id").values_list(
+                "instance_type_id", "region_id", "effective_from", "on_demand_per_hour"
+            )
+        )
+
+    def at(self, *, instance_type_id, region_id, at: datetime) -> Decimal | None:
+        """The hourly price of the type in the region at ``at`` (see ``PriceHistory.at``)."""
+        history = self._histories.get((instance_type_id, region_id))
+        return history.at(at) if history is not None else None
+
+    def changes_within(
+        self, *, instance_type_id, region_id, start: datetime, end: datetime
+    ) -> bool:
+        history = self._histories.get((instance_type_id, region_id))
+        return history is not None and history.changes_within(start, end)
+
+
+def hourly_price(
+    *, instance_type_id: int, region_id: int, currency: str, at: datetime | None = None
+) -> Decimal | None:
+    """The hourly on-demand price of this instance type in this region and currency at this
+    moment (now when ``at`` is empty), by the rating rule of ``PriceHistory.at``; None when the
+    type is not priced there. One query."""
+    prices = HourlyPrices(currency, instance_type_id=instance_type_id, region_id=region_id)
+    return prices.at(
+        instance_type_id=instance_type_id, region_id=region_id, at=at or timezone.now()
+    )
 
 
 def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:

@@ -1,25 +1,132 @@
 """What usage costs, at full precision (no rounding here: invoices round once per line).
 
-- ``instance.seconds``: the instance type's on-demand price per hour in force at that hour in
-  its region and the organisation's currency, per second (price / 3600);
-- ``instance.disk_gb_seconds`` and ``volume.gb_seconds``: ``STORAGE_PRICE_PER_GB_MONTH`` of the
-  currency, per GB-second (a month is 730 hours);
-- meters operators define: their ``MeterPrice`` in force at that hour, per unit.
+One pricing strategy per kind of meter (``PRICING``, ``pricing_for``):
+
+- compute (``instance.seconds``): the instance type's on-demand price per hour in force at that
+  hour in its region and the organisation's currency (``portal.catalog.selectors``), per second
+  (price / 3600);
+- storage (``instance.disk_gb_seconds``, ``volume.gb_seconds``): ``STORAGE_PRICE_PER_GB_MONTH``
+  of the currency, per GB-second (a month is 730 hours);
+- operator meters (any other key): their ``MeterPrice`` in force at that hour, per unit.
+
+A ``Rater`` holds one currency's price history, loaded once (two queries): build one per unit
+of work (a debit run, an invoice, a page) and ask it for every record.
 """
 
-import bisect
-from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 
-from portal.catalog.models import Price
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, HOUR, VOLUME
+from portal.catalog.selectors import HourlyPrices, PriceHistory, price_histories
+from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import MeterPrice
 
 SECONDS_PER_HOUR = Decimal(3600)
 SECONDS_PER_MONTH = Decimal(730 * 3600)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a price depends on: the meter, the instance type and region (compute), the hour."""
+
+    meter_id: int
+    hour: datetime
+    instance_type_id: int | None = None
+    region_id: int | None = None
+
+
+class MeterPricing:
+    """How one kind of meter is priced. ``factor`` is metered units per invoiced unit (seconds
+    per hour, GB-seconds per GB-month, or 1); ``unit`` the invoiced unit ("" for the meter's
+    own)."""
+
+    kind: str = ""
+    unit: str = ""
+    factor: Decimal = Decimal(1)
+
+    def per_unit(self, rater: "Rater", usage: Usage) -> Decimal:
+        """Price of one metered unit in that hour (0 when nothing is priced)."""
+        raise NotImplementedError
+
+    def cost(self, rater: "Rater", usage: Usage, quantity: Decimal) -> Decimal:
+        """Quantity times price, at full precision."""
+        raise NotImplementedError
+
+    def changes_within(self, rater: "Rater", usage: Usage, start: datetime, end: datetime) -> bool:
+        """Whether the price may change in [start, end) (a price takes effect in it)."""
+        return False
+
+
+class ComputePricing(MeterPricing):
+    kind, unit, factor = "compute", "hour", SECONDS_PER_HOUR
+
+    def _per_hour(self, rater: "Rater", usage: Usage) -> Decimal | None:
+        return rater.hourly.at(
+            instance_type_id=usage.instance_type_id, region_id=usage.region_id, at=usage.hour
+        )
+
+    def per_unit(self, rater: "Rater", usage: Usage) -> Decimal:
+        per_hour = self._per_hour(rater, usage)
+        return per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
+
+    def cost(self, rater: "Rater", usage: Usage, quantity: Decimal) -> Decimal:
+        # multiplying before dividing, so an hour at 7.00/h is 7.00 exactly
+        per_hour = self._per_hour(rater, usage)
+        return quantity * per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
+
+    def changes_within(self, rater, usage, start, end) -> bool:
+        return rater.hourly.changes_within(
+            instance_type_id=usage.instance_type_id,
+            region_id=usage.region_id,
+            start=start,
+            end=end,
+        )
+
+
+class StoragePricing(MeterPricing):
+    kind, unit, factor = "storage", "GB-month", SECONDS_PER_MONTH
+
+    def per_unit(self, rater: "Rater", usage: Usage) -> Decimal:
+        return rater.storage_per_gb_month / SECONDS_PER_MONTH
+
+    def cost(self, rater: "Rater", usage: Usage, quantity: Decimal) -> Decimal:
+        return quantity * rater.storage_per_gb_month / SECONDS_PER_MONTH
+
+
+class OperatorMeterPricing(MeterPricing):
+    kind = "meter"
+
+    def _price(self, rater: "Rater", usage: Usage) -> Decimal | None:
+        history = rater.meter_prices.get(usage.meter_id)
+        return history.at(usage.hour) if history is not None else None
+
+    def per_unit(self, rater: "Rater", usage: Usage) -> Decimal:
+        price = self._price(rater, usage)
+        return price if price is not None else Decimal(0)
+
+    def cost(self, rater: "Rater", usage: Usage, quantity: Decimal) -> Decimal:
+        price = self._price(rater, usage)
+        return quantity * price if price is not None else Decimal(0)
+
+    def changes_within(self, rater, usage, start, end) -> bool:
+        history = rater.meter_prices.get(usage.meter_id)
+        return history is not None and history.changes_within(start, end)
+
+
+STORAGE = StoragePricing()
+OPERATOR_METER = OperatorMeterPricing()
+PRICING: dict[str, MeterPricing] = {
+    COMPUTE: ComputePricing(),
+    BOOT_DISK: STORAGE,
+    VOLUME: STORAGE,
+}
+
+
+def pricing_for(meter_key: str) -> MeterPricing:
+    """The pricing strategy of a meter: compute and storage by key, any other an operator's."""
+    return PRICING.get(meter_key, OPERATOR_METER)
 
 
 class Rater:
@@ -27,37 +134,13 @@ class Rater:
 
     def __init__(self, currency: str) -> None:
         self.currency = currency
-        self._compute: dict[tuple[int, int], tuple[list[datetime], list[Decimal]]] = defaultdict(
-            lambda: ([], [])
-        )
-        for price in (
-            Price.objects.filter(currency=currency)
+        self.hourly = HourlyPrices(currency)
+        self.meter_prices: dict[int, PriceHistory] = price_histories(
+            MeterPrice.objects.filter(currency=currency)
             .order_by("effective_from", "id")
-            .only("instance_type_id", "region_id", "effective_from", "on_demand_per_hour")
-        ):
-            times, amounts = self._compute[(price.instance_type_id, price.region_id)]
-            times.append(price.effective_from)
-            amounts.append(price.on_demand_per_hour)
-        self._meters: dict[int, tuple[list[datetime], list[Decimal]]] = defaultdict(
-            lambda: ([], [])
+            .values_list("meter_id", "effective_from", "price_per_unit")
         )
-        for price in MeterPrice.objects.filter(currency=currency).order_by("effective_from", "id"):
-            times, amounts = self._meters[price.meter_id]
-            times.append(price.effective_from)
-            amounts.append(price.price_per_unit)
         self.storage_per_gb_month = Decimal(settings.STORAGE_PRICE_PER_GB_MONTH[currency])
-
-    @staticmethod
-    def _in_force(history: tuple[list[datetime], list[Decimal]], at: datetime) -> Decimal | None:
-        """The price in force at the start of the hour ``at``; for an hour in which the first
-        price appeared (a new type or meter), that first price: usage is never free by accident."""
-        times, amounts = history
-        index = bisect.bisect_right(times, at) - 1
-        if index >= 0:
-            return amounts[index]
-        if times and times[0] < at + HOUR:
-            return amounts[0]
-        return None
 
     def unit_price(
         self,
@@ -69,29 +152,11 @@ class Rater:
         region_id=None,
     ) -> Decimal:
         """Price of one unit of the meter in that hour (0 when nothing is priced)."""
-        if meter_key == COMPUTE:
-            per_hour = self._in_force(
-                self._compute.get((instance_type_id, region_id), ([], [])), hour
-            )
-            return per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
-        if meter_key in (BOOT_DISK, VOLUME):
-            return self.storage_per_gb_month / SECONDS_PER_MONTH
-        price = self._in_force(self._meters.get(meter_id, ([], [])), hour)
-        return price if price is not None else Decimal(0)
+        usage = Usage(meter_id, hour, instance_type_id, region_id)
+        return pricing_for(meter_key).per_unit(self, usage)
 
     def cost(self, record) -> Decimal:
         """Quantity times price, multiplying before dividing (so an hour at 7.00/h is 7.00
         exactly), at full precision."""
-        key = record.meter.key
-        if key == COMPUTE:
-            history = self._compute.get((record.instance_type_id, record.region_id), ([], []))
-            per_hour = self._in_force(history, record.hour_start)
-            return (
-                record.quantity * per_hour / SECONDS_PER_HOUR
-                if per_hour is not None
-                else Decimal(0)
-            )
-        if key in (BOOT_DISK, VOLUME):
-            return record.quantity * self.storage_per_gb_month / SECONDS_PER_MONTH
-        price = self._in_force(self._meters.get(record.meter_id, ([], [])), record.hour_start)
-        return record.quantity * price if price is not None else Decimal(0)
+        usage = Usage(record.meter_id, record.hour_start, record.instance_type_id, record.region_id)
+        return pricing_for(record.meter.key).cost(self, usage, record.quantity)

@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from portal.catalog.models import InstanceType
 from portal.compute.models import Instance, Volume
-from portal.metering.lifecycle_usage import COMPUTE
 from portal.metering.models import UsageRecord
 from portal.metering.rating import Rater
 from portal.metering.services import first_open_hour, usage_open
@@ -66,10 +65,12 @@ def usage_summary(
     end: datetime,
     group_by: str = "day",
     now: datetime | None = None,
+    rater: Rater | None = None,
 ) -> UsageSummary:
+    """``rater``: the price history to use, when the caller already has the organisation's."""
     now = now or timezone.now()
     records = _records(organization, start, end, now)
-    rater = Rater(organization.currency)
+    rater = rater or Rater(organization.currency)
     rows: dict[str, UsageRow] = {}
     names = _names(records, group_by)
     for record in records:
@@ -141,25 +142,27 @@ class Burn:
     month_to_date: Decimal
 
 
-def burn_rate(organization, now: datetime | None = None) -> Burn:
-    """Running instances, their cost per hour now, and spend since the month began."""
+def burn_rate(organization, now: datetime | None = None, *, rater: Rater | None = None) -> Burn:
+    """Running instances, their cost per hour now, and spend since the month began (one price
+    history load, or none with the caller's ``rater``)."""
     now = now or timezone.now()
-    rater = Rater(organization.currency)
+    rater = rater or Rater(organization.currency)
     running = Instance.objects.filter(
         organization=organization, state__in=["running", "rebooting"]
     ).values_list("instance_type_id", "region_id")
     per_hour = sum(
         (
-            rater.unit_price(
-                meter_key=COMPUTE, meter_id=0, hour=now, instance_type_id=t, region_id=r
-            )
-            * 3600
+            rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
             for t, r in running
         ),
         Decimal(0),
     )
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     spent = usage_summary(
-        organization=organization, start=month_start, end=now + timedelta(seconds=1), now=now
+        organization=organization,
+        start=month_start,
+        end=now + timedelta(seconds=1),
+        now=now,
+        rater=rater,
     )
     return Burn(running_instances=len(running), per_hour=per_hour, month_to_date=spent.total_cost)

@@ -29,7 +29,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse
@@ -44,11 +44,10 @@ from portal.metering import selectors
 from portal.metering.forms import UsageExportForm, UsageRangeForm, presets
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import Meter
+from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH
+from portal.money import format_amount, round_half_up
 
 TEMPLATE = "metering/usage.html"
-CENT = Decimal("0.01")
-SECONDS_PER_HOUR = Decimal(3600)
-SECONDS_PER_MONTH = Decimal(730 * 3600)  # a month is 730 hours, as storage is priced
 SHORT_NAMES = {COMPUTE: "Running time", BOOT_DISK: "Kept boot disk", VOLUME: "Volumes"}
 TABLES = (
     ("instance_type", "By instance type", "Instance type"),
@@ -56,11 +55,6 @@ TABLES = (
 )
 
 # --- display ----------------------------------------------------------------------------------
-
-
-def money(amount: Decimal) -> str:
-    """Two decimals, half up, for display only (the figures stay at full precision)."""
-    return f"{amount.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class MeterColumn:
         value = quantity / self.divisor
         if self.divisor == 1 and value == value.to_integral_value():
             return f"{value:,.0f}"
-        rounded = value.quantize(CENT, rounding=ROUND_HALF_UP)
+        rounded = round_half_up(value, 2)
         if value > 0 and rounded == 0:
             return "< 0.01"
         return f"{rounded:,.2f}"
@@ -128,13 +122,13 @@ def usage_table(summary: selectors.UsageSummary, columns: list[MeterColumn]) -> 
                     c.show(row.quantities[c.key]) if c.key in row.quantities else "—"
                     for c in columns
                 ],
-                "cost": money(row.cost),
+                "cost": format_amount(row.cost, summary.currency),
             }
         )
     return {
         "rows": rows,
         "totals": [c.show(totals[c.key]) for c in columns],
-        "total_cost": money(summary.total_cost),
+        "total_cost": format_amount(summary.total_cost, summary.currency),
     }
 
 
@@ -182,7 +176,7 @@ def day_chart(days: list[date], costs: dict[str, Decimal], currency: str) -> dic
                 "y": round(bottom - height, 2),
                 "width": round(width, 2),
                 "height": round(height, 2),
-                "title": f"{day_label(day)}: {money(value)} {currency}",
+                "title": f"{day_label(day)}: {format_amount(value, currency)} {currency}",
             }
         )
     label_every = max(1, math.ceil(len(days) / MAX_X_LABELS))
@@ -212,7 +206,7 @@ def day_chart(days: list[date], costs: dict[str, Decimal], currency: str) -> dic
         "x_labels": x_labels,
         "ticks": ticks,
         "peak": (
-            f"{day_label(days[peak])}, {money(values[peak])} {currency}"
+            f"{day_label(days[peak])}, {format_amount(values[peak], currency)} {currency}"
             if peak is not None and values[peak] > 0
             else None
         ),
@@ -264,7 +258,7 @@ def _usage_context(request: HttpRequest, form: UsageRangeForm, today: date) -> d
             "now": now,
             "open_range": last >= today,  # the figures still grow
             "has_usage": bool(by_day.rows),
-            "total_cost": money(by_day.total_cost),
+            "total_cost": format_amount(by_day.total_cost, org.currency),
             "columns": columns,
             "chart": day_chart(chart_days, {r.key: r.cost for r in by_day.rows}, org.currency),
             "day_table": usage_table(by_day, columns),

@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
-from billing.services import balance
+from billing.ledger.services import balance
 from portal.accounts import selectors
 from portal.accounts.roles import Action
 from portal.accounts.types import BillingMode

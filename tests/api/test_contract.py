@@ -284,7 +284,7 @@ def test_an_accept_header_the_api_cannot_answer_is_a_406_in_the_error_shape(key_
 
 
 def test_the_invoice_pdf_answers_a_client_that_asks_for_a_pdf(org, key_client):
-    from billing import invoicing
+    from billing.invoicing import services as invoicing
 
     invoice = invoicing.invoice_draft_refresh(org)
     client = key_client("billing")

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from billing import invoicing
+from billing.invoicing import services as invoicing
 from portal.accounts import services as account_services
 from portal.accounts.models import Organization
 from portal.accounts.types import Actor

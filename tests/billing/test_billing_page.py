@@ -4,7 +4,7 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from billing import services
+from billing.ledger import services
 from billing.models import EntryKind, LedgerEntry
 from tests import factories
 

@@ -9,7 +9,8 @@ import facturx
 import pytest
 from lxml import etree
 
-from billing import einvoice, invoicing
+from billing.finance import einvoice
+from billing.invoicing import services as invoicing
 from billing.models import BillingProfile, Invoice
 from billing.templatetags.money import percent, unit_price
 from portal.catalog import services as catalog_services

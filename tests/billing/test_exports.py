@@ -12,15 +12,16 @@ import pytest
 import time_machine
 from openpyxl import load_workbook
 
-from billing import exports, invoicing
-from billing.exports import (
+from billing.finance import exports
+from billing.finance.exports import (
     JOURNAL_COLUMNS,
     LINE_COLUMNS,
     REGISTER_COLUMNS,
     RegisterFilter,
 )
+from billing.invoicing import services as invoicing
+from billing.ledger.services import ledger_post
 from billing.models import BillingProfile, EntryKind
-from billing.services import ledger_post
 from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from tests.billing.test_invoicing import (

@@ -9,8 +9,9 @@ import time_machine
 from django.contrib.auth.models import Permission
 from openpyxl import load_workbook
 
-from billing import exports, finance
-from billing.exports import JOURNAL_COLUMNS, LINE_COLUMNS, REGISTER_COLUMNS, RegisterFilter
+from billing.finance import exports
+from billing.finance import services as finance
+from billing.finance.exports import JOURNAL_COLUMNS, LINE_COLUMNS, REGISTER_COLUMNS, RegisterFilter
 from billing.models import ExportJob, ExportStatus
 from tests import factories
 from tests.billing.test_exports import month  # noqa: F401 - the October fixture, reused

@@ -17,9 +17,9 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing import invoicing
-from billing.documents import invoice_pdf
-from billing.invoicing import money_round
+from billing.invoicing import services as invoicing
+from billing.invoicing.documents import invoice_pdf
+from billing.ledger.services import account_for, ledger_post, usage_debit_pending
 from billing.models import (
     BillingProfile,
     DocumentSequence,
@@ -29,7 +29,6 @@ from billing.models import (
     LedgerEntry,
     UsageRating,
 )
-from billing.services import account_for, ledger_post, usage_debit_pending
 from portal.accounts.models import AuditEvent
 from portal.accounts.types import Actor
 from portal.catalog import services as catalog_services
@@ -37,6 +36,7 @@ from portal.errors import Conflict, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import ClosedHour, Meter, MeterPrice, UsageRecord
 from portal.metering.services import builtin_meters
+from portal.money import money_round
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.core import mail
 from django.test import Client
 
-from billing import invoicing
+from billing.invoicing import services as invoicing
 from billing.models import Invoice, LedgerEntry
 from tests import factories
 from tests.billing.test_invoicing import (

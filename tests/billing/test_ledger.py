@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from billing import services
+from billing.ledger import services
 from billing.models import Account, EntryKind, LedgerEntry, UsageRating
 from portal.accounts.types import Actor
 from portal.errors import Conflict, InvalidInput, PermissionDenied

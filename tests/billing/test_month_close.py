@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db import close_old_connections
 
-from billing import invoicing
+from billing.invoicing import services as invoicing
 from billing.models import DocumentSequence, Invoice, LedgerEntry
 from portal.errors import Conflict
 from tests import factories
@@ -96,7 +96,7 @@ def test_one_failing_organisation_does_not_stop_the_others(world, monkeypatch):
     for org in (world.org, other):
         running_hours(org, world, OCT_START, 1)
     close_through(NOV_START)
-    from billing import documents
+    from billing.invoicing import documents
 
     render = documents.render_pdf
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from billing import spend
+from billing.ledger.services import account_for
 from billing.models import (
     AlertKind,
     LedgerEntry,
@@ -25,7 +25,7 @@ from billing.models import (
 from billing.payments import provider as payment_provider
 from billing.payments import services as payments
 from billing.payments.fake import FakeProvider
-from billing.services import account_for
+from billing.spend import services as spend
 from portal.accounts.types import Actor
 from tests import factories
 

@@ -147,8 +147,8 @@ def test_without_a_card_or_with_a_declining_one_the_invoice_waits():
 def test_reconciliation_matches_payments_and_lists_what_is_unmatched(admin_user):
     import io
 
-    from billing import exports
-    from billing.services import ledger_post
+    from billing.finance import exports
+    from billing.ledger.services import ledger_post
     from portal.accounts.types import Actor
 
     org = factories.organization(credit_amount=None)

@@ -11,9 +11,10 @@ from django.core import mail
 from django.db import connection
 from django.test import Client
 
-from billing import services, spend
+from billing.ledger import services
 from billing.models import AlertKind, BillingProfile, Invoice, LedgerEntry, Payment, SpendAlert
 from billing.payments import services as payments
+from billing.spend import services as spend
 from portal.compute import services as compute
 from portal.compute.models import Instance
 from portal.errors import Conflict

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
-from billing import spend
 from billing.models import LedgerEntry, Payment, PaymentMethod, PaymentStatus, WebhookEvent
 from billing.payments import services as payments
+from billing.spend import services as spend
 from portal.accounts.types import Actor
 from tests import factories
 from tests.billing import stripe_payloads as payloads

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from billing import finance
-from billing.exports import REGISTER_COLUMNS
+from billing.finance import services as finance
+from billing.finance.exports import REGISTER_COLUMNS
 from billing.models import ExportJob
 from billing.tasks import export_run
 from tests import factories

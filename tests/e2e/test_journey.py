@@ -30,7 +30,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from playwright.sync_api import Dialog, Page, expect
 
-from billing import services as billing_services
+from billing.ledger import services as billing_services
 from billing.models import Invoice, LedgerEntry, WebhookEvent
 from billing.tasks import debit_usage
 from portal.accounts import services as account_services

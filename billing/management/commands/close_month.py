@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing import invoicing
+from billing.invoicing import services as invoicing
 from portal.errors import PortalError
 
 

@@ -63,7 +63,7 @@ def _body(invoice: Invoice) -> str:
 
 def invoice_messages(invoice: Invoice) -> list[EmailMessage]:
     """One message per recipient (members do not see each other's addresses)."""
-    from billing.documents import invoice_pdf
+    from billing.invoicing.documents import invoice_pdf
 
     title = "Credit note" if invoice.kind == InvoiceKind.CREDIT_NOTE else "Invoice"
     subject = (
@@ -99,7 +99,7 @@ def invoice_email_send(invoice_id: int) -> int:
 def send_invoice_later(invoice: Invoice) -> None:
     """Enqueue the email after commit. If the broker is down, the invoice stands and the
     failure is logged (finance can resend it from admin)."""
-    from billing.tasks import send_invoice_email
+    from billing.invoicing.tasks import send_invoice_email
 
     invoice_id = invoice.pk
     transaction.on_commit(lambda: send_invoice_email.delay(invoice_id), robust=True)

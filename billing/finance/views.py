@@ -16,7 +16,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import exports, finance
+from billing.finance import exports
+from billing.finance import services as finance
 from billing.models import ExportFormat, ExportJob, ExportKind, ExportStatus, InvoiceStatus
 from portal.errors import InvalidInput
 

@@ -1,10 +1,10 @@
-"""Reads of billing data, scoped to one organisation."""
+"""Reads of the credits ledger, scoped to one organisation."""
 
 from django.core.paginator import Page, Paginator
 from django.db.models import BigIntegerField, Case, Count, F, Max, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 
-from billing.models import EntryKind, Invoice, LedgerEntry, Payment, PaymentMethod
+from billing.models import EntryKind, LedgerEntry
 
 
 def ledger_entries(organization) -> QuerySet[LedgerEntry]:
@@ -55,24 +55,3 @@ def ledger_page(organization, number, per_page: int = 25) -> Page:
         row["name"] = names.get((row["subject_type"], row["subject_id"]), "")
     page.object_list = rows
     return page
-
-
-def payment_methods(organization) -> QuerySet[PaymentMethod]:
-    return PaymentMethod.objects.filter(organization=organization, removed_at__isnull=True)
-
-
-def payments(organization) -> QuerySet[Payment]:
-    return Payment.objects.filter(organization=organization).select_related("payment_method")
-
-
-def invoices(organization, *, include_drafts: bool = True) -> QuerySet[Invoice]:
-    """Invoices and credit notes, newest month first (drafts are the running month's)."""
-    found = Invoice.objects.filter(organization=organization).defer("pdf")
-    if not include_drafts:
-        found = found.exclude(status="draft")
-    return found.order_by("-period_start", "-kind", "-id")
-
-
-def invoice_filename(invoice: Invoice) -> str:
-    label = invoice.number or f"draft-{invoice.period_start:%Y-%m}"
-    return f"{label}.pdf"

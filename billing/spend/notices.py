@@ -4,15 +4,24 @@ from django.template.loader import render_to_string
 
 from billing.models import AlertKind
 from portal.accounts.emails import Email, send_later
-from portal.accounts.models import Organization
+from portal.accounts.models import Membership, Organization, Role
 
 
 def spend_notice_send(*, organization: Organization, kind: str, body: str) -> None:
-    from billing.spend import billing_contacts
-
     subject = f"{AlertKind(kind).label} — {organization.name}"
     text = render_to_string(
         "billing/email/spend_notice.txt", {"organization": organization, "body": body}
     )
     for address in billing_contacts(organization):
         send_later(Email(to=address, subject=subject, body=text))
+
+
+def billing_contacts(organization: Organization) -> list[str]:
+    """Who hears about money: the billing email, owners and billing members."""
+    emails = {organization.billing_email} if organization.billing_email else set()
+    emails.update(
+        Membership.objects.filter(
+            organization=organization, role__in=[Role.OWNER, Role.BILLING]
+        ).values_list("user__email", flat=True)
+    )
+    return sorted(e for e in emails if e)

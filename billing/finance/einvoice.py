@@ -55,8 +55,10 @@ from pathlib import Path
 
 from lxml import etree
 
-from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
+from billing.invoicing.documents import Document, document_build
+from billing.models import Invoice, TaxStatus
 from portal.errors import InvalidInput
+from portal.money import amount_text, decimal_text, format_unit_price
 
 # --- namespaces ---------------------------------------------------------------------------------
 
@@ -98,7 +100,6 @@ CATEGORIES = {
 }
 
 VAT_PREFIX = re.compile(r"^[A-Z]{2}[0-9A-Za-z+*.]")
-CENT = Decimal("0.01")
 
 
 def _rules_path(relative: str) -> Path:
@@ -108,29 +109,16 @@ def _rules_path(relative: str) -> Path:
 # --- the document, as the e-invoice states it --------------------------------------------------
 
 
-def _require_finalized(invoice: Invoice) -> None:
-    if invoice.status == InvoiceStatus.DRAFT or not invoice.number:
+def _require_finalized(document: Document) -> None:
+    if document.draft or not document.number:
         raise InvalidInput(
             "Only a finalized invoice has an e-invoice; this one is still a draft.",
             code="invoice_not_finalized",
         )
 
 
-def _money(value: Decimal) -> str:
-    value = Decimal(value).quantize(CENT)
-    return f"{value if value else Decimal('0.00'):f}"  # never "-0.00" (a negated zero)
-
-
-def _decimal(value: Decimal, minimum_places: int = 0) -> str:
-    """A plain decimal without trailing zeros (at least ``minimum_places`` decimals)."""
-    value = Decimal(value).normalize()
-    exponent = value.as_tuple().exponent
-    places = max(minimum_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
-    return f"{value:.{places}f}"
-
-
 def _percent(rate: Decimal) -> str:
-    return _decimal(Decimal(rate) * 100, 2)
+    return decimal_text(Decimal(rate) * 100, min_places=2)
 
 
 def _split_address(text: str) -> dict:
@@ -155,22 +143,24 @@ def _bank(text: str) -> dict:
     }
 
 
-def _document(invoice: Invoice) -> dict:
-    """Everything the XML forms state, signs and codes decided once."""
-    _require_finalized(invoice)
-    credit_note = invoice.kind == InvoiceKind.CREDIT_NOTE
+def _document(source: Invoice | Document) -> dict:
+    """Everything the XML forms state, signs and codes decided once, from the document that
+    the PDF shows too (``billing.invoicing.documents.document_build``)."""
+    document = source if isinstance(source, Document) else document_build(source)
+    _require_finalized(document)
+    credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
-    category, reason, reason_code = CATEGORIES[invoice.tax_status]
-    if category == "S" and not invoice.tax_rate:
+    category, reason, reason_code = CATEGORIES[document.tax_status]
+    if category == "S" and not document.tax_rate:
         # "standard" at 0 % (an organisation whose tax status nobody set): EN 16931 wants a
         # standard rate above zero (BR-S-05), so the e-invoice states it as zero rated
         category, reason, reason_code = CATEGORIES[TaxStatus.ZERO_RATED]
-    seller, buyer = dict(invoice.seller or {}), dict(invoice.buyer or {})
+    seller, buyer = dict(document.seller or {}), dict(document.buyer or {})
     if not seller.get("name") or not seller.get("country"):
         raise InvalidInput("The invoice has no seller details.", code="seller_missing")
     if not buyer.get("name") or not buyer.get("country"):
         raise InvalidInput(
-            "The buyer's name and country are needed for an e-invoice.", code="buyer_missing"
+            "The buyer's name and country are needed for an e-document.", code="buyer_missing"
         )
     buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
     buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""
@@ -185,8 +175,9 @@ def _document(invoice: Invoice) -> dict:
             seller_identifier = seller_vat_id
         seller_vat_id = ""
 
+    currency = document.currency
     lines = []
-    for line in invoice.lines.all():
+    for line in document.lines:
         quantity = Decimal(line.quantity)
         amount = sign * line.amount
         price = line.unit_price
@@ -200,30 +191,30 @@ def _document(invoice: Invoice) -> dict:
         lines.append(
             {
                 "id": str(line.position),
-                "name": line.description or line.get_kind_display(),
-                "quantity": _decimal(quantity),
+                "name": line.description or line.kind_label,
+                "quantity": decimal_text(quantity),
                 "unit_code": UNIT_CODES.get(line.unit, DEFAULT_UNIT_CODE),
                 "unit": line.unit,
-                "price": _decimal(price, 2),
-                "amount": _money(amount),
+                "price": format_unit_price(price, document.currency),
+                "amount": amount_text(amount, currency),
             }
         )
-    total = sign * invoice.total
-    prepaid = sign * invoice.credits_applied
-    corrected = invoice.corrects if credit_note else None
+    total = sign * document.total
+    prepaid = sign * document.credits_applied
+    corrected = document.corrects
     return {
         "credit_note": credit_note,
         "type_code": "381" if credit_note else "380",
-        "number": invoice.number,
-        "issue_date": invoice.issued_at.date(),
-        "due_date": invoice.due_at.date() if invoice.due_at and not credit_note else None,
-        "currency": invoice.currency,
-        "period_start": invoice.period_start,
-        "period_end": invoice.period_end - timedelta(days=1),  # inclusive
-        "note": invoice.note,
-        "payment_reference": invoice.payment_reference,
+        "number": document.number,
+        "issue_date": document.issued_at.date(),
+        "due_date": document.due_at.date() if document.due_at and not credit_note else None,
+        "currency": document.currency,
+        "period_start": document.period_start,
+        "period_end": document.period_end - timedelta(days=1),  # inclusive
+        "note": document.note,
+        "payment_reference": document.payment_reference,
         "category": category,
-        "rate": _percent(invoice.tax_rate) if category != "O" else "",
+        "rate": _percent(document.tax_rate) if category != "O" else "",
         "exemption_reason": reason,
         "exemption_code": reason_code,
         "seller": {
@@ -245,12 +236,12 @@ def _document(invoice: Invoice) -> dict:
             "account": buyer.get("account", ""),
         },
         "lines": lines,
-        "line_total": _money(sign * invoice.subtotal),
-        "tax_basis": _money(sign * invoice.subtotal),
-        "tax": _money(sign * invoice.tax),
-        "total": _money(total),
-        "prepaid": _money(prepaid),
-        "due": _money(total - prepaid),
+        "line_total": amount_text(sign * document.subtotal, currency),
+        "tax_basis": amount_text(sign * document.subtotal, currency),
+        "tax": amount_text(sign * document.tax, currency),
+        "total": amount_text(total, currency),
+        "prepaid": amount_text(prepaid, currency),
+        "due": amount_text(total - prepaid, currency),
         "corrects_number": corrected.number if corrected else "",
         "corrects_date": corrected.issued_at.date() if corrected and corrected.issued_at else None,
     }
@@ -313,7 +304,7 @@ def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
         _ram(tax, "RateApplicablePercent", doc["rate"])
 
 
-def invoice_cii(invoice: Invoice) -> bytes:
+def invoice_cii(invoice: Invoice | Document) -> bytes:
     """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931)."""
     doc = _document(invoice)
     root = etree.Element(f"{{{RSM}}}CrossIndustryInvoice", nsmap=CII_NS)
@@ -389,7 +380,7 @@ def invoice_cii(invoice: Invoice) -> bytes:
 def _payment_terms(doc: dict) -> str:
     if doc["credit_note"]:
         return f"Credited to the account; corrects invoice {doc['corrects_number']}."
-    if doc["due"] == _money(Decimal(0)):
+    if doc["due"] == amount_text(Decimal(0), doc["currency"]):
         return "Paid from prepaid credits."
     if doc["due_date"]:
         return f"Due by {doc['due_date']:%d %b %Y}, quoting {doc['payment_reference']}."
@@ -452,7 +443,7 @@ def _ubl_category(parent, name: str, doc: dict, *, reasons: bool) -> None:
     _cbc(_cac(category, "TaxScheme"), "ID", "VAT")
 
 
-def invoice_ubl(invoice: Invoice) -> bytes:
+def invoice_ubl(invoice: Invoice | Document) -> bytes:
     """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote."""
     doc = _document(invoice)
     credit_note = doc["credit_note"]
@@ -533,7 +524,7 @@ def invoice_facturx_pdf(invoice: Invoice) -> bytes:
     """The invoice's PDF with its CII embedded as factur-x.xml (Factur-X, level EN 16931)."""
     from facturx import generate_from_binary
 
-    from billing.documents import invoice_pdf
+    from billing.invoicing.documents import invoice_pdf
 
     xml = invoice_cii(invoice)
     return generate_from_binary(
@@ -624,8 +615,9 @@ def validate_schematron(xml: bytes, flavor: str) -> list[str]:
 
 def archive_add(archive, invoice: Invoice) -> None:
     """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
-    from billing.documents import invoice_pdf
+    from billing.invoicing.documents import invoice_pdf
 
+    document = document_build(invoice)  # once, for both XML forms
     archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
-    archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(invoice))
-    archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(invoice))
+    archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(document))
+    archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(document))

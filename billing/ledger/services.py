@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.models import AMOUNT_DECIMAL_PLACES, Account, EntryKind, LedgerEntry, UsageRating
+from billing.models import Account, EntryKind, LedgerEntry, UsageRating
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
 from portal.accounts.services import audit_record
@@ -19,8 +19,7 @@ from portal.accounts.types import Actor
 from portal.errors import Conflict, InvalidInput, PermissionDenied
 from portal.metering.models import UsageRecord
 from portal.metering.rating import Rater
-
-QUANTUM = Decimal(1).scaleb(-AMOUNT_DECIMAL_PLACES)  # 1e-12: the ledger's full precision
+from portal.money import RATING_PLACES, at_rating_precision
 
 
 def account_for(organization: Organization, *, lock: bool = False) -> Account:
@@ -42,9 +41,9 @@ def _amount(value) -> Decimal:
         raise InvalidInput(
             "The amount must be a finite number other than zero.", code="amount_invalid"
         )
-    if amount.as_tuple().exponent < -AMOUNT_DECIMAL_PLACES:
+    if amount.as_tuple().exponent < -RATING_PLACES:
         raise InvalidInput(
-            f"Amounts have at most {AMOUNT_DECIMAL_PLACES} decimal places.", code="amount_invalid"
+            f"Amounts have at most {RATING_PLACES} decimal places.", code="amount_invalid"
         )
     return amount
 
@@ -167,7 +166,7 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
         if currency not in raters:  # one price history load per currency and batch
             raters[currency] = Rater(currency)
         rater = raters[currency]
-        cost = rater.cost(record).quantize(QUANTUM)
+        cost = at_rating_precision(rater.cost(record))
         try:
             with transaction.atomic():
                 entry = None
@@ -197,14 +196,15 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
     return RatingReport(debited=debited, amount=total, skipped_free=free)
 
 
-def balance(organization: Organization) -> Decimal:
+def balance(organization: Organization, *, rater: Rater | None = None) -> Decimal:
     """The balance to show and to decide on: the ledger, less usage not debited yet (closed
     records awaiting rating and the hours not closed), so it is never behind by more than a
-    moment."""
+    moment. ``rater``: the caller's price history of the organisation's currency, if any."""
     from portal.metering.services import usage_open
 
     account = account_for(organization)
-    rater = Rater(account.currency)
+    if rater is None or rater.currency != account.currency:
+        rater = Rater(account.currency)
     unrated = UsageRecord.objects.filter(
         organization=organization, rating__isnull=True
     ).select_related("meter")

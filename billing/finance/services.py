@@ -1,5 +1,5 @@
 """The finance area's services: the register filter read from a form, and period exports run
-in the background (``ExportJob``), streamed through the writers of ``billing.exports``.
+in the background (``ExportJob``), streamed through the writers of ``billing.finance.exports``.
 
 ``params`` of a job (and the finance page's query string) name the filter: ``start`` and
 ``end`` (``YYYY-MM``, inclusive), ``status`` (a list), ``currency``, ``organization`` (a slug),
@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from billing import exports
-from billing.exports import JOURNAL_COLUMNS, LINE_COLUMNS, REGISTER_COLUMNS, RegisterFilter
-from billing.invoicing import month_start, next_month
+from billing.finance import exports
+from billing.finance.exports import (
+    JOURNAL_COLUMNS,
+    LINE_COLUMNS,
+    REGISTER_COLUMNS,
+    Column,
+    RegisterFilter,
+)
+from billing.invoicing.services import month_start, next_month
 from billing.models import (
     ExportFormat,
     ExportJob,
@@ -159,7 +166,7 @@ def export_job_create(
 
 def _enqueue(job_id: int) -> None:
     """Hand the job to a worker; with the broker down it stays queued for the sweep."""
-    from billing.tasks import export_run
+    from billing.finance.tasks import export_run
 
     try:
         export_run.delay(job_id)
@@ -231,10 +238,25 @@ def _journal_estimate(start: date, end: date) -> int:
     return 4 * documents + 3 * voided + 2 * entries
 
 
-def _write(job: ExportJob, flt: RegisterFilter, columns, rows) -> tuple[int, bytes]:
-    """Stream ``rows`` into a temporary file in the job's format; returns (rows, bytes)."""
+def export_rows(kind: str, flt: RegisterFilter) -> tuple[Sequence[Column], Iterator[dict]]:
+    """The columns and rows of a tabular export of the filter (every kind but documents)."""
+    if kind == ExportKind.REGISTER:
+        return REGISTER_COLUMNS, exports.register_rows(flt)
+    if kind == ExportKind.LINES:
+        return LINE_COLUMNS, exports.line_rows(flt)
+    start, end = _journal_days(flt)
+    if kind == ExportKind.RECONCILIATION:
+        return exports.RECONCILIATION_COLUMNS, exports.reconciliation_rows(start, end)
+    return JOURNAL_COLUMNS, exports.journal_rows(start, end)
+
+
+def export_write(
+    format: str, flt: RegisterFilter, columns: Sequence[Column], rows: Iterable[dict]
+) -> tuple[int, bytes]:
+    """Stream ``rows`` into a temporary file in ``format`` (CSV or XLSX); returns (rows, bytes).
+    Export jobs and admin's "export selected" actions write through here."""
     title = flt.title if flt.include_drafts else None
-    if job.format == ExportFormat.CSV:
+    if format == ExportFormat.CSV:
         with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
             written = exports.write_csv(rows, columns, file, title=title)
             file.seek(0)
@@ -245,27 +267,37 @@ def _write(job: ExportJob, flt: RegisterFilter, columns, rows) -> tuple[int, byt
         return written, file.read()
 
 
-def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
-    """Every finalized document of the filter: its PDF, UBL and CII, in one ZIP (one invoice
-    in memory at a time; the archive itself is a temporary file)."""
+def documents_zip_write(
+    documents: QuerySet[Invoice], on_progress: Callable[[int, int], None] | None = None
+) -> tuple[int, bytes]:
+    """Every finalized document of ``documents``: its PDF, UBL and CII, in one ZIP by number
+    (one invoice in memory at a time; the archive itself is a temporary file). ``on_progress``
+    hears (written, total) every 20 documents."""
     import zipfile
 
-    from billing import einvoice
+    from billing.finance import einvoice
 
-    documents = exports._invoices(flt).exclude(status=InvoiceStatus.DRAFT).order_by("number")
-    total = documents.count()
+    documents = documents.exclude(status=InvoiceStatus.DRAFT).order_by("number")
+    total = documents.count() if on_progress else 0
     written = 0
     with tempfile.TemporaryFile("w+b") as file:
         with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
             for invoice in documents.iterator(chunk_size=100):
                 einvoice.archive_add(archive, invoice)
                 written += 1
-                if written % 20 == 0:
-                    ExportJob.objects.filter(pk=job.pk).update(
-                        progress=min(99, written * 100 // total), rows=written
-                    )
+                if on_progress and written % 20 == 0:
+                    on_progress(written, total)
         file.seek(0)
         return written, file.read()
+
+
+def _documents_zip(job: ExportJob, flt: RegisterFilter) -> tuple[int, bytes]:
+    def progress(written: int, total: int) -> None:
+        ExportJob.objects.filter(pk=job.pk).update(
+            progress=min(99, written * 100 // total), rows=written
+        )
+
+    return documents_zip_write(exports._invoices(flt), progress)
 
 
 def export_job_run(*, job_id: int) -> ExportJob:
@@ -281,27 +313,23 @@ def export_job_run(*, job_id: int) -> ExportJob:
         return job
     try:
         flt = register_filter_build(params=job.params)
-        if job.kind == ExportKind.REGISTER:
-            columns, rows = REGISTER_COLUMNS, exports.register_rows(flt)
-            total = register_count(flt)
-        elif job.kind == ExportKind.LINES:
-            columns, rows = LINE_COLUMNS, exports.line_rows(flt)
-            total = InvoiceLine.objects.filter(
-                invoice__in=exports._invoices(flt).values("pk")
-            ).count()
-        elif job.kind == ExportKind.DOCUMENTS:
+        if job.kind == ExportKind.DOCUMENTS:
             written, content = _documents_zip(job, flt)
-            columns = rows = None
-        elif job.kind == ExportKind.RECONCILIATION:
-            start, end = _journal_days(flt)
-            columns, rows = exports.RECONCILIATION_COLUMNS, exports.reconciliation_rows(start, end)
-            total = None
         else:
-            start, end = _journal_days(flt)
-            columns, rows = JOURNAL_COLUMNS, exports.journal_rows(start, end)
-            total = _journal_estimate(start, end)
-        if rows is not None:
-            written, content = _write(job, flt, columns, _progress(job.pk, rows, total))
+            columns, rows = export_rows(job.kind, flt)
+            if job.kind == ExportKind.REGISTER:
+                total = register_count(flt)
+            elif job.kind == ExportKind.LINES:
+                total = InvoiceLine.objects.filter(
+                    invoice__in=exports._invoices(flt).values("pk")
+                ).count()
+            elif job.kind == ExportKind.RECONCILIATION:
+                total = None
+            else:
+                total = _journal_estimate(*_journal_days(flt))
+            written, content = export_write(
+                job.format, flt, columns, _progress(job.pk, rows, total)
+            )
     except Exception as exc:  # any failure is the job's, shown to its owner
         logger.exception("export %s failed", job.pk)
         job.status = ExportStatus.FAILED

@@ -17,16 +17,18 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.ledger.services import balance as balance_now
 from billing.models import AlertKind, BillingProfile, SpendAlert
-from billing.services import balance as balance_now
-from portal.accounts.models import BillingMode, Membership, Organization, Role
+from billing.spend.notices import billing_contacts as billing_contacts  # who hears about money
+from billing.spend.notices import spend_notice_send
+from portal.accounts.models import BillingMode, Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.errors import Conflict, PortalError
-from portal.metering.lifecycle_usage import COMPUTE
 from portal.metering.rating import Rater
 from portal.metering.selectors import burn_rate
+from portal.money import amount_text, parse_amount
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ class PaymentRequired(Conflict):
 
     code = "payment_required"
     status = 402
-
-
-def _money(value: Decimal) -> str:
-    return str(Decimal(value).quantize(Decimal("0.01")))
 
 
 # --- State ----------------------------------------------------------------------------------
@@ -61,16 +59,17 @@ class SpendState:
 
 
 def overdue(organization: Organization, now: datetime | None = None) -> bool:
-    """An invoice finalized, unpaid and past its due date (billing.invoicing decides)."""
-    from billing.invoicing import invoice_overdue
+    """An invoice finalized, unpaid and past its due date (billing.invoicing.services decides)."""
+    from billing.invoicing.services import invoice_overdue
 
     return invoice_overdue(organization, now)
 
 
 def spend_state(organization: Organization, now: datetime | None = None) -> SpendState:
     now = now or timezone.now()
-    burn = burn_rate(organization, now=now)
-    balance = balance_now(organization)
+    rater = Rater(organization.currency)  # one price history for the whole state
+    burn = burn_rate(organization, now=now, rater=rater)
+    balance = balance_now(organization, rater=rater)
     hours_left = None
     if burn.per_hour > 0:
         hours_left = max(Decimal(0), balance) / burn.per_hour
@@ -100,39 +99,36 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
         raise PaymentRequired(
             "An invoice is overdue. Pay it to launch new instances.", code="invoice_overdue"
         )
+    currency = organization.currency
     profile = BillingProfile.objects.filter(organization=organization).first()
-    rater = Rater(organization.currency)
-    hourly = (
-        rater.unit_price(
-            meter_key=COMPUTE,
-            meter_id=0,
-            hour=timezone.now(),
-            instance_type_id=instance_type.pk,
-            region_id=region.pk,
-        )
-        * 3600
-    )
+    rater = Rater(currency)  # one price history for the whole check
+    hourly = rater.hourly.at(
+        instance_type_id=instance_type.pk, region_id=region.pk, at=timezone.now()
+    ) or Decimal(0)
     limit = profile.monthly_spend_limit if profile else None
     if limit is not None:
-        spent = burn_rate(organization).month_to_date
+        spent = burn_rate(organization, rater=rater).month_to_date
         if spent >= limit:
             raise PaymentRequired(
-                f"This month's spend limit of {_money(limit)} {organization.currency} is reached. "
+                f"This month's spend limit of {amount_text(limit, currency)} {organization.currency} is reached. "
                 "Raise it on the billing page to launch more.",
                 code="spend_limit_reached",
-                details={"limit": _money(limit), "month_to_date": _money(spent)},
+                details={
+                    "limit": amount_text(limit, currency),
+                    "month_to_date": amount_text(spent, currency),
+                },
             )
     if organization.billing_mode == BillingMode.PREPAID:
-        available = balance_now(organization)
+        available = balance_now(organization, rater=rater)
         if available < hourly:
             raise PaymentRequired(
-                f"Your balance of {_money(available)} {organization.currency} does not cover one "
-                f"hour of {instance_type.name} ({_money(hourly)} {organization.currency}). "
+                f"Your balance of {amount_text(available, currency)} {organization.currency} does not cover one "
+                f"hour of {instance_type.name} ({amount_text(hourly, currency)} {organization.currency}). "
                 "Top up to launch it.",
                 code="insufficient_balance",
                 details={
-                    "balance": _money(available),
-                    "needed_per_hour": _money(hourly),
+                    "balance": amount_text(available, currency),
+                    "needed_per_hour": amount_text(hourly, currency),
                     "currency": organization.currency,
                 },
             )
@@ -157,13 +153,13 @@ def start_check(*, organization: Organization, **_) -> None:
 @transaction.atomic
 def spend_limit_set(*, actor: Actor, limit) -> BillingProfile:
     """Set (or clear, with an empty value) the monthly spend limit."""
-    from billing.payments.services import money, profile_for
+    from billing.payments.services import profile_for
 
     actor = authorize(actor, Action.BILLING_MANAGE, lock=True)
     organization = actor.organization
     value = None
     if limit not in (None, ""):
-        value = money(limit, organization.currency, field="limit")
+        value = parse_amount(limit, organization.currency, field="limit")
     profile = profile_for(organization, lock=True)
     profile.monthly_spend_limit = value
     profile.updated_at = timezone.now()
@@ -200,8 +196,6 @@ def _alert_once(organization: Organization, kind: str, period: str) -> bool:
 
 
 def _notify(organization: Organization, kind: str, body: str) -> None:
-    from billing.notices import spend_notice_send
-
     spend_notice_send(organization=organization, kind=kind, body=body)
 
 
@@ -219,8 +213,8 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
         _notify(
             organization,
             AlertKind.SPEND_LIMIT,
-            f"This month's spend reached the limit of {_money(state.limit)} {currency} "
-            f"({_money(state.month_to_date)} {currency} so far). New launches are blocked until "
+            f"This month's spend reached the limit of {amount_text(state.limit, currency)} {currency} "
+            f"({amount_text(state.month_to_date, currency)} {currency} so far). New launches are blocked until "
             "the limit is raised or the month ends; running instances keep running.",
         )
         done.append("spend limit reached")
@@ -256,8 +250,8 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
                 _notify(
                     organization,
                     kind,
-                    f"Your balance is {_money(state.balance)} {currency}: about "
-                    f"{state.hours_left:.1f} hours at the current {_money(state.per_hour)} "
+                    f"Your balance is {amount_text(state.balance, currency)} {currency}: about "
+                    f"{state.hours_left:.1f} hours at the current {amount_text(state.per_hour, currency)} "
                     f"{currency} per hour. Top up to keep your instances running.",
                 )
                 done.append(kind)
@@ -275,7 +269,7 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
             _notify(
                 organization,
                 AlertKind.BALANCE_EXHAUSTED,
-                f"Your balance is used up ({_money(state.balance)} {currency}). Running instances "
+                f"Your balance is used up ({amount_text(state.balance, currency)} {currency}). Running instances "
                 f"will be stopped in {grace_minutes} minutes unless you top up. They are stopped, "
                 "never deleted: top up and start them again.",
             )
@@ -402,14 +396,3 @@ def banner(organization: Organization) -> Banner | None:
     if AlertKind.SPEND_LIMIT in current:
         return Banner("warn", "This month's spend limit is reached: new launches are blocked.")
     return None
-
-
-def billing_contacts(organization: Organization) -> list[str]:
-    """Who hears about money: the billing email, owners and billing members."""
-    emails = {organization.billing_email} if organization.billing_email else set()
-    emails.update(
-        Membership.objects.filter(
-            organization=organization, role__in=[Role.OWNER, Role.BILLING]
-        ).values_list("user__email", flat=True)
-    )
-    return sorted(e for e in emails if e)

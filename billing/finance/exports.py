@@ -60,7 +60,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.db.models import Case, DecimalField, F, Q, QuerySet, Sum, Value, When
 
-from billing.invoicing import month_start, next_month
+from billing.invoicing.services import month_start, next_month
 from billing.models import (
     MONEY_DECIMAL_PLACES,
     MONEY_MAX_DIGITS,
@@ -72,10 +72,10 @@ from billing.models import (
     LedgerEntry,
 )
 from portal.errors import InvalidInput
+from portal.money import amount_text, decimal_text, money_round
 
 CHUNK_SIZE = 2000
 MAX_MONTHS = 36
-CENT = Decimal("0.01")
 DRAFTS_NOTE = "includes drafts"
 
 
@@ -260,10 +260,6 @@ def _outstanding_expression():
     )
 
 
-def _money(value: Decimal | None) -> str:
-    return str(Decimal(value or 0).quantize(CENT))
-
-
 def _iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat() if value else ""
 
@@ -308,11 +304,11 @@ def register_rows(flt: RegisterFilter) -> Iterator[dict[str, str]]:
             "period": f"{row['period_start']:%Y-%m}",
             "issued_at": _iso(row["issued_at"]),
             "due_at": _iso(row["due_at"]),
-            "net": _money(row["subtotal"]),
-            "tax": _money(row["tax"]),
-            "gross": _money(row["total"]),
-            "paid": _money(row["paid_amount"]),
-            "outstanding": _money(row["outstanding_amount"]),
+            "net": amount_text(row["subtotal"], row["currency"]),
+            "tax": amount_text(row["tax"], row["currency"]),
+            "gross": amount_text(row["total"], row["currency"]),
+            "paid": amount_text(row["paid_amount"], row["currency"]),
+            "outstanding": amount_text(row["outstanding_amount"], row["currency"]),
         }
 
 
@@ -425,19 +421,12 @@ def line_rows(flt: RegisterFilter) -> Iterator[dict[str, str]]:
             "position": str(position),
             "kind": kind,
             "description": description,
-            "quantity": _plain(quantity),
+            "quantity": decimal_text(quantity),
             "unit": unit,
-            "unit_price": "" if price is None else _plain(price),
-            "amount": _money(amount),
+            "unit_price": "" if price is None else decimal_text(price),
+            "amount": amount_text(amount, currency),
             "currency": currency,
         }
-
-
-def _plain(value: Decimal) -> str:
-    """A decimal without trailing zeros or an exponent (1.500000 -> 1.5, 3.500000000000 ->
-    3.5)."""
-    text = f"{Decimal(value).normalize():f}"
-    return text
 
 
 # --- the journal ------------------------------------------------------------------------------
@@ -488,8 +477,8 @@ class _Posting:
                     "date": day,
                     "reference": self.reference,
                     "account": accounts[account],
-                    "debit": _money(amount) if side == "debit" else _money(0),
-                    "credit": _money(amount) if side == "credit" else _money(0),
+                    "debit": amount_text(amount if side == "debit" else 0, self.currency),
+                    "credit": amount_text(amount if side == "credit" else 0, self.currency),
                     "currency": self.currency,
                     "description": self.description,
                 }
@@ -620,7 +609,7 @@ def _ledger_postings(since: datetime, until: datetime) -> Iterator[_Posting]:
         .order_by("created_at", "pk")
     )
     for entry in entries.iterator(chunk_size=CHUNK_SIZE):
-        amount = _ledger_money(entry.amount)
+        amount = _ledger_money(entry.amount, entry.currency)
         prefix = {
             EntryKind.PAYMENT: "PAY",
             EntryKind.TOP_UP: "TOPUP",
@@ -655,10 +644,10 @@ def _ledger_postings(since: datetime, until: datetime) -> Iterator[_Posting]:
             yield posting
 
 
-def _ledger_money(amount: Decimal) -> Decimal:
+def _ledger_money(amount: Decimal, currency: str) -> Decimal:
     """Cash movements are whole cents; a full-precision manual adjustment is taken to the
-    cent (both sides alike, so the posting still balances)."""
-    return Decimal(amount).quantize(CENT)
+    cent by the rounding rule (both sides alike, so the posting still balances)."""
+    return money_round(amount, currency)
 
 
 # --- writers ----------------------------------------------------------------------------------
@@ -789,7 +778,7 @@ def reconciliation_rows(start: date, end: date) -> Iterator[dict[str, str]]:
             "payment_id": str(payment.pk),
             "purpose": payment.purpose,
             "status": payment.status,
-            "amount": _money(payment.amount),
+            "amount": amount_text(payment.amount, payment.currency),
             "currency": payment.currency,
         }
         if payment.status != PaymentStatus.SUCCEEDED:
@@ -814,8 +803,8 @@ def reconciliation_rows(start: date, end: date) -> Iterator[dict[str, str]]:
             **row,
             "match": "matched" if difference == 0 else "unmatched_payment",
             "settled": settled,
-            "settled_amount": _money(settled_amount),
-            "difference": _money(difference),
+            "settled_amount": amount_text(settled_amount, payment.currency),
+            "difference": amount_text(difference, payment.currency),
         }
     refunds = (
         Refund.objects.filter(created_at__gte=since, created_at__lt=until, status="succeeded")
@@ -839,11 +828,11 @@ def reconciliation_rows(start: date, end: date) -> Iterator[dict[str, str]]:
             "payment_id": str(payment.pk),
             "purpose": "refund",
             "status": refund.status,
-            "amount": _money(-refund.amount),
+            "amount": amount_text(-refund.amount, payment.currency),
             "currency": payment.currency,
             "settled": f"ledger {debit.pk}" if debit is not None else "",
-            "settled_amount": _money(-settled_amount),
-            "difference": _money(-difference),
+            "settled_amount": amount_text(-settled_amount, payment.currency),
+            "difference": amount_text(-difference, payment.currency),
         }
     orphans = (
         LedgerEntry.objects.filter(
@@ -868,6 +857,6 @@ def reconciliation_rows(start: date, end: date) -> Iterator[dict[str, str]]:
             "amount": "",
             "currency": entry.currency,
             "settled": (entry.invoice.number if entry.invoice_id else f"ledger {entry.pk}") or "",
-            "settled_amount": _money(entry.amount),
-            "difference": _money(-entry.amount),
+            "settled_amount": amount_text(entry.amount, entry.currency),
+            "difference": amount_text(-entry.amount, entry.currency),
         }

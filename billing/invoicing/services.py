@@ -11,7 +11,7 @@ will say):
   at the price per GB-month;
 - other meters (operator-defined): one line per meter, in the meter's unit.
 
-**Rounding** (``money_round``, the one place it happens): a line's ``exact_amount`` is the sum of
+**Rounding** (``portal.money.money_round``, the one rule): a line's ``exact_amount`` is the sum of
 its records' full-precision ratings; its ``amount`` is that sum rounded once to the currency's
 minor unit (2 places), half-up (ties away from zero). ``subtotal`` is the sum of the line amounts,
 exactly; ``tax`` is ``money_round(subtotal * tax_rate)`` for the standard tax status and zero
@@ -26,7 +26,7 @@ line's usage (prices change on hour boundaries for rating, so the split is by ho
 the invoices and credit notes of a period add up to what is owed. They are finalized at once in
 the ``CN`` series, and credit the organisation's ledger (``adjustment``, positive).
 
-**Ledger** (``billing.services``): usage is debited record by record at full precision as it is
+**Ledger** (``billing.ledger.services``): usage is debited record by record at full precision as it is
 rated. Finalizing makes the month's usage debits equal the invoice's usage total to the cent with
 one ``rounding`` entry, and debits the tax (``tax``). Prepaid organisations are settled from their
 credits at once (the invoice is paid); invoiced organisations owe ``amount_due`` until
@@ -48,13 +48,14 @@ import bisect
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing.ledger.services import account_for, ledger_post, usage_debit_pending
 from billing.models import (
     DocumentSequence,
     EntryKind,
@@ -66,34 +67,19 @@ from billing.models import (
     LineKind,
     TaxStatus,
 )
-from billing.services import QUANTUM, account_for, ledger_post, usage_debit_pending
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
 from portal.errors import Conflict, InvalidInput, PermissionDenied
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, HOUR, VOLUME
+from portal.metering.lifecycle_usage import BOOT_DISK, HOUR
 from portal.metering.models import Meter, UsageRecord
-from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
+from portal.metering.rating import Rater, Usage, pricing_for
+from portal.money import at_rating_precision, minor_units, money_round, round_half_up
 
 logger = logging.getLogger(__name__)
 
-# --- the rounding rule ----------------------------------------------------------------------
-
-MINOR_UNITS = {"USD": 2, "CNY": 2}  # decimal places of each currency's minor unit (cent, fen)
-
-
-def money_round(amount: Decimal, currency: str) -> Decimal:
-    """THE rounding rule, used for every invoice amount: round once to the currency's minor
-    unit, half-up (ties away from zero, so -0.005 gives -0.01 and 0.005 gives 0.01).
-
-    It is applied to each line's exact (full-precision) amount and to the tax; sums of rounded
-    amounts are exact and never rounded again."""
-    places = MINOR_UNITS[currency]
-    return Decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-
-
-QUANTITY_PLACES = Decimal("0.000001")  # InvoiceLine.quantity has 6 decimal places
+QUANTITY_PLACES = 6  # InvoiceLine.quantity has 6 decimal places
 
 
 # --- months ---------------------------------------------------------------------------------
@@ -240,50 +226,31 @@ def _usage_groups(records: QuerySet) -> list[_Group]:
 
 
 class _LineBuilder:
-    """Prices one month of one currency: the Rater, and which prices change within the month."""
+    """Prices one month of one currency: one Rater (the price history, loaded once for the
+    invoice), and which prices change within the month."""
 
     def __init__(self, currency: str, start: datetime, end: datetime) -> None:
-        from portal.catalog.models import Price
-        from portal.metering.models import MeterPrice
-
         self.currency, self.start, self.end = currency, start, end
         self.rater = Rater(currency)
-        # Keys whose price may change within the month (a price effective in it, or in the
-        # hour before, since the hour a first price appears is charged at it). For all others
-        # the price is the same in every hour of the month.
-        since = start - HOUR
-        self.compute_changes = set(
-            Price.objects.filter(
-                currency=currency, effective_from__gte=since, effective_from__lt=end
-            ).values_list("instance_type_id", "region_id")
-        )
-        self.meter_changes = set(
-            MeterPrice.objects.filter(
-                currency=currency, effective_from__gte=since, effective_from__lt=end
-            ).values_list("meter_id", flat=True)
-        )
         self._runs: dict[tuple, list[_Run]] = {}
 
     def unit_price(self, meter: Meter, group: _Group, hour: datetime) -> Decimal:
         """The price of one invoiced unit (an hour, a GB-month, a unit of the meter)."""
-        per_unit = self.rater.unit_price(
-            meter_key=meter.key,
-            meter_id=meter.pk,
-            hour=hour,
-            instance_type_id=group.instance_type_id,
-            region_id=group.region_id,
-        )
-        return (per_unit * _factor(meter.key)).quantize(QUANTUM)
+        pricing = pricing_for(meter.key)
+        per_unit = pricing.per_unit(self.rater, _usage(meter, group, hour))
+        return at_rating_precision(per_unit * pricing.factor)
 
     def runs(self, meter: Meter, group: _Group) -> list[_Run]:
         """The month cut where the unit price changes (one run when it is constant)."""
         key = (meter.pk, group.instance_type_id, group.region_id)
         if key in self._runs:
             return self._runs[key]
-        changes = (
-            meter.key == COMPUTE
-            and (group.instance_type_id, group.region_id) in self.compute_changes
-        ) or (meter.key not in (COMPUTE, BOOT_DISK, VOLUME) and meter.pk in self.meter_changes)
+        # The price may change within the month when a price takes effect in it, or in the
+        # hour before (the hour a first price appears is charged at it). Otherwise it is the
+        # same in every hour of the month.
+        changes = pricing_for(meter.key).changes_within(
+            self.rater, _usage(meter, group, self.start), self.start - HOUR, self.end
+        )
         if not changes:
             runs = [_Run(self.start, self.end, self.unit_price(meter, group, self.start))]
         else:
@@ -310,7 +277,7 @@ class _LineBuilder:
             if group.unrated:
                 for record in records.filter(_group_filter(group), rating__isnull=True):
                     record.meter = meter
-                    pieces[0].exact += self.rater.cost(record).quantize(QUANTUM)
+                    pieces[0].exact += at_rating_precision(self.rater.cost(record))
             return pieces
         starts = [run.start for run in runs]
         in_group = records.filter(_group_filter(group))
@@ -346,17 +313,42 @@ class _LineBuilder:
             for record in records.filter(pk__in=unrated):
                 record.meter = meter
                 piece = pieces[bisect.bisect_right(starts, record.hour_start) - 1]
-                piece.exact += self.rater.cost(record).quantize(QUANTUM)
+                piece.exact += at_rating_precision(self.rater.cost(record))
         return pieces
 
 
-def _factor(meter_key: str) -> Decimal:
-    """Metered units per invoiced unit: seconds per hour, GB-seconds per GB-month, or 1."""
-    if meter_key == COMPUTE:
-        return SECONDS_PER_HOUR
-    if meter_key in (BOOT_DISK, VOLUME):
-        return SECONDS_PER_MONTH
-    return Decimal(1)
+def _usage(meter: Meter, group: _Group, hour: datetime) -> Usage:
+    return Usage(meter.pk, hour, group.instance_type_id, group.region_id)
+
+
+@dataclass(frozen=True)
+class _LineStyle:
+    """How a group's lines read: line kind, unit, description and place on the invoice."""
+
+    kind: str
+    unit: str
+    description: str
+    rank: int
+    sort_name: str
+
+
+def _compute_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    name = instance_type.name if instance_type else f"instance type {group.instance_type_id}"
+    return _LineStyle(LineKind.COMPUTE, "hour", f"{name}{where}", 0, name)
+
+
+def _storage_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    what = "Boot disks of stopped instances" if meter.key == BOOT_DISK else "Volumes"
+    sort_name = "0" if meter.key == BOOT_DISK else "1"
+    return _LineStyle(LineKind.STORAGE, "GB-month", f"{what}{where}", 1, sort_name)
+
+
+def _meter_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    return _LineStyle(LineKind.METER, meter.unit[:20], f"{meter.name} ({meter.key})", 2, meter.key)
+
+
+# one line style per pricing strategy (``portal.metering.rating.PRICING``)
+LINE_STYLES = {"compute": _compute_style, "storage": _storage_style, "meter": _meter_style}
 
 
 def _moment(value: datetime) -> str:
@@ -404,25 +396,13 @@ def _usage_lines(
         used = [(run, piece) for run, piece in zip(runs, pieces, strict=True)]
         if len(runs) > 1:
             used = [(run, piece) for run, piece in used if piece.records]
-        factor = _factor(meter.key)
+        pricing = pricing_for(meter.key)
+        factor = pricing.factor
         region_code = region.code if region else ""
         where = f" in {region_code}" if region_code else ""
-        if meter.key == COMPUTE:
-            kind, unit, rank = LineKind.COMPUTE, "hour", 0
-            name = (
-                instance_type.name if instance_type else f"instance type {group.instance_type_id}"
-            )
-            description = f"{name}{where}"
-            sort_name = name
-        elif meter.key in (BOOT_DISK, VOLUME):
-            kind, unit, rank = LineKind.STORAGE, "GB-month", 1
-            what = "Boot disks of stopped instances" if meter.key == BOOT_DISK else "Volumes"
-            description = f"{what}{where}"
-            sort_name = "0" if meter.key == BOOT_DISK else "1"
-        else:
-            kind, unit, rank = LineKind.METER, meter.unit[:20], 2
-            description = f"{meter.name} ({meter.key})"
-            sort_name = meter.key
+        style = LINE_STYLES[pricing.kind](meter, group, instance_type, where)
+        kind, unit, rank = style.kind, style.unit, style.rank
+        description, sort_name = style.description, style.sort_name
         for run, piece in used:
             label = f", {_run_label(run, start, end)}" if len(used) > 1 else ""
             lines.append(
@@ -432,9 +412,7 @@ def _usage_lines(
                     meter_key=meter.key,
                     instance_type_id=group.instance_type_id,
                     region_id=group.region_id,
-                    quantity=(piece.quantity / factor).quantize(
-                        QUANTITY_PLACES, rounding=ROUND_HALF_UP
-                    ),
+                    quantity=round_half_up(piece.quantity / factor, QUANTITY_PLACES),
                     unit=unit,
                     unit_price=run.price,
                     exact_amount=piece.exact,
@@ -708,7 +686,7 @@ def _require_finance(actor: Actor) -> None:
 def _issue(invoice: Invoice, *, now: datetime, terms_days: int) -> None:
     """Number, dates, references, the parties' snapshot, settlement and the PDF, written in
     the one UPDATE that takes the document out of draft (the freeze trigger allows it)."""
-    from billing.documents import render_pdf
+    from billing.invoicing.documents import render_pdf
 
     organization = invoice.organization
     invoice.number = _next_number(SERIES[invoice.kind], now.year)
@@ -890,7 +868,7 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
             details={"reference": invoice.paid_reference, "amount": str(invoice.total)},
         )
     if notify:
-        from billing.emails import send_invoice_later
+        from billing.invoicing.emails import send_invoice_later
 
         send_invoice_later(invoice)
     if invoice.status == InvoiceStatus.FINALIZED and invoice.billing_mode == "invoiced":
@@ -900,7 +878,7 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
 
 def _charge_later(invoice_id: int) -> None:
     """Invoiced organisations with a saved card pay it off-session (billing.payments)."""
-    from billing.tasks import invoice_charge
+    from billing.payments.tasks import invoice_charge
 
     invoice_charge.delay(invoice_id)
 
@@ -1009,7 +987,7 @@ def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
 @transaction.atomic
 def invoice_resend(invoice: Invoice, *, actor: Actor) -> Invoice:
     """Email the invoice's PDF again to the organisation's billing contacts (after commit)."""
-    from billing.emails import send_invoice_later
+    from billing.invoicing.emails import send_invoice_later
 
     _require_finance(actor)
     invoice = Invoice.objects.select_related("organization").get(pk=invoice.pk)
@@ -1038,7 +1016,7 @@ def _credit_amount(value, currency: str) -> Decimal:
         raise InvalidInput("A credit must be a positive amount.", code="amount_invalid")
     if amount != money_round(amount, currency):
         raise InvalidInput(
-            f"Amounts in {currency} have at most {MINOR_UNITS[currency]} decimal places.",
+            f"Amounts in {currency} have at most {minor_units(currency)} decimal places.",
             code="amount_invalid",
         )
     return amount
@@ -1177,7 +1155,7 @@ def credit_note_create(
             },
         )
         if notify:
-            from billing.emails import send_invoice_later
+            from billing.invoicing.emails import send_invoice_later
 
             send_invoice_later(note)
     return note

@@ -1,0 +1,263 @@
+"""Invoice and credit note PDFs (WeasyPrint, A4), from ``billing/documents/invoice.html``.
+
+A finalized document's PDF is rendered once, when it is issued, and stored with it (frozen by
+the database like the rest of it); ``invoice_pdf`` returns those bytes. A draft is rendered live
+each time, watermarked DRAFT. Fonts: DejaVu Sans, with Noto Sans CJK SC for Chinese names and
+addresses (fonts-noto-cjk).
+"""
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from django.conf import settings
+from django.template.loader import render_to_string
+from django_countries import countries
+
+from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
+from portal.money import MINUS, decimal_text, format_amount, format_unit_price
+
+TAX_NOTES = {
+    TaxStatus.REVERSE_CHARGE: (
+        "Reverse charge: the recipient is liable for the tax on these services "
+        "(Article 196, Council Directive 2006/112/EC)."
+    ),
+    TaxStatus.ZERO_RATED: "Zero-rated supply: tax charged at 0 %.",
+    TaxStatus.NOT_SUBJECT: "Not subject to tax: these services are outside the scope of tax.",
+}
+PLURAL_UNITS = {"hour": "hours", "GB-month": "GB-months", "credit": "credit"}
+
+
+def price(value: Decimal | None, currency: str) -> str:
+    """A unit price: at least the currency's decimals, more only where the price has them."""
+    if value is None:
+        return "\u2014"
+    return format_unit_price(value, currency, grouping=True, minus=MINUS)
+
+
+def _plural(unit: str) -> str:
+    """'request' -> 'requests'; units that are not plain lowercase words stay as they are."""
+    return f"{unit}s" if unit.isalpha() and unit.islower() and not unit.endswith("s") else unit
+
+
+def quantity(value: Decimal, unit: str) -> str:
+    number = decimal_text(value, grouping=True)
+    label = unit if value == 1 else PLURAL_UNITS.get(unit, _plural(unit))
+    return f"{number} {label}"
+
+
+def percent(rate: Decimal) -> str:
+    return decimal_text(Decimal(rate) * 100)
+
+
+def _country_name(code: str) -> str:
+    return str(dict(countries).get(code, code)) if code else ""
+
+
+@dataclass(frozen=True)
+class DocumentLine:
+    position: int
+    kind: str
+    kind_label: str
+    description: str
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal | None
+    exact_amount: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class CorrectedDocument:
+    number: str | None
+    issued_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Document:
+    """An invoice or credit note as it states itself, built once (``document_build``) and read
+    by the PDF template and the e-invoice writers alike. Amounts are the stored ones (a credit
+    note's are negative); the parties are the snapshot taken when it was issued, or, for a
+    draft, as they are now."""
+
+    number: str
+    kind: str
+    status: str
+    currency: str
+    billing_mode: str
+    issued_at: datetime | None
+    due_at: datetime | None
+    period_start: date
+    period_end: date  # exclusive
+    note: str
+    payment_reference: str
+    tax_status: str
+    tax_status_label: str
+    tax_rate: Decimal
+    seller: Mapping[str, Any]
+    buyer: Mapping[str, Any]
+    lines: tuple[DocumentLine, ...]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    credits_applied: Decimal
+    amount_due: Decimal
+    corrects: CorrectedDocument | None
+
+    @property
+    def draft(self) -> bool:
+        return self.status == InvoiceStatus.DRAFT
+
+    @property
+    def credit_note(self) -> bool:
+        return self.kind == InvoiceKind.CREDIT_NOTE
+
+    @property
+    def period_last(self) -> date:
+        return date.fromordinal(self.period_end.toordinal() - 1)
+
+
+def document_build(invoice: Invoice) -> Document:
+    """The document of an invoice or credit note (two queries: its lines, and what it corrects)."""
+    from billing.invoicing.services import buyer_snapshot
+
+    draft = invoice.status == InvoiceStatus.DRAFT
+    corrects = invoice.corrects if invoice.kind == InvoiceKind.CREDIT_NOTE else None
+    return Document(
+        number=invoice.number or "",
+        kind=invoice.kind,
+        status=invoice.status,
+        currency=invoice.currency,
+        billing_mode=invoice.billing_mode,
+        issued_at=invoice.issued_at,
+        due_at=invoice.due_at,
+        period_start=invoice.period_start,
+        period_end=invoice.period_end,
+        note=invoice.note,
+        payment_reference=invoice.payment_reference,
+        tax_status=invoice.tax_status,
+        tax_status_label=invoice.get_tax_status_display(),
+        tax_rate=invoice.tax_rate,
+        seller=MappingProxyType(
+            dict(invoice.seller or ({} if not draft else settings.BILLING_SELLER))
+        ),
+        buyer=MappingProxyType(
+            dict(invoice.buyer or ({} if not draft else buyer_snapshot(invoice.organization)))
+        ),
+        lines=tuple(
+            DocumentLine(
+                position=line.position,
+                kind=line.kind,
+                kind_label=line.get_kind_display(),
+                description=line.description,
+                quantity=line.quantity,
+                unit=line.unit,
+                unit_price=line.unit_price,
+                exact_amount=line.exact_amount,
+                amount=line.amount,
+            )
+            for line in invoice.lines.all()
+        ),
+        subtotal=invoice.subtotal,
+        tax=invoice.tax,
+        total=invoice.total,
+        credits_applied=invoice.credits_applied,
+        amount_due=invoice.amount_due,
+        corrects=CorrectedDocument(corrects.number, corrects.issued_at) if corrects else None,
+    )
+
+
+def document_context(invoice: Invoice, document: Document | None = None) -> dict:
+    """What the template shows, from the document (built here unless given)."""
+    doc = document or document_build(invoice)
+    seller = dict(doc.seller or settings.BILLING_SELLER)
+    if doc.buyer:
+        buyer = dict(doc.buyer)
+    else:
+        from billing.invoicing.services import buyer_snapshot
+
+        buyer = buyer_snapshot(invoice.organization)
+    seller["country_name"] = _country_name(seller.get("country", ""))
+    if not buyer.get("country_name"):
+        buyer["country_name"] = _country_name(buyer.get("country", ""))
+    currency = doc.currency
+    lines = [
+        {
+            "description": line.description,
+            "quantity": quantity(line.quantity, line.unit),
+            "unit_price": price(line.unit_price, currency),
+            "amount": format_amount(line.amount, currency),
+        }
+        for line in doc.lines
+    ]
+    if doc.tax_status == TaxStatus.STANDARD:
+        tax_label = f"Tax {percent(doc.tax_rate)} %"
+    else:
+        tax_label = f"Tax ({doc.tax_status_label.lower()})"
+    reference = doc.payment_reference
+    return {
+        "invoice": invoice,
+        "document": doc,
+        "draft": doc.draft,
+        "credit_note": doc.credit_note,
+        "title": "Credit note" if doc.credit_note else "Invoice",
+        "number": doc.number or "Draft",
+        "seller": seller,
+        "buyer": buyer,
+        "lines": lines,
+        "period_first": doc.period_start,
+        "period_last": doc.period_last,
+        "subtotal": format_amount(doc.subtotal, currency),
+        "tax": format_amount(doc.tax, currency),
+        "tax_label": tax_label,
+        "tax_note": TAX_NOTES.get(doc.tax_status, ""),
+        "total": format_amount(doc.total, currency),
+        "credit": format_amount(abs(doc.total), currency),
+        "credits_applied": format_amount(doc.credits_applied, currency),
+        "amount_due": format_amount(doc.amount_due, currency),
+        "show_credits": bool(doc.credits_applied),
+        "currency": currency,
+        "prepaid": doc.billing_mode == "prepaid",
+        "reference": " ".join(reference[i : i + 4] for i in range(0, len(reference), 4)),
+        "corrects": doc.corrects,
+    }
+
+
+def render_html(invoice: Invoice) -> str:
+    return render_to_string("billing/documents/invoice.html", document_context(invoice))
+
+
+_per_thread = threading.local()
+
+
+def _renderer_parts():
+    """A URL fetcher allowed nothing but data: URLs (the template needs no resources) and a
+    font configuration, made once per thread and reused: WeasyPrint's defaults build both
+    (and an SSL context) for every document, about 40 % of the time of a one-page invoice."""
+    parts = getattr(_per_thread, "parts", None)
+    if parts is None:
+        from weasyprint.text.fonts import FontConfiguration
+        from weasyprint.urls import URLFetcher
+
+        parts = _per_thread.parts = (URLFetcher(allowed_protocols=("data",)), FontConfiguration())
+    return parts
+
+
+def render_pdf(invoice: Invoice) -> bytes:
+    """Render the document now (a draft, or one being issued)."""
+    from weasyprint import HTML
+
+    fetcher, fonts = _renderer_parts()
+    html = HTML(string=render_html(invoice), base_url=str(settings.BASE_DIR), url_fetcher=fetcher)
+    return html.write_pdf(font_config=fonts)
+
+
+def invoice_pdf(invoice: Invoice) -> bytes:
+    """The document's PDF: the stored one once issued, a live DRAFT rendering before."""
+    if invoice.status != InvoiceStatus.DRAFT and invoice.pdf:
+        return bytes(invoice.pdf)
+    return render_pdf(invoice)

@@ -1,0 +1,164 @@
+"""Money: the currencies, reading amounts people type, the rounding rule, rating precision,
+minor units, and how amounts and unit prices are written.
+
+Every app may import this module (it imports nothing of theirs), so catalog, metering and
+billing round and write money the same way.
+
+**The rounding rule** (``money_round``, the only place money is rounded): an amount is rounded
+to its currency's minor unit (cents, fen: ``MINOR_UNITS``) half-up, ties away from zero
+(``0.005`` -> ``0.01``, ``-0.005`` -> ``-0.01``), once: an invoice line's full-precision sum is
+rounded once to give its amount, the tax once; sums of rounded amounts are exact and never
+rounded again. Figures shown or exported from full-precision values (a balance, a usage cost)
+are rounded by the same rule when they are written.
+
+**Rating precision**: usage is rated at full precision and carried at ``RATING_PLACES`` decimal
+places (the ledger's precision, far below a minor unit); ``at_rating_precision`` cuts a rated
+figure there, as Decimal arithmetic itself rounds (half-even).
+"""
+
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
+
+from django.db import models
+
+from portal.errors import InvalidInput
+
+# --- currencies --------------------------------------------------------------------------------
+
+
+class Currency(models.TextChoices):
+    """The currencies the portal prices and bills in."""
+
+    USD = "USD", "US dollar"
+    CNY = "CNY", "Chinese yuan"
+
+
+# ISO 4217 exponent of each currency: decimal places of its minor unit (cent, fen).
+MINOR_UNITS: dict[str, int] = {Currency.USD.value: 2, Currency.CNY.value: 2}
+
+RATING_PLACES = 12  # full-precision costs and ledger amounts (1e-12)
+
+
+def minor_units(currency: str) -> int:
+    """Decimal places of the currency's minor unit: ``USD`` -> 2."""
+    return MINOR_UNITS[str(currency).upper()]
+
+
+# --- rounding ----------------------------------------------------------------------------------
+
+
+def round_half_up(value: Decimal, places: int) -> Decimal:
+    """``value`` to ``places`` decimals, half-up (ties away from zero)."""
+    return Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def money_round(amount: Decimal, currency: str) -> Decimal:
+    """THE rounding rule for money: to the currency's minor unit, half-up, once (see the
+    module's docstring)."""
+    return round_half_up(amount, minor_units(currency))
+
+
+def at_rating_precision(amount: Decimal) -> Decimal:
+    """A full-precision (rated) figure cut to ``RATING_PLACES`` decimals."""
+    return Decimal(amount).quantize(Decimal(1).scaleb(-RATING_PLACES), rounding=ROUND_HALF_EVEN)
+
+
+# --- minor units -------------------------------------------------------------------------------
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """Decimal major units to the integer minor units providers use (exact, or refused)."""
+    scaled = Decimal(amount).scaleb(minor_units(currency))
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput(
+            f"{amount} {currency} has more decimal places than the currency.",
+            code="amount_invalid",
+        )
+    return int(scaled)
+
+
+def from_minor(value: int, currency: str) -> Decimal:
+    """Integer minor units to Decimal major units: ``(1999, "USD")`` -> ``19.99``."""
+    return Decimal(int(value)).scaleb(-minor_units(currency))
+
+
+# --- reading input -----------------------------------------------------------------------------
+
+
+def parse_amount(
+    value, currency: str, *, field: str = "amount", allow_zero: bool = False
+) -> Decimal:
+    """A customer-entered amount in major units: a positive number with at most the currency's
+    decimal places, returned with exactly that many. Refused with ``amount_invalid`` (the
+    sentence also under ``details[field]``)."""
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, AttributeError):
+        raise InvalidInput(
+            "Enter an amount such as 50 or 49.90.",
+            code="amount_invalid",
+            details={field: "Enter an amount such as 50 or 49.90."},
+        ) from None
+    places = minor_units(currency)
+    if not amount.is_finite() or amount.as_tuple().exponent < -places:
+        raise InvalidInput(
+            f"Use at most {places} decimal places.",
+            code="amount_invalid",
+            details={field: f"Use at most {places} decimal places."},
+        )
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise InvalidInput(
+            "The amount must be positive.",
+            code="amount_invalid",
+            details={field: "The amount must be positive."},
+        )
+    return amount.quantize(Decimal(1).scaleb(-places))
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+MINUS = "\u2212"  # the minus sign documents print (not a hyphen)
+
+
+def decimal_text(
+    value: Decimal, *, min_places: int = 0, grouping: bool = False, minus: str = "-"
+) -> str:
+    """A decimal as written, without trailing zeros and never with an exponent, with at least
+    ``min_places`` decimals: ``1.500000`` -> ``1.5``; with ``min_places=2``, ``4`` -> ``4.00``;
+    ``grouping`` puts commas between thousands."""
+    value = Decimal(value).normalize()
+    exponent = value.as_tuple().exponent
+    places = max(min_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
+    spec = f"{',' if grouping else ''}.{places}f"
+    if minus == "-":
+        return f"{value:{spec}}"
+    return f"{minus}{abs(value):{spec}}" if value < 0 else f"{value:{spec}}"
+
+
+def amount_text(value: Decimal | None, currency: str) -> str:
+    """An amount for machines (CSV, e-invoice XML, API messages): rounded by the rule, exactly
+    the currency's decimals, no grouping, never ``-0.00``: ``1234.5`` -> ``1234.50``; ``None``
+    is zero."""
+    rounded = money_round(Decimal(value or 0), currency)
+    return f"{rounded if rounded else abs(rounded):f}"
+
+
+def format_amount(value: Decimal | None, currency: str) -> str:
+    """An amount for people (pages, PDFs): rounded by the rule, thousands grouped, a real minus
+    sign: ``-1234.5`` -> ``\u22121,234.50``; ``None`` -> ``""``."""
+    if value is None:
+        return ""
+    places = minor_units(currency)
+    rounded = money_round(value, currency)
+    text = f"{abs(rounded):,.{places}f}"
+    return f"{MINUS}{text}" if rounded < 0 else text
+
+
+def format_unit_price(
+    value: Decimal, currency: str | None = None, *, grouping: bool = False, minus: str = "-"
+) -> str:
+    """A unit price as stored (prices have up to six decimals, rated unit prices more), without
+    trailing zeros, never fewer decimals than the currency's minor unit: ``3.790000`` -> ``3.79``,
+    ``0.000250`` -> ``0.00025``, ``4`` -> ``4.00``. Not rounded: a unit price is not an amount.
+    Documents group thousands and print a real minus sign (``grouping=True, minus=MINUS``)."""
+    places = minor_units(currency) if currency else max(MINOR_UNITS.values())
+    return decimal_text(value, min_places=places, grouping=grouping, minus=minus)
