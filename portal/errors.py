@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
 
     ERROR = "error"
     INVALID = "invalid"
+    AMOUNT_INVALID = "amount_invalid"  # an amount of money that cannot be read (portal.money)
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"

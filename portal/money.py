@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.db import models
 
-from portal.errors import InvalidInput
+from portal.errors import ErrorCode, InvalidInput
 
 # --- currencies --------------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ def to_minor(amount: Decimal, currency: str) -> int:
     if scaled != scaled.to_integral_value():
         raise InvalidInput(
             f"{amount} {currency} has more decimal places than the currency.",
-            code="amount_invalid",
+            code=ErrorCode.AMOUNT_INVALID,
         )
     return int(scaled)
 
@@ -95,20 +95,20 @@ def parse_amount(
     except (InvalidOperation, AttributeError):
         raise InvalidInput(
             "Enter an amount such as 50 or 49.90.",
-            code="amount_invalid",
+            code=ErrorCode.AMOUNT_INVALID,
             details={field: "Enter an amount such as 50 or 49.90."},
         ) from None
     places = minor_units(currency)
     if not amount.is_finite() or amount.as_tuple().exponent < -places:
         raise InvalidInput(
             f"Use at most {places} decimal places.",
-            code="amount_invalid",
+            code=ErrorCode.AMOUNT_INVALID,
             details={field: f"Use at most {places} decimal places."},
         )
     if amount < 0 or (amount == 0 and not allow_zero):
         raise InvalidInput(
             "The amount must be positive.",
-            code="amount_invalid",
+            code=ErrorCode.AMOUNT_INVALID,
             details={field: "The amount must be positive."},
         )
     return amount.quantize(Decimal(1).scaleb(-places))

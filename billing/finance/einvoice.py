@@ -55,6 +55,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from billing.errors import BillingErrorCode
 from billing.invoicing.documents import Document, document_build
 from billing.models import Invoice, TaxStatus
 from portal.errors import InvalidInput
@@ -113,7 +114,7 @@ def _require_finalized(document: Document) -> None:
     if document.draft or not document.number:
         raise InvalidInput(
             "Only a finalized invoice has an e-invoice; this one is still a draft.",
-            code="invoice_not_finalized",
+            code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
 
 
@@ -157,10 +158,13 @@ def _document(source: Invoice | Document) -> dict:
         category, reason, reason_code = CATEGORIES[TaxStatus.ZERO_RATED]
     seller, buyer = dict(document.seller or {}), dict(document.buyer or {})
     if not seller.get("name") or not seller.get("country"):
-        raise InvalidInput("The invoice has no seller details.", code="seller_missing")
+        raise InvalidInput(
+            "The invoice has no seller details.", code=BillingErrorCode.SELLER_MISSING
+        )
     if not buyer.get("name") or not buyer.get("country"):
         raise InvalidInput(
-            "The buyer's name and country are needed for an e-document.", code="buyer_missing"
+            "The buyer's name and country are needed for an e-document.",
+            code=BillingErrorCode.BUYER_MISSING,
         )
     buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
     buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""

@@ -60,6 +60,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.db.models import Case, DecimalField, F, Q, QuerySet, Sum, Value, When
 
+from billing.errors import BillingErrorCode
 from billing.invoicing.services import month_start, next_month
 from billing.models import (
     MONEY_DECIMAL_PLACES,
@@ -188,20 +189,20 @@ class RegisterFilter:
         if last < first:
             raise InvalidInput(
                 f"The period ends ({last:%Y-%m}) before it starts ({first:%Y-%m}).",
-                code="range_reversed",
+                code=BillingErrorCode.RANGE_REVERSED,
             )
         months = (last.year - first.year) * 12 + last.month - first.month + 1
         if months > MAX_MONTHS:
             raise InvalidInput(
                 f"Export at most {MAX_MONTHS} months at a time, not {months}.",
-                code="range_too_large",
+                code=BillingErrorCode.RANGE_TOO_LARGE,
                 details={"months": months, "max_months": MAX_MONTHS},
             )
         unknown = sorted(set(self.statuses) - set(InvoiceStatus.values))
         if unknown:
             raise InvalidInput(
                 f"Unknown status {', '.join(unknown)}; use {', '.join(InvoiceStatus.values)}.",
-                code="status_invalid",
+                code=BillingErrorCode.STATUS_INVALID,
                 details={"statuses": unknown},
             )
         object.__setattr__(self, "statuses", tuple(self.statuses))
@@ -435,7 +436,8 @@ def line_rows(flt: RegisterFilter) -> Iterator[dict[str, str]]:
 def _day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     if end < start:
         raise InvalidInput(
-            f"The period ends ({end}) before it starts ({start}).", code="range_reversed"
+            f"The period ends ({end}) before it starts ({start}).",
+            code=BillingErrorCode.RANGE_REVERSED,
         )
     return _midnight(start), _midnight(end + timedelta(days=1))
 

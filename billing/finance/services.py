@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.finance import exports
 from billing.finance.exports import (
     JOURNAL_COLUMNS,
@@ -67,7 +68,7 @@ def _month(value: str, label: str) -> date:
     except (ValueError, TypeError):
         raise InvalidInput(
             f"The {label} month must look like 2026-10, not “{value}”.",
-            code="month_invalid",
+            code=BillingErrorCode.MONTH_INVALID,
             details={"field": label, "value": value},
         ) from None
 
@@ -108,7 +109,7 @@ def register_filter_build(*, params: Mapping[str, Any]) -> RegisterFilter:
         if organization_id is None:
             raise InvalidInput(
                 f"No organisation has the slug “{params['organization']}”.",
-                code="organization_unknown",
+                code=BillingErrorCode.ORGANIZATION_UNKNOWN,
             )
     return RegisterFilter(
         start=_month(params.get("start", ""), "first"),
@@ -141,19 +142,19 @@ def export_job_create(
     if kind not in ExportKind.values:
         raise InvalidInput(
             f"Unknown export “{kind}”; choose {', '.join(ExportKind.values)}.",
-            code="export_kind_invalid",
+            code=BillingErrorCode.EXPORT_KIND_INVALID,
             details={"kind": kind},
         )
     if format not in ExportFormat.values:
         raise InvalidInput(
             f"Unknown format “{format}”; choose {', '.join(ExportFormat.values)}.",
-            code="export_format_invalid",
+            code=BillingErrorCode.EXPORT_FORMAT_INVALID,
             details={"format": format},
         )
     if (kind == ExportKind.DOCUMENTS) != (format == ExportFormat.ZIP):
         raise InvalidInput(
             "Invoice documents export as ZIP; the other exports as CSV or XLSX.",
-            code="export_format_invalid",
+            code=BillingErrorCode.EXPORT_FORMAT_INVALID,
             details={"kind": kind, "format": format},
         )
     params = filter_params(params)

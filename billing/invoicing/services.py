@@ -55,6 +55,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.ledger.services import account_for, ledger_post, usage_debit_pending
 from billing.models import (
     DocumentSequence,
@@ -71,7 +72,7 @@ from portal.accounts.locks import lock_organization
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
-from portal.errors import Conflict, InvalidInput, PermissionDenied
+from portal.errors import Conflict, ErrorCode, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, HOUR
 from portal.metering.models import Meter, UsageRecord
 from portal.metering.rating import Rater, Usage, pricing_for
@@ -96,7 +97,7 @@ def month_start(value: date | datetime | str | None = None) -> date:
         except ValueError:
             raise InvalidInput(
                 f"'{value}' is not a month; write it as YYYY-MM, e.g. 2026-10.",
-                code="month_invalid",
+                code=BillingErrorCode.MONTH_INVALID,
             ) from None
         return date(parsed.year, parsed.month, 1)
     if isinstance(value, datetime):
@@ -680,7 +681,9 @@ def _require_finance(actor: Actor) -> None:
     """Invoices are issued, paid and corrected by the system, finance staff (operators in
     admin), or the payment code; never by a customer's role."""
     if not (actor.operator or actor.user is None):
-        raise PermissionDenied("Only finance staff change invoices.", code="finance_only")
+        raise PermissionDenied(
+            "Only finance staff change invoices.", code=BillingErrorCode.FINANCE_ONLY
+        )
 
 
 def _issue(invoice: Invoice, *, now: datetime, terms_days: int) -> None:
@@ -750,7 +753,7 @@ def _require_month_closed(invoice: Invoice, now: datetime) -> None:
     if end > now:
         raise Conflict(
             f"{invoice.period_start:%B %Y} has not ended yet; its invoice is a running draft.",
-            code="period_not_ended",
+            code=BillingErrorCode.PERIOD_NOT_ENDED,
         )
     closed = closed_until()
     has_usage = UsageRecord.objects.filter(organization=invoice.organization_id).exists()
@@ -760,7 +763,7 @@ def _require_month_closed(invoice: Invoice, now: datetime) -> None:
             f"{closed:%Y-%m-%d %H:%M} UTC). Run the month close first."
             if closed
             else f"Usage of {invoice.period_start:%B %Y} is not closed yet.",
-            code="usage_not_closed",
+            code=BillingErrorCode.USAGE_NOT_CLOSED,
         )
 
 
@@ -810,7 +813,9 @@ def _finalize_invoice(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[
     """``invoice_finalize``, saying whether this call issued it (False: it already was)."""
     _require_finance(actor)
     if invoice.kind != InvoiceKind.INVOICE:
-        raise Conflict("Credit notes are issued when created.", code="not_an_invoice")
+        raise Conflict(
+            "Credit notes are issued when created.", code=BillingErrorCode.NOT_AN_INVOICE
+        )
     try:
         return _finalize(invoice, actor=actor, notify=notify)
     except _UsagePending:
@@ -823,7 +828,7 @@ def _finalize_invoice(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[
     except _UsagePending:
         raise Conflict(
             "Some usage of the month is not debited yet; try again in a moment.",
-            code="usage_not_debited",
+            code=BillingErrorCode.USAGE_NOT_DEBITED,
         ) from None
 
 
@@ -898,15 +903,18 @@ def _locked(invoice: Invoice) -> Invoice:
 def _refuse_unless_open(invoice: Invoice) -> None:
     """Refusals shared by paying and voiding: only a finalized, unpaid invoice qualifies."""
     if invoice.kind != InvoiceKind.INVOICE:
-        raise Conflict("A credit note is not paid or voided.", code="not_an_invoice")
+        raise Conflict("A credit note is not paid or voided.", code=BillingErrorCode.NOT_AN_INVOICE)
     if invoice.status == InvoiceStatus.DRAFT:
         raise Conflict(
-            "The invoice is still a draft; finalize it first.", code="invoice_not_finalized"
+            "The invoice is still a draft; finalize it first.",
+            code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
     if invoice.status == InvoiceStatus.PAID:
-        raise Conflict(f"{invoice.number} is already paid.", code="invoice_already_paid")
+        raise Conflict(
+            f"{invoice.number} is already paid.", code=BillingErrorCode.INVOICE_ALREADY_PAID
+        )
     if invoice.status == InvoiceStatus.VOID:
-        raise Conflict(f"{invoice.number} is void.", code="invoice_void")
+        raise Conflict(f"{invoice.number} is void.", code=BillingErrorCode.INVOICE_VOID)
 
 
 @transaction.atomic
@@ -919,7 +927,9 @@ def invoice_mark_paid(
     _require_finance(actor)
     reference = (reference or "").strip()
     if not reference:
-        raise InvalidInput("Give the payment's reference.", code="reference_required")
+        raise InvalidInput(
+            "Give the payment's reference.", code=BillingErrorCode.REFERENCE_REQUIRED
+        )
     invoice = _locked(invoice)
     _refuse_unless_open(invoice)
     invoice.status = InvoiceStatus.PAID
@@ -955,7 +965,7 @@ def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
     _require_finance(actor)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the invoice is voided.", code="reason_required")
+        raise InvalidInput("Say why the invoice is voided.", code=BillingErrorCode.REASON_REQUIRED)
     invoice = _locked(invoice)
     _refuse_unless_open(invoice)
     invoice.status = InvoiceStatus.VOID
@@ -992,7 +1002,9 @@ def invoice_resend(invoice: Invoice, *, actor: Actor) -> Invoice:
     _require_finance(actor)
     invoice = Invoice.objects.select_related("organization").get(pk=invoice.pk)
     if invoice.status == InvoiceStatus.DRAFT:
-        raise Conflict("A draft is not sent; finalize it first.", code="invoice_not_finalized")
+        raise Conflict(
+            "A draft is not sent; finalize it first.", code=BillingErrorCode.INVOICE_NOT_FINALIZED
+        )
     send_invoice_later(invoice)
     audit_record(
         actor=actor,
@@ -1011,13 +1023,15 @@ def _credit_amount(value, currency: str) -> Decimal:
     try:
         amount = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise InvalidInput(f"Amount '{value}' is not a number.", code="amount_invalid") from None
+        raise InvalidInput(
+            f"Amount '{value}' is not a number.", code=ErrorCode.AMOUNT_INVALID
+        ) from None
     if not amount.is_finite() or amount <= 0:
-        raise InvalidInput("A credit must be a positive amount.", code="amount_invalid")
+        raise InvalidInput("A credit must be a positive amount.", code=ErrorCode.AMOUNT_INVALID)
     if amount != money_round(amount, currency):
         raise InvalidInput(
             f"Amounts in {currency} have at most {minor_units(currency)} decimal places.",
-            code="amount_invalid",
+            code=ErrorCode.AMOUNT_INVALID,
         )
     return amount
 
@@ -1043,20 +1057,22 @@ def credit_note_create(
     _require_finance(actor)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the credit is given.", code="reason_required")
+        raise InvalidInput("Say why the credit is given.", code=BillingErrorCode.REASON_REQUIRED)
     if (amount is None) == (lines is None):
-        raise InvalidInput("Give an amount or lines, not both.", code="invalid")
+        raise InvalidInput("Give an amount or lines, not both.", code=ErrorCode.INVALID)
     with transaction.atomic():
         invoice = _locked(invoice)
         if invoice.kind != InvoiceKind.INVOICE:
-            raise Conflict("A credit note corrects an invoice.", code="not_an_invoice")
+            raise Conflict(
+                "A credit note corrects an invoice.", code=BillingErrorCode.NOT_AN_INVOICE
+            )
         if invoice.status == InvoiceStatus.DRAFT:
             raise Conflict(
                 "The invoice is still a draft; it is rebuilt, not corrected.",
-                code="invoice_not_finalized",
+                code=BillingErrorCode.INVOICE_NOT_FINALIZED,
             )
         if invoice.status == InvoiceStatus.VOID:
-            raise Conflict(f"{invoice.number} is void.", code="invoice_void")
+            raise Conflict(f"{invoice.number} is void.", code=BillingErrorCode.INVOICE_VOID)
         currency = invoice.currency
         wanted = (
             [(f"Credit: {reason}", amount)]
@@ -1067,7 +1083,7 @@ def credit_note_create(
             ]
         )
         if not wanted:
-            raise InvalidInput("A credit note needs at least one line.", code="invalid")
+            raise InvalidInput("A credit note needs at least one line.", code=ErrorCode.INVALID)
         credits = [
             (description[:300], _credit_amount(value, currency)) for description, value in wanted
         ]
@@ -1082,7 +1098,7 @@ def credit_note_create(
             raise Conflict(
                 f"{invoice.number} can be credited {invoice.subtotal - credited} {currency} "
                 f"more before tax, not {asked}.",
-                code="credit_exceeds_invoice",
+                code=BillingErrorCode.CREDIT_EXCEEDS_INVOICE,
                 details={"creditable": str(invoice.subtotal - credited)},
             )
         totals = invoice_totals(
@@ -1238,7 +1254,7 @@ def month_close(
         retry_at = end + CLOSE_GRACE
         raise Conflict(
             f"{month:%B %Y} can be closed from {retry_at:%Y-%m-%d %H:%M} UTC.",
-            code="month_not_closable",
+            code=BillingErrorCode.MONTH_NOT_CLOSABLE,
             details={"retry_at": retry_at.isoformat()},
         )
     report.hours_closed = usage_close_until(end, now=now)

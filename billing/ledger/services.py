@@ -11,12 +11,13 @@ from decimal import Decimal, InvalidOperation
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.models import Account, EntryKind, LedgerEntry, UsageRating
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
-from portal.errors import Conflict, InvalidInput, PermissionDenied
+from portal.errors import Conflict, ErrorCode, InvalidInput, PermissionDenied
 from portal.metering.models import UsageRecord
 from portal.metering.rating import Rater
 from portal.money import RATING_PLACES, at_rating_precision
@@ -36,14 +37,18 @@ def _amount(value) -> Decimal:
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise InvalidInput(f"Amount '{value}' is not a number.", code="amount_invalid") from None
+        raise InvalidInput(
+            f"Amount '{value}' is not a number.", code=ErrorCode.AMOUNT_INVALID
+        ) from None
     if not amount.is_finite() or amount == 0:
         raise InvalidInput(
-            "The amount must be a finite number other than zero.", code="amount_invalid"
+            "The amount must be a finite number other than zero.",
+            code=ErrorCode.AMOUNT_INVALID,
         )
     if amount.as_tuple().exponent < -RATING_PLACES:
         raise InvalidInput(
-            f"Amounts have at most {RATING_PLACES} decimal places.", code="amount_invalid"
+            f"Amounts have at most {RATING_PLACES} decimal places.",
+            code=ErrorCode.AMOUNT_INVALID,
         )
     return amount
 
@@ -68,10 +73,10 @@ def ledger_post(
     movement of money, forever.
     """
     if kind not in EntryKind.values:
-        raise InvalidInput(f"Unknown entry kind '{kind}'.", code="invalid")
+        raise InvalidInput(f"Unknown entry kind '{kind}'.", code=ErrorCode.INVALID)
     amount = _amount(amount)
     if not idempotency_key:
-        raise InvalidInput("Every ledger entry needs an idempotency key.", code="invalid")
+        raise InvalidInput("Every ledger entry needs an idempotency key.", code=ErrorCode.INVALID)
     lock_organization(organization.pk)
     account = account_for(organization, lock=True)
     existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
@@ -79,7 +84,7 @@ def ledger_post(
         if existing.kind != kind or existing.amount != amount or existing.account_id != account.pk:
             raise Conflict(
                 "This idempotency key was already used for another ledger entry.",
-                code="idempotency_key_reused",
+                code=BillingErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
         return existing, False
     try:
@@ -98,7 +103,9 @@ def ledger_post(
                 invoice=invoice,
             )
     except IntegrityError:
-        raise Conflict("This movement was already recorded.", code="already_recorded") from None
+        raise Conflict(
+            "This movement was already recorded.", code=BillingErrorCode.ALREADY_RECORDED
+        ) from None
     account.balance += amount
     account.updated_at = timezone.now()
     account.save(update_fields=["balance", "updated_at"])
@@ -110,14 +117,15 @@ def credit_grant(
 ) -> LedgerEntry:
     """Operators give credit (a promotion, a goodwill gesture) with a reason."""
     if not actor.operator:
-        raise PermissionDenied("Only operators grant credit.", code="operators_only")
+        raise PermissionDenied("Only operators grant credit.", code=BillingErrorCode.OPERATORS_ONLY)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the credit is granted.", code="reason_required")
+        raise InvalidInput("Say why the credit is granted.", code=BillingErrorCode.REASON_REQUIRED)
     amount = _amount(amount)
     if amount <= 0:
         raise InvalidInput(
-            "A grant adds credit: the amount must be positive.", code="amount_invalid"
+            "A grant adds credit: the amount must be positive.",
+            code=ErrorCode.AMOUNT_INVALID,
         )
     with transaction.atomic():
         entry, created = ledger_post(

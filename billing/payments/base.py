@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from billing.errors import BillingErrorCode
 from portal.errors import PortalError
 
 
@@ -19,17 +20,17 @@ class PaymentProviderError(PortalError):
     """The provider refused or failed a call (shown to the customer with its code)."""
 
     status = 502
-    code = "payment_provider_error"
+    code = BillingErrorCode.PAYMENT_PROVIDER_ERROR
 
 
 class CardDeclined(PortalError):
     status = 402
-    code = "card_declined"
+    code = BillingErrorCode.CARD_DECLINED
 
 
 class WebhookSignatureInvalid(PortalError):
     status = 400
-    code = "signature_invalid"
+    code = BillingErrorCode.SIGNATURE_INVALID
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from django.core import signing
 from django.urls import reverse
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.payments.base import (
     CardDetails,
     ChargeResult,
@@ -201,7 +202,8 @@ class FakeProvider(PaymentProvider):
             return CardDetails(payment_method_id, brand, last4, int(month), int(year))
         except ValueError:
             raise PaymentProviderError(
-                f"Unknown payment method '{payment_method_id}'.", code="payment_method_unknown"
+                f"Unknown payment method '{payment_method_id}'.",
+                code=BillingErrorCode.PAYMENT_METHOD_UNKNOWN,
             ) from None
 
     def charge_off_session(self, payment, payment_method) -> ChargeResult:

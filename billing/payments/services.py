@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.ledger.services import ledger_post
 from billing.models import (
     BillingProfile,
@@ -40,7 +41,7 @@ from portal.accounts.models import Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
-from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, PermissionDenied
 from portal.money import parse_amount
 
 CREDIT_KINDS = (EntryKind.TOP_UP, EntryKind.GRANT, EntryKind.PAYMENT)
@@ -61,7 +62,9 @@ def _top_up_amount(value, currency: str) -> Decimal:
     low, high = settings.BILLING_TOP_UP_MIN, settings.BILLING_TOP_UP_MAX
     if not low <= amount <= high:
         message = f"Top up between {low} and {high} {currency}."
-        raise InvalidInput(message, code="amount_out_of_range", details={"amount": message})
+        raise InvalidInput(
+            message, code=BillingErrorCode.AMOUNT_OUT_OF_RANGE, details={"amount": message}
+        )
     return amount
 
 
@@ -296,7 +299,9 @@ def card_saved(
         },
     )
     if method.organization_id != organization.pk:
-        raise Conflict("This card belongs to another organisation.", code="card_other_org")
+        raise Conflict(
+            "This card belongs to another organisation.", code=BillingErrorCode.CARD_OTHER_ORG
+        )
     if created and default_payment_method(organization) is None:
         method.is_default = True
         method.save(update_fields=["is_default"])
@@ -318,7 +323,7 @@ def _card_for(actor: Actor, method_id: int) -> PaymentMethod:
         .first()
     )
     if method is None:
-        raise NotFound("No such saved card.", code="not_found")
+        raise NotFound("No such saved card.", code=ErrorCode.NOT_FOUND)
     return method
 
 
@@ -383,12 +388,14 @@ def auto_recharge_configure(
             errors["amount"] = exc.details.get("amount", exc.message)
         if errors:
             raise InvalidInput(
-                "Check the auto-recharge settings.", code="auto_recharge_invalid", details=errors
+                "Check the auto-recharge settings.",
+                code=BillingErrorCode.AUTO_RECHARGE_INVALID,
+                details=errors,
             )
         if default_payment_method(organization) is None:
             raise Conflict(
                 "Save a card first: auto-recharge charges your default card.",
-                code="no_payment_method",
+                code=BillingErrorCode.NO_PAYMENT_METHOD,
             )
         profile.auto_recharge_threshold = threshold
         profile.auto_recharge_amount = amount
@@ -449,21 +456,27 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
     """Give back part or all of a succeeded card payment (operators). The credit it bought is
     taken off the ledger when the provider confirms (ledger key ``refund:<provider id>``)."""
     if not actor.operator:
-        raise PermissionDenied("Only operators refund payments.", code="operators_only")
+        raise PermissionDenied(
+            "Only operators refund payments.", code=BillingErrorCode.OPERATORS_ONLY
+        )
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the payment is refunded.", code="reason_required")
+        raise InvalidInput(
+            "Say why the payment is refunded.", code=BillingErrorCode.REASON_REQUIRED
+        )
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:
-            raise Conflict("Only a succeeded payment can be refunded.", code="payment_not_paid")
+            raise Conflict(
+                "Only a succeeded payment can be refunded.", code=BillingErrorCode.PAYMENT_NOT_PAID
+            )
         pending = sum((r.amount for r in payment.refunds.filter(status="pending")), Decimal(0))
         refundable = payment.amount - payment.refunded_amount - pending
         if amount > refundable:
             raise InvalidInput(
                 f"At most {refundable} {payment.currency} can still be refunded.",
-                code="refund_too_large",
+                code=BillingErrorCode.REFUND_TOO_LARGE,
                 details={"refundable": str(refundable)},
             )
         refund = Refund.objects.create(

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.models import BillingProfile, Payment, PaymentMethod, PaymentStatus, Refund
 from billing.payments.base import (
     CardDetails,
@@ -177,7 +178,7 @@ class StripeProvider(PaymentProvider):
         if card is None:
             raise PaymentProviderError(
                 f"Stripe payment method {payment_method_id} is not a card.",
-                code="payment_method_not_card",
+                code=BillingErrorCode.PAYMENT_METHOD_NOT_CARD,
             )
         return CardDetails(
             provider_id=method.id,
@@ -221,7 +222,7 @@ class StripeProvider(PaymentProvider):
         if not payment.payment_intent_id:
             raise PaymentProviderError(
                 f"Payment {payment.pk} has no Stripe PaymentIntent to refund.",
-                code="payment_not_refundable",
+                code=BillingErrorCode.PAYMENT_NOT_REFUNDABLE,
             )
         with _stripe_errors("refund the payment"):
             created = self.client.v1.refunds.create(

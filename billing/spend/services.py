@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.errors import BillingErrorCode
 from billing.ledger.services import balance as balance_now
 from billing.models import AlertKind, BillingProfile, SpendAlert
 from billing.spend.notices import billing_contacts as billing_contacts  # who hears about money
@@ -37,7 +38,7 @@ class PaymentRequired(Conflict):
     """A launch the organisation cannot pay for (no credit, limit reached, invoice overdue);
     shown on the form like any conflict, 402 in the API."""
 
-    code = "payment_required"
+    code = BillingErrorCode.PAYMENT_REQUIRED
     status = 402
 
 
@@ -97,7 +98,8 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
     """
     if overdue(organization):
         raise PaymentRequired(
-            "An invoice is overdue. Pay it to launch new instances.", code="invoice_overdue"
+            "An invoice is overdue. Pay it to launch new instances.",
+            code=BillingErrorCode.INVOICE_OVERDUE,
         )
     currency = organization.currency
     profile = BillingProfile.objects.filter(organization=organization).first()
@@ -112,7 +114,7 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
             raise PaymentRequired(
                 f"This month's spend limit of {amount_text(limit, currency)} {organization.currency} is reached. "
                 "Raise it on the billing page to launch more.",
-                code="spend_limit_reached",
+                code=BillingErrorCode.SPEND_LIMIT_REACHED,
                 details={
                     "limit": amount_text(limit, currency),
                     "month_to_date": amount_text(spent, currency),
@@ -125,7 +127,7 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
                 f"Your balance of {amount_text(available, currency)} {organization.currency} does not cover one "
                 f"hour of {instance_type.name} ({amount_text(hourly, currency)} {organization.currency}). "
                 "Top up to launch it.",
-                code="insufficient_balance",
+                code=BillingErrorCode.INSUFFICIENT_BALANCE,
                 details={
                     "balance": amount_text(available, currency),
                     "needed_per_hour": amount_text(hourly, currency),
@@ -138,12 +140,13 @@ def start_check(*, organization: Organization, **_) -> None:
     """Starting a stopped instance again needs a positive prepaid balance and nothing overdue."""
     if overdue(organization):
         raise PaymentRequired(
-            "An invoice is overdue. Pay it to start instances.", code="invoice_overdue"
+            "An invoice is overdue. Pay it to start instances.",
+            code=BillingErrorCode.INVOICE_OVERDUE,
         )
     if organization.billing_mode == BillingMode.PREPAID and balance_now(organization) <= 0:
         raise PaymentRequired(
             "Your balance is used up. Top up to start instances again.",
-            code="insufficient_balance",
+            code=BillingErrorCode.INSUFFICIENT_BALANCE,
         )
 
 

@@ -11,9 +11,10 @@ them into the lifecycle's rules (``BackendFailure``).
 
 from enum import StrEnum
 
-from portal.errors import Conflict
+from portal.errors import Conflict, error_codes
 
 
+@error_codes
 class ComputeErrorCode(StrEnum):
     INVALID = "invalid"  # a launch, volume or rename request that is not valid (see details)
     NAME_TAKEN = "name_taken"
