@@ -26,6 +26,7 @@ from portal.accounts.models import BillingMode, Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
+from portal.compute.selectors import instances_running
 from portal.errors import Conflict, PortalError
 from portal.metering.rating import Rater
 from portal.metering.selectors import burn_rate
@@ -294,11 +295,7 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
 
 
 def _running(organization: Organization):
-    from portal.compute.models import Instance
-
-    return Instance.objects.filter(
-        organization=organization, state__in=["running", "rebooting", "starting", "pending"]
-    )
+    return instances_running(organization, coming=True)
 
 
 def instances_stop_for_credit(organization: Organization) -> int:
@@ -307,11 +304,7 @@ def instances_stop_for_credit(organization: Organization) -> int:
 
     actor = Actor.system(organization)
     stopped = 0
-    for instance_id in (
-        _running(organization)
-        .filter(state__in=["running", "rebooting"])
-        .values_list("pk", flat=True)
-    ):
+    for instance_id in instances_running(organization).values_list("pk", flat=True):
         try:
             instance_action(actor=actor, instance_id=instance_id, action="stop")
             stopped += 1
@@ -323,10 +316,8 @@ def instances_stop_for_credit(organization: Organization) -> int:
 def spend_watch(now: datetime | None = None) -> dict[str, list[str]]:
     """The periodic task: every organisation that is running something, has a spend limit or
     auto-recharge, or whose grace clock is running."""
-    from portal.compute.models import Instance
-
     now = now or timezone.now()
-    busy = Instance.objects.filter(state__in=["running", "rebooting"]).values("organization_id")
+    busy = instances_running().values("organization_id")
     watched = BillingProfile.objects.filter(
         Q(monthly_spend_limit__isnull=False)
         | Q(auto_recharge_enabled=True)

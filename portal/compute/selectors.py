@@ -100,10 +100,20 @@ def instance_state_steps(
     return steps
 
 
+# Instances that run or are on their way to running (their GPUs are or will be billed).
+RUNNING_OR_COMING_STATES = BILLED_STATES | {str(State.STARTING), str(State.PENDING)}
+
+
+def instances_running(organization=None, *, coming: bool = False) -> QuerySet[Instance]:
+    """Instances running now (billed per second); with ``coming``, also those on their way
+    (pending, starting). Every organisation's when ``organization`` is None."""
+    states = RUNNING_OR_COMING_STATES if coming else BILLED_STATES
+    instances = Instance.objects.filter(state__in=sorted(states))
+    if organization is not None:
+        instances = instances.filter(organization=organization)
+    return instances
+
+
 def running_placements(organization) -> list[tuple[int, int]]:
     """(instance type id, region id) of each instance the organisation has running now."""
-    return list(
-        Instance.objects.filter(
-            organization=organization, state__in=sorted(BILLED_STATES)
-        ).values_list("instance_type_id", "region_id")
-    )
+    return list(instances_running(organization).values_list("instance_type_id", "region_id"))

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from portal.catalog.models import InstanceType
 from portal.compute.models import Instance, Volume
+from portal.compute.selectors import running_placements
 from portal.metering.models import UsageRecord
 from portal.metering.rating import Rater
 from portal.metering.services import first_open_hour, usage_open
@@ -147,9 +148,7 @@ def burn_rate(organization, now: datetime | None = None, *, rater: Rater | None 
     history load, or none with the caller's ``rater``)."""
     now = now or timezone.now()
     rater = rater or Rater(organization.currency)
-    running = Instance.objects.filter(
-        organization=organization, state__in=["running", "rebooting"]
-    ).values_list("instance_type_id", "region_id")
+    running = running_placements(organization)
     per_hour = sum(
         (
             rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
