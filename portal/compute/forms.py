@@ -9,6 +9,7 @@ from portal.accounts.forms import PortalForm
 from portal.catalog.selectors import offer_price
 from portal.catalog.types import Offer
 from portal.compute.services import NAME_PATTERN
+from portal.money import format_amount
 
 HOURS_PER_MONTH = 730
 TIMES = "\N{MULTIPLICATION SIGN}"
@@ -45,7 +46,7 @@ LAUNCH_ERROR_FIELDS = {
 
 
 def _money(amount: Decimal, currency: str) -> str:
-    return f"{amount:,.2f} {currency}"
+    return f"{format_amount(amount, currency)} {currency}"
 
 
 def type_label(offer: Offer) -> str:
