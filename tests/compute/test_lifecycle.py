@@ -13,7 +13,7 @@ from portal.compute.lifecycle import (
     check_transition,
 )
 from portal.compute.models import Instance
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 

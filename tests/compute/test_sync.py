@@ -12,7 +12,7 @@ from portal.compute import services
 from portal.compute.lifecycle import State
 from portal.compute.models import BackendOrphan, Instance
 from portal.provisioning.simulated import simulate_loss
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
