@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs ruff and the whole pytest suite against a throwaway PostgreSQL and Redis started here,
-# on loopback, and stops them on exit (also on failure or Ctrl-C).
+# Runs ruff, bandit and the whole pytest suite (in parallel, one process per core) against a
+# throwaway PostgreSQL and Redis started here, on loopback, and stops them on exit (also on
+# failure or Ctrl-C).
 #
 # Outside CI a missing server binary or browser makes the tests that need it skip with a
 # one-line reason; with CI=true it is a failure.
@@ -93,13 +94,11 @@ else
     missing "libvirt-dev not installed (apt-get install libvirt-dev pkg-config); libvirt tests skip"
 fi
 
-export CI
-export SECRET_KEY="test-secret-key-not-for-production" DEBUG=0
-export SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
-export ALLOWED_HOSTS="localhost,127.0.0.1,testserver"
-export CELERY_TASK_ALWAYS_EAGER=${CELERY_TASK_ALWAYS_EAGER:-1} CELERY_BROKER_URL="memory://"
+# The test settings (tests/settings.py) give every other variable a safe default for a test run;
+# what is exported here or by the caller wins. manage.py below uses them too.
+export CI DJANGO_SETTINGS_MODULE=tests.settings
 export PORTAL_VAR_DIR="$WORK/var"
-export STATIC_ROOT="$WORK/static"
+export STATIC_ROOT="$WORK/static"   # collected: the suite serves hashed names as production does
 mkdir -p "$PORTAL_VAR_DIR"
 .venv/bin/python manage.py collectstatic --noinput -v0
 
@@ -115,5 +114,8 @@ echo "==> migrations are up to date"
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
+# In parallel with pytest-xdist: one process per core (TEST_WORKERS=N to choose, 0 for none),
+# each with its own test database; tests on the one Redis server share a worker (tests/conftest.py).
 echo "==> pytest"
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-auto}" --dist loadgroup \
+    --durations=15 "$@"
