@@ -95,12 +95,13 @@ else
 fi
 
 # The test settings (tests/settings.py) give every other variable a safe default for a test run;
-# what is exported here or by the caller wins. manage.py below uses them too.
+# what is exported here or by the caller wins. `python -m django` (not manage.py, which turns
+# DEBUG on when SECRET_KEY is unset) runs the commands below with the same settings as pytest.
 export CI DJANGO_SETTINGS_MODULE=tests.settings
 export PORTAL_VAR_DIR="$WORK/var"
 export STATIC_ROOT="$WORK/static"   # collected: the suite serves hashed names as production does
 mkdir -p "$PORTAL_VAR_DIR"
-.venv/bin/python manage.py collectstatic --noinput -v0
+.venv/bin/python -m django collectstatic --noinput -v0
 
 if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff and bandit while iterating on a few tests
     echo "==> ruff"
@@ -111,7 +112,7 @@ if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff and bandit while iterating
 fi
 
 echo "==> migrations are up to date"
-.venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
+.venv/bin/python -m django makemigrations --check --dry-run >/dev/null \
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
 # In parallel with pytest-xdist: one process per core (TEST_WORKERS=N to choose, 0 for none),
