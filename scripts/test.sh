@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Runs ruff, bandit and the whole pytest suite against a
-# throwaway PostgreSQL and Redis started here, on loopback, and stops them on exit (also on
-# failure or Ctrl-C).
+# Runs ruff, bandit and the whole pytest suite against a throwaway PostgreSQL and Redis started
+# here, on loopback, and stops them on exit (also on failure or Ctrl-C).
 #
 # Outside CI a missing server binary or browser makes the tests that need it skip with a
 # one-line reason; with CI=true it is a failure.
