@@ -55,7 +55,7 @@ def main() -> None:
     try:
         from portal.catalog.capacity import CapacityUnavailable
         from portal.compute import services
-        from tests.compute.world import World
+        from tests.factories import World
 
         print(f"database: {connection.vendor}")
         world = World(hosts=40, gpus_per_host=8)

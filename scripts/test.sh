@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs ruff and the whole pytest suite against a throwaway PostgreSQL and Redis started here,
-# on loopback, and stops them on exit (also on failure or Ctrl-C).
+# Runs ruff, bandit and the whole pytest suite against a throwaway PostgreSQL and Redis started
+# here, on loopback, and stops them on exit (also on failure or Ctrl-C).
 #
 # Outside CI a missing server binary or browser makes the tests that need it skip with a
 # one-line reason; with CI=true it is a failure.
@@ -93,15 +93,14 @@ else
     missing "libvirt-dev not installed (apt-get install libvirt-dev pkg-config); libvirt tests skip"
 fi
 
-export CI
-export SECRET_KEY="test-secret-key-not-for-production" DEBUG=0
-export SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0
-export ALLOWED_HOSTS="localhost,127.0.0.1,testserver"
-export CELERY_TASK_ALWAYS_EAGER=${CELERY_TASK_ALWAYS_EAGER:-1} CELERY_BROKER_URL="memory://"
+# The test settings (tests/settings.py) give every other variable a safe default for a test run;
+# what is exported here or by the caller wins. `python -m django` (not manage.py, which turns
+# DEBUG on when SECRET_KEY is unset) runs the commands below with the same settings as pytest.
+export CI DJANGO_SETTINGS_MODULE=tests.settings
 export PORTAL_VAR_DIR="$WORK/var"
-export STATIC_ROOT="$WORK/static"
+export STATIC_ROOT="$WORK/static"   # collected: the suite serves hashed names as production does
 mkdir -p "$PORTAL_VAR_DIR"
-.venv/bin/python manage.py collectstatic --noinput -v0
+.venv/bin/python -m django collectstatic --noinput -v0
 
 if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff and bandit while iterating on a few tests
     echo "==> ruff"
@@ -112,8 +111,13 @@ if [ "${LINT:-1}" = "1" ]; then   # LINT=0 skips ruff and bandit while iterating
 fi
 
 echo "==> migrations are up to date"
-.venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
+.venv/bin/python -m django makemigrations --check --dry-run >/dev/null \
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
+# TEST_WORKERS=auto (one process per core) or N runs pytest in parallel with pytest-xdist, each
+# process with its own test database, tests on the one Redis server on one of them
+# (tests/conftest.py). Not the default yet: in a parallel run of the whole suite the real-worker
+# tests in tests/compute/test_worker.py time out (alone, in parallel too, they pass).
 echo "==> pytest"
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-0}" --dist loadgroup \
+    --durations=15 "$@"

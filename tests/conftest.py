@@ -1,4 +1,4 @@
-"""Shared fixtures. Factories live in tests/factories.py."""
+"""Shared fixtures. Factories live in tests/factories/ (one module per area)."""
 
 import os
 
@@ -17,6 +17,16 @@ def missing(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: a missing part is a failure)")
     pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the one Redis server (``redis_url``) use fixed database numbers and real Celery
+    workers on them, so with pytest-xdist (``--dist loadgroup``, as scripts/test.sh runs it)
+    they all go to one worker, one after another. Everything else runs in parallel: each
+    worker has its own test database, temporary folders and live server port."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("redis"))
 
 
 @pytest.fixture(autouse=True)

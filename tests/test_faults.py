@@ -28,7 +28,7 @@ from portal.compute.models import Instance, State
 from portal.metering import services as metering
 from portal.metering.models import UsageRecord
 from tests import factories, workers
-from tests.compute.world import World
+from tests.factories import World
 
 NOTHING_LISTENS = "redis://127.0.0.1:1/0"  # a real connection attempt, refused at once
 

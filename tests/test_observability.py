@@ -27,7 +27,7 @@ from portal.observability import celery_signals, metrics
 from portal.observability.logging import ContextFilter, JsonFormatter, PlainFormatter, log_context
 from portal.observability.middleware import REDACTED
 from tests import factories
-from tests.compute.world import World
+from tests.factories import World
 
 ROOT = Path(__file__).resolve().parent.parent
 task_log = logging.getLogger("tests.observability")

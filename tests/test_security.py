@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -40,8 +41,7 @@ from portal.celery import app as celery_app
 from portal.compute.models import Instance
 from portal.errors import InvalidInput
 from tests import factories
-from tests.catalog.test_register_host import BILLION_LAUGHS, EXTERNAL_ENTITY
-from tests.test_platform import ROOT
+from tests.factories.catalog import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 EXPECTED_CSP = {
     "default-src": ["'self'"],
@@ -61,6 +61,8 @@ INLINE_HANDLER = re.compile(r"\son[a-z]+\s*=", re.IGNORECASE)
 STYLE_ATTRIBUTE = re.compile(r"\sstyle\s*=", re.IGNORECASE)
 SCRIPT_TAG = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
 DATA_BLOCK = re.compile(r"""\stype\s*=\s*["']application/(ld\+)?json["']""", re.IGNORECASE)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def django_shell(code: str, **env: str | None) -> str:

@@ -18,8 +18,11 @@ def database_url_for_workers() -> str:
 
 
 def start_worker(env: dict, log: Path, name: str = "worker") -> subprocess.Popen:
-    """``celery worker`` as its own process (solo pool), writing its output to ``log``."""
-    return subprocess.Popen(
+    """``celery worker`` as its own process (solo pool), writing its output to ``log``; returns
+    once it is ready. Until a worker has declared its queue on a new Redis database, a task sent
+    there is routed to no queue and lost, and on a busy machine (or beside other tests running
+    in parallel) a worker can take longer to start than the test takes to send its first task."""
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -37,9 +40,16 @@ def start_worker(env: dict, log: Path, name: str = "worker") -> subprocess.Popen
         ],
         cwd=ROOT,
         env=env,
-        stdout=open(log, "w"),
+        stdout=open(log, "w"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
     )
+    wait_until(
+        lambda: process.poll() is not None or " ready." in log.read_text(),
+        timeout=90,
+        what=f"the Celery worker {name} was not ready",
+        log=log,
+    )
+    return process
 
 
 def wait_until(predicate, *, timeout: float, what: str, log: Path) -> None:

@@ -334,14 +334,22 @@ def register_totals(flt: RegisterFilter) -> dict[str, dict[str, Decimal]]:
     )
     return {
         row["currency"]: {
-            "net": Decimal(row["net"] or 0),
-            "tax": Decimal(row["tax_sum"] or 0),
-            "gross": Decimal(row["gross"] or 0),
-            "paid": Decimal(row["paid"] or 0),
-            "outstanding": Decimal(row["outstanding"] or 0),
+            "net": _sum(row["net"], row["currency"]),
+            "tax": _sum(row["tax_sum"], row["currency"]),
+            "gross": _sum(row["gross"], row["currency"]),
+            "paid": _sum(row["paid"], row["currency"]),
+            "outstanding": _sum(row["outstanding"], row["currency"]),
         }
         for row in rows
     }
+
+
+def _sum(value, currency: str) -> Decimal:
+    """An aggregate's sum of rounded amounts as an exact Decimal with the currency's places, on
+    every database: PostgreSQL's numeric sum is exact and keeps them; SQLite sums in floating
+    point and answers 32 for 32.00 (Django reads it back to 15 digits), which rounding to the
+    currency's minor unit makes exact again. No rows (NULL) is 0, as before."""
+    return Decimal(0) if value is None else money_round(value, currency)
 
 
 def _midnight(day: date) -> datetime:
@@ -378,7 +386,9 @@ def ageing(flt: RegisterFilter, today: date) -> dict[str, dict[str, Decimal]]:
         .order_by("currency")
     )
     return {
-        row["currency"]: {name: Decimal(row[f"b{i}"] or 0) for i, name in enumerate(AGEING_BUCKETS)}
+        row["currency"]: {
+            name: _sum(row[f"b{i}"], row["currency"]) for i, name in enumerate(AGEING_BUCKETS)
+        }
         for row in rows
     }
 

@@ -7,7 +7,7 @@ from portal.accounts import services
 from portal.accounts.types import Actor
 from tests import factories
 from tests.api.openapi import components, list_operations, portal_schema
-from tests.api.world import ROWS, api_world
+from tests.factories.api import ROWS, api_world
 
 pytestmark = pytest.mark.django_db
 
@@ -130,7 +130,7 @@ def test_every_list_paginates_and_its_query_count_does_not_grow_with_page_size(
 
     first, queries_for_one = page("page_size=1")
     assert set(first) == {"count", "next", "previous", "results"}
-    assert first["count"] >= ROWS, f"add {ROWS} rows for {path} in tests/api/world.py"
+    assert first["count"] >= ROWS, f"add {ROWS} rows for {path} in tests/factories/api.py"
     assert len(first["results"]) == 1 and first["next"] and first["previous"] is None
     second, _ = page("page_size=1&page=2")
     assert second["previous"] and second["results"] != first["results"]

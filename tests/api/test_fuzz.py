@@ -2,7 +2,7 @@
 
 The schema is loaded from the portal's WSGI application (no server). Each operation is called,
 with an owner's API key, against an organisation that owns at least three of everything
-(tests/api/world.py): running, stopped and pending instances, volumes, SSH keys, members,
+(tests/factories/api.py): running, stopped and pending instances, volumes, SSH keys, members,
 ledger entries, invoices and audit events. Path ids are often those objects' ids, so the
 fuzzing gets past the 404s, and the Accept header varies. Each response must:
 
@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.openapi import portal_schema
-from tests.api.world import api_world
+from tests.factories.api import api_world
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""Stripe fixtures: one in-memory localstripe per test session, emptied before each test."""
+"""Billing fixtures: the world of the invoicing tests, the October register, and one in-memory
+localstripe per test session, emptied before each test."""
 
 from collections.abc import Iterator
 
@@ -7,6 +8,19 @@ import pytest
 from tests.billing.stripe_payloads import STRIPE_API_KEY, WEBHOOK_SECRET
 from tests.billing.stripe_server import LocalStripe, LocalStripeUnavailable, localstripe_start
 from tests.conftest import missing
+from tests.factories import billing
+
+
+@pytest.fixture
+def world(db):
+    """An organisation, a region with H200 hosts and USD prices from 1 September 2026."""
+    return billing.make_world()
+
+
+@pytest.fixture
+def month():
+    """October 2026, invoiced in November (``tests.factories.billing.october_register``)."""
+    return billing.october_register()
 
 
 @pytest.fixture(scope="session")

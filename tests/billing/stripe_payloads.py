@@ -1,9 +1,9 @@
 """Stripe webhook events for tests, built from Stripe's own example objects.
 
 localstripe has no Checkout Sessions, so the events a Checkout sends are built here: each
-builder copies the example object from ``../shared/data/stripe/fixtures3.json`` (Stripe's
-OpenAPI fixtures) and sets the fields the portal reads, so a handler test reads fields where
-Stripe really puts them. Amounts are integers in minor units; currencies are sent lower-case,
+builder copies the example object from ``tests/data/stripe/fixtures3.json`` (Stripe's
+OpenAPI fixtures, trimmed to the objects used here) and sets the fields the portal reads, so a
+handler test reads fields where Stripe really puts them. Amounts are integers in minor units; currencies are sent lower-case,
 as Stripe does. Ids not given are made unique per call (``Payment`` ids of a provider are
 unique in the database). ``signed`` turns an event into the body and headers Stripe would send.
 """
@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-FIXTURES_PATH = Path(__file__).resolve().parents[3] / "shared/data/stripe/fixtures3.json"
+FIXTURES_PATH = Path(__file__).resolve().parents[1] / "data/stripe/fixtures3.json"
 
 # What the ``stripe_settings`` fixture configures.
 STRIPE_API_KEY = "sk_test_portal"

@@ -56,7 +56,7 @@ def test_the_ledger_sums_usage_per_day_and_instance(memory_backend):
 
     from portal.compute import services as compute
     from portal.metering.services import usage_close_hour
-    from tests.compute.world import World
+    from tests.factories import World
 
     start = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
     with time_machine.travel(start - timedelta(days=1), tick=False):

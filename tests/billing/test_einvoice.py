@@ -17,7 +17,7 @@ from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from portal.metering.lifecycle_usage import VOLUME
 from tests import factories
-from tests.billing.test_invoicing import (
+from tests.factories.billing import (
     NOV_START,
     OCT,
     OCT_START,
@@ -25,7 +25,6 @@ from tests.billing.test_invoicing import (
     finalize,
     finance,
     make_org,
-    make_world,
     record,
     running_hours,
 )
@@ -34,11 +33,6 @@ pytestmark = pytest.mark.django_db
 
 CII = {"ram": einvoice.RAM, "rsm": einvoice.RSM}
 UBL = {"cac": einvoice.CAC, "cbc": einvoice.CBC}
-
-
-@pytest.fixture
-def world(db):
-    return make_world()
 
 
 CNY_PRICES = {"gpu_1x_h200": "24.85", "gpu_2x_h200": "49.70"}

@@ -20,100 +20,17 @@ from billing.finance.exports import (
     RegisterFilter,
 )
 from billing.invoicing import services as invoicing
-from billing.ledger.services import ledger_post
-from billing.models import BillingProfile, EntryKind
-from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
-from tests.billing.test_invoicing import (
+from tests.factories.billing import (
     AFTER_CLOSE,
-    NOV_START,
     OCT,
-    OCT_START,
-    close_through,
-    finalize,
     finance,
-    make_org,
-    make_world,
-    running_hours,
 )
 
 pytestmark = pytest.mark.django_db
 
 D = Decimal
 OCT_ONLY = {"start": OCT, "end": date(2026, 10, 31)}
-
-
-@pytest.fixture
-def month():
-    """October 2026, invoiced in November:
-
-    - ``usd``: invoiced, 10 h at 3.50 + 20 % tax = 42.00, credited 10.00 (-12.00) on 2 Nov,
-      the remaining 30.00 paid by bank on 5 Nov;
-    - ``late``: invoiced, 2 h at 3.50 = 7.00, no tax, due 15 Nov and unpaid;
-    - ``cny``: prepaid, a 1000 CNY top-up on 2 Nov, 5 h at 24.85 + 6 % = 131.71 paid from
-      credits, 100 CNY refunded on 6 Nov;
-    - ``drafty``: a draft of October never finalized."""
-    world = make_world()
-    usd = world.org
-    usd.billing_mode = "invoiced"
-    usd.save(update_fields=["billing_mode"])
-    BillingProfile.objects.create(organization=usd, tax_rate=D("0.20"), payment_terms_days=14)
-    late = make_org(billing_mode="invoiced", name="Late Payer", country="FR")
-    BillingProfile.objects.create(organization=late, tax_rate=0, payment_terms_days=14)
-    cny = make_org(currency="CNY", name="深圳算力科技有限公司", country="CN", credit_amount=None)
-    BillingProfile.objects.create(organization=cny, tax_rate=D("0.06"))
-    catalog_services.price_set(
-        instance_type=world.types["gpu_1x_h200"],
-        region=world.region,
-        currency="CNY",
-        on_demand_per_hour="24.85",
-        effective_from=datetime(2026, 9, 1, tzinfo=UTC),
-        allow_past=True,
-    )
-    drafty = make_org(name="Drafty", credit_amount=None)
-    running_hours(usd, world, OCT_START, 10)
-    running_hours(late, world, OCT_START, 2, subject="2")
-    running_hours(cny, world, OCT_START, 5, subject="3")
-    running_hours(drafty, world, OCT_START, 1, subject="4")
-    close_through(NOV_START)
-    with time_machine.travel(OCT_START + timedelta(days=20), tick=False):
-        draft = invoicing.invoice_draft_refresh(drafty, OCT)
-    invoices = {}
-    for org in (usd, late, cny):
-        with time_machine.travel(AFTER_CLOSE, tick=False):
-            draft_of_org = invoicing.invoice_draft_refresh(org, OCT)
-        invoices[org.slug] = finalize(draft_of_org, notify=False)
-    with time_machine.travel(datetime(2026, 11, 2, 9, tzinfo=UTC), tick=False):
-        ledger_post(
-            organization=cny,
-            kind=EntryKind.TOP_UP,
-            amount="1000",
-            idempotency_key="test-top-up",
-            description="Top-up by card",
-            actor_label="test",
-        )
-        note = invoicing.credit_note_create(
-            invoices[usd.slug], actor=finance(usd), amount="10.00", reason="Outage", notify=False
-        )
-    with time_machine.travel(datetime(2026, 11, 5, 9, tzinfo=UTC), tick=False):
-        invoicing.invoice_mark_paid(invoices[usd.slug], reference="BANK-1", actor=finance(usd))
-    with time_machine.travel(datetime(2026, 11, 6, 9, tzinfo=UTC), tick=False):
-        ledger_post(
-            organization=cny,
-            kind=EntryKind.REFUND,
-            amount="-100",
-            idempotency_key="test-refund",
-            description="Refund of a top-up",
-            actor_label="test",
-        )
-    return {
-        "usd": invoices[usd.slug],
-        "late": invoices[late.slug],
-        "cny": invoices[cny.slug],
-        "note": note,
-        "draft": draft,
-        "orgs": {"usd": usd, "late": late, "cny": cny, "drafty": drafty},
-    }
 
 
 def test_the_month_is_what_the_fixture_says(month):

@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Permission
 from openpyxl import load_workbook
 
 from billing.finance import exports
@@ -14,19 +13,13 @@ from billing.finance import services as finance
 from billing.finance.exports import JOURNAL_COLUMNS, LINE_COLUMNS, REGISTER_COLUMNS, RegisterFilter
 from billing.models import ExportJob, ExportStatus
 from tests import factories
-from tests.billing.test_exports import month  # noqa: F401 - the October fixture, reused
+from tests.factories.billing import finance_staff
 
 pytestmark = pytest.mark.django_db
 
 FINANCE = "/finance/"
 OCT_NOV = {"start": "2026-10", "end": "2026-11"}
 DECEMBER = datetime(2026, 12, 1, 12, tzinfo=UTC)
-
-
-def finance_staff(email=None, **extra):
-    user = factories.user(email, is_staff=True, **extra)
-    user.user_permissions.add(Permission.objects.get(codename="view_invoice"))
-    return user
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def test_only_finance_staff_get_in(client):
 
 
 def test_register_page_shows_totals_ageing_and_rows(
-    month,  # noqa: F811
+    month,
     staff_client,
     django_assert_max_num_queries,
 ):
@@ -146,7 +139,7 @@ def _rows(kind):
 @pytest.mark.parametrize("kind", ["register", "lines", "journal"])
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_an_export_runs_and_downloads_the_rows(
-    month,  # noqa: F811
+    month,
     staff_client,
     django_capture_on_commit_callbacks,
     kind,
@@ -189,7 +182,7 @@ def test_an_export_runs_and_downloads_the_rows(
 
 
 def test_reconciliation_and_document_exports(
-    month,  # noqa: F811
+    month,
     staff_client,
     django_capture_on_commit_callbacks,
 ):
@@ -226,7 +219,7 @@ def test_reconciliation_and_document_exports(
     assert documents.rows == len(numbers)
 
 
-def test_a_queued_job_polls_its_progress_bar(month, staff_client):  # noqa: F811
+def test_a_queued_job_polls_its_progress_bar(month, staff_client):
     response = staff_client.post("/finance/exports/", {**OCT_NOV, "kind": "lines", "format": "csv"})
     job = ExportJob.objects.get()  # the task waits for a commit that never comes in this test
     assert response.status_code == 302 and job.status == ExportStatus.QUEUED
@@ -245,7 +238,7 @@ def test_a_queued_job_polls_its_progress_bar(month, staff_client):  # noqa: F811
     assert "hx-trigger" not in partial.content.decode()
 
 
-def test_progress_is_saved_every_so_many_rows(month, monkeypatch):  # noqa: F811
+def test_progress_is_saved_every_so_many_rows(month, monkeypatch):
     monkeypatch.setattr(finance, "PROGRESS_EVERY", 2)
     job = ExportJob.objects.create(
         created_by=finance_staff(), kind="journal", format="csv", params=OCT_NOV
@@ -273,7 +266,7 @@ def test_progress_is_saved_every_so_many_rows(month, monkeypatch):  # noqa: F811
 
 
 def test_a_failing_export_is_marked_failed_with_its_message(
-    month,  # noqa: F811
+    month,
     staff_client,
     django_capture_on_commit_callbacks,
     monkeypatch,
@@ -292,7 +285,7 @@ def test_a_failing_export_is_marked_failed_with_its_message(
     assert finance.export_job_run(job_id=job.pk).status == ExportStatus.FAILED  # not rerun
 
 
-def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month, monkeypatch):  # noqa: F811
+def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month, monkeypatch):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -343,7 +336,7 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
 
 
 def test_an_export_asked_for_while_the_broker_is_down_waits_queued(
-    month,  # noqa: F811
+    month,
     staff_client,
     django_capture_on_commit_callbacks,
     monkeypatch,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from billing.invoicing import services as invoicing
 from billing.invoicing.documents import invoice_pdf
-from billing.ledger.services import account_for, ledger_post, usage_debit_pending
+from billing.ledger.services import account_for, ledger_post
 from billing.models import (
     BillingProfile,
     DocumentSequence,
@@ -34,90 +34,27 @@ from portal.accounts.types import Actor
 from portal.catalog import services as catalog_services
 from portal.errors import Conflict, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
-from portal.metering.models import ClosedHour, Meter, MeterPrice, UsageRecord
-from portal.metering.services import builtin_meters
+from portal.metering.models import Meter, MeterPrice, UsageRecord
 from portal.money import money_round
 from tests import factories
+from tests.factories.billing import (
+    AFTER_CLOSE,
+    NOV_START,
+    OCT,
+    OCT_START,
+    H,
+    close_month,
+    close_through,
+    debit_all,
+    finalize,
+    finance,
+    issued,
+    make_org,
+    record,
+    running_hours,
+)
 
 pytestmark = pytest.mark.django_db
-
-H = timedelta(hours=1)
-OCT = date(2026, 10, 1)
-OCT_START = datetime(2026, 10, 1, tzinfo=UTC)
-NOV_START = datetime(2026, 11, 1, tzinfo=UTC)
-AFTER_CLOSE = NOV_START + timedelta(minutes=30)
-
-
-# --- builders ---------------------------------------------------------------------------------
-
-
-def make_world():
-    """An organisation, a region with H200 hosts and USD prices from 1 September 2026."""
-    from tests.compute.world import World
-
-    with time_machine.travel(datetime(2026, 9, 1, tzinfo=UTC), tick=False):
-        return World()
-
-
-@pytest.fixture
-def world(db):
-    return make_world()
-
-
-def make_org(currency="USD", **extra):
-    return factories.organization(currency=currency, **extra)
-
-
-def record(org, meter_key, hour, quantity, *, instance_type=None, region=None, subject="1"):
-    meter = builtin_meters().get(meter_key) or Meter.objects.get(key=meter_key)
-    return UsageRecord.objects.create(
-        organization=org,
-        subject_type="external"
-        if meter_key not in (COMPUTE, BOOT_DISK, VOLUME)
-        else ("volume" if meter_key == VOLUME else "instance"),
-        subject_id=subject,
-        meter=meter,
-        hour_start=hour,
-        quantity=Decimal(quantity),
-        unit=meter.unit,
-        instance_type_id=instance_type.pk if instance_type else None,
-        region_id=region.pk if region else None,
-    )
-
-
-def running_hours(org, world, start, hours, *, type_name="gpu_1x_h200", subject="1", seconds=3600):
-    for i in range(hours):
-        record(
-            org,
-            COMPUTE,
-            start + i * H,
-            seconds,
-            instance_type=world.types[type_name],
-            region=world.region,
-            subject=subject,
-        )
-
-
-def close_through(end):
-    """Metering has closed every hour before ``end`` (records here are made directly)."""
-    ClosedHour.objects.get_or_create(hour_start=end - H)
-
-
-def debit_all():
-    while usage_debit_pending().debited:
-        pass
-
-
-def finalize(invoice, when=AFTER_CLOSE, **kwargs):
-    with time_machine.travel(when, tick=False):
-        return invoicing.invoice_finalize(
-            invoice, actor=Actor.system(invoice.organization), **kwargs
-        )
-
-
-def close_month(month=OCT, when=AFTER_CLOSE):
-    with time_machine.travel(when, tick=False):
-        return invoicing.month_close(month)
 
 
 def balance(org) -> Decimal:
@@ -136,10 +73,6 @@ STORAGE = {"USD": "0.10", "CNY": "0.72"}  # settings.STORAGE_PRICE_PER_GB_MONTH
 def cents(value: Decimal) -> int:
     assert value == value.quantize(Decimal("0.01"))
     return int(value * 100)
-
-
-def finance(org=None) -> Actor:
-    return Actor.for_operator(factories.user(is_staff=True), org)
 
 
 # --- the rounding rule ----------------------------------------------------------------------
@@ -516,19 +449,6 @@ def test_finalize_refuses_a_month_not_over_or_not_closed(world):
 # --- prepaid, invoiced, payment, void, credit notes ------------------------------------------------
 
 
-def issued(world, *, mode="invoiced", hours=10, tax="0.20", currency="USD"):
-    org = world.org
-    if org.billing_mode != mode:
-        org.billing_mode = mode
-        org.save(update_fields=["billing_mode"])
-    BillingProfile.objects.update_or_create(
-        organization=org, defaults={"tax_rate": Decimal(tax), "payment_terms_days": 14}
-    )
-    running_hours(org, world, OCT_START, hours)
-    close_through(NOV_START)
-    return finalize(invoicing.invoice_draft_refresh(org, OCT))
-
-
 def test_invoiced_organisation_owes_the_total_until_marked_paid(world):
     org = world.org
     start = balance(org)
@@ -738,7 +658,7 @@ def test_numbers_are_gapless_per_series_and_year(world):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_finalizing_gives_consecutive_numbers(require_postgres):
-    from tests.compute.world import World
+    from tests.factories import World
 
     with time_machine.travel(datetime(2026, 9, 1, tzinfo=UTC), tick=False):
         world = World()

@@ -11,23 +11,17 @@ from django.test import Client
 from billing.invoicing import services as invoicing
 from billing.models import Invoice, LedgerEntry
 from tests import factories
-from tests.billing.test_invoicing import (
+from tests.factories.billing import (
     AFTER_CLOSE,
     OCT,
     OCT_START,
     close_through,
     issued,
-    make_world,
     running_hours,
 )
 
 pytestmark = pytest.mark.django_db
 BASE = "/admin/billing/invoice/"
-
-
-@pytest.fixture
-def world(db):
-    return make_world()
 
 
 @pytest.fixture

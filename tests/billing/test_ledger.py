@@ -106,7 +106,7 @@ def test_usage_is_debited_once_at_the_price_in_force(memory_backend, monkeypatch
     from portal.compute import services as compute
     from portal.metering.rating import Rater
     from portal.metering.services import usage_close_hour
-    from tests.compute.world import World
+    from tests.factories import World
 
     start = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
     with time_machine.travel(start - timedelta(days=1), tick=False):

@@ -14,7 +14,7 @@ from billing.invoicing import services as invoicing
 from billing.models import DocumentSequence, Invoice, LedgerEntry
 from portal.errors import Conflict
 from tests import factories
-from tests.billing.test_invoicing import (
+from tests.factories.billing import (
     AFTER_CLOSE,
     NOV_START,
     OCT,
@@ -26,11 +26,6 @@ from tests.billing.test_invoicing import (
 )
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def world(db):
-    return make_world()
 
 
 def test_the_schedule_runs_it_on_the_first_of_the_month_at_00_05_utc():

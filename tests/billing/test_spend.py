@@ -19,7 +19,7 @@ from portal.compute import services as compute
 from portal.compute.models import Instance
 from portal.errors import Conflict
 from tests import factories
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 START = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)

@@ -1,12 +1,10 @@
 """``manage.py import_catalog``: SkyPilot catalog CSVs into instance types and USD prices."""
 
-import os
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from portal.catalog import importers, services
@@ -24,10 +22,8 @@ from portal.catalog.importers import (
 )
 from portal.catalog.models import InstanceType, Price, Region
 from portal.errors import InvalidInput
-from tests.conftest import missing
 
-SHARED = Path(os.environ.get("PORTAL_SHARED_DATA", settings.BASE_DIR.parent / "shared" / "data"))
-CATALOG = SHARED / "catalog"
+CATALOG = Path(__file__).resolve().parents[1] / "data" / "catalog"  # see its README
 
 # Per file: rows, instance types, regions, prices, and the rows not imported by reason. Worked
 # out by running the import, then checked against the CSVs independently (rows with an
@@ -143,8 +139,6 @@ HEADER = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Sp
 
 @pytest.fixture
 def catalog() -> Path:
-    if not (CATALOG / "gpus.csv").is_file():
-        missing(f"needs the shared catalog data in {CATALOG} (set PORTAL_SHARED_DATA)")
     return CATALOG
 
 
@@ -171,7 +165,7 @@ def price(provider_name: str, region: str, provider: str) -> Price:
     )
 
 
-# --- every file of the shared catalog -------------------------------------------------------------
+# --- every file of the catalog data ---------------------------------------------------------------
 
 
 def test_every_catalog_file_has_expected_counts(catalog):

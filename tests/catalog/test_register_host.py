@@ -17,6 +17,7 @@ from portal.catalog.synthetic import (
     H200_REPORT,
     synthesize_report,
 )
+from tests.factories.catalog import BILLION_LAUGHS, EXTERNAL_ENTITY
 
 pytestmark = pytest.mark.django_db
 
@@ -32,27 +33,6 @@ H200_PROFILES = {
     "1g.18gb": (19, Decimal("16.00"), 7, [0, 1, 2, 3, 4, 5, 6], 1),
     "1g.18gb+me": (20, Decimal("16.00"), 1, [0, 1, 2, 3, 4, 5, 6], 1),
 }
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE nvidia_smi_log [
-  <!ENTITY lol "lol">
-  <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
-  <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
-  <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
-  <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
-  <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
-  <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
-  <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
-  <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
-  <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
-]>
-<nvidia_smi_log><driver_version>&lol9;</driver_version></nvidia_smi_log>
-"""
-
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE nvidia_smi_log [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
-<nvidia_smi_log><driver_version>&secret;</driver_version></nvidia_smi_log>
-"""
 
 
 @pytest.fixture

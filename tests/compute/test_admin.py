@@ -7,16 +7,10 @@ from django.test import Client
 
 from portal.compute.models import BackendOrphan, Instance, InstanceEvent, Quota, Volume
 from tests import factories
-from tests.compute import test_pages as pages
+from tests.factories import settle
 
-# The page tests' catalog, organisation and simulated backend (pytest finds fixtures by name).
-fast_simulated_backend = pages.fast_simulated_backend
-compute_catalog = pages.compute_catalog
-ssh_key = pages.ssh_key
-launch = pages.launch
-settle = pages.settle
-
-pytestmark = pytest.mark.django_db
+# The page tests' catalog, organisation and simulated backend (tests/compute/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_simulated_backend")]
 MODELS = ["instance", "volume", "quota", "backendorphan"]
 
 

@@ -11,7 +11,7 @@ from portal.compute import services
 from portal.compute.models import IdempotencyRecord, Instance, Quota
 from portal.errors import Conflict, InvalidInput, PermissionDenied
 from tests import factories
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from portal.compute.lifecycle import (
 )
 from portal.compute.models import Instance
 from tests import factories
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 

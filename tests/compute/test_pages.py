@@ -14,68 +14,16 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from portal.accounts import services as account_services
-from portal.catalog import services as catalog_services
-from portal.catalog.models import GpuModel, Image
-from portal.catalog.synthetic import DATA_DIR, synthesize_report
 from portal.compute import services
 from portal.compute.models import Instance, Volume, VolumeState
 from tests import factories
-from tests.factories import QueryCounter
+from tests.factories import QueryCounter, settle
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_simulated_backend")]
 HTMX = {"HTTP_HX_REQUEST": "true"}
 POLL = 'hx-trigger="every 2.5s'
 TIMES = "\N{MULTIPLICATION SIGN}"
 _seq = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def fast_simulated_backend(simulated_backend):
-    """The simulated backend (machines in the database) with instant boots and stops."""
-    return simulated_backend(boot_seconds=0, stop_seconds=0)
-
-
-@pytest.fixture
-def compute_catalog(db):
-    """``gpu_1x_h200``: 3.50 USD/h in us-east-1, 3.10 in us-west-1 (no host there);
-    ``gpu_8x_h200``: 28.00 in us-east-1 only. ``ubuntu-cuda`` is the default image."""
-    catalog_services.gpu_models_load(path=DATA_DIR / "gpus.csv")
-    h200 = GpuModel.objects.get(code="h200-sxm-141gb")
-    east = catalog_services.region_ensure(code="us-east-1", name="Virginia", country="US")
-    west = catalog_services.region_ensure(code="us-west-1", name="California", country="US")
-    n = next(_seq)
-    host = catalog_services.host_register(
-        name=f"h200-pages-host-{n}",
-        region=east,
-        report=synthesize_report(gpu="H200", count=8, seed=f"compute-pages-{n}"),
-        vcpus=128,
-        ram_gib=2048,
-    )
-    one, _ = catalog_services.instance_type_upsert(
-        name="gpu_1x_h200", gpu_model=h200, gpu_count=1, vcpus=8, ram_gib=64
-    )
-    eight, _ = catalog_services.instance_type_upsert(
-        name="gpu_8x_h200", gpu_model=h200, gpu_count=8, vcpus=64, ram_gib=512
-    )
-    for instance_type, region, usd in (
-        (one, east, "3.50"),
-        (one, west, "3.10"),
-        (eight, east, "28.00"),
-    ):
-        catalog_services.price_set(
-            instance_type=instance_type, region=region, currency="USD", on_demand_per_hour=usd
-        )
-    image = Image.objects.create(name="ubuntu-cuda", os="Ubuntu 24.04", is_default=True)
-    Image.objects.create(name="ubuntu-plain", os="Ubuntu 24.04")
-    return {"one": one, "eight": eight, "east": east, "west": west, "host": host, "image": image}
-
-
-@pytest.fixture
-def ssh_key(org, owner):
-    return account_services.ssh_key_create(
-        actor=factories.actor(org, owner), name="laptop", public_key=factories.ed25519_public_key()
-    )
 
 
 @pytest.fixture
@@ -95,33 +43,6 @@ def client_for(org):
         return client
 
     return make
-
-
-@pytest.fixture
-def launch(org, owner, ssh_key, compute_catalog):
-    """``launch("name")`` launches through the service; the instance stays pending."""
-
-    def make(name: str | None = None, instance_type: str = "gpu_1x_h200", **extra) -> Instance:
-        request = services.LaunchRequest(
-            name=name or f"box-{next(_seq)}",
-            instance_type=instance_type,
-            region=extra.pop("region", "us-east-1"),
-            ssh_key_ids=(ssh_key.pk,),
-            **extra,
-        )
-        instance, _ = services.instance_launch(actor=factories.actor(org, owner), request=request)
-        return instance
-
-    return make
-
-
-def settle(instance: Instance) -> Instance:
-    """Do the sync task's work until the instance stops moving."""
-    for _ in range(10):
-        if not services.instance_sync(instance_id=instance.pk):
-            break
-    instance.refresh_from_db()
-    return instance
 
 
 def text(response) -> str:

@@ -14,7 +14,7 @@ from portal.compute.lifecycle import State
 from portal.compute.models import BackendOrphan, Instance
 from portal.provisioning.simulated import simulate_loss
 from tests import factories
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from portal.compute.lifecycle import State
 from portal.compute.models import Instance
 from portal.provisioning.models import SimulatedMachine
 from tests import workers
-from tests.compute.world import World
+from tests.factories import World
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]

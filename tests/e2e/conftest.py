@@ -6,8 +6,6 @@ downloads are never used.
 """
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 # pytest-playwright runs an event loop in this thread; Django's ORM calls from the sync test
@@ -15,13 +13,9 @@ from pathlib import Path
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import task_postrun
-from django.db import connection
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 from pytest_django.live_server_helper import LiveServer
 
-from portal.celery import app as celery_app
 from tests.conftest import missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,30 +114,3 @@ def screenshot(page, screenshot_dir, request):
         return path
 
     return take
-
-
-def mark_document(page: Page) -> None:
-    """Tag the loaded document; a full page load drops the tag (see ``assert_no_reload``)."""
-    page.evaluate("window.__e2eDocument = true")
-
-
-def assert_no_reload(page: Page) -> None:
-    assert page.evaluate("window.__e2eDocument === true"), "the page reloaded instead of htmx"
-
-
-def _close_db_connection(**kwargs) -> None:
-    connection.close()  # the worker thread's own connection, after each task
-
-
-@contextmanager
-def background_worker() -> Iterator[None]:
-    """Tasks go to a Celery worker in a thread (in-memory broker) instead of running eagerly."""
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    task_postrun.connect(_close_db_connection)
-    try:
-        with start_worker(celery_app, perform_ping_check=False, shutdown_timeout=20):
-            yield
-    finally:
-        task_postrun.disconnect(_close_db_connection)
-        celery_app.conf.task_always_eager = eager

@@ -14,16 +14,21 @@ from billing.finance.exports import REGISTER_COLUMNS
 from billing.models import ExportJob
 from billing.tasks import export_run
 from tests import factories
-from tests.billing.test_exports import month  # noqa: F401 - the October fixture, reused
-from tests.billing.test_finance import finance_staff
+from tests.factories.billing import finance_staff, october_register
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def month():
+    """October 2026, invoiced in November (``tests.factories.billing.october_register``)."""
+    return october_register()
 
 
 def test_finance_staff_export_the_register_as_csv(
     live_server,
     transactional_db,
-    month,  # noqa: F811
+    month,
     page: Page,
     screenshot,
     monkeypatch,

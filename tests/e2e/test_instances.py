@@ -19,7 +19,7 @@ from portal.catalog.demo import load_demo_catalog
 from portal.compute import services as compute_services
 from portal.compute.models import Instance
 from tests import factories
-from tests.e2e.conftest import assert_no_reload, background_worker, mark_document
+from tests.e2e.helpers import assert_no_reload, background_worker, mark_document
 
 pytestmark = pytest.mark.browser
 

@@ -41,8 +41,12 @@ from portal.compute.models import Instance
 from portal.metering.selectors import usage_summary
 from portal.metering.tasks import close_recent_hours
 from tests import factories
-from tests.e2e.conftest import assert_no_reload, background_worker, mark_document
-from tests.e2e.test_onboarding import emailed_link
+from tests.e2e.helpers import (
+    assert_no_reload,
+    background_worker,
+    emailed_link,
+    mark_document,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -8,18 +8,15 @@ deletes the SSH key again (after the confirmation dialog).
 import base64
 import hashlib
 import json
-import re
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from django.core import mail
 from playwright.sync_api import Dialog, Page, expect
 
-from tests.e2e.conftest import assert_no_reload, mark_document
+from tests.e2e.helpers import assert_no_reload, emailed_link, mark_document
 
 pytestmark = pytest.mark.browser
 
@@ -38,19 +35,6 @@ def new_ed25519_public_key(comment: str) -> tuple[str, str]:
     blob = base64.b64decode(line.split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return f"{line} {comment}", f"SHA256:{digest}"
-
-
-def emailed_link(to: str, timeout: float = 5.0) -> str:
-    """The first link in the newest email to ``to`` (emails are sent after commit)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in reversed(mail.outbox):
-            if to in message.to:
-                match = re.search(r"https?://\S+", message.body)
-                assert match, f"no link in the email to {to}:\n{message.body}"
-                return match.group(0)
-        time.sleep(0.05)
-    raise AssertionError(f"no email to {to}; outbox: {[m.to for m in mail.outbox]}")
 
 
 def api_get(url: str, secret: str) -> tuple[int, dict]:

@@ -25,8 +25,8 @@ from portal.accounts import services as account_services
 from portal.compute import services as compute
 from portal.metering import services as metering
 from tests import factories
-from tests.compute.world import World
-from tests.e2e.conftest import assert_no_reload, mark_document
+from tests.e2e.helpers import assert_no_reload, mark_document
+from tests.factories import World
 
 pytestmark = pytest.mark.browser
 

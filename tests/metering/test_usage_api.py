@@ -8,7 +8,7 @@ import time_machine
 
 from portal.compute import services as compute
 from portal.metering import services
-from tests.compute.world import World
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 START = datetime(2026, 5, 3, 9, 30, tzinfo=UTC)

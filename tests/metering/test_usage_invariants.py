@@ -76,7 +76,7 @@ def test_hourly_pieces_add_up_to_the_running_seconds(steps, extra_hours):
 
 @pytest.fixture
 def instance_row(db):
-    from tests.compute.world import World
+    from tests.factories import World
 
     world = World()
     from portal.compute import services as compute_services

@@ -30,8 +30,7 @@ from portal.compute import services as compute
 from portal.metering import services, views
 from portal.metering.forms import MAX_DAYS
 from tests import factories
-from tests.compute.world import World
-from tests.factories import QueryCounter
+from tests.factories import QueryCounter, World
 
 pytestmark = pytest.mark.django_db
 START = datetime(2026, 5, 3, 9, 30, tzinfo=UTC)

@@ -27,7 +27,7 @@ from portal.provisioning.libvirt import (
 )
 from portal.provisioning.models import LibvirtPlacement
 from tests.conftest import missing
-from tests.provisioning.conftest import gpu, spec
+from tests.factories.provisioning import gpu, spec
 
 S = ObservedState
 URI = "test:///default"

@@ -10,7 +10,7 @@ from portal.provisioning.base import (
     TransientBackendError,
 )
 from portal.provisioning.simulated import BackendCall, InMemoryBackend
-from tests.provisioning.conftest import gpu, spec
+from tests.factories.provisioning import gpu, spec
 
 S = ObservedState
 

@@ -14,7 +14,7 @@ from portal.provisioning.base import (
 )
 from portal.provisioning.models import SimulatedCreateAttempt, SimulatedMachine
 from portal.provisioning.simulated import SimulatedBackend, simulate_crash, simulate_loss
-from tests.provisioning.conftest import gpu, spec
+from tests.factories.provisioning import gpu, spec
 
 pytestmark = pytest.mark.django_db
 

@@ -15,8 +15,8 @@ from portal.accounts.types import Actor
 from portal.catalog import services as catalog_services
 from portal.catalog.models import Image
 from portal.compute import services as compute_services
-from tests import factories
-from tests.compute.world import World
+from tests.factories import accounts as factories
+from tests.factories.compute import World
 
 # Enough rows for a list to have several pages at ``page_size=1``.
 ROWS = 3

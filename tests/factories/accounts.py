@@ -1,4 +1,4 @@
-"""Test data, made through the same services customers use wherever that is practical."""
+"""Users, organisations, members, credit, API keys and SSH keys, and a query counter."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Plain builders for compute tests (fixtures live in each test module or conftest)."""
+"""A compute world (catalog, organisation, owner, SSH key) and helpers for instances."""
 
 from decimal import Decimal
 
@@ -7,8 +7,10 @@ from portal.accounts.types import Actor
 from portal.catalog import services as catalog_services
 from portal.catalog.models import GpuModel, Image, MigProfile
 from portal.catalog.synthetic import DATA_DIR, H200_MIG_TABLES, synthesize_report
+from portal.compute import services as compute_services
+from portal.compute.models import Instance
 from portal.compute.services import LaunchRequest
-from tests import factories
+from tests.factories import accounts as factories
 
 
 class World:
@@ -86,3 +88,46 @@ class World:
             ssh_key_ids=(self.ssh_key.pk,),
             **extra,
         )
+
+
+def settle(instance: Instance) -> Instance:
+    """Do the sync task's work until the instance stops moving."""
+    for _ in range(10):
+        if not compute_services.instance_sync(instance_id=instance.pk):
+            break
+    instance.refresh_from_db()
+    return instance
+
+
+def pages_catalog() -> dict:
+    """``gpu_1x_h200``: 3.50 USD/h in us-east-1, 3.10 in us-west-1 (no host there);
+    ``gpu_8x_h200``: 28.00 in us-east-1 only. ``ubuntu-cuda`` is the default image."""
+    catalog_services.gpu_models_load(path=DATA_DIR / "gpus.csv")
+    h200 = GpuModel.objects.get(code="h200-sxm-141gb")
+    east = catalog_services.region_ensure(code="us-east-1", name="Virginia", country="US")
+    west = catalog_services.region_ensure(code="us-west-1", name="California", country="US")
+    n = factories.next_id()
+    host = catalog_services.host_register(
+        name=f"h200-pages-host-{n}",
+        region=east,
+        report=synthesize_report(gpu="H200", count=8, seed=f"compute-pages-{n}"),
+        vcpus=128,
+        ram_gib=2048,
+    )
+    one, _ = catalog_services.instance_type_upsert(
+        name="gpu_1x_h200", gpu_model=h200, gpu_count=1, vcpus=8, ram_gib=64
+    )
+    eight, _ = catalog_services.instance_type_upsert(
+        name="gpu_8x_h200", gpu_model=h200, gpu_count=8, vcpus=64, ram_gib=512
+    )
+    for instance_type, region, usd in (
+        (one, east, "3.50"),
+        (one, west, "3.10"),
+        (eight, east, "28.00"),
+    ):
+        catalog_services.price_set(
+            instance_type=instance_type, region=region, currency="USD", on_demand_per_hour=usd
+        )
+    image = Image.objects.create(name="ubuntu-cuda", os="Ubuntu 24.04", is_default=True)
+    Image.objects.create(name="ubuntu-plain", os="Ubuntu 24.04")
+    return {"one": one, "eight": eight, "east": east, "west": west, "host": host, "image": image}
