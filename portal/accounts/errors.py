@@ -25,12 +25,12 @@ class AccountsErrorCode(StrEnum):
     NAME_REQUIRED = "name_required"
     NO_ORGANIZATION = "no_organization"
     ORGANIZATION_NOT_EMPTY = "organization_not_empty"
-    PASSWORD_INVALID = "password_invalid"
+    PASSWORD_INVALID = "password_invalid"  # nosec B105 # an error code, not a secret
     ROLE_INVALID = "role_invalid"
     ROLE_NOT_GRANTABLE = "role_not_grantable"
     SLUG_TAKEN = "slug_taken"
     SSH_KEY_DUPLICATE = "ssh_key_duplicate"
     SSH_KEY_INVALID = "ssh_key_invalid"
     SSH_KEY_NAME_TAKEN = "ssh_key_name_taken"
-    TOKEN_EXPIRED = "token_expired"
-    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"  # nosec B105 # an error code, not a secret
+    TOKEN_INVALID = "token_invalid"  # nosec B105 # an error code, not a secret
