@@ -130,6 +130,7 @@ def test_create_api_key_rejects_an_unknown_organization():
         call_command("create_api_key", "--org", "nope", "--role", "viewer")
 
 
+@pytest.mark.django_db  # loading the task modules lets Celery's Django fixup touch the connection
 def test_every_periodic_entry_is_a_crontab_with_an_expiry_and_a_registered_task():
     from celery.schedules import crontab
 
