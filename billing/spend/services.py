@@ -260,7 +260,7 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
                 )
                 done.append(kind)
         return done
-    if state.per_hour == 0 and not _running(organization):
+    if state.per_hour == 0 and not instances_running(organization, coming=True).exists():
         return done
     from billing.payments.services import profile_for
 
@@ -292,10 +292,6 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
         if stopped:
             done.append(f"{stopped} instance(s) stopped")
     return done
-
-
-def _running(organization: Organization):
-    return instances_running(organization, coming=True)
 
 
 def instances_stop_for_credit(organization: Organization) -> int:

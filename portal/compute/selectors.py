@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import Q, QuerySet
 
-from portal.compute.lifecycle import BILLED_RUNNING, DISK_KEPT, State
+from portal.compute.lifecycle import BILLED_RUNNING, State
 from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
 from portal.errors import NotFound
 
@@ -55,11 +55,6 @@ def volumes_list(organization) -> QuerySet[Volume]:
 
 # --- for metering -----------------------------------------------------------------------------
 
-# States billed as running time, and states in which the boot disk is kept (as strings, the way
-# instance events store them).
-BILLED_STATES = frozenset(str(state) for state in BILLED_RUNNING)
-DISK_KEPT_STATES = frozenset(str(state) for state in DISK_KEPT)
-
 
 def instances_in_window(start: datetime, end: datetime, organization=None) -> QuerySet[Instance]:
     """Instances that may have used something in [start, end): created before its end, not
@@ -101,13 +96,13 @@ def instance_state_steps(
 
 
 # Instances that run or are on their way to running (their GPUs are or will be billed).
-RUNNING_OR_COMING_STATES = BILLED_STATES | {str(State.STARTING), str(State.PENDING)}
+RUNNING_OR_COMING = BILLED_RUNNING | {State.STARTING, State.PENDING}
 
 
 def instances_running(organization=None, *, coming: bool = False) -> QuerySet[Instance]:
     """Instances running now (billed per second); with ``coming``, also those on their way
     (pending, starting). Every organisation's when ``organization`` is None."""
-    states = RUNNING_OR_COMING_STATES if coming else BILLED_STATES
+    states = RUNNING_OR_COMING if coming else BILLED_RUNNING
     instances = Instance.objects.filter(state__in=sorted(states))
     if organization is not None:
         instances = instances.filter(organization=organization)

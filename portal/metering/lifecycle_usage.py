@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from portal.compute.selectors import BILLED_STATES, DISK_KEPT_STATES
+# Which states bill running time and which keep the boot disk is compute's to say.
+from portal.compute.lifecycle import BILLED_RUNNING
+from portal.compute.lifecycle import DISK_KEPT as BOOT_DISK_KEPT
 
 COMPUTE = "instance.seconds"
 BOOT_DISK = "instance.disk_gb_seconds"
 VOLUME = "volume.gb_seconds"
 
-# Which states bill what is compute's to say.
-BILLED_RUNNING = BILLED_STATES
-BOOT_DISK_KEPT = DISK_KEPT_STATES
 HOUR = timedelta(hours=1)
 MICRO = Decimal("0.000001")
 
