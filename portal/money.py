@@ -36,6 +36,7 @@ class Currency(models.TextChoices):
 MINOR_UNITS: dict[str, int] = {Currency.USD.value: 2, Currency.CNY.value: 2}
 
 RATING_PLACES = 12  # full-precision costs and ledger amounts (1e-12)
+DETAIL_PLACES = 4  # full-precision figures in usage detail rows (far below a cent, never billed)
 
 
 def minor_units(currency: str) -> int:
@@ -151,6 +152,14 @@ def format_amount(value: Decimal | None, currency: str) -> str:
     rounded = money_round(value, currency)
     text = f"{abs(rounded):,.{places}f}"
     return f"{MINUS}{text}" if rounded < 0 else text
+
+
+def detail_text(value: Decimal) -> str:
+    """A full-precision figure written for a usage detail row, half-up to ``DETAIL_PLACES``:
+    ``0.00109999`` -> ``0.0011``. A display of rated usage, not an amount: amounts are rounded
+    by ``money_round`` only."""
+    rounded = round_half_up(Decimal(value), DETAIL_PLACES)
+    return f"{rounded if rounded else abs(rounded):f}"
 
 
 def format_unit_price(

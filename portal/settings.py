@@ -97,6 +97,8 @@ TEMPLATES = [
                 "portal.accounts.context_processors.current_organization",
                 "billing.context_processors.billing_banner",
             ],
+            # Money filters for every app's templates, from the kernel (portal/money.py).
+            "libraries": {"money": "portal.templatetags.money"},
         },
     },
 ]

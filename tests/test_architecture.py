@@ -1,6 +1,7 @@
 """The layering of the README's Architecture section holds: import-linter's contracts (in
 pyproject.toml) over every import, those inside functions included."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,21 @@ def test_an_upward_import_inside_a_function_breaks_them(tmp_path):
     result = _lint(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "portal.catalog.selectors -> billing.models" in result.stdout
+
+
+MONEY_NAME = re.compile(
+    r"(price|amount|balance|total|burn|cost|hourly|monthly|spend|credit|per_hour|per_gpu|to_date)",
+    re.I,
+)
+FLOATFORMAT = re.compile(r"\{\{\s*([\w.]+)\s*\|\s*floatformat")
+
+
+def test_templates_write_money_with_the_money_filters_only():
+    """``floatformat`` rounds by its own rule; amounts go through ``{% load money %}``."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / "templates").rglob("*.html"))
+        for name in FLOATFORMAT.findall(path.read_text())
+        if MONEY_NAME.search(name.rsplit(".", 1)[-1])
+    ]
+    assert offenders == []

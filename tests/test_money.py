@@ -158,8 +158,33 @@ def test_decimal_text():
 
 
 def test_the_amount_filter_writes_amounts_as_the_pages_did():
-    from billing.templatetags.money import amount
+    from portal.templatetags.money import amount
 
     assert amount(Decimal("9.995000000000"), "USD") == "10.00"
     assert amount(Decimal("-5"), "CNY") == "-5.00"
     assert amount(None, "USD") == ""
+
+
+def test_the_money_filters_round_once_by_the_rule_and_group_for_people():
+    from django.template import Context, Template
+
+    page = Template(
+        "{% load money %}{{ b|money:c }}|{{ p|amount:c }}|{{ d|detail }}|{{ u|unit_price:c }}"
+        "|{{ none|money:c }}"
+    )
+    text = page.render(
+        Context(
+            {
+                "b": Decimal("-1234.565"),
+                "p": Decimal("0.385000"),
+                "d": Decimal("0.000049999"),
+                "u": Decimal("0.000250"),
+                "none": None,
+                "c": "USD",
+            }
+        )
+    )
+    # half-up, ties away from zero; grouped with a real minus sign; a detail row keeps 4 decimals
+    assert text == "\u22121,234.57|0.39|0.0000|0.00025|"
+    assert money.detail_text(Decimal("0.00109999")) == "0.0011"
+    assert money.detail_text(Decimal("-0.00001")) == "0.0000"

@@ -12,10 +12,11 @@ from lxml import etree
 from billing.finance import einvoice
 from billing.invoicing import services as invoicing
 from billing.models import BillingProfile, Invoice
-from billing.templatetags.money import percent, unit_price
+from billing.templatetags.invoicing import percent
 from portal.catalog import services as catalog_services
 from portal.errors import InvalidInput
 from portal.metering.lifecycle_usage import VOLUME
+from portal.templatetags.money import unit_price
 from tests import factories
 from tests.factories.billing import (
     NOV_START,
