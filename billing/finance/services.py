@@ -39,6 +39,7 @@ from billing.models import (
     LedgerEntry,
 )
 from portal.accounts.models import Organization, User
+from portal.background import enqueue_on_commit
 from portal.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -159,20 +160,13 @@ def export_job_create(
         )
     params = filter_params(params)
     register_filter_build(params=params)  # validates before anything is queued
-    with transaction.atomic():
-        job = ExportJob.objects.create(created_by=user, kind=kind, format=format, params=params)
-        transaction.on_commit(lambda: _enqueue(job.pk))
-    return job
-
-
-def _enqueue(job_id: int) -> None:
-    """Hand the job to a worker; with the broker down it stays queued for the sweep."""
     from billing.finance.tasks import export_run
 
-    try:
-        export_run.delay(job_id)
-    except Exception:  # the broker is down: export_jobs_sweep sends it again later
-        logger.warning("could not enqueue export %s; the sweep will", job_id, exc_info=True)
+    with transaction.atomic():
+        job = ExportJob.objects.create(created_by=user, kind=kind, format=format, params=params)
+        # with the broker down the job stays queued: export_jobs_sweep sends it again later
+        enqueue_on_commit(export_run, job.pk)
+    return job
 
 
 # A queued job no worker took for this long is sent again; a running job older than the task's
@@ -193,8 +187,10 @@ def export_jobs_sweep(now=None) -> dict[str, int]:
             status=ExportStatus.QUEUED, created_at__lt=now - EXPORT_REQUEUE_AFTER
         ).values_list("pk", flat=True)
     )
+    from billing.finance.tasks import export_run
+
     for job_id in queued:
-        _enqueue(job_id)
+        enqueue_on_commit(export_run, job_id)
     failed = ExportJob.objects.filter(
         status=ExportStatus.RUNNING, started_at__lt=now - EXPORT_RUNNING_AT_MOST
     ).update(

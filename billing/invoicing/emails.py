@@ -4,11 +4,11 @@ a rolled-back finalize sends nothing and a slow mail server never holds a transa
 
 from django.conf import settings
 from django.core.mail import EmailMessage, mailers
-from django.db import transaction
 
 from billing.models import Invoice, InvoiceKind
 from portal.accounts.models import Membership
 from portal.accounts.roles import Role
+from portal.background import enqueue_on_commit
 
 RECIPIENT_ROLES = (Role.OWNER, Role.BILLING)
 
@@ -101,5 +101,4 @@ def send_invoice_later(invoice: Invoice) -> None:
     failure is logged (finance can resend it from admin)."""
     from billing.invoicing.tasks import send_invoice_email
 
-    invoice_id = invoice.pk
-    transaction.on_commit(lambda: send_invoice_email.delay(invoice_id), robust=True)
+    enqueue_on_commit(send_invoice_email, invoice.pk)

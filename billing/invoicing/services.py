@@ -72,6 +72,7 @@ from portal.accounts.locks import lock_organization
 from portal.accounts.models import BillingMode, Organization
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
+from portal.background import enqueue_on_commit
 from portal.errors import Conflict, ErrorCode, InvalidInput, PermissionDenied
 from portal.metering.lifecycle_usage import BOOT_DISK, HOUR
 from portal.metering.models import Meter, UsageRecord
@@ -877,15 +878,11 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
 
         send_invoice_later(invoice)
     if invoice.status == InvoiceStatus.FINALIZED and invoice.billing_mode == "invoiced":
-        transaction.on_commit(lambda: _charge_later(invoice.pk), robust=True)
+        # invoiced organisations with a saved card pay it off-session (billing.payments)
+        from billing.payments.tasks import invoice_charge
+
+        enqueue_on_commit(invoice_charge, invoice.pk)
     return invoice, True
-
-
-def _charge_later(invoice_id: int) -> None:
-    """Invoiced organisations with a saved card pay it off-session (billing.payments)."""
-    from billing.payments.tasks import invoice_charge
-
-    invoice_charge.delay(invoice_id)
 
 
 # --- payment, void, resend -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from billing.models import BillingProfile, Payment, WebhookEvent
 from billing.payments import provider as payment_provider
 from billing.payments import services
 from billing.payments.base import WebhookSignatureInvalid
+from portal.background import enqueue_on_commit
 from portal.money import from_minor
 from portal.observability.metrics import webhook_observed
 
@@ -48,20 +49,12 @@ def webhook_receive(
         webhook_observed(provider=provider_name, outcome="duplicate")
         return WebhookEvent.objects.get(provider=provider_name, event_id=event.id), False
     webhook_observed(provider=provider_name, outcome="received")
-    after_commit(lambda: _enqueue(stored.pk))
+    # once the event is safely stored; a broker outage loses nothing (webhooks_retry finds
+    # unprocessed events)
+    from billing.payments.tasks import webhook_process as webhook_process_task
+
+    enqueue_on_commit(webhook_process_task, stored.pk)
     return stored, True
-
-
-def after_commit(func) -> None:
-    """Hand work to a task once the event is safely stored (a broker outage loses nothing:
-    ``webhooks_retry`` finds unprocessed events)."""
-    transaction.on_commit(func, robust=True)
-
-
-def _enqueue(event_pk: int) -> None:
-    from billing.payments.tasks import webhook_process
-
-    webhook_process.delay(event_pk)
 
 
 def webhook_process(event_pk: int) -> str:

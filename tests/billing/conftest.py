@@ -53,4 +53,4 @@ def events_at_once(monkeypatch):
     ``test_events_wait_for_the_commit`` checks the real order."""
     from billing.payments import events
 
-    monkeypatch.setattr(events, "after_commit", lambda func: func())
+    monkeypatch.setattr(events, "enqueue_on_commit", lambda task, *args: task.delay(*args))

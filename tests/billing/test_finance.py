@@ -285,7 +285,9 @@ def test_a_failing_export_is_marked_failed_with_its_message(
     assert finance.export_job_run(job_id=job.pk).status == ExportStatus.FAILED  # not rerun
 
 
-def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month, monkeypatch):
+def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(
+    month, monkeypatch, django_capture_on_commit_callbacks
+):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -318,7 +320,8 @@ def test_the_sweep_resends_lost_exports_and_fails_those_whose_worker_died(month,
     ExportJob.objects.filter(pk=old_done.pk).update(finished_at=now - timedelta(days=8))
     sent = []
     monkeypatch.setattr("billing.tasks.export_run.delay", sent.append)
-    assert finance.export_jobs_sweep(now) == {"requeued": 1, "failed": 1, "deleted": 1}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert finance.export_jobs_sweep(now) == {"requeued": 1, "failed": 1, "deleted": 1}
     assert not ExportJob.objects.filter(pk=old_done.pk).exists()
     assert ExportJob.objects.filter(pk=recent_done.pk).exists()
     assert sent == [lost.pk]

@@ -261,7 +261,7 @@ def test_events_wait_for_the_commit(bare_org, monkeypatch, django_capture_on_com
     from billing.payments import events
 
     monkeypatch.undo()
-    assert events.after_commit.__module__ == "billing.payments.events"
+    assert events.enqueue_on_commit.__module__ == "portal.background"
     payment = _pending_payment(bare_org)
     body, headers = _signed(_events_for(payment)[3])
     with django_capture_on_commit_callbacks() as callbacks:

@@ -78,14 +78,17 @@ def launch(env, world, name) -> int:
     )
 
 
-def wait_for(instance_id, states, timeout=40.0) -> str:
+def wait_for(instance_id, states, log: Path, timeout=40.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = Instance.objects.get(pk=instance_id).state
         if state in states:
             return state
         time.sleep(0.2)
-    raise AssertionError(f"instance {instance_id} still {state} after {timeout}s")
+    raise AssertionError(
+        f"instance {instance_id} still {state} after {timeout}s; worker log:\n"
+        + log.read_text()[-6000:]
+    )
 
 
 def stop(process):
@@ -102,9 +105,10 @@ def test_launch_goes_from_pending_to_running_through_a_real_worker(env, tmp_path
     worker = start_worker(env, tmp_path, "w1")
     try:
         instance_id = launch(env, world, "real-worker")
-        assert wait_for(instance_id, {State.RUNNING, State.FAILED}) == State.RUNNING, (
-            tmp_path / "w1.log"
-        ).read_text()
+        log = tmp_path / "w1.log"
+        assert wait_for(instance_id, {State.RUNNING, State.FAILED}, log) == State.RUNNING, (
+            log.read_text()
+        )
         instance = Instance.objects.get(pk=instance_id)
         assert instance.ip_address
         assert [e.to_state for e in instance.events.order_by("id")] == [
@@ -123,14 +127,14 @@ def test_a_worker_killed_mid_provisioning_leaves_nothing_stuck_and_one_machine(e
     second = None
     try:
         instance_id = launch(env, world, "killed-worker")
-        wait_for(instance_id, {State.PROVISIONING})
+        wait_for(instance_id, {State.PROVISIONING}, tmp_path / "w1.log")
         first.send_signal(signal.SIGKILL)  # mid-provisioning, with its task unacknowledged
         first.wait(timeout=10)
         second = start_worker(env, tmp_path, "w2")
         time.sleep(1.5)  # let the dispatch grow older than COMPUTE_REDISPATCH_SECONDS
         report = run(env, "from portal.compute.services import reconcile; print(reconcile())")
         assert str(instance_id) in report.split("timed_out")[0]  # it was re-dispatched
-        final = wait_for(instance_id, {State.RUNNING, State.FAILED})
+        final = wait_for(instance_id, {State.RUNNING, State.FAILED}, tmp_path / "w2.log")
         assert final == State.RUNNING, (tmp_path / "w2.log").read_text()
         machine_id = Instance.objects.get(pk=instance_id).machine_id
         assert SimulatedMachine.objects.filter(machine_id=machine_id).count() == 1

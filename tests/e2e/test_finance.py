@@ -35,7 +35,7 @@ def test_finance_staff_export_the_register_as_csv(
 ):
     finance_staff("finance@example.com", email_verified_at=timezone.now())
     # Hold the job in the queue so the progress bar can be seen; the test runs the task.
-    monkeypatch.setattr(finance, "_enqueue", lambda job_id: None)
+    monkeypatch.setattr(finance, "enqueue_on_commit", lambda task, *args: None)
     base = live_server.url
 
     page.goto(f"{base}/login/")
