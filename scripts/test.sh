@@ -114,10 +114,9 @@ echo "==> migrations are up to date"
 .venv/bin/python -m django makemigrations --check --dry-run >/dev/null \
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
-# TEST_WORKERS=auto (one process per core) or N runs pytest in parallel with pytest-xdist, each
-# process with its own test database, tests on the one Redis server on one of them
-# (tests/conftest.py). Not the default yet: in a parallel run of the whole suite the real-worker
-# tests in tests/compute/test_worker.py time out (alone, in parallel too, they pass).
+# pytest runs in parallel with pytest-xdist, one process per core (TEST_WORKERS=auto; N for N
+# processes, 0 for one process), each with its own test database; the tests on the one Redis
+# server run one after another on one of them (tests/conftest.py).
 echo "==> pytest"
-.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-0}" --dist loadgroup \
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-auto}" --dist loadgroup \
     --durations=15 "$@"

@@ -19,6 +19,7 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     """Tests on the one Redis server (``redis_url``) use fixed database numbers and real Celery
     workers on them, so with pytest-xdist (``--dist loadgroup``, as scripts/test.sh runs it)

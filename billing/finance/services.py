@@ -162,7 +162,7 @@ def export_job_create(
     register_filter_build(params=params)  # validates before anything is queued
     from billing.finance.tasks import export_run
 
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         job = ExportJob.objects.create(created_by=user, kind=kind, format=format, params=params)
         # with the broker down the job stays queued: export_jobs_sweep sends it again later
         enqueue_on_commit(export_run, job.pk)

@@ -955,7 +955,7 @@ def invoice_mark_paid(
     return invoice
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
     """Cancel a finalized, unpaid invoice: nothing is owed for it any more. The month keeps its
     one invoice (void), and the ledger gets back what was still due (``adjustment``)."""
@@ -991,7 +991,7 @@ def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
     return invoice
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def invoice_resend(invoice: Invoice, *, actor: Actor) -> Invoice:
     """Email the invoice's PDF again to the organisation's billing contacts (after commit)."""
     from billing.invoicing.emails import send_invoice_later
@@ -1057,7 +1057,7 @@ def credit_note_create(
         raise InvalidInput("Say why the credit is given.", code=BillingErrorCode.REASON_REQUIRED)
     if (amount is None) == (lines is None):
         raise InvalidInput("Give an amount or lines, not both.", code=ErrorCode.INVALID)
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         invoice = _locked(invoice)
         if invoice.kind != InvoiceKind.INVOICE:
             raise Conflict(

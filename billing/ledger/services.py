@@ -127,7 +127,7 @@ def credit_grant(
             "A grant adds credit: the amount must be positive.",
             code=ErrorCode.AMOUNT_INVALID,
         )
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         entry, created = ledger_post(
             organization=organization,
             kind=EntryKind.GRANT,

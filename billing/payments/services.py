@@ -77,7 +77,7 @@ def top_up_start(*, actor: Actor, amount, success_url: str, cancel_url: str) -> 
     organization = actor.organization
     amount = _top_up_amount(amount, organization.currency)
     provider = payment_provider()
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         payment = Payment.objects.create(
             organization=organization,
             purpose=PaymentPurpose.TOP_UP,
@@ -327,7 +327,7 @@ def _card_for(actor: Actor, method_id: int) -> PaymentMethod:
     return method
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def card_make_default(*, actor: Actor, method_id: int) -> PaymentMethod:
     actor = authorize(actor, Action.BILLING_MANAGE, lock=True)
     method = _card_for(actor, method_id)
@@ -340,7 +340,7 @@ def card_make_default(*, actor: Actor, method_id: int) -> PaymentMethod:
     return method
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def card_remove(*, actor: Actor, method_id: int) -> PaymentMethod:
     """Forget a card here (past payments keep pointing at it). Auto-recharge stops if it was the
     only card left."""
@@ -367,7 +367,7 @@ def card_remove(*, actor: Actor, method_id: int) -> PaymentMethod:
     return method
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def auto_recharge_configure(
     *, actor: Actor, enabled: bool, threshold=None, amount=None
 ) -> BillingProfile:
@@ -464,7 +464,7 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
         raise InvalidInput(
             "Say why the payment is refunded.", code=BillingErrorCode.REASON_REQUIRED
         )
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:

@@ -154,7 +154,7 @@ def start_check(*, organization: Organization, **_) -> None:
 # --- Settings a customer changes ----------------------------------------------------------------
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def spend_limit_set(*, actor: Actor, limit) -> BillingProfile:
     """Set (or clear, with an empty value) the monthly spend limit."""
     from billing.payments.services import profile_for
