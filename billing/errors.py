@@ -18,7 +18,7 @@ class BillingErrorCode(StrEnum):
     EXPORT_KIND_INVALID = "export_kind_invalid"
     FINANCE_ONLY = "finance_only"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
-    INSUFFICIENT_BALANCE = "insufficient_balance"
+    INSUFFICIENT_CREDIT = "insufficient_credit"
     INVOICE_ALREADY_PAID = "invoice_already_paid"
     INVOICE_NOT_FINALIZED = "invoice_not_finalized"
     INVOICE_OVERDUE = "invoice_overdue"

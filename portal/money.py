@@ -16,7 +16,7 @@ places (the ledger's precision, far below a minor unit); ``at_rating_precision``
 figure there, as Decimal arithmetic itself rounds (half-even).
 """
 
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.db import models
 
@@ -56,6 +56,14 @@ def money_round(amount: Decimal, currency: str) -> Decimal:
     """THE rounding rule for money: to the currency's minor unit, half-up, once (see the
     module's docstring)."""
     return round_half_up(amount, minor_units(currency))
+
+
+def money_round_up(amount: Decimal, currency: str) -> Decimal:
+    """Up to the next minor unit (what must be paid at least to cover ``amount``): ``4.001`` ->
+    ``4.01``. Not a rounding of money owed: a bound asked of a customer (a top-up to make)."""
+    return Decimal(amount).quantize(
+        Decimal(1).scaleb(-minor_units(currency)), rounding=ROUND_CEILING
+    )
 
 
 def at_rating_precision(amount: Decimal) -> Decimal:

@@ -339,6 +339,8 @@ COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_p
 ACCOUNTS_ORGANIZATION_DELETE_CHECKS: list[str] = ["portal.compute.selectors.organization_holdings"]
 # Callables(organization, instance) that may refuse starting a stopped instance.
 COMPUTE_START_CHECKS: list[str] = ["billing.spend.services.start_check"]
+# Callables(organization, region, size_gb) that may refuse creating a volume.
+COMPUTE_VOLUME_CHECKS: list[str] = ["billing.spend.services.volume_check"]
 
 # Storage (kept boot disks of stopped instances, volumes): price per GB-month (730 hours).
 STORAGE_PRICE_PER_GB_MONTH = {
@@ -364,6 +366,11 @@ BILLING_TOP_UP_MAX = Decimal(os.environ.get("BILLING_TOP_UP_MAX", "50000"))
 # long after the balance reached zero (never terminate them).
 BILLING_LOW_BALANCE_HOURS = (24, 1)
 BILLING_GRACE_SECONDS = int(os.environ.get("BILLING_GRACE_SECONDS", "3600"))
+# Prepaid credit reserved for what an organisation holds: launches, starts and new volumes need
+# the balance to cover everything held plus the new resource for this many hours.
+BILLING_CREDIT_RESERVE_HOURS = Decimal(os.environ.get("BILLING_CREDIT_RESERVE_HOURS", "1"))
+# Running instances are stopped once the balance covers less than this much of the burn.
+BILLING_STOP_THRESHOLD_SECONDS = int(os.environ.get("BILLING_STOP_THRESHOLD_SECONDS", "300"))
 BILLING_PAYMENT_TERMS_DAYS = 30
 # Month close runs at this time on the 1st (UTC); see portal/scheduled.py.
 BILLING_MONTH_CLOSE_AT = {"hour": 0, "minute": 5}

@@ -56,7 +56,7 @@ fi
 
 # --- Redis --------------------------------------------------------------------------------
 if command -v redis-server >/dev/null 2>&1; then
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --databases 256 \
         --dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
     PIDS+=($!)
     redis_up=false
@@ -115,8 +115,8 @@ echo "==> migrations are up to date"
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
 # pytest runs in parallel with pytest-xdist, one process per core (TEST_WORKERS=auto; N for N
-# processes, 0 for one process), each with its own test database; the tests on the one Redis
-# server run one after another on one of them (tests/conftest.py).
+# processes, 0 for one process), each with its own test database and its own eight databases
+# on the one Redis server (tests/conftest.py, redis_db).
 echo "==> pytest"
-.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-auto}" --dist loadgroup \
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-auto}" \
     --durations=15 "$@"

@@ -19,20 +19,20 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
-def pytest_collection_modifyitems(config, items):
-    """Tests on the one Redis server (``redis_url``) use fixed database numbers and real Celery
-    workers on them, so with pytest-xdist (``--dist loadgroup``, as scripts/test.sh runs it)
-    they all go to one worker, one after another. Everything else runs in parallel: each
-    worker has its own test database, temporary folders and live server port."""
-    for item in items:
-        if "redis_url" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("redis"))
-
-
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _celery_join_guard_off():
+    """Celery keeps "a task is running here, joining a result would block" in one process-wide
+    flag that each eager task saves and restores; the concurrency tests run eager tasks in 40
+    threads at once, which can leave it set, and a later test's ``result.get()`` then fails
+    with "Never call result.get() within a task!". Every test starts with it off."""
+    from celery._state import _set_task_join_will_block
+
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +53,24 @@ def redis_url() -> str:
     url = os.environ.get("TEST_REDIS_URL")
     if not url:
         missing("needs Redis (make test starts one)")
+    return url
+
+
+# Each pytest-xdist process uses its own eight Redis databases (scripts/test.sh starts Redis
+# with enough of them), so real Celery workers of two processes never share a broker.
+REDIS_DATABASES_PER_PROCESS = 8
+
+
+@pytest.fixture
+def redis_db(redis_url):
+    """``redis_db(3)``: the URL of this test process's Redis database number 3."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker.removeprefix("gw") or 0) * REDIS_DATABASES_PER_PROCESS
+
+    def url(number: int) -> str:
+        assert 0 <= number < REDIS_DATABASES_PER_PROCESS
+        return f"{redis_url}/{offset + number}"
+
     return url
 
 

@@ -95,7 +95,7 @@ def celery_worker(broker_url: str, log: Path):
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_with_the_broker_down_the_portal_answers_and_launches_wait_for_the_reconciler(
-    require_postgres, redis_url, simulated_fast, tmp_path, client
+    require_postgres, redis_db, simulated_fast, tmp_path, client
 ):
     world = World()
     api = APIClient()
@@ -129,7 +129,7 @@ def test_with_the_broker_down_the_portal_answers_and_launches_wait_for_the_recon
         assert services.reconcile().redispatched == (instance.pk,)
 
     # the broker is back: the next sweep sends the work and a real worker runs it
-    broker = f"{redis_url}/3"
+    broker = redis_db(3)
     redis.Redis.from_url(broker).flushdb()
     Instance.objects.filter(pk=instance.pk).update(
         dispatched_at=timezone.now() - timedelta(minutes=2)

@@ -60,14 +60,14 @@ def run_database(require_postgres):
 
 
 @pytest.mark.redis
-def test_make_run_serves_on_postgresql_and_redis(run_database, redis_url, tmp_path):
+def test_make_run_serves_on_postgresql_and_redis(run_database, redis_db, tmp_path):
     port = _free_port()
     env = {
         **os.environ,
         "DEBUG": "1",
         "PORT": str(port),
         "DATABASE_URL": run_database,
-        "CELERY_BROKER_URL": f"{redis_url}/5",
+        "CELERY_BROKER_URL": redis_db(5),
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "PORTAL_VAR_DIR": str(tmp_path / "var"),
         "SIMULATED_BOOT_SECONDS": "1",

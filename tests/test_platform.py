@@ -29,13 +29,13 @@ def run_manage(
     )
 
 
-def test_a_real_worker_consumes_tasks_from_redis(redis_url, tmp_path):
+def test_a_real_worker_consumes_tasks_from_redis(redis_db, tmp_path):
     """Start `celery worker` as its own process against Redis and round-trip a task; the
     worker logs JSON lines carrying the task and the request id of the process that sent it."""
     env = {
         **os.environ,
-        "CELERY_BROKER_URL": f"{redis_url}/0",
-        "CELERY_RESULT_BACKEND": f"{redis_url}/1",
+        "CELERY_BROKER_URL": redis_db(0),
+        "CELERY_RESULT_BACKEND": redis_db(1),
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",

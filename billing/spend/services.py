@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from billing.errors import BillingErrorCode
@@ -29,8 +30,8 @@ from portal.accounts.types import Actor
 from portal.compute.selectors import instances_running
 from portal.errors import Conflict, PortalError
 from portal.metering.rating import Rater
-from portal.metering.selectors import burn_rate
-from portal.money import amount_text, parse_amount
+from portal.metering.selectors import burn_rate, committed_burn, storage_per_hour
+from portal.money import amount_text, money_round_up, parse_amount
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,75 @@ def spend_state(organization: Organization, now: datetime | None = None) -> Spen
     )
 
 
-# --- The launch check (settings.COMPUTE_LAUNCH_CHECKS) ----------------------------------------
+# --- Credit reserved for what runs (prepaid) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreditReserve:
+    """A prepaid organisation's credit: the balance (usage not debited yet counted), what
+    everything it holds costs per hour (``committed_burn``: instances running or on their way,
+    kept disks, volumes), the part of the balance reserved for that over
+    ``BILLING_CREDIT_RESERVE_HOURS``, and what is left for something new."""
+
+    balance: Decimal
+    burn_per_hour: Decimal
+    reserved: Decimal
+    available: Decimal
+
+
+def credit_reserve(organization: Organization, *, rater: Rater | None = None) -> CreditReserve:
+    rater = rater or Rater(organization.currency)
+    balance = balance_now(organization, rater=rater)
+    burn = committed_burn(organization, rater=rater)
+    reserved = burn * settings.BILLING_CREDIT_RESERVE_HOURS
+    return CreditReserve(
+        balance=balance, burn_per_hour=burn, reserved=reserved, available=balance - reserved
+    )
+
+
+def _credit_needed(organization: Organization, *, what: str, per_hour: Decimal, rater) -> None:
+    """Refuse with ``insufficient_credit`` unless the available credit covers ``per_hour`` of
+    the new resource for the reserve window. Callers hold the organisation's lock (compute's
+    services authorize with ``lock=True``), so concurrent launches see each other."""
+    if organization.billing_mode != BillingMode.PREPAID:
+        return
+    currency = organization.currency
+    window = settings.BILLING_CREDIT_RESERVE_HOURS
+    needed = per_hour * window
+    credit = credit_reserve(organization, rater=rater)
+    if credit.available >= needed:
+        return
+    short = money_round_up(needed - credit.available, currency)
+    hours = f"{window.normalize():f} hour{'' if window == 1 else 's'}"
+    raise PaymentRequired(
+        f"Not enough credit for {what}: it needs {amount_text(needed, currency)} {currency} for "
+        f"{hours}, and {amount_text(max(credit.available, Decimal(0)), currency)} {currency} of "
+        f"your {amount_text(credit.balance, currency)} {currency} balance is free (the rest "
+        f"covers {hours} of what is running or stored). Top up at least "
+        f"{amount_text(short, currency)} {currency} on the billing page.",
+        code=BillingErrorCode.INSUFFICIENT_CREDIT,
+        details={
+            "balance": amount_text(credit.balance, currency),
+            "reserved": amount_text(credit.reserved, currency),
+            "available": amount_text(credit.available, currency),
+            "needed": amount_text(needed, currency),
+            "top_up_at_least": amount_text(short, currency),
+            "reserve_hours": f"{window.normalize():f}",
+            "currency": currency,
+            "top_up_url": reverse("billing:billing"),
+        },
+    )
+
+
+# --- The launch, start and volume checks (settings.COMPUTE_*_CHECKS) ---------------------------
+
+
+def _refuse_overdue(organization: Organization, what: str) -> None:
+    if overdue(organization):
+        raise PaymentRequired(
+            f"An invoice is overdue. Pay it to {what}.",
+            code=BillingErrorCode.INVOICE_OVERDUE,
+        )
 
 
 def launch_check(*, organization: Organization, instance_type, region, actor=None, **_) -> None:
@@ -94,14 +163,10 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
 
     - an overdue invoice blocks every launch;
     - a monthly spend limit, once reached, blocks new launches;
-    - a prepaid organisation needs credit for at least one hour of the new instance, on top of
-      what its running instances use (the balance counts usage not debited yet).
+    - a prepaid organisation needs credit for the new instance over the reserve window on top
+      of the credit reserved for everything it already holds (``credit_reserve``).
     """
-    if overdue(organization):
-        raise PaymentRequired(
-            "An invoice is overdue. Pay it to launch new instances.",
-            code=BillingErrorCode.INVOICE_OVERDUE,
-        )
+    _refuse_overdue(organization, "launch new instances")
     currency = organization.currency
     profile = BillingProfile.objects.filter(organization=organization).first()
     rater = Rater(currency)  # one price history for the whole check
@@ -121,34 +186,34 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
                     "month_to_date": amount_text(spent, currency),
                 },
             )
-    if organization.billing_mode == BillingMode.PREPAID:
-        available = balance_now(organization, rater=rater)
-        if available < hourly:
-            raise PaymentRequired(
-                f"Your balance of {amount_text(available, currency)} {organization.currency} does not cover one "
-                f"hour of {instance_type.name} ({amount_text(hourly, currency)} {organization.currency}). "
-                "Top up to launch it.",
-                code=BillingErrorCode.INSUFFICIENT_BALANCE,
-                details={
-                    "balance": amount_text(available, currency),
-                    "needed_per_hour": amount_text(hourly, currency),
-                    "currency": organization.currency,
-                },
-            )
+    _credit_needed(organization, what=instance_type.name, per_hour=hourly, rater=rater)
 
 
-def start_check(*, organization: Organization, **_) -> None:
-    """Starting a stopped instance again needs a positive prepaid balance and nothing overdue."""
-    if overdue(organization):
-        raise PaymentRequired(
-            "An invoice is overdue. Pay it to start instances.",
-            code=BillingErrorCode.INVOICE_OVERDUE,
-        )
-    if organization.billing_mode == BillingMode.PREPAID and balance_now(organization) <= 0:
-        raise PaymentRequired(
-            "Your balance is used up. Top up to start instances again.",
-            code=BillingErrorCode.INSUFFICIENT_BALANCE,
-        )
+def start_check(*, organization: Organization, instance=None, **_) -> None:
+    """Starting a stopped instance needs nothing overdue and, prepaid, credit for its running
+    price over the reserve window beyond what is reserved already (its kept disk among it)."""
+    _refuse_overdue(organization, "start instances")
+    rater = Rater(organization.currency)
+    hourly = Decimal(0)
+    if instance is not None:
+        hourly = rater.hourly.at(
+            instance_type_id=instance.instance_type_id,
+            region_id=instance.region_id,
+            at=timezone.now(),
+        ) or Decimal(0)
+    what = f"starting {instance.name}" if instance is not None else "starting an instance"
+    _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
+
+
+def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
+    """A new volume needs, prepaid, credit for its storage over the reserve window."""
+    rater = Rater(organization.currency)
+    _credit_needed(
+        organization,
+        what=f"a {size_gb} GB volume",
+        per_hour=storage_per_hour(size_gb, rater=rater),
+        rater=rater,
+    )
 
 
 # --- Settings a customer changes ----------------------------------------------------------------

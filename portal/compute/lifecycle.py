@@ -59,6 +59,8 @@ HOLDS_CAPACITY = frozenset(
 # starting one keeps its boot disk.
 BILLED_RUNNING = frozenset({S.RUNNING, S.REBOOTING})
 DISK_KEPT = frozenset({S.STOPPING, S.STOPPED, S.STARTING})
+# On their way to running: their GPUs will be billed within moments (credit is reserved for them).
+COMPUTE_COMING = frozenset({S.PENDING, S.PROVISIONING, S.STARTING})
 
 TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
     {

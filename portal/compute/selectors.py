@@ -2,11 +2,12 @@
 metering needs to know of every instance's history (which ran, as what, and when)."""
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 
-from portal.compute.lifecycle import BILLED_RUNNING, State
+from portal.compute.lifecycle import BILLED_RUNNING, COMPUTE_COMING, DISK_KEPT, State
 from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
 from portal.errors import NotFound
 
@@ -96,7 +97,7 @@ def instance_state_steps(
 
 
 # Instances that run or are on their way to running (their GPUs are or will be billed).
-RUNNING_OR_COMING = BILLED_RUNNING | {State.STARTING, State.PENDING}
+RUNNING_OR_COMING = BILLED_RUNNING | COMPUTE_COMING
 
 
 def instances_running(organization=None, *, coming: bool = False) -> QuerySet[Instance]:
@@ -112,3 +113,32 @@ def instances_running(organization=None, *, coming: bool = False) -> QuerySet[In
 def running_placements(organization) -> list[tuple[int, int]]:
     """(instance type id, region id) of each instance the organisation has running now."""
     return list(instances_running(organization).values_list("instance_type_id", "region_id"))
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What an organisation holds that is billed by the hour now or within moments: the
+    (instance type id, region id) of every instance running or on its way to running, and the
+    GB stored (boot disks kept by stopped instances, and volumes)."""
+
+    compute: tuple[tuple[int, int], ...]
+    stored_gb: int
+
+
+def organization_footprint_now(organization) -> Footprint:
+    """The organisation's billed footprint now, in two queries (see ``Footprint``)."""
+    compute, stored_gb = [], 0
+    rows = Instance.objects.filter(
+        organization=organization, state__in=sorted(RUNNING_OR_COMING | DISK_KEPT)
+    ).values_list("state", "instance_type_id", "region_id", "disk_gb")
+    for state, instance_type_id, region_id, disk_gb in rows:
+        if state in RUNNING_OR_COMING:  # a starting instance will run: its GPUs count
+            compute.append((instance_type_id, region_id))
+        else:
+            stored_gb += disk_gb
+    volumes = (
+        Volume.objects.filter(organization=organization)
+        .exclude(state=VolumeState.DELETED)
+        .aggregate(total=Sum("size_gb"))["total"]
+    )
+    return Footprint(compute=tuple(compute), stored_gb=stored_gb + (volumes or 0))

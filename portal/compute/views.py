@@ -208,6 +208,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
     choices = _launch_choices(request)
     template = "compute/instance_launch.html"
     alternatives = []
+    top_up_url = ""  # a check that refused for credit says where to top up
     status = 200
     if request.method == "POST":
         form = LaunchForm(request.POST, **choices)
@@ -237,6 +238,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                     form.add_error("name", exc.message)
                 else:
                     form.add_error(None, exc.message)
+                top_up_url = str(details.get("top_up_url") or "")
                 if isinstance(exc, CapacityUnavailable):
                     alternatives = _alternatives(request, exc, request.POST)
             else:
@@ -257,6 +259,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
         "form": form,
         "summary": _price_summary(form, type_name, region),
         "alternatives": alternatives,
+        "top_up_url": top_up_url,
         "hours_per_month": HOURS_PER_MONTH,
     }
     if request.htmx and request.method == "GET":

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from portal.catalog.models import InstanceType
 from portal.compute.models import Instance, Volume
-from portal.compute.selectors import running_placements
+from portal.compute.selectors import organization_footprint_now, running_placements
 from portal.metering.models import UsageRecord
-from portal.metering.rating import Rater
+from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
 from portal.metering.services import first_open_hour, usage_open
 
 GROUPS = ("day", "instance", "instance_type", "meter")
@@ -165,3 +165,24 @@ def burn_rate(organization, now: datetime | None = None, *, rater: Rater | None 
         rater=rater,
     )
     return Burn(running_instances=len(running), per_hour=per_hour, month_to_date=spent.total_cost)
+
+
+def committed_burn(organization, now: datetime | None = None, *, rater: Rater) -> Decimal:
+    """What everything the organisation holds costs per hour now, at full precision: instances
+    running or on their way to running at their hourly price, kept boot disks and volumes at
+    the storage price (three queries and the caller's price history)."""
+    now = now or timezone.now()
+    footprint = organization_footprint_now(organization)
+    compute = sum(
+        (
+            rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
+            for t, r in footprint.compute
+        ),
+        Decimal(0),
+    )
+    return compute + storage_per_hour(footprint.stored_gb, rater=rater)
+
+
+def storage_per_hour(size_gb: int, *, rater: Rater) -> Decimal:
+    """What ``size_gb`` of storage costs per hour (a month is 730 hours), at full precision."""
+    return Decimal(size_gb) * rater.storage_per_gb_month * SECONDS_PER_HOUR / SECONDS_PER_MONTH

@@ -41,15 +41,102 @@ def test_a_prepaid_launch_needs_one_hour_of_credit(memory_backend):
     with time_machine.travel(START, tick=False):
         with pytest.raises(spend.PaymentRequired) as refused:
             _launch(world)
-        assert refused.value.code == "insufficient_balance" and refused.value.status == 402
+        assert refused.value.code == "insufficient_credit" and refused.value.status == 402
         assert refused.value.details == {
             "balance": "3.49",
-            "needed_per_hour": "3.50",
+            "reserved": "0.00",
+            "available": "3.49",
+            "needed": "3.50",
+            "top_up_at_least": "0.01",
+            "reserve_hours": "1",
             "currency": "USD",
+            "top_up_url": "/billing/",
         }
+        assert "Top up at least 0.01 USD" in refused.value.message
         assert not Instance.objects.exists()
         factories.credit(world.org, "0.01")
         assert _launch(world).state == "running"
+
+
+def test_credit_is_reserved_for_everything_already_running_or_stored(memory_backend, settings):
+    """Two hours of one H200 pay for two launches, not for one launch after another forever."""
+    world = _world(credit="7.00")
+    with time_machine.travel(START, tick=False):
+        assert _launch(world, "one").state == "running"
+        assert _launch(world, "two").state == "running"  # 7.00 - 3.50 reserved = 3.50 free
+        with pytest.raises(spend.PaymentRequired) as third:
+            _launch(world, "three")
+        assert third.value.code == "insufficient_credit"
+        assert third.value.details["reserved"] == "7.00"
+        assert third.value.details["top_up_at_least"] == "3.50"
+        # a stopped instance keeps its 100 GB disk: 0.10 USD a GB-month, reserved per hour
+        one = Instance.objects.get(name="one")
+        compute.instance_action(actor=world.actor(), instance_id=one.pk, action="stop")
+        compute.instance_sync(instance_id=one.pk)
+        reserve = spend.credit_reserve(world.org)
+        disk_per_hour = Decimal(100) * Decimal("0.10") / 730
+        assert reserve.burn_per_hour == Decimal("3.50") + disk_per_hour
+        # starting it again needs its hour of compute beyond what is reserved
+        with pytest.raises(spend.PaymentRequired) as start:
+            compute.instance_action(actor=world.actor(), instance_id=one.pk, action="start")
+        assert start.value.code == "insufficient_credit"
+        assert "starting one" in start.value.message
+        # a new volume needs its storage for the window: 65,536 GB is 8.98 an hour, 1 GB 0.000137
+        with pytest.raises(spend.PaymentRequired) as volume:
+            compute.volume_create(
+                actor=world.actor(), name="big", region="us-east-1", size_gb=65536
+            )
+        assert volume.value.code == "insufficient_credit"
+        compute.volume_create(actor=world.actor(), name="data", region="us-east-1", size_gb=1)
+        factories.credit(world.org, "3.50")
+        compute.instance_action(actor=world.actor(), instance_id=one.pk, action="start")
+        # a longer reserve window asks for more
+        settings.BILLING_CREDIT_RESERVE_HOURS = Decimal("2")
+        with pytest.raises(spend.PaymentRequired):
+            _launch(world, "four")
+
+
+def test_an_invoiced_organisation_has_no_credit_reserve(memory_backend):
+    world = _world(credit=None, billing_mode="invoiced")
+    with time_machine.travel(START, tick=False):
+        compute.volume_create(actor=world.actor(), name="data", region="us-east-1", size_gb=500)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_20_concurrent_launches_with_credit_for_3_give_exactly_3(
+    require_postgres, memory_backend, settings
+):
+    from django.db import close_old_connections
+
+    settings.DEFAULT_GPU_QUOTA = 100
+    world = _world(credit="10.50")  # 3 hours of one H200; 8 GPUs free
+    actor = world.actor()
+    outcomes, lock = [], threading.Lock()
+    barrier = threading.Barrier(20)
+
+    def one(i):
+        try:
+            barrier.wait()
+            compute.instance_launch(actor=actor, request=world.request(name=f"race-{i}"))
+            result = "launched"
+        except spend.PaymentRequired as exc:
+            result = exc.code
+        except Exception as exc:  # shown in the assertion below
+            result = repr(exc)
+        finally:
+            close_old_connections()
+        with lock:
+            outcomes.append(result)
+
+    with time_machine.travel(START, tick=False):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert outcomes.count("launched") == 3, outcomes
+    assert outcomes.count("insufficient_credit") == 17
+    assert Instance.objects.filter(organization=world.org).count() == 3
 
 
 def test_the_api_answers_402_with_the_code_and_the_page_shows_it(memory_backend):
@@ -67,7 +154,7 @@ def test_the_api_answers_402_with_the_code_and_the_page_shows_it(memory_backend)
             format="json",
         )
         assert response.status_code == 402, response.content
-        assert response.json()["error"]["code"] == "insufficient_balance"
+        assert response.json()["error"]["code"] == "insufficient_credit"
         page = Client()
         page.force_login(world.owner)
         form = page.post(
@@ -77,9 +164,9 @@ def test_the_api_answers_402_with_the_code_and_the_page_shows_it(memory_backend)
              "new_volume_gb": "", "user_data": ""},
         )  # fmt: skip
         assert form.status_code == 422
-        assert "does not cover one hour of gpu_1x_h200" in form.content.decode(), form.context[
-            "form"
-        ].errors
+        body = form.content.decode()
+        assert "Not enough credit for gpu_1x_h200" in body, form.context["form"].errors
+        assert 'href="/billing/"' in body  # the top-up is one click away
 
 
 def test_an_invoiced_organisation_launches_without_credit(memory_backend):

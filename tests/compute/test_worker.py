@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 
 @pytest.fixture
-def env(require_postgres, redis_url, tmp_path):
+def env(require_postgres, redis_db, tmp_path):
     return {
         **os.environ,
         "DATABASE_URL": workers.database_url_for_workers(),
-        "CELERY_BROKER_URL": f"{redis_url}/3",
+        "CELERY_BROKER_URL": redis_db(3),
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "PROVISIONING_BACKEND": "simulated",
         "SIMULATED_BOOT_SECONDS": "3",

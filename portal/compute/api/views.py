@@ -57,7 +57,7 @@ class InstanceListView(generics.ListAPIView):
             200: serializers.InstanceSerializer,
             **error_responses(400, 401, 402, 403, 409, 415),
         },
-        description="Launch an instance. 402 `insufficient_balance`, `spend_limit_reached` or "
+        description="Launch an instance. 402 `insufficient_credit`, `spend_limit_reached` or "
         "`invoice_overdue` when the organisation cannot pay for it. 409 `capacity_unavailable` names the regions where the type "
         "is available and similar types available in this region; 409 `quota_exceeded` gives the limit "
         "and the current use.",
@@ -152,7 +152,7 @@ def action_view(name: str):
         },
         description=f"{name.title()} the instance. 409 `invalid_transition` when its state does not allow it"
         + (
-            "; 409 `capacity_unavailable` leaves it stopped; 402 `insufficient_balance` or "
+            "; 409 `capacity_unavailable` leaves it stopped; 402 `insufficient_credit` or "
             "`invoice_overdue` when the organisation cannot pay."
             if name == "start"
             else "."

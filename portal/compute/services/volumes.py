@@ -11,6 +11,7 @@ from portal.accounts.types import Actor
 from portal.catalog.models import Region
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.models import Volume, VolumeState
+from portal.compute.services._checks import run_launch_checks
 from portal.compute.services._common import NAME_PATTERN
 from portal.errors import Conflict, InvalidInput, NotFound
 
@@ -37,6 +38,12 @@ def volume_create(*, actor: Actor, name: str, region: str, size_gb: int) -> Volu
         .exists()
     ):
         raise Conflict(f"A volume named '{name}' already exists.", code=ComputeErrorCode.NAME_TAKEN)
+    run_launch_checks(
+        path_setting="COMPUTE_VOLUME_CHECKS",
+        organization=actor.organization,
+        region=region_obj,
+        size_gb=size_gb,
+    )
     volume = Volume.objects.create(
         organization=actor.organization, region=region_obj, name=name, size_gb=size_gb
     )
