@@ -337,6 +337,11 @@ COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.services.launch_check"]
 COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_page_panel"]
 # What an organisation still holds elsewhere, refusing its deletion (accounts' hook).
 ACCOUNTS_ORGANIZATION_DELETE_CHECKS: list[str] = ["portal.compute.selectors.organization_holdings"]
+# What fixes an organisation's currency once it exists (accounts' hook): counts by kind.
+ACCOUNTS_CURRENCY_LOCKS: list[str] = [
+    "portal.compute.selectors.organization_resources_ever",
+    "billing.ledger.selectors.organization_money_records",
+]
 # Callables(organization, instance) that may refuse starting a stopped instance.
 COMPUTE_START_CHECKS: list[str] = ["billing.spend.services.start_check"]
 # Callables(organization, region, size_gb) that may refuse creating a volume.
@@ -365,7 +370,6 @@ BILLING_TOP_UP_MAX = Decimal(os.environ.get("BILLING_TOP_UP_MAX", "50000"))
 # Prepaid spend controls: warnings at these hours of burn left; stop running instances this
 # long after the balance reached zero (never terminate them).
 BILLING_LOW_BALANCE_HOURS = (24, 1)
-BILLING_GRACE_SECONDS = int(os.environ.get("BILLING_GRACE_SECONDS", "3600"))
 # Prepaid credit reserved for what an organisation holds: launches, starts and new volumes need
 # the balance to cover everything held plus the new resource for this many hours.
 BILLING_CREDIT_RESERVE_HOURS = Decimal(os.environ.get("BILLING_CREDIT_RESERVE_HOURS", "1"))

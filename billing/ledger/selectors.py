@@ -4,7 +4,7 @@ from django.core.paginator import Page, Paginator
 from django.db.models import BigIntegerField, Case, Count, F, Max, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate
 
-from billing.models import EntryKind, LedgerEntry
+from billing.models import EntryKind, Invoice, LedgerEntry, Payment
 
 
 def ledger_entries(organization) -> QuerySet[LedgerEntry]:
@@ -55,3 +55,13 @@ def ledger_page(organization, number, per_page: int = 25) -> Page:
         row["name"] = names.get((row["subject_type"], row["subject_id"]), "")
     page.object_list = rows
     return page
+
+
+def organization_money_records(organization) -> dict[str, int]:
+    """The accounts hook fixing the currency (settings.ACCOUNTS_CURRENCY_LOCKS): ledger
+    entries, payments and invoices are kept in it."""
+    return {
+        "ledger_entries": ledger_entries(organization).count(),
+        "payments": Payment.objects.filter(organization=organization).count(),
+        "invoices": Invoice.objects.filter(organization=organization).count(),
+    }

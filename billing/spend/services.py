@@ -1,6 +1,6 @@
-"""Spend controls: can the organisation pay for a launch, warnings as credit runs low, stopping
-instances (never terminating them) when a prepaid balance stays at zero past the grace period,
-monthly spend limits, and overdue invoices.
+"""Spend controls: can the organisation pay for a launch (credit reserved for what it holds),
+warnings as credit runs low, stopping instances (never terminating them) before a prepaid
+balance runs out, monthly spend limits, and overdue invoices.
 
 Notices are sent once per organisation, kind and period (``SpendAlert`` is unique on them): the
 period of a low-balance notice is "since the last credit", so a top-up re-arms it; the period of
@@ -29,7 +29,7 @@ from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.compute.selectors import instances_running
 from portal.errors import Conflict, PortalError
-from portal.metering.rating import Rater
+from portal.metering.rating import SECONDS_PER_HOUR, Rater
 from portal.metering.selectors import burn_rate, committed_burn, storage_per_hour
 from portal.money import amount_text, money_round_up, parse_amount
 
@@ -305,6 +305,30 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
             "Top up on the billing page or save another card.",
         )
         done.append("auto-recharge failed")
+    burn = committed_burn(organization, now, rater=Rater(currency))
+    horizon = burn * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
+    if state.balance <= horizon and instances_running(organization, coming=True).exists():
+        # The balance reaches zero within the threshold: stop now, before it does (see
+        # README "Credit and debt": with the watch every minute, compute runs into no debt).
+        from billing.payments.services import profile_for
+
+        profile = profile_for(organization)
+        if profile.balance_exhausted_at is None:
+            BillingProfile.objects.filter(pk=profile.pk).update(balance_exhausted_at=now)
+        stopped = instances_stop_for_credit(organization)
+        if stopped and _alert_once(organization, AlertKind.INSTANCES_STOPPED, period):
+            _notify(
+                organization,
+                AlertKind.INSTANCES_STOPPED,
+                f"{stopped} running instance(s) were stopped: your balance of "
+                f"{amount_text(state.balance, currency)} {currency} would have run out within "
+                f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes at "
+                f"{amount_text(burn, currency)} {currency} per hour. Their disks and volumes are "
+                "kept. Top up, then start them again.",
+            )
+        if stopped:
+            done.append(f"{stopped} instance(s) stopped")
+        return done
     if state.balance > 0:
         BillingProfile.objects.filter(
             organization=organization, balance_exhausted_at__isnull=False
@@ -324,38 +348,6 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
                     f"{currency} per hour. Top up to keep your instances running.",
                 )
                 done.append(kind)
-        return done
-    if state.per_hour == 0 and not instances_running(organization, coming=True).exists():
-        return done
-    from billing.payments.services import profile_for
-
-    profile = profile_for(organization)
-    if profile.balance_exhausted_at is None:
-        BillingProfile.objects.filter(pk=profile.pk).update(balance_exhausted_at=now)
-        profile.balance_exhausted_at = now
-        if _alert_once(organization, AlertKind.BALANCE_EXHAUSTED, period):
-            grace_minutes = settings.BILLING_GRACE_SECONDS // 60
-            _notify(
-                organization,
-                AlertKind.BALANCE_EXHAUSTED,
-                f"Your balance is used up ({amount_text(state.balance, currency)} {currency}). Running instances "
-                f"will be stopped in {grace_minutes} minutes unless you top up. They are stopped, "
-                "never deleted: top up and start them again.",
-            )
-        done.append("balance exhausted")
-    elapsed = (now - profile.balance_exhausted_at).total_seconds()
-    if elapsed >= settings.BILLING_GRACE_SECONDS:
-        stopped = instances_stop_for_credit(organization)
-        if stopped and _alert_once(organization, AlertKind.INSTANCES_STOPPED, period):
-            _notify(
-                organization,
-                AlertKind.INSTANCES_STOPPED,
-                f"{stopped} running instance(s) were stopped because the balance stayed at zero "
-                "past the grace period. Their disks and volumes are kept. Top up, then start them "
-                "again.",
-            )
-        if stopped:
-            done.append(f"{stopped} instance(s) stopped")
     return done
 
 
@@ -435,13 +427,12 @@ def banner(organization: Organization) -> Banner | None:
     if AlertKind.INSTANCES_STOPPED in current:
         return Banner(
             "error",
-            "Instances were stopped: your balance is used up. Top up, then start them again.",
+            "Instances were stopped: your credit was about to run out. Top up, then start them "
+            "again.",
         )
-    if AlertKind.BALANCE_EXHAUSTED in current:
-        return Banner(
-            "error",
-            "Your balance is used up: running instances will be stopped after the grace period. Top up now.",
-        )
+    low = {AlertKind.LOW_BALANCE_1H, AlertKind.LOW_BALANCE_24H} & set(current)
+    if low and not instances_running(organization, coming=True).exists():
+        return None  # nothing burns credit now: no countdown to show
     if AlertKind.LOW_BALANCE_1H in current:
         return Banner(
             "error", "Less than one hour of credit left. Top up to keep instances running."

@@ -10,6 +10,7 @@ class AccountsErrorCode(StrEnum):
     ALREADY_INVITED = "already_invited"
     ALREADY_MEMBER = "already_member"
     BILLING_MODE_INVALID = "billing_mode_invalid"
+    CURRENCY_LOCKED = "currency_locked"
     CONFIRMATION_MISMATCH = "confirmation_mismatch"
     COUNTRY_INVALID = "country_invalid"
     CURRENCY_INVALID = "currency_invalid"

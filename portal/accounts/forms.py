@@ -5,7 +5,6 @@ from django_countries import countries
 
 from portal.accounts.models import Currency
 from portal.accounts.roles import Role, grantable_roles
-from portal.accounts.types import BillingMode
 
 
 class PortalForm(forms.Form):
@@ -51,7 +50,6 @@ class OrganizationForm(PortalForm):
     country = forms.ChoiceField(label="Country", choices=[("", "Choose a country"), *countries])
     tax_id = forms.CharField(label="Tax ID (VAT number)", max_length=40, required=False)
     currency = forms.ChoiceField(label="Currency", choices=Currency.choices)
-    billing_mode = forms.ChoiceField(label="Billing", choices=BillingMode.choices)
 
 
 class DeleteOrganizationForm(PortalForm):

@@ -359,7 +359,18 @@ def organization_create(
     return org
 
 
-ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency", "billing_mode")
+# The billing mode is not among them: prepaid unless finance grants credit terms (billing).
+ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency")
+
+
+def organization_currency_locks(org: Organization) -> dict[str, int]:
+    """What fixes the organisation's currency (money moved or resources held in it), from every
+    ``ACCOUNTS_CURRENCY_LOCKS``; empty while it may still change."""
+    held: dict[str, int] = {}
+    for path in settings.ACCOUNTS_CURRENCY_LOCKS:
+        check: OrganizationDeleteCheck = import_string(path)
+        held.update(check(org))
+    return {name: count for name, count in held.items() if count}
 
 
 @transaction.atomic(durable=True)
@@ -371,6 +382,15 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
+    if "currency" in changed:
+        locks = organization_currency_locks(org)
+        if locks:
+            held = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in locks.items())
+            raise Conflict(
+                f"The currency stays {org.currency}: this organisation already has {held} in it.",
+                code=AccountsErrorCode.CURRENCY_LOCKED,
+                details={"currency": org.currency, **locks},
+            )
     for key, value in changed.items():
         setattr(org, key, value)
     if changed:

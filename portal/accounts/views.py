@@ -154,7 +154,7 @@ def verify_email_resend(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def organization_create(request: HttpRequest) -> HttpResponse:
-    initial = {"billing_email": request.user.email, "currency": "USD", "billing_mode": "prepaid"}
+    initial = {"billing_email": request.user.email, "currency": "USD"}
     form = OrganizationForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -197,6 +197,12 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
     if not can_edit:
         for field in form.fields.values():
             field.disabled = True
+    currency_locks = services.organization_currency_locks(org)
+    if currency_locks:
+        form.fields["currency"].disabled = True
+        form.fields[
+            "currency"
+        ].help_text = "Fixed: money has moved or resources are held in this currency."
     if request.method == "POST":
         if not can_edit:
             raise DjangoPermissionDenied("Your role does not allow changing the organisation.")

@@ -46,6 +46,15 @@ def organization_holdings(organization) -> dict[str, int]:
     return {"instances": live_instances, "volumes": volumes}
 
 
+def organization_resources_ever(organization) -> dict[str, int]:
+    """The accounts hook fixing the currency (settings.ACCOUNTS_CURRENCY_LOCKS): every instance
+    and volume the organisation ever had was priced in it."""
+    return {
+        "instances": Instance.objects.filter(organization=organization).count(),
+        "volumes": Volume.objects.filter(organization=organization).count(),
+    }
+
+
 def volumes_list(organization) -> QuerySet[Volume]:
     return (
         Volume.objects.filter(organization=organization)

@@ -9,6 +9,7 @@ from django.test import Client
 from portal.accounts import services
 from portal.accounts.models import Membership, Organization, SshKey, User
 from portal.accounts.types import Actor
+from portal.errors import Conflict, InvalidInput
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -37,12 +38,12 @@ def test_signup_then_create_organization_lands_on_dashboard():
             "billing_email": "ada@example.com",
             "country": "GB",
             "currency": "CNY",
-            "billing_mode": "invoiced",
+            "billing_mode": "invoiced",  # not a customer's choice: ignored
         },
     )
     assert response.status_code == 302
     org = Organization.objects.get(name="Ada Labs")
-    assert (org.country, org.currency, org.billing_mode) == ("GB", "CNY", "invoiced")
+    assert (org.country, org.currency, org.billing_mode) == ("GB", "CNY", "prepaid")
     page = client.get("/").content.decode()
     assert "Ada Labs" in page and "Organisation Ada Labs created" in page
     assert "Please confirm your email address" in client.get("/").content.decode()
@@ -235,7 +236,6 @@ def test_country_must_be_a_real_iso_code(owner_client, org):
         "billing_email": "b@example.com",
         "country": "ZZ",
         "currency": "USD",
-        "billing_mode": "prepaid",
     }
     response = owner_client.post("/settings/", data)
     assert response.status_code == 200
@@ -282,3 +282,33 @@ def test_staff_without_an_organization_land_in_their_area():
     assert client.get("/")["Location"] == "/admin/"
     client.force_login(factories.user())
     assert client.get("/")["Location"] == "/organizations/new/"
+
+
+def test_the_currency_is_fixed_once_money_moved_and_billing_mode_is_not_a_choice(
+    owner_client, org, owner
+):
+
+    page = owner_client.get("/settings/").content.decode()
+    assert 'name="billing_mode"' not in page
+    # the factory's organisation has a starting credit: its ledger fixes the currency
+    assert 'name="currency"' in page and "Fixed: money has moved" in page
+    with pytest.raises(Conflict) as caught:
+        services.organization_update(actor=factories.actor(org, owner), currency="CNY")
+    assert caught.value.code == "currency_locked"
+    assert caught.value.details["currency"] == "USD" and caught.value.details["ledger_entries"] >= 1
+    data = {"name": "X", "billing_email": "b@example.com", "country": "DE", "currency": "CNY"}
+    owner_client.post("/settings/", data)
+    org.refresh_from_db()
+    assert (org.name, org.currency) == ("X", "USD")  # a disabled field keeps its value
+    with pytest.raises(InvalidInput):
+        services.organization_update(actor=factories.actor(org, owner), billing_mode="invoiced")
+
+
+def test_a_new_organisation_may_still_change_its_currency(client):
+
+    user = factories.user()
+    fresh = services.organization_create(
+        user=user, name="Fresh", billing_email="f@example.com", country="CN"
+    )
+    actor = factories.actor(fresh, user)
+    assert services.organization_update(actor=actor, currency="CNY").currency == "CNY"

@@ -355,7 +355,7 @@ PAGE_OPS = [
        effect=lambda w: membership_role(w) is None),
     op("settings page", "GET", "/settings/", ALL, 200, Action.ORG_VIEW),
     op("settings save", "POST", "/settings/", MANAGERS, 302, Action.ORG_UPDATE,
-       {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD", "billing_mode": "prepaid"},
+       {"name": "New name", "billing_email": "b@example.com", "country": "FR", "currency": "USD"},
        effect=lambda w: Organization.objects.filter(pk=w.org.pk, name="New name").exists()),
     # The world has a running instance and a volume, so even the owner is refused (422, with
     # organization_not_empty); tests/accounts/test_services.py deletes an empty organisation.
