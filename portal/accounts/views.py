@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from portal.accounts import selectors, services
@@ -123,8 +123,12 @@ def login_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def logout_view(request: HttpRequest) -> HttpResponse:
+    """POST logs out; GET (a typed or bookmarked link) asks with a button instead of a blank
+    405, since logging out on GET would let any page log a user out."""
+    if request.method == "GET":
+        return render(request, "accounts/logout.html")
     logout(request)
     messages.info(request, "You are logged out.")
     return redirect("accounts:login")
@@ -187,6 +191,7 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
 
 
 @org_page(Action.ORG_VIEW)
+@require_http_methods(["GET", "POST"])
 def organization_settings(request: HttpRequest) -> HttpResponse:
     org = request.organization
     can_edit = request.actor.can(Action.ORG_UPDATE)
@@ -502,6 +507,7 @@ def _ssh_keys_context(request: HttpRequest, form: SshKeyForm | None = None) -> d
 
 
 @org_page(Action.SSH_KEY_VIEW)
+@require_http_methods(["GET", "POST"])
 def ssh_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.actor.can(Action.SSH_KEY_MANAGE):

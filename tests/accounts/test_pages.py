@@ -312,3 +312,14 @@ def test_a_new_organisation_may_still_change_its_currency(client):
     )
     actor = factories.actor(fresh, user)
     assert services.organization_update(actor=actor, currency="CNY").currency == "CNY"
+
+
+def test_pages_answer_405_to_methods_they_do_not_take_and_logout_asks_on_get(owner_client):
+    assert owner_client.delete("/ssh-keys/").status_code == 405
+    assert owner_client.put("/settings/").status_code == 405
+    page = owner_client.get("/logout/")
+    assert page.status_code == 200
+    assert 'action="/logout/"' in page.content.decode()
+    assert owner_client.get("/").status_code == 200  # still logged in: GET logs nobody out
+    assert owner_client.post("/logout/").status_code == 302
+    assert "You are not logged in" in owner_client.get("/logout/").content.decode()
