@@ -1,20 +1,25 @@
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime
 
 from portal.metering import services
 
 
 def _moment(text: str) -> datetime:
-    value = parse_datetime(text) or (
-        parse_datetime(f"{text}T00:00:00+00:00") if len(text) == 10 else None
-    )
-    if value is None or value.tzinfo is None:
+    """``2026-10-01`` (midnight UTC), ``2026-10-01T12:00:00Z`` or with an offset; a date-time
+    without a zone is taken as UTC, as the help says."""
+    text = text.strip()
+    try:
+        day = parse_date(text) if len(text) == 10 else None
+        value = datetime.combine(day, time(), UTC) if day else parse_datetime(text)
+    except ValueError:
+        value = None
+    if value is None:
         raise CommandError(
-            f"'{text}' is not an ISO date-time with a time zone (e.g. 2026-11-01T00:00:00Z)."
+            f"'{text}' is not an ISO date or date-time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z)."
         )
-    return value
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):
