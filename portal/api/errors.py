@@ -8,6 +8,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from portal.api.parsers import JsonTooDeep
 from portal.errors import ErrorCode, PortalError, error_codes
 
 
@@ -21,6 +22,7 @@ class ApiErrorCode(StrEnum):
     NOT_ACCEPTABLE = "not_acceptable"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PARSE_ERROR = "parse_error"
+    INVALID_JSON = "invalid_json"
     BAD_REQUEST = "bad_request"
     SERVER_ERROR = "server_error"
 
@@ -34,6 +36,7 @@ _CODES = {
     exceptions.NotAcceptable: ApiErrorCode.NOT_ACCEPTABLE,
     exceptions.UnsupportedMediaType: ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
     exceptions.Throttled: ErrorCode.THROTTLED,
+    JsonTooDeep: ApiErrorCode.INVALID_JSON,  # before its base class, ParseError
     exceptions.ParseError: ApiErrorCode.PARSE_ERROR,
     exceptions.ValidationError: ErrorCode.INVALID,
 }

@@ -63,6 +63,20 @@ def test_malformed_json_is_a_parse_error(key_client):
     assert_error(response, 400, "parse_error")
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/api/v1/ssh-keys", "application/json"),
+        ("/api/v1/instances", "application/json"),
+        ("/api/v1/usage-events", "application/cloudevents-batch+json"),
+    ],
+)
+def test_json_nested_thousands_deep_is_a_400_not_a_500(key_client, path, content_type):
+    body = "[" * 100_000 + "]" * 100_000
+    response = key_client("owner").post(path, body, content_type=content_type)
+    assert_error(response, 400, "invalid_json")
+
+
 def test_pages_have_counts_and_links(org, key_client):
     client = key_client("owner")
     actor = Actor.system(org)

@@ -4,11 +4,11 @@ from datetime import timedelta
 
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.accounts.roles import Action
+from portal.api.parsers import JSONParser
 from portal.api.schema import error_responses
 from portal.errors import InvalidInput
 from portal.metering import ingest
