@@ -253,6 +253,15 @@ def test_public_catalog_page_filters_in_the_url_and_htmx_partial(catalog):
     assert "4 of 4 instance types" in partial
 
 
+@pytest.mark.django_db
+def test_the_catalog_page_advertises_no_spot_prices_while_spot_cannot_be_launched():
+    from portal.catalog.demo import load_demo_catalog
+
+    load_demo_catalog()  # has types that allow spot
+    html = Client().get("/catalog/").content.decode().lower()
+    assert "spot" not in html
+
+
 def test_catalog_page_inside_the_app_uses_the_organizations_currency(catalog):
     org = factories.organization(currency="CNY")
     client = Client()
