@@ -149,13 +149,7 @@ def burn_rate(organization, now: datetime | None = None, *, rater: Rater | None 
     now = now or timezone.now()
     rater = rater or Rater(organization.currency)
     running = running_placements(organization)
-    per_hour = sum(
-        (
-            rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
-            for t, r in running
-        ),
-        Decimal(0),
-    )
+    per_hour = _compute_per_hour(running, now, rater=rater)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     spent = usage_summary(
         organization=organization,
@@ -173,14 +167,19 @@ def committed_burn(organization, now: datetime | None = None, *, rater: Rater) -
     the storage price (three queries and the caller's price history)."""
     now = now or timezone.now()
     footprint = organization_footprint_now(organization)
-    compute = sum(
+    compute = _compute_per_hour(footprint.compute, now, rater=rater)
+    return compute + storage_per_hour(footprint.stored_gb, rater=rater)
+
+
+def _compute_per_hour(placements: Iterable[tuple[int, int]], now: datetime, *, rater: Rater):
+    """The hourly prices, now, of instances at these (instance type id, region id) placements."""
+    return sum(
         (
             rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
-            for t, r in footprint.compute
+            for t, r in placements
         ),
         Decimal(0),
     )
-    return compute + storage_per_hour(footprint.stored_gb, rater=rater)
 
 
 def storage_per_hour(size_gb: int, *, rater: Rater) -> Decimal:

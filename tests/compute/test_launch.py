@@ -1,9 +1,6 @@
 """Launch: validation, quota, capacity errors, idempotency, the API, and concurrency."""
 
-import threading
-
 import pytest
-from django.db import close_old_connections
 
 from portal.catalog.capacity import CapacityUnavailable
 from portal.catalog.models import GpuSlotClaim
@@ -11,6 +8,7 @@ from portal.compute import services
 from portal.compute.models import IdempotencyRecord, Instance, Quota
 from portal.errors import Conflict, InvalidInput, PermissionDenied
 from tests import factories
+from tests.concurrency import at_once
 from tests.factories import World
 
 pytestmark = pytest.mark.django_db
@@ -253,27 +251,10 @@ def test_40_launches_at_once_for_10_gpus_give_10_instances(require_postgres, set
     settings.DEFAULT_GPU_QUOTA = 100
     world = World(hosts=2, gpus_per_host=5)
     actor = world.actor()
-    outcomes, lock = [], threading.Lock()
-    barrier = threading.Barrier(40)
-
-    def one(i):
-        try:
-            barrier.wait()
-            services.instance_launch(actor=actor, request=world.request(name=f"race-{i}"))
-            result = "launched"
-        except CapacityUnavailable:
-            result = "capacity_unavailable"
-        finally:
-            close_old_connections()
-        with lock:
-            outcomes.append(result)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes.count("launched") == 10 and outcomes.count("capacity_unavailable") == 30
+    outcomes = at_once(
+        40, lambda i: services.instance_launch(actor=actor, request=world.request(name=f"race-{i}"))
+    )
+    assert outcomes.count("ok") == 10 and outcomes.count("capacity_unavailable") == 30, outcomes
     claims = list(GpuSlotClaim.objects.values_list("gpu_id", "slot"))
     assert len(claims) == len(set(claims)) == 80
     allocated = [
