@@ -68,9 +68,11 @@ def overdue(organization: Organization, now: datetime | None = None) -> bool:
     return invoice_overdue(organization, now)
 
 
-def spend_state(organization: Organization, now: datetime | None = None) -> SpendState:
+def spend_state(
+    organization: Organization, now: datetime | None = None, *, rater: Rater | None = None
+) -> SpendState:
     now = now or timezone.now()
-    rater = Rater(organization.currency)  # one price history for the whole state
+    rater = rater or Rater(organization.currency)  # one price history for the whole state
     burn = burn_rate(organization, now=now, rater=rater)
     balance = balance_now(organization, rater=rater)
     hours_left = None
@@ -269,14 +271,15 @@ def _notify(organization: Organization, kind: str, body: str) -> None:
 
 
 def watch_organization(organization: Organization, now: datetime | None = None) -> list[str]:
-    """Check one organisation: warn, auto-recharge, start or stop the grace clock, stop instances.
+    """Check one organisation: warn, auto-recharge, stop instances before the credit runs out.
     Returns what it did (for the task's result)."""
     from billing.payments.services import auto_recharge_maybe, last_credit_id
 
     now = now or timezone.now()
     done: list[str] = []
-    state = spend_state(organization, now)
     currency = organization.currency
+    rater = Rater(currency)  # one price history for the whole watch
+    state = spend_state(organization, now, rater=rater)
     month = f"{now:%Y-%m}"
     if state.limit_reached and _alert_once(organization, AlertKind.SPEND_LIMIT, month):
         _notify(
@@ -293,7 +296,7 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
     period = str(last_credit_id(organization))
     if recharge is not None and recharge.status == "succeeded":
         done.append("auto-recharged")
-        state = spend_state(organization, now)
+        state = spend_state(organization, now, rater=rater)
     elif recharge is not None and _alert_once(
         organization, AlertKind.AUTO_RECHARGE_FAILED, recharge.idempotency_key[-40:]
     ):
@@ -305,7 +308,7 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
             "Top up on the billing page or save another card.",
         )
         done.append("auto-recharge failed")
-    burn = committed_burn(organization, now, rater=Rater(currency))
+    burn = committed_burn(organization, now, rater=rater)
     horizon = burn * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
     if state.balance <= horizon and instances_running(organization, coming=True).exists():
         # The balance reaches zero within the threshold: stop now, before it does (see
