@@ -148,7 +148,7 @@ INVITATION_TTL_DAYS = int(os.environ.get("INVITATION_TTL_DAYS", "7"))
 EMAIL_VERIFICATION_MAX_AGE_SECONDS = 3 * 24 * 3600
 
 # --- Email ----------------------------------------------------------------------------------
-_email_backend = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+_email_backend = os.environ.get("EMAIL_BACKEND", "portal.mailers.ConsoleEmailBackend")
 MAILERS = {
     "default": {
         "BACKEND": _email_backend,

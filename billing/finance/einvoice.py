@@ -384,7 +384,10 @@ def invoice_cii(invoice: Invoice | Document) -> bytes:
 def _payment_terms(doc: dict) -> str:
     if doc["credit_note"]:
         return f"Credited to the account; corrects invoice {doc['corrects_number']}."
-    if doc["due"] == amount_text(Decimal(0), doc["currency"]):
+    zero = amount_text(Decimal(0), doc["currency"])
+    if doc["total"] == zero:
+        return "Nothing is due: the invoice total is zero."
+    if doc["due"] == zero:
         return "Paid from prepaid credits."
     if doc["due_date"]:
         return f"Due by {doc['due_date']:%d %b %Y}, quoting {doc['payment_reference']}."

@@ -222,6 +222,7 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
         "show_credits": bool(doc.credits_applied),
         "currency": currency,
         "prepaid": doc.billing_mode == "prepaid",
+        "nothing_due": not doc.credit_note and doc.total == 0,
         "reference": " ".join(reference[i : i + 4] for i in range(0, len(reference), 4)),
         "corrects": doc.corrects,
     }

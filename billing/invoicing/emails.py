@@ -41,6 +41,10 @@ def _body(invoice: Invoice) -> str:
             f"Attached is credit note {invoice.number} of {amount}, correcting invoice "
             f"{invoice.corrects.number if invoice.corrects else ''} ({month})."
         )
+    elif invoice.total == 0:
+        what = (
+            f"Attached is invoice {invoice.number} for {month}: {amount}. There is nothing to pay."
+        )
     elif invoice.billing_mode == "prepaid":
         what = (
             f"Attached is invoice {invoice.number} for your usage in {month}: {amount}. "

@@ -340,9 +340,12 @@ def _compute_style(meter: Meter, group: _Group, instance_type, where: str) -> _L
 
 
 def _storage_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
-    what = "Boot disks of stopped instances" if meter.key == BOOT_DISK else "Volumes"
-    sort_name = "0" if meter.key == BOOT_DISK else "1"
-    return _LineStyle(LineKind.STORAGE, "GB-month", f"{what}{where}", 1, sort_name)
+    if meter.key != BOOT_DISK:
+        return _LineStyle(LineKind.STORAGE, "GB-month", f"Volumes{where}", 1, "1")
+    # boot disks are grouped per instance type: each line names its type, so no two read alike
+    name = f" {instance_type.name}" if instance_type else ""
+    what = f"Boot disks of stopped{name} instances"
+    return _LineStyle(LineKind.STORAGE, "GB-month", f"{what}{where}", 1, f"0{name}")
 
 
 def _meter_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
@@ -704,6 +707,9 @@ def _issue(invoice: Invoice, *, now: datetime, terms_days: int) -> None:
         if invoice.billing_mode == BillingMode.PREPAID:
             invoice.status = InvoiceStatus.PAID
             invoice.paid_at, invoice.paid_reference = now, "credits"
+        elif invoice.total == 0:  # nothing is owed: not left open as if a transfer were awaited
+            invoice.status = InvoiceStatus.PAID
+            invoice.paid_at, invoice.paid_reference = now, "nothing due"
         else:
             invoice.status = InvoiceStatus.FINALIZED
     else:

@@ -1,7 +1,12 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
-DEVELOPMENT_BACKENDS = ("console.EmailBackend", "locmem.EmailBackend", "dummy.EmailBackend")
+DEVELOPMENT_BACKENDS = (
+    "console.EmailBackend",
+    "ConsoleEmailBackend",
+    "locmem.EmailBackend",
+    "dummy.EmailBackend",
+)
 
 
 @register(Tags.security, deploy=True)

@@ -1,7 +1,9 @@
 """Taking external usage as CloudEvents 1.0 (JSON).
 
 Each event names a meter in ``type``, what it measured in ``subject``, and a number in ``data``
-(the number itself, or ``{"value": n}``); ``time`` defaults to when it arrived. It is unique on
+(the number itself, or ``{"value": n}``). ``subject`` is optional, as in CloudEvents 1.0: an
+event without one is attributed to its ``source``. ``time`` is an RFC 3339 timestamp and
+defaults to when the event arrived. It is unique on
 (``source``, ``id``): a re-sent event is accepted and ignored. Invalid events are refused one by
 one with a reason; the valid ones of the same batch are kept.
 
@@ -14,6 +16,7 @@ surrogates) are refused with the event, so one such event cannot fail its whole 
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -108,12 +111,20 @@ def _data(data) -> dict | None:
     return data if _json_ok(data) else None
 
 
+# RFC 3339 section 5.6 ``date-time``: full date, ``T``, full time with an optional fraction, and
+# ``Z`` or a numeric offset; ``T`` and ``Z`` may be lowercase (section 5.6's note). ISO 8601's
+# other forms (week dates, ordinal dates, the basic format without separators) are not RFC 3339.
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def _moment(raw) -> datetime | None:
-    """An aware datetime that PostgreSQL and Python can both hold."""
-    if not isinstance(raw, str):
+    """An aware datetime, from an RFC 3339 timestamp, that PostgreSQL and Python can both hold."""
+    if not isinstance(raw, str) or not RFC3339.fullmatch(raw):
         return None
     try:
-        moment = parse_datetime(raw)
+        moment = parse_datetime(raw.upper())
     except ValueError:  # well formed but not a date, e.g. 2026-02-30
         return None
     if moment is None or moment.tzinfo is None:
@@ -168,10 +179,13 @@ def _parse(index: int, event, meters: dict[str, Meter], now: datetime, open_from
             f"type '{_quoted(event.get('type'), 80)}' is not a meter you can report; ask an "
             "operator to define it.",
         )
-    if subject is None:
+    if event.get("subject") is None:
+        subject = source  # optional in CloudEvents 1.0: the source itself is what was measured
+    elif subject is None:
         return reject(
             EventRefusal.SUBJECT,
-            "subject is required: what the value measures (e.g. a job or endpoint id).",
+            "subject, when given, is a string of at most 255 characters naming what the value "
+            "measures (e.g. a job or endpoint id).",
         )
     moment = now
     if event.get("time") is not None:

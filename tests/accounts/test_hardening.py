@@ -169,5 +169,7 @@ def test_deploy_check_refuses_a_console_email_backend(settings):
     settings.DEBUG = False
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
     assert [e.id for e in email_backend_delivers(None)] == ["accounts.E001"]
+    settings.MAILERS = {"default": {"BACKEND": "portal.mailers.ConsoleEmailBackend"}}
+    assert [e.id for e in email_backend_delivers(None)] == ["accounts.E001"]
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend"}}
     assert email_backend_delivers(None) == []

@@ -42,6 +42,31 @@ def test_signup_creates_user_audit_row_and_sends_verification(django_capture_on_
     assert user.email_verified
 
 
+def test_the_console_prints_the_verification_link_whole(django_capture_on_commit_callbacks):
+    """Quoted-printable would split the link with a soft break ("=" at a line's end): a person
+    copying it from the console would get "Link not valid"."""
+    import io
+
+    from portal.mailers import ConsoleEmailBackend
+
+    user = factories.user("someone-with-a-rather-long-address@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.user_send_verification(user=user)
+    link = link_in(mail.outbox[0])
+    assert len(link) > 78  # longer than a quoted-printable line
+    stream = io.StringIO()
+    ConsoleEmailBackend(stream=stream).send_messages(mail.outbox)
+    printed = stream.getvalue()
+    assert link in printed.splitlines()
+    assert "quoted-printable" not in printed
+    assert services.user_verify_email(token=token_of(link)).pk == user.pk
+
+    mail.outbox[0].body = f"Bestätigen / 确认: {link}"  # UTF-8 text stays readable too
+    stream = io.StringIO()
+    ConsoleEmailBackend(stream=stream).send_messages(mail.outbox)
+    assert f"Bestätigen / 确认: {link}" in stream.getvalue().splitlines()
+
+
 def test_signup_rejects_duplicate_email_case_insensitively_and_weak_password():
     factories.user("taken@example.com")
     with pytest.raises(Conflict) as caught:

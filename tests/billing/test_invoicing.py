@@ -243,7 +243,12 @@ def test_a_month_with_launches_stops_a_price_change_a_volume_a_grant_and_a_top_u
         ("gpu_1x_h200 in us-east-1, price until 2026-10-16", 48, "hour", Decimal(one)),
         ("gpu_1x_h200 in us-east-1, price from 2026-10-16", 24, "hour", Decimal(one_later)),
         ("gpu_2x_h200 in us-east-1", Decimal("1.5"), "hour", Decimal(two)),
-        ("Boot disks of stopped instances in us-east-1", Decimal("49.315068"), "GB-month", storage),
+        (
+            "Boot disks of stopped gpu_1x_h200 instances in us-east-1",
+            Decimal("49.315068"),
+            "GB-month",
+            storage,
+        ),
         ("Volumes in us-east-1", Decimal("49.315068"), "GB-month", storage),
     ]
     assert [cents(line.amount) for line in invoice.lines.all()] == [
@@ -339,6 +344,15 @@ def test_lines_per_type_and_region_storage_and_meters_in_order(world):
         instance_type=world.types["gpu_1x_h200"],
         region=world.region,
     )
+    record(
+        org,
+        BOOT_DISK,
+        OCT_START,
+        3600 * 200,
+        instance_type=world.types["gpu_8x_h200"],
+        region=world.region,
+        subject="8",
+    )
     record(org, "tokens.generated", OCT_START, 1_234_567, subject="endpoint-1")
     with time_machine.travel(OCT_START + 5 * H, tick=False):
         invoice = invoicing.invoice_draft_refresh(org, OCT)
@@ -348,18 +362,26 @@ def test_lines_per_type_and_region_storage_and_meters_in_order(world):
         ("compute", "gpu_8x_h200 in us-east-1", Decimal(2), Decimal("56.00")),
         (
             "storage",
-            "Boot disks of stopped instances in us-east-1",
+            "Boot disks of stopped gpu_1x_h200 instances in us-east-1",
             Decimal("0.136986"),
             Decimal("0.01"),
+        ),
+        (  # a second instance type's disks: its own line, named so no two lines read alike
+            "storage",
+            "Boot disks of stopped gpu_8x_h200 instances in us-east-1",
+            Decimal("0.273973"),
+            Decimal("0.03"),
         ),
         ("storage", "Volumes in us-east-1", Decimal("0.684932"), Decimal("0.07")),
         ("meter", "Tokens generated (tokens.generated)", Decimal(1234567), Decimal("2.47")),
     ]
-    assert [x.position for x in invoice.lines.all()] == [1, 2, 3, 4, 5, 6]
+    assert [x.position for x in invoice.lines.all()] == [1, 2, 3, 4, 5, 6, 7]
+    descriptions = [x.description for x in invoice.lines.all()]
+    assert len(set(descriptions)) == len(descriptions)
     assert (
-        invoice.subtotal == Decimal("68.25")
+        invoice.subtotal == Decimal("68.28")
         and invoice.tax == 0
-        and invoice.total == Decimal("68.25")
+        and invoice.total == Decimal("68.28")
     )
 
 
@@ -892,6 +914,35 @@ def test_reverse_charge_invoice_says_so_and_bank_details_are_for_invoiced_organi
         invoice.payment_reference[i : i + 4] for i in range(0, len(invoice.payment_reference), 4)
     )
     assert grouped in text
+
+
+@pytest.mark.parametrize("mode", ["invoiced", "prepaid"])
+def test_a_zero_amount_invoice_asks_for_nothing_in_its_pdf_email_and_e_invoice(
+    world, mode, django_capture_on_commit_callbacks
+):
+    """Usage that rounds to 0.00 gives an invoice of 0.00: neither its PDF nor its email asks
+    for a transfer, and its e-invoice does not claim it was paid from credits."""
+    from billing.finance.einvoice import invoice_cii, invoice_ubl
+
+    org = world.org
+    org.billing_mode = mode
+    org.save(update_fields=["billing_mode"])
+    running_hours(org, world, OCT_START, 1, seconds=1)  # 3.50/h for one second
+    close_through(NOV_START)
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = finalize(invoicing.invoice_draft_refresh(org, OCT))
+    assert invoice.total == 0 and invoice.amount_due == 0 and invoice.lines.count() == 1
+    assert invoice.status == "paid"  # nothing is left open, awaiting a transfer of 0.00
+    assert not invoicing.invoice_overdue(org, now=AFTER_CLOSE + timedelta(days=60))
+    text = pdf_text(invoice)
+    assert "Nothing to pay" in text
+    assert "transfer" not in text.lower() and "How to pay" not in text
+    assert "Settled from prepaid credits" not in text
+    body = mail.outbox[-1].body
+    assert "There is nothing to pay." in body and "bank transfer" not in body
+    for xml in (invoice_cii(invoice), invoice_ubl(invoice)):
+        assert b"Nothing is due: the invoice total is zero." in xml
+        assert b"Paid from prepaid credits" not in xml
 
 
 # --- the property ---------------------------------------------------------------------------------

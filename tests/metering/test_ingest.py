@@ -147,6 +147,35 @@ def test_a_time_up_to_five_minutes_ahead_is_accepted(client):
     assert UsageEvent.objects.get().time == ahead
 
 
+@pytest.mark.parametrize(
+    ("raw", "moment"),
+    [
+        ("2026-03-10T10:05:00Z", HOUR + timedelta(minutes=5)),
+        ("2026-03-10t10:05:00z", HOUR + timedelta(minutes=5)),  # RFC 3339 5.6: t and z
+        ("2026-03-10T11:05:00.25+01:00", HOUR + timedelta(minutes=5, microseconds=250000)),
+        ("2026-03-10T10:05:00.123456789Z", HOUR + timedelta(minutes=5, microseconds=123456)),
+        ("2026-03-10T05:35:00-04:30", HOUR + timedelta(minutes=5)),
+    ],
+)
+def test_every_rfc_3339_form_of_time_is_accepted(client, raw, moment):
+    assert post_one(client, event(time=raw)).json()["accepted"] == 1
+    assert UsageEvent.objects.get().time == moment
+
+
+def test_an_event_without_a_subject_is_attributed_to_its_source(client, clock):
+    """subject is optional in CloudEvents 1.0, so the specification's own examples are taken."""
+    body = event(id="no-subject", data=10)
+    del body["subject"]
+    also = event(id="null-subject", data=5, subject=None)
+    response = post_batch(client, [body, also])
+    assert response.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert set(UsageEvent.objects.values_list("subject", flat=True)) == {"inference/llama"}
+    clock.move_to(AFTER)
+    services.usage_close_hour(hour_start=HOUR)
+    (record,) = UsageRecord.objects.all()
+    assert (record.subject_id, record.quantity) == ("inference/llama", Decimal(15))
+
+
 def test_a_batch_keeps_the_valid_events_and_refuses_the_invalid_ones_one_by_one(client, store):
     events = [
         event(id="ok-0"),
@@ -173,7 +202,8 @@ def test_a_batch_keeps_the_valid_events_and_refuses_the_invalid_ones_one_by_one(
             "index": 3,
             "id": "bad-3",
             "code": "subject",
-            "reason": "subject is required: what the value measures (e.g. a job or endpoint id).",
+            "reason": "subject, when given, is a string of at most 255 characters naming what "
+            "the value measures (e.g. a job or endpoint id).",
         },
         {
             "index": 4,
@@ -245,7 +275,8 @@ LONG = "x" * 256
         pytest.param({"type": "a\ud800b"}, "unknown_meter", None, id="lone-surrogate-type"),
         pytest.param({"source": None}, "source", None, id="no-source"),
         pytest.param({"source": "   "}, "source", None, id="blank-source"),
-        pytest.param({"subject": None}, "subject", None, id="no-subject"),
+        pytest.param({"subject": ""}, "subject", None, id="empty-subject"),
+        pytest.param({"subject": 7}, "subject", None, id="number-subject"),
         pytest.param({"subject": LONG}, "subject", None, id="long-subject"),
         pytest.param({"subject": "a\x00b"}, "subject", None, id="nul-subject"),
         pytest.param({"subject": "a\ud800b"}, "subject", None, id="lone-surrogate"),
@@ -253,6 +284,14 @@ LONG = "x" * 256
         pytest.param({"time": "2026-02-30T10:00:00Z"}, "time", None, id="time-no-such-day"),
         pytest.param({"time": "2026-03-10T10:05:00"}, "time", None, id="time-no-zone"),
         pytest.param({"time": 1773136800}, "time", None, id="time-number"),
+        pytest.param({"time": "2026-W11-2T10:05:00Z"}, "time", None, id="time-week-date"),
+        pytest.param({"time": "2026-069T10:05:00Z"}, "time", None, id="time-ordinal-date"),
+        pytest.param({"time": "20260310T100500Z"}, "time", None, id="time-basic-format"),
+        pytest.param({"time": "2026-03-10T10:05Z"}, "time", None, id="time-no-seconds"),
+        pytest.param({"time": "2026-03-10 10:05:00Z"}, "time", None, id="time-space"),
+        pytest.param({"time": "2026-03-10T10:05:00+0100"}, "time", None, id="time-offset-basic"),
+        pytest.param({"time": "2026-03-10T10:05:00+24:00"}, "time", None, id="time-offset-24h"),
+        pytest.param({"time": "2026-03-10"}, "time", None, id="time-date-only"),
         pytest.param({"time": "0001-01-01T00:00:00+14:00"}, "time", None, id="time-before-1"),
         pytest.param(
             {"time": (NOW + timedelta(minutes=6)).isoformat()},
