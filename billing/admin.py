@@ -20,6 +20,8 @@ from billing.ledger import services
 from billing.models import (
     Account,
     BillingProfile,
+    CreditRequest,
+    CreditRequestStatus,
     Invoice,
     InvoiceKind,
     InvoiceLine,
@@ -32,6 +34,7 @@ from billing.models import (
     UsageRating,
     WebhookEvent,
 )
+from billing.spend import credit_terms
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
 from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
@@ -688,17 +691,22 @@ class BillingProfileAdmin(admin.ModelAdmin):
         "tax_rate",
         "payment_terms_days",
         "monthly_spend_limit",
+        "credit_limit",
         "auto_recharge_enabled",
         "balance_exhausted_at",
     ]
-    list_filter = ["tax_status", "auto_recharge_enabled"]
+    list_filter = ["tax_status", "auto_recharge_enabled", "organization__billing_mode"]
     search_fields = ["organization__name", "organization__slug"]
     fields = [
         "organization",
+        "billing_mode",
+        "credit_limit",
+        "credit_terms_links",
         "tax_status",
         "tax_rate",
         "payment_terms_days",
         "monthly_spend_limit",
+        "spend_limit_mode",
         "auto_recharge_enabled",
         "auto_recharge_threshold",
         "auto_recharge_amount",
@@ -708,7 +716,11 @@ class BillingProfileAdmin(admin.ModelAdmin):
     ]
     readonly_fields = [
         "organization",
+        "billing_mode",
+        "credit_limit",
+        "credit_terms_links",
         "monthly_spend_limit",
+        "spend_limit_mode",
         "auto_recharge_enabled",
         "auto_recharge_threshold",
         "auto_recharge_amount",
@@ -717,11 +729,257 @@ class BillingProfileAdmin(admin.ModelAdmin):
         "balance_exhausted_at",
     ]
 
+    @admin.display(description="Billing mode")
+    def billing_mode(self, obj: BillingProfile):
+        return obj.organization.get_billing_mode_display()
+
+    @admin.display(description="Credit terms")
+    def credit_terms_links(self, obj: BillingProfile):
+        if obj.organization.billing_mode != "invoiced":
+            return "Prepaid: monthly invoicing is granted from a customer's request."
+        return format_html(
+            '<a href="{}">Change the credit limit or terms…</a> · <a href="{}">Revoke…</a>',
+            reverse("admin:billing_billingprofile_credit_terms", args=[obj.pk]),
+            reverse("admin:billing_billingprofile_credit_revoke", args=[obj.pk]),
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/credit-terms/",
+                self.admin_site.admin_view(self.credit_terms_view),
+                name="billing_billingprofile_credit_terms",
+            ),
+            path(
+                "<int:pk>/credit-revoke/",
+                self.admin_site.admin_view(self.credit_revoke_view),
+                name="billing_billingprofile_credit_revoke",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _profile(self, pk: int) -> BillingProfile:
+        found = BillingProfile.objects.select_related("organization").filter(pk=pk).first()
+        if found is None:
+            raise Http404("No such billing profile.")
+        return found
+
+    def credit_terms_view(self, request, pk: int):
+        _require_credit_permission(request)
+        profile = self._profile(pk)
+        form = CreditTermsForm(
+            request.POST or None,
+            initial={
+                "credit_limit": profile.credit_limit,
+                "payment_terms_days": profile.payment_terms_days,
+            },
+        )
+        return _credit_action_view(
+            self,
+            request,
+            form=form,
+            organization=profile.organization,
+            target=profile,
+            title=f"Credit terms of {profile.organization}",
+            call=lambda actor, data: credit_terms.credit_terms_change(
+                actor=actor,
+                organization_id=profile.organization_id,
+                credit_limit=data["credit_limit"],
+                payment_terms_days=data["payment_terms_days"],
+            ),
+            done="The credit terms are changed.",
+            back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
+        )
+
+    def credit_revoke_view(self, request, pk: int):
+        _require_credit_permission(request)
+        profile = self._profile(pk)
+        return _credit_action_view(
+            self,
+            request,
+            form=RevokeForm(request.POST or None),
+            organization=profile.organization,
+            target=profile,
+            title=f"Revoke the credit terms of {profile.organization}",
+            call=lambda actor, data: credit_terms.credit_terms_revoke(
+                actor=actor, organization_id=profile.organization_id, reason=data["reason"]
+            ),
+            done=f"{profile.organization} uses prepaid credit from now on.",
+            back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
+        )
+
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class CreditTermsForm(forms.Form):
+    credit_limit = forms.DecimalField(
+        min_value=0,
+        max_digits=18,
+        decimal_places=2,
+        help_text="In the organisation's currency: the most it may owe (unpaid invoices, usage "
+        "not invoiced yet, the reserve window's burn).",
+    )
+    payment_terms_days = forms.IntegerField(
+        min_value=0, max_value=credit_terms.MAX_PAYMENT_TERMS_DAYS, initial=30
+    )
+    note = forms.CharField(
+        max_length=500, required=False, help_text="Kept with the decision and in the audit log."
+    )
+
+
+class DeclineForm(forms.Form):
+    note = forms.CharField(max_length=500, help_text="Why: kept with the decision.")
+
+
+class RevokeForm(forms.Form):
+    reason = forms.CharField(max_length=500, help_text="Kept in the audit log.")
+
+
+def _require_credit_permission(request) -> None:
+    if not request.user.has_perm("billing.grant_credit"):
+        raise DjangoPermissionDenied
+
+
+def _credit_action_view(
+    modeladmin, request, *, form, organization, title: str, call, done: str, back: str, target
+):
+    """One finance decision on credit terms: the form, the service, and back."""
+    if request.method == "POST" and form.is_valid():
+        actor = Actor.for_operator(request.user, organization, client_ip(request))
+        try:
+            call(actor, form.cleaned_data)
+        except PortalError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, done)
+            return redirect(back)
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.model._meta,
+        "form": form,
+        "organization": organization,
+        "target": target,
+        "title": title,
+        "exposure": credit_terms.exposure(organization),
+    }
+    return TemplateResponse(request, "billing/admin/credit_terms.html", context)
+
+
+@admin.register(CreditRequest)
+class CreditRequestAdmin(ReadOnlyAdmin):
+    """Requests for monthly invoicing: finance grants them with a credit limit and payment
+    terms, or declines them (both audited)."""
+
+    list_display = [
+        "created_at",
+        "organization",
+        "company_name",
+        "expected_monthly_spend",
+        "currency",
+        "status",
+        "decide_links",
+    ]
+    list_filter = ["status", "currency"]
+    search_fields = ["organization__name", "organization__slug", "company_name"]
+    list_select_related = ["organization"]
+    fields = [
+        "organization",
+        "status",
+        "decide_links",
+        "company_name",
+        "registration_number",
+        "address",
+        "contact_name",
+        "contact_email",
+        "contact_phone",
+        "expected_monthly_spend",
+        "currency",
+        "note",
+        "requested_by",
+        "created_at",
+        "decided_at",
+        "decided_by",
+        "decision_note",
+        "granted_limit",
+        "granted_terms_days",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="Decide")
+    def decide_links(self, obj: CreditRequest):
+        if obj.status != CreditRequestStatus.PENDING:
+            return "—"
+        return format_html(
+            '<a href="{}">Grant…</a> · <a href="{}">Decline…</a>',
+            reverse("admin:billing_creditrequest_grant", args=[obj.pk]),
+            reverse("admin:billing_creditrequest_decline", args=[obj.pk]),
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/grant/",
+                self.admin_site.admin_view(self.grant_view),
+                name="billing_creditrequest_grant",
+            ),
+            path(
+                "<int:pk>/decline/",
+                self.admin_site.admin_view(self.decline_view),
+                name="billing_creditrequest_decline",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _request(self, pk: int) -> CreditRequest:
+        found = CreditRequest.objects.select_related("organization").filter(pk=pk).first()
+        if found is None:
+            raise Http404("No such request.")
+        return found
+
+    def grant_view(self, request, pk: int):
+        _require_credit_permission(request)
+        asked = self._request(pk)
+        form = CreditTermsForm(
+            request.POST or None, initial={"credit_limit": asked.expected_monthly_spend}
+        )
+        return _credit_action_view(
+            self,
+            request,
+            form=form,
+            organization=asked.organization,
+            target=asked,
+            title=f"Grant monthly invoicing to {asked.organization}",
+            call=lambda actor, data: credit_terms.credit_terms_grant(
+                actor=actor,
+                request_id=asked.pk,
+                credit_limit=data["credit_limit"],
+                payment_terms_days=data["payment_terms_days"],
+                note=data["note"],
+            ),
+            done=f"{asked.organization} is invoiced monthly from now on.",
+            back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
+        )
+
+    def decline_view(self, request, pk: int):
+        _require_credit_permission(request)
+        asked = self._request(pk)
+        return _credit_action_view(
+            self,
+            request,
+            form=DeclineForm(request.POST or None),
+            organization=asked.organization,
+            target=asked,
+            title=f"Decline monthly invoicing for {asked.organization}",
+            call=lambda actor, data: credit_terms.credit_request_decline(
+                actor=actor, request_id=asked.pk, note=data["note"]
+            ),
+            done="The request is declined.",
+            back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
+        )
 
 
 @admin.register(SpendAlert)

@@ -1,5 +1,6 @@
 from django import forms
 
+from billing.models import SpendLimitMode
 from portal.accounts.forms import PortalForm
 
 
@@ -26,8 +27,38 @@ class SpendLimitForm(PortalForm):
     limit = forms.CharField(
         label="Monthly spend limit",
         required=False,
-        help_text="Leave empty for no limit. Reaching it blocks new launches; running instances keep running.",
+        help_text="Leave empty for no limit. Owners and billing members are told at 50 %, 80 % "
+        "and 100 %.",
         widget=forms.TextInput(attrs={"inputmode": "decimal"}),
+    )
+    mode = forms.ChoiceField(
+        label="When it is reached",
+        choices=SpendLimitMode.choices,
+        initial=SpendLimitMode.BLOCK,
+        help_text="Stopping keeps every disk and volume; instances are never terminated.",
+    )
+
+
+class CreditRequestForm(PortalForm):
+    company_name = forms.CharField(label="Company name", max_length=200)
+    registration_number = forms.CharField(
+        label="Registration number",
+        max_length=64,
+        help_text="Company registration number or unified social credit code.",
+    )
+    address = forms.CharField(label="Registered address", max_length=500)
+    contact_name = forms.CharField(label="Finance contact", max_length=120)
+    contact_email = forms.EmailField(label="Contact email")
+    contact_phone = forms.CharField(label="Contact phone", max_length=40, required=False)
+    expected_monthly_spend = forms.CharField(
+        label="Expected monthly spend",
+        widget=forms.TextInput(attrs={"inputmode": "decimal"}),
+    )
+    note = forms.CharField(
+        label="Anything finance should know",
+        required=False,
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
     )
 
 

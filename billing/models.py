@@ -6,6 +6,7 @@ a usage record is debited at most once (unique). The balance is the sum of the e
 Entries are never edited or deleted: corrections are new entries.
 """
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Round
@@ -139,6 +140,14 @@ class TaxStatus(models.TextChoices):
     NOT_SUBJECT = "not_subject", "Not subject to tax"
 
 
+class SpendLimitMode(models.TextChoices):
+    """What reaching the monthly spend limit does."""
+
+    ALERT = "alert", "Alert only"
+    BLOCK = "block", "Block new launches"
+    STOP = "stop", "Stop running instances"
+
+
 class BillingProfile(models.Model):
     """How an organisation pays and what it lets itself spend: one per organisation."""
 
@@ -158,6 +167,17 @@ class BillingProfile(models.Model):
     )
     monthly_spend_limit = models.DecimalField(
         max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, null=True, blank=True
+    )
+    spend_limit_mode = models.CharField(
+        max_length=8, choices=SpendLimitMode.choices, default=SpendLimitMode.BLOCK
+    )
+    credit_limit = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS,
+        decimal_places=MONEY_DECIMAL_PLACES,
+        null=True,
+        blank=True,
+        help_text="Granted by finance with monthly invoicing: the most the organisation may owe "
+        "(unpaid invoices, usage not invoiced yet, and the reserve window's burn).",
     )
     tax_status = models.CharField(
         max_length=16, choices=TaxStatus.choices, default=TaxStatus.STANDARD
@@ -179,6 +199,10 @@ class BillingProfile(models.Model):
             models.CheckConstraint(
                 condition=Q(monthly_spend_limit__isnull=True) | Q(monthly_spend_limit__gt=0),
                 name="billing_profile_limit_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(credit_limit__isnull=True) | Q(credit_limit__gte=0),
+                name="billing_profile_credit_limit_not_negative",
             ),
         ]
 
@@ -347,7 +371,11 @@ class AlertKind(models.TextChoices):
     LOW_BALANCE_1H = "low_balance_1h", "Less than 1 hour of credit left"
     BALANCE_EXHAUSTED = "balance_exhausted", "Credit exhausted"
     INSTANCES_STOPPED = "instances_stopped", "Instances stopped for lack of credit"
+    SPEND_LIMIT_50 = "spend_limit_50", "50 % of the monthly spend limit"
+    SPEND_LIMIT_80 = "spend_limit_80", "80 % of the monthly spend limit"
     SPEND_LIMIT = "spend_limit", "Monthly spend limit reached"
+    CREDIT_LIMIT_80 = "credit_limit_80", "80 % of the credit limit"
+    CREDIT_LIMIT = "credit_limit", "Credit limit reached"
     AUTO_RECHARGE_FAILED = "auto_recharge_failed", "Auto-recharge failed"
 
 
@@ -371,6 +399,70 @@ class SpendAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization}: {self.kind} ({self.period})"
+
+
+# --- Credit terms (monthly invoicing) ---------------------------------------------------------
+
+
+class CreditRequestStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    GRANTED = "granted", "Granted"
+    DECLINED = "declined", "Declined"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+
+
+class CreditRequest(models.Model):
+    """A customer's request to be invoiced monthly; finance grants or declines it in admin."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="credit_requests"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    company_name = models.CharField(max_length=200)
+    registration_number = models.CharField(
+        max_length=64, help_text="Company registration or unified social credit code."
+    )
+    address = models.CharField(max_length=500)
+    contact_name = models.CharField(max_length=120)
+    contact_email = models.EmailField()
+    contact_phone = models.CharField(max_length=40, blank=True)
+    expected_monthly_spend = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES
+    )
+    currency = models.CharField(max_length=3, choices=Currency.choices)
+    note = models.CharField(max_length=1000, blank=True)
+    status = models.CharField(
+        max_length=10, choices=CreditRequestStatus.choices, default=CreditRequestStatus.PENDING
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decision_note = models.CharField(max_length=500, blank=True)
+    granted_limit = models.DecimalField(
+        max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, null=True, blank=True
+    )
+    granted_terms_days = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("grant_credit", "Can grant, change and revoke credit terms")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(status="pending"),
+                name="billing_one_pending_credit_request",
+            ),
+            models.CheckConstraint(
+                condition=Q(expected_monthly_spend__gt=0), name="billing_credit_request_spend"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Monthly invoicing for {self.organization} ({self.get_status_display()})"
 
 
 # --- Invoices -------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ urlpatterns = [
     path("billing/cards/<int:pk>/remove/", views.card_remove, name="card_remove"),
     path("billing/auto-recharge/", views.auto_recharge, name="auto_recharge"),
     path("billing/spend-limit/", views.spend_limit, name="spend_limit"),
+    path("billing/monthly-invoicing/", views.credit_request, name="credit_request"),
+    path(
+        "billing/monthly-invoicing/<int:pk>/withdraw/",
+        views.credit_request_withdraw,
+        name="credit_request_withdraw",
+    ),
     path("billing/invoices/<int:pk>/", views.invoice_detail, name="invoice"),
     path("billing/invoices/<int:pk>/pdf/", views.invoice_pdf, name="invoice_pdf"),
     path(

@@ -13,7 +13,13 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing.forms import AutoRechargeForm, FakeCardForm, SpendLimitForm, TopUpForm
+from billing.forms import (
+    AutoRechargeForm,
+    CreditRequestForm,
+    FakeCardForm,
+    SpendLimitForm,
+    TopUpForm,
+)
 from billing.invoicing import selectors as invoice_selectors
 from billing.ledger import selectors as ledger_selectors
 from billing.ledger import services
@@ -24,10 +30,11 @@ from billing.payments import services as payments
 from billing.payments.base import PaymentProviderError, WebhookSignatureInvalid
 from billing.payments.events import webhook_receive
 from billing.payments.fake import FakeProvider, card_check, payment_method_id
+from billing.spend import credit_terms
 from billing.spend import services as spend
 from portal.accounts.roles import Action
 from portal.accounts.views import org_page
-from portal.errors import SHOWN_ON_PAGE
+from portal.errors import SHOWN_ON_PAGE, NotFound
 
 PAGE_STATUS_INVALID = 422
 
@@ -55,8 +62,14 @@ def _context(request: HttpRequest, **forms) -> dict:
             }
         ),
         "spend_limit_form": forms.get("spend_limit_form")
-        or SpendLimitForm(initial={"limit": profile.monthly_spend_limit}),
+        or SpendLimitForm(
+            initial={"limit": profile.monthly_spend_limit, "mode": profile.spend_limit_mode}
+        ),
         "can_manage": request.actor.can(Action.BILLING_MANAGE),
+        "credit_request": credit_terms.credit_request_pending(organization),
+        "exposure": credit_terms.exposure(organization, profile=profile)
+        if organization.billing_mode == "invoiced"
+        else None,
     }
 
 
@@ -191,7 +204,11 @@ def spend_limit(request: HttpRequest) -> HttpResponse:
     form = SpendLimitForm(request.POST)
     form.is_valid()
     try:
-        profile = spend.spend_limit_set(actor=request.actor, limit=form.cleaned_data.get("limit"))
+        profile = spend.spend_limit_set(
+            actor=request.actor,
+            limit=form.cleaned_data.get("limit"),
+            mode=request.POST.get("mode") or None,
+        )
     except SHOWN_ON_PAGE as exc:
         return _invalid(request, "spend_limit_form", form, exc)
     if profile.monthly_spend_limit is None:
@@ -200,8 +217,56 @@ def spend_limit(request: HttpRequest) -> HttpResponse:
         messages.success(
             request,
             f"Monthly spend limit set to {profile.monthly_spend_limit} "
-            f"{request.organization.currency}.",
+            f"{request.organization.currency} ({profile.get_spend_limit_mode_display().lower()}).",
         )
+    return redirect("billing:billing")
+
+
+@org_page(Action.BILLING_VIEW)
+def credit_request(request: HttpRequest) -> HttpResponse:
+    """Ask finance for monthly invoicing (owners and billing members)."""
+    _require_manage(request)
+    organization = request.organization
+    form = CreditRequestForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        status = PAGE_STATUS_INVALID
+        if form.is_valid():
+            try:
+                credit_terms.credit_request_create(actor=request.actor, **form.cleaned_data)
+            except SHOWN_ON_PAGE as exc:
+                for field, message in (exc.details or {}).items():
+                    if field in form.fields:
+                        form.add_error(field, message)
+                if not form.errors:
+                    form.add_error(None, exc.message)
+            else:
+                messages.success(
+                    request,
+                    "Your request for monthly invoicing is sent. Finance will answer by email.",
+                )
+                return redirect("billing:billing")
+    return render(
+        request,
+        "billing/credit_request.html",
+        {
+            "form": form,
+            "pending": credit_terms.credit_request_pending(organization),
+            "invoiced": organization.billing_mode == "invoiced",
+        },
+        status=status,
+    )
+
+
+@org_page(Action.BILLING_VIEW)
+@require_POST
+def credit_request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    _require_manage(request)
+    try:
+        credit_terms.credit_request_withdraw(actor=request.actor, request_id=pk)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    messages.success(request, "Your request for monthly invoicing is withdrawn.")
     return redirect("billing:billing")
 
 

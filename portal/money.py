@@ -93,6 +93,9 @@ def from_minor(value: int, currency: str) -> Decimal:
 # --- reading input -----------------------------------------------------------------------------
 
 
+MAX_AMOUNT = Decimal(10) ** 15  # what any money column holds with room to spare
+
+
 def parse_amount(
     value, currency: str, *, field: str = "amount", allow_zero: bool = False
 ) -> Decimal:
@@ -108,6 +111,9 @@ def parse_amount(
             details={field: "Enter an amount such as 50 or 49.90."},
         ) from None
     places = minor_units(currency)
+    if amount.is_finite() and abs(amount) >= MAX_AMOUNT:
+        message = f"Enter an amount below {MAX_AMOUNT:,.0f}."
+        raise InvalidInput(message, code=ErrorCode.AMOUNT_INVALID, details={field: message})
     if not amount.is_finite() or amount.as_tuple().exponent < -places:
         raise InvalidInput(
             f"Use at most {places} decimal places.",

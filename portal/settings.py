@@ -282,6 +282,9 @@ SPECTACULAR_SETTINGS = {
         "LedgerEntryKindEnum": "billing.models.EntryKind",
         "InvoiceKindEnum": "billing.models.InvoiceKind",
         "InvoiceLineKindEnum": "billing.models.LineKind",
+        "InvoiceStatusEnum": "billing.models.InvoiceStatus",
+        "CreditRequestStatusEnum": "billing.models.CreditRequestStatus",
+        "SpendLimitModeEnum": "billing.models.SpendLimitMode",
     },
 }
 

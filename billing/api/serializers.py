@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from billing.models import Invoice, InvoiceLine, LedgerEntry
+from billing.models import CreditRequest, Invoice, InvoiceLine, LedgerEntry, SpendLimitMode
 
 
 class BalanceSerializer(serializers.Serializer):
@@ -18,9 +18,80 @@ class BalanceSerializer(serializers.Serializer):
     )
     month_to_date = serializers.DecimalField(max_digits=28, decimal_places=12)
     monthly_spend_limit = serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True)
+    spend_limit_mode = serializers.ChoiceField(choices=SpendLimitMode.choices)
     limit_reached = serializers.BooleanField()
     invoice_overdue = serializers.BooleanField()
     billing_mode = serializers.CharField()
+    credit_limit = serializers.DecimalField(
+        max_digits=18,
+        decimal_places=2,
+        allow_null=True,
+        help_text="Invoiced monthly: the credit limit finance granted (null when prepaid).",
+    )
+    exposure = serializers.DecimalField(
+        max_digits=28,
+        decimal_places=12,
+        allow_null=True,
+        help_text="Invoiced monthly: unpaid invoices, usage not invoiced yet and the reserve "
+        "window's burn; a launch beyond the credit limit is refused (null when prepaid).",
+    )
+
+
+class SpendLimitSerializer(serializers.Serializer):
+    monthly_spend_limit = serializers.DecimalField(
+        max_digits=18, decimal_places=2, allow_null=True, help_text="Null for no limit."
+    )
+    mode = serializers.ChoiceField(
+        choices=SpendLimitMode.choices,
+        help_text="alert: notices only; block: new launches and starts refused once reached; "
+        "stop: running instances stopped too (disks and volumes kept).",
+    )
+
+
+class SpendLimitUpdateSerializer(serializers.Serializer):
+    monthly_spend_limit = serializers.CharField(
+        allow_null=True,
+        max_length=30,
+        allow_blank=True,
+        help_text="An amount such as 500 or 499.90; null or empty for no limit.",
+    )
+    mode = serializers.ChoiceField(choices=SpendLimitMode.choices, required=False)
+
+
+class CreditRequestSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CreditRequest
+        fields = [
+            "id",
+            "status",
+            "company_name",
+            "registration_number",
+            "address",
+            "contact_name",
+            "contact_email",
+            "contact_phone",
+            "expected_monthly_spend",
+            "currency",
+            "note",
+            "created_at",
+            "decided_at",
+            "decision_note",
+            "granted_limit",
+            "granted_terms_days",
+        ]
+
+
+class CreditRequestCreateSerializer(serializers.Serializer):
+    company_name = serializers.CharField(max_length=200)
+    registration_number = serializers.CharField(max_length=64)
+    address = serializers.CharField(max_length=500)
+    contact_name = serializers.CharField(max_length=120)
+    contact_email = serializers.EmailField()
+    contact_phone = serializers.CharField(max_length=40, required=False, allow_blank=True)
+    expected_monthly_spend = serializers.CharField(
+        max_length=30, help_text="In the organisation's currency, e.g. 20000."
+    )
+    note = serializers.CharField(max_length=1000, required=False, allow_blank=True)
 
 
 class LedgerEntrySerializer(serializers.ModelSerializer):

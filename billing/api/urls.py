@@ -5,6 +5,8 @@ from billing.api import views
 urlpatterns = [
     path("balance", views.BalanceView.as_view(), name="api-balance"),
     path("ledger", views.LedgerView.as_view(), name="api-ledger"),
+    path("spend-limit", views.SpendLimitView.as_view(), name="api-spend-limit"),
+    path("credit-requests", views.CreditRequestListView.as_view(), name="api-credit-requests"),
     path("invoices", views.InvoiceListView.as_view(), name="api-invoices"),
     path("invoices/<int:pk>", views.InvoiceDetailView.as_view(), name="api-invoice"),
     path("invoices/<int:pk>/pdf", views.InvoicePdfView.as_view(), name="api-invoice-pdf"),

@@ -4,7 +4,7 @@ import django_filters
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import generics
+from rest_framework import generics, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -14,7 +14,9 @@ from billing.api import serializers
 from billing.invoicing import selectors as invoice_selectors
 from billing.ledger import selectors as ledger_selectors
 from billing.ledger import services
-from billing.models import Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from billing.models import CreditRequest, Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from billing.payments.services import profile_for
+from billing.spend import credit_terms
 from billing.spend import services as spend
 from portal.accounts.roles import Action
 from portal.api.filters import BoundedDateTimeFilter
@@ -33,6 +35,9 @@ class BalanceView(APIView):
         organization = request.actor.organization
         state = spend.spend_state(organization)
         account = services.account_for(organization)
+        exposure = None
+        if organization.billing_mode == "invoiced":
+            exposure = credit_terms.exposure(organization)
         body = {
             "currency": account.currency,
             "balance": state.balance,
@@ -41,11 +46,87 @@ class BalanceView(APIView):
             "hours_left": None if state.hours_left is None else round(state.hours_left, 2),
             "month_to_date": state.month_to_date,
             "monthly_spend_limit": state.limit,
+            "spend_limit_mode": state.limit_mode,
             "limit_reached": state.limit_reached,
             "invoice_overdue": state.overdue,
             "billing_mode": organization.billing_mode,
+            "credit_limit": exposure.limit if exposure else None,
+            "exposure": exposure.total if exposure else None,
         }
         return Response(serializers.BalanceSerializer(body).data)
+
+
+def _spend_limit_body(profile) -> dict:
+    return serializers.SpendLimitSerializer(
+        {"monthly_spend_limit": profile.monthly_spend_limit, "mode": profile.spend_limit_mode}
+    ).data
+
+
+class SpendLimitView(APIView):
+    """The monthly spend limit and what reaching it does."""
+
+    actions = {"GET": Action.BILLING_VIEW, "PUT": Action.BILLING_MANAGE}
+
+    @extend_schema(
+        operation_id="spend_limit_retrieve",
+        summary="The monthly spend limit",
+        responses={200: serializers.SpendLimitSerializer, **error_responses(401, 403)},
+    )
+    def get(self, request):
+        return Response(_spend_limit_body(profile_for(request.actor.organization)))
+
+    @extend_schema(
+        operation_id="spend_limit_update",
+        summary="Set or clear the monthly spend limit and its mode",
+        request=serializers.SpendLimitUpdateSerializer,
+        responses={
+            200: serializers.SpendLimitSerializer,
+            **error_responses(400, 401, 403, 415),
+        },
+    )
+    def put(self, request):
+        payload = serializers.SpendLimitUpdateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        profile = spend.spend_limit_set(
+            actor=request.actor,
+            limit=payload.validated_data["monthly_spend_limit"],
+            mode=payload.validated_data.get("mode"),
+        )
+        return Response(_spend_limit_body(profile))
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="Requests for monthly invoicing",
+        responses=list_responses(serializers.CreditRequestSerializer),
+    )
+)
+class CreditRequestListView(generics.ListAPIView):
+    actions = {"GET": Action.BILLING_VIEW, "POST": Action.BILLING_MANAGE}
+    serializer_class = serializers.CreditRequestSerializer
+    queryset = CreditRequest.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return CreditRequest.objects.filter(organization=self.request.actor.organization)
+
+    @extend_schema(
+        operation_id="credit_requests_create",
+        summary="Ask finance for monthly invoicing",
+        request=serializers.CreditRequestCreateSerializer,
+        responses={
+            201: serializers.CreditRequestSerializer,
+            **error_responses(400, 401, 403, 409, 415),
+        },
+    )
+    def post(self, request):
+        payload = serializers.CreditRequestCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        created = credit_terms.credit_request_create(actor=request.actor, **payload.validated_data)
+        return Response(
+            serializers.CreditRequestSerializer(created).data, status=status.HTTP_201_CREATED
+        )
 
 
 class LedgerFilter(django_filters.FilterSet):

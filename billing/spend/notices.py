@@ -1,6 +1,8 @@
 """Spend notices by email, to the billing email, owners and billing members (after commit)."""
 
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.urls import reverse
 
 from billing.models import AlertKind
 from portal.accounts.emails import Email, send_later
@@ -10,7 +12,12 @@ from portal.accounts.models import Membership, Organization, Role
 def spend_notice_send(*, organization: Organization, kind: str, body: str) -> None:
     subject = f"{AlertKind(kind).label} — {organization.name}"
     text = render_to_string(
-        "billing/email/spend_notice.txt", {"organization": organization, "body": body}
+        "billing/email/spend_notice.txt",
+        {
+            "organization": organization,
+            "body": body,
+            "billing_url": f"{settings.SITE_URL}{reverse('billing:billing')}",
+        },
     )
     for address in billing_contacts(organization):
         send_later(Email(to=address, subject=subject, body=text))

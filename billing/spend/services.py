@@ -2,9 +2,13 @@
 warnings as credit runs low, stopping instances (never terminating them) before a prepaid
 balance runs out, monthly spend limits, and overdue invoices.
 
+A monthly spend limit has a mode (``SpendLimitMode``): alert only, block new launches and
+starts once reached, or also stop running instances (never terminating them) when the limit
+would be reached within the stop threshold. Its notices go out at 50 %, 80 % and 100 %.
+
 Notices are sent once per organisation, kind and period (``SpendAlert`` is unique on them): the
 period of a low-balance notice is "since the last credit", so a top-up re-arms it; the period of
-a spend-limit notice is the month.
+a spend-limit or credit-limit notice is the month.
 """
 
 import logging
@@ -20,7 +24,8 @@ from django.utils import timezone
 
 from billing.errors import BillingErrorCode
 from billing.ledger.services import balance as balance_now
-from billing.models import AlertKind, BillingProfile, SpendAlert
+from billing.models import AlertKind, BillingProfile, SpendAlert, SpendLimitMode
+from billing.spend.credit_terms import credit_limit_needed, exposure
 from billing.spend.notices import billing_contacts as billing_contacts  # who hears about money
 from billing.spend.notices import spend_notice_send
 from portal.accounts.models import BillingMode, Organization
@@ -28,7 +33,7 @@ from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.compute.selectors import instances_running
-from portal.errors import Conflict, PortalError
+from portal.errors import Conflict, InvalidInput, PortalError
 from portal.metering.rating import SECONDS_PER_HOUR, Rater
 from portal.metering.selectors import burn_rate, committed_burn, storage_per_hour
 from portal.money import amount_text, money_round_up, parse_amount
@@ -55,10 +60,16 @@ class SpendState:
     month_to_date: Decimal
     limit: Decimal | None
     overdue: bool
+    limit_mode: str = SpendLimitMode.BLOCK
 
     @property
     def limit_reached(self) -> bool:
         return self.limit is not None and self.month_to_date >= self.limit
+
+    @property
+    def limit_blocks(self) -> bool:
+        """Reached, in a mode that refuses new launches and starts."""
+        return self.limit_reached and self.limit_mode != SpendLimitMode.ALERT
 
 
 def overdue(organization: Organization, now: datetime | None = None) -> bool:
@@ -86,6 +97,7 @@ def spend_state(
         month_to_date=burn.month_to_date,
         limit=profile.monthly_spend_limit if profile else None,
         overdue=overdue(organization, now),
+        limit_mode=profile.spend_limit_mode if profile else SpendLimitMode.BLOCK,
     )
 
 
@@ -117,9 +129,11 @@ def credit_reserve(organization: Organization, *, rater: Rater | None = None) ->
 
 def _credit_needed(organization: Organization, *, what: str, per_hour: Decimal, rater) -> None:
     """Refuse with ``insufficient_credit`` unless the available credit covers ``per_hour`` of
-    the new resource for the reserve window. Callers hold the organisation's lock (compute's
+    the new resource for the reserve window; an invoiced organisation needs it within its
+    credit limit (``credit_limit_reached``). Callers hold the organisation's lock (compute's
     services authorize with ``lock=True``), so concurrent launches see each other."""
     if organization.billing_mode != BillingMode.PREPAID:
+        credit_limit_needed(organization, what=what, per_hour=per_hour, rater=rater)
         return
     currency = organization.currency
     window = settings.BILLING_CREDIT_RESERVE_HOURS
@@ -160,34 +174,43 @@ def _refuse_overdue(organization: Organization, what: str) -> None:
         )
 
 
+def _refuse_over_limit(organization: Organization, *, what: str, rater: Rater) -> None:
+    """A monthly spend limit in block or stop mode, once reached, refuses new launches and
+    starts (in alert mode it only tells)."""
+    currency = organization.currency
+    profile = BillingProfile.objects.filter(organization=organization).first()
+    limit = profile.monthly_spend_limit if profile else None
+    if limit is None or profile.spend_limit_mode == SpendLimitMode.ALERT:
+        return
+    spent = burn_rate(organization, rater=rater).month_to_date
+    if spent >= limit:
+        raise PaymentRequired(
+            f"This month's spend limit of {amount_text(limit, currency)} {currency} is reached. "
+            f"Raise it on the billing page to {what}.",
+            code=BillingErrorCode.SPEND_LIMIT_REACHED,
+            details={
+                "limit": amount_text(limit, currency),
+                "month_to_date": amount_text(spent, currency),
+                "mode": profile.spend_limit_mode,
+            },
+        )
+
+
 def launch_check(*, organization: Organization, instance_type, region, actor=None, **_) -> None:
     """Refuse a launch the organisation cannot pay for.
 
     - an overdue invoice blocks every launch;
-    - a monthly spend limit, once reached, blocks new launches;
+    - a monthly spend limit, once reached, blocks new launches (unless it only alerts);
     - a prepaid organisation needs credit for the new instance over the reserve window on top
-      of the credit reserved for everything it already holds (``credit_reserve``).
+      of the credit reserved for everything it already holds (``credit_reserve``); an invoiced
+      one needs it within its credit limit (``credit_terms.exposure``).
     """
     _refuse_overdue(organization, "launch new instances")
-    currency = organization.currency
-    profile = BillingProfile.objects.filter(organization=organization).first()
-    rater = Rater(currency)  # one price history for the whole check
+    rater = Rater(organization.currency)  # one price history for the whole check
     hourly = rater.hourly.at(
         instance_type_id=instance_type.pk, region_id=region.pk, at=timezone.now()
     ) or Decimal(0)
-    limit = profile.monthly_spend_limit if profile else None
-    if limit is not None:
-        spent = burn_rate(organization, rater=rater).month_to_date
-        if spent >= limit:
-            raise PaymentRequired(
-                f"This month's spend limit of {amount_text(limit, currency)} {organization.currency} is reached. "
-                "Raise it on the billing page to launch more.",
-                code=BillingErrorCode.SPEND_LIMIT_REACHED,
-                details={
-                    "limit": amount_text(limit, currency),
-                    "month_to_date": amount_text(spent, currency),
-                },
-            )
+    _refuse_over_limit(organization, what="launch more", rater=rater)
     _credit_needed(organization, what=instance_type.name, per_hour=hourly, rater=rater)
 
 
@@ -196,6 +219,7 @@ def start_check(*, organization: Organization, instance=None, **_) -> None:
     price over the reserve window beyond what is reserved already (its kept disk among it)."""
     _refuse_overdue(organization, "start instances")
     rater = Rater(organization.currency)
+    _refuse_over_limit(organization, what="start instances", rater=rater)
     hourly = Decimal(0)
     if instance is not None:
         hourly = rater.hourly.at(
@@ -221,9 +245,17 @@ def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
 # --- Settings a customer changes ----------------------------------------------------------------
 
 
+SPEND_LIMIT_ALERTS = (  # (share of the limit, notice kind), highest first
+    (Decimal(1), AlertKind.SPEND_LIMIT),
+    (Decimal("0.8"), AlertKind.SPEND_LIMIT_80),
+    (Decimal("0.5"), AlertKind.SPEND_LIMIT_50),
+)
+
+
 @transaction.atomic(durable=True)
-def spend_limit_set(*, actor: Actor, limit) -> BillingProfile:
-    """Set (or clear, with an empty value) the monthly spend limit."""
+def spend_limit_set(*, actor: Actor, limit, mode: str | None = None) -> BillingProfile:
+    """Set (or clear, with an empty value) the monthly spend limit and what reaching it does
+    (``mode``: alert, block or stop; unchanged when not given)."""
     from billing.payments.services import profile_for
 
     actor = authorize(actor, Action.BILLING_MANAGE, lock=True)
@@ -231,17 +263,26 @@ def spend_limit_set(*, actor: Actor, limit) -> BillingProfile:
     value = None
     if limit not in (None, ""):
         value = parse_amount(limit, organization.currency, field="limit")
+    if mode not in (None, "") and mode not in SpendLimitMode.values:
+        message = f"Mode is one of {', '.join(SpendLimitMode.values)}."
+        raise InvalidInput(
+            message, code=BillingErrorCode.SPEND_LIMIT_MODE_INVALID, details={"mode": message}
+        )
     profile = profile_for(organization, lock=True)
     profile.monthly_spend_limit = value
+    if mode:
+        profile.spend_limit_mode = mode
     profile.updated_at = timezone.now()
-    profile.save(update_fields=["monthly_spend_limit", "updated_at"])
+    profile.save(update_fields=["monthly_spend_limit", "spend_limit_mode", "updated_at"])
     # A new limit is a new start: it may be reached (and announced) again this month.
-    SpendAlert.objects.filter(organization=organization, kind=AlertKind.SPEND_LIMIT).delete()
+    SpendAlert.objects.filter(
+        organization=organization, kind__in=[kind for _share, kind in SPEND_LIMIT_ALERTS]
+    ).delete()
     audit_record(
         actor=actor,
         action="billing.spend_limit",
         target=profile,
-        details={"limit": None if value is None else str(value)},
+        details={"limit": None if value is None else str(value), "mode": profile.spend_limit_mode},
     )
     return profile
 
@@ -281,17 +322,10 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
     rater = Rater(currency)  # one price history for the whole watch
     state = spend_state(organization, now, rater=rater)
     month = f"{now:%Y-%m}"
-    if state.limit_reached and _alert_once(organization, AlertKind.SPEND_LIMIT, month):
-        _notify(
-            organization,
-            AlertKind.SPEND_LIMIT,
-            f"This month's spend reached the limit of {amount_text(state.limit, currency)} {currency} "
-            f"({amount_text(state.month_to_date, currency)} {currency} so far). New launches are blocked until "
-            "the limit is raised or the month ends; running instances keep running.",
-        )
-        done.append("spend limit reached")
+    if state.limit is not None:
+        done += _watch_spend_limit(organization, state, month, now, rater=rater)
     if organization.billing_mode != BillingMode.PREPAID:
-        return done
+        return done + _watch_credit_limit(organization, month, now, rater=rater)
     recharge = auto_recharge_maybe(organization, state.balance)
     period = str(last_credit_id(organization))
     if recharge is not None and recharge.status == "succeeded":
@@ -354,6 +388,109 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
     return done
 
 
+def _limit_text(state: SpendState, currency: str) -> str:
+    return (
+        f"{amount_text(state.month_to_date, currency)} {currency} of this month's spend limit "
+        f"of {amount_text(state.limit, currency)} {currency}"
+    )
+
+
+def _watch_spend_limit(
+    organization: Organization, state: SpendState, month: str, now: datetime, *, rater: Rater
+) -> list[str]:
+    """Notices at 50, 80 and 100 % of the monthly limit, each once a month; in stop mode, the
+    running instances stopped when the limit would be reached within the stop threshold."""
+    done: list[str] = []
+    currency = organization.currency
+    mode = state.limit_mode
+    share = state.month_to_date / state.limit
+    for threshold, kind in SPEND_LIMIT_ALERTS:
+        if share < threshold:
+            continue
+        if _alert_once(organization, kind, month):
+            if kind == AlertKind.SPEND_LIMIT:
+                consequence = {
+                    SpendLimitMode.ALERT: "Nothing is blocked: the limit only alerts.",
+                    SpendLimitMode.BLOCK: "New launches and starts are blocked until the limit "
+                    "is raised or the month ends; running instances keep running.",
+                    SpendLimitMode.STOP: "Running instances are stopped (their disks and "
+                    "volumes are kept), and new launches and starts are blocked until the "
+                    "limit is raised or the month ends.",
+                }[mode]
+                body = f"This month's spend reached its limit: {_limit_text(state, currency)}. "
+            else:
+                consequence = ""
+                body = (
+                    f"This month's spend passed {threshold * 100:.0f} % of its limit: "
+                    f"{_limit_text(state, currency)}. "
+                )
+            _notify(organization, kind, body + consequence)
+            done.append(f"spend limit {threshold * 100:.0f} %")
+        break  # one notice per watch: the highest share passed
+    if mode == SpendLimitMode.STOP:
+        burn = committed_burn(organization, now, rater=rater)
+        horizon = burn * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
+        if (
+            state.month_to_date + horizon >= state.limit
+            and instances_running(organization, coming=True).exists()
+        ):
+            stopped = instances_stop_for_credit(organization)
+            if stopped:
+                if _alert_once(organization, AlertKind.SPEND_LIMIT, month):
+                    _notify(
+                        organization,
+                        AlertKind.SPEND_LIMIT,
+                        f"{stopped} running instance(s) were stopped: {_limit_text(state, currency)} "
+                        "is spent and the limit would be reached within "
+                        f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes. Their disks "
+                        "and volumes are kept. Raise the limit, then start them again.",
+                    )
+                done.append(f"{stopped} instance(s) stopped for the spend limit")
+    return done
+
+
+CREDIT_LIMIT_ALERTS = (
+    (Decimal(1), AlertKind.CREDIT_LIMIT),
+    (Decimal("0.8"), AlertKind.CREDIT_LIMIT_80),
+)
+
+
+def _watch_credit_limit(
+    organization: Organization, month: str, now: datetime, *, rater: Rater
+) -> list[str]:
+    """An invoiced organisation hears once a month at 80 % and at 100 % of its credit limit."""
+    current = exposure(organization, now, rater=rater)
+    share = current.used_share
+    if share is None:
+        return []
+    currency = organization.currency
+    for threshold, kind in CREDIT_LIMIT_ALERTS:
+        if share < threshold:
+            continue
+        if not _alert_once(organization, kind, month):
+            return []
+        what = "reached" if kind == AlertKind.CREDIT_LIMIT else f"passed {threshold * 100:.0f} % of"
+        _notify(
+            organization,
+            kind,
+            f"Your organisation has {what} its credit limit: "
+            f"{amount_text(current.total, currency)} {currency} of "
+            f"{amount_text(current.limit, currency)} {currency} is owed or reserved (unpaid "
+            f"invoices {amount_text(current.unpaid_invoices, currency)}, usage not invoiced yet "
+            f"{amount_text(current.usage_not_invoiced, currency)}, the next "
+            f"{settings.BILLING_CREDIT_RESERVE_HOURS.normalize():f} hour(s) of what runs "
+            f"{amount_text(current.reserved, currency)}). "
+            + (
+                "New launches that go beyond it are refused. Pay an invoice or ask finance for "
+                "a higher limit."
+                if kind == AlertKind.CREDIT_LIMIT
+                else "Launches beyond the limit will be refused."
+            ),
+        )
+        return [f"credit limit {threshold * 100:.0f} %"]
+    return []
+
+
 def instances_stop_for_credit(organization: Organization) -> int:
     """Stop (never terminate) every running instance of the organisation. Returns how many."""
     from portal.compute.services import instance_action
@@ -376,6 +513,7 @@ def spend_watch(now: datetime | None = None) -> dict[str, list[str]]:
     busy = instances_running().values("organization_id")
     watched = BillingProfile.objects.filter(
         Q(monthly_spend_limit__isnull=False)
+        | Q(credit_limit__isnull=False)
         | Q(auto_recharge_enabled=True)
         | Q(balance_exhausted_at__isnull=False)
     ).values("organization_id")
@@ -419,7 +557,11 @@ def banner(organization: Organization) -> Banner | None:
                 AlertKind.LOW_BALANCE_1H,
                 AlertKind.BALANCE_EXHAUSTED,
                 AlertKind.INSTANCES_STOPPED,
+                AlertKind.SPEND_LIMIT_50,
+                AlertKind.SPEND_LIMIT_80,
                 AlertKind.SPEND_LIMIT,
+                AlertKind.CREDIT_LIMIT_80,
+                AlertKind.CREDIT_LIMIT,
             ],
         ).order_by("created_at")
     }
@@ -442,6 +584,33 @@ def banner(organization: Organization) -> Banner | None:
         )
     if AlertKind.LOW_BALANCE_24H in current:
         return Banner("warn", "Less than a day of credit left at the current burn rate.")
+    if AlertKind.CREDIT_LIMIT in current:
+        return Banner(
+            "error",
+            "The credit limit is reached: launches beyond it are refused. Pay an invoice or ask "
+            "finance for a higher limit.",
+        )
     if AlertKind.SPEND_LIMIT in current:
-        return Banner("warn", "This month's spend limit is reached: new launches are blocked.")
+        mode = (
+            BillingProfile.objects.filter(organization=organization)
+            .values_list("spend_limit_mode", flat=True)
+            .first()
+        )
+        return Banner("warn", SPEND_LIMIT_BANNERS.get(mode, SPEND_LIMIT_BANNERS["block"]))
+    if AlertKind.CREDIT_LIMIT_80 in current:
+        return Banner("warn", "More than 80 % of the credit limit is used.")
+    if AlertKind.SPEND_LIMIT_80 in current:
+        return Banner("warn", "This month's spend has passed 80 % of its limit.")
+    if AlertKind.SPEND_LIMIT_50 in current:
+        return Banner("warn", "This month's spend has passed half of its limit.")
     return None
+
+
+SPEND_LIMIT_BANNERS = {
+    SpendLimitMode.ALERT: "This month's spend limit is reached (it only alerts: nothing is "
+    "blocked).",
+    SpendLimitMode.BLOCK: "This month's spend limit is reached: new launches and starts are "
+    "blocked.",
+    SpendLimitMode.STOP: "This month's spend limit is reached: running instances were stopped "
+    "and new launches and starts are blocked.",
+}

@@ -10,7 +10,11 @@ from portal.accounts.models import (
     SshKey,
     User,
 )
-from portal.accounts.services import api_key_revoke, invitation_revoke
+from portal.accounts.services import (
+    api_key_revoke,
+    invitation_revoke,
+    organization_currency_locks,
+)
 from portal.accounts.types import Actor
 
 
@@ -75,6 +79,14 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "billing_email", "tax_id"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        """The billing mode changes only when finance grants or revokes credit terms (audited,
+        in billing's admin); the currency, once money moved or resources exist in it, never."""
+        fields = ["billing_mode"]
+        if obj is not None and organization_currency_locks(obj):
+            fields.append("currency")
+        return fields
 
 
 @admin.register(Invitation)

@@ -49,6 +49,13 @@ def build_world(org=None) -> World:
     viewer = Membership.objects.get(user=factories.member(org, "viewer"))
     instance, volume = _compute_objects(org)
     card, invoice, checkout = _billing_objects(org)
+    from billing.models import CreditRequest
+
+    credit_request = CreditRequest.objects.create(
+        organization=org, company_name=org.name, registration_number="HRB 1", address="Berlin",
+        contact_name="Finance", contact_email="finance@example.com", expected_monthly_spend=1000,
+        currency="USD",
+    )  # fmt: skip
     return World(
         org=org,
         objects={
@@ -61,6 +68,7 @@ def build_world(org=None) -> World:
             "card": card.pk,
             "invoice": invoice.pk,
             "checkout": checkout,
+            "credit_request": credit_request.pk,
         },
     )
 
@@ -104,6 +112,12 @@ def profile_has(w, **fields) -> bool:
     from billing.models import BillingProfile
 
     return BillingProfile.objects.filter(organization=w.org, **fields).exists()
+
+
+def credit_request_status(w) -> str:
+    from billing.models import CreditRequest
+
+    return CreditRequest.objects.get(pk=w.objects["credit_request"]).status
 
 
 def card_state(w):
@@ -290,6 +304,18 @@ API_OPS = [
         "api balance", "GET", "/api/v1/balance", BILLING_READERS, 200, Action.BILLING_VIEW, api=True
     ),
     op("api ledger", "GET", "/api/v1/ledger", BILLING_READERS, 200, Action.BILLING_VIEW, api=True),
+    op("api spend limit", "GET", "/api/v1/spend-limit", BILLING_READERS, 200, Action.BILLING_VIEW,
+       api=True),
+    op("api spend limit set", "PUT", "/api/v1/spend-limit", BILLING_MANAGERS, 200,
+       Action.BILLING_MANAGE, {"monthly_spend_limit": "900", "mode": "alert"}, True,
+       effect=lambda w: profile_has(w, monthly_spend_limit=900, spend_limit_mode="alert")),
+    op("api credit requests", "GET", "/api/v1/credit-requests", BILLING_READERS, 200,
+       Action.BILLING_VIEW, api=True),
+    op("api credit request", "POST", "/api/v1/credit-requests", BILLING_MANAGERS,
+       409,  # one is pending already: credit_request_pending
+       Action.BILLING_MANAGE, {"company_name": "x", "registration_number": "1", "address": "a",
+       "contact_name": "c", "contact_email": "c@example.com", "expected_monthly_spend": "10"},
+       True),
     op(
         "api invoices",
         "GET",
@@ -394,6 +420,11 @@ PAGE_OPS = [
        effect=lambda w: card_state(w).removed_at is not None),
     op("spend limit", "POST", "/billing/spend-limit/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE, {"limit": "900"},
        effect=lambda w: profile_has(w, monthly_spend_limit=900)),
+    op("monthly invoicing page", "GET", "/billing/monthly-invoicing/", BILLING_MANAGERS, 200,
+       Action.BILLING_MANAGE),
+    op("monthly invoicing withdraw", "POST", "/billing/monthly-invoicing/{credit_request}/withdraw/",
+       BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
+       effect=lambda w: credit_request_status(w) == "withdrawn"),
     op("auto-recharge", "POST", "/billing/auto-recharge/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
        {"enabled": "on", "threshold": "10", "amount": "50"},
        effect=lambda w: profile_has(w, auto_recharge_enabled=True)),
@@ -419,6 +450,8 @@ def perform(client, operation: Op, world: World):
         return client.delete(url)
     if operation.method == "PATCH":
         return client.patch(url, data, format="json")
+    if operation.method == "PUT":
+        return client.put(url, data, format="json")
     if operation.api:
         return client.post(url, data, format="json")
     return client.post(url, data)
@@ -483,6 +516,7 @@ def test_another_organizations_object_answers_404(db, operation):
     assert ApiKey.objects.get(pk=theirs.objects["api_key"]).revoked_at is None
     theirs_card = card_state(theirs)
     assert theirs_card.removed_at is None and not theirs_card.is_default
+    assert credit_request_status(theirs) == "pending"
 
 
 def test_lists_show_only_the_current_organizations_data(db):
@@ -549,7 +583,7 @@ def _routes(resolver=None, prefix=""):
 
 SAMPLE_IDS = {
     **dict.fromkeys(("ssh_key", "api_key", "invitation", "membership", "instance"), 1),
-    **dict.fromkeys(("volume", "card", "invoice", "job"), 1),
+    **dict.fromkeys(("volume", "card", "invoice", "job", "credit_request"), 1),
     "checkout": "token",
 }
 

@@ -193,7 +193,7 @@ def test_the_spend_limit_blocks_launches_and_tells_owners_and_billing_once(
         with pytest.raises(spend.PaymentRequired) as refused:
             _launch(world, "second")
     assert refused.value.code == "spend_limit_reached"
-    assert refused.value.details == {"limit": "5.00", "month_to_date": "5.25"}
+    assert refused.value.details == {"limit": "5.00", "month_to_date": "5.25", "mode": "block"}
     told = sorted(m.to[0] for m in mail.outbox)
     assert told == sorted([world.org.billing_email, world.owner.email, billing_member.email])
     assert "Monthly spend limit reached" in mail.outbox[0].subject
@@ -371,3 +371,131 @@ def test_concurrent_debits_and_top_ups_lose_no_update(require_postgres):
 
 def test_conflict_errors_stay_conflicts():
     assert issubclass(spend.PaymentRequired, Conflict)
+
+
+def _over_the_month(world, clock, hours, *, watch=True):
+    clock.move_to(START + timedelta(hours=hours))
+    return spend.watch_organization(world.org) if watch else None
+
+
+def test_spend_limit_notices_at_50_80_and_100_percent_once_a_month(
+    memory_backend, django_capture_on_commit_callbacks
+):
+    world = _world(credit="100000", name="O'Brien & Lee Labs")
+    with time_machine.travel(START, tick=False) as clock:
+        _launch(world)  # 3.50 an hour
+        spend.spend_limit_set(actor=world.actor(), limit="10", mode="alert")
+        mail.outbox.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert _over_the_month(world, clock, 1) == []  # 3.50: 35 %
+            assert _over_the_month(world, clock, 1.5) == ["spend limit 50 %"]  # 5.25
+            assert _over_the_month(world, clock, 2) == []  # 7.00: 70 %, told already
+            assert "half of its limit" in spend.banner(world.org).message
+            assert _over_the_month(world, clock, 2.5) == ["spend limit 80 %"]  # 8.75
+            assert _over_the_month(world, clock, 3) == ["spend limit 100 %"]  # 10.50
+            assert _over_the_month(world, clock, 4) == []
+        # alert only: nothing is blocked or stopped
+        assert "only alerts" in spend.banner(world.org).message
+        assert _launch(world, "second").state == "running"
+        assert Instance.objects.get(name="box").state == "running"
+    subjects = [m.subject for m in mail.outbox if m.to == [world.owner.email]]
+    assert subjects == [
+        f"50 % of the monthly spend limit — {world.org.name}",
+        f"80 % of the monthly spend limit — {world.org.name}",
+        f"Monthly spend limit reached — {world.org.name}",
+    ]
+    body = mail.outbox[-1].body
+    assert "Nothing is blocked" in body
+    # a plain-text email: nothing HTML-escaped, and the billing page linked in full
+    assert "This month's spend reached its limit" in body and "&#x27;" not in body
+    assert "Organisation: O'Brien & Lee Labs" in body
+    assert "Billing: http://" in body and body.split("Billing: ")[1].split()[0].endswith(
+        "/billing/"
+    )
+    # a new month: the limit counts from zero and each notice can go out again
+    with (
+        time_machine.travel(datetime(2026, 7, 1, 1, tzinfo=UTC), tick=False),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert spend.watch_organization(world.org) == ["spend limit 50 %"]  # 2 x 3.50 x 1 h
+
+
+def test_block_mode_refuses_launches_and_starts_once_the_limit_is_reached(memory_backend):
+    world = _world(credit="1000")
+    with time_machine.travel(START, tick=False) as clock:
+        instance = _launch(world)
+        spend.spend_limit_set(actor=world.actor(), limit="5", mode="block")
+        clock.move_to(START + timedelta(hours=2))  # 7.00 spent
+        compute.instance_action(actor=world.actor(), instance_id=instance.pk, action="stop")
+        compute.instance_sync(instance_id=instance.pk)
+        assert spend.spend_state(world.org).limit_blocks
+        for attempt in (
+            lambda: _launch(world, "second"),
+            lambda: compute.instance_action(
+                actor=world.actor(), instance_id=instance.pk, action="start"
+            ),
+        ):
+            with pytest.raises(spend.PaymentRequired) as refused:
+                attempt()
+            assert refused.value.code == "spend_limit_reached"
+            assert refused.value.details["mode"] == "block"
+
+
+def test_stop_mode_stops_running_instances_before_the_limit_and_keeps_their_disks(
+    memory_backend, django_capture_on_commit_callbacks, settings
+):
+    world = _world(credit="1000")
+    with time_machine.travel(START, tick=False) as clock:
+        a, b = _launch(world, "a"), _launch(world, "b")  # 7.00 an hour together
+        volume = compute.volume_create(
+            actor=world.actor(), name="data", region="us-east-1", size_gb=50
+        )
+        spend.spend_limit_set(actor=world.actor(), limit="14", mode="stop")
+        with django_capture_on_commit_callbacks(execute=True):
+            # 13.30 spent at 1 h 54 min: 14.00 would be reached in 6 minutes, past the threshold
+            assert "instance(s) stopped" not in " ".join(_over_the_month(world, clock, 1.9))
+            # at 1 h 56 min 13.53 is spent: 14.00 within 5 minutes, so both stop now
+            done = _over_the_month(world, clock, 1 + 56 / 60)
+        assert "2 instance(s) stopped for the spend limit" in done
+        for instance in (a, b):
+            compute.instance_sync(instance_id=instance.pk)
+            stopped = Instance.objects.get(pk=instance.pk)
+            assert stopped.state == "stopped" and stopped.disk_gb == 100  # kept, not terminated
+        volume.refresh_from_db()
+        assert volume.state != "deleted"
+        assert spend.spend_state(world.org).month_to_date < Decimal(14)
+        assert "running instances were stopped" in spend.banner(world.org).message
+    stop_notice = [m for m in mail.outbox if "stopped" in m.body]
+    assert stop_notice and "Their disks and volumes are kept" in stop_notice[0].body
+
+
+def test_the_spend_limit_api_sets_the_limit_and_its_mode(memory_backend):
+    world = _world(credit="100")
+    api = factories.api_client_for(world.org, "billing")
+    assert api.get("/api/v1/spend-limit").json() == {"monthly_spend_limit": None, "mode": "block"}
+    response = api.put(
+        "/api/v1/spend-limit", {"monthly_spend_limit": "250.50", "mode": "stop"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json() == {"monthly_spend_limit": "250.50", "mode": "stop"}
+    for body, code in [
+        ({"monthly_spend_limit": "250.505", "mode": "stop"}, "amount_invalid"),
+        ({"monthly_spend_limit": "1e30"}, "amount_invalid"),
+        ({"monthly_spend_limit": "10", "mode": "pause"}, "invalid"),
+    ]:
+        refused = api.put("/api/v1/spend-limit", body, format="json")
+        assert refused.status_code == 400, refused.content
+        assert refused.json()["error"]["code"] == code
+    assert api.get("/api/v1/spend-limit").json()["monthly_spend_limit"] == "250.50"
+    cleared = api.put("/api/v1/spend-limit", {"monthly_spend_limit": None}, format="json")
+    assert cleared.json() == {"monthly_spend_limit": None, "mode": "stop"}
+    # the billing page offers the same choice
+    client = Client()
+    client.force_login(world.owner)
+    assert client.post("/billing/spend-limit/", {"limit": "80", "mode": "alert"}).status_code == 302
+    assert api.get("/api/v1/spend-limit").json() == {
+        "monthly_spend_limit": "80.00",
+        "mode": "alert",
+    }
+    page = client.get("/billing/").content.decode()
+    assert "Limit 80.00 USD, alert only" in page

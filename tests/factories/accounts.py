@@ -24,15 +24,24 @@ def user(email: str | None = None, **extra) -> User:
     )
 
 
-def organization(name: str | None = None, *, credit_amount="10000", **extra) -> Organization:
+def organization(
+    name: str | None = None, *, credit_amount="10000", credit_limit="100000", **extra
+) -> Organization:
     """An organisation; prepaid ones get ``credit_amount`` of granted credit so that launches
-    pass the billing check (``credit_amount=None`` for none)."""
+    pass the billing check (``credit_amount=None`` for none), invoiced ones a credit limit of
+    ``credit_limit`` as finance would grant it (``None`` for none)."""
     n = next(_seq)
     fields = {"billing_email": f"billing{n}@example.com", "country": "DE", "currency": "USD"}
     fields.update(extra)
     org = Organization.objects.create(name=name or f"Org {n}", slug=f"org-{n}", **fields)
     if credit_amount is not None and org.billing_mode == "prepaid":
         credit(org, credit_amount)
+    if credit_limit is not None and org.billing_mode == "invoiced":
+        from billing.models import BillingProfile
+
+        BillingProfile.objects.update_or_create(
+            organization=org, defaults={"credit_limit": credit_limit}
+        )
     return org
 
 

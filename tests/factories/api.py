@@ -75,6 +75,17 @@ def api_world() -> ApiWorld:
     for _ in range(ROWS - 1):
         months.append((months[-1] - timedelta(days=1)).replace(day=1))
     invoices = [invoicing.invoice_draft_refresh(org, month) for month in months]
+    from billing.models import CreditRequest
+
+    credit_requests = [
+        CreditRequest.objects.create(
+            organization=org, company_name=org.name, registration_number=f"HRB {n}",
+            address="Berlin", contact_name="Finance", contact_email="finance@example.com",
+            expected_monthly_spend=1000 * (n + 1), currency=org.currency,
+            status="pending" if n == 0 else "withdrawn",
+        )  # fmt: skip
+        for n in range(ROWS)
+    ]
     return ApiWorld(
         org=org,
         ids={
@@ -82,5 +93,6 @@ def api_world() -> ApiWorld:
             "ssh-keys": [key.pk for key in ssh_keys],
             "volumes": [volume.pk for volume in volumes],
             "invoices": [invoice.pk for invoice in invoices],
+            "credit-requests": [request.pk for request in credit_requests],
         },
     )

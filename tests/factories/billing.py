@@ -128,7 +128,7 @@ def october_register() -> dict:
     usd.billing_mode = "invoiced"
     usd.save(update_fields=["billing_mode"])
     BillingProfile.objects.create(organization=usd, tax_rate=D("0.20"), payment_terms_days=14)
-    late = make_org(billing_mode="invoiced", name="Late Payer", country="FR")
+    late = make_org(billing_mode="invoiced", name="Late Payer", country="FR", credit_limit=None)
     BillingProfile.objects.create(organization=late, tax_rate=0, payment_terms_days=14)
     cny = make_org(currency="CNY", name="深圳算力科技有限公司", country="CN", credit_amount=None)
     BillingProfile.objects.create(organization=cny, tax_rate=D("0.06"))
