@@ -79,11 +79,16 @@ def api_world() -> ApiWorld:
 
     credit_requests = [
         CreditRequest.objects.create(
-            organization=org, company_name=org.name, registration_number=f"HRB {n}",
-            address="Berlin", contact_name="Finance", contact_email="finance@example.com",
-            expected_monthly_spend=1000 * (n + 1), currency=org.currency,
+            organization=org,
+            company_name=org.name,
+            registration_number=f"HRB {n}",
+            address="Berlin",
+            contact_name="Finance",
+            contact_email="finance@example.com",
+            expected_monthly_spend=1000 * (n + 1),
+            currency=org.currency,
             status="pending" if n == 0 else "withdrawn",
-        )  # fmt: skip
+        )
         for n in range(ROWS)
     ]
     return ApiWorld(
