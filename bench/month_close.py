@@ -140,8 +140,10 @@ def build(orgs: int, instances: int, month) -> dict:
                 "usage records",
                 """
                 INSERT INTO metering_usagerecord (organization_id, subject_type, subject_id,
-                    meter_id, hour_start, quantity, unit, instance_type_id, region_id, closed_at)
+                    meter_id, hour_start, period_start, quantity, unit, instance_type_id,
+                    region_id, closed_at)
                 SELECT (%(orgs)s::bigint[])[1 + i / %(per_org)s], 'instance', i::text, %(meter)s,
+                       %(start)s::timestamptz + h * interval '1 hour',
                        %(start)s::timestamptz + h * interval '1 hour',
                        CASE WHEN (i + h) %% 17 = 0 THEN 1234.5 ELSE 3600 END, 'second',
                        (%(types)s::bigint[])[1 + i %% 4], %(region)s,

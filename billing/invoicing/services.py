@@ -153,7 +153,8 @@ class _Group:
 
 @dataclass
 class _Run:
-    """Hours [start, end) of the month in which one unit price applied."""
+    """The part [start, end) of the month in which one unit price applied (it starts on an
+    hour, or at the moment within one a price took effect)."""
 
     start: datetime
     end: datetime
@@ -249,22 +250,24 @@ class _LineBuilder:
             return self._runs[key]
         # The price may change within the month when a price takes effect in it, or in the
         # hour before (the hour a first price appears is charged at it). Otherwise it is the
-        # same in every hour of the month.
-        changes = pricing_for(meter.key).changes_within(
+        # same in every hour of the month. A price taking effect within an hour starts a run
+        # at that moment, as the hour's records are cut there (``rating.PriceCuts``).
+        changes = pricing_for(meter.key).changes_in(
             self.rater, _usage(meter, group, self.start), self.start - HOUR, self.end
         )
         if not changes:
             runs = [_Run(self.start, self.end, self.unit_price(meter, group, self.start))]
         else:
+            points = {self.start + i * HOUR for i in range(int((self.end - self.start) / HOUR))}
+            points.update(moment for moment in changes if self.start <= moment < self.end)
+            ordered = sorted(points)
             runs = []
-            hour = self.start
-            while hour < self.end:
-                price = self.unit_price(meter, group, hour)
+            for moment, until in zip(ordered, [*ordered[1:], self.end], strict=True):
+                price = self.unit_price(meter, group, moment)
                 if runs and runs[-1].price == price:
-                    runs[-1].end = hour + HOUR
+                    runs[-1].end = until
                 else:
-                    runs.append(_Run(hour, hour + HOUR, price))
-                hour += HOUR
+                    runs.append(_Run(moment, until, price))
         self._runs[key] = runs
         return runs
 
@@ -288,7 +291,7 @@ class _LineBuilder:
             # one row of sums per run, exact (numeric), instead of every record
             sums = {}
             for i, run in enumerate(runs):
-                within = Q(hour_start__gte=run.start, hour_start__lt=run.end)
+                within = Q(period_start__gte=run.start, period_start__lt=run.end)
                 sums[f"q{i}"] = Sum("quantity", filter=within)
                 sums[f"a{i}"] = Sum("rating__amount", filter=within)
                 sums[f"n{i}"] = Count("pk", filter=within)
@@ -302,7 +305,7 @@ class _LineBuilder:
                 unrated = list(in_group.filter(rating__isnull=True).values_list("pk", flat=True))
         else:
             for pk, hour, quantity, rated in in_group.values_list(
-                "pk", "hour_start", "quantity", "rating__amount"
+                "pk", "period_start", "quantity", "rating__amount"
             ):
                 piece = pieces[bisect.bisect_right(starts, hour) - 1]
                 piece.quantity += quantity
@@ -314,7 +317,7 @@ class _LineBuilder:
         if unrated:
             for record in records.filter(pk__in=unrated):
                 record.meter = meter
-                piece = pieces[bisect.bisect_right(starts, record.hour_start) - 1]
+                piece = pieces[bisect.bisect_right(starts, record.period_start) - 1]
                 piece.exact += at_rating_precision(self.rater.cost(record))
         return pieces
 
@@ -357,7 +360,11 @@ LINE_STYLES = {"compute": _compute_style, "storage": _storage_style, "meter": _m
 
 
 def _moment(value: datetime) -> str:
-    return f"{value:%Y-%m-%d}" if value.hour == 0 else f"{value:%Y-%m-%d %H:%M} UTC"
+    if value == value.replace(hour=0, minute=0, second=0, microsecond=0):
+        return f"{value:%Y-%m-%d}"
+    if value.second == value.microsecond == 0:
+        return f"{value:%Y-%m-%d %H:%M} UTC"
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _run_label(run: _Run, start: datetime, end: datetime) -> str:

@@ -67,6 +67,12 @@ class PriceHistory:
         index = bisect.bisect_left(self.times, start)
         return index < len(self.times) and self.times[index] < end
 
+    def changes_in(self, start: datetime, end: datetime) -> list[datetime]:
+        """The moments in [start, end) at which a price takes effect, in order."""
+        return self.times[
+            bisect.bisect_left(self.times, start) : bisect.bisect_left(self.times, end)
+        ]
+
 
 def price_histories(rows: Iterable[tuple[object, datetime, Decimal]]) -> dict:
     """key -> ``PriceHistory`` from (key, effective from, amount) rows in time order."""
@@ -109,6 +115,21 @@ class HourlyPrices:
     ) -> bool:
         history = self._histories.get((instance_type_id, region_id))
         return history is not None and history.changes_within(start, end)
+
+    def changes_in(
+        self, *, instance_type_id, region_id, start: datetime, end: datetime
+    ) -> list[datetime]:
+        history = self._histories.get((instance_type_id, region_id))
+        return history.changes_in(start, end) if history is not None else []
+
+
+def price_changes_off_the_hour(start: datetime, end: datetime) -> list[tuple]:
+    """(currency, instance type id, region id, moment) of every on-demand price taking effect in
+    [start, end) at a moment that is not on the hour (the hours that need price periods)."""
+    rows = Price.objects.filter(effective_from__gte=start, effective_from__lt=end).values_list(
+        "currency", "instance_type_id", "region_id", "effective_from"
+    )
+    return [row for row in rows if row[3] != row[3].replace(minute=0, second=0, microsecond=0)]
 
 
 def hourly_price(

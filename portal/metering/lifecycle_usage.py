@@ -10,10 +10,13 @@ the next one. From it:
   or ``starting``, times the boot disk's size;
 - ``volume.gb_seconds``: every second a volume exists, times its size.
 
-Everything is split at UTC hour boundaries, at full precision (microseconds), so the hourly
-records of a subject add up to exactly its total.
+Everything is split at UTC hour boundaries, and within an hour at the moments a price of the
+subject takes effect (``cuts``), at full precision (microseconds), so the records of a subject
+add up to exactly its total. Each piece is keyed by its hour and the start of its price period
+(the hour itself unless a price took effect within it).
 """
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,13 +68,29 @@ def segments(transitions: Iterable[tuple[datetime, str]], until: datetime) -> li
     return [s for s in result if s.end > s.start]
 
 
-def split_by_hour(start: datetime, end: datetime) -> Iterable[tuple[datetime, Decimal]]:
-    """(hour start, seconds) for each UTC hour the span [start, end) touches."""
+def period_of(moment: datetime, cuts: list[datetime]) -> datetime:
+    """The start of the price period ``moment`` is in: the last cut of its hour at or before
+    it, or the hour."""
+    hour = hour_floor(moment)
+    index = bisect.bisect_right(cuts, moment) - 1
+    if index >= 0 and cuts[index] >= hour:
+        return cuts[index]
+    return hour
+
+
+def split_by_hour(
+    start: datetime, end: datetime, cuts: list[datetime] = ()
+) -> Iterable[tuple[datetime, datetime, Decimal]]:
+    """(hour start, period start, seconds) for each UTC hour the span [start, end) touches,
+    and within it each price period (``cuts``: the moments prices take effect, in order)."""
     cursor = start
     while cursor < end:
         hour = hour_floor(cursor)
         stop = min(end, hour + HOUR)
-        yield hour, seconds(stop - cursor)
+        index = bisect.bisect_right(cuts, cursor)
+        if index < len(cuts) and cuts[index] < stop:
+            stop = cuts[index]
+        yield hour, period_of(cursor, cuts), seconds(stop - cursor)
         cursor = stop
 
 
@@ -81,19 +100,22 @@ def instance_usage(
     disk_gb: int,
     window_start: datetime,
     window_end: datetime,
-) -> dict[tuple[str, datetime], Decimal]:
-    """(meter, hour) → quantity for one instance, for the hours in [window_start, window_end)."""
-    usage: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)
+    cuts: list[datetime] = (),
+) -> dict[tuple[str, datetime, datetime], Decimal]:
+    """(meter, hour, period start) → quantity for one instance, for the hours in
+    [window_start, window_end); running time is cut at ``cuts`` (its price changes; storage
+    has one price)."""
+    usage: dict[tuple[str, datetime, datetime], Decimal] = defaultdict(Decimal)
     for segment in segments(transitions, window_end):
         start, end = max(segment.start, window_start), min(segment.end, window_end)
         if end <= start:
             continue
         if segment.state in BILLED_RUNNING:
-            for hour, amount in split_by_hour(start, end):
-                usage[(COMPUTE, hour)] += amount
+            for hour, period, amount in split_by_hour(start, end, cuts):
+                usage[(COMPUTE, hour, period)] += amount
         elif segment.state in BOOT_DISK_KEPT:
-            for hour, amount in split_by_hour(start, end):
-                usage[(BOOT_DISK, hour)] += amount * disk_gb
+            for hour, period, amount in split_by_hour(start, end):
+                usage[(BOOT_DISK, hour, period)] += amount * disk_gb
     return dict(usage)
 
 
@@ -104,11 +126,11 @@ def volume_usage(
     size_gb: int,
     window_start: datetime,
     window_end: datetime,
-) -> dict[tuple[str, datetime], Decimal]:
+) -> dict[tuple[str, datetime, datetime], Decimal]:
     start = max(created_at, window_start)
     end = min(deleted_at or window_end, window_end)
-    usage: dict[tuple[str, datetime], Decimal] = defaultdict(Decimal)
+    usage: dict[tuple[str, datetime, datetime], Decimal] = defaultdict(Decimal)
     if end > start:
-        for hour, amount in split_by_hour(start, end):
-            usage[(VOLUME, hour)] += amount * size_gb
+        for hour, period, amount in split_by_hour(start, end):
+            usage[(VOLUME, hour, period)] += amount * size_gb
     return dict(usage)

@@ -6,7 +6,7 @@ never double-counts. ``UsageEvent`` rows are CloudEvents, unique on (source, id)
 
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portal.accounts.models import Currency, Organization
@@ -88,7 +88,11 @@ class SubjectType(models.TextChoices):
 
 
 class UsageRecord(models.Model):
-    """Usage of one subject on one meter in one UTC hour."""
+    """Usage of one subject on one meter in one UTC hour, or in one price period of it.
+
+    An hour in which a price of the subject takes effect (at 14:30, say) has one record per
+    price period, [14:00, 14:30) and [14:30, 15:00), each starting at ``period_start`` and rated
+    at the price in force then; in any other hour ``period_start`` is ``hour_start``."""
 
     organization = models.ForeignKey(
         Organization, on_delete=models.PROTECT, related_name="usage_records"
@@ -97,6 +101,10 @@ class UsageRecord(models.Model):
     subject_id = models.CharField(max_length=255)
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="records")
     hour_start = models.DateTimeField(help_text="UTC, on the hour.")
+    period_start = models.DateTimeField(
+        help_text="When the price period of this record starts: the hour, or the moment within "
+        "it a price took effect."
+    )
     quantity = models.DecimalField(
         max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES
     )
@@ -110,8 +118,19 @@ class UsageRecord(models.Model):
         ordering = ["hour_start", "subject_type", "subject_id", "meter"]
         constraints = [
             models.UniqueConstraint(
-                fields=["organization", "subject_type", "subject_id", "meter", "hour_start"],
-                name="metering_record_one_per_hour",
+                fields=[
+                    "organization",
+                    "subject_type",
+                    "subject_id",
+                    "meter",
+                    "hour_start",
+                    "period_start",
+                ],
+                name="metering_record_one_per_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_start__gte=F("hour_start")),
+                name="metering_record_period_in_hour",
             ),
             models.CheckConstraint(
                 condition=Q(quantity__gte=0), name="metering_record_not_negative"
@@ -121,6 +140,12 @@ class UsageRecord(models.Model):
             models.Index(fields=["organization", "hour_start"], name="metering_record_org_hour"),
             models.Index(fields=["hour_start"], name="metering_record_hour"),
         ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # an hour's only period starts with it (not read when the field is deferred)
+        if self.__dict__.get("period_start") is None and self.__dict__.get("hour_start"):
+            self.period_start = self.hour_start
 
     def __str__(self) -> str:
         return f"{self.subject_type}:{self.subject_id} {self.meter_id} {self.hour_start:%Y-%m-%d %H}h {self.quantity}"

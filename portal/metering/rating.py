@@ -9,17 +9,27 @@ One pricing strategy per kind of meter (``PRICING``, ``pricing_for``):
   of the currency, per GB-second (a month is 730 hours);
 - operator meters (any other key): their ``MeterPrice`` in force at that hour, per unit.
 
+A price takes effect at the exact moment of its ``effective_from``: the records of an hour in
+which one does are cut into price periods (``PriceCuts``, used when usage is recorded), and each
+record is priced at the start of its period (``UsageRecord.period_start``).
+
 A ``Rater`` holds one currency's price history, loaded once (two queries): build one per unit
 of work (a debit run, an invoice, a page) and ask it for every record.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 
-from portal.catalog.selectors import HourlyPrices, PriceHistory, price_histories
+from portal.catalog.selectors import (
+    HourlyPrices,
+    PriceHistory,
+    price_changes_off_the_hour,
+    price_histories,
+)
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import MeterPrice
 
@@ -56,7 +66,13 @@ class MeterPricing:
 
     def changes_within(self, rater: "Rater", usage: Usage, start: datetime, end: datetime) -> bool:
         """Whether the price may change in [start, end) (a price takes effect in it)."""
-        return False
+        return bool(self.changes_in(rater, usage, start, end))
+
+    def changes_in(
+        self, rater: "Rater", usage: Usage, start: datetime, end: datetime
+    ) -> list[datetime]:
+        """The moments in [start, end) at which a price takes effect, in order."""
+        return []
 
 
 class ComputePricing(MeterPricing):
@@ -76,8 +92,8 @@ class ComputePricing(MeterPricing):
         per_hour = self._per_hour(rater, usage)
         return quantity * per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
 
-    def changes_within(self, rater, usage, start, end) -> bool:
-        return rater.hourly.changes_within(
+    def changes_in(self, rater, usage, start, end) -> list[datetime]:
+        return rater.hourly.changes_in(
             instance_type_id=usage.instance_type_id,
             region_id=usage.region_id,
             start=start,
@@ -110,9 +126,9 @@ class OperatorMeterPricing(MeterPricing):
         price = self._price(rater, usage)
         return quantity * price if price is not None else Decimal(0)
 
-    def changes_within(self, rater, usage, start, end) -> bool:
+    def changes_in(self, rater, usage, start, end) -> list[datetime]:
         history = rater.meter_prices.get(usage.meter_id)
-        return history is not None and history.changes_within(start, end)
+        return history.changes_in(start, end) if history is not None else []
 
 
 STORAGE = StoragePricing()
@@ -158,5 +174,41 @@ class Rater:
     def cost(self, record) -> Decimal:
         """Quantity times price, multiplying before dividing (so an hour at 7.00/h is 7.00
         exactly), at full precision."""
-        usage = Usage(record.meter_id, record.hour_start, record.instance_type_id, record.region_id)
+        usage = Usage(
+            record.meter_id, record.period_start, record.instance_type_id, record.region_id
+        )
         return pricing_for(record.meter.key).cost(self, usage, record.quantity)
+
+
+def _off_the_hour(moment: datetime) -> bool:
+    return moment != moment.replace(minute=0, second=0, microsecond=0)
+
+
+class PriceCuts:
+    """The moments within the hours of [start, end) at which a price takes effect off the
+    hour: where usage is cut into price periods. Loaded once (two queries, which find nothing
+    unless a price was set for a moment within an hour)."""
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self._compute: dict[tuple, list[datetime]] = defaultdict(list)
+        for currency, type_id, region_id, moment in price_changes_off_the_hour(start, end):
+            self._compute[(currency, type_id, region_id)].append(moment)
+        self._meters: dict[tuple, list[datetime]] = defaultdict(list)
+        rows = MeterPrice.objects.filter(
+            effective_from__gte=start, effective_from__lt=end
+        ).values_list("currency", "meter_id", "effective_from")
+        for currency, meter_id, moment in rows:
+            if _off_the_hour(moment):
+                self._meters[(currency, meter_id)].append(moment)
+        for cuts in (*self._compute.values(), *self._meters.values()):
+            cuts.sort()
+
+    def compute(self, currency: str, instance_type_id, region_id) -> list[datetime]:
+        return self._compute.get((currency, instance_type_id, region_id), [])
+
+    def meter(self, currency: str, meter_id: int) -> list[datetime]:
+        return self._meters.get((currency, meter_id), [])
+
+    @property
+    def meters_cut(self) -> bool:
+        return bool(self._meters)

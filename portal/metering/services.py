@@ -1,7 +1,8 @@
 """Closing usage into hourly records, rebuilding any range, and live (open-hour) usage.
 
 ``usage_close_hour`` writes the records of one ended UTC hour; a record is unique per
-(subject, meter, hour), so closing an hour again changes nothing. ``usage_rebuild`` recomputes a
+(subject, meter, hour, price period), so closing an hour again changes nothing. An hour in which
+a price of the subject takes effect is recorded per price period (``rating.PriceCuts``). ``usage_rebuild`` recomputes a
 range from the lifecycle events and makes the records exactly what they should be.
 """
 
@@ -11,15 +12,19 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from portal.accounts.models import Organization
 from portal.compute.models import Instance, Volume
 from portal.compute.selectors import instance_state_steps, instances_in_window, volumes_in_window
 from portal.metering.lifecycle_usage import (
     BOOT_DISK,
     COMPUTE,
     HOUR,
+    MICRO,
     VOLUME,
     hour_floor,
     instance_usage,
+    period_of,
+    seconds,
     volume_usage,
 )
 from portal.metering.models import (
@@ -30,6 +35,7 @@ from portal.metering.models import (
     UsageEvent,
     UsageRecord,
 )
+from portal.metering.rating import SECONDS_PER_HOUR, PriceCuts
 
 BUILT_IN_METERS = {
     COMPUTE: ("Instance running time", "second"),
@@ -52,12 +58,18 @@ def _lifecycle_usage(
 ) -> list[UsageRecord]:
     """The records the lifecycle gives for [window_start, window_end), in three queries."""
     meters = builtin_meters()
+    cuts = PriceCuts(window_start, window_end)
     instances = instances_in_window(window_start, window_end, organization)
     volumes = volumes_in_window(window_start, window_end, organization)
     facts = {
         row["id"]: row
         for row in instances.values(
-            "id", "organization_id", "instance_type_id", "region_id", "disk_gb"
+            "id",
+            "organization_id",
+            "organization__currency",
+            "instance_type_id",
+            "region_id",
+            "disk_gb",
         )
     }
     transitions = instance_state_steps(instances, window_end)
@@ -65,9 +77,15 @@ def _lifecycle_usage(
     for instance_id, steps in transitions.items():
         fact = facts[instance_id]
         usage = instance_usage(
-            steps, disk_gb=fact["disk_gb"], window_start=window_start, window_end=window_end
+            steps,
+            disk_gb=fact["disk_gb"],
+            window_start=window_start,
+            window_end=window_end,
+            cuts=cuts.compute(
+                fact["organization__currency"], fact["instance_type_id"], fact["region_id"]
+            ),
         )
-        for (meter_key, hour), quantity in usage.items():
+        for (meter_key, hour, period), quantity in usage.items():
             records.append(
                 UsageRecord(
                     organization_id=fact["organization_id"],
@@ -75,6 +93,7 @@ def _lifecycle_usage(
                     subject_id=str(instance_id),
                     meter=meters[meter_key],
                     hour_start=hour,
+                    period_start=period,
                     quantity=quantity,
                     unit=meters[meter_key].unit,
                     instance_type_id=fact["instance_type_id"],
@@ -91,7 +110,7 @@ def _lifecycle_usage(
             window_start=window_start,
             window_end=window_end,
         )
-        for (meter_key, hour), quantity in usage.items():
+        for (meter_key, hour, period), quantity in usage.items():
             records.append(
                 UsageRecord(
                     organization_id=volume["organization_id"],
@@ -99,49 +118,95 @@ def _lifecycle_usage(
                     subject_id=str(volume["id"]),
                     meter=meters[meter_key],
                     hour_start=hour,
+                    period_start=period,
                     quantity=quantity,
                     unit=meters[meter_key].unit,
                     region_id=volume["region_id"],
                 )
             )
-    records.extend(_event_usage(window_start, window_end, organization))
+    records.extend(_event_usage(window_start, window_end, organization, cuts=cuts))
     return [r for r in records if r.quantity > 0]
 
 
+AGGREGATE = {
+    Aggregation.SUM: lambda v: sum(v, Decimal(0)),
+    Aggregation.MAX: max,
+    Aggregation.COUNT: lambda v: Decimal(len(v)),
+    Aggregation.LATEST: lambda v: v[-1],
+}
+# Summed meters count what happened when it happened; a gauge's hourly figure (max, latest)
+# holds over the whole hour, so across a price change it is shared by time.
+COUNTED_AT_THE_MOMENT = (Aggregation.SUM, Aggregation.COUNT)
+
+
 def _event_usage(
-    window_start: datetime, window_end: datetime, organization=None
+    window_start: datetime, window_end: datetime, organization=None, *, cuts: PriceCuts
 ) -> list[UsageRecord]:
-    """External usage events aggregated per (subject, meter, hour) with the meter's aggregation."""
+    """External usage events aggregated per (subject, meter, hour) with the meter's aggregation,
+    and per price period of the hour when a price of the meter takes effect within it."""
     events = UsageEvent.objects.filter(time__gte=window_start, time__lt=window_end).select_related(
         "meter"
     )
     if organization is not None:
         events = events.filter(organization=organization)
+    currencies: dict[int, str] = {}
+    if cuts.meters_cut:
+        currencies = dict(
+            Organization.objects.filter(pk__in=events.values("organization_id")).values_list(
+                "pk", "currency"
+            )
+        )
     buckets: dict[tuple, list] = {}
     for event in events.order_by("time", "id"):
         key = (event.organization_id, event.subject, event.meter_id, hour_floor(event.time))
         bucket = buckets.setdefault(key, [event.meter, []])
-        bucket[1].append(event.value)
+        bucket[1].append((event.time, event.value))
     records = []
-    for (org_id, subject, _meter_id, hour), (meter, values) in buckets.items():
-        quantity = {
-            Aggregation.SUM: lambda v: sum(v, Decimal(0)),
-            Aggregation.MAX: max,
-            Aggregation.COUNT: lambda v: Decimal(len(v)),
-            Aggregation.LATEST: lambda v: v[-1],
-        }[Aggregation(meter.aggregation)](values)
-        records.append(
-            UsageRecord(
-                organization_id=org_id,
-                subject_type=SubjectType.EXTERNAL,
-                subject_id=subject,
-                meter=meter,
-                hour_start=hour,
-                quantity=quantity,
-                unit=meter.unit,
+    for (org_id, subject, _meter_id, hour), (meter, readings) in buckets.items():
+        aggregation = Aggregation(meter.aggregation)
+        meter_cuts = cuts.meter(currencies.get(org_id, ""), meter.pk) if currencies else []
+        within = [cut for cut in meter_cuts if hour < cut < hour + HOUR]
+        if not within:
+            parts = {hour: AGGREGATE[aggregation]([value for _t, value in readings])}
+        elif aggregation in COUNTED_AT_THE_MOMENT:
+            by_period: dict[datetime, list] = {}
+            for moment, value in readings:
+                by_period.setdefault(period_of(moment, within), []).append(value)
+            parts = {period: AGGREGATE[aggregation](values) for period, values in by_period.items()}
+        else:
+            parts = _shared_by_time(
+                AGGREGATE[aggregation]([value for _t, value in readings]), hour, within
             )
-        )
+        for period, quantity in parts.items():
+            records.append(
+                UsageRecord(
+                    organization_id=org_id,
+                    subject_type=SubjectType.EXTERNAL,
+                    subject_id=subject,
+                    meter=meter,
+                    hour_start=hour,
+                    period_start=period,
+                    quantity=quantity,
+                    unit=meter.unit,
+                )
+            )
     return records
+
+
+def _shared_by_time(quantity: Decimal, hour: datetime, cuts: list[datetime]) -> dict:
+    """A gauge's figure for the hour shared between its price periods by their length, to the
+    micro-unit, the last period taking what rounding leaves so that the parts add up."""
+    starts = [hour, *cuts]
+    ends = [*cuts, hour + HOUR]
+    parts, given = {}, Decimal(0)
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        if i == len(starts) - 1:
+            parts[start] = quantity - given
+        else:
+            share = (quantity * seconds(end - start) / SECONDS_PER_HOUR).quantize(MICRO)
+            parts[start] = share
+            given += share
+    return parts
 
 
 def usage_close_hour(*, hour_start: datetime) -> int:
@@ -187,11 +252,25 @@ def usage_rebuild(*, start: datetime, end: datetime) -> dict[str, int]:
     start = hour_floor(start)
     end = min(hour_floor(end), hour_floor(timezone.now()))
     wanted = {
-        (r.organization_id, r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
+        (
+            r.organization_id,
+            r.subject_type,
+            r.subject_id,
+            r.meter_id,
+            r.hour_start,
+            r.period_start,
+        ): r
         for r in _lifecycle_usage(start, end)
     }
     existing = {
-        (r.organization_id, r.subject_type, r.subject_id, r.meter_id, r.hour_start): r
+        (
+            r.organization_id,
+            r.subject_type,
+            r.subject_id,
+            r.meter_id,
+            r.hour_start,
+            r.period_start,
+        ): r
         for r in UsageRecord.objects.filter(
             hour_start__gte=start, hour_start__lt=end
         ).select_for_update()

@@ -58,7 +58,7 @@ def test_hourly_pieces_add_up_to_the_running_seconds(steps, extra_hours):
     usage = instance_usage(
         steps, disk_gb=100, window_start=T0 - timedelta(hours=1), window_end=until
     )
-    compute = {hour: q for (meter, hour), q in usage.items() if meter == COMPUTE}
+    compute = {hour: q for (meter, hour, _period), q in usage.items() if meter == COMPUTE}
     assert sum(compute.values(), Decimal(0)) == expected_running_seconds(steps, until)
     for hour, quantity in compute.items():
         assert hour.minute == hour.second == hour.microsecond == 0
