@@ -196,13 +196,16 @@ def _refuse_over_limit(organization: Organization, *, what: str, rater: Rater) -
         )
 
 
-def launch_check(*, organization: Organization, instance_type, region, actor=None, **_) -> None:
+def launch_check(
+    *, organization: Organization, instance_type, region, actor=None, new_volume_gb=0, **_
+) -> None:
     """Refuse a launch the organisation cannot pay for.
 
     - an overdue invoice blocks every launch;
     - a monthly spend limit, once reached, blocks new launches (unless it only alerts);
     - a prepaid organisation needs credit for the new instance over the reserve window on top
-      of the credit reserved for everything it already holds (``credit_reserve``); an invoiced
+      of the credit reserved for everything it already holds (``credit_reserve``), and for a
+      volume made with the launch its storage too; an invoiced
       one needs it within its credit limit (``credit_terms.exposure``).
     """
     _refuse_overdue(organization, "launch new instances")
@@ -210,8 +213,12 @@ def launch_check(*, organization: Organization, instance_type, region, actor=Non
     hourly = rater.hourly.at(
         instance_type_id=instance_type.pk, region_id=region.pk, at=timezone.now()
     ) or Decimal(0)
+    what = instance_type.name
+    if new_volume_gb:  # a volume made with the launch is stored from the start
+        hourly += storage_per_hour(new_volume_gb, rater=rater)
+        what = f"{instance_type.name} with a {new_volume_gb} GB volume"
     _refuse_over_limit(organization, what="launch more", rater=rater)
-    _credit_needed(organization, what=instance_type.name, per_hour=hourly, rater=rater)
+    _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
 
 
 def start_check(*, organization: Organization, instance=None, **_) -> None:

@@ -499,3 +499,19 @@ def test_the_spend_limit_api_sets_the_limit_and_its_mode(memory_backend):
     }
     page = client.get("/billing/").content.decode()
     assert "Limit 80.00 USD, alert only" in page
+
+
+def test_a_volume_made_with_the_launch_needs_its_storage_credit_too(memory_backend):
+    """3.50 an hour for the H200 and 65,536 GB at 0.10 a GB-month (8.98 an hour) for the
+    volume it is launched with: 3.50 of credit launches the instance alone, not both."""
+    world = _world(credit="3.50")
+    with time_machine.travel(START, tick=False):
+        with pytest.raises(spend.PaymentRequired) as refused:
+            compute.instance_launch(
+                actor=world.actor(), request=world.request(name="big", new_volume_gb=65536)
+            )
+        assert refused.value.code == "insufficient_credit"
+        assert "with a 65536 GB volume" in refused.value.message
+        assert refused.value.details["needed"] == "12.48"
+        assert not Instance.objects.exists()
+        assert _launch(world, "alone").state == "running"

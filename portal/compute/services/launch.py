@@ -168,7 +168,11 @@ def _launch(
         )
     check_quota(organization, instance_type)
     run_launch_checks(
-        organization=organization, instance_type=instance_type, region=region, actor=actor
+        organization=organization,
+        instance_type=instance_type,
+        region=region,
+        actor=actor,
+        new_volume_gb=request.new_volume_gb or 0,
     )
     instance = Instance.objects.create(
         organization=organization,
