@@ -60,13 +60,15 @@ class Exposure:
     """What an invoiced organisation owes or is about to owe, against its credit limit."""
 
     unpaid_invoices: Decimal  # finalized invoices not paid yet
-    usage_not_invoiced: Decimal  # the rest of what the balance owes (less any credit held)
+    usage_not_invoiced: Decimal  # what the balance owes beyond them (net of credit held, >= 0)
+    credit_held: Decimal  # credit on the account beyond what usage took (>= 0)
     reserved: Decimal  # committed burn over the reserve window
     limit: Decimal | None
 
     @property
     def total(self) -> Decimal:
-        return max(Decimal(0), self.unpaid_invoices + self.usage_not_invoiced) + self.reserved
+        owed = self.unpaid_invoices + self.usage_not_invoiced - self.credit_held
+        return max(Decimal(0), owed) + self.reserved
 
     @property
     def available(self) -> Decimal:
@@ -101,7 +103,8 @@ def exposure(
     burn = committed_burn(organization, now, rater=rater)
     return Exposure(
         unpaid_invoices=unpaid,
-        usage_not_invoiced=owed - unpaid,
+        usage_not_invoiced=max(Decimal(0), owed - unpaid),
+        credit_held=max(Decimal(0), unpaid - owed),
         reserved=burn * settings.BILLING_CREDIT_RESERVE_HOURS,
         limit=profile.credit_limit if profile else None,
     )
@@ -124,6 +127,7 @@ def credit_limit_needed(
         "exposure": amount_text(current.total, currency),
         "unpaid_invoices": amount_text(current.unpaid_invoices, currency),
         "usage_not_invoiced": amount_text(current.usage_not_invoiced, currency),
+        "credit_held": amount_text(current.credit_held, currency),
         "reserved": amount_text(current.reserved, currency),
         "needed": amount_text(needed, currency),
         "currency": currency,

@@ -222,6 +222,7 @@ def test_a_launch_beyond_the_credit_limit_is_refused(memory_backend):
         "exposure": "7.00",
         "unpaid_invoices": "0.00",
         "usage_not_invoiced": "0.00",
+        "credit_held": "0.00",
         "reserved": "7.00",
         "needed": "3.50",
         "currency": "USD",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import time_machine
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 from playwright.sync_api import Dialog, Page, expect
@@ -34,7 +35,7 @@ from billing.ledger import services as billing_services
 from billing.models import Invoice, LedgerEntry, WebhookEvent
 from billing.tasks import debit_usage
 from portal.accounts import services as account_services
-from portal.accounts.models import Organization, SshKey
+from portal.accounts.models import AuditEvent, Organization, SshKey
 from portal.catalog.demo import load_demo_catalog
 from portal.compute import services as compute_services
 from portal.compute.models import Instance
@@ -203,8 +204,19 @@ def test_journey(
         expect(page.get_by_role("row").filter(has_text=KEY_NAME)).to_contain_text(key.fingerprint)
         screenshot("ssh-key")
 
+        # --- a launch without credit is refused, with the way to the top-up --------------------
+        page.goto(f"{base}/instances/launch/?type={INSTANCE_TYPE}")
+        page.get_by_label("Region").select_option(REGION)
+        page.get_by_label("Name", exact=True).fill(INSTANCE)
+        page.get_by_role("button", name="Launch instance").click()
+        expect(page.get_by_role("main")).to_contain_text(f"Not enough credit for {INSTANCE_TYPE}")
+        expect(page.get_by_role("main")).to_contain_text("Top up at least")
+        assert not Instance.objects.filter(organization=org).exists()
+        screenshot("launch-refused-for-credit")
+        page.get_by_role("link", name="Top up credit").click()
+        expect(page).to_have_url(f"{base}/billing/")
+
         # --- top up with a test card: the credit comes with the provider's signed event -------
-        main_nav.get_by_role("link", name="Billing").click()
         expect(page.get_by_test_id("balance")).to_have_text("0.00 USD")
         page.get_by_label("Amount").fill(str(TOP_UP))
         page.get_by_role("button", name="Continue to payment").click()
@@ -426,3 +438,56 @@ def test_journey(
         expect(page.get_by_role("heading", name="Not found")).to_be_visible()
         screenshot("other-org-not-found")
         assert page.request.get(f"{base}/billing/invoices/{invoice.pk}/pdf/").status == 404
+
+        # --- the other organisation asks for monthly invoicing; finance grants it in admin ----
+        page.goto(f"{base}/billing/")
+        page.get_by_role("link", name="Request monthly invoicing").click()
+        page.get_by_label("Company name").fill("Other Compilers GmbH")
+        page.get_by_label("Registration number").fill("HRB 123456")
+        page.get_by_label("Registered address").fill("Unter den Linden 1, Berlin")
+        page.get_by_label("Finance contact").fill("Grace Hopper")
+        page.get_by_label("Contact email").fill(OTHER_EMAIL)
+        page.get_by_label("Expected monthly spend").fill("25000")
+        screenshot("monthly-invoicing-request")
+        page.get_by_role("button", name="Send the request").click()
+        expect(page.get_by_text("is waiting for finance")).to_be_visible()
+        other_org.refresh_from_db()
+        assert other_org.billing_mode == "prepaid"
+        log_out(page, base)
+
+        finance = factories.user(
+            "finance@gpucloud.example", is_staff=True, email_verified_at=timezone.now()
+        )
+        finance.user_permissions.add(
+            *Permission.objects.filter(
+                codename__in=["grant_credit", "view_creditrequest", "view_billingprofile"]
+            )
+        )
+        page.goto(f"{base}/login/")
+        page.get_by_label("Email").fill(finance.email)
+        page.get_by_label("Password").fill(factories.PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(f"{base}/admin/")  # staff land in admin
+        page.goto(f"{base}/admin/billing/creditrequest/")
+        page.get_by_role("link", name="Grant…").click()
+        expect(page.get_by_role("main")).to_contain_text("Expected spend 25,000.00 USD a month")
+        page.get_by_label("Credit limit").fill("20000")
+        page.get_by_label("Payment terms days").fill("30")
+        screenshot("monthly-invoicing-grant")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_text(f"{OTHER_ORG} is invoiced monthly from now on.")).to_be_visible()
+        other_org.refresh_from_db()
+        assert other_org.billing_mode == "invoiced"
+        assert other_org.billing_profile.credit_limit == Decimal("20000.00")
+        assert AuditEvent.objects.filter(
+            organization=other_org, action="billing.credit_terms_grant", actor_user=finance
+        ).exists()
+        page.context.clear_cookies()  # the finance session ends
+
+        log_in(page, base, OTHER_EMAIL)
+        page.goto(f"{base}/billing/")
+        terms = page.get_by_test_id("credit-terms")
+        expect(terms).to_contain_text("20,000.00 USD")
+        expect(terms).to_contain_text("30 days")
+        expect(terms).not_to_contain_text("\u2212")  # credit held shows as such, never negative
+        screenshot("monthly-invoicing-granted")
