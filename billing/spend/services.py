@@ -174,16 +174,24 @@ def _refuse_overdue(organization: Organization, what: str) -> None:
         )
 
 
-def _refuse_over_limit(organization: Organization, *, what: str, rater: Rater) -> None:
+def _refuse_over_limit(
+    organization: Organization, *, what: str, rater: Rater, per_hour: Decimal = Decimal(0)
+) -> None:
     """A monthly spend limit in block or stop mode, once reached, refuses new launches and
-    starts (in alert mode it only tells)."""
+    starts (in alert mode it only tells). In stop mode it refuses them as soon as the watch
+    would stop them: when, with ``per_hour`` more, the limit would be reached within the stop
+    threshold."""
     currency = organization.currency
     profile = BillingProfile.objects.filter(organization=organization).first()
     limit = profile.monthly_spend_limit if profile else None
     if limit is None or profile.spend_limit_mode == SpendLimitMode.ALERT:
         return
     spent = burn_rate(organization, rater=rater).month_to_date
-    if spent >= limit:
+    reach = spent
+    if profile.spend_limit_mode == SpendLimitMode.STOP:
+        burn = committed_burn(organization, rater=rater) + per_hour
+        reach += burn * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
+    if reach >= limit:
         raise PaymentRequired(
             f"This month's spend limit of {amount_text(limit, currency)} {currency} is reached. "
             f"Raise it on the billing page to {what}.",
@@ -217,7 +225,7 @@ def launch_check(
     if new_volume_gb:  # a volume made with the launch is stored from the start
         hourly += storage_per_hour(new_volume_gb, rater=rater)
         what = f"{instance_type.name} with a {new_volume_gb} GB volume"
-    _refuse_over_limit(organization, what="launch more", rater=rater)
+    _refuse_over_limit(organization, what="launch more", rater=rater, per_hour=hourly)
     _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
 
 
@@ -226,7 +234,6 @@ def start_check(*, organization: Organization, instance=None, **_) -> None:
     price over the reserve window beyond what is reserved already (its kept disk among it)."""
     _refuse_overdue(organization, "start instances")
     rater = Rater(organization.currency)
-    _refuse_over_limit(organization, what="start instances", rater=rater)
     hourly = Decimal(0)
     if instance is not None:
         hourly = rater.hourly.at(
@@ -234,6 +241,7 @@ def start_check(*, organization: Organization, instance=None, **_) -> None:
             region_id=instance.region_id,
             at=timezone.now(),
         ) or Decimal(0)
+    _refuse_over_limit(organization, what="start instances", rater=rater, per_hour=hourly)
     what = f"starting {instance.name}" if instance is not None else "starting an instance"
     _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
 

@@ -465,6 +465,12 @@ def test_stop_mode_stops_running_instances_before_the_limit_and_keeps_their_disk
         assert volume.state != "deleted"
         assert spend.spend_state(world.org).month_to_date < Decimal(14)
         assert "running instances were stopped" in spend.banner(world.org).message
+        # one may start again (alone, 3.50/h reaches 14.00 in 8 minutes, past the threshold);
+        # starting the second too would be stopped by the next watch, so it is refused
+        compute.instance_action(actor=world.actor(), instance_id=a.pk, action="start")
+        with pytest.raises(spend.PaymentRequired) as refused:
+            compute.instance_action(actor=world.actor(), instance_id=b.pk, action="start")
+        assert refused.value.code == "spend_limit_reached"
     stop_notice = [m for m in mail.outbox if "stopped" in m.body]
     assert stop_notice and "Their disks and volumes are kept" in stop_notice[0].body
 
