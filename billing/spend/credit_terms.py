@@ -178,6 +178,7 @@ def _text(values: dict, key: str, limit: int, *, required: bool = True) -> str:
 @transaction.atomic(durable=True)
 def credit_request_create(*, actor: Actor, **values) -> CreditRequest:
     """An owner or billing member asks for monthly invoicing."""
+    from django.core.exceptions import ValidationError
     from django.core.validators import validate_email
 
     actor = authorize(actor, Action.BILLING_MANAGE, lock=True)
@@ -201,7 +202,7 @@ def credit_request_create(*, actor: Actor, **values) -> CreditRequest:
     email = _text(values, "contact_email", 254)
     try:
         validate_email(email)
-    except Exception as exc:  # django.core.exceptions.ValidationError
+    except ValidationError as exc:
         raise _invalid("contact_email", "Enter a valid email address.") from exc
     spend = parse_amount(
         values.get("expected_monthly_spend"), organization.currency, field="expected_monthly_spend"
@@ -275,6 +276,19 @@ def _terms(organization: Organization, credit_limit, payment_terms_days) -> tupl
     return limit, days
 
 
+def _pending_request(request_id: int) -> CreditRequest:
+    """The request finance decides on, locked; refused once decided."""
+    request = CreditRequest.objects.select_for_update().filter(pk=request_id).first()
+    if request is None:
+        raise NotFound("No such request.")
+    if request.status != CreditRequestStatus.PENDING:
+        raise Conflict(
+            f"This request is {request.get_status_display().lower()} already.",
+            code=BillingErrorCode.CREDIT_REQUEST_DECIDED,
+        )
+    return request
+
+
 def _locked_organization(organization_id: int) -> Organization:
     return Organization.objects.select_for_update().get(pk=organization_id)
 
@@ -294,14 +308,7 @@ def credit_terms_grant(
     from billing.payments.services import profile_for
 
     _finance(actor)
-    request = CreditRequest.objects.select_for_update().filter(pk=request_id).first()
-    if request is None:
-        raise NotFound("No such request.")
-    if request.status != CreditRequestStatus.PENDING:
-        raise Conflict(
-            f"This request is {request.get_status_display().lower()} already.",
-            code=BillingErrorCode.CREDIT_REQUEST_DECIDED,
-        )
+    request = _pending_request(request_id)
     organization = _locked_organization(request.organization_id)
     limit, days = _terms(organization, credit_limit, payment_terms_days)
     profile = profile_for(organization, lock=True)
@@ -336,14 +343,7 @@ def credit_terms_grant(
 @transaction.atomic(durable=True)
 def credit_request_decline(*, actor: Actor, request_id: int, note: str = "") -> CreditRequest:
     _finance(actor)
-    request = CreditRequest.objects.select_for_update().filter(pk=request_id).first()
-    if request is None:
-        raise NotFound("No such request.")
-    if request.status != CreditRequestStatus.PENDING:
-        raise Conflict(
-            f"This request is {request.get_status_display().lower()} already.",
-            code=BillingErrorCode.CREDIT_REQUEST_DECIDED,
-        )
+    request = _pending_request(request_id)
     request.status = CreditRequestStatus.DECLINED
     request.decided_at, request.decided_by = timezone.now(), actor.user
     request.decision_note = (note or "").strip()[:500]
