@@ -83,12 +83,17 @@ def _require_manage(request: HttpRequest) -> None:
         raise DjangoPermissionDenied("Only owners and billing members change billing settings.")
 
 
-def _invalid(request: HttpRequest, form_name: str, form, exc) -> HttpResponse:
+def _errors_onto(form, exc) -> None:
+    """A service's refusal on the form: per field where it names one, else for the form."""
     for field, message in (exc.details or {}).items():
         if field in form.fields:
             form.add_error(field, message)
     if not form.errors:
         form.add_error(None, exc.message)
+
+
+def _invalid(request: HttpRequest, form_name: str, form, exc) -> HttpResponse:
+    _errors_onto(form, exc)
     return render(
         request, "billing/billing.html", _context(request, **{form_name: form}), status=422
     )
@@ -235,11 +240,7 @@ def credit_request(request: HttpRequest) -> HttpResponse:
             try:
                 credit_terms.credit_request_create(actor=request.actor, **form.cleaned_data)
             except SHOWN_ON_PAGE as exc:
-                for field, message in (exc.details or {}).items():
-                    if field in form.fields:
-                        form.add_error(field, message)
-                if not form.errors:
-                    form.add_error(None, exc.message)
+                _errors_onto(form, exc)
             else:
                 messages.success(
                     request,
