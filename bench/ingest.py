@@ -7,8 +7,9 @@
    ``cursor.copy``, one transaction per 1,000 rows) as the baseline, reported as a ratio. A
    re-sent batch (all duplicates) is timed too.
 2. Closing one hour: ``services.usage_close_hour`` with 10,000 instances running through the
-   hour (one ``running`` event each, before the hour), alone and with the ingested events in that
-   hour as well.
+   hour (one ``running`` event each, before the hour), alone; then the next hour, still open,
+   with the same fleet and 30,000 events posted into it through the endpoint first (a closed
+   hour refuses events, so they cannot be added to the hour just closed).
 
 Run: DEBUG=1 DATABASE_URL=postgres://... .venv/bin/python bench/ingest.py [--batches 30]
      [--instances 10000] [--profile]
@@ -297,17 +298,24 @@ def main() -> None:
         print(
             f"(built {args.instances:,} running instances in {time.perf_counter() - start:.1f} s)"
         )
-        seconds, created = close_hour_seconds(hour)
+        alone, created = close_hour_seconds(hour)
         print(
-            f"usage_close_hour, {args.instances:,} running instances: {seconds:.2f} s, "
+            f"usage_close_hour, {args.instances:,} running instances: {alone:.2f} s, "
             f"{created:,} records"
         )
+        # The next hour, still open: the service refuses events for an hour already closed.
+        # The same fleet runs through it; its events are posted before the hour is closed.
+        next_hour = hour + timedelta(hours=1)
         cache.clear()
-        endpoint_rate(client, bodies)  # the events of the same hour, again
-        seconds, created = close_hour_seconds(hour)
+        endpoint_rate(
+            client, [json.dumps(b).encode() for b in make_batches(args.batches, next_hour, "next")]
+        )
+        seconds, created = close_hour_seconds(next_hour)
+        assert created >= args.instances + SUBJECTS, created
         print(
             f"usage_close_hour, {args.instances:,} instances + {args.batches * BATCH:,} events "
-            f"({SUBJECTS} subjects): {seconds:.2f} s, {created:,} records"
+            f"({SUBJECTS} subjects): {seconds:.2f} s, {created:,} records "
+            f"({seconds / alone:.1f}x the hour without events)"
         )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
