@@ -158,7 +158,12 @@ def load_billing_demo(organization: Organization, *, now: datetime | None = None
     """Give the organisation last month's usage, a top-up and that month's finalized invoice.
     Returns one line saying what it did."""
     from portal.metering.models import UsageRecord
-    from portal.metering.services import closed_until, usage_rebuild
+    from portal.metering.services import (
+        closed_until,
+        first_open_hour,
+        usage_close_hours,
+        usage_rebuild,
+    )
 
     now = now or timezone.now()
     month = invoicing.previous_month(now)
@@ -189,7 +194,7 @@ def load_billing_demo(organization: Organization, *, now: datetime | None = None
         # Hours of that month were closed before the history was written: recompute them.
         usage_rebuild(start=start, end=min(closed, end))
     try:
-        invoicing.usage_close_until(end, now=now)
+        usage_close_hours(start=first_open_hour(now), end=end)  # the month at once
         invoicing.usage_debit_all(
             UsageRecord.objects.filter(
                 organization=organization, hour_start__gte=start, hour_start__lt=end

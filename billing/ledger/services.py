@@ -1,7 +1,8 @@
 """Writes to the credits ledger: posting entries, operator grants, and debiting rated usage.
 
 Locks follow the house order: organisation, then its ledger account. ``ledger_post`` is the one
-place an entry is written: it checks the idempotency key, appends the entry and moves the cached
+place an entry is written (``_usage_debit_together`` writes a batch of one organisation's usage
+debits the same way): it checks the idempotency key, appends the entry and moves the cached
 balance in the same transaction, under the account's row lock.
 """
 
@@ -160,7 +161,9 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
     Each record is priced with the price in force in its hour, at full precision (12 places),
     and gets one ``UsageRating`` (unique per record) and, when it cost something, one ledger
     debit keyed ``usage:<record id>``, in the same transaction: running this twice, or in two
-    workers at once, debits nothing twice.
+    workers at once, debits nothing twice. An organisation's records of the batch are written
+    together (one lock, bulk inserts, one balance update); if another worker rated one of them
+    first, that organisation's records are retried one by one.
     """
     pending = (
         UsageRecord.objects.filter(rating__isnull=True)
@@ -168,40 +171,100 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
         .order_by("id")[:limit]
     )
     raters: dict[str, Rater] = {}
-    debited, total, free = 0, Decimal(0), 0
+    by_organization: dict[int, list[tuple[UsageRecord, Decimal]]] = {}
     for record in pending:
         currency = record.organization.currency
         if currency not in raters:  # one price history load per currency and batch
             raters[currency] = Rater(currency)
-        rater = raters[currency]
-        cost = at_rating_precision(rater.cost(record))
+        cost = at_rating_precision(raters[currency].cost(record))
+        by_organization.setdefault(record.organization_id, []).append((record, cost))
+    debited, total, free = 0, Decimal(0), 0
+    for priced in by_organization.values():
         try:
-            with transaction.atomic():
-                entry = None
-                if cost > 0:
-                    entry, _ = ledger_post(
-                        organization=record.organization,
-                        kind=EntryKind.USAGE,
-                        amount=-cost,
-                        idempotency_key=f"usage:{record.pk}",
-                        description=(
-                            f"{record.meter.key} {record.subject_type} {record.subject_id}, "
-                            f"{record.hour_start:%Y-%m-%d %H}:00 UTC"
-                        ),
-                        actor_label="system",
-                        usage_record=record,
-                    )
-                UsageRating.objects.create(
-                    usage_record=record, amount=cost, currency=currency, entry=entry
-                )
-        except IntegrityError:
-            continue  # another worker rated it first
-        if cost > 0:
-            debited += 1
-            total += cost
-        else:
-            free += 1
+            done = _usage_debit_together(priced)
+        except IntegrityError:  # another worker rated some of them first
+            done = [pair for pair in priced if _usage_debit_one(*pair)]
+        for _record, cost in done:
+            if cost > 0:
+                debited += 1
+                total += cost
+            else:
+                free += 1
     return RatingReport(debited=debited, amount=total, skipped_free=free)
+
+
+def _usage_description(record: UsageRecord) -> str:
+    return (
+        f"{record.meter.key} {record.subject_type} {record.subject_id}, "
+        f"{record.hour_start:%Y-%m-%d %H}:00 UTC"
+    )
+
+
+def _usage_debit_together(
+    priced: list[tuple[UsageRecord, Decimal]],
+) -> list[tuple[UsageRecord, Decimal]]:
+    """Rate and debit one organisation's records in one transaction, under its locks; raises
+    IntegrityError (and writes nothing) if any of them was rated or debited already."""
+    organization = priced[0][0].organization
+    with transaction.atomic():
+        lock_organization(organization.pk)
+        account = account_for(organization, lock=True)
+        entries = LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(
+                    account=account,
+                    kind=EntryKind.USAGE,
+                    amount=-cost,
+                    currency=account.currency,
+                    idempotency_key=f"usage:{record.pk}",
+                    description=_usage_description(record)[:300],
+                    actor_label="system",
+                    usage_record=record,
+                )
+                for record, cost in priced
+                if cost > 0
+            ]
+        )
+        entry_of = {entry.usage_record_id: entry for entry in entries}
+        UsageRating.objects.bulk_create(
+            [
+                UsageRating(
+                    usage_record=record,
+                    amount=cost,
+                    currency=organization.currency,
+                    entry=entry_of.get(record.pk),
+                )
+                for record, cost in priced
+            ]
+        )
+        if entries:
+            account.balance += sum((entry.amount for entry in entries), Decimal(0))
+            account.updated_at = timezone.now()
+            account.save(update_fields=["balance", "updated_at"])
+    return priced
+
+
+def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
+    """Rate and debit one record; False if another worker rated it first."""
+    try:
+        with transaction.atomic():
+            entry = None
+            if cost > 0:
+                entry, _ = ledger_post(
+                    organization=record.organization,
+                    kind=EntryKind.USAGE,
+                    amount=-cost,
+                    idempotency_key=f"usage:{record.pk}",
+                    description=_usage_description(record),
+                    actor_label="system",
+                    usage_record=record,
+                )
+            UsageRating.objects.create(
+                usage_record=record, amount=cost, currency=record.organization.currency, entry=entry
+            )
+    except IntegrityError:
+        return False
+    return True
 
 
 def balance(organization: Organization, *, rater: Rater | None = None) -> Decimal:

@@ -189,3 +189,53 @@ def test_the_balance_is_always_the_sum_of_the_entries(require_postgres, moves):
     assert account.balance == sum((e.amount for e in entries), Decimal(0))
     assert account.balance == sum((amount for _, amount in first.values()), Decimal(0))
     assert entries.count() == len(first)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_debiting_the_same_records_debit_each_once(require_postgres, monkeypatch):
+    """Both workers read the same unrated records before either writes: per organisation, one
+    writes its batch and the other's batch fails as a whole and is retried record by record,
+    finding each rated already. Nothing is rated or debited twice."""
+    from portal.metering.lifecycle_usage import COMPUTE
+    from tests.factories.billing import OCT_START, make_org, make_world, record
+    from tests.factories.billing import H as HOUR
+
+    world = make_world()
+    orgs = [world.org, make_org(credit_amount=None), make_org(credit_amount=None)]
+    h200 = world.types["gpu_1x_h200"]
+    for n, org in enumerate(orgs):
+        for i in range(4 + n):
+            record(org, COMPUTE, OCT_START + i * HOUR, 3600, instance_type=h200,
+                   region=world.region, subject=str(n))  # fmt: skip
+    before = {org.pk: services.account_for(org).balance for org in orgs}
+    both_read = threading.Barrier(2, timeout=30)
+    together = services._usage_debit_together
+
+    def after_both_read(priced):
+        if priced[0][0].organization_id == orgs[0].pk:
+            both_read.wait()  # each worker holds its list of pending records by now
+        return together(priced)
+
+    monkeypatch.setattr(services, "_usage_debit_together", after_both_read)
+    reports = []
+
+    def worker():
+        try:
+            reports.append(services.usage_debit_pending())
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reports) == 2
+    assert sum(r.debited for r in reports) == 4 + 5 + 6  # every record once, across both
+    assert sum((r.amount for r in reports), Decimal(0)) == Decimal("3.50") * 15
+    assert UsageRating.objects.count() == 15
+    assert LedgerEntry.objects.filter(kind=EntryKind.USAGE).count() == 15
+    for n, org in enumerate(orgs):
+        account = services.account_for(org)
+        assert account.balance == before[org.pk] - Decimal("3.50") * (4 + n)
+        assert account.balance == sum((e.amount for e in account.entries.all()), Decimal(0))

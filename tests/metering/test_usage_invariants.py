@@ -130,6 +130,20 @@ def test_closed_records_equal_the_exact_running_seconds_and_closing_again_change
             sorted(UsageRecord.objects.values_list("meter__key", "hour_start", "quantity"))
             == snapshot
         )
+        # closing the whole range at once writes the same records and closed hours
+        closed = sorted(ClosedHour.objects.values_list("hour_start", "records"))
+        UsageRecord.objects.all().delete()
+        ClosedHour.objects.all().delete()
+        first = T0.replace(minute=0, second=0, microsecond=0)
+        assert services.usage_close_hours(start=first, end=hour) == len(snapshot)
+        assert (
+            sorted(UsageRecord.objects.values_list("meter__key", "hour_start", "quantity"))
+            == snapshot
+        )
+        assert sorted(ClosedHour.objects.values_list("hour_start", "records")) == closed
+        assert services.usage_close_hours(start=first, end=hour) == 0
+        with pytest.raises(ValueError, match="has not ended yet"):
+            services.usage_close_hours(start=first, end=hour + timedelta(hours=3))
 
 
 def test_live_usage_includes_the_open_hour(instance_row):
