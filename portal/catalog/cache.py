@@ -61,7 +61,8 @@ def catalog_version() -> int:
     return int(row[0]) if row else 0
 
 
-def _bump() -> None:
+def bump() -> None:
+    """Move the version (what ``catalog_changed`` does now and again after commit)."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT nextval(%s)", [SEQUENCE])
@@ -74,8 +75,8 @@ def _bump() -> None:
 
 def catalog_changed() -> None:
     """Something the catalog shows changed: bump the version now and after commit."""
-    _bump()
-    transaction.on_commit(_bump)
+    bump()
+    transaction.on_commit(bump)
 
 
 def _key(version: int, name: str, parts: tuple[Hashable, ...]) -> str:

@@ -188,10 +188,9 @@ def test_languages_are_cached_apart(db):
 
 def test_the_version_moves_now_and_again_after_commit(db, django_capture_on_commit_callbacks):
     before = catalog_cache.catalog_version()
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with transaction.atomic():
-            catalog_cache.catalog_changed()
-            assert catalog_cache.catalog_version() == before + 1  # seen inside at once
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
+        catalog_cache.catalog_changed()
+        assert catalog_cache.catalog_version() == before + 1  # seen inside at once
     assert len(callbacks) == 1
     assert catalog_cache.catalog_version() == before + 2  # and again once committed
 
@@ -233,3 +232,25 @@ def test_bumping_the_version_takes_no_lock_that_launches_would_queue_on(require_
     finally:
         second_done.set()
         thread.join(10)
+
+
+def test_api_rows_are_what_the_instance_type_serializer_says(catalog, make_type):
+    from portal.catalog.api.serializers import InstanceTypeSerializer, instance_type_rows
+
+    mig = make_type("mig_1g_18gb", mig="1g.18gb", vcpus=1, ram_gib=8)
+    services.price_set(
+        instance_type=mig,
+        region=catalog["east"],
+        currency="USD",
+        on_demand_per_hour="0.612345",
+        spot_per_hour="0.3",
+    )
+    west = services.region_ensure(code="us-west-1", name="California")
+    services.price_set(
+        instance_type=catalog["one"], region=west, currency="USD", on_demand_per_hour="3.1"
+    )
+    offers = selectors.catalog_offers(currency="USD")
+    assert len(offers) == 3
+    expected = InstanceTypeSerializer(offers, many=True).data
+    assert instance_type_rows(offers) == [dict(row) for row in expected]
+    assert [p["region"] for p in expected[0]["prices"]] != []

@@ -39,9 +39,7 @@ class InstanceTypeListView(APIView):
             offers = selectors.filter_offers(offers, params.to_query())
             paginator = self.pagination_class()
             page = paginator.paginate_queryset(offers, request, view=self)
-            data = paginator.get_paginated_response(
-                serializers.InstanceTypeSerializer(page, many=True).data
-            ).data
+            data = paginator.get_paginated_response(serializers.instance_type_rows(page)).data
             return data, valid_until
 
         # The page is the same for everyone asking this URL in this currency: it is cached
