@@ -28,6 +28,11 @@ def current_organization(request: HttpRequest) -> dict:
     return {
         "current_org": getattr(request, "organization", None),
         "current_membership": getattr(request, "membership", None),
-        "user_memberships": memberships_for_user(request.user),
+        # read once by the middleware, which found the current one among them
+        "user_memberships": (
+            request.memberships
+            if hasattr(request, "memberships")
+            else memberships_for_user(request.user)
+        ),
         "perms_org": _Permissions(actor) if actor else None,
     }

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from portal.accounts.selectors import membership_for, memberships_for_user
+from portal.accounts.selectors import memberships_for_user
 from portal.accounts.types import Actor
 
 SESSION_KEY = "organization_id"
@@ -50,18 +50,21 @@ class CurrentOrganizationMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.membership = None
         request.organization = None
+        request.memberships = []
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            membership = None
+            # All of the user's memberships in one query: the current one is among them, and
+            # the layout's organisation switcher lists them (no second query per page).
+            memberships = list(memberships_for_user(user))
             org_id = request.session.get(SESSION_KEY)
-            if org_id:
-                membership = membership_for(user, org_id)
+            membership = next((m for m in memberships if m.organization_id == org_id), None)
             if membership is None:
-                membership = memberships_for_user(user).first()
+                membership = memberships[0] if memberships else None
                 if membership is not None:
                     request.session[SESSION_KEY] = membership.organization_id
                 elif org_id:
                     request.session.pop(SESSION_KEY, None)
+            request.memberships = memberships
             request.membership = membership
             request.organization = membership.organization if membership else None
         request.actor = actor_for_request(request)

@@ -3,7 +3,7 @@
 from django import forms
 
 from portal.accounts.models import Currency
-from portal.catalog.selectors import SORTS, CatalogQuery, gpu_models_offered, regions_list
+from portal.catalog.selectors import SORTS, CatalogQuery, catalog_filter_choices
 
 GPU_COUNTS = [(1, "1"), (2, "2"), (4, "4"), (8, "8")]
 MEMORY_STEPS = [
@@ -48,14 +48,20 @@ class CatalogFilterForm(forms.Form):
     sort = forms.ChoiceField(label="Sort by", required=False, choices=list(SORTS.items()))
     currency = forms.ChoiceField(label="Currency", required=False, choices=Currency.choices)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, choices: dict | None = None, **kwargs) -> None:
+        """``choices``: ``selectors.catalog_filter_choices()`` (GPU models offered, regions),
+        which the catalog page passes from its cache; looked up when not given."""
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
-        self.fields["gpu_model"].choices = [("", "Any GPU")] + [
-            (m.code, str(m)) for m in gpu_models_offered()
-        ]
-        self.fields["region"].choices = [("", "Any region")] + [
-            (r.code, f"{r.name} ({r.code})" if r.name != r.code else r.code) for r in regions_list()
+        if choices is None:
+            choices = catalog_filter_choices()
+        self.fields["gpu_model"].choices = [("", "Any GPU"), *choices["gpu_models"]]
+        self.fields["region"].choices = [
+            ("", "Any region"),
+            *(
+                (code, f"{name} ({code})" if name != code else code)
+                for code, name in choices["regions"]
+            ),
         ]
 
     def to_query(self) -> CatalogQuery:

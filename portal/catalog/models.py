@@ -352,3 +352,14 @@ class GpuSlotClaim(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gpu} slot {self.slot}"
+
+
+class CatalogVersion(models.Model):
+    """The catalog's version on databases without sequences (SQLite): one row, counted up on
+    every change of what the catalog shows. PostgreSQL counts with the ``catalog_version``
+    sequence instead (see ``portal.catalog.cache``)."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"catalog version {self.value}"

@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from portal.catalog import cache as catalog_cache
 from portal.catalog.capacity import availability
 from portal.catalog.models import GpuModel, Image, InstanceType, Price, Region
 from portal.catalog.types import Offer, PriceQuote
@@ -144,15 +145,74 @@ def hourly_price(
     )
 
 
-def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
+def catalog_offers(
+    *, currency: str, at: datetime | None = None, version: int | None = None
+) -> list[Offer]:
     """Every active type with a price in ``currency``: its specs, prices per region and how many
     more instances fit per region right now. A type with no price in the currency is not offered
-    (no conversion is guessed)."""
+    (no conversion is guessed).
+
+    Offers of now are cached under the catalog version (``portal.catalog.cache``): pass the
+    ``version`` read at the start of a request to save its query. Offers of another moment
+    (``at``) are built afresh."""
+    if at is not None:
+        return _build_offers(currency=currency, at=at)[0]
+    return catalog_offers_until(currency=currency, version=version)[0]
+
+
+def catalog_offers_until(
+    *, currency: str, version: int | None = None
+) -> tuple[list[Offer], datetime | None]:
+    """``catalog_offers`` of now, and when they stop holding: the moment the next scheduled
+    price in the currency takes effect (None when none is scheduled). What is cached from the
+    offers must not outlive that moment."""
+
+    def build():
+        offers, until = _build_offers(currency=currency, at=timezone.now())
+        return (offers, until), until
+
+    return catalog_cache.remember(
+        "offers",
+        (currency,),
+        build,
+        version=catalog_cache.catalog_version() if version is None else version,
+    )
+
+
+def _prices_now_and_next(
+    currency: str, at: datetime
+) -> tuple[dict[tuple[int, int], Price], datetime | None]:
+    """``prices_in_force`` at ``at`` and when the next scheduled price takes effect, in one
+    query."""
+    latest: dict[tuple[int, int], Price] = {}
+    next_change = None
+    rows = (
+        Price.objects.filter(currency=currency)
+        .order_by("effective_from", "id")
+        .only(
+            "instance_type_id",
+            "region_id",
+            "on_demand_per_hour",
+            "spot_per_hour",
+            "currency",
+            "effective_from",
+        )
+    )
+    for price in rows:
+        if price.effective_from <= at:
+            latest[(price.instance_type_id, price.region_id)] = price
+        elif next_change is None:
+            next_change = price.effective_from
+    return latest, next_change
+
+
+def _build_offers(*, currency: str, at: datetime) -> tuple[list[Offer], datetime | None]:
+    """The offers at ``at`` and until when they hold (the next scheduled price, or None)."""
     types = list(
         InstanceType.objects.filter(is_active=True).select_related("gpu_model", "mig_profile")
     )
     regions = {r.pk: r.code for r in Region.objects.filter(is_active=True)}
-    prices = prices_in_force(currency=currency, at=at)
+    prices, next_change = _prices_now_and_next(currency, at)
     free = availability(types, regions)
     by_type: dict[int, list[tuple[str, Price]]] = {}
     for (type_id, region_id), price in prices.items():
@@ -192,7 +252,7 @@ def catalog_offers(*, currency: str, at: datetime | None = None) -> list[Offer]:
                 available=free.get(t.pk, {}),
             )
         )
-    return offers
+    return offers, next_change
 
 
 @dataclass(frozen=True)
@@ -274,6 +334,25 @@ def gpu_models_list() -> QuerySet[GpuModel]:
 
 def gpu_models_offered() -> QuerySet[GpuModel]:
     return GpuModel.objects.filter(instance_types__is_active=True).distinct()
+
+
+def catalog_filter_choices(*, version: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """What the catalog's filters offer: (code, name) of the GPU models of active types and of
+    the active regions. Cached under the catalog version."""
+
+    def build():
+        choices = {
+            "gpu_models": [(m.code, str(m)) for m in gpu_models_offered()],
+            "regions": [(r.code, r.name) for r in regions_list()],
+        }
+        return choices, None
+
+    return catalog_cache.remember(
+        "filter-choices",
+        (),
+        build,
+        version=catalog_cache.catalog_version() if version is None else version,
+    )
 
 
 def images_list() -> QuerySet[Image]:

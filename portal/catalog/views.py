@@ -1,28 +1,29 @@
 """The catalog page: public, and the same page inside the app (prices in the organisation's
-currency). Filters live in the query string; htmx swaps just the offer list."""
+currency). Filters live in the query string; htmx swaps just the offer list.
+
+The page's body (filters and offer list) is the same for everyone asking the same query string
+in the same currency, so it is rendered once per catalog version and cached
+(``portal.catalog.cache``); each request renders only the layout around it.
+"""
 
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
+from portal.catalog import cache as catalog_cache
 from portal.catalog import selectors
 from portal.catalog.filters_form import CatalogFilterForm
 
 PAGE_SIZE = 30
+TEMPLATE = "catalog/catalog.html"
 
 
-def catalog(request: HttpRequest) -> HttpResponse:
-    form = CatalogFilterForm(request.GET or None)
+def _body(request: HttpRequest, form: CatalogFilterForm, currency: str, version: int):
+    """The page's body and its offer list as HTML, and until when they hold."""
     query = form.to_query()
-    organization = getattr(request, "organization", None)
-    if organization is not None:
-        currency = organization.currency
-        del form.fields["currency"]
-    else:
-        currency = (
-            form.cleaned_data.get("currency") if form.is_bound and form.is_valid() else ""
-        ) or "USD"
-    offers = selectors.catalog_offers(currency=currency)
+    offers, valid_until = selectors.catalog_offers_until(currency=currency, version=version)
     page = Paginator(selectors.filter_offers(offers, query), PAGE_SIZE).get_page(
         request.GET.get("page")
     )
@@ -54,5 +55,32 @@ def catalog(request: HttpRequest) -> HttpResponse:
         "currency": currency,
         "query": query,
     }
-    template = "catalog/catalog.html#offer-list" if request.htmx else "catalog/catalog.html"
-    return render(request, template, context)
+    parts = {
+        "body": render_to_string(f"{TEMPLATE}#body", context),
+        "offer_list": render_to_string(f"{TEMPLATE}#offer-list", context),
+    }
+    return parts, valid_until
+
+
+def catalog(request: HttpRequest) -> HttpResponse:
+    version = catalog_cache.catalog_version()
+    form = CatalogFilterForm(
+        request.GET or None, choices=selectors.catalog_filter_choices(version=version)
+    )
+    organization = getattr(request, "organization", None)
+    if organization is not None:
+        currency = organization.currency
+        del form.fields["currency"]
+    else:
+        currency = (
+            form.cleaned_data.get("currency") if form.is_bound and form.is_valid() else ""
+        ) or "USD"
+    parts = catalog_cache.remember(
+        "page",
+        (currency, organization is not None, request.GET.urlencode()),
+        lambda: _body(request, form, currency, version),
+        version=version,
+    )
+    if request.htmx:
+        return HttpResponse(parts["offer_list"])
+    return render(request, TEMPLATE, {"body": mark_safe(parts["body"])})  # noqa: S308

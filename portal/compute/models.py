@@ -107,11 +107,12 @@ class Instance(models.Model):
 
     @property
     def ssh_command(self) -> str:
-        return (
-            f"ssh ubuntu@{self.ip_address}"
-            if self.ip_address and self.state == State.RUNNING
-            else ""
-        )
+        return ssh_command(self.ip_address, self.state)
+
+
+def ssh_command(ip_address: str | None, state: str) -> str:
+    """How to log in to a running instance with an address; empty otherwise."""
+    return f"ssh ubuntu@{ip_address}" if ip_address and state == State.RUNNING else ""
 
 
 class InstanceEvent(models.Model):

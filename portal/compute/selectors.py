@@ -18,6 +18,51 @@ def instances_list(organization) -> QuerySet[Instance]:
     )
 
 
+# What the instance lists show: the page's table (model instances, for the state helpers) and
+# the API's rows (plain values). One query each, no related rows but the names.
+TABLE_COLUMNS = (
+    "id",
+    "name",
+    "state",
+    "ip_address",
+    "created_at",
+    "instance_type__name",
+    "region__code",
+)
+API_COLUMNS = (
+    "id",
+    "name",
+    "state",
+    "desired_state",
+    "observed_state",
+    "status_message",
+    "ip_address",
+    "disk_gb",
+    "created_at",
+    "running_since",
+    "terminated_at",
+    "instance_type__name",
+    "region__code",
+    "image__name",
+)
+
+
+def instances_table(organization) -> QuerySet[Instance]:
+    """The organisation's instances with only the columns of the instances page."""
+    return (
+        Instance.objects.filter(organization=organization)
+        .select_related("instance_type", "region")
+        .only(*TABLE_COLUMNS)
+    )
+
+
+def instances_list_values(organization) -> QuerySet[dict]:
+    """The organisation's instances as dicts of what ``GET /api/v1/instances`` shows (keyed by
+    ``API_COLUMNS``), newest first, in one query; filters apply to it as to
+    ``instances_list``. (Plain lookups, not annotations: its count stays a plain count.)"""
+    return Instance.objects.filter(organization=organization).values(*API_COLUMNS)
+
+
 def instance_get(organization, instance_id: int) -> Instance:
     instance = instances_list(organization).filter(pk=instance_id).first()
     if instance is None:

@@ -99,6 +99,56 @@ class InstanceTypeSerializer(serializers.Serializer):
         return RegionPriceSerializer(rows, many=True).data
 
 
+_PRICE = serializers.DecimalField(max_digits=14, decimal_places=6)
+_TFLOPS = serializers.DecimalField(max_digits=8, decimal_places=1)
+
+
+def instance_type_rows(offers) -> list[dict]:
+    """``InstanceTypeSerializer``'s output for ``offers``, without a serializer per offer and
+    per region price (a catalog page is thousands of them); the same fields convert each
+    value, so the output is the same."""
+    price = _PRICE.to_representation
+    rows = []
+    for offer in offers:
+        rows.append(
+            {
+                "name": offer.name,
+                "description": offer.description,
+                "specs": {
+                    "gpu_model": offer.gpu_model,
+                    "gpu_model_code": offer.gpu_model_code,
+                    "gpu_count": offer.gpu_count,
+                    "mig_profile": offer.mig_profile,
+                    "gpu_memory_gb": float(offer.gpu_memory_gb),
+                    "vcpus": offer.vcpus,
+                    "ram_gib": offer.ram_gib,
+                    "local_nvme_gb": offer.local_nvme_gb,
+                    "interconnect": offer.interconnect,
+                    "bf16_tflops": None
+                    if offer.bf16_tflops is None
+                    else _TFLOPS.to_representation(offer.bf16_tflops),
+                },
+                "spot_allowed": offer.spot_allowed,
+                "currency": offer.currency,
+                "price_from_per_hour": f"{offer_price(offer):.6f}",
+                "price_per_gpu_hour_from": f"{price_per_gpu_hour(offer):.6f}",
+                "prices": [
+                    {
+                        "region": q.region,
+                        "on_demand_per_hour": price(q.on_demand_per_hour),
+                        "spot_per_hour": None
+                        if q.spot_per_hour is None
+                        else price(q.spot_per_hour),
+                        "available": offer.available.get(q.region, 0),
+                    }
+                    for q in offer.prices
+                ],
+                "regions_with_capacity_available": offer.regions_with_capacity,
+            }
+        )
+    return rows
+
+
 class RegionSerializer(serializers.ModelSerializer):
     country = serializers.CharField()
 

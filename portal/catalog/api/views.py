@@ -1,13 +1,16 @@
 """Catalog API: instance types with prices and live availability, regions, images, GPU models."""
 
+from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.accounts.roles import Action
 from portal.api.pagination import StandardPagination
 from portal.api.schema import list_responses
+from portal.catalog import cache as catalog_cache
 from portal.catalog import selectors
 from portal.catalog.api import serializers
 from portal.catalog.models import GpuModel, Image, Region
@@ -29,14 +32,37 @@ class InstanceTypeListView(APIView):
         params = serializers.CatalogQuerySerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         currency = params.validated_data.get("currency") or request.actor.organization.currency
-        offers = selectors.filter_offers(
-            selectors.catalog_offers(currency=currency), params.to_query()
-        )
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(offers, request, view=self)
-        return paginator.get_paginated_response(
-            serializers.InstanceTypeSerializer(page, many=True).data
-        )
+        version = catalog_cache.catalog_version()
+
+        def page_data():
+            offers, valid_until = selectors.catalog_offers_until(currency=currency, version=version)
+            offers = selectors.filter_offers(offers, params.to_query())
+            paginator = self.pagination_class()
+            page = paginator.paginate_queryset(offers, request, view=self)
+            data = paginator.get_paginated_response(serializers.instance_type_rows(page)).data
+            return data, valid_until
+
+        # The page is the same for everyone asking this URL in this currency: it is cached
+        # under the catalog version, rendered when the client takes JSON.
+        renderer = request.accepted_renderer
+        parts = (currency, request.build_absolute_uri(), request.accepted_media_type)
+        if renderer.format != "json":
+            return Response(
+                catalog_cache.remember("instance-types", parts, page_data, version=version)
+            )
+
+        def rendered():
+            data, valid_until = page_data()
+            content = renderer.render(
+                data, request.accepted_media_type, self.get_renderer_context()
+            )
+            return content, valid_until
+
+        content = catalog_cache.remember("instance-types.json", parts, rendered, version=version)
+        media_type = renderer.media_type
+        if renderer.charset:
+            media_type = f"{media_type}; charset={renderer.charset}"
+        return HttpResponse(content, content_type=media_type)
 
 
 class RegionFilter(filters.FilterSet):

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
-from portal.compute.lifecycle import allowed_actions
-from portal.compute.models import Instance, InstanceEvent, Volume
+from portal.compute.lifecycle import State, allowed_actions
+from portal.compute.models import Instance, InstanceEvent, Volume, ssh_command
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -37,6 +37,37 @@ class InstanceSerializer(serializers.ModelSerializer):
 
     def get_actions(self, instance) -> list[str]:
         return allowed_actions(instance.state)
+
+
+_DATETIME = serializers.DateTimeField()
+_ACTIONS = {state: allowed_actions(state) for state in State.values}
+
+
+def instance_list_rows(rows) -> list[dict]:
+    """``InstanceSerializer``'s output for rows of ``selectors.instances_list_values``, without
+    a model instance or a serializer field per value (the list's cost is its rows)."""
+    when = _DATETIME.to_representation
+    return [
+        {
+            "id": row["id"],
+            "name": row["name"],
+            "status": row["state"],
+            "desired_state": row["desired_state"],
+            "observed_state": row["observed_state"],
+            "status_message": row["status_message"],
+            "instance_type": row["instance_type__name"],
+            "region": row["region__code"],
+            "image": row["image__name"],
+            "ip": row["ip_address"],
+            "ssh_command": ssh_command(row["ip_address"], row["state"]),
+            "disk_gb": row["disk_gb"],
+            "actions": list(_ACTIONS[row["state"]]),
+            "created_at": when(row["created_at"]),
+            "running_since": when(row["running_since"]),
+            "terminated_at": when(row["terminated_at"]),
+        }
+        for row in rows
+    ]
 
 
 class InstanceCreateSerializer(serializers.Serializer):

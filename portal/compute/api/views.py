@@ -47,7 +47,12 @@ class InstanceListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return selectors.instances_list(self.request.actor.organization)
+        return selectors.instances_list_values(self.request.actor.organization)
+
+    def list(self, request, *args, **kwargs):
+        """The page of ``InstanceSerializer`` rows, read as plain values in one query."""
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(serializers.instance_list_rows(page))
 
     @extend_schema(
         request=serializers.InstanceCreateSerializer,
