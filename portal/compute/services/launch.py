@@ -210,7 +210,7 @@ def _launch(
         actor=actor.label,
         reason="Launch requested",
         to_state=State.PENDING,
-        detail={"host": allocation.host.name, "gpu_slots": allocation.gpu_slots},  # operators only
+        detail={"host": allocation.host_name, "gpu_slots": allocation.gpu_slots},  # operators only
     )
     audit_record(
         actor=actor,
