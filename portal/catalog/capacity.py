@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Subquery, Sum, Value
+from django.db.models import F, Sum, Value
 from django.utils import timezone
 
 from portal.catalog.errors import CatalogErrorCode
@@ -250,16 +250,18 @@ def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
         )
         return Placement(host_id=host.id, host_name=host.name, slots=slots)
     best = None
+    slots = [(start, _slot_mask(start, shape.mig_size)) for start in reversed(shape.mig_starts)]
     for host in fitting:
         for gpu in host.gpus:
             if gpu.model_id != shape.model_id or not gpu.mig_enabled:
                 continue
-            for start in shape.mig_starts:
-                if gpu.mask & _slot_mask(start, shape.mig_size):
-                    continue
-                key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
-                if best is None or key < best[0]:
-                    best = (key, host, gpu, start)
+            # on one GPU the best key is its highest free start (the key's -start)
+            start = next((start for start, bits in slots if not gpu.mask & bits), None)
+            if start is None:
+                continue
+            key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
+            if best is None or key < best[0]:
+                best = (key, host, gpu, start)
     if best is None:
         return None
     _, host, gpu, start = best
@@ -299,41 +301,35 @@ def capacity_unavailable(instance_type: InstanceType, region: Region) -> Capacit
     )
 
 
-def _load_candidates(
-    *, region_id: int, model_id: int, host_ids: Iterable[int] | None = None
-) -> list[_HostState]:
-    """Free capacity of the region's active hosts with GPUs of one model (all, or the given
-    ones), in two queries: the hosts with what their open allocations use, and their GPUs of
-    the model with the slots claimed on each as a bit mask."""
-    hosts = Host.objects.filter(
-        state=HostState.ACTIVE,
-        region_id=region_id,
-        region__is_active=True,
-        pk__in=Gpu.objects.filter(gpu_model_id=model_id).values("host_id"),
-    )
-    if host_ids is not None:
-        hosts = hosts.filter(pk__in=list(host_ids))
-    open_allocations = Allocation.objects.filter(host_id=OuterRef("pk"), released_at__isnull=True)
-    rows = hosts.annotate(
-        used_vcpus=Subquery(
-            open_allocations.values("host_id").annotate(n=Sum("vcpus")).values("n")
-        ),
-        used_ram=Subquery(
-            open_allocations.values("host_id").annotate(n=Sum("ram_gib")).values("n")
-        ),
-    ).values_list("id", "name", "vcpus", "ram_gib", "used_vcpus", "used_ram")
+def _region_hosts(region_id: int) -> dict[int, tuple[str, int, int]]:
+    """The region's active hosts: id -> (name, vCPUs, RAM GiB). One query."""
+    hosts = Host.objects.filter(state=HostState.ACTIVE, region_id=region_id, region__is_active=True)
+    return {
+        pk: (name, vcpus, ram)
+        for pk, name, vcpus, ram in hosts.values_list("id", "name", "vcpus", "ram_gib").order_by()
+    }
+
+
+def _free_on(
+    hosts: dict[int, tuple[str, int, int]], *, region_id: int, model_id: int
+) -> dict[int, _HostState]:
+    """Free capacity of these hosts for one GPU model, in two queries: what their open
+    allocations use, and their GPUs of the model with the slots claimed on each as a bit mask."""
     states = {
-        pk: _HostState(
-            id=pk,
-            name=name,
-            region_id=region_id,
-            free_vcpus=vcpus - (used_vcpus or 0),
-            free_ram_gib=ram - (used_ram or 0),
-        )
-        for pk, name, vcpus, ram, used_vcpus, used_ram in rows
+        pk: _HostState(id=pk, name=name, region_id=region_id, free_vcpus=vcpus, free_ram_gib=ram)
+        for pk, (name, vcpus, ram) in hosts.items()
     }
     if not states:
-        return []
+        return states
+    used = (
+        Allocation.objects.filter(host_id__in=list(states), released_at__isnull=True)
+        .values("host_id")
+        .annotate(vcpus=Sum("vcpus"), ram=Sum("ram_gib"))
+        .order_by()
+    )
+    for host_id, vcpus, ram in used.values_list("host_id", "vcpus", "ram"):
+        states[host_id].free_vcpus -= vcpus or 0
+        states[host_id].free_ram_gib -= ram or 0
     gpus = (
         Gpu.objects.filter(host_id__in=list(states), gpu_model_id=model_id)
         .values("id", "host_id", "uuid", "index", "mig_enabled")
@@ -351,7 +347,7 @@ def _load_candidates(
                 mask=row["mask"] or 0,
             )
         )
-    return list(states.values())
+    return states
 
 
 def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
@@ -384,7 +380,8 @@ def _reserve_on_one_host(
     on it from a fresh read taken after the lock. None when nothing fits; ``_Contended`` when
     every host that fits is locked by others."""
     shape = _Shape.of(instance_type)
-    hosts = {h.id: h for h in _load_candidates(region_id=region.pk, model_id=shape.model_id)}
+    region_hosts = _region_hosts(region.pk)
+    hosts = _free_on(region_hosts, region_id=region.pk, model_id=shape.model_id)
     passed: set[int] = set()  # locked by another reservation
     mine: set[int] = set()  # locked by this one and read again after the lock
     while True:
@@ -398,19 +395,15 @@ def _reserve_on_one_host(
         locked = list(
             Host.objects.select_for_update(skip_locked=True)
             .filter(pk=chosen.host_id, state=HostState.ACTIVE)
-            .values_list("pk", flat=True)
+            .values_list("name", "vcpus", "ram_gib")
         )
         if not locked:
             passed.add(chosen.host_id)
             continue
-        mine.add(chosen.host_id)
-        fresh = _load_candidates(
-            region_id=region.pk, model_id=shape.model_id, host_ids=[chosen.host_id]
+        mine.add(chosen.host_id)  # locked while active: read what is free on it again
+        hosts.update(
+            _free_on({chosen.host_id: locked[0]}, region_id=region.pk, model_id=shape.model_id)
         )
-        if fresh:
-            hosts[chosen.host_id] = fresh[0]
-        else:  # no longer active
-            del hosts[chosen.host_id]
 
 
 def _reserve_locking_the_region(
@@ -444,7 +437,7 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
     rolled back (its host locks with it) and the reservation waits for the region's hosts,
     locked in id order as one queue. The (GPU, slot) unique constraint is the last guard.
 
-    Queries: two to read the region, one to lock the host, two to read it again, two to write
+    Queries: three to read the region, one to lock the host, two to read it again, two to write
     the allocation and its slot claims (and a savepoint around them).
     """
     try:
