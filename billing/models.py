@@ -65,7 +65,7 @@ class BurnFigure(models.Model):
     truth); from then on it grows by ``running_per_hour`` and ``billed_gb`` of storage. The
     ``committed_*`` fields are the committed burn (instances running or on their way, what is
     stored). ``reconciled_at`` is when it was last recomputed in full from the lifecycle and the
-    records; ``version`` moves with every write (a reconciliation made without the
+    records (``billing.ledger.burn.burn_reconcile``); ``version`` moves with every write (a reconciliation made without the
     organisation's lock is kept only if nothing moved meanwhile)."""
 
     organization = models.OneToOneField(
@@ -85,6 +85,13 @@ class BurnFigure(models.Model):
     )
     committed_gb = models.BigIntegerField(default=0)
     reconciled_at = models.DateTimeField(default=timezone.now)
+    # What the last reconciliation took into account: the newest price rows of the currency
+    # (compute and meters), the next moment one of them takes effect, and usage events received
+    # from ``events_from`` on (a check reconciles again when any of these moved).
+    prices_seen_id = models.BigIntegerField(default=0)
+    meter_prices_seen_id = models.BigIntegerField(default=0)
+    prices_until = models.DateTimeField(null=True, blank=True)
+    events_from = models.DateTimeField(default=timezone.now)
     version = models.PositiveBigIntegerField(default=0)
 
     class Meta:

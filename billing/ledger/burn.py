@@ -27,10 +27,10 @@ from decimal import ROUND_CEILING, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, Value
+from django.db.models import Exists, F, Max, Min, OuterRef
 from django.utils import timezone
 
-from billing.models import BurnFigure
+from billing.models import BillingProfile, BurnFigure
 from portal.accounts.models import Organization
 from portal.catalog.models import Price
 from portal.catalog.selectors import hourly_price
@@ -75,12 +75,14 @@ def _billed(figure: BurnFigure, start: datetime, end: datetime) -> Decimal:
 @dataclass(frozen=True)
 class BurnNow:
     """The figure read at ``at``: the ledger ``balance``, usage not debited yet (``undebited``,
-    never less than owed), and the committed burn per hour (compute and storage)."""
+    never less than owed), the committed burn per hour (compute and storage), and the
+    organisation's billing profile (read in the same query; None when it has none)."""
 
     balance: Decimal
     undebited: Decimal
     committed_per_hour: Decimal
     at: datetime
+    profile: BillingProfile | None = None
 
     @property
     def available_balance(self) -> Decimal:
@@ -88,29 +90,33 @@ class BurnNow:
         return self.balance - self.undebited
 
 
-def _read(organization: Organization, now: datetime) -> BurnFigure | None:
-    """The figure, its account's balance, and whether anything it cannot follow happened since
-    its last reconciliation: a price of the currency set or taking effect, usage events."""
-    since = OuterRef("reconciled_at")
-    changed = Q(effective_from__gt=since, effective_from__lte=now) | Q(created_at__gt=since)
+PROFILE_FIELDS = ("monthly_spend_limit", "spend_limit_mode", "credit_limit")
+
+
+def _read(organization: Organization) -> BurnFigure | None:
+    """The figure with, in the same query, its account's balance, the billing profile's limits,
+    and whether anything it cannot follow happened since its last reconciliation: a price row
+    of the currency written (compute or meter), usage events received."""
+    profile = "organization__billing_profile__"
     return (
         BurnFigure.objects.filter(organization=organization)
         .annotate(
             balance=F("organization__ledger_account__balance"),
-            prices_moved=Exists(Price.objects.filter(changed, currency=OuterRef("currency"))),
-            meter_prices_moved=Exists(
+            profile_id=F(f"{profile}id"),
+            **{f"profile_{name}": F(profile + name) for name in PROFILE_FIELDS},
+            prices_written=Exists(
+                Price.objects.filter(
+                    pk__gt=OuterRef("prices_seen_id"), currency=OuterRef("currency")
+                )
+            ),
+            meter_prices_written=Exists(
                 MeterPrice.objects.filter(
-                    Q(effective_from__gt=since, effective_from__lte=now),
-                    currency=OuterRef("currency"),
+                    pk__gt=OuterRef("meter_prices_seen_id"), currency=OuterRef("currency")
                 )
             ),
             events_arrived=Exists(
                 UsageEvent.objects.filter(
-                    organization=OuterRef("organization"),
-                    received_at__gte=ExpressionWrapper(
-                        OuterRef("reconciled_at") - Value(EVENTS_MARGIN),
-                        output_field=DateTimeField(),
-                    ),
+                    organization=OuterRef("organization"), received_at__gte=OuterRef("events_from")
                 )
             ),
         )
@@ -118,24 +124,37 @@ def _read(organization: Organization, now: datetime) -> BurnFigure | None:
     )
 
 
-def burn_now(organization: Organization, *, now: datetime | None = None) -> BurnNow:
-    """The organisation's balance, usage not debited and committed burn, from its figure (one
-    query), reconciled first when it is missing, or when something it cannot follow happened
-    since (see the module). The caller holds the organisation's lock (launch, start, volume
-    checks), so it is what every concurrent launch sees."""
-    now = now or timezone.now()
-    figure = _read(organization, now)
+def _stale(figure: BurnFigure | None, now: datetime) -> bool:
     max_age = timedelta(seconds=settings.BILLING_BURN_RECONCILE_SECONDS)
-    if (
+    return (
         figure is None
         or figure.balance is None
-        or figure.prices_moved
-        or figure.meter_prices_moved
+        or figure.prices_written
+        or figure.meter_prices_written
+        or (figure.prices_until is not None and figure.prices_until <= now)
         or figure.events_arrived
         or figure.reconciled_at < now - max_age
-    ):
-        figure = burn_reconcile(organization, now=now, locked=True)
-        figure.balance = _account_balance(organization)
+        or now < figure.as_of  # the clock went back (a test's time travel): start again
+    )
+
+
+def burn_now(organization: Organization, *, now: datetime | None = None) -> BurnNow:
+    """The organisation's balance, usage not debited and committed burn, from its figure (one
+    query, the billing profile with it), reconciled first when it is missing or when something
+    it cannot follow happened since (see the module). The caller holds the organisation's lock
+    (the launch, start and volume checks), so it is what every concurrent launch sees."""
+    now = now or timezone.now()
+    figure = _read(organization)
+    if _stale(figure, now):
+        burn_reconcile(organization, now=now, locked=True)
+        figure = _read(organization)
+    profile = None
+    if figure.profile_id is not None:
+        profile = BillingProfile(
+            pk=figure.profile_id,
+            organization=organization,
+            **{name: getattr(figure, f"profile_{name}") for name in PROFILE_FIELDS},
+        )
     undebited = figure.undebited + _billed(figure, figure.as_of, now)
     return BurnNow(
         balance=figure.balance,
@@ -143,13 +162,8 @@ def burn_now(organization: Organization, *, now: datetime | None = None) -> Burn
         committed_per_hour=figure.committed_per_hour
         + storage_rate(figure.committed_gb, figure.currency),
         at=now,
+        profile=profile,
     )
-
-
-def _account_balance(organization: Organization) -> Decimal:
-    from billing.ledger.services import account_for
-
-    return account_for(organization).balance
 
 
 def burn_reconcile(
@@ -160,15 +174,32 @@ def burn_reconcile(
 
     ``locked``: the caller holds the organisation's lock, so nothing moves meanwhile. Without
     it, the result is kept only if the figure did not change while it was computed."""
-    from billing.ledger.services import undebited_usage
+    from billing.ledger.services import account_for, undebited_usage
 
     now = now or timezone.now()
+    account_for(organization)  # the balance the figure is read with
     currency = organization.currency
     before = (
         BurnFigure.objects.filter(organization=organization)
         .values_list("version", flat=True)
         .first()
     )
+    # The price rows seen, read before the prices themselves: one written in between is newer
+    # than the watermark, so the next check reconciles again.
+    prices = Price.objects.filter(currency=currency)
+    meter_prices = MeterPrice.objects.filter(currency=currency)
+    watermarks = {
+        "prices_seen_id": prices.aggregate(m=Max("pk"))["m"] or 0,
+        "meter_prices_seen_id": meter_prices.aggregate(m=Max("pk"))["m"] or 0,
+    }
+    upcoming = [
+        moment
+        for moment in (
+            prices.filter(effective_from__gt=now).aggregate(m=Min("effective_from"))["m"],
+            meter_prices.filter(effective_from__gt=now).aggregate(m=Min("effective_from"))["m"],
+        )
+        if moment is not None
+    ]
     rater = Rater(currency)
     undebited = _up(undebited_usage(organization, rater=rater, now=now))
     billed = organization_billed_now(organization)
@@ -183,6 +214,9 @@ def burn_reconcile(
         )
 
     values = {
+        **watermarks,
+        "prices_until": min(upcoming, default=None),
+        "events_from": now - EVENTS_MARGIN,
         "currency": currency,
         "undebited": undebited,
         "as_of": now,

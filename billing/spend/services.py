@@ -182,10 +182,11 @@ def _credit_needed(
 
 # --- The launch, start and volume checks (settings.COMPUTE_*_CHECKS) ---------------------------
 #
-# Each reads, besides what it is asked about: whether an invoice is overdue (one query), the
-# billing profile (one: the spend limit, the credit limit) and the burn figure (one: balance,
-# usage not debited, committed burn); an invoiced organisation's check adds its unpaid invoices
-# (one). A spend limit in block or stop mode adds this month's spend (``burn_rate``).
+# Each reads, besides what it is asked about: whether an invoice is overdue (one query) and the
+# burn figure (one: balance, usage not debited, committed burn, and the billing profile's spend
+# and credit limits); an invoiced organisation's check adds its unpaid invoices (one). A spend
+# limit in block or stop mode adds this month's spend (``burn_rate``), a start the instance's
+# price (one), a launch nothing more (it passes the price it read).
 
 
 def _refuse_overdue(organization: Organization, what: str) -> None:
@@ -194,10 +195,6 @@ def _refuse_overdue(organization: Organization, what: str) -> None:
             f"An invoice is overdue. Pay it to {what}.",
             code=BillingErrorCode.INVOICE_OVERDUE,
         )
-
-
-def _profile(organization: Organization) -> BillingProfile | None:
-    return BillingProfile.objects.filter(organization=organization).first()
 
 
 def _refuse_over_limit(
@@ -270,8 +267,8 @@ def launch_check(
     if new_volume_gb:  # a volume made with the launch is stored from the start
         hourly += storage_rate(new_volume_gb, organization.currency)
         what = f"{instance_type.name} with a {new_volume_gb} GB volume"
-    profile = _profile(organization)
     burn = burn_now(organization)
+    profile = burn.profile
     _refuse_over_limit(
         organization, what="launch more", profile=profile, burn=burn, per_hour=hourly
     )
@@ -285,8 +282,8 @@ def start_check(*, organization: Organization, instance=None, **_) -> None:
     hourly = Decimal(0)
     if instance is not None:
         hourly = _price_now(organization, instance.instance_type_id, instance.region_id)
-    profile = _profile(organization)
     burn = burn_now(organization)
+    profile = burn.profile
     _refuse_over_limit(
         organization, what="start instances", profile=profile, burn=burn, per_hour=hourly
     )
@@ -296,12 +293,13 @@ def start_check(*, organization: Organization, instance=None, **_) -> None:
 
 def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
     """A new volume needs, prepaid, credit for its storage over the reserve window."""
+    burn = burn_now(organization)
     _credit_needed(
         organization,
         what=f"a {size_gb} GB volume",
         per_hour=storage_rate(size_gb, organization.currency),
-        burn=burn_now(organization),
-        profile=_profile(organization),
+        burn=burn,
+        profile=burn.profile,
     )
 
 
