@@ -56,6 +56,55 @@ class Account(models.Model):
         return f"{self.organization}: {self.balance} {self.currency}"
 
 
+class BurnFigure(models.Model):
+    """What an organisation owes for usage not debited yet, and what it is billed per hour now,
+    kept up to date by every change that starts or stops billing (``billing.ledger.burn``), so
+    a launch's credit check reads one row instead of replaying its fleet's lifecycle.
+
+    ``undebited`` is the usage owed and not debited as of ``as_of`` (never less than the
+    truth); from then on it grows by ``running_per_hour`` and ``billed_gb`` of storage. The
+    ``committed_*`` fields are the committed burn (instances running or on their way, what is
+    stored). ``reconciled_at`` is when it was last recomputed in full from the lifecycle and the
+    records (``billing.ledger.burn.burn_reconcile``); ``version`` moves with every write (a reconciliation made without the
+    organisation's lock is kept only if nothing moved meanwhile)."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="burn_figure"
+    )
+    currency = models.CharField(max_length=3, choices=Currency.choices)
+    undebited = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES, default=0
+    )
+    as_of = models.DateTimeField(default=timezone.now)
+    running_per_hour = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES, default=0
+    )
+    billed_gb = models.BigIntegerField(default=0)
+    committed_per_hour = models.DecimalField(
+        max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMAL_PLACES, default=0
+    )
+    committed_gb = models.BigIntegerField(default=0)
+    reconciled_at = models.DateTimeField(default=timezone.now)
+    # What the last reconciliation took into account: the newest price rows of the currency
+    # (compute and meters), the next moment one of them takes effect, and usage events received
+    # from ``events_from`` on (a check reconciles again when any of these moved).
+    prices_seen_id = models.BigIntegerField(default=0)
+    meter_prices_seen_id = models.BigIntegerField(default=0)
+    prices_until = models.DateTimeField(null=True, blank=True)
+    events_from = models.DateTimeField(default=timezone.now)
+    version = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(currency__in=Currency.values), name="billing_burn_currency_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.undebited} {self.currency} not debited"
+
+
 class LedgerEntry(models.Model):
     """One money movement. Positive amounts add credit, negative ones use it."""
 

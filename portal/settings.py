@@ -354,6 +354,9 @@ ACCOUNTS_CURRENCY_LOCKS: list[str] = [
 COMPUTE_START_CHECKS: list[str] = ["billing.spend.services.start_check"]
 # Callables(organization, region, size_gb) that may refuse creating a volume.
 COMPUTE_VOLUME_CHECKS: list[str] = ["billing.spend.services.volume_check"]
+# Callables(change: FootprintChange) told, in the same transaction, that what an organisation is
+# billed for by the hour changed (billing keeps its burn figure with it).
+COMPUTE_FOOTPRINT_HOOKS: list[str] = ["billing.ledger.burn.burn_footprint_changed"]
 
 # Storage (kept boot disks of stopped instances, volumes): price per GB-month (730 hours).
 STORAGE_PRICE_PER_GB_MONTH = {
@@ -381,6 +384,9 @@ BILLING_LOW_BALANCE_HOURS = (24, 1)
 # Prepaid credit reserved for what an organisation holds: launches, starts and new volumes need
 # the balance to cover everything held plus the new resource for this many hours.
 BILLING_CREDIT_RESERVE_HOURS = Decimal(os.environ.get("BILLING_CREDIT_RESERVE_HOURS", "1"))
+# The launch's credit check reads a maintained burn figure (billing.ledger.burn); it is
+# recomputed in full at least this often (and whenever prices change or usage events arrive).
+BILLING_BURN_RECONCILE_SECONDS = int(os.environ.get("BILLING_BURN_RECONCILE_SECONDS", "3600"))
 # Running instances are stopped once the balance covers less than this much of the burn.
 BILLING_STOP_THRESHOLD_SECONDS = int(os.environ.get("BILLING_STOP_THRESHOLD_SECONDS", "300"))
 BILLING_PAYMENT_TERMS_DAYS = 30

@@ -7,12 +7,14 @@ balance in the same transaction, under the account's row lock.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.errors import BillingErrorCode
+from billing.ledger.burn import burn_debited
 from billing.models import Account, EntryKind, LedgerEntry, UsageRating
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
@@ -238,9 +240,12 @@ def _usage_debit_together(
             ]
         )
         if entries:
-            account.balance += sum((entry.amount for entry in entries), Decimal(0))
+            debit = sum((entry.amount for entry in entries), Decimal(0))
+            account.balance += debit
             account.updated_at = timezone.now()
             account.save(update_fields=["balance", "updated_at"])
+            # no longer owed on top of the balance (the burn figure)
+            burn_debited(organization_id=organization.pk, amount=-debit)
     return priced
 
 
@@ -250,7 +255,7 @@ def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
         with transaction.atomic():
             entry = None
             if cost > 0:
-                entry, _ = ledger_post(
+                entry, posted = ledger_post(
                     organization=record.organization,
                     kind=EntryKind.USAGE,
                     amount=-cost,
@@ -259,6 +264,8 @@ def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
                     actor_label="system",
                     usage_record=record,
                 )
+                if posted:  # no longer owed on top of the balance (the burn figure)
+                    burn_debited(organization_id=record.organization_id, amount=cost)
             UsageRating.objects.create(
                 usage_record=record, amount=cost, currency=record.organization.currency, entry=entry
             )
@@ -267,18 +274,29 @@ def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
     return True
 
 
-def balance(organization: Organization, *, rater: Rater | None = None) -> Decimal:
-    """The balance to show and to decide on: the ledger, less usage not debited yet (closed
-    records awaiting rating and the hours not closed), so it is never behind by more than a
-    moment. ``rater``: the caller's price history of the organisation's currency, if any."""
+def undebited_usage(
+    organization: Organization, *, rater: Rater, now: datetime | None = None
+) -> Decimal:
+    """Usage not debited yet, in full: the hours not closed (from the lifecycle and usage
+    events), then the closed records not rated yet. In that order, so that an hour closed
+    between the two reads is counted twice rather than not at all."""
     from portal.metering.services import usage_open
 
-    account = account_for(organization)
-    if rater is None or rater.currency != account.currency:
-        rater = Rater(account.currency)
+    open_usage = sum(
+        (rater.cost(r) for r in usage_open(organization=organization, now=now)), Decimal(0)
+    )
     unrated = UsageRecord.objects.filter(
         organization=organization, rating__isnull=True
     ).select_related("meter")
-    pending = sum((rater.cost(r) for r in unrated), Decimal(0))
-    open_usage = sum((rater.cost(r) for r in usage_open(organization=organization)), Decimal(0))
-    return account.balance - pending - open_usage
+    return open_usage + sum((rater.cost(r) for r in unrated), Decimal(0))
+
+
+def balance(organization: Organization, *, rater: Rater | None = None) -> Decimal:
+    """The balance to show and to decide on: the ledger, less usage not debited yet (closed
+    records awaiting rating and the hours not closed), so it is never behind by more than a
+    moment. ``rater``: the caller's price history of the organisation's currency, if any.
+    (A launch's check reads the same from the burn figure, ``billing.ledger.burn``.)"""
+    account = account_for(organization)
+    if rater is None or rater.currency != account.currency:
+        rater = Rater(account.currency)
+    return account.balance - undebited_usage(organization, rater=rater)

@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing.errors import BillingErrorCode
+from billing.ledger.burn import BurnNow, burn_now, storage_rate
 from billing.ledger.services import balance as balance_now
 from billing.models import AlertKind, BillingProfile, SpendAlert, SpendLimitMode
 from billing.spend.credit_terms import credit_limit_needed, exposure
@@ -32,10 +33,11 @@ from portal.accounts.models import BillingMode, Organization
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
+from portal.catalog.selectors import hourly_price as catalog_hourly_price
 from portal.compute.selectors import instances_running
 from portal.errors import Conflict, InvalidInput, PortalError
 from portal.metering.rating import SECONDS_PER_HOUR, Rater
-from portal.metering.selectors import burn_rate, committed_burn, storage_per_hour
+from portal.metering.selectors import burn_rate, committed_burn
 from portal.money import amount_text, money_round_up, parse_amount
 
 log = logging.getLogger(__name__)
@@ -127,18 +129,33 @@ def credit_reserve(organization: Organization, *, rater: Rater | None = None) ->
     )
 
 
-def _credit_needed(organization: Organization, *, what: str, per_hour: Decimal, rater) -> None:
+def _credit_needed(
+    organization: Organization,
+    *,
+    what: str,
+    per_hour: Decimal,
+    burn: BurnNow,
+    profile: BillingProfile | None,
+) -> None:
     """Refuse with ``insufficient_credit`` unless the available credit covers ``per_hour`` of
     the new resource for the reserve window; an invoiced organisation needs it within its
-    credit limit (``credit_limit_reached``). Callers hold the organisation's lock (compute's
-    services authorize with ``lock=True``), so concurrent launches see each other."""
+    credit limit (``credit_limit_reached``). The balance (usage not debited yet counted) and the
+    committed burn come from the burn figure (``billing.ledger.burn``, one query): callers hold
+    the organisation's lock (compute's services authorize with ``lock=True``), so concurrent
+    launches see each other's figure."""
     if organization.billing_mode != BillingMode.PREPAID:
-        credit_limit_needed(organization, what=what, per_hour=per_hour, rater=rater)
+        credit_limit_needed(organization, what=what, per_hour=per_hour, burn=burn, profile=profile)
         return
     currency = organization.currency
     window = settings.BILLING_CREDIT_RESERVE_HOURS
     needed = per_hour * window
-    credit = credit_reserve(organization, rater=rater)
+    reserved = burn.committed_per_hour * window
+    credit = CreditReserve(
+        balance=burn.available_balance,
+        burn_per_hour=burn.committed_per_hour,
+        reserved=reserved,
+        available=burn.available_balance - reserved,
+    )
     if credit.available >= needed:
         return
     short = money_round_up(needed - credit.available, currency)
@@ -164,6 +181,12 @@ def _credit_needed(organization: Organization, *, what: str, per_hour: Decimal, 
 
 
 # --- The launch, start and volume checks (settings.COMPUTE_*_CHECKS) ---------------------------
+#
+# Each reads, besides what it is asked about: whether an invoice is overdue (one query) and the
+# burn figure (one: balance, usage not debited, committed burn, and the billing profile's spend
+# and credit limits); an invoiced organisation's check adds its unpaid invoices (one). A spend
+# limit in block or stop mode adds this month's spend (``burn_rate``), a start the instance's
+# price (one), a launch nothing more (it passes the price it read).
 
 
 def _refuse_overdue(organization: Organization, what: str) -> None:
@@ -175,22 +198,26 @@ def _refuse_overdue(organization: Organization, what: str) -> None:
 
 
 def _refuse_over_limit(
-    organization: Organization, *, what: str, rater: Rater, per_hour: Decimal = Decimal(0)
+    organization: Organization,
+    *,
+    what: str,
+    profile: BillingProfile | None,
+    burn: BurnNow,
+    per_hour: Decimal = Decimal(0),
 ) -> None:
     """A monthly spend limit in block or stop mode, once reached, refuses new launches and
     starts (in alert mode it only tells). In stop mode it refuses them as soon as the watch
     would stop them: when, with ``per_hour`` more, the limit would be reached within the stop
     threshold."""
     currency = organization.currency
-    profile = BillingProfile.objects.filter(organization=organization).first()
     limit = profile.monthly_spend_limit if profile else None
     if limit is None or profile.spend_limit_mode == SpendLimitMode.ALERT:
         return
-    spent = burn_rate(organization, rater=rater).month_to_date
+    spent = burn_rate(organization, rater=Rater(currency)).month_to_date
     reach = spent
     if profile.spend_limit_mode == SpendLimitMode.STOP:
-        burn = committed_burn(organization, rater=rater) + per_hour
-        reach += burn * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
+        committed = burn.committed_per_hour + per_hour
+        reach += committed * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
     if reach >= limit:
         raise PaymentRequired(
             f"This month's spend limit of {amount_text(limit, currency)} {currency} is reached. "
@@ -204,56 +231,75 @@ def _refuse_over_limit(
         )
 
 
+def _price_now(organization: Organization, instance_type_id: int, region_id: int) -> Decimal:
+    return catalog_hourly_price(
+        instance_type_id=instance_type_id, region_id=region_id, currency=organization.currency
+    ) or Decimal(0)
+
+
 def launch_check(
-    *, organization: Organization, instance_type, region, actor=None, new_volume_gb=0, **_
+    *,
+    organization: Organization,
+    instance_type,
+    region,
+    actor=None,
+    new_volume_gb=0,
+    hourly_price: Decimal | None = None,
+    **_,
 ) -> None:
     """Refuse a launch the organisation cannot pay for.
 
     - an overdue invoice blocks every launch;
     - a monthly spend limit, once reached, blocks new launches (unless it only alerts);
     - a prepaid organisation needs credit for the new instance over the reserve window on top
-      of the credit reserved for everything it already holds (``credit_reserve``), and for a
-      volume made with the launch its storage too; an invoiced
-      one needs it within its credit limit (``credit_terms.exposure``).
+      of the credit reserved for everything it already holds (``credit_reserve``, here read
+      from the burn figure), and for a volume made with the launch its storage too; an
+      invoiced one needs it within its credit limit (``credit_terms.exposure``).
+
+    ``hourly_price``: the type's on-demand price in the region now, when the launch read it
+    already (else one query).
     """
     _refuse_overdue(organization, "launch new instances")
-    rater = Rater(organization.currency)  # one price history for the whole check
-    hourly = rater.hourly.at(
-        instance_type_id=instance_type.pk, region_id=region.pk, at=timezone.now()
-    ) or Decimal(0)
+    hourly = hourly_price
+    if hourly is None:
+        hourly = _price_now(organization, instance_type.pk, region.pk)
     what = instance_type.name
     if new_volume_gb:  # a volume made with the launch is stored from the start
-        hourly += storage_per_hour(new_volume_gb, rater=rater)
+        hourly += storage_rate(new_volume_gb, organization.currency)
         what = f"{instance_type.name} with a {new_volume_gb} GB volume"
-    _refuse_over_limit(organization, what="launch more", rater=rater, per_hour=hourly)
-    _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
+    burn = burn_now(organization)
+    profile = burn.profile
+    _refuse_over_limit(
+        organization, what="launch more", profile=profile, burn=burn, per_hour=hourly
+    )
+    _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
 def start_check(*, organization: Organization, instance=None, **_) -> None:
     """Starting a stopped instance needs nothing overdue and, prepaid, credit for its running
     price over the reserve window beyond what is reserved already (its kept disk among it)."""
     _refuse_overdue(organization, "start instances")
-    rater = Rater(organization.currency)
     hourly = Decimal(0)
     if instance is not None:
-        hourly = rater.hourly.at(
-            instance_type_id=instance.instance_type_id,
-            region_id=instance.region_id,
-            at=timezone.now(),
-        ) or Decimal(0)
-    _refuse_over_limit(organization, what="start instances", rater=rater, per_hour=hourly)
+        hourly = _price_now(organization, instance.instance_type_id, instance.region_id)
+    burn = burn_now(organization)
+    profile = burn.profile
+    _refuse_over_limit(
+        organization, what="start instances", profile=profile, burn=burn, per_hour=hourly
+    )
     what = f"starting {instance.name}" if instance is not None else "starting an instance"
-    _credit_needed(organization, what=what, per_hour=hourly, rater=rater)
+    _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
 def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
     """A new volume needs, prepaid, credit for its storage over the reserve window."""
-    rater = Rater(organization.currency)
+    burn = burn_now(organization)
     _credit_needed(
         organization,
         what=f"a {size_gb} GB volume",
-        per_hour=storage_per_hour(size_gb, rater=rater),
-        rater=rater,
+        per_hour=storage_rate(size_gb, organization.currency),
+        burn=burn,
+        profile=burn.profile,
     )
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum, Value
 from django.utils import timezone
 
 from portal.catalog.errors import CatalogErrorCode
@@ -250,16 +250,18 @@ def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
         )
         return Placement(host_id=host.id, host_name=host.name, slots=slots)
     best = None
+    slots = [(start, _slot_mask(start, shape.mig_size)) for start in reversed(shape.mig_starts)]
     for host in fitting:
         for gpu in host.gpus:
             if gpu.model_id != shape.model_id or not gpu.mig_enabled:
                 continue
-            for start in shape.mig_starts:
-                if gpu.mask & _slot_mask(start, shape.mig_size):
-                    continue
-                key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
-                if best is None or key < best[0]:
-                    best = (key, host, gpu, start)
+            # on one GPU the best key is its highest free start (the key's -start)
+            start = next((start for start, bits in slots if not gpu.mask & bits), None)
+            if start is None:
+                continue
+            key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
+            if best is None or key < best[0]:
+                best = (key, host, gpu, start)
     if best is None:
         return None
     _, host, gpu, start = best
@@ -299,14 +301,116 @@ def capacity_unavailable(instance_type: InstanceType, region: Region) -> Capacit
     )
 
 
-@transaction.atomic
-def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: str) -> Allocation:
-    """Claim capacity for one instance, or raise ``capacity_unavailable``.
+def _region_hosts(region_id: int) -> dict[int, tuple[str, int, int]]:
+    """The region's active hosts: id -> (name, vCPUs, RAM GiB). One query."""
+    hosts = Host.objects.filter(state=HostState.ACTIVE, region_id=region_id, region__is_active=True)
+    return {
+        pk: (name, vcpus, ram)
+        for pk, name, vcpus, ram in hosts.values_list("id", "name", "vcpus", "ram_gib").order_by()
+    }
 
-    Locks the region's active hosts that have GPUs of the type's model (in id order, so
-    concurrent reservations queue instead of deadlocking), places with :func:`placement`'s
-    rules, and claims the GPU slots. The (GPU, slot) unique constraint is the last guard.
-    """
+
+def _free_on(
+    hosts: dict[int, tuple[str, int, int]], *, region_id: int, model_id: int
+) -> dict[int, _HostState]:
+    """Free capacity of these hosts for one GPU model, in two queries: what their open
+    allocations use, and their GPUs of the model with the slots claimed on each as a bit mask."""
+    states = {
+        pk: _HostState(id=pk, name=name, region_id=region_id, free_vcpus=vcpus, free_ram_gib=ram)
+        for pk, (name, vcpus, ram) in hosts.items()
+    }
+    if not states:
+        return states
+    used = (
+        Allocation.objects.filter(host_id__in=list(states), released_at__isnull=True)
+        .values("host_id")
+        .annotate(vcpus=Sum("vcpus"), ram=Sum("ram_gib"))
+        .order_by()
+    )
+    for host_id, vcpus, ram in used.values_list("host_id", "vcpus", "ram"):
+        states[host_id].free_vcpus -= vcpus or 0
+        states[host_id].free_ram_gib -= ram or 0
+    gpus = (
+        Gpu.objects.filter(host_id__in=list(states), gpu_model_id=model_id)
+        .values("id", "host_id", "uuid", "index", "mig_enabled")
+        .annotate(mask=Sum(Value(1).bitleftshift(F("claims__slot"))))
+        .order_by("host_id", "index")
+    )
+    for row in gpus:
+        states[row["host_id"]].gpus.append(
+            _GpuState(
+                id=row["id"],
+                uuid=row["uuid"],
+                index=row["index"],
+                model_id=model_id,
+                mig_enabled=row["mig_enabled"],
+                mask=row["mask"] or 0,
+            )
+        )
+    return states
+
+
+def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
+    allocation = Allocation.objects.create(
+        host_id=chosen.host_id,
+        instance_type=instance_type,
+        vcpus=instance_type.vcpus,
+        ram_gib=instance_type.ram_gib,
+        gpu_slots=[{"gpu": s.gpu_uuid, "start": s.start, "size": s.size} for s in chosen.slots],
+        holder=holder,
+    )
+    allocation.host_name = chosen.host_name  # what the launch's event names, without a query
+    GpuSlotClaim.objects.bulk_create(
+        GpuSlotClaim(gpu_id=s.gpu_id, slot=slot, allocation=allocation)
+        for s in chosen.slots
+        for slot in range(s.start, s.start + s.size)
+    )
+    return allocation
+
+
+class _Contended(Exception):
+    """Every host the placement fits on is being placed on by another reservation."""
+
+
+def _reserve_on_one_host(
+    instance_type: InstanceType, region: Region, holder: str
+) -> Allocation | None:
+    """Place from an unlocked read of the region, then lock only the chosen host (``SKIP
+    LOCKED``: a host another reservation holds is passed over for the next best) and place again
+    on it from a fresh read taken after the lock. None when nothing fits; ``_Contended`` when
+    every host that fits is locked by others."""
+    shape = _Shape.of(instance_type)
+    region_hosts = _region_hosts(region.pk)
+    hosts = _free_on(region_hosts, region_id=region.pk, model_id=shape.model_id)
+    passed: set[int] = set()  # locked by another reservation
+    mine: set[int] = set()  # locked by this one and read again after the lock
+    while True:
+        chosen = _choose([h for h in hosts.values() if h.id not in passed], shape)
+        if chosen is None:
+            if passed:
+                raise _Contended
+            return None
+        if chosen.host_id in mine:  # placed from a read taken under its lock
+            return _claim(chosen, instance_type, holder)
+        locked = list(
+            Host.objects.select_for_update(skip_locked=True)
+            .filter(pk=chosen.host_id, state=HostState.ACTIVE)
+            .values_list("name", "vcpus", "ram_gib")
+        )
+        if not locked:
+            passed.add(chosen.host_id)
+            continue
+        mine.add(chosen.host_id)  # locked while active: read what is free on it again
+        hosts.update(
+            _free_on({chosen.host_id: locked[0]}, region_id=region.pk, model_id=shape.model_id)
+        )
+
+
+def _reserve_locking_the_region(
+    instance_type: InstanceType, region: Region, holder: str
+) -> Allocation | None:
+    """Lock every active host of the region with GPUs of the type's model, in id order (so
+    concurrent reservations queue instead of deadlocking), read them and place."""
     candidate_ids = Gpu.objects.filter(
         gpu_model_id=instance_type.gpu_model_id,
         host__region=region,
@@ -319,26 +423,36 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
         .values_list("pk", flat=True)
     )
     chosen = _choose(_load(host_ids=locked), _Shape.of(instance_type)) if locked else None
-    if chosen is None:
-        raise capacity_unavailable(instance_type, region)
-    allocation = Allocation.objects.create(
-        host_id=chosen.host_id,
-        instance_type=instance_type,
-        vcpus=instance_type.vcpus,
-        ram_gib=instance_type.ram_gib,
-        gpu_slots=[{"gpu": s.gpu_uuid, "start": s.start, "size": s.size} for s in chosen.slots],
-        holder=holder,
-    )
-    claims = [
-        GpuSlotClaim(gpu_id=s.gpu_id, slot=slot, allocation=allocation)
-        for s in chosen.slots
-        for slot in range(s.start, s.start + s.size)
-    ]
+    return _claim(chosen, instance_type, holder) if chosen is not None else None
+
+
+def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: str) -> Allocation:
+    """Claim capacity for one instance, or raise ``capacity_unavailable``.
+
+    Placement follows :func:`placement`'s rules. Only the host placed on is locked: the choice
+    is made from an unlocked read, the chosen host is locked with ``SKIP LOCKED`` and read
+    again, and the placement is made again from that fresh read (another host when it no longer
+    fits, the next best when another reservation holds it). Launches on different hosts so run
+    side by side. When every host that fits is held by other reservations, the attempt is
+    rolled back (its host locks with it) and the reservation waits for the region's hosts,
+    locked in id order as one queue. The (GPU, slot) unique constraint is the last guard.
+
+    Queries: three to read the region, one to lock the host, two to read it again, two to write
+    the allocation and its slot claims (and a savepoint around them).
+    """
     try:
-        with transaction.atomic():
-            GpuSlotClaim.objects.bulk_create(claims)
-    except IntegrityError:  # only possible if something bypassed the host locks
+        with transaction.atomic():  # a savepoint: rolling back to it gives its host locks back
+            allocation = _reserve_on_one_host(instance_type, region, holder)
+    except _Contended:
+        try:
+            with transaction.atomic():
+                allocation = _reserve_locking_the_region(instance_type, region, holder)
+        except IntegrityError:  # only possible if something bypassed the host locks
+            raise capacity_unavailable(instance_type, region) from None
+    except IntegrityError:
         raise capacity_unavailable(instance_type, region) from None
+    if allocation is None:
+        raise capacity_unavailable(instance_type, region)
     return allocation
 
 

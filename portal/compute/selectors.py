@@ -196,3 +196,44 @@ def organization_footprint_now(organization) -> Footprint:
         .aggregate(total=Sum("size_gb"))["total"]
     )
     return Footprint(compute=tuple(compute), stored_gb=stored_gb + (volumes or 0))
+
+
+@dataclass(frozen=True)
+class BilledNow:
+    """What an organisation is billed for by the hour now (``running``: the placements billed
+    for running time; ``billed_gb``: kept boot disks, a starting instance's among them, and
+    volumes) and its committed footprint (``Footprint``), as ``FootprintChange`` counts them."""
+
+    running: tuple[tuple[int, int], ...]
+    billed_gb: int
+    committed: Footprint
+
+
+def organization_billed_now(organization) -> BilledNow:
+    """Two queries (the instances that cost something, the volumes' size)."""
+    running, committed, billed_gb, committed_gb = [], [], 0, 0
+    rows = Instance.objects.filter(
+        organization=organization, state__in=sorted(RUNNING_OR_COMING | DISK_KEPT)
+    ).values_list("state", "instance_type_id", "region_id", "disk_gb")
+    for state, instance_type_id, region_id, disk_gb in rows:
+        if state in BILLED_RUNNING:
+            running.append((instance_type_id, region_id))
+        if state in RUNNING_OR_COMING:
+            committed.append((instance_type_id, region_id))
+        elif state in DISK_KEPT:
+            committed_gb += disk_gb
+        if state in DISK_KEPT:
+            billed_gb += disk_gb
+    volumes = (
+        (
+            Volume.objects.filter(organization=organization)
+            .exclude(state=VolumeState.DELETED)
+            .aggregate(total=Sum("size_gb"))["total"]
+        )
+        or 0
+    )
+    return BilledNow(
+        running=tuple(running),
+        billed_gb=billed_gb + volumes,
+        committed=Footprint(compute=tuple(committed), stored_gb=committed_gb + volumes),
+    )

@@ -2,20 +2,90 @@
 sync task, and giving capacity and volumes back."""
 
 import re
+from datetime import datetime
+from decimal import Decimal
 
+from django.conf import settings
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from portal.accounts.locks import lock_organization
 from portal.background import enqueue_on_commit
 from portal.catalog import capacity
-from portal.compute.lifecycle import State, check_transition
+from portal.compute.lifecycle import (
+    BILLED_RUNNING,
+    COMPUTE_COMING,
+    DISK_KEPT,
+    State,
+    check_transition,
+)
 from portal.compute.models import Instance, InstanceEvent, Volume, VolumeState
+from portal.compute.types import FootprintChange
 from portal.errors import NotFound
 from portal.observability import metrics
 from portal.provisioning.base import MachineStatus
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SYSTEM = "system"  # the actor label of what the portal does by itself
+
+
+# --- What the organisation is billed for by the hour (settings.COMPUTE_FOOTPRINT_HOOKS) -------
+
+_RUNNING_OR_COMING = BILLED_RUNNING | COMPUTE_COMING
+
+
+def _footprint(state: str | None, disk_gb: int) -> tuple[int, int, int, int]:
+    """(running, committed, billed GB, committed GB) of one instance in ``state`` (see
+    ``FootprintChange``); nothing for no state (not launched yet) or a final one."""
+    if state is None:
+        return 0, 0, 0, 0
+    running = int(state in BILLED_RUNNING)
+    committed = int(state in _RUNNING_OR_COMING)
+    billed_gb = disk_gb if state in DISK_KEPT else 0
+    return running, committed, billed_gb, 0 if committed else billed_gb
+
+
+def _announce(change: FootprintChange) -> None:
+    for path in settings.COMPUTE_FOOTPRINT_HOOKS:
+        import_string(path)(change)
+
+
+def announce_instance(
+    instance: Instance,
+    before: str | None,
+    after: str,
+    *,
+    at: datetime,
+    hourly_price: Decimal | None = None,
+) -> None:
+    """Tell the footprint hooks what moving ``instance`` from ``before`` to ``after`` at ``at``
+    changes in what its organisation is billed for (nothing when it changes nothing)."""
+    old, new = _footprint(before, instance.disk_gb), _footprint(after, instance.disk_gb)
+    running, committed, billed_gb, committed_gb = (n - o for n, o in zip(new, old, strict=True))
+    if running or committed or billed_gb or committed_gb:
+        _announce(
+            FootprintChange(
+                organization_id=instance.organization_id,
+                at=at,
+                instance_type_id=instance.instance_type_id,
+                region_id=instance.region_id,
+                running=running,
+                committed=committed,
+                billed_gb=billed_gb,
+                committed_gb=committed_gb,
+                hourly_price=hourly_price,
+            )
+        )
+
+
+def announce_volume(volume: Volume, *, stored: bool, at: datetime) -> None:
+    """A volume is billed from the moment it is made (``stored``) until it is deleted."""
+    size = volume.size_gb if stored else -volume.size_gb
+    _announce(
+        FootprintChange(
+            organization_id=volume.organization_id, at=at, billed_gb=size, committed_gb=size
+        )
+    )
 
 
 def record_event(
@@ -45,18 +115,21 @@ def transition(instance: Instance, target: State, *, actor: str, reason: str, de
     instance.state_changed_at = timezone.now()
     instance.status_message = reason[:300] if target == State.FAILED else ""
     instance.save(update_fields=["state", "state_changed_at", "status_message"])
-    record_event(
+    event = record_event(
         instance, actor=actor, reason=reason, from_state=previous, to_state=target, detail=detail
     )
+    # at the event's moment: metering bills each state from its event
+    announce_instance(instance, previous, target, at=event.created_at)
     metrics.instance_transitioned(instance, previous, target)
 
 
-def dispatch(instance: Instance) -> None:
-    """Enqueue the sync task after commit and remember when (the reconciler re-sends lost work)."""
+def dispatch(instance: Instance, *, also: tuple[str, ...] | list[str] = ()) -> None:
+    """Enqueue the sync task after commit and remember when (the reconciler re-sends lost work).
+    ``also``: other fields of the instance to save in the same update."""
     from portal.compute.tasks import instance_sync
 
     instance.dispatched_at = timezone.now()
-    instance.save(update_fields=["dispatched_at"])
+    instance.save(update_fields=["dispatched_at", *also])
     enqueue_on_commit(instance_sync, instance.pk)
 
 
@@ -101,6 +174,7 @@ def detach_volumes(instance: Instance) -> None:
     ):
         if volume.delete_on_termination:
             volume.state, volume.deleted_at = VolumeState.DELETED, now
+            announce_volume(volume, stored=False, at=now)
         else:
             volume.state = VolumeState.AVAILABLE
         volume.instance = None

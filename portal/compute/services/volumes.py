@@ -12,7 +12,7 @@ from portal.catalog.models import Region
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.models import Volume, VolumeState
 from portal.compute.services._checks import run_launch_checks
-from portal.compute.services._common import NAME_PATTERN
+from portal.compute.services._common import NAME_PATTERN, announce_volume
 from portal.errors import Conflict, InvalidInput, NotFound
 
 
@@ -47,6 +47,7 @@ def volume_create(*, actor: Actor, name: str, region: str, size_gb: int) -> Volu
     volume = Volume.objects.create(
         organization=actor.organization, region=region_obj, name=name, size_gb=size_gb
     )
+    announce_volume(volume, stored=True, at=volume.created_at)
     audit_record(actor=actor, action="volume.create", target=volume, details={"size_gb": size_gb})
     return volume
 
@@ -69,4 +70,5 @@ def volume_delete(*, actor: Actor, volume_id: int) -> None:
         )
     volume.state, volume.deleted_at = VolumeState.DELETED, timezone.now()
     volume.save(update_fields=["state", "deleted_at"])
+    announce_volume(volume, stored=False, at=volume.deleted_at)
     audit_record(actor=actor, action="volume.delete", target=volume)

@@ -1,0 +1,301 @@
+"""The burn figure: what an organisation owes for usage not debited yet, and what it is billed
+per hour now, kept in one row (``BurnFigure``) so that a launch's credit check reads it in one
+query instead of replaying the lifecycle of the organisation's whole fleet.
+
+How it is kept
+--------------
+- every change that starts or stops billing calls ``burn_footprint_changed`` in its own
+  transaction, under the organisation's lock (compute's ``COMPUTE_FOOTPRINT_HOOKS``: a launch,
+  each lifecycle transition, a volume made or deleted): what was billed since ``as_of`` is
+  added to ``undebited`` at the rates in force (rounded up), then the rates change;
+- each usage debit takes its amount off ``undebited`` in the debit's transaction
+  (``burn_debited``), so the balance less ``undebited`` does not move when usage is debited;
+- ``burn_reconcile`` recomputes it all from the records and the lifecycle (the old, full
+  computation): when a figure is first needed, when a price took effect or was set since the
+  last one, when usage events arrived since, when it is older than
+  ``BILLING_BURN_RECONCILE_SECONDS``, and from the spend watch (without the lock: kept only if
+  nothing moved meanwhile). Drift (a change made around the services) lasts until then.
+
+It never counts less than is owed: accruals are rounded up, a change dated before ``as_of``
+is charged from its own moment, and anything it cannot follow (prices, usage events) makes the
+next check reconcile first.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, Max, Min, OuterRef
+from django.utils import timezone
+
+from billing.models import BillingProfile, BurnFigure
+from portal.accounts.models import Organization
+from portal.catalog.models import Price
+from portal.catalog.selectors import hourly_price
+from portal.compute.selectors import organization_billed_now
+from portal.compute.types import FootprintChange
+from portal.metering.lifecycle_usage import seconds
+from portal.metering.models import MeterPrice, UsageEvent
+from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
+from portal.money import RATING_PLACES
+
+RATING_UNIT = Decimal(1).scaleb(-RATING_PLACES)
+# Usage events being written when a reconciliation reads them may commit a moment later with
+# an earlier ``received_at``: events received this long before it make the next check reconcile.
+EVENTS_MARGIN = timedelta(minutes=1)
+
+
+def _up(amount: Decimal) -> Decimal:
+    return amount.quantize(RATING_UNIT, rounding=ROUND_CEILING)
+
+
+def _storage_price(currency: str) -> Decimal:
+    return Decimal(settings.STORAGE_PRICE_PER_GB_MONTH[currency])
+
+
+def storage_rate(size_gb: int, currency: str) -> Decimal:
+    """What ``size_gb`` of storage costs per hour (metering's ``storage_per_hour``, to the last
+    digit, without loading a price history)."""
+    return Decimal(size_gb) * _storage_price(currency) * SECONDS_PER_HOUR / SECONDS_PER_MONTH
+
+
+def _billed(figure: BurnFigure, start: datetime, end: datetime) -> Decimal:
+    """What the figure's rates bill over [start, end), rounded up."""
+    if end <= start:
+        return Decimal(0)
+    span = seconds(end - start)
+    return _up(
+        figure.running_per_hour * span / SECONDS_PER_HOUR
+        + Decimal(figure.billed_gb) * _storage_price(figure.currency) * span / SECONDS_PER_MONTH
+    )
+
+
+@dataclass(frozen=True)
+class BurnNow:
+    """The figure read at ``at``: the ledger ``balance``, usage not debited yet (``undebited``,
+    never less than owed), the committed burn per hour (compute and storage), and the
+    organisation's billing profile (read in the same query; None when it has none)."""
+
+    balance: Decimal
+    undebited: Decimal
+    committed_per_hour: Decimal
+    at: datetime
+    profile: BillingProfile | None = None
+
+    @property
+    def available_balance(self) -> Decimal:
+        """The balance less usage not debited yet (what ``ledger.services.balance`` says)."""
+        return self.balance - self.undebited
+
+
+PROFILE_FIELDS = ("monthly_spend_limit", "spend_limit_mode", "credit_limit")
+
+
+def _read(organization: Organization) -> BurnFigure | None:
+    """The figure with, in the same query, its account's balance, the billing profile's limits,
+    and whether anything it cannot follow happened since its last reconciliation: a price row
+    of the currency written (compute or meter), usage events received."""
+    profile = "organization__billing_profile__"
+    return (
+        BurnFigure.objects.filter(organization=organization)
+        .annotate(
+            balance=F("organization__ledger_account__balance"),
+            profile_id=F(f"{profile}id"),
+            **{f"profile_{name}": F(profile + name) for name in PROFILE_FIELDS},
+            prices_written=Exists(
+                Price.objects.filter(
+                    pk__gt=OuterRef("prices_seen_id"), currency=OuterRef("currency")
+                )
+            ),
+            meter_prices_written=Exists(
+                MeterPrice.objects.filter(
+                    pk__gt=OuterRef("meter_prices_seen_id"), currency=OuterRef("currency")
+                )
+            ),
+            events_arrived=Exists(
+                UsageEvent.objects.filter(
+                    organization=OuterRef("organization"), received_at__gte=OuterRef("events_from")
+                )
+            ),
+        )
+        .first()
+    )
+
+
+def _stale(figure: BurnFigure | None, now: datetime) -> bool:
+    max_age = timedelta(seconds=settings.BILLING_BURN_RECONCILE_SECONDS)
+    return (
+        figure is None
+        or figure.balance is None
+        or figure.prices_written
+        or figure.meter_prices_written
+        or (figure.prices_until is not None and figure.prices_until <= now)
+        or figure.events_arrived
+        or figure.reconciled_at < now - max_age
+        or now < figure.as_of  # the clock went back (a test's time travel): start again
+    )
+
+
+def burn_now(organization: Organization, *, now: datetime | None = None) -> BurnNow:
+    """The organisation's balance, usage not debited and committed burn, from its figure (one
+    query, the billing profile with it), reconciled first when it is missing or when something
+    it cannot follow happened since (see the module). The caller holds the organisation's lock
+    (the launch, start and volume checks), so it is what every concurrent launch sees."""
+    now = now or timezone.now()
+    figure = _read(organization)
+    if _stale(figure, now):
+        burn_reconcile(organization, now=now, locked=True)
+        figure = _read(organization)
+    profile = None
+    if figure.profile_id is not None:
+        profile = BillingProfile(
+            pk=figure.profile_id,
+            organization=organization,
+            **{name: getattr(figure, f"profile_{name}") for name in PROFILE_FIELDS},
+        )
+    undebited = figure.undebited + _billed(figure, figure.as_of, now)
+    return BurnNow(
+        balance=figure.balance,
+        undebited=undebited,
+        committed_per_hour=figure.committed_per_hour
+        + storage_rate(figure.committed_gb, figure.currency),
+        at=now,
+        profile=profile,
+    )
+
+
+def burn_reconcile(
+    organization: Organization, *, now: datetime | None = None, locked: bool = False
+) -> BurnFigure:
+    """Recompute the figure in full: usage not debited (the records not rated yet and the hours
+    not closed, from the lifecycle) and the rates of what is billed now, at today's prices.
+
+    ``locked``: the caller holds the organisation's lock, so nothing moves meanwhile. Without
+    it, the result is kept only if the figure did not change while it was computed."""
+    from billing.ledger.services import account_for, undebited_usage
+
+    now = now or timezone.now()
+    account_for(organization)  # the balance the figure is read with
+    currency = organization.currency
+    before = (
+        BurnFigure.objects.filter(organization=organization)
+        .values_list("version", flat=True)
+        .first()
+    )
+    # The price rows seen, read before the prices themselves: one written in between is newer
+    # than the watermark, so the next check reconciles again.
+    prices = Price.objects.filter(currency=currency)
+    meter_prices = MeterPrice.objects.filter(currency=currency)
+    watermarks = {
+        "prices_seen_id": prices.aggregate(m=Max("pk"))["m"] or 0,
+        "meter_prices_seen_id": meter_prices.aggregate(m=Max("pk"))["m"] or 0,
+    }
+    upcoming = [
+        moment
+        for moment in (
+            prices.filter(effective_from__gt=now).aggregate(m=Min("effective_from"))["m"],
+            meter_prices.filter(effective_from__gt=now).aggregate(m=Min("effective_from"))["m"],
+        )
+        if moment is not None
+    ]
+    rater = Rater(currency)
+    undebited = _up(undebited_usage(organization, rater=rater, now=now))
+    billed = organization_billed_now(organization)
+
+    def per_hour(placements) -> Decimal:
+        return sum(
+            (
+                rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
+                for t, r in placements
+            ),
+            Decimal(0),
+        )
+
+    values = {
+        **watermarks,
+        "prices_until": min(upcoming, default=None),
+        "events_from": now - EVENTS_MARGIN,
+        "currency": currency,
+        "undebited": undebited,
+        "as_of": now,
+        "running_per_hour": per_hour(billed.running),
+        "billed_gb": billed.billed_gb,
+        "committed_per_hour": per_hour(billed.committed.compute),
+        "committed_gb": billed.committed.stored_gb,
+        "reconciled_at": now,
+    }
+    if before is None:
+        try:
+            with transaction.atomic():
+                return BurnFigure.objects.create(organization=organization, **values)
+        except IntegrityError:  # made meanwhile by another reconciliation: that one stands
+            return BurnFigure.objects.get(organization=organization)
+    current = BurnFigure.objects.filter(organization=organization)
+    if not locked:
+        current = current.filter(version=before)
+    current.update(version=F("version") + 1, **values)
+    return BurnFigure.objects.get(organization=organization)
+
+
+def burn_footprint_changed(change: FootprintChange) -> None:
+    """Compute's footprint hook: fold what was billed up to the change into ``undebited``, then
+    move the rates. Nothing to do for an organisation without a figure (its first check makes
+    one). Runs in the change's transaction, under the organisation's lock."""
+    figures = BurnFigure.objects.filter(organization_id=change.organization_id)
+    if not change.billed_changed and change.hourly_price is not None:
+        # only the committed burn moves (a launch): one update, nothing accrues differently
+        figures.update(
+            committed_per_hour=F("committed_per_hour") + change.committed * change.hourly_price,
+            committed_gb=F("committed_gb") + change.committed_gb,
+            version=F("version") + 1,
+        )
+        return
+    figure = figures.select_for_update().first()
+    if figure is None:
+        return
+    price = Decimal(0)
+    if change.compute_changed:
+        price = change.hourly_price
+        if price is None:
+            price = hourly_price(
+                instance_type_id=change.instance_type_id,
+                region_id=change.region_id,
+                currency=figure.currency,
+                at=change.at,
+            ) or Decimal(0)
+    if change.at >= figure.as_of:
+        figure.undebited += _billed(figure, figure.as_of, change.at)
+        figure.as_of = change.at
+    elif change.running > 0 or change.billed_gb > 0:
+        # billed from its own moment, earlier than the figure's: charge the gap
+        gap = BurnFigure(
+            currency=figure.currency,
+            running_per_hour=price * change.running if change.running > 0 else Decimal(0),
+            billed_gb=max(change.billed_gb, 0),
+        )
+        figure.undebited += _billed(gap, change.at, figure.as_of)
+    figure.running_per_hour += price * change.running
+    figure.committed_per_hour += price * change.committed
+    figure.billed_gb += change.billed_gb
+    figure.committed_gb += change.committed_gb
+    figure.version += 1
+    figure.save(
+        update_fields=[
+            "undebited",
+            "as_of",
+            "running_per_hour",
+            "committed_per_hour",
+            "billed_gb",
+            "committed_gb",
+            "version",
+        ]
+    )
+
+
+def burn_debited(*, organization_id: int, amount: Decimal) -> None:
+    """A usage debit of ``amount`` (positive) was posted: it is no longer undebited."""
+    BurnFigure.objects.filter(organization_id=organization_id).update(
+        undebited=F("undebited") - amount, version=F("version") + 1
+    )
