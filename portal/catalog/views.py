@@ -55,11 +55,9 @@ def _body(request: HttpRequest, form: CatalogFilterForm, currency: str, version:
         "currency": currency,
         "query": query,
     }
-    parts = {
-        "body": render_to_string(f"{TEMPLATE}#body", context),
-        "offer_list": render_to_string(f"{TEMPLATE}#offer-list", context),
-    }
-    return parts, valid_until
+    offer_list = render_to_string(f"{TEMPLATE}#offer-list", context)
+    body = render_to_string(f"{TEMPLATE}#body", {**context, "offer_list": mark_safe(offer_list)})  # noqa: S308
+    return {"body": body, "offer_list": offer_list}, valid_until
 
 
 def catalog(request: HttpRequest) -> HttpResponse:
