@@ -41,6 +41,11 @@ def _body(request: HttpRequest, form: CatalogFilterForm, currency: str, version:
                 ((q.region, offer.available.get(q.region, 0)) for q in offer.prices),
                 key=lambda item: (-item[1], item[0]),
             ),
+            # the table of prices: region, on-demand price, how many fit there now
+            "price_rows": [
+                (q.region, q.on_demand_per_hour, offer.available.get(q.region, 0))
+                for q in offer.prices
+            ],
         }
         for offer in page.object_list
     ]
