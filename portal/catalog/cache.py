@@ -31,10 +31,12 @@ When it moves
 
 How long entries live
     Until the version moves, the next scheduled price takes effect (``valid_until``, checked on
-    every read), or ``CATALOG_CACHE_SECONDS`` pass, whichever is first.
+    every read), or ``CATALOG_CACHE_SECONDS`` pass, whichever is first. When the cache itself
+    is down, the catalog is built for each request, as it was before there was a cache.
 """
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Hashable
 from datetime import datetime
@@ -43,6 +45,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import translation
+
+logger = logging.getLogger(__name__)
 
 SEQUENCE = "catalog_version"
 DEFAULT_SECONDS = 600
@@ -95,7 +99,11 @@ def remember[T](
     or ``build()``'s, cached. ``build`` returns the value and when it stops being true (the
     next scheduled price), or None."""
     key = _key(version, name, parts)
-    entry = cache.get(key)
+    try:
+        entry = cache.get(key)
+    except Exception:  # the cache is down: the catalog still answers, built afresh
+        logger.warning("catalog cache unavailable; building %s without it", name, exc_info=True)
+        return build()[0]
     now = time.time()
     if entry is not None and (entry[0] is None or now < entry[0]):
         return entry[1]
@@ -105,5 +113,8 @@ def remember[T](
     if until is not None:
         seconds = min(seconds, until - now)
     if seconds > 0:
-        cache.set(key, (until, value), seconds)
+        try:
+            cache.set(key, (until, value), seconds)
+        except Exception:
+            logger.warning("catalog cache unavailable; %s not kept", name, exc_info=True)
     return value

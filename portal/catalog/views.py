@@ -41,6 +41,11 @@ def _body(request: HttpRequest, form: CatalogFilterForm, currency: str, version:
                 ((q.region, offer.available.get(q.region, 0)) for q in offer.prices),
                 key=lambda item: (-item[1], item[0]),
             ),
+            # the table of prices: region, on-demand price, how many fit there now
+            "price_rows": [
+                (q.region, q.on_demand_per_hour, offer.available.get(q.region, 0))
+                for q in offer.prices
+            ],
         }
         for offer in page.object_list
     ]
@@ -55,11 +60,9 @@ def _body(request: HttpRequest, form: CatalogFilterForm, currency: str, version:
         "currency": currency,
         "query": query,
     }
-    parts = {
-        "body": render_to_string(f"{TEMPLATE}#body", context),
-        "offer_list": render_to_string(f"{TEMPLATE}#offer-list", context),
-    }
-    return parts, valid_until
+    offer_list = render_to_string(f"{TEMPLATE}#offer-list", context)
+    body = render_to_string(f"{TEMPLATE}#body", {**context, "offer_list": mark_safe(offer_list)})  # noqa: S308
+    return {"body": body, "offer_list": offer_list}, valid_until
 
 
 def catalog(request: HttpRequest) -> HttpResponse:

@@ -254,3 +254,24 @@ def test_api_rows_are_what_the_instance_type_serializer_says(catalog, make_type)
     expected = InstanceTypeSerializer(offers, many=True).data
     assert instance_type_rows(offers) == [dict(row) for row in expected]
     assert [p["region"] for p in expected[0]["prices"]] != []
+
+
+def test_with_the_cache_down_the_catalog_page_still_answers(catalog, settings):
+    """(The API's throttles need the cache already; the public page does not.)"""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens: refused at once
+        }
+    }
+    from django.core.cache import cache
+
+    with pytest.raises(Exception):  # noqa: B017 (whatever the client raises)
+        cache.get("anything")
+    assert "Free now: us-east-1 (1)" in page(Client(), "?sort=name")
+    capacity.allocation_reserve(
+        instance_type=catalog["one"], region=catalog["east"], holder="instance:1"
+    )
+    assert "Free now: us-east-1 (7)" in page(Client(), "?sort=name")
+    offer = next(o for o in selectors.catalog_offers(currency="USD") if o.name == "gpu_8x_h200")
+    assert offer.sold_out

@@ -48,7 +48,9 @@ def instances(org, compute_catalog):
 
 def test_api_rows_are_what_the_instance_serializer_says(org, instances):
     expected = InstanceSerializer(selectors.instances_list(org), many=True).data
-    assert instance_list_rows(selectors.instances_list_values(org)) == [dict(r) for r in expected]
+    assert instance_list_rows(selectors.instance_list_values(selectors.instances_list(org))) == [
+        dict(r) for r in expected
+    ]
     running = next(r for r in expected if r["name"] == "box-running")
     assert running["ssh_command"] == "ssh ubuntu@10.0.0.7" and running["ip"] == "10.0.0.7"
 
