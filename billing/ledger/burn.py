@@ -8,7 +8,7 @@ How it is kept
   transaction, under the organisation's lock (compute's ``COMPUTE_FOOTPRINT_HOOKS``: a launch,
   each lifecycle transition, a volume made or deleted): what was billed since ``as_of`` is
   added to ``undebited`` at the rates in force (rounded up), then the rates change;
-- each usage debit takes its amount off ``undebited`` in the debit's transaction
+- each usage debit takes its cost (rounded down) off ``undebited`` in the debit's transaction
   (``burn_debited``), so the balance less ``undebited`` does not move when usage is debited;
 - ``burn_reconcile`` recomputes it all from the records and the lifecycle (the old, full
   computation): when a figure is first needed, when a price took effect or was set since the
@@ -23,7 +23,7 @@ next check reconcile first.
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -294,8 +294,12 @@ def burn_footprint_changed(change: FootprintChange) -> None:
     )
 
 
-def burn_debited(*, organization_id: int, amount: Decimal) -> None:
-    """A usage debit of ``amount`` (positive) was posted: it is no longer undebited."""
+def burn_debited(*, organization_id: int, exact: Decimal) -> None:
+    """A usage record costing ``exact`` (full precision, positive) was debited: it is no longer
+    owed on top of the balance. What comes off is its cost rounded down (the debit itself is
+    rounded half-even, so may take up to half a unit more off the balance): the figure keeps
+    owing at least the rest."""
     BurnFigure.objects.filter(organization_id=organization_id).update(
-        undebited=F("undebited") - amount, version=F("version") + 1
+        undebited=F("undebited") - exact.quantize(RATING_UNIT, rounding=ROUND_FLOOR),
+        version=F("version") + 1,
     )

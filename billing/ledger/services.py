@@ -176,7 +176,8 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
         if currency not in raters:  # one price history load per currency and batch
             raters[currency] = Rater(currency)
         rater = raters[currency]
-        cost = at_rating_precision(rater.cost(record))
+        exact = rater.cost(record)
+        cost = at_rating_precision(exact)
         try:
             with transaction.atomic():
                 entry = None
@@ -194,7 +195,7 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
                         usage_record=record,
                     )
                     if posted:  # no longer owed on top of the balance (the burn figure)
-                        burn_debited(organization_id=record.organization_id, amount=cost)
+                        burn_debited(organization_id=record.organization_id, exact=exact)
                 UsageRating.objects.create(
                     usage_record=record, amount=cost, currency=currency, entry=entry
                 )
