@@ -12,9 +12,10 @@ How it is kept
   (``burn_debited``), so the balance less ``undebited`` does not move when usage is debited;
 - ``burn_reconcile`` recomputes it all from the records and the lifecycle (the old, full
   computation): when a figure is first needed, when a price took effect or was set since the
-  last one, when usage events arrived since, when it is older than
-  ``BILLING_BURN_RECONCILE_SECONDS``, and from the spend watch (without the lock: kept only if
-  nothing moved meanwhile). Drift (a change made around the services) lasts until then.
+  last one, when usage events arrived since, and when it is older than
+  ``BILLING_BURN_RECONCILE_SECONDS`` (a periodic task may also call it without the
+  organisation's lock: its result is kept only if nothing moved meanwhile). Drift (a change
+  made around the services, such as an edit in the database) lasts until then.
 
 It never counts less than is owed: accruals are rounded up, a change dated before ``as_of``
 is charged from its own moment, and anything it cannot follow (prices, usage events) makes the
