@@ -131,8 +131,6 @@ def _launch_throughput(
     on its lock by design: its credit and quota are checked one launch at a time), then 8
     threads racing for one host's 56 slices. Checks nothing is oversold after each."""
 
-    from tests.factories import World
-
     actors = {}  # each organisation's owner, read once (not part of what is measured)
 
     def launcher(tenant_of):
@@ -151,6 +149,18 @@ def _launch_throughput(
                 return "full"
 
         return launch
+
+    from django.conf import settings
+
+    debug, settings.DEBUG = settings.DEBUG, False  # as in production: no query log kept
+    try:
+        return _launches(world, services, launcher, args)
+    finally:
+        settings.DEBUG = debug
+
+
+def _launches(world, services, launcher, args) -> bool:
+    from tests.factories import World
 
     ok = True
     n = args.launches

@@ -8,13 +8,14 @@ How it is kept
   transaction, under the organisation's lock (compute's ``COMPUTE_FOOTPRINT_HOOKS``: a launch,
   each lifecycle transition, a volume made or deleted): what was billed since ``as_of`` is
   added to ``undebited`` at the rates in force (rounded up), then the rates change;
-- each usage debit takes its amount off ``undebited`` in the debit's transaction
+- each usage debit takes its cost (rounded down) off ``undebited`` in the debit's transaction
   (``burn_debited``), so the balance less ``undebited`` does not move when usage is debited;
 - ``burn_reconcile`` recomputes it all from the records and the lifecycle (the old, full
   computation): when a figure is first needed, when a price took effect or was set since the
-  last one, when usage events arrived since, when it is older than
-  ``BILLING_BURN_RECONCILE_SECONDS``, and from the spend watch (without the lock: kept only if
-  nothing moved meanwhile). Drift (a change made around the services) lasts until then.
+  last one, when usage events arrived since, and when it is older than
+  ``BILLING_BURN_RECONCILE_SECONDS`` (a periodic task may also call it without the
+  organisation's lock: its result is kept only if nothing moved meanwhile). Drift (a change
+  made around the services, such as an edit in the database) lasts until then.
 
 It never counts less than is owed: accruals are rounded up, a change dated before ``as_of``
 is charged from its own moment, and anything it cannot follow (prices, usage events) makes the
@@ -23,7 +24,7 @@ next check reconcile first.
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -294,8 +295,21 @@ def burn_footprint_changed(change: FootprintChange) -> None:
     )
 
 
-def burn_debited(*, organization_id: int, amount: Decimal) -> None:
-    """A usage debit of ``amount`` (positive) was posted: it is no longer undebited."""
+def burn_debited(*, organization_id: int, exact: Decimal) -> None:
+    """A usage record costing ``exact`` (full precision, positive) was debited: it is no longer
+    owed on top of the balance. What comes off is its cost rounded down (the debit itself is
+    rounded half-even, so may take up to half a unit more off the balance): the figure keeps
+    owing at least the rest."""
     BurnFigure.objects.filter(organization_id=organization_id).update(
-        undebited=F("undebited") - amount, version=F("version") + 1
+        undebited=F("undebited") - exact.quantize(RATING_UNIT, rounding=ROUND_FLOOR),
+        version=F("version") + 1,
+    )
+
+
+def burn_debited_together(*, organization_id: int, exacts: list[Decimal]) -> None:
+    """Usage records costing ``exacts`` were debited in one batch: ``burn_debited`` for each,
+    in one update (each cost rounded down, then summed)."""
+    floors = sum((e.quantize(RATING_UNIT, rounding=ROUND_FLOOR) for e in exacts), Decimal(0))
+    BurnFigure.objects.filter(organization_id=organization_id).update(
+        undebited=F("undebited") - floors, version=F("version") + 1
     )

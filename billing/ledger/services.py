@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.errors import BillingErrorCode
-from billing.ledger.burn import burn_debited
+from billing.ledger.burn import burn_debited, burn_debited_together
 from billing.models import Account, EntryKind, LedgerEntry, UsageRating
 from portal.accounts.locks import lock_organization
 from portal.accounts.models import Organization
@@ -178,15 +178,17 @@ def usage_debit_pending(*, limit: int = 5000) -> RatingReport:
         currency = record.organization.currency
         if currency not in raters:  # one price history load per currency and batch
             raters[currency] = Rater(currency)
-        cost = at_rating_precision(raters[currency].cost(record))
-        by_organization.setdefault(record.organization_id, []).append((record, cost))
+        by_organization.setdefault(record.organization_id, []).append(
+            (record, raters[currency].cost(record))
+        )
     debited, total, free = 0, Decimal(0), 0
     for priced in by_organization.values():
         try:
             done = _usage_debit_together(priced)
         except IntegrityError:  # another worker rated some of them first
             done = [pair for pair in priced if _usage_debit_one(*pair)]
-        for _record, cost in done:
+        for _record, exact in done:
+            cost = at_rating_precision(exact)
             if cost > 0:
                 debited += 1
                 total += cost
@@ -205,9 +207,11 @@ def _usage_description(record: UsageRecord) -> str:
 def _usage_debit_together(
     priced: list[tuple[UsageRecord, Decimal]],
 ) -> list[tuple[UsageRecord, Decimal]]:
-    """Rate and debit one organisation's records in one transaction, under its locks; raises
-    IntegrityError (and writes nothing) if any of them was rated or debited already."""
+    """Rate and debit one organisation's records (each with its exact cost) in one
+    transaction, under its locks; raises IntegrityError (and writes nothing) if any of them
+    was rated or debited already."""
     organization = priced[0][0].organization
+    costs = [(record, exact, at_rating_precision(exact)) for record, exact in priced]
     with transaction.atomic():
         lock_organization(organization.pk)
         account = account_for(organization, lock=True)
@@ -223,7 +227,7 @@ def _usage_debit_together(
                     actor_label="system",
                     usage_record=record,
                 )
-                for record, cost in priced
+                for record, _exact, cost in costs
                 if cost > 0
             ]
         )
@@ -236,7 +240,7 @@ def _usage_debit_together(
                     currency=organization.currency,
                     entry=entry_of.get(record.pk),
                 )
-                for record, cost in priced
+                for record, _exact, cost in costs
             ]
         )
         if entries:
@@ -244,13 +248,16 @@ def _usage_debit_together(
             account.balance += debit
             account.updated_at = timezone.now()
             account.save(update_fields=["balance", "updated_at"])
-            # no longer owed on top of the balance (the burn figure)
-            burn_debited(organization_id=organization.pk, amount=-debit)
+            burn_debited_together(  # no longer owed on top of the balance (the burn figure)
+                organization_id=organization.pk,
+                exacts=[exact for _record, exact, cost in costs if cost > 0],
+            )
     return priced
 
 
-def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
-    """Rate and debit one record; False if another worker rated it first."""
+def _usage_debit_one(record: UsageRecord, exact: Decimal) -> bool:
+    """Rate and debit one record at its exact cost; False if another worker rated it first."""
+    cost = at_rating_precision(exact)
     try:
         with transaction.atomic():
             entry = None
@@ -265,7 +272,7 @@ def _usage_debit_one(record: UsageRecord, cost: Decimal) -> bool:
                     usage_record=record,
                 )
                 if posted:  # no longer owed on top of the balance (the burn figure)
-                    burn_debited(organization_id=record.organization_id, amount=cost)
+                    burn_debited(organization_id=record.organization_id, exact=exact)
             UsageRating.objects.create(
                 usage_record=record, amount=cost, currency=record.organization.currency, entry=entry
             )

@@ -393,8 +393,9 @@ def _reserve_on_one_host(
         if chosen.host_id in mine:  # placed from a read taken under its lock
             return _claim(chosen, instance_type, holder)
         locked = list(
-            Host.objects.select_for_update(skip_locked=True)
+            Host.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk=chosen.host_id, state=HostState.ACTIVE)
+            .order_by()  # no join (the default ordering's region): only the host row is locked
             .values_list("name", "vcpus", "ram_gib")
         )
         if not locked:

@@ -178,8 +178,9 @@ def instance_launch(
 def _launch(
     *, actor: Actor, request: LaunchRequest, idempotency_key: str | None
 ) -> tuple[Instance, bool]:
-    """The queries of a launch, each for a reason (``bench/launch_check.py`` counts them; 23
-    on the usual path: a launch without volumes or an idempotency key):
+    """The queries of a launch, each for a reason (``bench/launch_check.py`` counts them: 27
+    on the usual path, a launch without volumes or an idempotency key, of which BEGIN, COMMIT
+    and a savepoint's two; the same whatever the organisation runs):
 
     - the organisation's row lock and the actor's role read again under it (``authorize``):
       launches of one organisation queue here, so the quota, the name and the credit they
@@ -191,9 +192,11 @@ def _launch(
     - billing's check (``COMPUTE_LAUNCH_CHECKS``): an overdue invoice, the billing profile,
       the burn figure with the ledger balance (one row, whatever the fleet);
     - the instance row;
-    - capacity (``allocation_reserve``): a savepoint, the region's hosts and their GPUs (two
-      reads, no lock), the chosen host locked (``SKIP LOCKED``), its GPUs read again under the
-      lock, the allocation and its slot claims, the savepoint released;
+    - capacity (``allocation_reserve``): a savepoint; the region's hosts, what their open
+      allocations use and their GPUs of the model with the slots claimed (three reads, no
+      lock); the chosen host's row locked (``SKIP LOCKED``); what is used and claimed on it
+      read again under the lock (two); the allocation and its slot claims; the savepoint
+      released;
     - the instance's allocation, host and dispatch time (one update);
     - the burn figure's committed burn (``COMPUTE_FOOTPRINT_HOOKS``, one update);
     - the ``pending`` event and the audit row;
