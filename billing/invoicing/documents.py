@@ -1,11 +1,17 @@
 """Invoice and credit note PDFs (WeasyPrint, A4), from ``billing/documents/invoice.html``.
 
-A finalized document's PDF is rendered once, when it is issued, and stored with it (frozen by
-the database like the rest of it); ``invoice_pdf`` returns those bytes. A draft is rendered live
-each time, watermarked DRAFT. Fonts: DejaVu Sans, with Noto Sans CJK SC for Chinese names and
-addresses (fonts-noto-cjk).
+An issued document's PDF is rendered once and stored with it, frozen by the database like the
+rest of it (the freeze trigger lets it be stored once, never changed); ``invoice_pdf`` returns
+those bytes. A single finalize and a credit note render it as they issue the document; the
+month close leaves it to workers after commit (``emails.issue_documents_later``), and until one
+has stored it, ``invoice_pdf`` renders it on demand and stores it (``invoice_pdf_store``). Either
+way it is rendered from the document as it was issued (``as_issued``): an invoice paid or voided
+before its PDF was rendered still reads as it did the moment it was issued. A draft is rendered
+live each time, watermarked DRAFT. Fonts: DejaVu Sans, with Noto Sans CJK SC for Chinese names
+and addresses (fonts-noto-cjk).
 """
 
+import copy
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -258,7 +264,40 @@ def render_pdf(invoice: Invoice) -> bytes:
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
-    """The document's PDF: the stored one once issued, a live DRAFT rendering before."""
-    if invoice.status != InvoiceStatus.DRAFT and invoice.pdf:
+    """The document's PDF: the stored one once issued (rendered and stored now if no worker
+    has yet), a live DRAFT rendering before."""
+    if invoice.status == InvoiceStatus.DRAFT:
+        return render_pdf(invoice)
+    if invoice.pdf:
         return bytes(invoice.pdf)
-    return render_pdf(invoice)
+    return invoice_pdf_store(invoice)
+
+
+def as_issued(invoice: Invoice) -> Invoice:
+    """A copy of an issued document as it was the moment it was issued: the status and
+    settlement issuing gave it (``services.settle_at_issue``), not a payment, void or credit
+    since. Everything else a PDF shows is frozen."""
+    from billing.invoicing.services import settle_at_issue
+
+    issued = copy.copy(invoice)
+    issued.voided_at = None
+    settle_at_issue(issued, invoice.issued_at)
+    return issued
+
+
+def invoice_pdf_store(invoice: Invoice) -> bytes:
+    """Render an issued document's PDF from the document as issued and store it, once: if
+    another worker or request stored one first, that one is kept and returned (the UPDATE
+    only writes a PDF that is not there, and waits for one being written)."""
+    if invoice.status == InvoiceStatus.DRAFT:
+        raise ValueError("a draft's PDF is rendered live, never stored")
+    pdf = render_pdf(as_issued(invoice))
+    stored = Invoice.objects.filter(pk=invoice.pk, pdf__isnull=True).exclude(
+        status=InvoiceStatus.DRAFT
+    )
+    if not stored.update(pdf=pdf):
+        kept = Invoice.objects.filter(pk=invoice.pk).values_list("pdf", flat=True).first()
+        if kept is not None:
+            pdf = bytes(kept)
+    invoice.pdf = pdf
+    return pdf

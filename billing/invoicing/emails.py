@@ -1,6 +1,14 @@
 """Invoice emails: the PDF, attached, to the organisation's billing address and to its members
 with the owner or billing role. Sent by a Celery task after commit (``send_invoice_later``), so
-a rolled-back finalize sends nothing and a slow mail server never holds a transaction."""
+a rolled-back finalize sends nothing and a slow mail server never holds a transaction.
+
+The month close issues its invoices without their PDFs: ``issue_documents_later`` hands them,
+``PDF_CHUNK`` a task, to the workers after commit (several render at once), and each task
+renders and stores every PDF (``documents.invoice_pdf_store``, once) then queues its email
+(``issued_documents_send``). A PDF that fails to render is retried by the task, and served on
+demand meanwhile; its email waits for it."""
+
+import logging
 
 from django.conf import settings
 from django.core.mail import EmailMessage, mailers
@@ -11,6 +19,9 @@ from portal.accounts.roles import Role
 from portal.background import enqueue_on_commit
 
 RECIPIENT_ROLES = (Role.OWNER, Role.BILLING)
+PDF_CHUNK = 10  # invoices per rendering task: about 2 s of work, spread over the workers
+
+logger = logging.getLogger(__name__)
 
 
 def invoice_recipients(invoice: Invoice) -> list[str]:
@@ -106,3 +117,36 @@ def send_invoice_later(invoice: Invoice) -> None:
     from billing.invoicing.tasks import send_invoice_email
 
     enqueue_on_commit(send_invoice_email, invoice.pk)
+
+
+def issue_documents_later(invoice_ids: list[int], *, notify: bool = True) -> None:
+    """After commit, have workers render the issued documents' PDFs, ``PDF_CHUNK`` per task,
+    and (``notify``) email each once its PDF is stored. If the broker is down, the documents
+    stand and the failure is logged: each PDF is rendered on demand when first asked for, and
+    finance can resend the email from admin."""
+    from billing.invoicing.tasks import render_invoice_pdfs
+
+    for first in range(0, len(invoice_ids), PDF_CHUNK):
+        enqueue_on_commit(render_invoice_pdfs, invoice_ids[first : first + PDF_CHUNK], notify)
+
+
+def issued_documents_send(invoice_ids: list[int], *, notify: bool = True) -> list[int]:
+    """Render and store each issued document's PDF unless it is stored already, then
+    (``notify``) queue its email. Returns the ids whose PDF failed to render (nothing is sent
+    for them), for the task to retry; a missing or draft document is skipped."""
+    from billing.invoicing.documents import invoice_pdf
+
+    failed = []
+    found = Invoice.objects.select_related("organization", "corrects").filter(pk__in=invoice_ids)
+    for invoice in sorted(found, key=lambda document: document.pk):
+        if not invoice.number:
+            continue
+        try:
+            invoice_pdf(invoice)
+        except Exception:
+            logger.exception("the PDF of %s could not be rendered", invoice.number)
+            failed.append(invoice.pk)
+            continue
+        if notify:
+            send_invoice_later(invoice)
+    return failed

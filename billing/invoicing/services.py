@@ -36,7 +36,14 @@ invoice nets to zero in its ledger.
 
 **Freeze**: migration ``0003_invoice_freeze`` installs database triggers that refuse changes to a
 finalized invoice's amounts, number, parties and PDF, and to its lines; finalizing therefore
-writes the number, amounts and PDF in the same UPDATE that moves it out of ``draft``.
+writes the number and amounts in the same UPDATE that moves it out of ``draft`` (a single
+finalize and a credit note the PDF too). The month close leaves the PDF to workers after
+commit: the trigger lets an issued document's PDF be stored once (``documents.invoice_pdf_store``,
+rendered from the document as issued), and refuses any change to it after.
+
+**The month close** issues a month's invoices set-based (``billing.invoicing.close``): the same
+lines, numbers, ledger entries and audit rows as finalizing each invoice, from grouped queries
+and bulk writes.
 
 Locks follow the house order: organisation, then the invoice, then the document sequence, then
 the ledger account (inside ``ledger_post``).
@@ -52,7 +59,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing.errors import BillingErrorCode
@@ -380,12 +387,34 @@ def usage_lines(organization: Organization, month: date, currency: str) -> list[
     return _usage_lines(organization, month, currency)[0]
 
 
+class _Names:
+    """The meters, instance types and regions lines are named after, loaded in bulk as they
+    are first needed (one query per kind for a draft, a few for a whole month close)."""
+
+    def __init__(self) -> None:
+        self.meters: dict[int, Meter] = {}
+        self.types: dict = {}
+        self.regions: dict = {}
+
+    def load(self, groups) -> _Names:
+        from portal.catalog.models import InstanceType, Region
+
+        for attribute, model, wanted in (
+            ("meters", Meter, {g.meter_id for g in groups}),
+            ("types", InstanceType, {g.instance_type_id for g in groups} - {None}),
+            ("regions", Region, {g.region_id for g in groups} - {None}),
+        ):
+            known = getattr(self, attribute)
+            missing = wanted - known.keys()
+            if missing:
+                known.update(model.objects.in_bulk(missing))
+        return self
+
+
 def _usage_lines(
     organization: Organization, month: date, currency: str
 ) -> tuple[list[LineDraft], int]:
     """The lines, and how many of the month's records are not rated yet."""
-    from portal.catalog.models import InstanceType, Region
-
     start, end = month_bounds(month)
     records = UsageRecord.objects.filter(
         organization=organization, hour_start__gte=start, hour_start__lt=end
@@ -395,16 +424,29 @@ def _usage_lines(
     if not groups:
         return [], unrated
     builder = _LineBuilder(currency, start, end)
-    meters = Meter.objects.in_bulk({g.meter_id for g in groups})
-    types = InstanceType.objects.in_bulk({g.instance_type_id for g in groups} - {None})
-    regions = Region.objects.in_bulk({g.region_id for g in groups} - {None})
-    lines: list[LineDraft] = []
+    names = _Names().load(groups)
+    priced = []
     for group in groups:
-        meter = meters[group.meter_id]
-        instance_type = types.get(group.instance_type_id)
-        region = regions.get(group.region_id)
+        meter = names.meters[group.meter_id]
         runs = builder.runs(meter, group)
-        pieces = builder.pieces(records, meter, group, runs)
+        priced.append((group, runs, builder.pieces(records, meter, group, runs)))
+    return assemble_lines(priced, names, start, end), unrated
+
+
+def assemble_lines(
+    priced: list[tuple[_Group, list[_Run], list[_Piece]]],
+    names: _Names,
+    start: datetime,
+    end: datetime,
+) -> list[LineDraft]:
+    """The lines of one invoice from its groups, each with its price runs and the quantity and
+    exact amount in each run, in invoice order. The one place lines are worded and ordered:
+    the running draft and the month close (``billing.invoicing.close``) both call it."""
+    lines: list[LineDraft] = []
+    for group, runs, pieces in priced:
+        meter = names.meters[group.meter_id]
+        instance_type = names.types.get(group.instance_type_id)
+        region = names.regions.get(group.region_id)
         used = [(run, piece) for run, piece in zip(runs, pieces, strict=True)]
         if len(runs) > 1:
             used = [(run, piece) for run, piece in used if piece.records]
@@ -432,7 +474,7 @@ def _usage_lines(
                 )
             )
     lines.sort(key=lambda line: line.sort_key)
-    return lines, unrated
+    return lines
 
 
 @dataclass(frozen=True)
@@ -460,7 +502,11 @@ def _tax_terms(organization: Organization) -> tuple[str, Decimal, int]:
     standard rate 0, the default terms)."""
     from billing.models import BillingProfile
 
-    profile = BillingProfile.objects.filter(organization=organization).first()
+    return tax_terms_of(BillingProfile.objects.filter(organization=organization).first())
+
+
+def tax_terms_of(profile) -> tuple[str, Decimal, int]:
+    """``_tax_terms`` from a billing profile already loaded (or None)."""
     if profile is None:
         return TaxStatus.STANDARD, Decimal(0), settings.BILLING_PAYMENT_TERMS_DAYS
     return profile.tax_status, profile.tax_rate, profile.payment_terms_days
@@ -472,23 +518,7 @@ def _rebuild(invoice: Invoice) -> int:
     organization = invoice.organization
     tax_status, tax_rate, _terms = _tax_terms(organization)
     drafts, unrated = _usage_lines(organization, invoice.period_start, invoice.currency)
-    lines = [
-        InvoiceLine(
-            invoice=invoice,
-            position=position,
-            kind=line.kind,
-            description=line.description,
-            meter_key=line.meter_key,
-            instance_type_id=line.instance_type_id,
-            region_id=line.region_id,
-            quantity=line.quantity,
-            unit=line.unit,
-            unit_price=line.unit_price,
-            exact_amount=line.exact_amount,
-            amount=money_round(line.exact_amount, invoice.currency),
-        )
-        for position, line in enumerate(drafts, start=1)
-    ]
+    lines = invoice_line_rows(invoice, drafts)
     invoice.lines.all().delete()
     InvoiceLine.objects.bulk_create(lines)
     totals = invoice_totals(
@@ -516,6 +546,27 @@ def _rebuild(invoice: Invoice) -> int:
         ]
     )
     return unrated
+
+
+def invoice_line_rows(invoice: Invoice, drafts: list[LineDraft]) -> list[InvoiceLine]:
+    """The invoice's lines from their drafts, numbered from 1, each rounded once."""
+    return [
+        InvoiceLine(
+            invoice=invoice,
+            position=position,
+            kind=line.kind,
+            description=line.description,
+            meter_key=line.meter_key,
+            instance_type_id=line.instance_type_id,
+            region_id=line.region_id,
+            quantity=line.quantity,
+            unit=line.unit,
+            unit_price=line.unit_price,
+            exact_amount=line.exact_amount,
+            amount=money_round(line.exact_amount, invoice.currency),
+        )
+        for position, line in enumerate(drafts, start=1)
+    ]
 
 
 def _settlement(invoice: Invoice) -> None:
@@ -661,11 +712,19 @@ SERIES = {InvoiceKind.INVOICE: "INV", InvoiceKind.CREDIT_NOTE: "CN"}
 def _next_number(series: str, year: int) -> str:
     """The next number of the yearly series, under the sequence's row lock: gapless, since
     the increment commits or rolls back with the document that uses it."""
+    return take_numbers(series, year, 1)[0]
+
+
+def take_numbers(series: str, year: int, count: int) -> list[str]:
+    """The next ``count`` numbers of the yearly series, consecutive, taken under the
+    sequence's row lock (held until the transaction ends, so the documents that use them
+    commit or roll back with the increment: no gap, no number twice)."""
     DocumentSequence.objects.get_or_create(series=series, year=year)
     sequence = DocumentSequence.objects.select_for_update().get(series=series, year=year)
-    sequence.last += 1
+    first = sequence.last + 1
+    sequence.last += count
     sequence.save(update_fields=["last"])
-    return f"{series}-{year}-{sequence.last:06d}"
+    return [f"{series}-{year}-{n:06d}" for n in range(first, first + count)]
 
 
 def creditor_reference(number: str) -> str:
@@ -697,51 +756,78 @@ def _require_finance(actor: Actor) -> None:
         )
 
 
-def _issue(invoice: Invoice, *, now: datetime, terms_days: int) -> None:
-    """Number, dates, references, the parties' snapshot, settlement and the PDF, written in
-    the one UPDATE that takes the document out of draft (the freeze trigger allows it)."""
-    from billing.invoicing.documents import render_pdf
-
-    organization = invoice.organization
-    invoice.number = _next_number(SERIES[invoice.kind], now.year)
-    invoice.issued_at = now
-    invoice.seller = dict(settings.BILLING_SELLER)
-    invoice.buyer = buyer_snapshot(organization)
+def settle_at_issue(invoice: Invoice, at: datetime) -> None:
+    """The status and settlement a document takes the moment it is issued: a prepaid
+    organisation's invoice is paid from its credits, an invoice of nothing is paid with nothing
+    due, any other is open for its total; a credit note is final. ``_issue`` applies it, and a
+    PDF rendered after the issue shows the document as this left it
+    (``documents.as_issued``), whatever happened to it since."""
     if invoice.kind == InvoiceKind.INVOICE:
-        invoice.due_at = now + timedelta(days=terms_days)
-        invoice.payment_reference = creditor_reference(invoice.number)
         _settlement(invoice)
         if invoice.billing_mode == BillingMode.PREPAID:
             invoice.status = InvoiceStatus.PAID
-            invoice.paid_at, invoice.paid_reference = now, "credits"
+            invoice.paid_at, invoice.paid_reference = at, "credits"
         elif invoice.total == 0:  # nothing is owed: not left open as if a transfer were awaited
             invoice.status = InvoiceStatus.PAID
-            invoice.paid_at, invoice.paid_reference = now, "nothing due"
+            invoice.paid_at, invoice.paid_reference = at, "nothing due"
         else:
             invoice.status = InvoiceStatus.FINALIZED
+            invoice.paid_at, invoice.paid_reference = None, ""
     else:
-        invoice.due_at, invoice.payment_reference = None, ""
         invoice.credits_applied, invoice.amount_due = Decimal(0), Decimal(0)
         invoice.status = InvoiceStatus.FINALIZED
+
+
+def issue_fields(
+    invoice: Invoice, *, number: str, now: datetime, terms_days: int, buyer: dict | None = None
+) -> None:
+    """Set what issuing gives a document (its number, dates, references, the parties'
+    snapshot, status and settlement), without saving it. ``ISSUE_FIELDS`` are the columns."""
+    invoice.number = number
+    invoice.issued_at = now
+    invoice.seller = dict(settings.BILLING_SELLER)
+    invoice.buyer = buyer if buyer is not None else buyer_snapshot(invoice.organization)
+    if invoice.kind == InvoiceKind.INVOICE:
+        invoice.due_at = now + timedelta(days=terms_days)
+        invoice.payment_reference = creditor_reference(number)
+    else:
+        invoice.due_at, invoice.payment_reference = None, ""
+    settle_at_issue(invoice, now)
     invoice.updated_at = now
-    invoice.pdf = render_pdf(invoice)
-    invoice.save(
-        update_fields=[
-            "status",
-            "number",
-            "issued_at",
-            "due_at",
-            "payment_reference",
-            "seller",
-            "buyer",
-            "credits_applied",
-            "amount_due",
-            "paid_at",
-            "paid_reference",
-            "pdf",
-            "updated_at",
-        ]
+
+
+ISSUE_FIELDS = [
+    "status",
+    "number",
+    "issued_at",
+    "due_at",
+    "payment_reference",
+    "seller",
+    "buyer",
+    "credits_applied",
+    "amount_due",
+    "paid_at",
+    "paid_reference",
+    "updated_at",
+]
+
+
+def _issue(invoice: Invoice, *, now: datetime, terms_days: int, render: bool = True) -> None:
+    """Number, dates, references, the parties' snapshot, settlement and (``render``) the PDF,
+    written in the one UPDATE that takes the document out of draft (the freeze trigger allows
+    it). Without ``render`` the PDF is left to be rendered after commit
+    (``emails.issue_documents_later``): the trigger lets an issued document's PDF be stored
+    once, never changed."""
+    from billing.invoicing.documents import render_pdf
+
+    issue_fields(
+        invoice, number=_next_number(SERIES[invoice.kind], now.year), now=now, terms_days=terms_days
     )
+    fields = list(ISSUE_FIELDS)
+    if render:
+        invoice.pdf = render_pdf(invoice)
+        fields.append("pdf")
+    invoice.save(update_fields=fields)
 
 
 # --- finalize ---------------------------------------------------------------------------------
@@ -786,31 +872,42 @@ def _post_finalized(invoice: Invoice, actor: Actor) -> None:
     debits equal the invoice's usage total to the cent, and the tax."""
     organization = invoice.organization
     debited = month_usage_debited(organization, invoice.period_start)
+    for entry in closing_entries(invoice, debited):
+        ledger_post(
+            organization=organization,
+            actor_label=actor.label,
+            reference=invoice.number,
+            invoice=invoice,
+            **entry,
+        )
+
+
+def closing_entries(invoice: Invoice, debited: Decimal) -> list[dict]:
+    """The ledger entries (kind, amount, idempotency key, description) an invoice just issued
+    posts, given its month's usage debits (negative): the rounding to the cent and the tax."""
+    entries = []
     rounding = -invoice.subtotal - debited
     if rounding:
-        ledger_post(
-            organization=organization,
-            kind=EntryKind.ROUNDING,
-            amount=rounding,
-            idempotency_key=f"rounding:{invoice.pk}",
-            description=(
-                f"Rounding of {invoice.period_start:%B %Y} usage to the cent ({invoice.number})"
-            ),
-            actor_label=actor.label,
-            reference=invoice.number,
-            invoice=invoice,
+        entries.append(
+            {
+                "kind": EntryKind.ROUNDING,
+                "amount": rounding,
+                "idempotency_key": f"rounding:{invoice.pk}",
+                "description": (
+                    f"Rounding of {invoice.period_start:%B %Y} usage to the cent ({invoice.number})"
+                ),
+            }
         )
     if invoice.tax:
-        ledger_post(
-            organization=organization,
-            kind=EntryKind.TAX,
-            amount=-invoice.tax,
-            idempotency_key=f"tax:{invoice.pk}",
-            description=f"Tax {invoice.tax_rate * 100:.2f} % on {invoice.number}",
-            actor_label=actor.label,
-            reference=invoice.number,
-            invoice=invoice,
+        entries.append(
+            {
+                "kind": EntryKind.TAX,
+                "amount": -invoice.tax,
+                "idempotency_key": f"tax:{invoice.pk}",
+                "description": f"Tax {invoice.tax_rate * 100:.2f} % on {invoice.number}",
+            }
         )
+    return entries
 
 
 def invoice_finalize(invoice: Invoice, *, actor: Actor, notify: bool = True) -> Invoice:
@@ -823,22 +920,26 @@ def invoice_finalize(invoice: Invoice, *, actor: Actor, notify: bool = True) -> 
     return _finalize_invoice(invoice, actor=actor, notify=notify)[0]
 
 
-def _finalize_invoice(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice, bool]:
-    """``invoice_finalize``, saying whether this call issued it (False: it already was)."""
+def _finalize_invoice(
+    invoice: Invoice, *, actor: Actor, notify: bool, pdf_later: bool = False
+) -> tuple[Invoice, bool]:
+    """``invoice_finalize``, saying whether this call issued it (False: it already was). With
+    ``pdf_later`` (the month close) the PDF is rendered after commit by a task, which then
+    sends the email."""
     _require_finance(actor)
     if invoice.kind != InvoiceKind.INVOICE:
         raise Conflict(
             "Credit notes are issued when created.", code=BillingErrorCode.NOT_AN_INVOICE
         )
     try:
-        return _finalize(invoice, actor=actor, notify=notify)
+        return _finalize(invoice, actor=actor, notify=notify, pdf_later=pdf_later)
     except _UsagePending:
         pass
     # Some of the month's usage is not rated yet: rate and debit it outside the transaction
     # (so no other organisation's locks are taken under this one's), then try once more.
     _debit_month(invoice.organization, invoice.period_start)
     try:
-        return _finalize(invoice, actor=actor, notify=notify)
+        return _finalize(invoice, actor=actor, notify=notify, pdf_later=pdf_later)
     except _UsagePending:
         raise Conflict(
             "Some usage of the month is not debited yet; try again in a moment.",
@@ -851,7 +952,9 @@ class _UsagePending(Exception):
 
 
 @transaction.atomic
-def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice, bool]:
+def _finalize(
+    invoice: Invoice, *, actor: Actor, notify: bool, pdf_later: bool
+) -> tuple[Invoice, bool]:
     lock_organization(invoice.organization_id)
     invoice = (
         Invoice.objects.select_for_update(of=("self",))
@@ -865,37 +968,52 @@ def _finalize(invoice: Invoice, *, actor: Actor, notify: bool) -> tuple[Invoice,
     if _rebuild(invoice):
         raise _UsagePending
     _tax_status, _rate, terms = _tax_terms(invoice.organization)
-    _issue(invoice, now=now, terms_days=terms)
+    _issue(invoice, now=now, terms_days=terms, render=not pdf_later)
     _post_finalized(invoice, actor)
-    audit_record(
-        actor=actor,
-        action="invoice.finalize",
-        target=invoice,
-        organization=invoice.organization,
-        details={
-            "number": invoice.number,
-            "total": str(invoice.total),
-            "currency": invoice.currency,
-        },
-    )
-    if invoice.status == InvoiceStatus.PAID:
+    for action, details in finalize_audits(invoice):
         audit_record(
             actor=actor,
-            action="invoice.paid",
+            action=action,
             target=invoice,
             organization=invoice.organization,
-            details={"reference": invoice.paid_reference, "amount": str(invoice.total)},
+            details=details,
         )
-    if notify:
-        from billing.invoicing.emails import send_invoice_later
+    from billing.invoicing.emails import issue_documents_later, send_invoice_later
 
+    if pdf_later:
+        issue_documents_later([invoice.pk], notify=notify)
+    elif notify:
         send_invoice_later(invoice)
-    if invoice.status == InvoiceStatus.FINALIZED and invoice.billing_mode == "invoiced":
+    if charges_card(invoice):
         # invoiced organisations with a saved card pay it off-session (billing.payments)
         from billing.payments.tasks import invoice_charge
 
         enqueue_on_commit(invoice_charge, invoice.pk)
     return invoice, True
+
+
+def finalize_audits(invoice: Invoice) -> list[tuple[str, dict]]:
+    """The audit rows (action, details) of an invoice just issued."""
+    rows = [
+        (
+            "invoice.finalize",
+            {"number": invoice.number, "total": str(invoice.total), "currency": invoice.currency},
+        )
+    ]
+    if invoice.status == InvoiceStatus.PAID:
+        rows.append(
+            (
+                "invoice.paid",
+                {"reference": invoice.paid_reference, "amount": str(invoice.total)},
+            )
+        )
+    return rows
+
+
+def charges_card(invoice: Invoice) -> bool:
+    """Is an invoice just issued charged to the saved card after commit (an open invoice of
+    an invoiced organisation)?"""
+    return invoice.status == InvoiceStatus.FINALIZED and invoice.billing_mode == "invoiced"
 
 
 # --- payment, void, resend -------------------------------------------------------------------
@@ -1247,18 +1365,28 @@ def month_close(
     """Close a month (default: the previous one) and issue its invoices. Safe to run again.
 
     1. closes the metering hours up to the month's end (``usage_close_hour``);
-    2. rates and debits all the month's usage (``usage_debit_pending``);
-    3. for every organisation with usage or a draft in the month, gets or creates its one
-       invoice and finalizes it, each in its own transaction (one failure does not stop the
-       others; a re-run finalizes what is left). Drafts of months without usage are removed.
+    2. issues every organisation's one invoice of the month, set-based
+       (``billing.invoicing.close``): the lines of all organisations from one grouped query
+       over the month's records and their ratings (price periods included), then, a batch of
+       organisations per transaction, invoices and lines written in bulk, numbers assigned in
+       one statement under the sequence lock, the ledger's rounding and tax entries and the
+       audit rows in bulk. Usage the query finds not rated yet is rated and debited first
+       (``usage_debit_pending``) and grouped again. An organisation a batch cannot take is
+       finalized on its own (``invoice_finalize``'s path), so one failure does not stop the
+       others and a re-run finalizes what is left. Drafts of months without usage are
+       removed.
+    3. PDFs are rendered after commit, by workers, each invoice's once from the finalized
+       invoice, then emailed (``emails.issue_documents_later``); until then the PDF is
+       rendered on demand (``documents.invoice_pdf``).
 
     Refused (``month_not_closable``, with ``details['retry_at']``) until the month's last hour
     may be closed: ``CLOSE_GRACE`` after the month ends, so late events still count."""
+    from billing.invoicing.close import issue_month
     from portal.metering.services import CLOSE_GRACE
 
     now = now or timezone.now()
     month = month_start(month) if month is not None else previous_month(now)
-    start, end = month_bounds(month)
+    _start, end = month_bounds(month)
     report = MonthCloseReport(month=month)
     if end + CLOSE_GRACE > now:
         retry_at = end + CLOSE_GRACE
@@ -1268,24 +1396,20 @@ def month_close(
             details={"retry_at": retry_at.isoformat()},
         )
     report.hours_closed = usage_close_until(end, now=now)
-    month_records = UsageRecord.objects.filter(hour_start__gte=start, hour_start__lt=end)
-    report.records_debited = usage_debit_all(month_records)
-    organizations = Organization.objects.filter(
-        Exists(month_records.filter(organization=OuterRef("pk")))
-        | Exists(
-            Invoice.objects.filter(
-                organization=OuterRef("pk"), kind=InvoiceKind.INVOICE, period_start=month
-            )
-        )
-    ).order_by("pk")
-    system = Actor.system()
-    for organization in organizations.iterator():
-        try:
-            _close_one(organization, month, month_records, system, report)
-        except Exception as exc:
-            logger.exception("month close of %s for %s failed", month, organization)
-            report.failed.append((organization.slug, getattr(exc, "message", str(exc))))
+    issue_month(month, report, actor=Actor.system())
     return report
+
+
+def close_one(organization: Organization, month: date, report: MonthCloseReport) -> None:
+    """Finalize one organisation's invoice of the month on its own (the month close's path for
+    what its batches cannot take), recording the outcome, a failure included, in ``report``."""
+    start, end = month_bounds(month)
+    month_records = UsageRecord.objects.filter(hour_start__gte=start, hour_start__lt=end)
+    try:
+        _close_one(organization, month, month_records, Actor.system(), report)
+    except Exception as exc:
+        logger.exception("month close of %s for %s failed", month, organization)
+        report.failed.append((organization.slug, getattr(exc, "message", str(exc))))
 
 
 def _close_one(
@@ -1306,7 +1430,7 @@ def _close_one(
             report.empty_drafts_removed += 1
             return
     invoice.organization = organization
-    invoice, issued = _finalize_invoice(invoice, actor=actor, notify=True)
+    invoice, issued = _finalize_invoice(invoice, actor=actor, notify=True, pdf_later=True)
     if issued:
         report.finalized.append(invoice.number)
     else:  # another month close got there first

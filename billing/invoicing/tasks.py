@@ -19,6 +19,27 @@ def send_invoice_email(invoice_id: int) -> int:
 
 
 @shared_task(
+    name="billing.render_invoice_pdfs",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=6,
+    soft_time_limit=600,
+    time_limit=660,
+)
+def render_invoice_pdfs(self, invoice_ids: list[int], notify: bool = True) -> int:
+    """Render and store the PDFs of issued invoices (the month close's, after commit), each
+    once from the finalized invoice, then queue their emails. Those that fail to render are
+    retried, alone, with a growing delay. Returns how many were handled."""
+    from billing.invoicing import emails
+
+    failed = emails.issued_documents_send(invoice_ids, notify=notify)
+    if failed:
+        raise self.retry(args=[failed, notify], countdown=60 * 2**self.request.retries)
+    return len(invoice_ids)
+
+
+@shared_task(
     name="billing.month_close",
     bind=True,
     acks_late=True,
