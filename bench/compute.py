@@ -48,21 +48,6 @@ TARGET_SEQUENTIAL = 100  # launches/s, the speed issue's target (16/s before it)
 TARGET_THREADS = 150  # launches/s with 4 threads (18-23/s with 8 threads before it)
 
 
-def _tenant(world, name: str):
-    """Another organisation (credit, an owner, an SSH key) launching into ``world``'s region."""
-    from portal.accounts import services as account_services
-    from portal.accounts.types import Actor
-    from tests import factories
-
-    other = copy.copy(world)
-    other.org = factories.organization(name=name, currency="USD")
-    other.owner = factories.member(other.org, "owner")
-    other.ssh_key = account_services.ssh_key_create(
-        actor=Actor.system(other.org), public_key=factories.ed25519_public_key()
-    )
-    return other
-
-
 def _oversold() -> list[str]:
     """What would be oversold: a (GPU, slot) claimed twice, a host's vCPUs or RAM beyond what it
     has, a live instance without exactly one open allocation of its own."""
@@ -182,7 +167,7 @@ def _launches(world, services, launcher, args) -> bool:
         f"  target >= {TARGET_SEQUENTIAL}/s: {'met' if rate >= TARGET_SEQUENTIAL else 'NOT met'}"
     )
 
-    tenants = [_tenant(world, f"tenant-{t}") for t in range(4)]
+    tenants = [world.tenant(f"tenant-{t}") for t in range(4)]
     for t, tenant in enumerate(tenants):  # each tenant's first launch makes its burn figure
         services.instance_launch(
             actor=tenant.actor(),
@@ -205,7 +190,7 @@ def _launches(world, services, launcher, args) -> bool:
     contended.org, contended.owner, contended.ssh_key = world.org, world.owner, world.ssh_key
     crowd = [copy.copy(contended) for _ in range(8)]
     for t, tenant in enumerate(crowd):
-        other = _tenant(world, f"crowd-{t}")
+        other = world.tenant(f"crowd-{t}")
         tenant.org, tenant.owner, tenant.ssh_key = other.org, other.owner, other.ssh_key
     results, elapsed = _race(8, 10, launcher(lambda t: crowd[t]))
     placed = results.count("ok")

@@ -636,27 +636,7 @@ FROM unnest(
         paid_at, paid_reference, updated_at)
 WHERE i.id = v.id AND i.status = 'draft'
 """
-ISSUE_COLUMNS = [  # in the order of ISSUE_SQL's arrays
-    "pk",
-    "billing_mode",
-    "tax_status",
-    "tax_rate",
-    "subtotal",
-    "tax",
-    "total",
-    "status",
-    "number",
-    "issued_at",
-    "due_at",
-    "payment_reference",
-    "seller",
-    "buyer",
-    "credits_applied",
-    "amount_due",
-    "paid_at",
-    "paid_reference",
-    "updated_at",
-]
+ISSUE_COLUMNS = ["pk", *AMOUNT_FIELDS, *ISSUE_FIELDS]  # in the order of ISSUE_SQL's arrays
 
 
 def _issue_all(invoices: list[Invoice]) -> None:

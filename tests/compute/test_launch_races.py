@@ -1,40 +1,25 @@
 """Launches of different organisations at once, on PostgreSQL with real threads: they lock only
 the host they place on, so they run side by side, and still never oversell a GPU."""
 
-import copy
 import threading
 import time
 
 import pytest
 from django.db import close_old_connections, connection, transaction
 
-from portal.accounts import services as account_services
-from portal.accounts.types import Actor
 from portal.catalog import capacity
 from portal.catalog.models import Allocation, GpuSlotClaim, Host
 from portal.compute import services
-from tests import factories
 from tests.concurrency import at_once
 from tests.factories import World
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _tenant(world: World, name: str) -> World:
-    """Another organisation launching into ``world``'s region and hosts."""
-    other = copy.copy(world)
-    other.org = factories.organization(name=name, currency="USD")
-    other.owner = factories.member(other.org, "owner")
-    other.ssh_key = account_services.ssh_key_create(
-        actor=Actor.system(other.org), public_key=factories.ed25519_public_key()
-    )
-    return other
-
-
 def test_40_launches_of_4_organisations_at_once_for_10_gpus_give_10(require_postgres, settings):
     settings.DEFAULT_GPU_QUOTA = 100
     world = World(hosts=2, gpus_per_host=5)
-    tenants = [_tenant(world, f"tenant-{t}") for t in range(4)]
+    tenants = [world.tenant(f"tenant-{t}") for t in range(4)]
     actors = [tenant.actor() for tenant in tenants]
     outcomes = at_once(
         40,
@@ -52,7 +37,7 @@ def test_40_launches_of_4_organisations_at_once_for_10_gpus_give_10(require_post
 def test_mig_slices_of_8_organisations_at_once_fill_one_host_exactly(require_postgres, settings):
     settings.DEFAULT_GPU_QUOTA = 100
     world = World(hosts=1, gpus_per_host=2)  # 14 slices of 1g.18gb
-    tenants = [_tenant(world, f"crowd-{t}") for t in range(8)]
+    tenants = [world.tenant(f"crowd-{t}") for t in range(8)]
     actors = [tenant.actor() for tenant in tenants]
     outcomes = at_once(
         24,

@@ -1,5 +1,6 @@
 """A compute world (catalog, organisation, owner, SSH key) and helpers for instances."""
 
+import copy
 from decimal import Decimal
 
 from portal.accounts import services as account_services
@@ -72,6 +73,17 @@ class World:
         self.ssh_key = account_services.ssh_key_create(
             actor=Actor.system(self.org), public_key=factories.ed25519_public_key()
         )
+
+    def tenant(self, name: str) -> "World":
+        """Another organisation (its own credit, owner and SSH key) launching into this world's
+        region and hosts."""
+        other = copy.copy(self)
+        other.org = factories.organization(name=name, currency="USD")
+        other.owner = factories.member(other.org, "owner")
+        other.ssh_key = account_services.ssh_key_create(
+            actor=Actor.system(other.org), public_key=factories.ed25519_public_key()
+        )
+        return other
 
     def actor(self, role: str = "owner") -> Actor:
         user = self.owner if role == "owner" else factories.member(self.org, role)
