@@ -28,19 +28,20 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, Max, Min, OuterRef
+from django.db.models import F, Max, Min
 from django.utils import timezone
 
-from billing.models import BillingProfile, BurnFigure
+from billing.models import Account, BillingProfile, BurnFigure
 from portal.accounts.models import Organization
 from portal.catalog.models import Price
 from portal.catalog.selectors import hourly_price
 from portal.compute.selectors import organization_billed_now
 from portal.compute.types import FootprintChange
 from portal.metering.lifecycle_usage import seconds
-from portal.metering.models import MeterPrice, UsageEvent
+from portal.metering.models import MeterPrice
 from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
 from portal.money import RATING_PLACES
+from portal.sql import Columns, execute, rows
 
 RATING_UNIT = Decimal(1).scaleb(-RATING_PLACES)
 # Usage events being written when a reconciliation reads them may commit a moment later with
@@ -92,37 +93,51 @@ class BurnNow:
 
 
 PROFILE_FIELDS = ("monthly_spend_limit", "spend_limit_mode", "credit_limit")
+_FIGURE = Columns(BurnFigure, "f")
+_READ_FIELDS = [
+    *_FIGURE.fields,
+    Account._meta.get_field("balance"),
+    None,
+    *(BillingProfile._meta.get_field(name) for name in PROFILE_FIELDS),
+]
+_READ_SQL = f"""
+SELECT {_FIGURE.sql}, a.balance, p.id, {", ".join(f"p.{name}" for name in PROFILE_FIELDS)},
+    EXISTS (SELECT 1 FROM catalog_price x WHERE x.id > f.prices_seen_id AND x.currency = f.currency),
+    EXISTS (SELECT 1 FROM metering_meterprice x
+            WHERE x.id > f.meter_prices_seen_id AND x.currency = f.currency),
+    EXISTS (SELECT 1 FROM metering_usageevent e
+            WHERE e.organization_id = f.organization_id AND e.received_at >= f.events_from)
+FROM billing_burnfigure f
+LEFT JOIN billing_account a ON a.organization_id = f.organization_id
+LEFT JOIN billing_billingprofile p ON p.organization_id = f.organization_id
+WHERE f.organization_id = %s
+"""  # noqa: S608  # nosec B608: the column lists come from the models, values are parameters
 
 
 def _read(organization: Organization) -> BurnFigure | None:
     """The figure with, in the same query, its account's balance, the billing profile's limits,
     and whether anything it cannot follow happened since its last reconciliation: a price row
-    of the currency written (compute or meter), usage events received."""
-    profile = "organization__billing_profile__"
-    return (
-        BurnFigure.objects.filter(organization=organization)
-        .annotate(
-            balance=F("organization__ledger_account__balance"),
-            profile_id=F(f"{profile}id"),
-            **{f"profile_{name}": F(profile + name) for name in PROFILE_FIELDS},
-            prices_written=Exists(
-                Price.objects.filter(
-                    pk__gt=OuterRef("prices_seen_id"), currency=OuterRef("currency")
-                )
-            ),
-            meter_prices_written=Exists(
-                MeterPrice.objects.filter(
-                    pk__gt=OuterRef("meter_prices_seen_id"), currency=OuterRef("currency")
-                )
-            ),
-            events_arrived=Exists(
-                UsageEvent.objects.filter(
-                    organization=OuterRef("organization"), received_at__gte=OuterRef("events_from")
-                )
-            ),
-        )
-        .first()
+    of the currency written (compute or meter), usage events received. Plain SQL: every
+    launch, start and volume reads it."""
+    found = rows(_READ_SQL, [organization.pk], _READ_FIELDS)
+    if not found:
+        return None
+    row = found[0]
+    figure = _FIGURE.instance(row, 0)
+    rest = iter(row[len(_FIGURE) :])
+    figure.balance, figure.profile_id = next(rest), next(rest)
+    for name in PROFILE_FIELDS:
+        setattr(figure, f"profile_{name}", next(rest))
+    figure.prices_written, figure.meter_prices_written, figure.events_arrived = (
+        bool(v) for v in rest
     )
+    return figure
+
+
+_COMMIT_SQL = (
+    "UPDATE billing_burnfigure SET committed_per_hour = committed_per_hour + %s,"
+    " committed_gb = committed_gb + %s, version = version + 1 WHERE organization_id = %s"
+)
 
 
 def _stale(figure: BurnFigure | None, now: datetime) -> bool:
@@ -244,15 +259,14 @@ def burn_footprint_changed(change: FootprintChange) -> None:
     """Compute's footprint hook: fold what was billed up to the change into ``undebited``, then
     move the rates. Nothing to do for an organisation without a figure (its first check makes
     one). Runs in the change's transaction, under the organisation's lock."""
-    figures = BurnFigure.objects.filter(organization_id=change.organization_id)
     if not change.billed_changed and change.hourly_price is not None:
         # only the committed burn moves (a launch): one update, nothing accrues differently
-        figures.update(
-            committed_per_hour=F("committed_per_hour") + change.committed * change.hourly_price,
-            committed_gb=F("committed_gb") + change.committed_gb,
-            version=F("version") + 1,
+        execute(
+            _COMMIT_SQL,
+            [change.committed * change.hourly_price, change.committed_gb, change.organization_id],
         )
         return
+    figures = BurnFigure.objects.filter(organization_id=change.organization_id)
     figure = figures.select_for_update().first()
     if figure is None:
         return

@@ -44,12 +44,16 @@ from portal.accounts.roles import Action, Role, role_can_grant
 from portal.accounts.ssh import parse_public_key
 from portal.accounts.types import Actor, OrganizationDeleteCheck
 from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, PermissionDenied, Throttled
+from portal.sql import rows
 
 API_KEY_PREFIX = "gpc"
 EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+_ROLE_SQL = "SELECT role FROM accounts_membership WHERE organization_id = %s AND user_id = %s"
 
 
 def authorize(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
@@ -68,11 +72,8 @@ def authorize(actor: Actor, action: Action, *, lock: bool = False) -> Actor:
         key = ApiKey.objects.filter(pk=actor.api_key.pk).first()
         role = key.role if key is not None and key.status == "active" else None
     elif actor.user is not None and not actor.operator:
-        role = (
-            Membership.objects.filter(user=actor.user, organization=actor.organization)
-            .values_list("role", flat=True)
-            .first()
-        )
+        found = rows(_ROLE_SQL, [actor.organization.pk, actor.user.pk])
+        role = found[0][0] if found else None
     fresh = replace(actor, role=role)
     if not fresh.can(action):
         raise PermissionDenied()

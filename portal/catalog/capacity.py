@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Sum, Value
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from portal.catalog.errors import CatalogErrorCode
@@ -51,6 +51,7 @@ from portal.catalog.models import (
 )
 from portal.catalog.types import GpuSlot, Placement
 from portal.errors import Conflict
+from portal.sql import placeholders, rows
 
 FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
 
@@ -301,53 +302,62 @@ def capacity_unavailable(instance_type: InstanceType, region: Region) -> Capacit
     )
 
 
-def _region_hosts(region_id: int) -> dict[int, tuple[str, int, int]]:
-    """The region's active hosts: id -> (name, vCPUs, RAM GiB). One query."""
-    hosts = Host.objects.filter(state=HostState.ACTIVE, region_id=region_id, region__is_active=True)
-    return {
-        pk: (name, vcpus, ram)
-        for pk, name, vcpus, ram in hosts.values_list("id", "name", "vcpus", "ram_gib").order_by()
-    }
+# The reservation's reads are plain SQL: they run on every launch, and building them through the
+# ORM cost more than running them. Integers, names and flags only. Each is a simple indexed
+# read (by region, by host id, by GPU model and host id), so its plan does not depend on
+# statistics that a freshly loaded fleet may not have yet.
+_REGION_HOSTS_SQL = (
+    "SELECT h.id, h.name, h.vcpus, h.ram_gib FROM catalog_host h"
+    " JOIN catalog_region r ON r.id = h.region_id"
+    " WHERE h.region_id = %s AND h.state = %s AND r.is_active"
+)
+_HOST_SQL = "SELECT h.id, h.name, h.vcpus, h.ram_gib FROM catalog_host h WHERE h.id = %s"
+_USED_SQL = (
+    "SELECT host_id, SUM(vcpus), SUM(ram_gib) FROM catalog_allocation"
+    " WHERE released_at IS NULL AND host_id IN ({hosts}) GROUP BY host_id"
+)
+_GPUS_SQL = (
+    'SELECT g.id, g.host_id, g.uuid, g."index", g.mig_enabled, SUM(1 << k.slot)'
+    " FROM catalog_gpu g LEFT JOIN catalog_gpuslotclaim k ON k.gpu_id = g.id"
+    " WHERE g.gpu_model_id = %s AND g.host_id IN ({hosts})"
+    ' GROUP BY g.id, g.host_id, g.uuid, g."index", g.mig_enabled ORDER BY g.host_id, g."index"'
+)
+_LOCK_HOST_SQL = "SELECT id FROM catalog_host WHERE id = %s AND state = %s"
 
 
-def _free_on(
-    hosts: dict[int, tuple[str, int, int]], *, region_id: int, model_id: int
-) -> dict[int, _HostState]:
-    """Free capacity of these hosts for one GPU model, in two queries: what their open
-    allocations use, and their GPUs of the model with the slots claimed on each as a bit mask."""
+def _free_on(*, model_id: int, region_id: int, host_id: int | None = None) -> dict[int, _HostState]:
+    """Free capacity for one GPU model of the region's active hosts (or of one host, locked by
+    the caller), in three queries: the hosts, what their open allocations use, and their GPUs of
+    the model with the slots claimed on each as a bit mask."""
+    if host_id is None:
+        found = rows(_REGION_HOSTS_SQL, [region_id, HostState.ACTIVE])
+    else:
+        found = rows(_HOST_SQL, [host_id])
     states = {
         pk: _HostState(id=pk, name=name, region_id=region_id, free_vcpus=vcpus, free_ram_gib=ram)
-        for pk, (name, vcpus, ram) in hosts.items()
+        for pk, name, vcpus, ram in found
     }
     if not states:
         return states
-    used = (
-        Allocation.objects.filter(host_id__in=list(states), released_at__isnull=True)
-        .values("host_id")
-        .annotate(vcpus=Sum("vcpus"), ram=Sum("ram_gib"))
-        .order_by()
-    )
-    for host_id, vcpus, ram in used.values_list("host_id", "vcpus", "ram"):
-        states[host_id].free_vcpus -= vcpus or 0
-        states[host_id].free_ram_gib -= ram or 0
-    gpus = (
-        Gpu.objects.filter(host_id__in=list(states), gpu_model_id=model_id)
-        .values("id", "host_id", "uuid", "index", "mig_enabled")
-        .annotate(mask=Sum(Value(1).bitleftshift(F("claims__slot"))))
-        .order_by("host_id", "index")
-    )
-    for row in gpus:
-        states[row["host_id"]].gpus.append(
-            _GpuState(
-                id=row["id"],
-                uuid=row["uuid"],
-                index=row["index"],
-                model_id=model_id,
-                mig_enabled=row["mig_enabled"],
-                mask=row["mask"] or 0,
-            )
-        )
+    ids = list(states)
+    marks = placeholders(ids)
+    for host, vcpus, ram in rows(_USED_SQL.format(hosts=marks), ids):  # nosec B608: marks only
+        states[host].free_vcpus -= vcpus or 0
+        states[host].free_ram_gib -= ram or 0
+    for gpu, host, uuid, index, mig, mask in rows(_GPUS_SQL.format(hosts=marks), [model_id, *ids]):  # nosec B608: marks only
+        states[host].gpus.append(_GpuState(gpu, uuid, index, model_id, bool(mig), mask or 0))
     return states
+
+
+def _lock_host(host_id: int) -> bool:
+    """Lock one active host's row, unless another reservation holds it (``SKIP LOCKED``): True
+    when this one has it. (SQLite has no row locks: its writers run one at a time.)"""
+    sql = _LOCK_HOST_SQL
+    if connection.features.has_select_for_update_skip_locked:
+        sql += " FOR UPDATE SKIP LOCKED"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [host_id, HostState.ACTIVE])
+        return cursor.fetchone() is not None
 
 
 def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
@@ -380,8 +390,7 @@ def _reserve_on_one_host(
     on it from a fresh read taken after the lock. None when nothing fits; ``_Contended`` when
     every host that fits is locked by others."""
     shape = _Shape.of(instance_type)
-    region_hosts = _region_hosts(region.pk)
-    hosts = _free_on(region_hosts, region_id=region.pk, model_id=shape.model_id)
+    hosts = _free_on(model_id=shape.model_id, region_id=region.pk)
     passed: set[int] = set()  # locked by another reservation
     mine: set[int] = set()  # locked by this one and read again after the lock
     while True:
@@ -392,19 +401,12 @@ def _reserve_on_one_host(
             return None
         if chosen.host_id in mine:  # placed from a read taken under its lock
             return _claim(chosen, instance_type, holder)
-        locked = list(
-            Host.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(pk=chosen.host_id, state=HostState.ACTIVE)
-            .order_by()  # no join (the default ordering's region): only the host row is locked
-            .values_list("name", "vcpus", "ram_gib")
-        )
-        if not locked:
+        if not _lock_host(chosen.host_id):
             passed.add(chosen.host_id)
             continue
         mine.add(chosen.host_id)  # locked while active: read what is free on it again
-        hosts.update(
-            _free_on({chosen.host_id: locked[0]}, region_id=region.pk, model_id=shape.model_id)
-        )
+        hosts.pop(chosen.host_id)
+        hosts.update(_free_on(model_id=shape.model_id, region_id=region.pk, host_id=chosen.host_id))
 
 
 def _reserve_locking_the_region(
@@ -438,8 +440,9 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
     rolled back (its host locks with it) and the reservation waits for the region's hosts,
     locked in id order as one queue. The (GPU, slot) unique constraint is the last guard.
 
-    Queries: three to read the region, one to lock the host, two to read it again, two to write
-    the allocation and its slot claims (and a savepoint around them).
+    Queries (plain SQL for the reads, see ``_free_on``): three to read the region, one to lock
+    the host, three to read it again, two to write the allocation and its slot claims (and a
+    savepoint around them).
     """
     try:
         with transaction.atomic():  # a savepoint: rolling back to it gives its host locks back

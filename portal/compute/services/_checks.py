@@ -4,13 +4,13 @@ hooks other apps fill in (``COMPUTE_LAUNCH_CHECKS``, ``COMPUTE_START_CHECKS``)."
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Case, F, IntegerField, Sum, When
 from django.utils.module_loading import import_string
 
 from portal.catalog.models import InstanceType
 from portal.compute.errors import QuotaExceeded
 from portal.compute.lifecycle import HOLDS_CAPACITY
-from portal.compute.models import Instance, Quota
+from portal.compute.models import Instance
+from portal.sql import placeholders, rows
 
 MIG_COMPUTE_SLICES = Decimal(7)
 
@@ -22,32 +22,32 @@ def gpu_units(instance_type: InstanceType) -> Decimal:
     return Decimal(instance_type.gpu_count)
 
 
+HOLDING_STATES = sorted(s.value for s in HOLDS_CAPACITY)
+_HOLDING_SQL = f"""
+SELECT t.gpu_model_id,
+    SUM(CASE WHEN t.mig_profile_id IS NULL THEN t.gpu_count * 7 ELSE mp.compute_slices END)
+FROM compute_instance i
+JOIN catalog_instancetype t ON t.id = i.instance_type_id
+LEFT JOIN catalog_migprofile mp ON mp.id = t.mig_profile_id
+WHERE i.organization_id = %s AND i.id <> %s AND i.state IN ({placeholders(HOLDING_STATES)})
+GROUP BY t.gpu_model_id
+"""  # noqa: S608  # nosec B608: placeholders only
+_QUOTAS_SQL = "SELECT gpu_model_id, max_gpus FROM compute_quota WHERE organization_id = %s"
+
+
 def check_quota(
     organization, instance_type: InstanceType, *, exclude: Instance | None = None
 ) -> None:
     """Refuse with ``quota_exceeded`` if this type would take the organisation over its GPU
-    quota, in total or for the type's GPU model. One aggregate query, whatever the fleet size."""
-    sevenths = Case(
-        When(instance_type__mig_profile__isnull=True, then=F("instance_type__gpu_count") * 7),
-        default=F("instance_type__mig_profile__compute_slices"),
-        output_field=IntegerField(),
-    )
-    holding = (
-        Instance.objects.filter(
-            organization=organization, state__in=[s.value for s in HOLDS_CAPACITY]
-        )
-        .exclude(pk=exclude.pk if exclude else None)
-        .values("instance_type__gpu_model_id")
-        .annotate(sevenths=Sum(sevenths))
-    )
-    per_model = {
-        row["instance_type__gpu_model_id"]: Decimal(row["sevenths"]) / MIG_COMPUTE_SLICES
-        for row in holding
-    }
+    quota, in total or for the type's GPU model. Two queries (what its instances hold per GPU
+    model, in sevenths of a GPU, and its quotas), whatever the fleet size; plain SQL, as they
+    run on every launch and start."""
+    holding = rows(_HOLDING_SQL, [organization.pk, exclude.pk if exclude else 0, *HOLDING_STATES])
+    per_model = {model_id: Decimal(sevenths) / MIG_COMPUTE_SLICES for model_id, sevenths in holding}
     total = sum(per_model.values(), Decimal(0))
     same_model = per_model.get(instance_type.gpu_model_id, Decimal(0))
     needed = gpu_units(instance_type)
-    quotas = {q.gpu_model_id: q.max_gpus for q in Quota.objects.filter(organization=organization)}
+    quotas = dict(rows(_QUOTAS_SQL, [organization.pk]))
     limits = [(None, quotas.get(None, settings.DEFAULT_GPU_QUOTA), total)]
     if instance_type.gpu_model_id in quotas:
         limits.append((instance_type.gpu_model, quotas[instance_type.gpu_model_id], same_model))

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from portal.accounts.models import SshKey
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.catalog import capacity
-from portal.catalog.models import Image, InstanceType, Price, Region
+from portal.catalog.models import GpuModel, Image, InstanceType, MigProfile, Price, Region
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import LIVE, State
 from portal.compute.models import IdempotencyRecord, Instance, Volume, VolumeState
@@ -28,6 +26,7 @@ from portal.compute.services._common import (
     record_event,
 )
 from portal.errors import Conflict, InvalidInput
+from portal.sql import Columns, placeholders, rows
 
 
 @dataclass(frozen=True)
@@ -53,36 +52,87 @@ class LaunchRequest:
         return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _offer(organization, request: LaunchRequest, now):
+_PRICE, _TYPE, _MODEL, _PROFILE, _REGION = (
+    Columns(Price, "p"),
+    Columns(InstanceType, "t"),
+    Columns(GpuModel, "m"),
+    Columns(MigProfile, "mp"),
+    Columns(Region, "r"),
+)
+_OFFER_SQL = f"""
+SELECT {_PRICE.sql}, {_TYPE.sql}, {_MODEL.sql}, {_PROFILE.sql}, {_REGION.sql}
+FROM catalog_price p
+JOIN catalog_instancetype t ON t.id = p.instance_type_id
+JOIN catalog_gpumodel m ON m.id = t.gpu_model_id
+LEFT JOIN catalog_migprofile mp ON mp.id = t.mig_profile_id
+JOIN catalog_region r ON r.id = p.region_id
+WHERE t.name = %s AND t.is_active AND r.code = %s AND r.is_active
+  AND p.currency = %s AND p.effective_from <= %s
+ORDER BY p.effective_from DESC, p.id DESC
+LIMIT 1
+"""  # noqa: S608  # nosec B608: the column lists come from the models, values are parameters
+
+
+def _offer(organization, request: LaunchRequest, now) -> Price | None:
     """The price in force now of the type in the region and the organisation's currency, with
-    its (active) type and region: one query. None when any of them is missing."""
-    return (
-        Price.objects.filter(
-            instance_type__name=request.instance_type,
-            instance_type__is_active=True,
-            region__code=request.region,
-            region__is_active=True,
-            currency=organization.currency,
-            effective_from__lte=now,
-        )
-        .select_related("instance_type__gpu_model", "instance_type__mig_profile", "region")
-        .order_by("-effective_from", "-id")
-        .first()
+    its (active) type, the type's GPU model and MIG profile, and its (active) region: one
+    query. None when any of them is missing."""
+    found = rows(
+        _OFFER_SQL,
+        [request.instance_type, request.region, organization.currency, now],
+        [*_PRICE.fields, *_TYPE.fields, *_MODEL.fields, *_PROFILE.fields, *_REGION.fields],
     )
+    if not found:
+        return None
+    row, at = found[0], 0
+    price, at = _PRICE.instance(row, at), at + len(_PRICE)
+    instance_type, at = _TYPE.instance(row, at), at + len(_TYPE)
+    instance_type.gpu_model, at = _MODEL.instance(row, at), at + len(_MODEL)
+    instance_type.mig_profile, at = _PROFILE.instance(row, at), at + len(_PROFILE)
+    price.instance_type, price.region = instance_type, _REGION.instance(row, at)
+    return price
+
+
+_IMAGE = Columns(Image, "i")
+_IMAGE_SQL = f"""
+SELECT {_IMAGE.sql},
+    EXISTS (SELECT 1 FROM catalog_image_instance_types s WHERE s.image_id = i.id),
+    EXISTS (SELECT 1 FROM catalog_image_instance_types s
+            WHERE s.image_id = i.id AND s.instancetype_id = %s)
+FROM catalog_image i
+WHERE i.is_active AND {{which}}
+ORDER BY i.is_default DESC, i.name
+LIMIT 1
+"""  # noqa: S608  # nosec B608: the column list comes from the model, values are parameters
+_IMAGE_NAMED = _IMAGE_SQL.format(which="i.name = %s")
+_IMAGE_DEFAULT = _IMAGE_SQL.format(which="i.is_default")
 
 
 def _image(request: LaunchRequest, instance_type):
     """The image asked for (or the default) and whether it runs ``instance_type`` (an image
     that names no instance types runs all of them): one query."""
-    images = Image.objects.filter(is_active=True)
-    images = images.filter(name=request.image) if request.image else images.filter(is_default=True)
-    if instance_type is not None:
-        supported = Image.instance_types.through.objects.filter(image_id=OuterRef("pk"))
-        images = images.annotate(
-            restricted=Exists(supported),
-            supports=Exists(supported.filter(instancetype_id=instance_type.pk)),
-        )
-    return images.first()
+    type_id = instance_type.pk if instance_type is not None else None
+    if request.image:
+        found = rows(_IMAGE_NAMED, [type_id, request.image], _IMAGE.fields)
+    else:
+        found = rows(_IMAGE_DEFAULT, [type_id], _IMAGE.fields)
+    if not found:
+        return None
+    image = _IMAGE.instance(found[0], 0)
+    image.restricted, image.supports = (bool(v) for v in found[0][len(_IMAGE) :])
+    return image
+
+
+def _public_keys(organization, key_ids: tuple[int, ...]) -> list[str]:
+    """The public keys of the organisation's SSH keys among ``key_ids``: one query."""
+    if not key_ids:
+        return []
+    sql = f"SELECT public_key FROM accounts_sshkey WHERE organization_id = %s AND id IN ({placeholders(key_ids)}) ORDER BY name, id"  # noqa: S608  # nosec B608: placeholders only
+    return [key for (key,) in rows(sql, [organization.pk, *key_ids])]
+
+
+LIVE_STATES = sorted(s.value for s in LIVE)
+_NAME_TAKEN_SQL = f"SELECT 1 FROM compute_instance WHERE organization_id = %s AND name = %s AND state IN ({placeholders(LIVE_STATES)}) LIMIT 1"  # noqa: S608  # nosec B608: placeholders only
 
 
 def _resolve(organization, request: LaunchRequest, now):
@@ -120,7 +170,7 @@ def _resolve(organization, request: LaunchRequest, now):
         )
     elif instance_type is not None and image.restricted and not image.supports:
         errors["image"] = f"Image {image.name} does not support {instance_type.name}."
-    keys = list(SshKey.objects.filter(organization=organization, pk__in=request.ssh_key_ids))
+    keys = _public_keys(organization, request.ssh_key_ids)
     if not request.ssh_key_ids:
         errors["ssh_key_ids"] = "Choose at least one SSH key to log in with."
     elif len(keys) != len(set(request.ssh_key_ids)):
@@ -218,9 +268,7 @@ def _launch(
             return record.instance, False
     now = timezone.now()
     name, instance_type, region, image, keys, volumes, hourly = _resolve(organization, request, now)
-    if Instance.objects.filter(
-        organization=organization, name=name, state__in=[s.value for s in LIVE]
-    ).exists():
+    if rows(_NAME_TAKEN_SQL, [organization.pk, name, *LIVE_STATES]):
         raise Conflict(
             f"An instance named '{name}' already exists.",
             code=ComputeErrorCode.NAME_TAKEN,
@@ -241,7 +289,7 @@ def _launch(
         instance_type=instance_type,
         region=region,
         image=image,
-        ssh_public_keys=[k.public_key for k in keys],
+        ssh_public_keys=keys,
         user_data=request.user_data,
         disk_gb=settings.COMPUTE_BOOT_DISK_GB,
         backend=settings.PROVISIONING_BACKEND,
