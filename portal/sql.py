@@ -4,7 +4,12 @@ query through the ORM costs several times what running it does.
 The SQL is a constant next to the function that runs it; values are always parameters. What
 comes back is converted as the ORM would convert it (decimals, datetimes, flags and JSON read
 the same on PostgreSQL and SQLite), and rows can be made into model instances without another
-query. Everything else goes through the ORM.
+query. On PostgreSQL they run on server-side binding cursors, so that psycopg prepares each
+statement once it has run a few times on a connection (``DATABASE_PREPARED_STATEMENTS``, on by
+default; turn it off behind a pooler that cannot keep prepared statements): a launch's
+statements are then no longer planned again on every run. ``insert`` writes a new model instance's row the way ``save()`` would, for the rows every
+launch appends (events, audit, slot claims); models written through it have no ``save()`` of
+their own and no signal receivers. Everything else goes through the ORM.
 """
 
 import datetime
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from functools import cache
 
+from django.conf import settings
 from django.db import connection, models
 from django.db.models.expressions import Col
 
@@ -32,10 +38,26 @@ def _adapt(value):
     return value
 
 
+def _cursor():
+    """A cursor that runs through Django's wrappers (errors, query logging and counting), on
+    PostgreSQL with server-side binding when prepared statements are wanted."""
+    if connection.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
+        return connection.cursor()
+    from psycopg import Cursor
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = Cursor(connection.connection)
+    connection.validate_thread_sharing()
+    if connection.queries_logged:
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
+
+
 def rows(sql: str, params: Sequence = (), fields: Sequence[models.Field | None] = ()) -> list[list]:
     """The rows of ``sql``, each a list; column *i* converted as ``fields[i]`` (a model field)
     is by the ORM, or left as the driver gives it where the field is None or missing."""
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, [_adapt(p) for p in params])
         fetched = cursor.fetchall()
     vendor = connection.vendor
@@ -56,7 +78,7 @@ def rows(sql: str, params: Sequence = (), fields: Sequence[models.Field | None] 
 
 def execute(sql: str, params: Sequence = ()) -> int:
     """Run a statement that returns no rows (an UPDATE); how many rows it changed."""
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, [_adapt(p) for p in params])
         return cursor.rowcount
 
@@ -86,3 +108,35 @@ class Columns:
         if values[0] is None:  # the primary key: nothing was joined
             return None
         return self.model.from_db(connection.alias, self.names, values)
+
+
+@cache
+def _insert_sql(model: type[models.Model], vendor: str, count: int = 1) -> tuple[str, tuple]:
+    """The INSERT of ``count`` rows of ``model`` (every concrete field but the automatic primary
+    key), returning the new key when there is one row."""
+    quote = connection.ops.quote_name
+    fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
+    columns = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join([f"({placeholders(fields)})"] * count)
+    sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values}"  # noqa: S608  # nosec B608: names from the model, values are parameters
+    if count == 1 and connection.features.can_return_columns_from_insert:
+        sql += f" RETURNING {quote(model._meta.pk.column)}"
+    return sql, fields
+
+
+def insert(*objs: models.Model) -> None:
+    """Write these new instances of one model in one INSERT, their fields prepared as ``save()``
+    prepares them (defaults, ``auto_now_add``, JSON, addresses). A single instance gets its new
+    primary key; several do not (use them for rows nobody reads back at once)."""
+    if not objs:
+        return
+    model = type(objs[0])
+    sql, fields = _insert_sql(model, connection.vendor, len(objs))
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+    with _cursor() as cursor:
+        cursor.execute(sql, params)
+        if len(objs) == 1:
+            pk = cursor.fetchone()[0] if "RETURNING" in sql else cursor.lastrowid
+            objs[0].pk = pk
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, connection.alias

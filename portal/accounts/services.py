@@ -44,7 +44,7 @@ from portal.accounts.roles import Action, Role, role_can_grant
 from portal.accounts.ssh import parse_public_key
 from portal.accounts.types import Actor, OrganizationDeleteCheck
 from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, PermissionDenied, Throttled
-from portal.sql import rows
+from portal.sql import insert, rows
 
 API_KEY_PREFIX = "gpc"
 EMAIL_VERIFY_SALT = "portal.accounts.email-verify"
@@ -151,7 +151,7 @@ def audit_record(
     details: dict | None = None,
 ) -> AuditEvent:
     """Append one audit row. Called by every state-changing service, inside its transaction."""
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         organization=organization if organization is not None else actor.organization,
         actor_user=actor.user,
         actor_api_key=actor.api_key,
@@ -163,6 +163,8 @@ def audit_record(
         ip_address=actor.ip_address,
         details=details or {},
     )
+    insert(event)  # plain SQL: every state-changing service appends one
+    return event
 
 
 # --- users ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from portal.catalog.models import (
 )
 from portal.catalog.types import GpuSlot, Placement
 from portal.errors import Conflict
-from portal.sql import placeholders, rows
+from portal.sql import insert, placeholders, rows
 
 FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
 
@@ -61,7 +61,7 @@ class CapacityUnavailable(Conflict):
     default_message = "There is no free capacity for this instance type in this region."
 
 
-@dataclass
+@dataclass(slots=True)
 class _GpuState:
     id: int
     uuid: str
@@ -72,10 +72,10 @@ class _GpuState:
 
     @property
     def free_slots(self) -> int:
-        return GPU_MEMORY_SLOTS - bin(self.mask).count("1")
+        return GPU_MEMORY_SLOTS - self.mask.bit_count()
 
 
-@dataclass
+@dataclass(slots=True)
 class _HostState:
     id: int
     name: str
@@ -130,6 +130,16 @@ def _mig_fits(mask: int, size: int, starts: tuple[int, ...]) -> int:
             mask |= slots
             count += 1
     return count
+
+
+@lru_cache(maxsize=8192)
+def _highest_free_start(mask: int, size: int, starts: tuple[int, ...]) -> int | None:
+    """The highest start of a profile of ``size`` free on a GPU whose claimed slots are
+    ``mask`` (None: none is)."""
+    for start in reversed(starts):
+        if not mask & _slot_mask(start, size):
+            return start
+    return None
 
 
 def _load(host_ids: Iterable[int] | None = None, region_id: int | None = None) -> list[_HostState]:
@@ -251,13 +261,13 @@ def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
         )
         return Placement(host_id=host.id, host_name=host.name, slots=slots)
     best = None
-    slots = [(start, _slot_mask(start, shape.mig_size)) for start in reversed(shape.mig_starts)]
+    model_id, size, starts = shape.model_id, shape.mig_size, shape.mig_starts
     for host in fitting:
         for gpu in host.gpus:
-            if gpu.model_id != shape.model_id or not gpu.mig_enabled:
+            if gpu.model_id != model_id or not gpu.mig_enabled:
                 continue
             # on one GPU the best key is its highest free start (the key's -start)
-            start = next((start for start, bits in slots if not gpu.mask & bits), None)
+            start = _highest_free_start(gpu.mask, size, starts)
             if start is None:
                 continue
             key = (gpu.mask == 0, gpu.free_slots, host.free_vcpus, host.name, gpu.index, -start)
@@ -311,7 +321,6 @@ _REGION_HOSTS_SQL = (
     " JOIN catalog_region r ON r.id = h.region_id"
     " WHERE h.region_id = %s AND h.state = %s AND r.is_active"
 )
-_HOST_SQL = "SELECT h.id, h.name, h.vcpus, h.ram_gib FROM catalog_host h WHERE h.id = %s"
 _USED_SQL = (
     "SELECT host_id, SUM(vcpus), SUM(ram_gib) FROM catalog_allocation"
     " WHERE released_at IS NULL AND host_id IN ({hosts}) GROUP BY host_id"
@@ -322,17 +331,15 @@ _GPUS_SQL = (
     " WHERE g.gpu_model_id = %s AND g.host_id IN ({hosts})"
     ' GROUP BY g.id, g.host_id, g.uuid, g."index", g.mig_enabled ORDER BY g.host_id, g."index"'
 )
-_LOCK_HOST_SQL = "SELECT id FROM catalog_host WHERE id = %s AND state = %s"
+_LOCK_HOST_SQL = "SELECT id, name, vcpus, ram_gib FROM catalog_host WHERE id = %s AND state = %s"
 
 
-def _free_on(*, model_id: int, region_id: int, host_id: int | None = None) -> dict[int, _HostState]:
-    """Free capacity for one GPU model of the region's active hosts (or of one host, locked by
-    the caller), in three queries: the hosts, what their open allocations use, and their GPUs of
-    the model with the slots claimed on each as a bit mask."""
-    if host_id is None:
-        found = rows(_REGION_HOSTS_SQL, [region_id, HostState.ACTIVE])
-    else:
-        found = rows(_HOST_SQL, [host_id])
+def _free_on(*, model_id: int, region_id: int, locked: list | None = None) -> dict[int, _HostState]:
+    """Free capacity for one GPU model of the region's active hosts, in three queries: the
+    hosts, what their open allocations use, and their GPUs of the model with the slots claimed
+    on each as a bit mask. With ``locked`` (the row ``_lock_host`` read), of that host only, in
+    two."""
+    found = [locked] if locked else rows(_REGION_HOSTS_SQL, [region_id, HostState.ACTIVE])
     states = {
         pk: _HostState(id=pk, name=name, region_id=region_id, free_vcpus=vcpus, free_ram_gib=ram)
         for pk, name, vcpus, ram in found
@@ -349,15 +356,16 @@ def _free_on(*, model_id: int, region_id: int, host_id: int | None = None) -> di
     return states
 
 
-def _lock_host(host_id: int) -> bool:
-    """Lock one active host's row, unless another reservation holds it (``SKIP LOCKED``): True
-    when this one has it. (SQLite has no row locks: its writers run one at a time.)"""
+def _lock_host(host_id: int) -> list | None:
+    """Lock one active host's row, unless another reservation holds it (``SKIP LOCKED``): the
+    row (id, name, vCPUs, RAM) when this one has it, else None. The row itself is read as it is
+    now; what its allocations use must be read by a later statement. (SQLite has no row locks:
+    its writers run one at a time.)"""
     sql = _LOCK_HOST_SQL
     if connection.features.has_select_for_update_skip_locked:
         sql += " FOR UPDATE SKIP LOCKED"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [host_id, HostState.ACTIVE])
-        return cursor.fetchone() is not None
+    found = rows(sql, [host_id, HostState.ACTIVE])
+    return found[0] if found else None
 
 
 def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
@@ -370,10 +378,12 @@ def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Alloc
         holder=holder,
     )
     allocation.host_name = chosen.host_name  # what the launch's event names, without a query
-    GpuSlotClaim.objects.bulk_create(
-        GpuSlotClaim(gpu_id=s.gpu_id, slot=slot, allocation=allocation)
-        for s in chosen.slots
-        for slot in range(s.start, s.start + s.size)
+    insert(
+        *(
+            GpuSlotClaim(gpu_id=s.gpu_id, slot=slot, allocation=allocation)
+            for s in chosen.slots
+            for slot in range(s.start, s.start + s.size)
+        )
     )
     return allocation
 
@@ -401,12 +411,13 @@ def _reserve_on_one_host(
             return None
         if chosen.host_id in mine:  # placed from a read taken under its lock
             return _claim(chosen, instance_type, holder)
-        if not _lock_host(chosen.host_id):
+        locked = _lock_host(chosen.host_id)
+        if locked is None:
             passed.add(chosen.host_id)
             continue
         mine.add(chosen.host_id)  # locked while active: read what is free on it again
         hosts.pop(chosen.host_id)
-        hosts.update(_free_on(model_id=shape.model_id, region_id=region.pk, host_id=chosen.host_id))
+        hosts.update(_free_on(model_id=shape.model_id, region_id=region.pk, locked=locked))
 
 
 def _reserve_locking_the_region(
@@ -441,7 +452,7 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
     locked in id order as one queue. The (GPU, slot) unique constraint is the last guard.
 
     Queries (plain SQL for the reads, see ``_free_on``): three to read the region, one to lock
-    the host, three to read it again, two to write the allocation and its slot claims (and a
+    the host (reading its row), two to read what is used on it again, two to write the allocation and its slot claims (and a
     savepoint around them).
     """
     try:

@@ -23,31 +23,38 @@ def gpu_units(instance_type: InstanceType) -> Decimal:
 
 
 HOLDING_STATES = sorted(s.value for s in HOLDS_CAPACITY)
-_HOLDING_SQL = f"""
-SELECT t.gpu_model_id,
+# What the organisation's instances hold per GPU model (in sevenths of a GPU), then its quotas
+# (a null model: the total), in one statement.
+_QUOTA_SQL = f"""
+SELECT 'held', t.gpu_model_id,
     SUM(CASE WHEN t.mig_profile_id IS NULL THEN t.gpu_count * 7 ELSE mp.compute_slices END)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
 LEFT JOIN catalog_migprofile mp ON mp.id = t.mig_profile_id
 WHERE i.organization_id = %s AND i.id <> %s AND i.state IN ({placeholders(HOLDING_STATES)})
 GROUP BY t.gpu_model_id
+UNION ALL
+SELECT 'quota', gpu_model_id, max_gpus FROM compute_quota WHERE organization_id = %s
 """  # noqa: S608  # nosec B608: placeholders only
-_QUOTAS_SQL = "SELECT gpu_model_id, max_gpus FROM compute_quota WHERE organization_id = %s"
 
 
 def check_quota(
     organization, instance_type: InstanceType, *, exclude: Instance | None = None
 ) -> None:
     """Refuse with ``quota_exceeded`` if this type would take the organisation over its GPU
-    quota, in total or for the type's GPU model. Two queries (what its instances hold per GPU
-    model, in sevenths of a GPU, and its quotas), whatever the fleet size; plain SQL, as they
-    run on every launch and start."""
-    holding = rows(_HOLDING_SQL, [organization.pk, exclude.pk if exclude else 0, *HOLDING_STATES])
-    per_model = {model_id: Decimal(sevenths) / MIG_COMPUTE_SLICES for model_id, sevenths in holding}
+    quota, in total or for the type's GPU model. One query (what its instances hold per GPU
+    model, and its quotas), whatever the fleet size; plain SQL, as it runs on every launch and
+    start."""
+    params = [organization.pk, exclude.pk if exclude else 0, *HOLDING_STATES, organization.pk]
+    per_model, quotas = {}, {}
+    for kind, model_id, amount in rows(_QUOTA_SQL, params):
+        if kind == "held":
+            per_model[model_id] = Decimal(amount) / MIG_COMPUTE_SLICES
+        else:
+            quotas[model_id] = amount
     total = sum(per_model.values(), Decimal(0))
     same_model = per_model.get(instance_type.gpu_model_id, Decimal(0))
     needed = gpu_units(instance_type)
-    quotas = dict(rows(_QUOTAS_SQL, [organization.pk]))
     limits = [(None, quotas.get(None, settings.DEFAULT_GPU_QUOTA), total)]
     if instance_type.gpu_model_id in quotas:
         limits.append((instance_type.gpu_model, quotas[instance_type.gpu_model_id], same_model))

@@ -24,6 +24,7 @@ from portal.compute.types import FootprintChange
 from portal.errors import NotFound
 from portal.observability import metrics
 from portal.provisioning.base import MachineStatus
+from portal.sql import insert
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SYSTEM = "system"  # the actor label of what the portal does by itself
@@ -97,7 +98,7 @@ def record_event(
     to_state: str = "",
     detail=None,
 ) -> InstanceEvent:
-    return InstanceEvent.objects.create(
+    event = InstanceEvent(
         instance=instance,
         actor_label=actor[:200],
         reason=reason[:300],
@@ -105,6 +106,8 @@ def record_event(
         to_state=to_state,
         detail=detail or {},
     )
+    insert(event)  # plain SQL: every launch and transition appends one
+    return event
 
 
 def transition(instance: Instance, target: State, *, actor: str, reason: str, detail=None) -> None:

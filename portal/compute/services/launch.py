@@ -228,19 +228,22 @@ def instance_launch(
 def _launch(
     *, actor: Actor, request: LaunchRequest, idempotency_key: str | None
 ) -> tuple[Instance, bool]:
-    """The queries of a launch, each for a reason (``bench/launch_check.py`` counts them: 27
-    on the usual path, a launch without volumes or an idempotency key, of which BEGIN, COMMIT
-    and a savepoint's two; the same whatever the organisation runs):
+    """The statements of a launch, each for a reason (``bench/launch_check.py`` counts them:
+    27 on the usual path, a launch without volumes or an idempotency key, of which BEGIN,
+    COMMIT and a savepoint's two; the same whatever the organisation runs). The reads and the
+    appended rows are plain SQL (``portal.sql``, prepared on PostgreSQL): building them through
+    the ORM cost more than running them.
 
-    - the organisation's row lock and the actor's role read again under it (``authorize``):
+    - the organisation's row lock, then the actor's role read again under it (``authorize``):
       launches of one organisation queue here, so the quota, the name and the credit they
       check stay true until commit;
-    - the offer (type, region and the price in force, one query), the image, the SSH keys
-      (``_resolve``; the named volumes locked, when there are some);
+    - the offer (type with its GPU model and MIG profile, region and the price in force, one
+      query), the image, the SSH keys (``_resolve``; the named volumes locked, when there are
+      some);
     - the name not taken by a live instance;
-    - the quota: the GPUs held per model (one aggregate) and the organisation's quotas;
-    - billing's check (``COMPUTE_LAUNCH_CHECKS``): an overdue invoice, the billing profile,
-      the burn figure with the ledger balance (one row, whatever the fleet);
+    - the quota: the GPUs held per model and the organisation's quotas (one query);
+    - billing's check (``COMPUTE_LAUNCH_CHECKS``): an overdue invoice, the burn figure with the
+      ledger balance and the billing profile (one row, whatever the fleet);
     - the instance row;
     - capacity (``allocation_reserve``): a savepoint; the region's hosts, what their open
       allocations use and their GPUs of the model with the slots claimed (three reads, no
