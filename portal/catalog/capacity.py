@@ -38,6 +38,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from portal.catalog.cache import catalog_changed
 from portal.catalog.errors import CatalogErrorCode
 from portal.catalog.models import (
     GPU_MEMORY_SLOTS,
@@ -369,7 +370,9 @@ def _lock_host(host_id: int) -> list | None:
 
 
 def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
-    allocation = Allocation.objects.create(
+    """Write the allocation and its slot claims (plain SQL, ``portal.sql.insert``, so no
+    ``post_save``: the catalog version is moved here)."""
+    allocation = Allocation(
         host_id=chosen.host_id,
         instance_type=instance_type,
         vcpus=instance_type.vcpus,
@@ -377,6 +380,8 @@ def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Alloc
         gpu_slots=[{"gpu": s.gpu_uuid, "start": s.start, "size": s.size} for s in chosen.slots],
         holder=holder,
     )
+    insert(allocation)
+    catalog_changed()
     allocation.host_name = chosen.host_name  # what the launch's event names, without a query
     insert(
         *(

@@ -26,7 +26,7 @@ from portal.compute.services._common import (
     record_event,
 )
 from portal.errors import Conflict, InvalidInput
-from portal.sql import Columns, placeholders, rows
+from portal.sql import Columns, insert, placeholders, rows
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def _launch(
         new_volume_gb=request.new_volume_gb or 0,
         hourly_price=hourly,
     )
-    instance = Instance.objects.create(
+    instance = Instance(
         organization=organization,
         name=name,
         instance_type=instance_type,
@@ -299,6 +299,7 @@ def _launch(
         created_by=actor.user if actor.api_key is None else None,
         created_by_api_key=actor.api_key,
     )
+    insert(instance)
     allocation = capacity.allocation_reserve(
         instance_type=instance_type, region=region, holder=f"instance:{instance.pk}"
     )
