@@ -18,68 +18,80 @@ from decimal import Decimal
 from functools import cache
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.models.expressions import Col
 
 
+def _db():
+    """The default connection itself (``django.db.connection`` is a proxy that looks it up on
+    every attribute)."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
 @cache
-def _converters(vendor: str, field: models.Field) -> tuple:
-    """What the ORM applies to a value of ``field`` read on ``vendor``'s backend."""
-    column = Col(field.model._meta.db_table, field)
-    return tuple(connection.ops.get_db_converters(column) + field.get_db_converters(connection))
+def _plan(vendor: str, fields: tuple) -> tuple:
+    """For each field given: (column index, the ORM's converters for it on ``vendor``'s
+    backend, the column expression they are called with)."""
+    db = _db()
+    plan = []
+    for i, field in enumerate(fields):
+        if field is None:
+            continue
+        column = Col(field.model._meta.db_table, field)
+        converters = db.ops.get_db_converters(column) + field.get_db_converters(db)
+        if converters:
+            plan.append((i, tuple(converters), column))
+    return tuple(plan)
 
 
-def _adapt(value):
+def _adapt(db, value):
     """A parameter as the ORM would pass it (SQLite keeps datetimes and decimals as text)."""
     if isinstance(value, datetime.datetime):
-        return connection.ops.adapt_datetimefield_value(value)
+        return db.ops.adapt_datetimefield_value(value)
     if isinstance(value, Decimal):
-        return connection.ops.adapt_decimalfield_value(value)
+        return db.ops.adapt_decimalfield_value(value)
     return value
 
 
-def _cursor():
+def _cursor(db):
     """A cursor that runs through Django's wrappers (errors, query logging and counting), on
     PostgreSQL with server-side binding when prepared statements are wanted."""
-    if connection.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
-        return connection.cursor()
+    if db.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
+        return db.cursor()
     from psycopg import Cursor
 
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        raw = Cursor(connection.connection)
-    connection.validate_thread_sharing()
-    if connection.queries_logged:
-        return connection.make_debug_cursor(raw)
-    return connection.make_cursor(raw)
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        raw = Cursor(db.connection)
+    db.validate_thread_sharing()
+    return db.make_debug_cursor(raw) if db.queries_logged else db.make_cursor(raw)
 
 
 def rows(sql: str, params: Sequence = (), fields: Sequence[models.Field | None] = ()) -> list[list]:
     """The rows of ``sql``, each a list; column *i* converted as ``fields[i]`` (a model field)
     is by the ORM, or left as the driver gives it where the field is None or missing."""
-    with _cursor() as cursor:
-        cursor.execute(sql, [_adapt(p) for p in params])
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(sql, [_adapt(db, p) for p in params])
         fetched = cursor.fetchall()
-    vendor = connection.vendor
-    plan = [
-        (i, _converters(vendor, f), Col(f.model._meta.db_table, f))
-        for i, f in enumerate(fields)
-        if f is not None
-    ]
+    plan = _plan(db.vendor, tuple(fields))
+    if not plan:
+        return [list(raw) for raw in fetched]
     result = []
     for raw in fetched:
         row = list(raw)
         for i, converters, column in plan:
             for convert in converters:
-                row[i] = convert(row[i], column, connection)
+                row[i] = convert(row[i], column, db)
         result.append(row)
     return result
 
 
 def execute(sql: str, params: Sequence = ()) -> int:
     """Run a statement that returns no rows (an UPDATE); how many rows it changed."""
-    with _cursor() as cursor:
-        cursor.execute(sql, [_adapt(p) for p in params])
+    db = _db()
+    with _cursor(db) as cursor:
+        cursor.execute(sql, [_adapt(db, p) for p in params])
         return cursor.rowcount
 
 
@@ -107,19 +119,20 @@ class Columns:
         values = row[start : start + len(self.fields)]
         if values[0] is None:  # the primary key: nothing was joined
             return None
-        return self.model.from_db(connection.alias, self.names, values)
+        return self.model.from_db(DEFAULT_DB_ALIAS, self.names, values)
 
 
 @cache
 def _insert_sql(model: type[models.Model], vendor: str, count: int = 1) -> tuple[str, tuple]:
     """The INSERT of ``count`` rows of ``model`` (every concrete field but the automatic primary
     key), returning the new key when there is one row."""
-    quote = connection.ops.quote_name
+    db = _db()
+    quote = db.ops.quote_name
     fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
     columns = ", ".join(quote(f.column) for f in fields)
     values = ", ".join([f"({placeholders(fields)})"] * count)
     sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values}"  # noqa: S608  # nosec B608: names from the model, values are parameters
-    if count == 1 and connection.features.can_return_columns_from_insert:
+    if count == 1 and db.features.can_return_columns_from_insert:
         sql += f" RETURNING {quote(model._meta.pk.column)}"
     return sql, fields
 
@@ -130,13 +143,13 @@ def insert(*objs: models.Model) -> None:
     primary key; several do not (use them for rows nobody reads back at once)."""
     if not objs:
         return
-    model = type(objs[0])
-    sql, fields = _insert_sql(model, connection.vendor, len(objs))
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
-    with _cursor() as cursor:
+    db, model = _db(), type(objs[0])
+    sql, fields = _insert_sql(model, db.vendor, len(objs))
+    params = [f.get_db_prep_save(f.pre_save(obj, True), db) for obj in objs for f in fields]
+    with _cursor(db) as cursor:
         cursor.execute(sql, params)
         if len(objs) == 1:
             pk = cursor.fetchone()[0] if "RETURNING" in sql else cursor.lastrowid
             objs[0].pk = pk
     for obj in objs:
-        obj._state.adding, obj._state.db = False, connection.alias
+        obj._state.adding, obj._state.db = False, DEFAULT_DB_ALIAS
