@@ -7,9 +7,10 @@ the same on PostgreSQL and SQLite), and rows can be made into model instances wi
 query. On PostgreSQL they run on server-side binding cursors, so that psycopg prepares each
 statement once it has run a few times on a connection (``DATABASE_PREPARED_STATEMENTS``, on by
 default; turn it off behind a pooler that cannot keep prepared statements): a launch's
-statements are then no longer planned again on every run. ``insert`` writes a new model instance's row the way ``save()`` would, for the rows every
-launch appends (events, audit, slot claims); models written through it have no ``save()`` of
-their own and no signal receivers. Everything else goes through the ORM.
+statements are then no longer planned again on every run. ``insert`` writes a new model instance's row the way ``save()`` would, and ``update`` some
+fields of a saved one, for the rows every launch writes (the instance, its allocation, slot
+claims, events, audit); models written through them have no ``save()`` of their own and no
+signal receivers (or their caller does what the receiver would). Everything else goes through the ORM.
 """
 
 import datetime
@@ -153,3 +154,28 @@ def insert(*objs: models.Model) -> None:
             objs[0].pk = pk
     for obj in objs:
         obj._state.adding, obj._state.db = False, DEFAULT_DB_ALIAS
+
+
+@cache
+def _update_sql(
+    model: type[models.Model], vendor: str, names: tuple[str, ...]
+) -> tuple[str, tuple]:
+    """The UPDATE of the fields ``names`` of one row of ``model``, by primary key."""
+    db = _db()
+    quote = db.ops.quote_name
+    fields = tuple(model._meta.get_field(name) for name in names)
+    columns = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    pk = quote(model._meta.pk.column)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {pk} = %s"  # noqa: S608  # nosec B608: names from the model, values are parameters
+    return sql, fields
+
+
+def update(obj: models.Model, names: Sequence[str]) -> None:
+    """Write these fields of a saved instance, prepared as ``save(update_fields=...)`` would
+    prepare them (for the rows a launch updates; the model has no ``save()`` of its own and no
+    signal receivers)."""
+    db = _db()
+    sql, fields = _update_sql(type(obj), db.vendor, tuple(names))
+    params = [f.get_db_prep_save(f.pre_save(obj, False), db) for f in fields]
+    with _cursor(db) as cursor:
+        cursor.execute(sql, [*params, obj.pk])

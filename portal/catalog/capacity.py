@@ -421,8 +421,10 @@ def _reserve_on_one_host(
             passed.add(chosen.host_id)
             continue
         mine.add(chosen.host_id)  # locked while active: read what is free on it again
-        hosts.pop(chosen.host_id)
+        before = hosts.pop(chosen.host_id)
         hosts.update(_free_on(model_id=shape.model_id, region_id=region.pk, locked=locked))
+        if hosts.get(chosen.host_id) == before:  # nothing moved on it: the choice stands
+            return _claim(chosen, instance_type, holder)
 
 
 def _reserve_locking_the_region(

@@ -24,7 +24,7 @@ from portal.compute.types import FootprintChange
 from portal.errors import NotFound
 from portal.observability import metrics
 from portal.provisioning.base import MachineStatus
-from portal.sql import insert
+from portal.sql import insert, update
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SYSTEM = "system"  # the actor label of what the portal does by itself
@@ -132,7 +132,7 @@ def dispatch(instance: Instance, *, also: tuple[str, ...] | list[str] = ()) -> N
     from portal.compute.tasks import instance_sync
 
     instance.dispatched_at = timezone.now()
-    instance.save(update_fields=["dispatched_at", *also])
+    update(instance, ["dispatched_at", *also])  # plain SQL: every launch and action dispatches
     enqueue_on_commit(instance_sync, instance.pk)
 
 
