@@ -10,13 +10,11 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.module_loading import import_string
-from django.utils.timesince import timesince
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -27,7 +25,7 @@ from portal.catalog import selectors as catalog_selectors
 from portal.catalog import services as catalog_services
 from portal.catalog.capacity import CapacityUnavailable
 from portal.catalog.selectors import CatalogQuery
-from portal.compute import selectors, services
+from portal.compute import presenters, selectors, services
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.forms import (
     HOURS_PER_MONTH,
@@ -78,49 +76,43 @@ FILTERS = {
 }
 
 
-STATE_LABELS = dict(State.choices)
+# Past any count, and an OFFSET the database takes (a longer ?page= is the last page, as ever).
+MAX_PAGE = 2**62 // PAGE_SIZE
 
 
-def _table_row(instance: Instance) -> dict:
-    """What one row of the instances table shows, as strings: the template only writes them
-    (a row through the template language costs more than its query)."""
-    created = timezone.localtime(instance.created_at)
-    transitional = instance.is_transitional
-    return {
-        "pk": instance.pk,
-        "name": instance.name,
-        "url": reverse("compute:instance_detail", args=[instance.pk]),
-        "poll_url": reverse("compute:instance_row", args=[instance.pk]) if transitional else "",
-        "state": instance.state,
-        "state_label": STATE_LABELS.get(instance.state, instance.state),
-        "type_name": instance.instance_type.name,
-        "region_code": instance.region.code,
-        "ip_address": instance.ip_address,
-        "ssh_command": instance.ssh_command,
-        "created_iso": created.isoformat(),  # the date filter's "c"
-        "created_title": f"{created:%Y-%m-%d %H:%M} {created.tzname() or ''}",  # "Y-m-d H:i e"
-        "age": timesince(instance.created_at),
-    }
+def _table_page(rows: selectors.TableRows, number: str | None) -> Page:
+    """``Paginator(rows, PAGE_SIZE).get_page(number)``, in one query when ``number`` is a page
+    in range (its rows carry the count, ``total``) or the first. A page out of range is left to
+    the paginator (which counts first, and gives the last page)."""
+    paginator = Paginator(rows, PAGE_SIZE)
+    try:
+        wanted = int(number or 1)
+    except ValueError:
+        wanted = 1  # what get_page does with a page that is not a number
+    if 1 <= wanted <= MAX_PAGE:
+        start = (wanted - 1) * PAGE_SIZE
+        found = rows[start : start + PAGE_SIZE]
+        if found or start == 0:  # nothing on the first page: there is nothing at all
+            paginator.count = found[0]["total"] if found else 0
+            return Page(found, wanted, paginator)
+    return paginator.get_page(number)
 
 
 @org_page(Action.INSTANCE_VIEW)
 def instance_list(request: HttpRequest) -> HttpResponse:
     filter_form = InstanceFilterForm(request.GET or None)
     state = filter_form.value()
-    instances = selectors.instances_table(request.organization)
-    if FILTERS[state] is not None:
-        instances = instances.filter(state__in=FILTERS[state])
-    page = Paginator(instances, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = selectors.TableRows(request.organization, FILTERS[state])
+    page = _table_page(rows, request.GET.get("page"))
     params = urlencode({"state": state}) if state != "all" else ""
     context = {
         "filter_form": filter_form,
         "state_filter": state,
         "page": page,
-        "rows": [_table_row(instance) for instance in page.object_list],
-        "params": params,
+        "rows": presenters.rows_html(page.object_list, POLL_TRIGGER),
+        "links": presenters.page_links(page, params),
         "any_instance": page.paginator.count > 0
         or selectors.instances_table(request.organization).exists(),
-        "poll_trigger": POLL_TRIGGER,
     }
     return _render(request, "compute/instances.html", "instance-table", context)
 
@@ -132,8 +124,7 @@ def instance_row(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_get(request.organization, pk)
     if not request.htmx:
         return redirect("compute:instance_detail", pk=instance.pk)
-    context = {"row": _table_row(instance), "poll_trigger": POLL_TRIGGER}
-    return render(request, "compute/instances.html#instance-row", context)
+    return HttpResponse(presenters.instance_row_html(instance, POLL_TRIGGER))
 
 
 # --- launch -----------------------------------------------------------------------------------

@@ -107,3 +107,99 @@ def test_page_rows_are_the_polled_row_and_cost_no_query_each(org, owner, instanc
     with QueryCounter() as many:
         assert client.get("/instances/").content.decode().count('<tr id="instance-row-') == 22
     assert many.n == few.n
+
+
+def test_page_rows_escape_what_the_customer_named(org, owner, instances):
+    running = next(i for i in instances if i.state == "running")
+    Instance.objects.filter(pk=running.pk).update(name="<script>alert(\"x\")</script> & 'q'")
+    client = Client()
+    client.force_login(owner)
+    page = client.get("/instances/").content.decode()
+    row = re.search(rf'<tr id="instance-row-{running.pk}".*?</tr>', page, re.S).group(0)
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;"
+    assert "<script>" not in page
+    assert f">{escaped}</a>" in row  # the link to the instance
+    assert f'aria-label="Copy the SSH command for {escaped}"' in row
+
+
+def test_page_rows_are_the_table_rows_of_the_orm_in_the_models_order(org, instances):
+    ordered = list(selectors.instances_table(org).select_related("instance_type", "region"))
+    rows = selectors.TableRows(org)[0:25]
+    assert [{k: v for k, v in r.items() if k != "total"} for r in rows] == [
+        selectors.table_row_of(i) for i in ordered
+    ]
+    assert {r["total"] for r in rows} == {len(STATES)}
+    live = selectors.TableRows(org, ["running", "stopped"])
+    assert [r["name"] for r in live[0:1]] == ["box-running"] and live[0:1][0]["total"] == 2
+    assert live.count() == 2 and live[5:10] == []
+
+
+@pytest.mark.parametrize(
+    ("number", "more_queries"),
+    [
+        *[("", 0), ("1", 0), ("3", 0), ("abc", 0), ("2.0", 0), (" 2 ", 0)],  # in range
+        *[("0", 1), ("-1", 1), ("9" * 30, 1), ("4", 2)],  # the last page
+    ],
+)
+def test_page_numbers_are_read_as_the_paginator_reads_them(
+    org, owner, compute_catalog, number, more_queries
+):
+    """Whatever ``?page=`` says, the page is the one ``Paginator.get_page`` gives (page 1 for
+    what is not a number, the last page for one out of range). A page in range costs one query
+    (its rows carry the count); one out of range is counted first, as the paginator does."""
+    from django.core.paginator import Paginator
+
+    Instance.objects.bulk_create(
+        Instance(
+            organization=org,
+            name=f"n-{i}",
+            instance_type=compute_catalog["one"],
+            region=compute_catalog["east"],
+            image=compute_catalog["image"],
+            disk_gb=100,
+            backend="simulated",
+            state="stopped",
+        )
+        for i in range(60)
+    )
+    client = Client()
+    client.force_login(owner)
+    client.get("/instances/")
+    with QueryCounter() as first:
+        client.get("/instances/")
+    with QueryCounter() as counted:
+        page = client.get("/instances/", {"page": number}).content.decode()
+    expected = Paginator(range(60), 25).get_page(number)
+    assert f"Page {expected.number} of 3" in page
+    assert page.count('<tr id="instance-row-') == len(expected.object_list)
+    assert counted.n == first.n + more_queries
+
+
+def test_the_state_select_is_what_the_forms_widget_writes(org, owner, compute_catalog):
+    from django.http import QueryDict
+
+    from portal.compute.forms import InstanceFilterForm
+
+    client = Client()
+    client.force_login(owner)
+    for query in ["", "state=live", "state=terminated", "page=2", "state=bogus"]:
+        page = client.get(f"/instances/?{query}").content.decode()
+        select = re.search(r'<select name="state".*?</select>', page, re.S).group(0)
+        widget = str(InstanceFilterForm(QueryDict(query) or None)["state"])
+        assert re.sub(r"\s+", " ", select) == re.sub(r"\s+", " ", widget), query
+
+
+def test_row_ages_are_what_timesince_says():
+    from django.utils.timesince import timesince
+
+    from portal.compute.presenters import RowContext
+
+    page = RowContext("every 2.5s")
+    deltas = [timedelta(seconds=s) for s in (-5, 0, 30, 59, 60, 61, 119, 3599, 3600, 86399)]
+    deltas += [
+        timedelta(days=d, seconds=s) for d in (6, 7, 13, 27, 28, 29, 31, 366) for s in (0, 59)
+    ]
+    deltas += [timedelta(days=27, hours=23, minutes=59, seconds=59)]
+    for delta in deltas * 2:  # the second time from what the page remembers
+        created = page.now - delta
+        assert page.age(created) == timesince(created, page.now), delta
