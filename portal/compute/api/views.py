@@ -63,11 +63,26 @@ class InstanceListView(generics.ListAPIView):
         return selectors.instances_list(self.request.actor.organization)
 
     def list(self, request, *args, **kwargs):
-        """The page of ``InstanceSerializer`` rows, read as plain values in one query and
-        counted without the joins that only name the type, region and image."""
-        instances = self.filter_queryset(self.get_queryset())
-        page = self.paginate_queryset(_Rows(instances, selectors.instance_list_values(instances)))
+        """The page of ``InstanceSerializer`` rows, read as plain values: unfiltered, the page
+        and the count in one statement (``selectors.ApiRows``); filtered, in one query, counted
+        without the joins that only name the type, region and image."""
+        if any(name in request.query_params for name in InstanceFilter.base_filters):
+            instances = self.filter_queryset(self.get_queryset())
+            rows = _Rows(instances, selectors.instance_list_values(instances))
+        else:
+            rows = selectors.ApiRows(request.actor.organization, self._expected_page(request))
+        page = self.paginate_queryset(rows)
         return self.get_paginated_response(serializers.instance_list_rows(page))
+
+    def _expected_page(self, request) -> slice | None:
+        """The rows the request's page number and size ask for (None for ``page=last``, or a
+        number the paginator will refuse)."""
+        size = self.paginator.get_page_size(request)
+        raw = request.query_params.get(self.paginator.page_query_param) or "1"
+        if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+            return None
+        start = (int(raw) - 1) * size
+        return slice(start, start + size)
 
     @extend_schema(
         request=serializers.InstanceCreateSerializer,
