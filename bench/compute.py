@@ -5,8 +5,8 @@
    contention) and with N threads racing for one host's GPUs (contention).
 2. The instances list with 1,000 instances in one organisation: ``GET /api/v1/instances`` (a page
    of 50) against a trivial Django view for a logged-in user, and the ``/instances/`` page against
-   the same base layout with an empty body (and the trivial view), query count and median time,
-   all measured in the same run and reported as ratios.
+   the same base layout with an empty body (and the trivial view), query count and median time
+   of 25 interleaved rounds (each round calls every view once), reported as ratios.
 
 Run: DEBUG=1 DATABASE_URL=postgres://... .venv/bin/python bench/compute.py
 (PostgreSQL is what the contention part is about; SQLite serialises writers.) Uses a throwaway
@@ -33,16 +33,6 @@ django.setup()
 
 from django.db import close_old_connections, connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
-
-
-def median_ms(fn, repeat=7) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
 
 TARGET_SEQUENTIAL = 100  # launches/s, the speed issue's target (16/s before it)
 TARGET_THREADS = 150  # launches/s with 4 threads (18-23/s with 8 threads before it)
@@ -297,24 +287,40 @@ def main() -> int:
         page.get("/instances/")
         page.get("/bench-layout/")
 
-        def measure(fetch):
-            with QueryCounter() as counted:
-                status = fetch().status_code
-            return median_ms(fetch, repeat=15), counted.n, status
+        fetches = {
+            "trivial": lambda: page.get("/bench-trivial/"),
+            "layout": lambda: page.get("/bench-layout/"),
+            "api": lambda: api.get("/api/v1/instances"),
+            "page": lambda: page.get("/instances/"),
+        }
+        # Interleaved: each round calls every view once, so a burst of other work on the
+        # machine falls on all of them alike; medians of the rounds.
+        times = {name: [] for name in fetches}
+        for _ in range(25):
+            for name, fetch in fetches.items():
+                start = time.perf_counter()
+                fetch()
+                times[name].append((time.perf_counter() - start) * 1000)
+        medians = {name: statistics.median(values) for name, values in times.items()}
 
-        base_ms, base_q, _ = measure(lambda: page.get("/bench-trivial/"))
-        layout_ms, layout_q, _ = measure(lambda: page.get("/bench-layout/"))
+        def measure(name):
+            with QueryCounter() as counted:
+                status = fetches[name]().status_code
+            return medians[name], counted.n, status
+
+        base_ms, base_q, _ = measure("trivial")
+        layout_ms, layout_q, _ = measure("layout")
         print(
             f"1,000 instances in one organisation; trivial Django view (logged in): {base_ms:.2f} ms, "
             f"{base_q} queries; the base layout with an empty body: {layout_ms:.2f} ms, "
             f"{layout_q} queries (x{layout_ms / base_ms:.1f} the trivial view)"
         )
-        ms, queries, status = measure(lambda: api.get("/api/v1/instances"))
+        ms, queries, status = measure("api")
         print(
             f"  {'GET /api/v1/instances (page of 50)':38s} {ms:7.2f} ms  {queries} queries  "
             f"x{ms / base_ms:.1f} the trivial view  (HTTP {status})"
         )
-        ms, queries, status = measure(lambda: page.get("/instances/"))
+        ms, queries, status = measure("page")
         print(
             f"  {'GET /instances/ (page of 25)':38s} {ms:7.2f} ms  {queries} queries  "
             f"x{ms / layout_ms:.2f} the empty layout, x{ms / base_ms:.1f} the trivial view  "

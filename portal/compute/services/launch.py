@@ -229,8 +229,9 @@ def _launch(
     *, actor: Actor, request: LaunchRequest, idempotency_key: str | None
 ) -> tuple[Instance, bool]:
     """The statements of a launch, each for a reason (``bench/launch_check.py`` counts them:
-    27 on the usual path, a launch without volumes or an idempotency key, of which BEGIN,
-    COMMIT and a savepoint's two; the same whatever the organisation runs). The reads and the
+    28 on the usual path, a launch without volumes or an idempotency key, of which BEGIN,
+    COMMIT, a savepoint's two and the catalog version's bump after commit; the same whatever
+    the organisation runs). The reads and the
     appended rows are plain SQL (``portal.sql``, prepared on PostgreSQL): building them through
     the ORM cost more than running them.
 
@@ -248,8 +249,8 @@ def _launch(
     - capacity (``allocation_reserve``): a savepoint; the region's hosts, what their open
       allocations use and their GPUs of the model with the slots claimed (three reads, no
       lock); the chosen host's row locked (``SKIP LOCKED``); what is used and claimed on it
-      read again under the lock (two); the allocation and its slot claims; the savepoint
-      released;
+      read again under the lock (two); the allocation, the catalog version moved, and its
+      slot claims; the savepoint released;
     - the instance's allocation, host and dispatch time (one update);
     - the burn figure's committed burn (``COMPUTE_FOOTPRINT_HOOKS``, one update);
     - the ``pending`` event and the audit row;
