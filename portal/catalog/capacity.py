@@ -326,35 +326,61 @@ _USED_SQL = (
     "SELECT host_id, SUM(vcpus), SUM(ram_gib) FROM catalog_allocation"
     " WHERE released_at IS NULL AND host_id IN ({hosts}) GROUP BY host_id"
 )
-_GPUS_SQL = (
+# A reservation reads only the GPUs its choice can fall on (see ``_reserve_on_one_host``): for a
+# MIG slice first those that hold slices already and have a slot free, then the untouched ones;
+# for whole GPUs the untouched ones.
+_GPUS_CLAIMED_SQL = (
     'SELECT g.id, g.host_id, g.uuid, g."index", g.mig_enabled, SUM(1 << k.slot)'
-    " FROM catalog_gpu g LEFT JOIN catalog_gpuslotclaim k ON k.gpu_id = g.id"
+    " FROM catalog_gpuslotclaim k JOIN catalog_gpu g ON g.id = k.gpu_id"
+    " WHERE g.gpu_model_id = %s AND g.mig_enabled AND g.host_id IN ({hosts})"
+    ' GROUP BY g.id, g.host_id, g.uuid, g."index", g.mig_enabled'
+    " HAVING SUM(1 << k.slot) <> %s"
+    ' ORDER BY g.host_id, g."index"'
+)
+_GPUS_UNCLAIMED_SQL = (
+    'SELECT g.id, g.host_id, g.uuid, g."index", g.mig_enabled, 0 FROM catalog_gpu g'
     " WHERE g.gpu_model_id = %s AND g.host_id IN ({hosts})"
-    ' GROUP BY g.id, g.host_id, g.uuid, g."index", g.mig_enabled ORDER BY g.host_id, g."index"'
+    " AND NOT EXISTS (SELECT 1 FROM catalog_gpuslotclaim k WHERE k.gpu_id = g.id)"
+    ' ORDER BY g.host_id, g."index"'
 )
 _LOCK_HOST_SQL = "SELECT id, name, vcpus, ram_gib FROM catalog_host WHERE id = %s AND state = %s"
+CLAIMED, UNCLAIMED = "claimed", "unclaimed"
 
 
-def _free_on(*, model_id: int, region_id: int, locked: list | None = None) -> dict[int, _HostState]:
-    """Free capacity for one GPU model of the region's active hosts, in three queries: the
-    hosts, what their open allocations use, and their GPUs of the model with the slots claimed
-    on each as a bit mask. With ``locked`` (the row ``_lock_host`` read), of that host only, in
-    two."""
+def _hosts_free(*, region_id: int, locked: list | None = None) -> dict[int, _HostState]:
+    """The region's active hosts with their vCPUs and RAM less what their open allocations
+    use (two queries), their GPUs not read yet. With ``locked`` (the row ``_lock_host`` read),
+    that host only (one query)."""
     found = [locked] if locked else rows(_REGION_HOSTS_SQL, [region_id, HostState.ACTIVE])
     states = {
         pk: _HostState(id=pk, name=name, region_id=region_id, free_vcpus=vcpus, free_ram_gib=ram)
         for pk, name, vcpus, ram in found
     }
+    if states:
+        ids = list(states)
+        used = _USED_SQL.format(hosts=placeholders(ids))  # nosec B608: marks only
+        for host, vcpus, ram in rows(used, ids):
+            states[host].free_vcpus -= vcpus or 0
+            states[host].free_ram_gib -= ram or 0
+    return states
+
+
+def _read_gpus(states: dict[int, _HostState], *, model_id: int, which: str) -> None:
+    """Put on each host its GPUs of the model that are ``CLAIMED`` (enabled for MIG, holding
+    slices, a slot still free) or ``UNCLAIMED``, with the slots claimed on each as a bit mask:
+    one query."""
+    for state in states.values():
+        state.gpus = []
     if not states:
-        return states
+        return
     ids = list(states)
     marks = placeholders(ids)
-    for host, vcpus, ram in rows(_USED_SQL.format(hosts=marks), ids):  # nosec B608: marks only
-        states[host].free_vcpus -= vcpus or 0
-        states[host].free_ram_gib -= ram or 0
-    for gpu, host, uuid, index, mig, mask in rows(_GPUS_SQL.format(hosts=marks), [model_id, *ids]):  # nosec B608: marks only
+    if which == CLAIMED:
+        sql, params = _GPUS_CLAIMED_SQL.format(hosts=marks), [model_id, *ids, FULL_MASK]  # nosec B608: marks only
+    else:
+        sql, params = _GPUS_UNCLAIMED_SQL.format(hosts=marks), [model_id, *ids]  # nosec B608: marks only
+    for gpu, host, uuid, index, mig, mask in rows(sql, params):
         states[host].gpus.append(_GpuState(gpu, uuid, index, model_id, bool(mig), mask or 0))
-    return states
 
 
 def _lock_host(host_id: int) -> list | None:
@@ -403,28 +429,39 @@ def _reserve_on_one_host(
     """Place from an unlocked read of the region, then lock only the chosen host (``SKIP
     LOCKED``: a host another reservation holds is passed over for the next best) and place again
     on it from a fresh read taken after the lock. None when nothing fits; ``_Contended`` when
-    every host that fits is locked by others."""
+    every host that fits is locked by others.
+
+    The GPUs are read in the order the placement rules prefer them, so most reservations read
+    few: a MIG slice looks at the GPUs holding slices first (any of them beats an untouched
+    GPU) and at the untouched ones only when none of those fits; whole GPUs are only ever
+    placed on untouched ones."""
     shape = _Shape.of(instance_type)
-    hosts = _free_on(model_id=shape.model_id, region_id=region.pk)
+    hosts = _hosts_free(region_id=region.pk)
     passed: set[int] = set()  # locked by another reservation
-    mine: set[int] = set()  # locked by this one and read again after the lock
-    while True:
-        chosen = _choose([h for h in hosts.values() if h.id not in passed], shape)
-        if chosen is None:
-            if passed:
-                raise _Contended
-            return None
-        if chosen.host_id in mine:  # placed from a read taken under its lock
-            return _claim(chosen, instance_type, holder)
-        locked = _lock_host(chosen.host_id)
-        if locked is None:
-            passed.add(chosen.host_id)
-            continue
-        mine.add(chosen.host_id)  # locked while active: read what is free on it again
-        before = hosts.pop(chosen.host_id)
-        hosts.update(_free_on(model_id=shape.model_id, region_id=region.pk, locked=locked))
-        if hosts.get(chosen.host_id) == before:  # nothing moved on it: the choice stands
-            return _claim(chosen, instance_type, holder)
+    mine: set[int] = set()  # locked by this one
+    for which in (CLAIMED, UNCLAIMED) if shape.mig_size is not None else (UNCLAIMED,):
+        # read after any lock this reservation holds: fresh for the hosts in ``mine``
+        _read_gpus(hosts, model_id=shape.model_id, which=which)
+        while True:
+            chosen = _choose([h for h in hosts.values() if h.id not in passed], shape)
+            if chosen is None:
+                break  # nothing of this kind fits: the next kind of GPU, if any
+            if chosen.host_id in mine:  # placed from a read taken under its lock
+                return _claim(chosen, instance_type, holder)
+            locked = _lock_host(chosen.host_id)
+            if locked is None:
+                passed.add(chosen.host_id)
+                continue
+            mine.add(chosen.host_id)  # locked while active: read what is free on it again
+            before = hosts.pop(chosen.host_id)
+            fresh = _hosts_free(region_id=region.pk, locked=locked)
+            _read_gpus(fresh, model_id=shape.model_id, which=which)
+            hosts.update(fresh)
+            if hosts.get(chosen.host_id) == before:  # nothing moved on it: the choice stands
+                return _claim(chosen, instance_type, holder)
+    if passed:
+        raise _Contended
+    return None
 
 
 def _reserve_locking_the_region(
@@ -458,8 +495,9 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
     rolled back (its host locks with it) and the reservation waits for the region's hosts,
     locked in id order as one queue. The (GPU, slot) unique constraint is the last guard.
 
-    Queries (plain SQL for the reads, see ``_free_on``): three to read the region, one to lock
-    the host (reading its row), two to read what is used on it again, two to write the allocation and its slot claims (and a
+    Queries (plain SQL for the reads, see ``_hosts_free`` and ``_read_gpus``): three to read the
+    region, one to lock the host (reading its row), two to read what is used on it again (for a
+    MIG slice that no GPU holding slices can take, one and two more), two to write the allocation and its slot claims (and a
     savepoint around them).
     """
     try:
