@@ -206,6 +206,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--launches", type=int, default=400)
     parser.add_argument("--no-list", action="store_true", help="only the launch part")
+    parser.add_argument(
+        "--no-analyze", action="store_true", help="launch without statistics on the new fleet"
+    )
     args = parser.parse_args()
     from django.conf import settings
 
@@ -223,7 +226,7 @@ def main() -> int:
 
         print(f"database: {connection.vendor}")
         world = World(hosts=40, gpus_per_host=8)
-        if connection.vendor == "postgresql" and not os.environ.get("NOANALYZE"):
+        if connection.vendor == "postgresql" and not args.no_analyze:
             with connection.cursor() as cursor:  # as autovacuum would after loading a fleet
                 cursor.execute("ANALYZE")
         correct = _launch_throughput(world, services, CapacityUnavailable, args)
