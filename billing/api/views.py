@@ -24,6 +24,9 @@ from portal.api.schema import error_responses, list_responses
 from portal.errors import NotFound
 
 
+@extend_schema_view(
+    get=extend_schema(summary="Prepaid balance, credit reserved and what is available")
+)
 class BalanceView(APIView):
     actions = {"GET": Action.BILLING_VIEW}
 
@@ -140,6 +143,7 @@ class LedgerFilter(django_filters.FilterSet):
 
 
 @extend_schema_view(get=extend_schema(responses=list_responses(serializers.LedgerEntrySerializer)))
+@extend_schema_view(get=extend_schema(summary="The ledger: every credit and debit of the balance"))
 class LedgerView(generics.ListAPIView):
     actions = {"GET": Action.BILLING_VIEW}
     serializer_class = serializers.LedgerEntrySerializer
@@ -163,6 +167,7 @@ class InvoiceFilter(django_filters.FilterSet):
 
 
 @extend_schema_view(get=extend_schema(responses=list_responses(serializers.InvoiceSerializer)))
+@extend_schema_view(get=extend_schema(summary="The organisation's invoices and credit notes"))
 class InvoiceListView(generics.ListAPIView):
     actions = {"GET": Action.BILLING_VIEW}
     serializer_class = serializers.InvoiceSerializer
@@ -189,6 +194,7 @@ def _invoice(request, pk: int) -> Invoice:
     return invoice
 
 
+@extend_schema_view(get=extend_schema(summary="One invoice with its lines"))
 class InvoiceDetailView(APIView):
     actions = {"GET": Action.BILLING_VIEW}
 
@@ -211,6 +217,7 @@ class PdfOrJsonError(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+@extend_schema_view(get=extend_schema(summary="An invoice as PDF (Factur-X)"))
 class InvoicePdfView(APIView):
     actions = {"GET": Action.BILLING_VIEW}
     renderer_classes = [JSONRenderer]  # for errors; the PDF is returned as it is

@@ -13,6 +13,7 @@ from portal.accounts.roles import Action
 from portal.api.schema import error_responses, list_responses
 
 
+@extend_schema_view(get=extend_schema(summary="The organisation of the API key"))
 class OrganizationView(APIView):
     actions = {"GET": Action.ORG_VIEW}
 
@@ -25,6 +26,7 @@ class OrganizationView(APIView):
 
 
 @extend_schema(responses=list_responses(serializers.MemberSerializer))
+@extend_schema_view(get=extend_schema(summary="The organisation's members and their roles"))
 class MemberListView(generics.ListAPIView):
     actions = {"GET": Action.MEMBER_VIEW}
     serializer_class = serializers.MemberSerializer
@@ -37,6 +39,10 @@ class MemberListView(generics.ListAPIView):
 
 
 @extend_schema_view(get=extend_schema(responses=list_responses(serializers.SshKeySerializer)))
+@extend_schema_view(
+    get=extend_schema(summary="The organisation's SSH keys"),
+    post=extend_schema(summary="Add an SSH public key"),
+)
 class SshKeyListView(generics.ListAPIView):
     actions = {"GET": Action.SSH_KEY_VIEW, "POST": Action.SSH_KEY_MANAGE}
     serializer_class = serializers.SshKeySerializer
@@ -58,6 +64,9 @@ class SshKeyListView(generics.ListAPIView):
         return Response(serializers.SshKeySerializer(ssh_key).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(
+    get=extend_schema(summary="One SSH key"), delete=extend_schema(summary="Delete an SSH key")
+)
 class SshKeyDetailView(APIView):
     actions = {"GET": Action.SSH_KEY_VIEW, "DELETE": Action.SSH_KEY_MANAGE}
 
@@ -73,6 +82,7 @@ class SshKeyDetailView(APIView):
 
 
 @extend_schema(responses=list_responses(serializers.AuditEventSerializer))
+@extend_schema_view(get=extend_schema(summary="The organisation's audit log"))
 class AuditEventListView(generics.ListAPIView):
     actions = {"GET": Action.AUDIT_VIEW}
     serializer_class = serializers.AuditEventSerializer

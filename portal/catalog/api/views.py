@@ -2,7 +2,7 @@
 
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +16,9 @@ from portal.catalog.api import serializers
 from portal.catalog.models import GpuModel, Image, Region
 
 
+@extend_schema_view(
+    get=extend_schema(summary="Instance types with prices and availability per region")
+)
 class InstanceTypeListView(APIView):
     actions = {"GET": Action.ORG_VIEW}
     pagination_class = StandardPagination  # pages the offers below, and the schema says so
@@ -74,6 +77,7 @@ class RegionFilter(filters.FilterSet):
 
 
 @extend_schema(responses=list_responses(serializers.RegionSerializer))
+@extend_schema_view(get=extend_schema(summary="Regions"))
 class RegionListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.RegionSerializer
@@ -102,6 +106,7 @@ class ImageFilter(filters.FilterSet):
 
 
 @extend_schema(responses=list_responses(serializers.ImageSerializer))
+@extend_schema_view(get=extend_schema(summary="Machine images"))
 class ImageListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.ImageSerializer
@@ -123,6 +128,7 @@ class GpuModelFilter(filters.FilterSet):
 
 
 @extend_schema(responses=list_responses(serializers.GpuModelSerializer))
+@extend_schema_view(get=extend_schema(summary="GPU models and their specifications"))
 class GpuModelListView(generics.ListAPIView):
     actions = {"GET": Action.ORG_VIEW}
     serializer_class = serializers.GpuModelSerializer

@@ -51,6 +51,10 @@ class _Rows:
 
 
 @extend_schema_view(get=extend_schema(responses=list_responses(serializers.InstanceSerializer)))
+@extend_schema_view(
+    get=extend_schema(summary="The organisation's instances"),
+    post=extend_schema(summary="Launch an instance"),
+)
 class InstanceListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
     serializer_class = serializers.InstanceSerializer
@@ -126,6 +130,9 @@ class InstanceListView(generics.ListAPIView):
         )
 
 
+@extend_schema_view(
+    get=extend_schema(summary="One instance"), patch=extend_schema(summary="Rename an instance")
+)
 class InstanceDetailView(APIView):
     actions = {"GET": Action.INSTANCE_VIEW, "PATCH": Action.INSTANCE_MANAGE}
 
@@ -171,6 +178,14 @@ class InstanceActionView(APIView):
         )
 
 
+ACTION_SUMMARIES = {
+    "reboot": "Reboot an instance",
+    "start": "Start a stopped instance",
+    "stop": "Stop an instance (its disk is kept)",
+    "terminate": "Terminate an instance",
+}
+
+
 def action_view(name: str):
     def post(self, request, pk: int):
         return InstanceActionView.post(self, request, pk)
@@ -178,6 +193,7 @@ def action_view(name: str):
     view = type(f"Instance{name.title()}View", (InstanceActionView,), {"action_name": name})
     view.post = extend_schema(
         operation_id=f"instances_{name}",
+        summary=ACTION_SUMMARIES[name],
         request=None,
         responses={
             202: serializers.InstanceSerializer,
@@ -200,6 +216,7 @@ INSTANCE_ACTION_VIEWS = {action.value: action_view(action.value) for action in I
 
 
 @extend_schema(responses=list_responses(serializers.InstanceEventSerializer))
+@extend_schema_view(get=extend_schema(summary="An instance's state changes"))
 class InstanceEventListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW}
     serializer_class = serializers.InstanceEventSerializer
@@ -213,6 +230,10 @@ class InstanceEventListView(generics.ListAPIView):
 
 
 @extend_schema_view(get=extend_schema(responses=list_responses(serializers.VolumeSerializer)))
+@extend_schema_view(
+    get=extend_schema(summary="The organisation's volumes"),
+    post=extend_schema(summary="Create a volume"),
+)
 class VolumeListView(generics.ListAPIView):
     actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
     serializer_class = serializers.VolumeSerializer
@@ -234,6 +255,7 @@ class VolumeListView(generics.ListAPIView):
         return Response(serializers.VolumeSerializer(volume).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(delete=extend_schema(summary="Delete a volume"))
 class VolumeDetailView(APIView):
     actions = {"DELETE": Action.INSTANCE_MANAGE}
 

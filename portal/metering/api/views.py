@@ -2,7 +2,12 @@
 
 from datetime import timedelta
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -61,6 +66,7 @@ class CloudEventSerializer(serializers.Serializer):
     data = serializers.JSONField(help_text='A number, or {"value": number}.')
 
 
+@extend_schema_view(post=extend_schema(summary="Report usage events (CloudEvents)"))
 class UsageEventIngestView(APIView):
     actions = {"POST": Action.INSTANCE_MANAGE}
     parser_classes = [CloudEventParser, CloudEventBatchParser, JSONParser]
@@ -145,6 +151,7 @@ FULL_PRECISION = serializers.DecimalField(
 )
 
 
+@extend_schema_view(get=extend_schema(summary="Usage and its cost for a period"))
 class UsageView(APIView):
     actions = {"GET": Action.INSTANCE_VIEW}
 
