@@ -67,6 +67,31 @@ def grantable_roles(granter: str) -> list[Role]:
     return [role for role in Role if role_can_grant(granter, role)]
 
 
+# What a role's key may call, in the words of the API-key form, from the matrix above.
+ABILITIES: tuple[tuple[Action, str], ...] = (
+    (A.INSTANCE_VIEW, "read instances, volumes, usage, SSH keys, members and the catalog"),
+    (
+        A.INSTANCE_MANAGE,
+        "launch, stop, start and terminate instances; create and delete volumes; report usage",
+    ),
+    (A.SSH_KEY_MANAGE, "add and delete SSH keys"),
+    (A.BILLING_VIEW, "read the balance, invoices, the ledger and the spend limit"),
+    (A.BILLING_MANAGE, "top up, set the spend limit and ask for monthly invoicing"),
+    (A.MEMBER_INVITE, "invite and remove members"),
+    (A.API_KEY_MANAGE, "create and revoke API keys"),
+    (A.AUDIT_VIEW, "read the audit log"),
+    (A.ORG_UPDATE, "change the organisation's settings"),
+)
+
+
+def role_abilities(role: str) -> tuple[list[str], list[str]]:
+    """What a key or member of ``role`` may do, and what it is refused (403), as phrases."""
+    allowed = MATRIX[Role(role)]
+    may = [phrase for action, phrase in ABILITIES if action in allowed]
+    may_not = [phrase for action, phrase in ABILITIES if action not in allowed]
+    return may, may_not
+
+
 def matrix_as_markdown() -> str:
     roles = list(Role)
     lines = [

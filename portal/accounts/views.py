@@ -35,7 +35,7 @@ from portal.accounts.forms import (
     SshKeyForm,
 )
 from portal.accounts.middleware import SESSION_KEY, client_ip
-from portal.accounts.roles import Action, Role, grantable_roles
+from portal.accounts.roles import Action, Role, grantable_roles, role_abilities
 from portal.errors import SHOWN_ON_PAGE
 
 # --- helpers --------------------------------------------------------------------------------
@@ -416,10 +416,12 @@ NEW_API_KEY_COOKIE_MAX_AGE = 120
 def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **extra) -> dict:
     form = form or ApiKeyForm()
     form.limit_roles(request.actor.role)
+    grantable = grantable_roles(request.actor.role)
     return {
         "api_keys": selectors.api_keys_list(request.organization),
         "form": form,
-        "grantable": {role.value for role in grantable_roles(request.actor.role)},
+        "grantable": {role.value for role in grantable},
+        "role_abilities": [(role.label, *role_abilities(role)) for role in grantable],
         **extra,
     }
 

@@ -122,6 +122,22 @@ def test_api_key_secret_is_shown_once(owner_client):
     assert secret not in owner_client.get("/api-keys/").content.decode()
 
 
+def test_the_api_key_form_says_what_each_role_may_call(org, owner_client, key_client):
+    html = owner_client.get("/api-keys/").content.decode()
+    abilities = re.search(r'<details class="role-abilities">.*?</details>', html, re.S).group(0)
+    member = re.search(r"<dt>Member</dt>\s*<dd>(.*?)</dd>", abilities, re.S).group(1)
+    assert "launch, stop, start and terminate instances" in member
+    assert (
+        "Refused (403): " in member and "read the balance, invoices" in member.split("Refused")[1]
+    )
+    owner_line = re.search(r"<dt>Owner</dt>\s*<dd>(.*?)</dd>", abilities, re.S).group(1)
+    assert "Refused" not in owner_line and "read the audit log" in owner_line
+    # what it says is what the API does: a member key is refused the balance, not the instances
+    member_key = key_client("member", organization=org)
+    assert member_key.get("/api/v1/balance").status_code == 403
+    assert member_key.get("/api/v1/instances").status_code == 200
+
+
 def test_member_cannot_pick_a_role_above_their_own(org):
     member = factories.member(org, "member")
     client = Client()
