@@ -33,6 +33,18 @@ class StandardPagination(PageNumberPagination):
             return paginator.num_pages
         return _whole_number(request, self.page_query_param) or 1
 
+    def expected_slice(self, request) -> slice | None:
+        """The rows the request's page number and size ask for, for a list that reads its page
+        and its count together; None for ``page=last`` or a number ``get_page_number`` refuses."""
+        if request.query_params.get(self.page_query_param) in self.last_page_strings:
+            return None
+        try:
+            number = _whole_number(request, self.page_query_param) or 1
+            size = self.get_page_size(request)
+        except InvalidInput:
+            return None
+        return slice((number - 1) * size, number * size)
+
     def get_schema_operation_parameters(self, view):
         parameters = super().get_schema_operation_parameters(view)
         for parameter in parameters:

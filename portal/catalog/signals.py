@@ -1,9 +1,9 @@
 """Every save or delete of what the catalog shows moves the catalog version, so cached offers
 and catalog pages are rebuilt on the next request (``portal.catalog.cache``).
 
-Allocations are in the list: ``allocation_reserve`` creates one and ``allocation_release``
-saves it, so a launch, a stop and a termination show in availability at once without either
-function calling the cache. ``GpuSlotClaim`` is not: its rows only change with their
+Allocations are in the list: ``allocation_release`` saves one, so a stop and a termination show
+in availability at once. ``allocation_reserve`` writes its allocation with plain SQL
+(``portal.sql.insert``, no signal) and calls ``catalog_changed`` itself. ``GpuSlotClaim`` is not: its rows only change with their
 allocation, and a receiver would make ``QuerySet.delete()`` of claims load them one by one.
 """
 

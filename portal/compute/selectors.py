@@ -57,28 +57,75 @@ def instances_table(organization) -> QuerySet[Instance]:
     return Instance.objects.filter(organization=organization)
 
 
-class TableRows:
-    """The organisation's instances (those in ``states``, if given) as the instances page's
-    table reads them, for a ``Paginator``: ``count()``, and slices of dicts of ``TABLE_COLUMNS``
-    newest first (the model's ordering), each with ``total``, how many there are in all. So a
-    page in range and its paginator's count are one statement; plain SQL (``portal.sql``,
-    prepared on PostgreSQL), as building it through the ORM cost more than running it."""
+class _CountedRows:
+    """One list's rows for a ``Paginator``: ``count()`` and slices of dicts of ``columns``, each
+    page read with the list's total in the same statement (``_page``). Given the slice the
+    request will ask for (``expected``), ``count()`` reads that page, so the paginator's count
+    and its page are one statement; a page past the last, or no expected slice, is counted apart
+    (``_count``). Plain SQL (``portal.sql``, prepared on PostgreSQL), as building these reads
+    through the ORM cost more than running them."""
 
-    def __init__(self, organization, states: Sequence[str] | None = None) -> None:
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, expected: slice | None = None) -> None:
+        self.expected = expected
+        self._read: tuple[tuple[int, int], list[dict]] | None = None
+        self._total: int | None = None
+
+    def _page(self, start: int, size: int) -> list[list]:
+        """The rows from ``start``, at most ``size``, each with the total last."""
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        if self._total is None and self.expected is not None:
+            self[self.expected]
+        if self._total is None:
+            self._total = self._count()
+        return self._total
+
+    def __getitem__(self, page: slice) -> list[dict]:
+        start, stop = page.start or 0, page.stop
+        if stop <= start:
+            return []
+        if self._read is not None:  # the paginator cuts the last page to the count
+            (read_start, read_stop), read = self._read
+            if read_start == start and stop <= read_stop:
+                return read[: stop - start]
+        keys = (*self.columns, "total")
+        found = [dict(zip(keys, row, strict=True)) for row in self._page(start, stop - start)]
+        if found:
+            self._total = found[0]["total"]
+        elif start == 0:
+            self._total = 0
+        self._read = ((start, stop), found)
+        return found
+
+
+class TableRows(_CountedRows):
+    """The organisation's instances (those in ``states``, if given) as the instances page's
+    table reads them: dicts of ``TABLE_COLUMNS`` newest first (the model's ordering), each with
+    ``total``, how many there are in all."""
+
+    columns = TABLE_COLUMNS
+
+    def __init__(
+        self, organization, states: Sequence[str] | None = None, expected: slice | None = None
+    ) -> None:
+        super().__init__(expected)
         self.organization_id = organization.pk
         self.states = tuple(states or ())
 
-    def count(self) -> int:
+    def _count(self) -> int:
         instances = instances_table(self.organization_id)
         return (instances.filter(state__in=self.states) if self.states else instances).count()
 
-    def __getitem__(self, page: slice) -> list[dict]:
-        if page.stop <= page.start:
-            return []
+    def _page(self, start: int, size: int) -> list[list]:
         org, states = self.organization_id, self.states
-        params = [org, *states, org, *states, page.stop - page.start, page.start]
-        found = rows(_table_sql(len(states)), params, _TABLE_FIELDS)
-        return [dict(zip((*TABLE_COLUMNS, "total"), row, strict=True)) for row in found]
+        params = [org, *states, org, *states, size, start]
+        return rows(_table_sql(len(states)), params, _TABLE_FIELDS)
 
 
 # A page of the table, with the count (an uncorrelated subquery, run once) on every row.
@@ -117,47 +164,23 @@ def instance_list_values(instances: QuerySet[Instance]) -> QuerySet[dict]:
     return instances.values(*API_COLUMNS)
 
 
-class ApiRows:
+class ApiRows(_CountedRows):
     """All the organisation's instances as ``GET /api/v1/instances`` reads them when it is not
-    filtered, for a ``Paginator``: slices of dicts of ``API_COLUMNS`` newest first (the model's
-    ordering), each read with the total. Given the slice the request will ask for
-    (``expected``), ``count()`` reads that page with the total, so the paginator's count and its
-    page are one statement; a page past the last is counted apart. Plain SQL (``portal.sql``),
-    as building it through the ORM cost more than running it."""
+    filtered: dicts of ``API_COLUMNS`` newest first (the model's ordering), each with
+    ``total``."""
+
+    columns = API_COLUMNS
 
     def __init__(self, organization, expected: slice | None = None) -> None:
+        super().__init__(expected)
         self.organization_id = organization.pk
-        self.expected = expected
-        self._read: tuple[tuple[int, int], list[dict]] | None = None
-        self._total: int | None = None
 
-    def count(self) -> int:
-        if self._total is None and self.expected is not None:
-            self[self.expected]
-        if self._total is None:
-            self._total = instances_table(self.organization_id).count()
-        return self._total
+    def _count(self) -> int:
+        return instances_table(self.organization_id).count()
 
-    def __getitem__(self, page: slice) -> list[dict]:
-        start, stop = page.start or 0, page.stop
-        if stop <= start:
-            return []
-        if self._read is not None:  # the paginator cuts the last page to the count
-            (read_start, read_stop), read = self._read
-            if read_start == start and stop <= read_stop:
-                return read[: stop - start]
-        bounds = (start, stop)
-        params = [self.organization_id, self.organization_id, max(stop - start, 0), start]
-        found = [
-            dict(zip((*API_COLUMNS, "total"), row, strict=True))
-            for row in rows(_API_SQL, params, _API_FIELDS)
-        ]
-        if found:
-            self._total = found[0]["total"]
-        elif start == 0:
-            self._total = 0
-        self._read = (bounds, found)
-        return found
+    def _page(self, start: int, size: int) -> list[list]:
+        params = [self.organization_id, self.organization_id, size, start]
+        return rows(_API_SQL, params, _API_FIELDS)
 
 
 _API_SQL = """

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.paginator import Page, Paginator
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -80,30 +80,27 @@ FILTERS = {
 MAX_PAGE = 2**62 // PAGE_SIZE
 
 
-def _table_page(rows: selectors.TableRows, number: str | None) -> Page:
-    """``Paginator(rows, PAGE_SIZE).get_page(number)``, in one query when ``number`` is a page
-    in range (its rows carry the count, ``total``) or the first. A page out of range is left to
-    the paginator (which counts first, and gives the last page)."""
-    paginator = Paginator(rows, PAGE_SIZE)
+def _expected_page(number: str | None) -> slice | None:
+    """The rows ``Paginator.get_page(number)`` will slice when ``number`` is a page in range:
+    what is not a whole number is page 1, as ``get_page`` reads it; None for a number below 1
+    or past any count (the paginator counts first and gives the last page)."""
     try:
         wanted = int(number or 1)
     except ValueError:
-        wanted = 1  # what get_page does with a page that is not a number
-    if 1 <= wanted <= MAX_PAGE:
-        start = (wanted - 1) * PAGE_SIZE
-        found = rows[start : start + PAGE_SIZE]
-        if found or start == 0:  # nothing on the first page: there is nothing at all
-            paginator.count = found[0]["total"] if found else 0
-            return Page(found, wanted, paginator)
-    return paginator.get_page(number)
+        wanted = 1
+    if not 1 <= wanted <= MAX_PAGE:
+        return None
+    start = (wanted - 1) * PAGE_SIZE
+    return slice(start, start + PAGE_SIZE)
 
 
 @org_page(Action.INSTANCE_VIEW)
 def instance_list(request: HttpRequest) -> HttpResponse:
     filter_form = InstanceFilterForm(request.GET or None)
     state = filter_form.value()
-    rows = selectors.TableRows(request.organization, FILTERS[state])
-    page = _table_page(rows, request.GET.get("page"))
+    number = request.GET.get("page")
+    rows = selectors.TableRows(request.organization, FILTERS[state], _expected_page(number))
+    page = Paginator(rows, PAGE_SIZE).get_page(number)  # one query for a page in range
     params = urlencode({"state": state}) if state != "all" else ""
     context = {
         "filter_form": filter_form,

@@ -74,19 +74,11 @@ class InstanceListView(generics.ListAPIView):
             instances = self.filter_queryset(self.get_queryset())
             rows = _Rows(instances, selectors.instance_list_values(instances))
         else:
-            rows = selectors.ApiRows(request.actor.organization, self._expected_page(request))
+            rows = selectors.ApiRows(
+                request.actor.organization, self.paginator.expected_slice(request)
+            )
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(serializers.instance_list_rows(page))
-
-    def _expected_page(self, request) -> slice | None:
-        """The rows the request's page number and size ask for (None for ``page=last``, or a
-        number the paginator will refuse)."""
-        size = self.paginator.get_page_size(request)
-        raw = request.query_params.get(self.paginator.page_query_param) or "1"
-        if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
-            return None
-        start = (int(raw) - 1) * size
-        return slice(start, start + size)
 
     @extend_schema(
         request=serializers.InstanceCreateSerializer,
