@@ -168,6 +168,25 @@ def format_amount(value: Decimal | None, currency: str) -> str:
     return f"{MINUS}{text}" if rounded < 0 else text
 
 
+# Currencies whose sign is how their buyers read them; the others keep their ISO code after
+# the figure (``1,234.50 USD``), which reads the same in every language.
+CURRENCY_SIGNS = {"CNY": "\u00a5"}
+
+
+def with_currency(text: str, currency: str) -> str:
+    """A written amount with its currency, for pages and messages in any language:
+    ``("1,234.50", "CNY")`` -> ``¥1,234.50``, ``("\u221212.00", "CNY")`` -> ``\u2212¥12.00``,
+    ``("1,234.50", "USD")`` -> ``1,234.50 USD``; empty stays empty."""
+    if not text:
+        return ""
+    sign = CURRENCY_SIGNS.get(currency)
+    if sign is None:
+        return f"{text} {currency}" if currency else text
+    if text[0] in (MINUS, "-"):
+        return f"{text[0]}{sign}{text[1:]}"
+    return f"{sign}{text}"
+
+
 def detail_text(value: Decimal) -> str:
     """A full-precision figure written for a usage detail row, half-up to ``DETAIL_PLACES``:
     ``0.00109999`` -> ``0.0011``. A display of rated usage, not an amount: amounts are rounded

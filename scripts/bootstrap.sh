@@ -50,3 +50,4 @@ fi
 echo "==> syncing .venv from uv.lock ($("$PYTHON" -V))${groups:+ with ${groups[*]}}"
 UV_PROJECT_ENVIRONMENT=.venv .tools/bin/uv sync --frozen --compile-bytecode --python "$PYTHON" --quiet ${groups[@]+"${groups[@]}"}
 mkdir -p var
+.venv/bin/python scripts/compile_messages.py

@@ -82,6 +82,11 @@ else
     missing "Chromium not found (apt-get install chromium); browser tests skip"
 fi
 
+# --- gettext ------------------------------------------------------------------------------
+# tests/test_i18n.py runs makemessages (xgettext) to prove every string is in the catalogue.
+command -v xgettext >/dev/null 2>&1 \
+    || missing "gettext not found (apt-get install gettext); the translation catalogue test skips"
+
 # --- libvirt ------------------------------------------------------------------------------
 # libvirt-python (the `libvirt` dependency group) builds against libvirt-dev; its tests use the
 # in-process test:///default driver, so no daemon is started. bootstrap.sh syncs the group too;

@@ -20,6 +20,7 @@ class AccountsErrorCode(StrEnum):
     INVITATION_CLOSED = "invitation_closed"
     INVITATION_INVALID = "invitation_invalid"
     INVITATION_WRONG_USER = "invitation_wrong_user"
+    LANGUAGE_INVALID = "language_invalid"
     LAST_OWNER = "last_owner"
     LOGIN_FAILED = "login_failed"
     LOGIN_THROTTLED = "login_throttled"

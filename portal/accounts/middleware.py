@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.utils import translation
 
 from portal.accounts.selectors import memberships_for_user
 from portal.accounts.types import Actor
@@ -68,4 +69,21 @@ class CurrentOrganizationMiddleware:
             request.membership = membership
             request.organization = membership.organization if membership else None
         request.actor = actor_for_request(request)
+        return self.get_response(request)
+
+
+class UserLanguageMiddleware:
+    """Speaks the signed-in user's chosen language (``User.language``), which outranks the
+    cookie and Accept-Language that ``LocaleMiddleware`` read. Users who never chose keep
+    what the browser asks for; API-key clients choose with Accept-Language."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        language = user.language if user is not None and user.is_authenticated else ""
+        if language and language != request.LANGUAGE_CODE:
+            translation.activate(language)
+            request.LANGUAGE_CODE = translation.get_language()
         return self.get_response(request)

@@ -50,6 +50,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     )
     date_joined = models.DateTimeField(default=timezone.now)
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    language = models.CharField(
+        max_length=10,
+        choices=settings.LANGUAGES,
+        blank=True,
+        help_text="The language the portal and its emails speak to this person; "
+        "empty follows the browser.",
+    )
 
     objects = UserManager()
 

@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
 from django_countries import countries
 
 from portal.accounts import emails
@@ -908,6 +909,20 @@ def user_update_profile(*, user: User, full_name: str, ip_address: str | None = 
             action="user.update",
             target=user,
         )
+    return user
+
+
+def user_set_language(*, user: User, language: str) -> User:
+    """Keep the language the portal and its emails speak to ``user`` (a code of
+    ``settings.LANGUAGES``, or empty to follow the browser)."""
+    if language and language not in dict(settings.LANGUAGES):
+        raise InvalidInput(
+            _("%(language)s is not a language of the portal.") % {"language": language},
+            code=AccountsErrorCode.LANGUAGE_INVALID,
+        )
+    if user.language != language:
+        user.language = language
+        user.save(update_fields=["language"])
     return user
 
 

@@ -48,6 +48,7 @@ urlpatterns = [
     ),
     path("organizations/new/", views.organization_create, name="organization_create"),
     path("organizations/switch/", views.organization_switch, name="organization_switch"),
+    path("language/", views.language_switch, name="language_switch"),
     path("settings/", views.organization_settings, name="organization_settings"),
     path("settings/delete/", views.organization_delete, name="organization_delete"),
     path("members/", views.members, name="members"),

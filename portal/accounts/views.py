@@ -7,6 +7,7 @@ next to the form as the same sentence the API returns.
 from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
@@ -16,7 +17,9 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils import translation
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -188,6 +191,29 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
         request.session[SESSION_KEY] = membership.organization_id
         messages.info(request, f"Switched to {membership.organization.name}.")
     return redirect(_safe_next(request, reverse("accounts:dashboard")))
+
+
+@require_POST
+def language_switch(request: HttpRequest) -> HttpResponse:
+    """The header's language switcher: kept in a cookie for everyone and on the user for
+    those signed in (so emails and other devices speak it too)."""
+    language = request.POST.get("language", "")
+    if language not in dict(settings.LANGUAGES):
+        messages.error(request, _("That language is not available."))
+        return redirect(_safe_next(request, reverse("accounts:dashboard")))
+    if request.user.is_authenticated:
+        services.user_set_language(user=request.user, language=language)
+    translation.activate(language)
+    response = redirect(_safe_next(request, reverse("accounts:dashboard")))
+    response.set_cookie(
+        settings.LANGUAGE_COOKIE_NAME,
+        language,
+        max_age=settings.LANGUAGE_COOKIE_AGE,
+        secure=settings.LANGUAGE_COOKIE_SECURE,
+        httponly=True,
+        samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+    )
+    return response
 
 
 @org_page(Action.ORG_VIEW)

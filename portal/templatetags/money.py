@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 from django import template
 
-from portal.money import amount_text, detail_text, format_amount, format_unit_price
+from portal.money import amount_text, detail_text, format_amount, format_unit_price, with_currency
 
 register = template.Library()
 
@@ -34,6 +34,26 @@ def money(value, currency) -> str:
     ``1234.5|money:"USD"`` -> ``1,234.50``; empty stays empty."""
     number = _decimal(value)
     return "" if number is None else format_amount(number, currency)
+
+
+@register.filter
+def money_in(value, currency) -> str:
+    """``money`` with its currency, as pages show amounts to people in either language:
+    ``1234.5|money_in:"CNY"`` -> ``¥1,234.50``, ``1234.5|money_in:"USD"`` -> ``1,234.50 USD``."""
+    return with_currency(money(value, currency), currency)
+
+
+@register.filter
+def amount_in(value, currency) -> str:
+    """``amount`` with its currency (no grouping, as a figure in a table or a form reads):
+    ``12.5|amount_in:"CNY"`` -> ``¥12.50``."""
+    return with_currency(amount(value, currency), currency)
+
+
+@register.filter
+def unit_price_in(value, currency) -> str:
+    """``unit_price`` with its currency: ``0.000250|unit_price_in:"CNY"`` -> ``¥0.00025``."""
+    return with_currency(unit_price(value, currency), currency)
 
 
 @register.filter

@@ -1,4 +1,13 @@
 // Small progressive enhancements; every page works without them.
+document.documentElement.classList.add("js");
+// The header's menu button (phones): shows and hides the navigation.
+document.addEventListener("click", (event) => {
+  const toggle = event.target.closest("[data-menu-toggle]");
+  if (!toggle) return;
+  const open = toggle.getAttribute("aria-expanded") !== "true";
+  toggle.setAttribute("aria-expanded", String(open));
+  toggle.closest(".topbar").classList.toggle("open", open);
+});
 document.addEventListener("change", (event) => {
   const el = event.target;
   if (el.matches("select[data-autosubmit]")) el.form.requestSubmit();
@@ -9,7 +18,7 @@ document.addEventListener("click", (event) => {
   const target = document.getElementById(button.dataset.copy);
   if (target && navigator.clipboard) {
     navigator.clipboard.writeText(target.textContent.trim());
-    button.textContent = "Copied";
+    button.textContent = button.dataset.copied || button.textContent;
   }
 });
 // After htmx swaps a panel, put focus where the user needs it: the first invalid field.

@@ -580,6 +580,7 @@ OUTSIDE_THE_MATRIX = {
     "signup/": "before any organisation",
     "login/": "before any organisation",
     "logout/": "the session only",
+    "language/": "the user's own language, no organisation (tests/test_i18n.py)",
     "verify-email/resend/": "the signed-in user's own address",
     "verify-email/<str:token>/": "addressed by a signed token",
     "password-reset/": "before signing in",
