@@ -351,6 +351,13 @@ PROVISIONING_BACKENDS = {
             "uri_template": os.environ.get("LIBVIRT_URI_TEMPLATE", "qemu+ssh://root@{host}/system"),
             "shutdown_timeout_seconds": float(os.environ.get("LIBVIRT_SHUTDOWN_TIMEOUT", "60")),
             "image_dir": os.environ.get("LIBVIRT_IMAGE_DIR", "/var/lib/libvirt/images"),
+            # "ssh": running (and billed) once the guest's SSH port answers; "libvirt": once
+            # the domain runs
+            "readiness": os.environ.get("LIBVIRT_READINESS", "ssh"),
+            # "qemu" emulates in software where the host has no usable KVM
+            "domain_type": os.environ.get("LIBVIRT_DOMAIN_TYPE", "kvm"),
+            "cpu_model": os.environ.get("LIBVIRT_CPU_MODEL", ""),  # empty: host-passthrough
+            "ssh_user": os.environ.get("LIBVIRT_SSH_USER", "ubuntu"),
         },
     },
 }

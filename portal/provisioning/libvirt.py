@@ -52,15 +52,42 @@ vCPUs, memory and the defined GPUs as ``nvidia-smi`` bus ids (``gpu_pci_bus_ids`
 ``libvirt`` (libvirt-python, the ``libvirt`` dependency group) is imported on first use, so this
 module imports without it; using the backend without it raises ``PermanentBackendError``.
 Connections are opened per call and closed after it (safe across Celery's forked workers).
-Cloud-init seeding (SSH keys, user data) is not done yet.
+
+Every machine boots with a cloud-init NoCloud seed (``portal.provisioning.cloud_init``): a raw
+volume ``<machine_id>-seed.iso`` in the pool, uploaded through libvirt (so it works over
+``qemu+ssh`` too) and attached read-only as the second disk, with the spec's SSH keys, the
+hostname, the customer's user data and ``instance-id: <machine_id>``, which stays the same
+across stop and start so cloud-init does not run its per-instance steps twice. ``terminate``
+deletes it with the boot disk. ``seed=False`` turns this off (libvirt's ``test:///`` driver
+cannot upload volumes).
+
+Ready means reachable: with ``readiness="ssh"`` (the default) a running domain is reported as
+``provisioning`` (``detail["stage"] == "booting"``) until its SSH port answers with an SSH
+banner; ``readiness="libvirt"`` takes libvirt's ``running`` as ready. ``detail["ssh"]`` gives
+where to connect (``host``, ``port``, ``user``).
+
+More options:
+
+- ``domain_type``: ``kvm`` (default), or ``qemu`` for software emulation (TCG) where the host
+  has no usable KVM; ``cpu_model``: empty for ``host-passthrough``, else a model (``qemu64``).
+- ``direct_boot``: ``{image: {"kernel": path, "initrd": path, "cmdline": str}}`` boots an image's
+  kernel directly (the boot disk is still attached as ``vda``); ``ssh_users``: ``{image: user}``
+  names the image's login user (default ``ssh_user``, ``ubuntu``).
+- ``ssh_forward``: ``{"address": "127.0.0.1", "first_port": 22000, "last_port": 22999}`` gives
+  each machine QEMU user-mode networking with its SSH port forwarded to a port of that range on
+  the host (kept in the domain's metadata), instead of joining ``network``: for a single host
+  without a bridged network, and for tests.
+- ``console_dir``: write each machine's serial console to ``<console_dir>/<machine_id>.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -81,12 +108,16 @@ from portal.provisioning.base import (
     ProvisioningBackend,
     TransientBackendError,
 )
+from portal.provisioning.cloud_init import Seed, hostname_for
 from portal.provisioning.models import LibvirtPlacement
 
 logger = logging.getLogger(__name__)
 
 NS = "http://gpucloud.example/xmlns/portal-machine/1.0"
 ET.register_namespace("portal", NS)
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
+SSH_PROBE_SECONDS = 1.0  # how long a readiness probe waits for the guest's SSH banner
 
 POLL_SECONDS = 0.25  # how often stop looks whether the guest has powered off
 KIB_PER_GIB = 1024 * 1024
@@ -141,6 +172,26 @@ class PciAddress:
 
     def nvidia_smi(self) -> str:
         return f"{self.domain:08X}:{self.bus:02X}:{self.slot:02X}.{self.function:X}"
+
+
+def _port_free(address: str, port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def ssh_answers(host: str, port: int, timeout: float = SSH_PROBE_SECONDS) -> bool:
+    """Whether an SSH server answers at host:port: its banner starts with ``SSH-``. A forwarded
+    port accepts connections before the guest's sshd listens, so connecting is not enough."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            return connection.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 # --- libvirt, imported on first use -------------------------------------------------------
@@ -297,6 +348,15 @@ class LibvirtBackend(ProvisioningBackend):
         shutdown_timeout_seconds: float = 60,
         image_dir: str = "/var/lib/libvirt/images",
         network: str = "default",
+        seed: bool = True,
+        readiness: str = "ssh",
+        domain_type: str = "kvm",
+        cpu_model: str = "",
+        direct_boot: dict | None = None,
+        ssh_user: str = "ubuntu",
+        ssh_users: dict | None = None,
+        ssh_forward: dict | None = None,
+        console_dir: str = "",
     ) -> None:
         super().__init__(
             alias,
@@ -304,7 +364,39 @@ class LibvirtBackend(ProvisioningBackend):
             shutdown_timeout_seconds=shutdown_timeout_seconds,
             image_dir=image_dir,
             network=network,
+            seed=seed,
+            readiness=readiness,
+            domain_type=domain_type,
+            cpu_model=cpu_model,
+            direct_boot=direct_boot,
+            ssh_user=ssh_user,
+            ssh_users=ssh_users,
+            ssh_forward=ssh_forward,
+            console_dir=console_dir,
         )
+        if readiness not in ("ssh", "libvirt"):
+            raise ImproperlyConfigured("libvirt backend option readiness must be ssh or libvirt")
+        if domain_type not in ("kvm", "qemu"):
+            raise ImproperlyConfigured("libvirt backend option domain_type must be kvm or qemu")
+        if ssh_forward is not None and not (
+            isinstance(ssh_forward, dict)
+            and 0
+            < int(ssh_forward.get("first_port", 0))
+            <= int(ssh_forward.get("last_port", 0))
+            < 65536
+        ):
+            raise ImproperlyConfigured(
+                "libvirt backend option ssh_forward needs first_port <= last_port (1-65535)"
+            )
+        self.seed = bool(seed)
+        self.readiness = readiness
+        self.domain_type = domain_type
+        self.cpu_model = cpu_model
+        self.direct_boot = dict(direct_boot or {})
+        self.ssh_user = ssh_user
+        self.ssh_users = dict(ssh_users or {})
+        self.ssh_forward = dict(ssh_forward) if ssh_forward else None
+        self.console_dir = console_dir
         if not isinstance(uri_template, str) or not uri_template:
             raise ImproperlyConfigured(
                 "libvirt backend option uri_template must be a connection URI"
@@ -358,9 +450,20 @@ class LibvirtBackend(ProvisioningBackend):
     def disk_path(self, machine_id: str) -> str:
         return os.path.join(self.image_dir, f"{machine_id}.qcow2")
 
-    def domain_xml(self, spec: MachineSpec, uuid: str | None = None) -> str:
+    def seed_path(self, machine_id: str) -> str:
+        return os.path.join(self.image_dir, f"{machine_id}-seed.iso")
+
+    def seed_for(self, spec: MachineSpec) -> Seed:
+        return Seed(
+            instance_id=spec.machine_id,
+            hostname=hostname_for(spec.name, spec.machine_id),
+            ssh_public_keys=tuple(spec.ssh_public_keys),
+            user_data=spec.user_data,
+        )
+
+    def domain_xml(self, spec: MachineSpec, uuid: str | None = None, ssh_port: int = 0) -> str:
         addresses = self.validate(spec)
-        domain = ET.Element("domain", type="kvm")
+        domain = ET.Element("domain", type=self.domain_type)
         ET.SubElement(domain, "name").text = spec.machine_id
         if uuid:
             ET.SubElement(domain, "uuid").text = uuid
@@ -372,17 +475,31 @@ class LibvirtBackend(ProvisioningBackend):
             ("name", spec.name),
             ("host", spec.host_name),
             ("image", spec.image),
+            *((("ssh-port", str(ssh_port)),) if ssh_port else ()),
         ):
             ET.SubElement(metadata, f"{{{NS}}}{tag}").text = value
         ET.SubElement(domain, "memory", unit="KiB").text = str(spec.ram_gib * KIB_PER_GIB)
         ET.SubElement(domain, "vcpu", placement="static").text = str(spec.vcpus)
         os_element = ET.SubElement(domain, "os")
         ET.SubElement(os_element, "type", arch="x86_64", machine="q35").text = "hvm"
-        ET.SubElement(os_element, "boot", dev="hd")
+        if boot := self.direct_boot.get(spec.image):
+            ET.SubElement(os_element, "kernel").text = boot["kernel"]
+            if boot.get("initrd"):
+                ET.SubElement(os_element, "initrd").text = boot["initrd"]
+            ET.SubElement(os_element, "cmdline").text = boot.get("cmdline", "console=ttyS0")
+        else:
+            ET.SubElement(os_element, "boot", dev="hd")
         features = ET.SubElement(domain, "features")
         ET.SubElement(features, "acpi")
         ET.SubElement(features, "apic")
-        ET.SubElement(domain, "cpu", mode="host-passthrough")
+        if self.domain_type == "qemu":  # without a cap, TCG's code cache doubles QEMU's memory
+            tcg = ET.SubElement(features, "tcg")
+            ET.SubElement(tcg, "tb-cache", unit="MiB").text = "128"
+        if self.cpu_model:
+            cpu = ET.SubElement(domain, "cpu", mode="custom", match="exact")
+            ET.SubElement(cpu, "model", fallback="allow").text = self.cpu_model
+        else:
+            ET.SubElement(domain, "cpu", mode="host-passthrough")
         for event, action in (
             ("on_poweroff", "destroy"),
             ("on_reboot", "restart"),
@@ -394,14 +511,40 @@ class LibvirtBackend(ProvisioningBackend):
         ET.SubElement(disk, "driver", name="qemu", type="qcow2")
         ET.SubElement(disk, "source", file=self.disk_path(spec.machine_id))
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
-        if self.network:
+        if self.seed:
+            seed = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(seed, "driver", name="qemu", type="raw")
+            ET.SubElement(seed, "source", file=self.seed_path(spec.machine_id))
+            ET.SubElement(seed, "target", dev="vdb", bus="virtio")
+            ET.SubElement(seed, "readonly")
+        if self.ssh_forward:
+            pass  # QEMU user-mode networking, below: libvirt's <interface type='user'> has no
+            # port forwarding before libvirt 9.3
+        elif self.network:
             interface = ET.SubElement(devices, "interface", type="network")
             ET.SubElement(interface, "source", network=self.network)
             ET.SubElement(interface, "model", type="virtio")
         for address in addresses:
             hostdev = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
             ET.SubElement(ET.SubElement(hostdev, "source"), "address", **address.xml_attributes())
-        ET.SubElement(devices, "console", type="pty")
+        if self.console_dir:
+            serial = ET.SubElement(devices, "serial", type="file")
+            log = os.path.join(self.console_dir, f"{spec.machine_id}.log")
+            ET.SubElement(serial, "source", path=log, append="on")
+            ET.SubElement(serial, "target", port="0")
+        else:
+            ET.SubElement(devices, "console", type="pty")
+        if self.ssh_forward and ssh_port:
+            address = self.ssh_forward.get("address", "127.0.0.1")
+            commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+            for value in (
+                "-netdev",
+                f"user,id=portalnet0,hostfwd=tcp:{address}:{ssh_port}-:22",
+                "-device",
+                # a fixed slot, or the NIC takes the one libvirt gives the disk
+                "virtio-net-pci,netdev=portalnet0,bus=pcie.0,addr=0x10",
+            ):
+                ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
         return ET.tostring(domain, encoding="unicode")
 
     def volume_xml(self, spec: MachineSpec) -> str:
@@ -537,6 +680,14 @@ class LibvirtBackend(ProvisioningBackend):
             (label for name, label in _STATE_NAMES.items() if getattr(lv, name, None) == state),
             str(state),
         )
+        ssh = self._ssh_target(defined, addresses)
+        if observed == ObservedState.RUNNING and self.readiness == "ssh":
+            ready = ssh is not None and ssh_answers(ssh["host"], ssh["port"])
+            extra.setdefault("stage", "ready" if ready else "booting")
+            if not ready:
+                observed = ObservedState.PROVISIONING
+        if ssh is not None:
+            extra.setdefault("ssh", ssh)
         return MachineStatus(
             machine_id=dom.name(),
             state=observed,
@@ -554,6 +705,75 @@ class LibvirtBackend(ProvisioningBackend):
             },
         )
 
+    def _ssh_target(self, defined: DefinedMachine, addresses: tuple[str, ...]) -> dict | None:
+        """Where to log into the machine: the forwarded port, else its first IPv4 address."""
+        user = self.ssh_users.get(defined.metadata.get("image", ""), self.ssh_user)
+        port = int(defined.metadata.get("ssh-port") or 0)
+        if self.ssh_forward and port:
+            return {
+                "host": self.ssh_forward.get("address", "127.0.0.1"),
+                "port": port,
+                "user": user,
+            }
+        ipv4 = [address for address in addresses if ":" not in address]
+        if ipv4 or addresses:
+            return {"host": (ipv4 or list(addresses))[0], "port": 22, "user": user}
+        return None
+
+    def _free_ssh_port(self, conn) -> int:
+        """The lowest port of ``ssh_forward``'s range no portal domain on ``conn`` uses and
+        nothing on this host listens on."""
+        if not self.ssh_forward:
+            return 0
+        taken = set()
+        for dom in conn.listAllDomains(0):
+            with contextlib.suppress(Exception):
+                taken.add(int(DefinedMachine.parse(dom.XMLDesc(0)).metadata.get("ssh-port") or 0))
+        address = self.ssh_forward.get("address", "127.0.0.1")
+        first, last = int(self.ssh_forward["first_port"]), int(self.ssh_forward["last_port"])
+        for port in range(first, last + 1):
+            if port not in taken and _port_free(address, port):
+                return port
+        raise CapacityError(f"libvirt: no free SSH port between {first} and {last}")
+
+    def _upload_seed(self, lv, conn, pool, spec: MachineSpec) -> None:
+        """Write the machine's NoCloud seed into the pool (replacing an older one)."""
+        body = self.seed_for(spec).iso()
+        name = f"{spec.machine_id}-seed.iso"
+        with contextlib.suppress(lv.libvirtError):
+            pool.storageVolLookupByName(name).delete(0)
+        volume = ET.Element("volume")
+        ET.SubElement(volume, "name").text = name
+        ET.SubElement(volume, "capacity", unit="bytes").text = str(len(body))
+        ET.SubElement(ET.SubElement(volume, "target"), "format", type="raw")
+        vol = pool.createXML(ET.tostring(volume, encoding="unicode"), 0)
+        stream = conn.newStream(0)
+        try:
+            vol.upload(stream, 0, len(body), 0)
+            stream.sendAll(lambda _stream, nbytes, buffer: buffer.read(nbytes), io.BytesIO(body))
+            stream.finish()
+        except lv.libvirtError:
+            with contextlib.suppress(lv.libvirtError):
+                stream.abort()
+            raise
+
+    def _has_seed(self, lv, conn, machine_id: str) -> bool:
+        pool = self._pool(lv, conn, required=False)
+        try:
+            return pool is not None and bool(pool.storageVolLookupByName(f"{machine_id}-seed.iso"))
+        except lv.libvirtError:
+            return False
+
+    def _delete_seed(self, lv, conn, machine_id: str) -> None:
+        pool = self._pool(lv, conn, required=False)
+        if pool is None:
+            return
+        try:
+            pool.storageVolLookupByName(f"{machine_id}-seed.iso").delete(0)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() != lv.VIR_ERR_NO_STORAGE_VOL:
+                raise
+
     @staticmethod
     def _missing(machine_id: str, host_name: str = "") -> MachineStatus:
         return MachineStatus(
@@ -563,7 +783,7 @@ class LibvirtBackend(ProvisioningBackend):
     # --- the interface ---------------------------------------------------------------------
 
     def create(self, spec: MachineSpec) -> MachineStatus:
-        xml = self.domain_xml(spec)  # validates before anything touches a host
+        self.domain_xml(spec)  # validates before anything touches a host
         uri = self.uri_for(spec)
         where = self._where(spec.machine_id)
         if where is not None and where[0] != uri:
@@ -581,7 +801,9 @@ class LibvirtBackend(ProvisioningBackend):
                 pool = self._pool(lv, conn)
                 if self._volume(lv, conn, spec.machine_id) is None:
                     pool.createXML(self.volume_xml(spec), 0)
-                dom = conn.defineXML(xml)
+                if self.seed:
+                    self._upload_seed(lv, conn, pool, spec)
+                dom = conn.defineXML(self.domain_xml(spec, ssh_port=self._free_ssh_port(conn)))
                 dom.create()
             except BackendError as exc:
                 if not isinstance(exc, TransientBackendError):
@@ -605,6 +827,8 @@ class LibvirtBackend(ProvisioningBackend):
             volume = self._volume(lv, conn, machine_id)
             if volume is not None:
                 volume.delete(0)
+            if self.seed:
+                self._delete_seed(lv, conn, machine_id)
             LibvirtPlacement.objects.filter(machine_id=machine_id).delete()
         except lv.libvirtError:
             logger.warning(
@@ -642,16 +866,21 @@ class LibvirtBackend(ProvisioningBackend):
             if dom is None:
                 if self._volume(lv, conn, spec.machine_id) is None:
                     return self._missing(spec.machine_id, spec.host_name)
-                dom = conn.defineXML(
-                    self.domain_xml(spec)
-                )  # the definition was lost; the disk was not
+                # the definition was lost (or stayed on the old host); the disk was not
+                dom = conn.defineXML(self.domain_xml(spec, ssh_port=self._free_ssh_port(conn)))
             elif dom.isActive():
                 return self._status(lv, dom, uri, spec.host_name)
             else:
                 defined = DefinedMachine.parse(dom.XMLDesc(0))
                 wanted = (sorted(self.validate(spec)), spec.vcpus, spec.ram_gib * KIB_PER_GIB)
                 if (sorted(defined.gpus), defined.vcpus, defined.memory_kib) != wanted:
-                    dom = conn.defineXML(self.domain_xml(spec, uuid=dom.UUIDString()))
+                    port = int(defined.metadata.get("ssh-port") or 0)
+                    dom = conn.defineXML(
+                        self.domain_xml(spec, uuid=dom.UUIDString(), ssh_port=port)
+                    )
+            if self.seed and not self._has_seed(lv, conn, spec.machine_id):
+                # same instance id, so cloud-init does not run its first-boot steps again
+                self._upload_seed(lv, conn, self._pool(lv, conn), spec)
             if uri == old_uri and spec.host_name != old_host:
                 self._place(spec, uri)
             dom.create()
@@ -730,6 +959,8 @@ class LibvirtBackend(ProvisioningBackend):
             volume = self._volume(lv, conn, machine_id)
             if volume is not None:
                 volume.delete(0)
+            if self.seed:
+                self._delete_seed(lv, conn, machine_id)
         LibvirtPlacement.objects.filter(machine_id=machine_id).delete()
         return MachineStatus(
             machine_id=machine_id, state=ObservedState.TERMINATED, host_name=host_name

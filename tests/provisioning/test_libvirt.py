@@ -32,6 +32,9 @@ from tests.factories.provisioning import gpu, spec
 S = ObservedState
 URI = "test:///default"
 POOL = "/default-pool"
+# libvirt's test driver cannot upload a seed volume, and its domains run without a guest
+# that could answer SSH: tests/provisioning/test_real_vm.py covers both with QEMU.
+TEST_DRIVER = {"seed": False, "readiness": "libvirt"}
 
 
 @pytest.fixture(scope="session")
@@ -60,14 +63,25 @@ def made(db, conn):
     """Machine ids a test created; terminated afterwards so the shared driver stays clean."""
     ids: list[str] = []
     yield ids
-    cleanup = LibvirtBackend(uri_template=URI, image_dir=POOL, shutdown_timeout_seconds=0)
+    cleanup = LibvirtBackend(
+        uri_template=URI,
+        image_dir=POOL,
+        shutdown_timeout_seconds=0,
+        seed=False,
+        readiness="libvirt",
+    )
     for machine_id in ids:
         cleanup.terminate(machine_id)
 
 
 @pytest.fixture
 def backend(lv, made):
-    return LibvirtBackend(uri_template=URI, shutdown_timeout_seconds=0.05, image_dir=POOL)
+    return LibvirtBackend(
+        uri_template=URI,
+        shutdown_timeout_seconds=0.05,
+        image_dir=POOL,
+        **TEST_DRIVER,
+    )
 
 
 def new_spec(made, **overrides):
@@ -331,7 +345,10 @@ def test_start_with_other_gpus_redefines_the_domain(backend, conn, made):
 def test_start_on_another_host_moves_the_placement(lv, made):
     # Both "hosts" reach the same test driver; the backend sees two URIs.
     backend = LibvirtBackend(
-        uri_template="test:///default?host={host}", image_dir=POOL, shutdown_timeout_seconds=0.05
+        uri_template="test:///default?host={host}",
+        image_dir=POOL,
+        shutdown_timeout_seconds=0.05,
+        **TEST_DRIVER,
     )
     s = new_spec(made, host_name="gpu-a")
     assert backend.create(s).detail["uri"] == "test:///default?host=gpu-a"
@@ -350,7 +367,9 @@ def test_start_on_another_host_moves_the_placement(lv, made):
 
 
 def test_start_refuses_to_move_a_running_machine(lv, made):
-    backend = LibvirtBackend(uri_template="test:///default?host={host}", image_dir=POOL)
+    backend = LibvirtBackend(
+        uri_template="test:///default?host={host}", image_dir=POOL, **TEST_DRIVER
+    )
     s = new_spec(made, host_name="gpu-a")
     backend.create(s)
     status = backend.start(spec(machine_id=s.machine_id, host_name="gpu-b"))
@@ -359,7 +378,9 @@ def test_start_refuses_to_move_a_running_machine(lv, made):
 
 
 def test_spec_host_uri_wins_over_the_template(lv, made):
-    backend = LibvirtBackend(uri_template="qemu+ssh://root@{host}/system", image_dir=POOL)
+    backend = LibvirtBackend(
+        uri_template="qemu+ssh://root@{host}/system", image_dir=POOL, **TEST_DRIVER
+    )
     s = new_spec(made, host_uri=URI)
     assert backend.create(s).detail["uri"] == URI
     assert backend.describe(s.machine_id).state == S.RUNNING  # found through the placement

@@ -1,0 +1,132 @@
+"""A real virtual machine through the libvirt backend: booted under QEMU by a private libvirtd,
+seeded by cloud-init NoCloud with the customer's key, logged into over SSH with that key (and
+refused with another), stopped and started with the same instance id, and terminated leaving
+no domain, disk or seed behind."""
+
+import os
+import time
+
+import pytest
+
+from portal.provisioning.base import MachineSpec
+from portal.provisioning.base import ObservedState as S
+from portal.provisioning.libvirt import LibvirtBackend
+from tests.conftest import missing
+from tests.provisioning.real_vm import (
+    PrivateLibvirtd,
+    build_tiny_guest,
+    missing_parts,
+    new_key,
+    ssh,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+
+READY_SECONDS = 90  # boot to SSH under TCG takes 5-10 s alone, more beside the rest of the suite
+
+
+@pytest.fixture(scope="module")
+def libvirtd():
+    if lacking := missing_parts():
+        missing(f"real VMs need {', '.join(lacking)}")
+    daemon = PrivateLibvirtd().start()
+    daemon.add_base_image("tiny")
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_guest():
+    if missing_parts():
+        pytest.skip("see the libvirtd fixture")
+    return build_tiny_guest()
+
+
+def _ports() -> dict:
+    """A block of SSH ports per xdist worker, so parallel workers never pick the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
+    first = 23000 + 100 * int(worker)
+    return {"address": "127.0.0.1", "first_port": first, "last_port": first + 99}
+
+
+def _wait(backend, machine_id, state, daemon, seconds=READY_SECONDS):
+    deadline = time.monotonic() + seconds
+    status = backend.describe(machine_id)
+    while status.state != state:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{machine_id} is {status.state}, not {state}, after {seconds}s; "
+                f"console:\n{daemon.console(machine_id)[-3000:]}"
+            )
+        time.sleep(0.5)
+        status = backend.describe(machine_id)
+    return status
+
+
+def test_a_machine_boots_with_the_customers_key_and_nobody_elses(libvirtd, tiny_guest, tmp_path):
+    backend = LibvirtBackend(
+        uri_template=libvirtd.uri,
+        image_dir=str(libvirtd.images),
+        network="",
+        domain_type="qemu",
+        cpu_model="qemu64",
+        direct_boot={
+            "tiny": {
+                "kernel": str(tiny_guest / "vmlinuz"),
+                "initrd": str(tiny_guest / "initrd.img"),
+                "cmdline": "console=ttyS0 panic=-1",
+            }
+        },
+        ssh_users={"tiny": "root"},
+        ssh_forward=_ports(),
+        console_dir=str(libvirtd.consoles),
+        shutdown_timeout_seconds=2,  # the tiny guest ignores ACPI: stop pulls the plug
+    )
+    key, public = new_key(tmp_path, "customer")
+    other, _ = new_key(tmp_path, "stranger")
+    spec = MachineSpec(
+        machine_id="inst-vm-1",
+        name="Cust VM",
+        host_name="local",
+        vcpus=1,
+        ram_gib=1,
+        disk_gb=1,
+        image="tiny",
+        ssh_public_keys=(public,),
+        user_data="#cloud-config\npackages: []\n",
+    )
+
+    started = time.monotonic()
+    created = backend.create(spec)
+    assert created.state in (S.PROVISIONING, S.RUNNING)
+    ready = _wait(backend, spec.machine_id, S.RUNNING, libvirtd)
+    boot_seconds = time.monotonic() - started
+    assert ready.detail["stage"] == "ready"
+    target = ready.detail["ssh"]
+    assert (target["host"], target["user"]) == ("127.0.0.1", "root")
+
+    login = ssh(key, target["host"], target["port"], "root", "cat /etc/instance-id; hostname")
+    assert login.returncode == 0, login.stderr + libvirtd.console(spec.machine_id)[-2000:]
+    assert login.stdout.split() == ["inst-vm-1", "cust-vm"]
+    refused = ssh(other, target["host"], target["port"], "root", "true")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+
+    assert backend.stop(spec.machine_id).state == S.STOPPED
+    backend.start(spec)
+    again = _wait(backend, spec.machine_id, S.RUNNING, libvirtd)
+    assert again.detail["ssh"]["port"] == target["port"]  # kept in the domain's metadata
+    login = ssh(key, target["host"], target["port"], "root", "cat /etc/instance-id")
+    assert login.returncode == 0 and login.stdout.strip() == "inst-vm-1"  # the same instance
+
+    assert backend.terminate(spec.machine_id).state == S.TERMINATED
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        assert conn.listAllDomains(0) == []
+        pool = conn.storagePoolLookupByName("images")
+        pool.refresh(0)
+        assert sorted(pool.listVolumes()) == ["tiny.qcow2"]  # no disk, no seed left
+    finally:
+        conn.close()
+    print(f"tiny guest: create to SSH-ready in {boot_seconds:.1f} s")
