@@ -1,4 +1,4 @@
-"""Payment references: ``GC`` + 7 characters + 1 check character, e.g. ``GC7K3MQ9PX``.
+"""Payment references: ``GC`` + 7 characters + 1 check character, e.g. ``GC7K3MQ9PY``.
 
 The alphabet has 31 symbols and none that is easily misread (no 0/O, 1/I/L); the check
 character is the weighted sum of the 7 characters (weights 1 to 7) modulo 31, so any one
