@@ -3,7 +3,6 @@ transfer notices (listed, and sent as multipart with the remittance slip)."""
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
-from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -81,11 +80,6 @@ class BankTransferListView(generics.ListAPIView):
     actions = {"GET": Action.BILLING_VIEW, "POST": Action.BILLING_MANAGE}
     serializer_class = BankTransferNoticeSerializer
     queryset = BankTransferNotice.objects.none()
-
-    def get_parsers(self):
-        if self.request is not None and self.request.method == "POST":
-            return [MultiPartParser()]
-        return super().get_parsers()
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
