@@ -22,6 +22,7 @@ from billing.models import (
 from billing.transfers import reference as refs
 from billing.transfers import services as transfers
 from portal.accounts.models import AuditEvent
+from portal.accounts.types import Actor
 from portal.errors import PortalError
 from tests import factories
 from tests.concurrency import at_once
@@ -494,3 +495,76 @@ def test_api_notices_are_scoped_to_the_organisation(key_client):
     other = cny_org()
     notice(other)
     assert key_client("owner").get("/api/v1/bank-transfers").json()["results"] == []
+
+
+def test_a_matched_transfer_is_not_refunded_through_a_card_provider():
+    from billing.payments.services import refund_create
+
+    org = cny_org()
+    user = matcher()
+    received = line(user)
+    transfers.bank_line_match(user=user, line_id=received.pk, organization=org)
+    payment = Payment.objects.get(organization=org)
+    operator = factories.user(is_staff=True, is_superuser=True)
+    with pytest.raises(PortalError) as caught:
+        refund_create(
+            actor=Actor.for_operator(operator, org),
+            payment_id=payment.pk,
+            amount="1",
+            reason="asked",
+        )
+    assert caught.value.code == "payment_not_refundable"
+    assert credits(org) == Decimal("5000")
+
+
+# --- admin and query counts -----------------------------------------------------------------
+
+
+def test_admin_lists_and_matches_only_with_the_permission():
+    org = cny_org()
+    code = transfers.reference_for(org).code
+    user = matcher()
+    received = line(user, remark=code)
+    notice(org)
+    admin = factories.user(is_staff=True, is_superuser=False)
+    for codename in ("view_bankline", "view_banktransfernotice"):
+        admin.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(admin)
+    assert client.get("/admin/billing/bankline/").status_code == 200
+    assert client.get("/admin/billing/banktransfernotice/").status_code == 200
+    refused = client.post(
+        "/admin/billing/bankline/",
+        {"action": "match_suggested", "_selected_action": [received.pk]},
+    )
+    assert refused.status_code in (200, 302)
+    assert credits(org) == 0  # the action is not offered without the permission
+    admin.user_permissions.add(Permission.objects.get(codename="match_bank_transfer"))
+    client.force_login(admin)
+    done = client.post(
+        "/admin/billing/bankline/",
+        {"action": "match_suggested", "_selected_action": [received.pk]},
+    )
+    assert done.status_code == 302
+    assert credits(org) == Decimal("5000")
+
+
+def test_finance_page_query_count_does_not_grow_with_lines(django_assert_max_num_queries):
+    user = matcher()
+    client = Client()
+    client.force_login(user)
+
+    def fill(count: int) -> None:
+        for _ in range(count):
+            org = cny_org()
+            notice(org)
+            line(user, remark=transfers.reference_for(org).code)
+            decided = line(user)
+            transfers.bank_line_match(user=user, line_id=decided.pk, organization=org)
+
+    fill(1)
+    with django_assert_max_num_queries(20) as one:
+        assert client.get("/finance/bank-transfers/").status_code == 200
+    fill(4)
+    with django_assert_max_num_queries(len(one.captured_queries)):
+        assert client.get("/finance/bank-transfers/").status_code == 200
