@@ -1,6 +1,7 @@
 """Bank-transfer API: the payment reference with the centre's account, and the customer's
 transfer notices (listed, and sent as multipart with the remittance slip)."""
 
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -13,12 +14,12 @@ from portal.api.schema import error_responses, list_responses
 
 
 class BankTransferReferenceSerializer(serializers.Serializer):
-    reference = serializers.CharField(help_text="Put it in the transfer's remark (附言).")
-    currency = serializers.CharField(help_text="The organisation's currency: transfer in it.")
+    reference = serializers.CharField(help_text=_("Put it in the transfer's remark (附言)."))
+    currency = serializers.CharField(help_text=_("The organisation's currency: transfer in it."))
     payee = serializers.CharField()
     bank = serializers.CharField()
     branch = serializers.CharField()
-    account = serializers.CharField(help_text="The centre's account number.")
+    account = serializers.CharField(help_text=_("The centre's account number."))
 
 
 class BankTransferNoticeSerializer(serializers.ModelSerializer):
@@ -43,13 +44,13 @@ class BankTransferNoticeSerializer(serializers.ModelSerializer):
 
 
 class BankTransferNoticeCreateSerializer(serializers.Serializer):
-    amount = serializers.CharField(max_length=30, help_text="e.g. 10000.00")
+    amount = serializers.CharField(max_length=30, help_text=_("e.g. 10000.00"))
     currency = serializers.CharField(
-        max_length=3, required=False, help_text="The organisation's currency (the default)."
+        max_length=3, required=False, help_text=_("The organisation's currency (the default).")
     )
-    sent_on = serializers.CharField(max_length=10, help_text="YYYY-MM-DD")
+    sent_on = serializers.CharField(max_length=10, help_text=_("YYYY-MM-DD"))
     payer_name = serializers.CharField(max_length=200)
-    slip = serializers.FileField(help_text="The remittance slip: PDF, PNG or JPEG.")
+    slip = serializers.FileField(help_text=_("The remittance slip: PDF, PNG or JPEG."))
 
 
 class BankTransferReferenceView(APIView):
