@@ -568,3 +568,19 @@ def test_finance_page_query_count_does_not_grow_with_lines(django_assert_max_num
     fill(4)
     with django_assert_max_num_queries(len(one.captured_queries)):
         assert client.get("/finance/bank-transfers/").status_code == 200
+
+
+def test_a_matched_transfer_reconciles_with_its_credit():
+    from django.utils import timezone
+
+    from billing.finance.exports import reconciliation_rows
+
+    org = cny_org()
+    user = matcher()
+    received = line(user, bank_reference="B-REC")
+    transfers.bank_line_match(user=user, line_id=received.pk, organization=org)
+    today = timezone.now().date()
+    rows = [row for row in reconciliation_rows(today, today) if row["currency"] == "CNY"]
+    assert [(r["match"], r["provider"], r["provider_reference"], r["amount"]) for r in rows] == [
+        ("matched", "bank_transfer", "B-REC", "5000.00")
+    ]
