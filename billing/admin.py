@@ -988,3 +988,6 @@ class SpendAlertAdmin(ReadOnlyAdmin):
     list_filter = ["kind"]
     search_fields = ["organization__name"]
     list_select_related = ["organization"]
+
+
+from billing.transfers import admin as _bank_transfer_admin  # noqa: E402, F401  (registers it)

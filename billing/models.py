@@ -296,6 +296,7 @@ class PaymentPurpose(models.TextChoices):
     TOP_UP = "top_up", "Top-up"
     AUTO_RECHARGE = "auto_recharge", "Auto-recharge"
     INVOICE = "invoice", "Invoice payment"
+    BANK_TRANSFER = "bank_transfer", "Bank transfer"
 
 
 class PaymentStatus(models.TextChoices):
@@ -747,3 +748,15 @@ class ExportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.format} export #{self.pk} ({self.status})"
+
+
+# --- Bank transfers (billing.transfers) -------------------------------------------------------
+
+from billing.transfers.models import (  # noqa: E402, F401
+    BankLine,
+    BankTransferNotice,
+    LineSource,
+    LineStatus,
+    NoticeStatus,
+    PaymentReference,
+)

@@ -43,3 +43,43 @@ urlpatterns += [
         name="finance_export_download",
     ),
 ]
+
+# Bank transfers (对公转账): the customer's page and finance's matching.
+from billing.finance import bank_transfers as bank_views  # noqa: E402
+from billing.transfers import views as transfer_views  # noqa: E402
+
+urlpatterns += [
+    path("billing/bank-transfer/", transfer_views.bank_transfer, name="bank_transfer"),
+    path(
+        "billing/bank-transfer/notices/<int:pk>/slip/",
+        transfer_views.notice_slip,
+        name="bank_transfer_slip",
+    ),
+    path("finance/bank-transfers/", bank_views.bank_transfers, name="finance_bank_transfers"),
+    path("finance/bank-transfers/lines/", bank_views.line_create, name="finance_bank_line_create"),
+    path(
+        "finance/bank-transfers/import/",
+        bank_views.statement_import,
+        name="finance_bank_statement_import",
+    ),
+    path(
+        "finance/bank-transfers/lines/<int:pk>/match/",
+        bank_views.line_match,
+        name="finance_bank_line_match",
+    ),
+    path(
+        "finance/bank-transfers/lines/<int:pk>/return/",
+        bank_views.line_return,
+        name="finance_bank_line_return",
+    ),
+    path(
+        "finance/bank-transfers/notices/<int:pk>/reject/",
+        bank_views.notice_reject,
+        name="finance_bank_notice_reject",
+    ),
+    path(
+        "finance/bank-transfers/notices/<int:pk>/slip/",
+        bank_views.notice_slip,
+        name="finance_bank_notice_slip",
+    ),
+]

@@ -431,6 +431,22 @@ BILLING_SELLER = {
     "bank": os.environ.get("SELLER_BANK", "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX"),
 }
 
+# Bank transfers (对公转账): the centre's account shown to customers with their payment
+# reference, and the remittance slips they upload (kept outside static and media, served only
+# through a view that checks the organisation).
+BANK_TRANSFER_ACCOUNT = {
+    "payee": os.environ.get("BANK_TRANSFER_PAYEE", "GPU Cloud Computing Centre Co., Ltd."),
+    "bank": os.environ.get("BANK_TRANSFER_BANK", "Industrial and Commercial Bank of China"),
+    "branch": os.environ.get("BANK_TRANSFER_BRANCH", "Beijing Haidian Branch"),
+    "account": os.environ.get("BANK_TRANSFER_ACCOUNT_NUMBER", "0200 0045 0900 1234 567"),
+}
+BANK_TRANSFER_SLIP_DIR = Path(
+    os.environ.get("BANK_TRANSFER_SLIP_DIR", VAR_DIR / "private" / "bank-slips")
+)
+BANK_TRANSFER_SLIP_MAX_BYTES = int(
+    os.environ.get("BANK_TRANSFER_SLIP_MAX_BYTES", str(10 * 1024 * 1024))
+)
+
 # --- Logging --------------------------------------------------------------------------------
 # One JSON object a line (LOG_FORMAT=json, the default with DEBUG off) or a human line
 # (LOG_FORMAT=plain, the default with DEBUG on); both carry the request id, organisation, user,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import views
+from billing.api import bank_transfers, views
 
 urlpatterns = [
     path("balance", views.BalanceView.as_view(), name="api-balance"),
@@ -10,4 +10,12 @@ urlpatterns = [
     path("invoices", views.InvoiceListView.as_view(), name="api-invoices"),
     path("invoices/<int:pk>", views.InvoiceDetailView.as_view(), name="api-invoice"),
     path("invoices/<int:pk>/pdf", views.InvoicePdfView.as_view(), name="api-invoice-pdf"),
+    path(
+        "bank-transfers/reference",
+        bank_transfers.BankTransferReferenceView.as_view(),
+        name="api-bank-transfer-reference",
+    ),
+    path(
+        "bank-transfers", bank_transfers.BankTransferListView.as_view(), name="api-bank-transfers"
+    ),
 ]

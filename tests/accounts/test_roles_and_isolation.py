@@ -56,6 +56,7 @@ def build_world(org=None) -> World:
         contact_name="Finance", contact_email="finance@example.com", expected_monthly_spend=1000,
         currency="USD",
     )  # fmt: skip
+    notice = _bank_transfer_notice(org)
     return World(
         org=org,
         objects={
@@ -69,8 +70,24 @@ def build_world(org=None) -> World:
             "invoice": invoice.pk,
             "checkout": checkout,
             "credit_request": credit_request.pk,
+            "notice": notice.pk,
         },
     )
+
+
+def _bank_transfer_notice(org):
+    """A bank transfer notice with its slip stored."""
+    from django.core.files.base import ContentFile
+
+    from billing.models import BankTransferNotice
+    from billing.transfers import slips
+
+    path = slips.storage().save(f"{org.pk}/slip.pdf", ContentFile(b"%PDF-1.7\n%%EOF\n"))
+    return BankTransferNotice.objects.create(
+        organization=org, reference="GC2222222A", amount=100, currency=org.currency,
+        sent_on="2026-11-30", payer_name=org.name, slip_name="slip.pdf", slip_path=path,
+        slip_content_type="application/pdf",
+    )  # fmt: skip
 
 
 def _billing_objects(org):
@@ -325,6 +342,34 @@ API_OPS = [
         effect=lambda w: profile_has(w, monthly_spend_limit=900, spend_limit_mode="alert"),
     ),
     op(
+        "api bank transfer reference",
+        "GET",
+        "/api/v1/bank-transfers/reference",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
+        "api bank transfers",
+        "GET",
+        "/api/v1/bank-transfers",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
+        "api bank transfer notice",
+        "POST",
+        "/api/v1/bank-transfers",
+        BILLING_MANAGERS,
+        400,  # no slip in a JSON body
+        Action.BILLING_MANAGE,
+        {"amount": "1", "sent_on": "2026-11-30", "payer_name": "x"},
+        True,
+    ),
+    op(
         "api credit requests",
         "GET",
         "/api/v1/credit-requests",
@@ -462,6 +507,11 @@ PAGE_OPS = [
     op("auto-recharge", "POST", "/billing/auto-recharge/", BILLING_MANAGERS, 302, Action.BILLING_MANAGE,
        {"enabled": "on", "threshold": "10", "amount": "50"},
        effect=lambda w: profile_has(w, auto_recharge_enabled=True)),
+    op("bank transfer page", "GET", "/billing/bank-transfer/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("bank transfer notice", "POST", "/billing/bank-transfer/", BILLING_MANAGERS, 422,  # no slip
+       Action.BILLING_MANAGE, {"amount": "1", "sent_on": "2026-11-30", "payer_name": "x"}),
+    op("bank transfer slip", "GET", "/billing/bank-transfer/notices/{notice}/slip/", BILLING_READERS, 200,
+       Action.BILLING_VIEW),
     op("invoice page", "GET", "/billing/invoices/{invoice}/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("invoice pdf", "GET", "/billing/invoices/{invoice}/pdf/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("invoice ubl", "GET", "/billing/invoices/{invoice}/e-invoice/ubl/", BILLING_READERS, 200, Action.BILLING_VIEW),
@@ -601,6 +651,13 @@ FINANCE_OPS = [
     ("POST", "/finance/exports/"),
     ("GET", "/finance/exports/{job}/"),
     ("GET", "/finance/exports/{job}/download"),
+    ("GET", "/finance/bank-transfers/"),
+    ("POST", "/finance/bank-transfers/lines/"),
+    ("POST", "/finance/bank-transfers/import/"),
+    ("POST", "/finance/bank-transfers/lines/1/match/"),
+    ("POST", "/finance/bank-transfers/lines/1/return/"),
+    ("POST", "/finance/bank-transfers/notices/1/reject/"),
+    ("GET", "/finance/bank-transfers/notices/1/slip/"),
 ]
 
 
@@ -618,7 +675,7 @@ def _routes(resolver=None, prefix=""):
 
 SAMPLE_IDS = {
     **dict.fromkeys(("ssh_key", "api_key", "invitation", "membership", "instance"), 1),
-    **dict.fromkeys(("volume", "card", "invoice", "job", "credit_request"), 1),
+    **dict.fromkeys(("volume", "card", "invoice", "job", "credit_request", "notice"), 1),
     "checkout": "token",
 }
 

@@ -91,6 +91,22 @@ def api_world() -> ApiWorld:
         )
         for n in range(ROWS)
     ]
+    from billing.models import BankTransferNotice
+
+    bank_transfers = [  # rows only: the slips are not read by the list
+        BankTransferNotice.objects.create(
+            organization=org,
+            reference="GC2222222A",
+            amount=100 * (n + 1),
+            currency=org.currency,
+            sent_on=this_month,
+            payer_name=org.name,
+            slip_name=f"slip-{n}.pdf",
+            slip_path=f"{org.pk}/missing-{n}.pdf",
+            slip_content_type="application/pdf",
+        )
+        for n in range(ROWS)
+    ]
     return ApiWorld(
         org=org,
         ids={
@@ -99,5 +115,6 @@ def api_world() -> ApiWorld:
             "volumes": [volume.pk for volume in volumes],
             "invoices": [invoice.pk for invoice in invoices],
             "credit-requests": [request.pk for request in credit_requests],
+            "bank-transfers": [notice.pk for notice in bank_transfers],
         },
     )
