@@ -7,14 +7,16 @@ Pages, the API and services all ask :func:`role_allows`; the README prints :data
 from enum import StrEnum
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class Role(models.TextChoices):
-    OWNER = "owner", "Owner"
-    ADMIN = "admin", "Admin"
-    MEMBER = "member", "Member"
-    BILLING = "billing", "Billing"
-    VIEWER = "viewer", "Viewer"
+    OWNER = "owner", _("Owner")
+    ADMIN = "admin", _("Admin")
+    MEMBER = "member", pgettext_lazy("role", "Member")
+    BILLING = "billing", pgettext_lazy("role", "Billing")
+    VIEWER = "viewer", _("Viewer")
 
 
 class Action(StrEnum):

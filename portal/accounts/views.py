@@ -62,6 +62,11 @@ def org_page(action: Action) -> Callable:
     return decorator
 
 
+def _role_name(role: str) -> str:
+    """A role as a sentence names it: "member" in English, 成员 in Chinese."""
+    return str(Role(role).label).lower()
+
+
 def _safe_next(request: HttpRequest, default: str) -> str:
     target = request.POST.get("next") or request.GET.get("next")
     if target and url_has_allowed_host_and_scheme(
@@ -99,7 +104,10 @@ def signup(request: HttpRequest) -> HttpResponse:
             form.add_error("password" if exc.code == "password_invalid" else "email", exc.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, f"Welcome! We sent a confirmation link to {user.email}.")
+            messages.success(
+                request,
+                _("Welcome! We sent a confirmation link to %(email)s.") % {"email": user.email},
+            )
             return redirect(_safe_next(request, reverse("accounts:organization_create")))
     return render(request, "accounts/signup.html", {"form": form, "next": _safe_next(request, "")})
 
@@ -133,7 +141,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "accounts/logout.html")
     logout(request)
-    messages.info(request, "You are logged out.")
+    messages.info(request, _("You are logged out."))
     return redirect("accounts:login")
 
 
@@ -152,7 +160,10 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
 def verify_email_resend(request: HttpRequest) -> HttpResponse:
     if not request.user.email_verified:
         services.user_send_verification(user=request.user)
-        messages.success(request, f"We sent a new confirmation link to {request.user.email}.")
+        messages.success(
+            request,
+            _("We sent a new confirmation link to %(email)s.") % {"email": request.user.email},
+        )
     return redirect(_safe_next(request, reverse("accounts:account")))
 
 
@@ -186,10 +197,13 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
     if raw.isdigit() and len(raw) < 19:
         membership = selectors.membership_for(request.user, int(raw))
     if membership is None:
-        messages.error(request, "You are not a member of that organisation.")
+        messages.error(request, _("You are not a member of that organisation."))
     else:
         request.session[SESSION_KEY] = membership.organization_id
-        messages.info(request, f"Switched to {membership.organization.name}.")
+        messages.info(
+            request,
+            _("Switched to %(organization)s.") % {"organization": membership.organization.name},
+        )
     return redirect(_safe_next(request, reverse("accounts:dashboard")))
 
 
@@ -308,7 +322,9 @@ def invitation_create(request: HttpRequest) -> HttpResponse:
         except SHOWN_ON_PAGE as exc:
             form.add_error("email", exc.message)
         else:
-            messages.success(request, f"Invitation sent to {invitation.email}.")
+            messages.success(
+                request, _("Invitation sent to %(email)s.") % {"email": invitation.email}
+            )
             form, status = None, 200
     if not request.htmx and status == 200:
         return redirect("accounts:members")
@@ -355,7 +371,11 @@ def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
         except SHOWN_ON_PAGE as exc:
             messages.error(request, exc.message)
         else:
-            messages.success(request, f"{membership.user.email} is now {membership.role}.")
+            messages.success(
+                request,
+                _("%(email)s is now %(role)s.")
+                % {"email": membership.user.email, "role": _role_name(membership.role)},
+            )
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "member-table", _members_context(request))
@@ -375,7 +395,7 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
         if leaving:
             request.session.pop(SESSION_KEY, None)
             return _done(request, reverse("accounts:dashboard"), "You left the organisation.")
-        messages.success(request, "Member removed.")
+        messages.success(request, _("Member removed."))
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "member-table", _members_context(request))
@@ -426,7 +446,9 @@ def invitation_accept(request: HttpRequest) -> HttpResponse:
         request.session.pop(INVITATION_SESSION_KEY, None)
         request.session[SESSION_KEY] = membership.organization_id
         messages.success(
-            request, f"You joined {membership.organization.name} as {membership.role}."
+            request,
+            _("You joined %(organization)s as %(role)s.")
+            % {"organization": membership.organization.name, "role": _role_name(membership.role)},
         )
         return redirect("accounts:dashboard")
     return render(request, "accounts/invitation_accept.html", context)
@@ -498,7 +520,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         salt=NEW_API_KEY_COOKIE_SALT,
         max_age=NEW_API_KEY_COOKIE_MAX_AGE,
     )
-    key_id, _, secret = shown.partition(":")
+    key_id, _sep, secret = shown.partition(":")
     new_key = (
         selectors.api_keys_list(request.organization).filter(pk=key_id).first()
         if key_id.isdigit()
@@ -521,7 +543,7 @@ def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Key {api_key.name} revoked.")
+        messages.success(request, _("Key %(name)s revoked.") % {"name": api_key.name})
     if not request.htmx:
         return redirect("accounts:api_keys")
     return _render(request, "accounts/api_keys.html", "api-key-panel", _api_keys_context(request))
@@ -547,7 +569,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
             except SHOWN_ON_PAGE as exc:
                 form.add_error("public_key", exc.message)
             else:
-                messages.success(request, f"SSH key {ssh_key.name} added.")
+                messages.success(request, _("SSH key %(name)s added.") % {"name": ssh_key.name})
                 if not request.htmx:
                     return redirect("accounts:ssh_keys")
                 return _render(
@@ -571,7 +593,7 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "SSH key deleted.")
+        messages.success(request, _("SSH key deleted."))
     if not request.htmx:
         return redirect("accounts:ssh_keys")
     return _render(request, "accounts/ssh_keys.html", "ssh-key-panel", _ssh_keys_context(request))
@@ -627,7 +649,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         services.user_password_changed(
             user=form.user, via="account", ip_address=client_ip(self.request)
         )
-        messages.success(self.request, "Password changed.")
+        messages.success(self.request, _("Password changed."))
         return response
 
 
