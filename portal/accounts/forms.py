@@ -1,6 +1,7 @@
 """Forms only parse and label input; the services decide what is allowed."""
 
 from django import forms
+from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
@@ -99,3 +100,5 @@ class SshKeyForm(PortalForm):
 
 class AccountForm(PortalForm):
     full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
+    # The header switcher's choice: the pages, the emails and other devices speak it.
+    language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)

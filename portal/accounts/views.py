@@ -20,6 +20,7 @@ from django.urls import reverse, reverse_lazy
 from django.utils import translation
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -54,7 +55,9 @@ def org_page(action: Action) -> Callable:
             if request.organization is None:
                 return redirect("accounts:organization_create")
             if not request.actor.can(action):
-                raise DjangoPermissionDenied("Your role in this organisation does not allow this.")
+                raise DjangoPermissionDenied(
+                    _("Your role in this organisation does not allow this.")
+                )
             return view(request, *args, **kwargs)
 
         return wrapper
@@ -184,7 +187,9 @@ def organization_create(request: HttpRequest) -> HttpResponse:
         else:
             request.session[SESSION_KEY] = org.pk
             return _done(
-                request, reverse("accounts:dashboard"), f"Organisation {org.name} created."
+                request,
+                reverse("accounts:dashboard"),
+                _("Organisation %(name)s created.") % {"name": org.name},
             )
     return render(request, "accounts/organization_create.html", {"form": form})
 
@@ -219,6 +224,12 @@ def language_switch(request: HttpRequest) -> HttpResponse:
         services.user_set_language(user=request.user, language=language)
     translation.activate(language)
     response = redirect(_safe_next(request, reverse("accounts:dashboard")))
+    _remember_language(response, language)
+    return response
+
+
+def _remember_language(response: HttpResponse, language: str) -> None:
+    """The language cookie, for the pages seen signed out on this browser."""
     response.set_cookie(
         settings.LANGUAGE_COOKIE_NAME,
         language,
@@ -227,7 +238,6 @@ def language_switch(request: HttpRequest) -> HttpResponse:
         httponly=True,
         samesite=settings.LANGUAGE_COOKIE_SAMESITE,
     )
-    return response
 
 
 @org_page(Action.ORG_VIEW)
@@ -250,14 +260,16 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
         ].help_text = "Fixed: money has moved or resources are held in this currency."
     if request.method == "POST":
         if not can_edit:
-            raise DjangoPermissionDenied("Your role does not allow changing the organisation.")
+            raise DjangoPermissionDenied(_("Your role does not allow changing the organisation."))
         if form.is_valid():
             try:
                 services.organization_update(actor=request.actor, **form.cleaned_data)
             except SHOWN_ON_PAGE as exc:
                 form.add_error(None, exc.message)
             else:
-                return _done(request, reverse("accounts:organization_settings"), "Settings saved.")
+                return _done(
+                    request, reverse("accounts:organization_settings"), _("Settings saved.")
+                )
     context = {"form": form, "can_edit": can_edit, "delete_form": DeleteOrganizationForm()}
     return render(request, "accounts/organization_settings.html", context)
 
@@ -275,7 +287,9 @@ def organization_delete(request: HttpRequest) -> HttpResponse:
         else:
             request.session.pop(SESSION_KEY, None)
             return _done(
-                request, reverse("accounts:dashboard"), f"Organisation {name} was deleted."
+                request,
+                reverse("accounts:dashboard"),
+                _("Organisation %(name)s was deleted.") % {"name": name},
             )
     context = {
         "form": OrganizationForm(
@@ -339,7 +353,7 @@ def _invitation_action(request: HttpRequest, pk: int, service: Callable, done: s
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, done.format(email=invitation.email))
+        messages.success(request, done % {"email": invitation.email})
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "invitations", _members_context(request))
@@ -348,14 +362,16 @@ def _invitation_action(request: HttpRequest, pk: int, service: Callable, done: s
 @org_page(Action.MEMBER_INVITE)
 @require_POST
 def invitation_resend(request: HttpRequest, pk: int) -> HttpResponse:
-    return _invitation_action(request, pk, services.invitation_resend, "New link sent to {email}.")
+    return _invitation_action(
+        request, pk, services.invitation_resend, _("New link sent to %(email)s.")
+    )
 
 
 @org_page(Action.MEMBER_INVITE)
 @require_POST
 def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return _invitation_action(
-        request, pk, services.invitation_revoke, "Invitation of {email} revoked."
+        request, pk, services.invitation_revoke, _("Invitation of %(email)s revoked.")
     )
 
 
@@ -386,7 +402,7 @@ def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
 def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     leaving = request.membership.pk == pk
     if not leaving and not request.actor.can(Action.MEMBER_REMOVE):
-        raise DjangoPermissionDenied("Your role does not allow removing members.")
+        raise DjangoPermissionDenied(_("Your role does not allow removing members."))
     try:
         services.membership_remove(actor=request.actor, membership_id=pk)
     except SHOWN_ON_PAGE as exc:
@@ -394,7 +410,7 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         if leaving:
             request.session.pop(SESSION_KEY, None)
-            return _done(request, reverse("accounts:dashboard"), "You left the organisation.")
+            return _done(request, reverse("accounts:dashboard"), _("You left the organisation."))
         messages.success(request, _("Member removed."))
     if not request.htmx:
         return redirect("accounts:members")
@@ -415,7 +431,7 @@ def invitation_accept(request: HttpRequest) -> HttpResponse:
     """Accept as the signed-in user, or create an account and accept."""
     token = request.session.get(INVITATION_SESSION_KEY, "")
     if not token:
-        message = "Open the invitation link from your email again."
+        message = _("Open the invitation link from your email again.")
         return render(request, "accounts/invitation_accept.html", {"error": message}, status=400)
     try:
         invitation = services.invitation_for_token(token)
@@ -478,7 +494,7 @@ def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **ex
 def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.actor.can(Action.API_KEY_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow creating API keys.")
+            raise DjangoPermissionDenied(_("Your role does not allow creating API keys."))
         form = ApiKeyForm(request.POST)
         form.limit_roles(request.actor.role)
         if form.is_valid():
@@ -561,7 +577,7 @@ def _ssh_keys_context(request: HttpRequest, form: SshKeyForm | None = None) -> d
 def ssh_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.actor.can(Action.SSH_KEY_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow adding SSH keys.")
+            raise DjangoPermissionDenied(_("Your role does not allow adding SSH keys."))
         form = SshKeyForm(request.POST)
         if form.is_valid():
             try:
@@ -603,12 +619,12 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 AUDIT_ACTION_GROUPS = [
-    ("organization", "Organisation"),
-    ("membership", "Members"),
-    ("invitation", "Invitations"),
-    ("api_key", "API keys"),
-    ("ssh_key", "SSH keys"),
-    ("user", "Users"),
+    ("organization", gettext_lazy("Organisation")),
+    ("membership", gettext_lazy("Members")),
+    ("invitation", gettext_lazy("Invitations")),
+    ("api_key", gettext_lazy("API keys")),
+    ("ssh_key", gettext_lazy("SSH keys")),
+    ("user", gettext_lazy("Users")),
 ]
 
 
@@ -631,12 +647,23 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def account(request: HttpRequest) -> HttpResponse:
-    form = AccountForm(request.POST or None, initial={"full_name": request.user.full_name})
+    initial = {
+        "full_name": request.user.full_name,
+        "language": request.user.language or translation.get_language(),
+    }
+    form = AccountForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        language = form.cleaned_data["language"]
         services.user_update_profile(
-            user=request.user, ip_address=client_ip(request), **form.cleaned_data
+            user=request.user,
+            ip_address=client_ip(request),
+            full_name=form.cleaned_data["full_name"],
         )
-        return _done(request, reverse("accounts:account"), "Profile saved.")
+        services.user_set_language(user=request.user, language=language)
+        translation.activate(language)  # "Profile saved." in the language just chosen
+        response = _done(request, reverse("accounts:account"), _("Profile saved."))
+        _remember_language(response, language)
+        return response
     return render(request, "accounts/account.html", {"form": form})
 
 
