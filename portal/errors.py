@@ -52,7 +52,7 @@ class PortalError(Exception):
     def __init__(
         self, message: str | None = None, *, code: str | None = None, details: Any = None
     ) -> None:
-        self.message = message or self.default_message
+        self.message = str(message or self.default_message)  # in the language of the moment
         if code:
             self.code = code
         self.details = details if details is not None else {}

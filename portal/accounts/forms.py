@@ -2,6 +2,8 @@
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import forms as auth_forms
+from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
@@ -15,6 +17,16 @@ class PortalForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's reset form, with the email written in the language its reader chose."""
+
+    def send_mail(self, subject_template_name, email_template_name, context, *args, **kwargs):
+        from portal.accounts.emails import language_of
+
+        with translation.override(language_of(context.get("user"))):
+            super().send_mail(subject_template_name, email_template_name, context, *args, **kwargs)
 
 
 class SignupForm(PortalForm):

@@ -14,7 +14,7 @@ def _whole_number(request, name: str) -> int | None:
         return int(raw)
     raise InvalidInput(
         _("Some of the input is not valid; see details."),
-        details={name: ["A whole number from 1."]},
+        details={name: [_("A whole number from 1.")]},
     )
 
 

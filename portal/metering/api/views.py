@@ -143,9 +143,9 @@ class UsageQuerySerializer(serializers.Serializer):
         start = attrs.get("start") or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = attrs.get("end") or now
         if end <= start:
-            raise serializers.ValidationError({"end": "end must be after start."})
+            raise serializers.ValidationError({"end": _("end must be after start.")})
         if end - start > timedelta(days=400):
-            raise serializers.ValidationError({"end": "At most 400 days at a time."})
+            raise serializers.ValidationError({"end": _("At most 400 days at a time.")})
         return {**attrs, "start": start, "end": end}
 
 
