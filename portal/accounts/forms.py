@@ -62,7 +62,9 @@ class AcceptAsNewUserForm(PortalForm):
 class OrganizationForm(PortalForm):
     name = forms.CharField(label=_("Organisation name"), max_length=120)
     billing_email = forms.EmailField(label=_("Billing email"))
-    country = forms.ChoiceField(label=_("Country"), choices=[("", "Choose a country"), *countries])
+    country = forms.ChoiceField(
+        label=_("Country"), choices=lambda: [("", _("Choose a country")), *countries]
+    )
     tax_id = forms.CharField(label=_("Tax ID (VAT number)"), max_length=40, required=False)
     currency = forms.ChoiceField(label=_("Currency"), choices=Currency.choices)
 

@@ -255,9 +255,9 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
     currency_locks = services.organization_currency_locks(org)
     if currency_locks:
         form.fields["currency"].disabled = True
-        form.fields[
-            "currency"
-        ].help_text = "Fixed: money has moved or resources are held in this currency."
+        form.fields["currency"].help_text = _(
+            "Fixed: money has moved or resources are held in this currency."
+        )
     if request.method == "POST":
         if not can_edit:
             raise DjangoPermissionDenied(_("Your role does not allow changing the organisation."))

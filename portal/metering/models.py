@@ -17,10 +17,10 @@ QUANTITY_DECIMAL_PLACES = 6
 
 
 class Aggregation(models.TextChoices):
-    SUM = "sum", "Sum"
-    MAX = "max", "Maximum"
-    COUNT = "count", "Count"
-    LATEST = "latest", "Latest value"
+    SUM = "sum", _("Sum")
+    MAX = "max", _("Maximum")
+    COUNT = "count", _("Count")
+    LATEST = "latest", _("Latest value")
 
 
 class Meter(models.Model):
@@ -83,9 +83,9 @@ class MeterPrice(models.Model):
 
 
 class SubjectType(models.TextChoices):
-    INSTANCE = "instance", "Instance"
-    VOLUME = "volume", "Volume"
-    EXTERNAL = "external", "External subject"
+    INSTANCE = "instance", _("Instance")
+    VOLUME = "volume", _("Volume")
+    EXTERNAL = "external", _("External subject")
 
 
 class UsageRecord(models.Model):
