@@ -2,26 +2,27 @@
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext_lazy as _
 
 from portal.api.errors import ApiErrorCode, error_body
 from portal.errors import ErrorCode
 
 _PAGES = {
-    400: (ApiErrorCode.BAD_REQUEST, "Bad request", "The request could not be understood."),
+    400: (ApiErrorCode.BAD_REQUEST, _("Bad request"), _("The request could not be understood.")),
     403: (
         ErrorCode.PERMISSION_DENIED,
-        "Not allowed",
-        "Your role in this organisation does not allow this.",
+        _("Not allowed"),
+        _("Your role in this organisation does not allow this."),
     ),
     404: (
         ErrorCode.NOT_FOUND,
-        "Not found",
-        "There is nothing here, or it belongs to another organisation.",
+        _("Not found"),
+        _("There is nothing here, or it belongs to another organisation."),
     ),
     500: (
         ApiErrorCode.SERVER_ERROR,
-        "Something went wrong",
-        "The error was logged. Please try again shortly.",
+        _("Something went wrong"),
+        _("The error was logged. Please try again shortly."),
     ),
 }
 
@@ -31,7 +32,7 @@ def _respond(request: HttpRequest, status: int, exception: Exception | None = No
     if status == 403 and exception is not None and str(exception):
         message = str(exception)
     if request.path.startswith("/api/"):
-        return JsonResponse(error_body(code, message), status=status)
+        return JsonResponse(error_body(code, str(message)), status=status)
     return render(
         request, "error.html", {"status": status, "title": title, "message": message}, status=status
     )
@@ -52,7 +53,7 @@ def page_not_found(request, exception):
 def server_error(request):
     code, _title, message = _PAGES[500]
     if request.path.startswith("/api/"):
-        return JsonResponse(error_body(code, message), status=500)
+        return JsonResponse(error_body(code, str(message)), status=500)
     # No context processors here: the failure may be in them.
     from django.template import loader
 

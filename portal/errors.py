@@ -7,6 +7,8 @@ the same sentence next to the field or action.
 from enum import StrEnum
 from typing import Any
 
+from django.utils.translation import gettext_lazy as _
+
 # Every registry of error codes: each app lists its codes once, in a ``StrEnum`` of its
 # ``errors.py`` marked with ``@error_codes``, and raises ``InvalidInput(..., code=Enum.MEMBER)``,
 # never a bare string (tests/api/test_error_codes.py checks the code base for that). The API
@@ -45,12 +47,12 @@ class ErrorCode(StrEnum):
 class PortalError(Exception):
     code: str = ErrorCode.ERROR
     status = 400
-    default_message = "The request could not be completed."
+    default_message = _("The request could not be completed.")
 
     def __init__(
         self, message: str | None = None, *, code: str | None = None, details: Any = None
     ) -> None:
-        self.message = message or self.default_message
+        self.message = str(message or self.default_message)  # in the language of the moment
         if code:
             self.code = code
         self.details = details if details is not None else {}
@@ -59,31 +61,31 @@ class PortalError(Exception):
 
 class InvalidInput(PortalError):
     code = ErrorCode.INVALID
-    default_message = "Some of the input is not valid."
+    default_message = _("Some of the input is not valid.")
 
 
 class PermissionDenied(PortalError):
     code = ErrorCode.PERMISSION_DENIED
     status = 403
-    default_message = "Your role in this organisation does not allow this."
+    default_message = _("Your role in this organisation does not allow this.")
 
 
 class NotFound(PortalError):
     code = ErrorCode.NOT_FOUND
     status = 404
-    default_message = "Not found."
+    default_message = _("Not found.")
 
 
 class Conflict(PortalError):
     code = ErrorCode.CONFLICT
     status = 409
-    default_message = "This conflicts with the current state."
+    default_message = _("This conflicts with the current state.")
 
 
 class Throttled(PortalError):
     code = ErrorCode.THROTTLED
     status = 429
-    default_message = "Too many attempts. Try again later."
+    default_message = _("Too many attempts. Try again later.")
 
 
 # Errors a page shows next to its form or action. ``NotFound`` is not among them: it propagates

@@ -3,6 +3,7 @@ from collections.abc import Callable
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 
 from portal.errors import NotFound, PermissionDenied, PortalError
 
@@ -27,7 +28,7 @@ class PortalErrorMiddleware:
                 "error.html",
                 {
                     "status": exception.status,
-                    "title": "That did not work",
+                    "title": _("That did not work"),
                     "message": exception.message,
                 },
                 status=exception.status,

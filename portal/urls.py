@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from portal.observability import health, metrics
@@ -9,9 +10,9 @@ handler403 = "portal.error_views.permission_denied"
 handler404 = "portal.error_views.page_not_found"
 handler500 = "portal.error_views.server_error"
 
-admin.site.site_header = "GPU Cloud operations"
-admin.site.site_title = "GPU Cloud admin"
-admin.site.index_title = "Hosts, capacity, prices, organisations and billing"
+admin.site.site_header = _("GPU Cloud operations")
+admin.site.site_title = _("GPU Cloud admin")
+admin.site.index_title = _("Hosts, capacity, prices, organisations and billing")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

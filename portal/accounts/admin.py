@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import (
     ApiKey,
@@ -113,7 +114,7 @@ class InvitationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # invitations are sent from the members page
 
-    @admin.action(description="Revoke selected invitations")
+    @admin.action(description=_("Revoke selected invitations"))
     def revoke(self, request, queryset):
         _run_for_each(
             self,
@@ -154,7 +155,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke"]
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(description=_("Revoke selected API keys"))
     def revoke(self, request, queryset):
         _run_for_each(
             self, request, queryset, api_key_revoke, "api_key_id", "{count} key(s) revoked."

@@ -3,7 +3,10 @@
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from portal.background import enqueue_on_commit
 
@@ -25,17 +28,31 @@ def send_later(email: Email) -> None:
     enqueue_on_commit(send_email, **asdict(email))
 
 
+def language_of(user: "User | None") -> str:
+    """The language an email to ``user`` is written in: their saved choice, else the one the
+    request speaks (the page that sent it), else the portal's default."""
+    if user is not None and user.language:
+        return user.language
+    return translation.get_language() or settings.LANGUAGE_CODE
+
+
 def verification_email(*, user: "User", link: str) -> Email:
-    body = render_to_string("accounts/email/verify_email.txt", {"user": user, "link": link})
-    return Email(to=user.email, subject="Confirm your email address", body=body)
+    with translation.override(language_of(user)):
+        body = render_to_string("accounts/email/verify_email.txt", {"user": user, "link": link})
+        return Email(to=user.email, subject=_("Confirm your email address"), body=body)
 
 
 def invitation_email(*, invitation: "Invitation", link: str) -> Email:
-    body = render_to_string(
-        "accounts/email/invitation.txt", {"invitation": invitation, "link": link}
-    )
-    return Email(
-        to=invitation.email,
-        subject=f"You are invited to {invitation.organization.name} on GPU Cloud",
-        body=body,
-    )
+    from portal.accounts.models import User
+
+    invitee = User.objects.filter(email__iexact=invitation.email).first()
+    with translation.override(language_of(invitee)):
+        body = render_to_string(
+            "accounts/email/invitation.txt", {"invitation": invitation, "link": link}
+        )
+        return Email(
+            to=invitation.email,
+            subject=_("You are invited to %(organization)s on GPU Cloud")
+            % {"organization": invitation.organization.name},
+            body=body,
+        )

@@ -1,6 +1,10 @@
 """Forms only parse and label input; the services decide what is allowed."""
 
 from django import forms
+from django.conf import settings
+from django.contrib.auth import forms as auth_forms
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
 from portal.accounts.models import Currency
@@ -15,45 +19,58 @@ class PortalForm(forms.Form):
         super().__init__(*args, **kwargs)
 
 
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's reset form, with the email written in the language its reader chose."""
+
+    def send_mail(self, subject_template_name, email_template_name, context, *args, **kwargs):
+        from portal.accounts.emails import language_of
+
+        with translation.override(language_of(context.get("user"))):
+            super().send_mail(subject_template_name, email_template_name, context, *args, **kwargs)
+
+
 class SignupForm(PortalForm):
-    full_name = forms.CharField(label="Full name", max_length=150, required=False)
+    full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
     email = forms.EmailField(
-        label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email"})
+        label=_("Email"), widget=forms.EmailInput(attrs={"autocomplete": "email"})
     )
     password = forms.CharField(
-        label="Password",
+        label=_("Password"),
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="At least 8 characters; not a common password.",
+        help_text=_("At least 8 characters; not a common password."),
     )
 
 
 class LoginForm(PortalForm):
     email = forms.EmailField(
-        label="Email", widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+        label=_("Email"),
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}),
     )
     password = forms.CharField(
-        label="Password", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+        label=_("Password"), widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
     )
 
 
 class AcceptAsNewUserForm(PortalForm):
-    full_name = forms.CharField(label="Full name", max_length=150, required=False)
+    full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
     password = forms.CharField(
-        label="Choose a password",
+        label=_("Choose a password"),
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
 
 
 class OrganizationForm(PortalForm):
-    name = forms.CharField(label="Organisation name", max_length=120)
-    billing_email = forms.EmailField(label="Billing email")
-    country = forms.ChoiceField(label="Country", choices=[("", "Choose a country"), *countries])
-    tax_id = forms.CharField(label="Tax ID (VAT number)", max_length=40, required=False)
-    currency = forms.ChoiceField(label="Currency", choices=Currency.choices)
+    name = forms.CharField(label=_("Organisation name"), max_length=120)
+    billing_email = forms.EmailField(label=_("Billing email"))
+    country = forms.ChoiceField(
+        label=_("Country"), choices=lambda: [("", _("Choose a country")), *countries]
+    )
+    tax_id = forms.CharField(label=_("Tax ID (VAT number)"), max_length=40, required=False)
+    currency = forms.ChoiceField(label=_("Currency"), choices=Currency.choices)
 
 
 class DeleteOrganizationForm(PortalForm):
-    confirm_slug = forms.CharField(label="Type the organisation's slug to confirm")
+    confirm_slug = forms.CharField(label=_("Type the organisation's slug to confirm"))
 
 
 class RoleChoiceMixin:
@@ -62,19 +79,21 @@ class RoleChoiceMixin:
 
 
 class InvitationForm(RoleChoiceMixin, PortalForm):
-    email = forms.EmailField(label="Email address")
-    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
+    email = forms.EmailField(label=_("Email address"))
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices, initial=Role.MEMBER)
 
 
 class RoleChangeForm(PortalForm):
-    role = forms.ChoiceField(label="Role", choices=Role.choices)
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices)
 
 
 class ApiKeyForm(RoleChoiceMixin, PortalForm):
-    name = forms.CharField(label="Name", max_length=80, help_text="What uses it, e.g. ci-pipeline.")
-    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
+    name = forms.CharField(
+        label=_("Name"), max_length=80, help_text=_("What uses it, e.g. ci-pipeline.")
+    )
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices, initial=Role.MEMBER)
     expires_at = forms.DateTimeField(
-        label="Expires (optional)",
+        label=_("Expires (optional)"),
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
@@ -82,13 +101,18 @@ class ApiKeyForm(RoleChoiceMixin, PortalForm):
 
 class SshKeyForm(PortalForm):
     name = forms.CharField(
-        label="Name", max_length=80, required=False, help_text="Defaults to the key's comment."
+        label=_("Name"),
+        max_length=80,
+        required=False,
+        help_text=_("Defaults to the key's comment."),
     )
     public_key = forms.CharField(
-        label="Public key",
+        label=_("Public key"),
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "ssh-ed25519 AAAA… you@laptop"}),
     )
 
 
 class AccountForm(PortalForm):
-    full_name = forms.CharField(label="Full name", max_length=150, required=False)
+    full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
+    # The header switcher's choice: the pages, the emails and other devices speak it.
+    language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)

@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 from django_countries.fields import CountryField
 
 from portal.accounts.roles import Role
@@ -46,7 +47,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     full_name = models.CharField(max_length=150, blank=True)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(
-        default=False, help_text="Operators and finance staff who may use Django admin."
+        default=False, help_text=_("Operators and finance staff who may use Django admin.")
     )
     date_joined = models.DateTimeField(default=timezone.now)
     email_verified_at = models.DateTimeField(null=True, blank=True)
@@ -54,8 +55,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         max_length=10,
         choices=settings.LANGUAGES,
         blank=True,
-        help_text="The language the portal and its emails speak to this person; "
-        "empty follows the browser.",
+        help_text=_(
+            "The language the portal and its emails speak to this person; "
+            "empty follows the browser."
+        ),
     )
 
     objects = UserManager()
@@ -88,7 +91,7 @@ class Organization(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
     billing_email = models.EmailField()
-    country = CountryField(help_text="ISO 3166-1 country; decides tax treatment on invoices.")
+    country = CountryField(help_text=_("ISO 3166-1 country; decides tax treatment on invoices."))
     tax_id = models.CharField(max_length=40, blank=True)
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
     billing_mode = models.CharField(
@@ -96,7 +99,7 @@ class Organization(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     deleted_at = models.DateTimeField(
-        null=True, blank=True, help_text="Closed by its owner; kept for its history."
+        null=True, blank=True, help_text=_("Closed by its owner; kept for its history.")
     )
 
     class Meta:
@@ -199,7 +202,9 @@ class ApiKey(models.Model):
     )
     name = models.CharField(max_length=80)
     role = models.CharField(max_length=10, choices=Role.choices)
-    prefix = models.CharField(max_length=16, unique=True, help_text="Public part, shown in lists.")
+    prefix = models.CharField(
+        max_length=16, unique=True, help_text=_("Public part, shown in lists.")
+    )
     secret_hash = models.CharField(max_length=64)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -246,8 +251,10 @@ class SshKey(models.Model):
     name = models.CharField(max_length=80)
     key_type = models.CharField(max_length=24, choices=SshKeyType.choices)
     bits = models.PositiveIntegerField()
-    public_key = models.TextField(help_text="Normalised: type, base64 body and comment.")
-    fingerprint = models.CharField(max_length=64, help_text="SHA256 fingerprint, as ssh-keygen -l.")
+    public_key = models.TextField(help_text=_("Normalised: type, base64 body and comment."))
+    fingerprint = models.CharField(
+        max_length=64, help_text=_("SHA256 fingerprint, as ssh-keygen -l.")
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -284,7 +291,7 @@ class AuditEvent(models.Model):
     actor_api_key = models.ForeignKey(
         ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    actor_label = models.CharField(max_length=200, help_text="Who, as it read at the time.")
+    actor_label = models.CharField(max_length=200, help_text=_("Who, as it read at the time."))
     action = models.CharField(max_length=60, db_index=True)
     target_type = models.CharField(max_length=60, blank=True)
     target_id = models.CharField(max_length=64, blank=True)

@@ -7,14 +7,16 @@ Pages, the API and services all ask :func:`role_allows`; the README prints :data
 from enum import StrEnum
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 
 class Role(models.TextChoices):
-    OWNER = "owner", "Owner"
-    ADMIN = "admin", "Admin"
-    MEMBER = "member", "Member"
-    BILLING = "billing", "Billing"
-    VIEWER = "viewer", "Viewer"
+    OWNER = "owner", _("Owner")
+    ADMIN = "admin", pgettext_lazy("role", "Admin")
+    MEMBER = "member", pgettext_lazy("role", "Member")
+    BILLING = "billing", pgettext_lazy("role", "Billing")
+    VIEWER = "viewer", _("Viewer")
 
 
 class Action(StrEnum):
@@ -69,18 +71,18 @@ def grantable_roles(granter: str) -> list[Role]:
 
 # What a role's key may call, in the words of the API-key form, from the matrix above.
 ABILITIES: tuple[tuple[Action, str], ...] = (
-    (A.INSTANCE_VIEW, "read instances, volumes, usage, SSH keys, members and the catalog"),
+    (A.INSTANCE_VIEW, _("read instances, volumes, usage, SSH keys, members and the catalog")),
     (
         A.INSTANCE_MANAGE,
-        "launch, stop, start and terminate instances; create and delete volumes; report usage",
+        _("launch, stop, start and terminate instances; create and delete volumes; report usage"),
     ),
-    (A.SSH_KEY_MANAGE, "add and delete SSH keys"),
-    (A.BILLING_VIEW, "read the balance, invoices, the ledger and the spend limit"),
-    (A.BILLING_MANAGE, "top up, set the spend limit and ask for monthly invoicing"),
-    (A.MEMBER_INVITE, "invite and remove members"),
-    (A.API_KEY_MANAGE, "create and revoke API keys"),
-    (A.AUDIT_VIEW, "read the audit log"),
-    (A.ORG_UPDATE, "change the organisation's settings"),
+    (A.SSH_KEY_MANAGE, _("add and delete SSH keys")),
+    (A.BILLING_VIEW, _("read the balance, invoices, the ledger and the spend limit")),
+    (A.BILLING_MANAGE, _("top up, set the spend limit and ask for monthly invoicing")),
+    (A.MEMBER_INVITE, _("invite and remove members")),
+    (A.API_KEY_MANAGE, _("create and revoke API keys")),
+    (A.AUDIT_VIEW, _("read the audit log")),
+    (A.ORG_UPDATE, _("change the organisation's settings")),
 )
 
 

@@ -1,6 +1,7 @@
 """Reads about accounts. Every customer query is scoped to one organisation."""
 
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 
 from portal.accounts.models import (
     ApiKey,
@@ -69,7 +70,7 @@ def ssh_keys_list(organization: Organization) -> QuerySet[SshKey]:
 def ssh_key_get(organization: Organization, ssh_key_id: int) -> SshKey:
     ssh_key = ssh_keys_list(organization).filter(pk=ssh_key_id).first()
     if ssh_key is None:
-        raise NotFound("No such SSH key in this organisation.")
+        raise NotFound(_("No such SSH key in this organisation."))
     return ssh_key
 
 

@@ -127,14 +127,14 @@ def _clean_email(email: str) -> str:
     email = (email or "").strip().lower()
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidInput(
-            f"An email address has at most {MAX_EMAIL_LENGTH} characters.",
+            _("An email address has at most %(count)s characters.") % {"count": MAX_EMAIL_LENGTH},
             code=AccountsErrorCode.EMAIL_INVALID,
         )
     try:
         validate_email(email)
     except ValidationError:
         raise InvalidInput(
-            "Enter a valid email address.", code=AccountsErrorCode.EMAIL_INVALID
+            _("Enter a valid email address."), code=AccountsErrorCode.EMAIL_INVALID
         ) from None
     return email
 
@@ -178,7 +178,7 @@ def _create_user(**fields) -> User:
             return User.objects.create_user(**fields)
     except IntegrityError:
         raise Conflict(
-            "An account with this email already exists. Log in instead.",
+            _("An account with this email already exists. Log in instead."),
             code=AccountsErrorCode.EMAIL_TAKEN,
         ) from None
 
@@ -190,7 +190,7 @@ def user_signup(
     email = _clean_email(email)
     if User.objects.filter(email__iexact=email).exists():
         raise Conflict(
-            "An account with this email already exists. Log in instead.",
+            _("An account with this email already exists. Log in instead."),
             code=AccountsErrorCode.EMAIL_TAKEN,
         )
     candidate = User(email=email, full_name=full_name.strip())
@@ -221,17 +221,17 @@ def user_verify_email(*, token: str) -> User:
         )
     except signing.SignatureExpired:
         raise InvalidInput(
-            "This verification link has expired. Ask for a new one.",
+            _("This verification link has expired. Ask for a new one."),
             code=AccountsErrorCode.TOKEN_EXPIRED,
         ) from None
     except signing.BadSignature:
         raise InvalidInput(
-            "This verification link is not valid.", code=AccountsErrorCode.TOKEN_INVALID
+            _("This verification link is not valid."), code=AccountsErrorCode.TOKEN_INVALID
         ) from None
     user = User.objects.select_for_update().filter(pk=data["user"], email=data["email"]).first()
     if user is None:
         raise InvalidInput(
-            "This verification link is not valid.", code=AccountsErrorCode.TOKEN_INVALID
+            _("This verification link is not valid."), code=AccountsErrorCode.TOKEN_INVALID
         )
     if user.email_verified_at is None:
         user.email_verified_at = timezone.now()
@@ -257,7 +257,11 @@ def user_login(*, request: HttpRequest, email: str, password: str) -> User:
     if cache.get(key, 0) >= settings.LOGIN_THROTTLE_ATTEMPTS:
         minutes = settings.LOGIN_THROTTLE_WINDOW_SECONDS // 60
         raise Throttled(
-            f"Too many failed log-in attempts. Try again in {minutes} minutes or reset your password.",
+            _(
+                "Too many failed log-in attempts. Try again in %(minutes)s minutes or reset "
+                "your password."
+            )
+            % {"minutes": minutes},
             code=AccountsErrorCode.LOGIN_THROTTLED,
         )
     user = authenticate(request, username=(email or "").strip().lower(), password=password)
@@ -268,7 +272,9 @@ def user_login(*, request: HttpRequest, email: str, password: str) -> User:
             cache.incr(key)
         except ValueError:  # expired between add and incr
             cache.set(key, 1, timeout=settings.LOGIN_THROTTLE_WINDOW_SECONDS)
-        raise InvalidInput("Email or password is not correct.", code=AccountsErrorCode.LOGIN_FAILED)
+        raise InvalidInput(
+            _("Email or password is not correct."), code=AccountsErrorCode.LOGIN_FAILED
+        )
     cache.delete(key)
     return user
 
@@ -291,7 +297,7 @@ def _clean_org_fields(fields: dict) -> dict:
         cleaned["name"] = (cleaned["name"] or "").strip()
         if not cleaned["name"]:
             raise InvalidInput(
-                "Give the organisation a name.", code=AccountsErrorCode.NAME_REQUIRED
+                _("Give the organisation a name."), code=AccountsErrorCode.NAME_REQUIRED
             )
     if "billing_email" in cleaned:
         cleaned["billing_email"] = _clean_email(cleaned["billing_email"])
@@ -299,18 +305,19 @@ def _clean_org_fields(fields: dict) -> dict:
         country = str(cleaned["country"] or "").strip().upper()
         if len(country) != 2 or countries.alpha2(country) != country:
             raise InvalidInput(
-                "Country must be a two-letter ISO code such as US, DE or CN.",
+                _("Country must be a two-letter ISO code such as US, DE or CN."),
                 code=AccountsErrorCode.COUNTRY_INVALID,
             )
         cleaned["country"] = country
     if "currency" in cleaned and cleaned["currency"] not in Currency.values:
         raise InvalidInput(
-            f"Currency must be one of {', '.join(Currency.values)}.",
+            _("Currency must be one of %(choices)s.") % {"choices": ", ".join(Currency.values)},
             code=AccountsErrorCode.CURRENCY_INVALID,
         )
     if "billing_mode" in cleaned and cleaned["billing_mode"] not in BillingMode.values:
         raise InvalidInput(
-            f"Billing mode must be one of {', '.join(BillingMode.values)}.",
+            _("Billing mode must be one of %(choices)s.")
+            % {"choices": ", ".join(BillingMode.values)},
             code=AccountsErrorCode.BILLING_MODE_INVALID,
         )
     if "tax_id" in cleaned:
@@ -344,7 +351,10 @@ def organization_create(
     if slug:
         slug = slugify(slug)
         if Organization.objects.filter(slug=slug).exists():
-            raise Conflict(f"The slug '{slug}' is taken.", code=AccountsErrorCode.SLUG_TAKEN)
+            raise Conflict(
+                _("The slug '%(slug)s' is taken.") % {"slug": slug},
+                code=AccountsErrorCode.SLUG_TAKEN,
+            )
     for attempt in range(5):
         try:
             with transaction.atomic():
@@ -355,7 +365,7 @@ def organization_create(
         except IntegrityError:
             if slug or attempt == 4:  # a chosen slug taken meanwhile, or no luck generating one
                 raise Conflict(
-                    "This slug was just taken. Try again.", code=AccountsErrorCode.SLUG_TAKEN
+                    _("This slug was just taken. Try again."), code=AccountsErrorCode.SLUG_TAKEN
                 ) from None
     Membership.objects.create(user=user, organization=org, role=Role.OWNER)
     actor = Actor(user=user, organization=org, role=Role.OWNER, ip_address=ip_address)
@@ -382,7 +392,10 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
     actor = authorize(actor, Action.ORG_UPDATE, lock=True)
     unknown = set(fields) - set(ORG_EDITABLE_FIELDS)
     if unknown:
-        raise InvalidInput(f"Unknown fields: {', '.join(sorted(unknown))}.", code=ErrorCode.INVALID)
+        raise InvalidInput(
+            _("Unknown fields: %(fields)s.") % {"fields": ", ".join(sorted(unknown))},
+            code=ErrorCode.INVALID,
+        )
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
@@ -391,7 +404,8 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
         if locks:
             held = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in locks.items())
             raise Conflict(
-                f"The currency stays {org.currency}: this organisation already has {held} in it.",
+                _("The currency stays %(currency)s: this organisation already has %(held)s in it.")
+                % {"currency": org.currency, "held": held},
                 code=AccountsErrorCode.CURRENCY_LOCKED,
                 details={"currency": org.currency, **locks},
             )
@@ -423,15 +437,21 @@ def organization_delete(*, actor: Actor, confirm_slug: str) -> None:
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
     if confirm_slug != org.slug:
         raise InvalidInput(
-            "Type the organisation's slug exactly to confirm deletion.",
+            _("Type the organisation's slug exactly to confirm deletion."),
             code=AccountsErrorCode.CONFIRMATION_MISMATCH,
         )
     held = _organization_holdings(org)
     if any(held.values()):
         raise Conflict(
-            f"{org.name} still has {held.get('instances', 0)} instance(s) and "
-            f"{held.get('volumes', 0)} volume(s). "
-            "Terminate the instances and delete the volumes first.",
+            _(
+                "%(organization)s still has %(instances)s instance(s) and %(volumes)s volume(s). "
+                "Terminate the instances and delete the volumes first."
+            )
+            % {
+                "organization": org.name,
+                "instances": held.get("instances", 0),
+                "volumes": held.get("volumes", 0),
+            },
             code=AccountsErrorCode.ORGANIZATION_NOT_EMPTY,
             details=held,
         )
@@ -465,7 +485,8 @@ def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Me
     actor = authorize(actor, Action.MEMBER_CHANGE_ROLE, lock=True)
     if role not in Role.values:
         raise InvalidInput(
-            f"Role must be one of {', '.join(Role.values)}.", code=AccountsErrorCode.ROLE_INVALID
+            _("Role must be one of %(choices)s.") % {"choices": ", ".join(Role.values)},
+            code=AccountsErrorCode.ROLE_INVALID,
         )
     owners = _lock_owners(actor.organization)
     membership = (
@@ -475,12 +496,12 @@ def membership_change_role(*, actor: Actor, membership_id: int, role: str) -> Me
         .first()
     )
     if membership is None:
-        raise NotFound("No such member in this organisation.")
+        raise NotFound(_("No such member in this organisation."))
     if membership.role == role:
         return membership
     if membership.role == Role.OWNER and len(owners) == 1:
         raise Conflict(
-            "The last owner cannot be demoted. Make someone else an owner first.",
+            _("The last owner cannot be demoted. Make someone else an owner first."),
             code=AccountsErrorCode.LAST_OWNER,
         )
     previous = membership.role
@@ -513,17 +534,19 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
         .first()
     )
     if membership is None:
-        raise NotFound("No such member in this organisation.")
+        raise NotFound(_("No such member in this organisation."))
     leaving = (
         actor.user is not None and actor.api_key is None and membership.user_id == actor.user.pk
     )
     if not leaving:
         actor = authorize(actor, Action.MEMBER_REMOVE)
         if not role_can_grant(actor.role, membership.role):
-            raise PermissionDenied("Only an owner can remove an owner.")
+            raise PermissionDenied(_("Only an owner can remove an owner."))
     if membership.role == Role.OWNER and len(owners) == 1:
         raise Conflict(
-            "The last owner cannot leave. Make someone else an owner or delete the organisation.",
+            _(
+                "The last owner cannot leave. Make someone else an owner or delete the organisation."
+            ),
             code=AccountsErrorCode.LAST_OWNER,
         )
     audit_record(
@@ -542,11 +565,13 @@ def membership_remove(*, actor: Actor, membership_id: int) -> None:
 def _check_grant(actor: Actor, role: str) -> None:
     if role not in Role.values:
         raise InvalidInput(
-            f"Role must be one of {', '.join(Role.values)}.", code=AccountsErrorCode.ROLE_INVALID
+            _("Role must be one of %(choices)s.") % {"choices": ", ".join(Role.values)},
+            code=AccountsErrorCode.ROLE_INVALID,
         )
     if not role_can_grant(actor.role, role):
         raise PermissionDenied(
-            f"Your role ({actor.role}) cannot grant the role {role}.",
+            _("Your role (%(role)s) cannot grant the role %(granted)s.")
+            % {"role": actor.role, "granted": role},
             code=AccountsErrorCode.ROLE_NOT_GRANTABLE,
         )
 
@@ -572,7 +597,9 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
     org = actor.organization
     if Membership.objects.filter(organization=org, user__email__iexact=email).exists():
         raise Conflict(
-            f"{email} is already a member of {org.name}.", code=AccountsErrorCode.ALREADY_MEMBER
+            _("%(email)s is already a member of %(organization)s.")
+            % {"email": email, "organization": org.name},
+            code=AccountsErrorCode.ALREADY_MEMBER,
         )
     # An expired, unaccepted invitation to the same address is replaced by the new one.
     Invitation.objects.filter(
@@ -589,7 +616,7 @@ def invitation_create(*, actor: Actor, email: str, role: str) -> Invitation:
             invitation.save()
     except IntegrityError:
         raise Conflict(
-            f"{email} already has a pending invitation. Resend it instead.",
+            _("%(email)s already has a pending invitation. Resend it instead.") % {"email": email},
             code=AccountsErrorCode.ALREADY_INVITED,
         ) from None
     audit_record(
@@ -609,10 +636,12 @@ def _open_invitation(actor: Actor, invitation_id: int) -> Invitation:
         .first()
     )
     if invitation is None:
-        raise NotFound("No such invitation in this organisation.")
+        raise NotFound(_("No such invitation in this organisation."))
     if invitation.accepted_at or invitation.revoked_at:
         raise Conflict(
-            f"This invitation was already {invitation.status}.",
+            _("This invitation was already accepted.")
+            if invitation.accepted_at
+            else _("This invitation was already revoked."),
             code=AccountsErrorCode.INVITATION_CLOSED,
         )
     return invitation
@@ -667,7 +696,8 @@ def invitation_accept(*, token: str, user: User, ip_address: str | None = None) 
     invitation = invitation_for_token(token, lock=True)
     if invitation.email.lower() != user.email.lower():
         raise PermissionDenied(
-            f"This invitation was sent to {invitation.email}. Log in with that address to accept it.",
+            _("This invitation was sent to %(email)s. Log in with that address to accept it.")
+            % {"email": invitation.email},
             code=AccountsErrorCode.INVITATION_WRONG_USER,
         )
     membership, created = Membership.objects.get_or_create(
@@ -699,7 +729,7 @@ def invitation_accept_as_new_user(
     invitation = invitation_for_token(token, lock=True)
     if User.objects.filter(email__iexact=invitation.email).exists():
         raise Conflict(
-            "An account with this email already exists. Log in to accept the invitation.",
+            _("An account with this email already exists. Log in to accept the invitation."),
             code=AccountsErrorCode.EMAIL_TAKEN,
         )
     candidate = User(email=invitation.email, full_name=full_name.strip())
@@ -737,12 +767,12 @@ def api_key_create(
     name = (name or "").strip()
     if not name:
         raise InvalidInput(
-            "Give the key a name, e.g. 'ci-pipeline'.", code=AccountsErrorCode.NAME_REQUIRED
+            _("Give the key a name, e.g. 'ci-pipeline'."), code=AccountsErrorCode.NAME_REQUIRED
         )
     _check_grant(actor, role)
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput(
-            "The expiry must be in the future.", code=AccountsErrorCode.EXPIRY_IN_PAST
+            _("The expiry must be in the future."), code=AccountsErrorCode.EXPIRY_IN_PAST
         )
     prefix = secrets.token_hex(8)
     secret = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
@@ -768,9 +798,12 @@ def api_key_revoke(*, actor: Actor, api_key_id: int) -> ApiKey:
         .first()
     )
     if api_key is None:
-        raise NotFound("No such API key in this organisation.")
+        raise NotFound(_("No such API key in this organisation."))
     if not role_can_grant(actor.role, api_key.role):
-        raise PermissionDenied(f"Your role ({actor.role}) cannot revoke a {api_key.role} key.")
+        raise PermissionDenied(
+            _("Your role (%(role)s) cannot revoke a %(key_role)s key.")
+            % {"role": actor.role, "key_role": api_key.role}
+        )
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
@@ -851,13 +884,14 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
     duplicate = SshKey.objects.filter(organization=org, fingerprint=parsed.fingerprint).first()
     if duplicate:
         raise Conflict(
-            f"This key is already added as '{duplicate.name}'.",
+            _("This key is already added as '%(name)s'.") % {"name": duplicate.name},
             code=AccountsErrorCode.SSH_KEY_DUPLICATE,
             details={"fingerprint": parsed.fingerprint},
         )
     if SshKey.objects.filter(organization=org, name=name).exists():
         raise Conflict(
-            f"A key named '{name}' already exists.", code=AccountsErrorCode.SSH_KEY_NAME_TAKEN
+            _("A key named '%(name)s' already exists.") % {"name": name},
+            code=AccountsErrorCode.SSH_KEY_NAME_TAKEN,
         )
     try:
         with transaction.atomic():
@@ -872,7 +906,7 @@ def ssh_key_create(*, actor: Actor, public_key: str, name: str = "") -> SshKey:
             )
     except IntegrityError:
         raise Conflict(
-            "This key was just added by someone else.", code=AccountsErrorCode.SSH_KEY_DUPLICATE
+            _("This key was just added by someone else."), code=AccountsErrorCode.SSH_KEY_DUPLICATE
         ) from None
     audit_record(
         actor=actor,
@@ -888,7 +922,7 @@ def ssh_key_delete(*, actor: Actor, ssh_key_id: int) -> None:
     actor = authorize(actor, Action.SSH_KEY_MANAGE)
     ssh_key = SshKey.objects.filter(organization=actor.organization, pk=ssh_key_id).first()
     if ssh_key is None:
-        raise NotFound("No such SSH key in this organisation.")
+        raise NotFound(_("No such SSH key in this organisation."))
     audit_record(
         actor=actor,
         action="ssh_key.delete",

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.roles import Action, role_allows
 
@@ -14,8 +15,8 @@ if TYPE_CHECKING:
 class BillingMode(models.TextChoices):
     """How an organisation pays: credit bought in advance, or a monthly invoice."""
 
-    PREPAID = "prepaid", "Prepaid credits"
-    INVOICED = "invoiced", "Invoiced monthly"
+    PREPAID = "prepaid", _("Prepaid credits")
+    INVOICED = "invoiced", _("Invoiced monthly")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from django.urls import reverse, reverse_lazy
 from django.utils import translation
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -54,12 +55,19 @@ def org_page(action: Action) -> Callable:
             if request.organization is None:
                 return redirect("accounts:organization_create")
             if not request.actor.can(action):
-                raise DjangoPermissionDenied("Your role in this organisation does not allow this.")
+                raise DjangoPermissionDenied(
+                    _("Your role in this organisation does not allow this.")
+                )
             return view(request, *args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def _role_name(role: str) -> str:
+    """A role as a sentence names it: "member" in English, 成员 in Chinese."""
+    return str(Role(role).label).lower()
 
 
 def _safe_next(request: HttpRequest, default: str) -> str:
@@ -99,7 +107,10 @@ def signup(request: HttpRequest) -> HttpResponse:
             form.add_error("password" if exc.code == "password_invalid" else "email", exc.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, f"Welcome! We sent a confirmation link to {user.email}.")
+            messages.success(
+                request,
+                _("Welcome! We sent a confirmation link to %(email)s.") % {"email": user.email},
+            )
             return redirect(_safe_next(request, reverse("accounts:organization_create")))
     return render(request, "accounts/signup.html", {"form": form, "next": _safe_next(request, "")})
 
@@ -133,7 +144,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "accounts/logout.html")
     logout(request)
-    messages.info(request, "You are logged out.")
+    messages.info(request, _("You are logged out."))
     return redirect("accounts:login")
 
 
@@ -152,7 +163,10 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
 def verify_email_resend(request: HttpRequest) -> HttpResponse:
     if not request.user.email_verified:
         services.user_send_verification(user=request.user)
-        messages.success(request, f"We sent a new confirmation link to {request.user.email}.")
+        messages.success(
+            request,
+            _("We sent a new confirmation link to %(email)s.") % {"email": request.user.email},
+        )
     return redirect(_safe_next(request, reverse("accounts:account")))
 
 
@@ -173,7 +187,9 @@ def organization_create(request: HttpRequest) -> HttpResponse:
         else:
             request.session[SESSION_KEY] = org.pk
             return _done(
-                request, reverse("accounts:dashboard"), f"Organisation {org.name} created."
+                request,
+                reverse("accounts:dashboard"),
+                _("Organisation %(name)s created.") % {"name": org.name},
             )
     return render(request, "accounts/organization_create.html", {"form": form})
 
@@ -186,10 +202,13 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
     if raw.isdigit() and len(raw) < 19:
         membership = selectors.membership_for(request.user, int(raw))
     if membership is None:
-        messages.error(request, "You are not a member of that organisation.")
+        messages.error(request, _("You are not a member of that organisation."))
     else:
         request.session[SESSION_KEY] = membership.organization_id
-        messages.info(request, f"Switched to {membership.organization.name}.")
+        messages.info(
+            request,
+            _("Switched to %(organization)s.") % {"organization": membership.organization.name},
+        )
     return redirect(_safe_next(request, reverse("accounts:dashboard")))
 
 
@@ -205,6 +224,12 @@ def language_switch(request: HttpRequest) -> HttpResponse:
         services.user_set_language(user=request.user, language=language)
     translation.activate(language)
     response = redirect(_safe_next(request, reverse("accounts:dashboard")))
+    _remember_language(response, language)
+    return response
+
+
+def _remember_language(response: HttpResponse, language: str) -> None:
+    """The language cookie, for the pages seen signed out on this browser."""
     response.set_cookie(
         settings.LANGUAGE_COOKIE_NAME,
         language,
@@ -213,7 +238,6 @@ def language_switch(request: HttpRequest) -> HttpResponse:
         httponly=True,
         samesite=settings.LANGUAGE_COOKIE_SAMESITE,
     )
-    return response
 
 
 @org_page(Action.ORG_VIEW)
@@ -231,19 +255,21 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
     currency_locks = services.organization_currency_locks(org)
     if currency_locks:
         form.fields["currency"].disabled = True
-        form.fields[
-            "currency"
-        ].help_text = "Fixed: money has moved or resources are held in this currency."
+        form.fields["currency"].help_text = _(
+            "Fixed: money has moved or resources are held in this currency."
+        )
     if request.method == "POST":
         if not can_edit:
-            raise DjangoPermissionDenied("Your role does not allow changing the organisation.")
+            raise DjangoPermissionDenied(_("Your role does not allow changing the organisation."))
         if form.is_valid():
             try:
                 services.organization_update(actor=request.actor, **form.cleaned_data)
             except SHOWN_ON_PAGE as exc:
                 form.add_error(None, exc.message)
             else:
-                return _done(request, reverse("accounts:organization_settings"), "Settings saved.")
+                return _done(
+                    request, reverse("accounts:organization_settings"), _("Settings saved.")
+                )
     context = {"form": form, "can_edit": can_edit, "delete_form": DeleteOrganizationForm()}
     return render(request, "accounts/organization_settings.html", context)
 
@@ -261,7 +287,9 @@ def organization_delete(request: HttpRequest) -> HttpResponse:
         else:
             request.session.pop(SESSION_KEY, None)
             return _done(
-                request, reverse("accounts:dashboard"), f"Organisation {name} was deleted."
+                request,
+                reverse("accounts:dashboard"),
+                _("Organisation %(name)s was deleted.") % {"name": name},
             )
     context = {
         "form": OrganizationForm(
@@ -308,7 +336,9 @@ def invitation_create(request: HttpRequest) -> HttpResponse:
         except SHOWN_ON_PAGE as exc:
             form.add_error("email", exc.message)
         else:
-            messages.success(request, f"Invitation sent to {invitation.email}.")
+            messages.success(
+                request, _("Invitation sent to %(email)s.") % {"email": invitation.email}
+            )
             form, status = None, 200
     if not request.htmx and status == 200:
         return redirect("accounts:members")
@@ -323,7 +353,7 @@ def _invitation_action(request: HttpRequest, pk: int, service: Callable, done: s
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, done.format(email=invitation.email))
+        messages.success(request, done % {"email": invitation.email})
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "invitations", _members_context(request))
@@ -332,14 +362,16 @@ def _invitation_action(request: HttpRequest, pk: int, service: Callable, done: s
 @org_page(Action.MEMBER_INVITE)
 @require_POST
 def invitation_resend(request: HttpRequest, pk: int) -> HttpResponse:
-    return _invitation_action(request, pk, services.invitation_resend, "New link sent to {email}.")
+    return _invitation_action(
+        request, pk, services.invitation_resend, _("New link sent to %(email)s.")
+    )
 
 
 @org_page(Action.MEMBER_INVITE)
 @require_POST
 def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return _invitation_action(
-        request, pk, services.invitation_revoke, "Invitation of {email} revoked."
+        request, pk, services.invitation_revoke, _("Invitation of %(email)s revoked.")
     )
 
 
@@ -355,7 +387,11 @@ def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
         except SHOWN_ON_PAGE as exc:
             messages.error(request, exc.message)
         else:
-            messages.success(request, f"{membership.user.email} is now {membership.role}.")
+            messages.success(
+                request,
+                _("%(email)s is now %(role)s.")
+                % {"email": membership.user.email, "role": _role_name(membership.role)},
+            )
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "member-table", _members_context(request))
@@ -366,7 +402,7 @@ def membership_role(request: HttpRequest, pk: int) -> HttpResponse:
 def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     leaving = request.membership.pk == pk
     if not leaving and not request.actor.can(Action.MEMBER_REMOVE):
-        raise DjangoPermissionDenied("Your role does not allow removing members.")
+        raise DjangoPermissionDenied(_("Your role does not allow removing members."))
     try:
         services.membership_remove(actor=request.actor, membership_id=pk)
     except SHOWN_ON_PAGE as exc:
@@ -374,8 +410,8 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         if leaving:
             request.session.pop(SESSION_KEY, None)
-            return _done(request, reverse("accounts:dashboard"), "You left the organisation.")
-        messages.success(request, "Member removed.")
+            return _done(request, reverse("accounts:dashboard"), _("You left the organisation."))
+        messages.success(request, _("Member removed."))
     if not request.htmx:
         return redirect("accounts:members")
     return _render(request, "accounts/members.html", "member-table", _members_context(request))
@@ -395,7 +431,7 @@ def invitation_accept(request: HttpRequest) -> HttpResponse:
     """Accept as the signed-in user, or create an account and accept."""
     token = request.session.get(INVITATION_SESSION_KEY, "")
     if not token:
-        message = "Open the invitation link from your email again."
+        message = _("Open the invitation link from your email again.")
         return render(request, "accounts/invitation_accept.html", {"error": message}, status=400)
     try:
         invitation = services.invitation_for_token(token)
@@ -426,7 +462,9 @@ def invitation_accept(request: HttpRequest) -> HttpResponse:
         request.session.pop(INVITATION_SESSION_KEY, None)
         request.session[SESSION_KEY] = membership.organization_id
         messages.success(
-            request, f"You joined {membership.organization.name} as {membership.role}."
+            request,
+            _("You joined %(organization)s as %(role)s.")
+            % {"organization": membership.organization.name, "role": _role_name(membership.role)},
         )
         return redirect("accounts:dashboard")
     return render(request, "accounts/invitation_accept.html", context)
@@ -456,7 +494,7 @@ def _api_keys_context(request: HttpRequest, form: ApiKeyForm | None = None, **ex
 def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.actor.can(Action.API_KEY_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow creating API keys.")
+            raise DjangoPermissionDenied(_("Your role does not allow creating API keys."))
         form = ApiKeyForm(request.POST)
         form.limit_roles(request.actor.role)
         if form.is_valid():
@@ -498,7 +536,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         salt=NEW_API_KEY_COOKIE_SALT,
         max_age=NEW_API_KEY_COOKIE_MAX_AGE,
     )
-    key_id, _, secret = shown.partition(":")
+    key_id, _sep, secret = shown.partition(":")
     new_key = (
         selectors.api_keys_list(request.organization).filter(pk=key_id).first()
         if key_id.isdigit()
@@ -521,7 +559,7 @@ def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Key {api_key.name} revoked.")
+        messages.success(request, _("Key %(name)s revoked.") % {"name": api_key.name})
     if not request.htmx:
         return redirect("accounts:api_keys")
     return _render(request, "accounts/api_keys.html", "api-key-panel", _api_keys_context(request))
@@ -539,7 +577,7 @@ def _ssh_keys_context(request: HttpRequest, form: SshKeyForm | None = None) -> d
 def ssh_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.actor.can(Action.SSH_KEY_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow adding SSH keys.")
+            raise DjangoPermissionDenied(_("Your role does not allow adding SSH keys."))
         form = SshKeyForm(request.POST)
         if form.is_valid():
             try:
@@ -547,7 +585,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
             except SHOWN_ON_PAGE as exc:
                 form.add_error("public_key", exc.message)
             else:
-                messages.success(request, f"SSH key {ssh_key.name} added.")
+                messages.success(request, _("SSH key %(name)s added.") % {"name": ssh_key.name})
                 if not request.htmx:
                     return redirect("accounts:ssh_keys")
                 return _render(
@@ -571,7 +609,7 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "SSH key deleted.")
+        messages.success(request, _("SSH key deleted."))
     if not request.htmx:
         return redirect("accounts:ssh_keys")
     return _render(request, "accounts/ssh_keys.html", "ssh-key-panel", _ssh_keys_context(request))
@@ -581,12 +619,12 @@ def ssh_key_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 AUDIT_ACTION_GROUPS = [
-    ("organization", "Organisation"),
-    ("membership", "Members"),
-    ("invitation", "Invitations"),
-    ("api_key", "API keys"),
-    ("ssh_key", "SSH keys"),
-    ("user", "Users"),
+    ("organization", gettext_lazy("Organisation")),
+    ("membership", gettext_lazy("Members")),
+    ("invitation", gettext_lazy("Invitations")),
+    ("api_key", gettext_lazy("API keys")),
+    ("ssh_key", gettext_lazy("SSH keys")),
+    ("user", gettext_lazy("Users")),
 ]
 
 
@@ -609,12 +647,23 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def account(request: HttpRequest) -> HttpResponse:
-    form = AccountForm(request.POST or None, initial={"full_name": request.user.full_name})
+    initial = {
+        "full_name": request.user.full_name,
+        "language": request.user.language or translation.get_language(),
+    }
+    form = AccountForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        language = form.cleaned_data["language"]
         services.user_update_profile(
-            user=request.user, ip_address=client_ip(request), **form.cleaned_data
+            user=request.user,
+            ip_address=client_ip(request),
+            full_name=form.cleaned_data["full_name"],
         )
-        return _done(request, reverse("accounts:account"), "Profile saved.")
+        services.user_set_language(user=request.user, language=language)
+        translation.activate(language)  # "Profile saved." in the language just chosen
+        response = _done(request, reverse("accounts:account"), _("Profile saved."))
+        _remember_language(response, language)
+        return response
     return render(request, "accounts/account.html", {"form": form})
 
 
@@ -627,7 +676,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         services.user_password_changed(
             user=form.user, via="account", ip_address=client_ip(self.request)
         )
-        messages.success(self.request, "Password changed.")
+        messages.success(self.request, _("Password changed."))
         return response
 
 

@@ -4,6 +4,7 @@ from enum import StrEnum
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from django.utils.translation import gettext as _
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -58,7 +59,7 @@ def exception_handler(exc, context):
         return None
     code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), ErrorCode.ERROR)
     if isinstance(exc, exceptions.ValidationError):
-        message = "Some of the input is not valid; see details."
+        message = _("Some of the input is not valid; see details.")
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
     else:
         message = str(exc.detail)

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import django_filters
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
 from django_filters.fields import IsoDateTimeField
 
 from portal.errors import ErrorCode
@@ -25,7 +26,7 @@ class BoundedIsoDateTimeField(IsoDateTimeField):
             return None
         if not 1900 <= value.year <= 9998:
             raise ValidationError(
-                "Give a date between the years 1900 and 9998.", code=ErrorCode.INVALID
+                _("Give a date between the years 1900 and 9998."), code=ErrorCode.INVALID
             )
         return value.astimezone(UTC) if value.tzinfo else value
 

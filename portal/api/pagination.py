@@ -1,3 +1,4 @@
+from django.utils.translation import gettext as _
 from rest_framework.pagination import PageNumberPagination
 
 from portal.errors import InvalidInput
@@ -12,8 +13,8 @@ def _whole_number(request, name: str) -> int | None:
     if raw.isascii() and raw.isdigit() and int(raw) >= 1:
         return int(raw)
     raise InvalidInput(
-        "Some of the input is not valid; see details.",
-        details={name: ["A whole number from 1."]},
+        _("Some of the input is not valid; see details."),
+        details={name: [_("A whole number from 1.")]},
     )
 
 

@@ -1,5 +1,6 @@
 """Shared OpenAPI pieces: the error envelope every operation may answer with."""
 
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
@@ -12,10 +13,10 @@ ErrorSerializer = inline_serializer(
         "error": inline_serializer(
             name="ErrorBody",
             fields={
-                "code": serializers.CharField(help_text="Stable and machine-readable."),
-                "message": serializers.CharField(help_text="A sentence for people."),
+                "code": serializers.CharField(help_text=_("Stable and machine-readable.")),
+                "message": serializers.CharField(help_text=_("A sentence for people.")),
                 "details": serializers.JSONField(
-                    help_text="Per-field messages for 400 `invalid`; other facts otherwise."
+                    help_text=_("Per-field messages for 400 `invalid`; other facts otherwise.")
                 ),
             },
         )

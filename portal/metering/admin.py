@@ -23,6 +23,7 @@ from django.db.models.expressions import Case, When
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.services import audit_record
@@ -105,8 +106,10 @@ class MeterPriceForm(forms.ModelForm):
             return now
         if value < now - PRICE_BACKDATE_TOLERANCE:
             raise forms.ValidationError(
-                "A price cannot start in the past: usage already rated would change. "
-                "Leave this empty for now, or pick a future time."
+                _(
+                    "A price cannot start in the past: usage already rated would change. "
+                    "Leave this empty for now, or pick a future time."
+                )
             )
         return value
 
@@ -125,7 +128,7 @@ class MeterPriceInline(admin.TabularInline):
     def get_queryset(self, request):
         return meter_prices_with_status(super().get_queryset(request))
 
-    @admin.display(description="status")
+    @admin.display(description=_("status"))
     def status(self, obj: MeterPrice) -> str:
         return getattr(obj, "price_status", "")
 
@@ -139,8 +142,10 @@ class MeterPriceInline(admin.TabularInline):
 class MeterForm(forms.ModelForm):
     key = forms.CharField(
         max_length=Meter._meta.get_field("key").max_length,
-        help_text="What customers send as a CloudEvent's type, e.g. tokens.generated: "
-        "letters, digits, dots, underscores and hyphens.",
+        help_text=_(
+            "What customers send as a CloudEvent's type, e.g. tokens.generated: "
+            "letters, digits, dots, underscores and hyphens."
+        ),
     )
 
     class Meta:
@@ -151,13 +156,19 @@ class MeterForm(forms.ModelForm):
         key = self.cleaned_data["key"]
         if not METER_KEY.match(key):
             raise forms.ValidationError(
-                "Use letters, digits, dots, underscores and hyphens, starting with a letter "
-                "or digit (e.g. tokens.generated)."
+                _(
+                    "Use letters, digits, dots, underscores and hyphens, starting with a letter "
+                    "or digit (e.g. tokens.generated)."
+                )
             )
         if key in BUILT_IN_METERS:
-            raise forms.ValidationError(f"'{key}' is reserved for the portal's own meter.")
+            raise forms.ValidationError(
+                _("'%(key)s' is reserved for the portal's own meter.") % {"key": key}
+            )
         if Meter.objects.filter(key=key).exclude(pk=self.instance.pk).exists():
-            raise forms.ValidationError(f"A meter with the key '{key}' already exists.")
+            raise forms.ValidationError(
+                _("A meter with the key '%(key)s' already exists.") % {"key": key}
+            )
         return key
 
 

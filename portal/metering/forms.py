@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.forms import PortalForm
 from portal.metering.selectors import GROUPS
 
 # The API's limit (``UsageQuerySerializer``): at most 400 days at a time.
 MAX_DAYS = 400
-REVERSED = "The end date is before the start date."
-TOO_LONG = f"Choose at most {MAX_DAYS} days at a time."
+REVERSED = _("The end date is before the start date.")
+TOO_LONG = format_lazy(_("Choose at most {days} days at a time."), days=MAX_DAYS)
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,9 @@ def presets(today: date) -> list[Preset]:
     month_start = today.replace(day=1)
     last_month_end = month_start - timedelta(days=1)
     return [
-        Preset("This month", month_start, today),
-        Preset("Last month", last_month_end.replace(day=1), last_month_end),
-        Preset("Last 7 days", today - timedelta(days=6), today),
+        Preset(_("This month"), month_start, today),
+        Preset(_("Last month"), last_month_end.replace(day=1), last_month_end),
+        Preset(_("Last 7 days"), today - timedelta(days=6), today),
     ]
 
 
@@ -56,8 +58,8 @@ class DateInput(forms.DateInput):
 class UsageRangeForm(PortalForm):
     """A range of UTC days. Missing ends take the default (this month up to today)."""
 
-    start = forms.DateField(label="From", widget=DateInput, input_formats=["%Y-%m-%d"])
-    end = forms.DateField(label="To (included)", widget=DateInput, input_formats=["%Y-%m-%d"])
+    start = forms.DateField(label=_("From"), widget=DateInput, input_formats=["%Y-%m-%d"])
+    end = forms.DateField(label=_("To (included)"), widget=DateInput, input_formats=["%Y-%m-%d"])
 
     def __init__(self, query, *, today: date, **kwargs) -> None:
         data = query.copy()
@@ -68,14 +70,14 @@ class UsageRangeForm(PortalForm):
             data["end"] = last.isoformat()
         super().__init__(data, **kwargs)
         for field in self.fields.values():
-            field.error_messages["invalid"] = "Enter a date as YYYY-MM-DD."
+            field.error_messages["invalid"] = _("Enter a date as YYYY-MM-DD.")
 
     def clean(self):
         cleaned = super().clean()
         start, end = cleaned.get("start"), cleaned.get("end")
         if start and end:
             if end >= date.max - timedelta(days=1) or start.year < 1900:
-                self.add_error("end", "Pick dates between 1900 and 9998.")
+                self.add_error("end", _("Pick dates between 1900 and 9998."))
             elif end < start:
                 self.add_error("end", REVERSED)
             elif (end - start).days + 1 > MAX_DAYS:
@@ -89,7 +91,9 @@ class UsageRangeForm(PortalForm):
 
 
 class UsageExportForm(UsageRangeForm):
-    group_by = forms.ChoiceField(label="Group by", choices=[(g, g) for g in GROUPS], required=False)
+    group_by = forms.ChoiceField(
+        label=_("Group by"), choices=[(g, g) for g in GROUPS], required=False
+    )
 
     def clean_group_by(self) -> str:
         return self.cleaned_data.get("group_by") or "day"

@@ -25,6 +25,7 @@ from django.db import connections, router, transaction
 from django.db.models.constants import OnConflict
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 
 from portal.accounts.roles import Action
 from portal.accounts.services import authorize
@@ -213,7 +214,8 @@ def usage_events_ingest(*, actor: Actor, events: list) -> IngestResult:
         from portal.errors import InvalidInput
 
         raise InvalidInput(
-            f"A batch has at most {MAX_BATCH} events; this one has {len(events)}.",
+            _("A batch has at most %(max)s events; this one has %(count)s.")
+            % {"max": MAX_BATCH, "count": len(events)},
             code=MeteringErrorCode.BATCH_TOO_LARGE,
         )
     meters = {m.key: m for m in Meter.objects.filter(is_active=True, built_in=False)}

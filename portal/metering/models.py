@@ -8,6 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency, Organization
 
@@ -16,10 +17,10 @@ QUANTITY_DECIMAL_PLACES = 6
 
 
 class Aggregation(models.TextChoices):
-    SUM = "sum", "Sum"
-    MAX = "max", "Maximum"
-    COUNT = "count", "Count"
-    LATEST = "latest", "Latest value"
+    SUM = "sum", _("Sum")
+    MAX = "max", _("Maximum")
+    COUNT = "count", _("Count")
+    LATEST = "latest", _("Latest value")
 
 
 class Meter(models.Model):
@@ -34,14 +35,14 @@ class Meter(models.Model):
                 r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "Letters, digits, dots, hyphens and underscores."
             )
         ],
-        help_text="e.g. tokens.generated (the CloudEvent type)",
+        help_text=_("e.g. tokens.generated (the CloudEvent type)"),
     )
     name = models.CharField(max_length=120)
-    unit = models.CharField(max_length=20, help_text="e.g. second, GB-second, request")
+    unit = models.CharField(max_length=20, help_text=_("e.g. second, GB-second, request"))
     aggregation = models.CharField(
         max_length=10, choices=Aggregation.choices, default=Aggregation.SUM
     )
-    built_in = models.BooleanField(default=False, help_text="Measured by the portal itself.")
+    built_in = models.BooleanField(default=False, help_text=_("Measured by the portal itself."))
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -82,9 +83,9 @@ class MeterPrice(models.Model):
 
 
 class SubjectType(models.TextChoices):
-    INSTANCE = "instance", "Instance"
-    VOLUME = "volume", "Volume"
-    EXTERNAL = "external", "External subject"
+    INSTANCE = "instance", _("Instance")
+    VOLUME = "volume", _("Volume")
+    EXTERNAL = "external", _("External subject")
 
 
 class UsageRecord(models.Model):
@@ -100,10 +101,12 @@ class UsageRecord(models.Model):
     subject_type = models.CharField(max_length=10, choices=SubjectType.choices)
     subject_id = models.CharField(max_length=255)
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="records")
-    hour_start = models.DateTimeField(help_text="UTC, on the hour.")
+    hour_start = models.DateTimeField(help_text=_("UTC, on the hour."))
     period_start = models.DateTimeField(
-        help_text="When the price period of this record starts: the hour, or the moment within "
-        "it a price took effect."
+        help_text=_(
+            "When the price period of this record starts: the hour, or the moment within "
+            "it a price took effect."
+        )
     )
     quantity = models.DecimalField(
         max_digits=QUANTITY_MAX_DIGITS, decimal_places=QUANTITY_DECIMAL_PLACES

@@ -76,6 +76,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Floor, Lag
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from portal.catalog.models import GPU_MEMORY_SLOTS, Allocation, Gpu, GpuSlotClaim, Host
 from portal.errors import InvalidInput, PortalError
@@ -131,12 +132,12 @@ class RecordResult:
 def _check(sample: Sample, latest: datetime) -> None:
     if not isinstance(sample.time, datetime) or timezone.is_naive(sample.time):
         raise InvalidInput(
-            "A sample's time must be a datetime with a time zone.", code=MeteringErrorCode.TIME
+            _("A sample's time must be a datetime with a time zone."), code=MeteringErrorCode.TIME
         )
     if sample.time > latest:
         raise InvalidInput(
-            f"A sample of {sample.gpu_uuid} is in the future ({sample.time.isoformat()}); "
-            "is the host's clock right?",
+            _("A sample of %(gpu)s is in the future (%(time)s); is the host's clock right?")
+            % {"gpu": sample.gpu_uuid, "time": sample.time.isoformat()},
             code=MeteringErrorCode.TIME,
         )
     for name in READINGS:
@@ -146,8 +147,16 @@ def _check(sample: Sample, latest: datetime) -> None:
             isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
         ):
             raise InvalidInput(
-                f"{name} of {sample.gpu_uuid} must be a whole number from {low} to {high}, "
-                f"not {value!r}.",
+                _(
+                    "%(name)s of %(gpu)s must be a whole number from %(low)s to %(high)s, not %(value)s."
+                )
+                % {
+                    "name": name,
+                    "gpu": sample.gpu_uuid,
+                    "low": low,
+                    "high": high,
+                    "value": repr(value),
+                },
                 code=MeteringErrorCode.READING,
             )
 
@@ -167,9 +176,11 @@ def telemetry_record(*, samples: Iterable[Sample], host: Host | None = None) -> 
     gpu_ids = dict(gpus.values_list("uuid", "pk"))
     unknown = sorted({s.gpu_uuid for s in samples} - gpu_ids.keys())
     if unknown:
-        where = f" of host {host.name}" if host is not None else ""
         raise InvalidInput(
-            f"Not a registered GPU{where}: {', '.join(unknown)}.",
+            _("Not a registered GPU of host %(host)s: %(gpus)s.")
+            % {"host": host.name, "gpus": ", ".join(unknown)}
+            if host is not None
+            else _("Not a registered GPU: %(gpus)s.") % {"gpus": ", ".join(unknown)},
             code=MeteringErrorCode.GPU_UNKNOWN,
             details={"gpus": unknown},
         )
@@ -247,13 +258,15 @@ def load_recording(path: Path) -> list[Recorded]:
         handle = path.open(newline="")
     except OSError as exc:
         raise InvalidInput(
-            f"Cannot read {path}: {exc.strerror}.", code=MeteringErrorCode.FILE
+            _("Cannot read %(path)s: %(reason)s.") % {"path": path, "reason": exc.strerror},
+            code=MeteringErrorCode.FILE,
         ) from None
     with handle:
         reader = csv.DictReader(handle)
         if "t_s" not in (reader.fieldnames or []):
             raise InvalidInput(
-                f"{path} has no t_s column (seconds since the start).", code=MeteringErrorCode.FILE
+                _("%(path)s has no t_s column (seconds since the start).") % {"path": path},
+                code=MeteringErrorCode.FILE,
             )
         recording: list[Recorded] = []
         for line, row in enumerate(reader, start=2):
@@ -265,16 +278,20 @@ def load_recording(path: Path) -> list[Recorded]:
                 }
             except (TypeError, ValueError):
                 raise InvalidInput(
-                    f"{path}, line {line}: not a number.", code=MeteringErrorCode.FILE
+                    _("%(path)s, line %(line)s: not a number.") % {"path": path, "line": line},
+                    code=MeteringErrorCode.FILE,
                 ) from None
             if recording and offset <= recording[-1].offset:
                 raise InvalidInput(
-                    f"{path}, line {line}: t_s must increase from line to line.",
+                    _("%(path)s, line %(line)s: t_s must increase from line to line.")
+                    % {"path": path, "line": line},
                     code=MeteringErrorCode.FILE,
                 )
             recording.append(Recorded(offset=offset, readings=readings))
     if not recording:
-        raise InvalidInput(f"{path} has no samples.", code=MeteringErrorCode.FILE)
+        raise InvalidInput(
+            _("%(path)s has no samples.") % {"path": path}, code=MeteringErrorCode.FILE
+        )
     return recording
 
 

@@ -36,6 +36,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET
 
 from portal.accounts.roles import Action
@@ -45,13 +48,17 @@ from portal.metering.forms import UsageExportForm, UsageRangeForm, presets
 from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
 from portal.metering.models import Meter
 from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH
-from portal.money import format_amount, round_half_up
+from portal.money import format_amount, round_half_up, with_currency
 
 TEMPLATE = "metering/usage.html"
-SHORT_NAMES = {COMPUTE: "Running time", BOOT_DISK: "Kept boot disk", VOLUME: "Volumes"}
+SHORT_NAMES = {
+    COMPUTE: gettext_lazy("Running time"),
+    BOOT_DISK: gettext_lazy("Kept boot disk"),
+    VOLUME: gettext_lazy("Volumes"),
+}
 TABLES = (
-    ("instance_type", "By instance type", "Instance type"),
-    ("instance", "By instance", "Instance or volume"),
+    ("instance_type", gettext_lazy("By instance type"), gettext_lazy("Instance type")),
+    ("instance", gettext_lazy("By instance"), gettext_lazy("Instance or volume")),
 )
 
 # --- display ----------------------------------------------------------------------------------
@@ -88,9 +95,9 @@ def meter_columns(keys: set[str]) -> list[MeterColumn]:
         unit = meter.unit if meter else ""
         name = SHORT_NAMES.get(key) or (meter.name if meter else key)
         if unit == "second":
-            shown, divisor = "hours", SECONDS_PER_HOUR
+            shown, divisor = _("hours"), SECONDS_PER_HOUR
         elif unit == "GB-second":
-            shown, divisor = "GB-months", SECONDS_PER_MONTH
+            shown, divisor = _("GB-months"), SECONDS_PER_MONTH
         else:
             shown, divisor = unit, Decimal(1)
         columns.append(MeterColumn(key, name, unit, shown, divisor))
@@ -98,7 +105,7 @@ def meter_columns(keys: set[str]) -> list[MeterColumn]:
 
 
 def day_label(day: date) -> str:
-    return f"{day:%a} {day.day} {day:%b %Y}"
+    return f"{date_format(day, 'D')} {date_format(day)}"
 
 
 def usage_table(summary: selectors.UsageSummary, columns: list[MeterColumn]) -> dict:
@@ -176,14 +183,14 @@ def day_chart(days: list[date], costs: dict[str, Decimal], currency: str) -> dic
                 "y": round(bottom - height, 2),
                 "width": round(width, 2),
                 "height": round(height, 2),
-                "title": f"{day_label(day)}: {format_amount(value, currency)} {currency}",
+                "title": f"{day_label(day)}: {with_currency(format_amount(value, currency), currency)}",
             }
         )
     label_every = max(1, math.ceil(len(days) / MAX_X_LABELS))
     x_labels = [
         {
             "x": round(left + (i + 0.5) * slot, 2),
-            "text": f"{day.day} {day:%b}",
+            "text": date_format(day, "MONTH_DAY_FORMAT"),
             "minor": (i // label_every) % 2 == 1,
         }
         for i, day in enumerate(days)
@@ -206,7 +213,7 @@ def day_chart(days: list[date], costs: dict[str, Decimal], currency: str) -> dic
         "x_labels": x_labels,
         "ticks": ticks,
         "peak": (
-            f"{day_label(days[peak])}, {format_amount(values[peak], currency)} {currency}"
+            f"{day_label(days[peak])}, {with_currency(format_amount(values[peak], currency), currency)}"
             if peak is not None and values[peak] > 0
             else None
         ),
@@ -259,6 +266,9 @@ def _usage_context(request: HttpRequest, form: UsageRangeForm, today: date) -> d
             "open_range": last >= today,  # the figures still grow
             "has_usage": bool(by_day.rows),
             "total_cost": format_amount(by_day.total_cost, org.currency),
+            "total_cost_text": with_currency(
+                format_amount(by_day.total_cost, org.currency), org.currency
+            ),
             "columns": columns,
             "chart": day_chart(chart_days, {r.key: r.cost for r in by_day.rows}, org.currency),
             "day_table": usage_table(by_day, columns),
@@ -270,10 +280,10 @@ def _usage_context(request: HttpRequest, form: UsageRangeForm, today: date) -> d
             "downloads": [
                 (label, f"{export}?{_query(first, last, group_by=group)}")
                 for group, label in (
-                    ("day", "by day"),
-                    ("instance_type", "by instance type"),
-                    ("instance", "by instance"),
-                    ("meter", "by meter"),
+                    ("day", _("by day")),
+                    ("instance_type", _("by instance type")),
+                    ("instance", _("by instance")),
+                    ("meter", _("by meter")),
                 )
             ],
         }

@@ -1,3 +1,4 @@
+from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -33,10 +34,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header or header[0].lower() != self.keyword:
             return None
         if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Send the key as 'Authorization: Bearer <key>'.")
+            raise exceptions.AuthenticationFailed(
+                _("Send the key as 'Authorization: Bearer <key>'.")
+            )
         api_key = api_key_authenticate(header[1])
         if api_key is None:
-            raise exceptions.AuthenticationFailed("The API key is not valid, revoked or expired.")
+            raise exceptions.AuthenticationFailed(
+                _("The API key is not valid, revoked or expired.")
+            )
         log_context.bind(api_key_id=api_key.pk, organization_id=api_key.organization_id)
         return ApiKeyPrincipal(api_key), api_key
 

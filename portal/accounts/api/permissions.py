@@ -1,3 +1,4 @@
+from django.utils.translation import gettext as _
 from rest_framework.permissions import BasePermission
 
 from portal.accounts.errors import AccountsErrorCode
@@ -38,7 +39,7 @@ class HasOrganizationRole(BasePermission):
         request.actor = actor
         if actor.organization is None:
             raise PermissionDenied(
-                "You are not a member of any organisation yet.",
+                _("You are not a member of any organisation yet."),
                 code=AccountsErrorCode.NO_ORGANIZATION,
             )
         if request.method.lower() not in view.http_method_names or not hasattr(

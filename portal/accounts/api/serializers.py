@@ -1,3 +1,4 @@
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from portal.accounts.models import AuditEvent, Membership, Organization, SshKey
@@ -51,11 +52,14 @@ class SshKeySerializer(serializers.ModelSerializer):
 
 class SshKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(
-        max_length=80, required=False, allow_blank=True, help_text="Defaults to the key's comment."
+        max_length=80,
+        required=False,
+        allow_blank=True,
+        help_text=_("Defaults to the key's comment."),
     )
     public_key = serializers.CharField(
         max_length=16384,
-        help_text="One OpenSSH public key line: ed25519, ecdsa or rsa >= 2048 bits.",
+        help_text=_("One OpenSSH public key line: ed25519, ecdsa or rsa >= 2048 bits."),
     )
 
 

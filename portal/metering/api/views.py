@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import (
     OpenApiExample,
     extend_schema,
@@ -34,7 +35,7 @@ IngestResultSerializer = inline_serializer(
     fields={
         "accepted": serializers.IntegerField(),
         "duplicates": serializers.IntegerField(
-            help_text="Already received (same source and id); ignored."
+            help_text=_("Already received (same source and id); ignored.")
         ),
         "rejected": inline_serializer(
             name="UsageEventRejection",
@@ -43,8 +44,10 @@ IngestResultSerializer = inline_serializer(
                 "index": serializers.IntegerField(),
                 "id": serializers.JSONField(
                     allow_null=True,
-                    help_text="The event's id as sent when it is text (shortened past 255 characters), "
-                    "a number, a boolean or null; other values are quoted back as text.",
+                    help_text=_(
+                        "The event's id as sent when it is text (shortened past 255 characters), "
+                        "a number, a boolean or null; other values are quoted back as text."
+                    ),
                 ),
                 "code": serializers.CharField(),
                 "reason": serializers.CharField(),
@@ -60,10 +63,10 @@ class CloudEventSerializer(serializers.Serializer):
     specversion = serializers.CharField(default="1.0")
     id = serializers.CharField()
     source = serializers.CharField()
-    type = serializers.CharField(help_text="A meter key defined by operators.")
+    type = serializers.CharField(help_text=_("A meter key defined by operators."))
     subject = serializers.CharField()
     time = serializers.DateTimeField(required=False)
-    data = serializers.JSONField(help_text='A number, or {"value": number}.')
+    data = serializers.JSONField(help_text=_('A number, or {"value": number}.'))
 
 
 @extend_schema_view(post=extend_schema(summary="Report usage events (CloudEvents)"))
@@ -100,14 +103,16 @@ class UsageEventIngestView(APIView):
         if content_type == CloudEventBatchParser.media_type:
             if not isinstance(data, list):
                 raise InvalidInput(
-                    "A batch is a JSON array of events.", code=MeteringErrorCode.BATCH_INVALID
+                    _("A batch is a JSON array of events."), code=MeteringErrorCode.BATCH_INVALID
                 )
             events = data
         else:
             if not isinstance(data, dict):
                 raise InvalidInput(
-                    "Send one event as a JSON object, or a batch as "
-                    "application/cloudevents-batch+json.",
+                    _(
+                        "Send one event as a JSON object, or a batch as "
+                        "application/cloudevents-batch+json."
+                    ),
                     code=MeteringErrorCode.EVENT_INVALID,
                 )
             events = [data]
@@ -126,9 +131,9 @@ class UsageEventIngestView(APIView):
 
 class UsageQuerySerializer(serializers.Serializer):
     start = serializers.DateTimeField(
-        required=False, help_text="Inclusive; defaults to the start of this month (UTC)."
+        required=False, help_text=_("Inclusive; defaults to the start of this month (UTC).")
     )
-    end = serializers.DateTimeField(required=False, help_text="Exclusive; defaults to now.")
+    end = serializers.DateTimeField(required=False, help_text=_("Exclusive; defaults to now."))
     group_by = serializers.ChoiceField(choices=GROUPS, default="day")
 
     def validate(self, attrs):
@@ -138,16 +143,16 @@ class UsageQuerySerializer(serializers.Serializer):
         start = attrs.get("start") or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = attrs.get("end") or now
         if end <= start:
-            raise serializers.ValidationError({"end": "end must be after start."})
+            raise serializers.ValidationError({"end": _("end must be after start.")})
         if end - start > timedelta(days=400):
-            raise serializers.ValidationError({"end": "At most 400 days at a time."})
+            raise serializers.ValidationError({"end": _("At most 400 days at a time.")})
         return {**attrs, "start": start, "end": end}
 
 
 # Costs are rated at full precision, so they have as many decimals as the rating gives; the
 # schema says "a decimal number in a string" without a digit limit.
 FULL_PRECISION = serializers.DecimalField(
-    max_digits=None, decimal_places=None, help_text="Full precision, not rounded."
+    max_digits=None, decimal_places=None, help_text=_("Full precision, not rounded.")
 )
 
 
