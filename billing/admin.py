@@ -596,6 +596,8 @@ class PaymentAdmin(ReadOnlyAdmin):
         "status",
         "refunded_amount",
         "provider",
+        "provider_trade",
+        "review",
         "refund_link",
     ]
     list_filter = ["status", "purpose", "provider", "currency"]
@@ -603,6 +605,16 @@ class PaymentAdmin(ReadOnlyAdmin):
     list_select_related = ["organization"]
     inlines = [RefundInline]
     date_hierarchy = "created_at"
+
+    @admin.display(description="Provider trade id")
+    def provider_trade(self, obj: Payment):
+        """Stripe's payment intent, Alipay's trade_no or WeChat Pay's transaction_id."""
+        return obj.provider_trade_id or "—"
+
+    @admin.display(description="Review")
+    def review(self, obj: Payment):
+        """Set when a wallet reported a payment that does not match (nothing was credited)."""
+        return obj.flag_reason or "—"
 
     @admin.display(description="Refund")
     def refund_link(self, obj: Payment):

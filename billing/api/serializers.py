@@ -150,3 +150,47 @@ class InvoiceDetailSerializer(InvoiceSerializer):
 
     class Meta(InvoiceSerializer.Meta):
         fields = [*InvoiceSerializer.Meta.fields, "lines"]
+
+
+class TopUpCreateSerializer(serializers.Serializer):
+    amount = serializers.CharField(
+        max_length=30, help_text="In the organisation's currency, e.g. 100 or 99.50."
+    )
+    method = serializers.CharField(
+        max_length=20,
+        required=False,
+        default="card",
+        help_text="card (the card provider's hosted page), alipay or wechatpay (a QR code); "
+        "payment_method_unavailable when the method is not offered for the currency.",
+    )
+
+
+class PaymentSerializer(serializers.Serializer):
+    """A top-up and how to pay it. Never carries keys: only what the customer's wallet scans."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    purpose = serializers.CharField()
+    method = serializers.CharField(help_text="card, alipay or wechatpay.")
+    amount = serializers.DecimalField(max_digits=18, decimal_places=2)
+    currency = serializers.CharField()
+    reference = serializers.CharField(help_text="The portal's reference (wallets' out_trade_no).")
+    qr_code = serializers.CharField(
+        allow_blank=True, help_text="Wallets: the text to draw as a QR code (empty for cards)."
+    )
+    pay_page_url = serializers.CharField(
+        allow_blank=True, help_text="Wallets: the portal's page with the QR code."
+    )
+    alipay_page_url = serializers.CharField(
+        allow_blank=True, help_text="Alipay: pay on Alipay's page instead of scanning."
+    )
+    checkout_url = serializers.CharField(
+        allow_blank=True, help_text="Cards: the hosted checkout page (on creation only)."
+    )
+    failure_message = serializers.CharField(allow_blank=True)
+    under_review = serializers.BooleanField(
+        help_text="The wallet reported a mismatching payment; nothing was credited."
+    )
+    created_at = serializers.DateTimeField()
+    succeeded_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)

@@ -10,4 +10,6 @@ urlpatterns = [
     path("invoices", views.InvoiceListView.as_view(), name="api-invoices"),
     path("invoices/<int:pk>", views.InvoiceDetailView.as_view(), name="api-invoice"),
     path("invoices/<int:pk>/pdf", views.InvoicePdfView.as_view(), name="api-invoice-pdf"),
+    path("top-ups", views.TopUpView.as_view(), name="api-top-ups"),
+    path("payments/<int:pk>", views.PaymentDetailView.as_view(), name="api-payment"),
 ]
