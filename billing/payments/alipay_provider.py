@@ -182,7 +182,7 @@ class AlipayProvider(WalletProvider):
     def notification(
         self, body: bytes, headers: Mapping[str, str], form: Mapping[str, str]
     ) -> WalletNotice:
-        data = {key: str(value) for key, value in dict(form).items()}
+        data = {key: str(value) for key, value in form.items()}  # a QueryDict: last values
         signature = data.pop("sign", "")
         if not signature or data.get("sign_type", "RSA2") != "RSA2":
             raise WebhookSignatureInvalid(_("The Alipay notification is not signed with RSA2."))

@@ -394,7 +394,7 @@ def notification_receive(
     ).first()
     if payment is None:
         log.warning("%s notification for unknown order %s", provider_name, notice.out_trade_no)
-        webhook_observed(provider=provider_name, outcome="unknown_order")
+        webhook_observed(provider=provider_name, outcome="failed")  # retried by the wallet
         raise PaymentUnknown(_("No payment has this order number."))
     try:
         with transaction.atomic():
