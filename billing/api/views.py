@@ -2,6 +2,7 @@
 
 import django_filters
 from django.http import HttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -333,6 +334,6 @@ class PaymentDetailView(APIView):
 
         payment = payment_selectors.payments(request.actor.organization).filter(pk=pk).first()
         if payment is None:
-            raise NotFound("No such payment in this organisation.")
+            raise NotFound(_("No such payment in this organisation."))
         payment = wallets.payment_refresh(payment)
         return Response(serializers.PaymentSerializer(_payment_body(payment)).data)

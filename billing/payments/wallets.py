@@ -231,7 +231,7 @@ def wallet_top_up_start(*, actor: Actor, amount, method: str) -> Payment:
     method = method_check(method, organization.currency)
     if method == CARD:
         raise InvalidInput(
-            "Cards pay on the card provider's page.", code=BillingErrorCode.STATUS_INVALID
+            _("Cards pay on the card provider's page."), code=BillingErrorCode.STATUS_INVALID
         )
     amount = services._top_up_amount(amount, organization.currency)
     provider = wallet(method)

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.models import Payment, PaymentStatus, WebhookEvent
+from billing.models import LedgerEntry, Payment, PaymentStatus, WebhookEvent
 from tests.billing.wallets.gateways import rsa_key
 from tests.billing.wallets.helpers import ledger, top_up
 
@@ -42,6 +42,8 @@ def test_qr_then_paid_notification_credits_once_and_the_page_shows_success(
     assert payment.status == PaymentStatus.SUCCEEDED
     assert payment.provider_trade_id == gateways.alipay.orders[payment.checkout_id]["trade_no"]
     assert ledger(cny_org) == [("top_up", Decimal("100"))]
+    entry = LedgerEntry.objects.get(account__organization=cny_org)
+    assert entry.description == "Top-up paid by Alipay" and entry.payment_id == payment.pk
 
     status = owner_client.get(f"/billing/pay/{payment.pk}/status/").content.decode()
     assert "Paid" in status and "hx-trigger" not in status
