@@ -1,7 +1,9 @@
 """Billing API: balance, ledger and invoices; top-ups by card, Alipay or WeChat Pay."""
 
 import django_filters
+from django.conf import settings
 from django.http import HttpResponse
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -15,7 +17,17 @@ from billing.api import serializers
 from billing.invoicing import selectors as invoice_selectors
 from billing.ledger import selectors as ledger_selectors
 from billing.ledger import services
-from billing.models import CreditRequest, Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from billing.models import (
+    CreditRequest,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    LedgerEntry,
+    Payment,
+)
+from billing.payments import selectors as payment_selectors
+from billing.payments import services as payments
+from billing.payments import wallets
 from billing.payments.services import profile_for
 from billing.spend import credit_terms
 from billing.spend import services as spend
@@ -250,11 +262,6 @@ class InvoicePdfView(APIView):
 
 
 def _payment_body(payment, *, checkout_url: str = "") -> dict:
-    from django.conf import settings
-    from django.urls import reverse
-
-    from billing.payments import wallets
-
     is_wallet = wallets.is_wallet_payment(payment)
     return {
         "id": payment.pk,
@@ -291,12 +298,6 @@ class TopUpView(APIView):
         },
     )
     def post(self, request):
-        from django.conf import settings
-        from django.urls import reverse
-
-        from billing.models import Payment
-        from billing.payments import services as payments
-        from billing.payments import wallets
 
         payload = serializers.TopUpCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -329,8 +330,6 @@ class PaymentDetailView(APIView):
         responses={200: serializers.PaymentSerializer, **error_responses(401, 403, 404)},
     )
     def get(self, request, pk: int):
-        from billing.payments import selectors as payment_selectors
-        from billing.payments import wallets
 
         payment = payment_selectors.payments(request.actor.organization).filter(pk=pk).first()
         if payment is None:

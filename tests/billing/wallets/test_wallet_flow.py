@@ -103,3 +103,16 @@ def test_a_viewer_cannot_start_a_wallet_top_up(cny_org):
     response = client.post("/billing/top-up/", {"amount": "100", "method": "wechatpay"})
     assert response.status_code == 403
     assert not Payment.objects.exists()
+
+
+def test_api_top_up_by_card_still_goes_to_the_card_providers_page(db):
+    org = factories.organization(credit_amount=None)  # USD, the fake card provider
+    api = factories.api_client_for(org, "owner")
+    created = api.post("/api/v1/top-ups", {"amount": "25"}, format="json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["method"] == "card" and body["qr_code"] == "" and body["pay_page_url"] == ""
+    assert "/billing/checkout/fake/" in body["checkout_url"]
+    assert api.get(f"/api/v1/payments/{body['id']}").json()["checkout_url"] == ""
+    viewer = factories.api_client_for(org, "viewer")
+    assert viewer.post("/api/v1/top-ups", {"amount": "25"}, format="json").status_code == 403
