@@ -477,3 +477,50 @@ def wallets_reconcile(now=None) -> dict[str, int]:
 
 def payment_settled(payment: Payment) -> bool:
     return payment.status != PaymentStatus.PENDING or bool(payment.flag_reason)
+
+
+# --- System check ---------------------------------------------------------------------------
+
+WALLET_SETTINGS = {
+    "alipay": ("ALIPAY_APP_ID", "ALIPAY_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"),
+    "wechatpay": (
+        "WECHATPAY_MCH_ID",
+        "WECHATPAY_APP_ID",
+        "WECHATPAY_PRIVATE_KEY",
+        "WECHATPAY_CERT_SERIAL_NO",
+        "WECHATPAY_APIV3_KEY",
+        "WECHATPAY_PUBLIC_KEY",
+    ),
+}
+
+
+def wallet_settings_check(app_configs=None, **kwargs) -> list:
+    """A wallet is either off (none of its settings) or whole, with keys that load: a typo in
+    a key fails at start, not at a customer's first top-up. Loading the keys calls no one."""
+    from django.core.checks import Error
+
+    errors = []
+    for name, names in WALLET_SETTINGS.items():
+        given = [setting for setting in names if getattr(settings, setting, "")]
+        if not given:
+            continue
+        missing = [setting for setting in names if setting not in given]
+        if missing:
+            errors.append(
+                Error(
+                    f"{name} is partly configured: set {', '.join(missing)} too, or none of "
+                    f"{', '.join(given)}.",
+                    id="billing.E101",
+                )
+            )
+            continue
+        if name == "wechatpay" and len(settings.WECHATPAY_APIV3_KEY) != 32:
+            errors.append(Error("WECHATPAY_APIV3_KEY must be 32 characters.", id="billing.E102"))
+        try:
+            provider = wallet(name)
+            if not provider.configured():
+                raise ValueError("WECHATPAY_PUBLIC_KEY_ID is missing (or give a certificate).")
+            provider.client()
+        except Exception as exc:  # whatever the SDK raises for an unreadable key
+            errors.append(Error(f"The {name} keys do not load: {exc}", id="billing.E102"))
+    return errors

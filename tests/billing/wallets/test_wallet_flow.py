@@ -116,3 +116,20 @@ def test_api_top_up_by_card_still_goes_to_the_card_providers_page(db):
     assert api.get(f"/api/v1/payments/{body['id']}").json()["checkout_url"] == ""
     viewer = factories.api_client_for(org, "viewer")
     assert viewer.post("/api/v1/top-ups", {"amount": "25"}, format="json").status_code == 403
+
+
+def test_the_system_check_refuses_half_configured_wallets_and_bad_keys(settings):
+    from billing.payments.wallets import wallet_settings_check
+
+    assert wallet_settings_check() == []  # both whole, keys load
+    settings.ALIPAY_PUBLIC_KEY = ""
+    settings.WECHATPAY_PRIVATE_KEY = (
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----"
+    )
+    errors = {error.id: error.msg for error in wallet_settings_check()}
+    assert "ALIPAY_PUBLIC_KEY" in errors["billing.E101"]
+    assert "wechatpay keys do not load" in errors["billing.E102"]
+    for name in ("ALIPAY_APP_ID", "ALIPAY_PRIVATE_KEY"):
+        setattr(settings, name, "")
+    settings.WECHATPAY_PRIVATE_KEY = ""
+    assert [e.id for e in wallet_settings_check()] == ["billing.E101"]  # WeChat Pay half set
