@@ -8,6 +8,7 @@ from playwright.sync_api import Page, expect
 from billing.models import LedgerEntry, Payment
 from tests import factories
 from tests.billing.wallets.gateways import deliver, gateways_start
+from tests.e2e.test_csp import Console
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +31,7 @@ def test_the_qr_page_turns_to_success_when_alipay_is_paid(
         org, "owner", factories.user("owner@example.cn", email_verified_at=timezone.now())
     )
     base = live_server.url
+    console = Console(page)  # the QR page and its polling run under the CSP
     page.goto(f"{base}/login/")
     page.get_by_label("Email").fill("owner@example.cn")
     page.get_by_label("Password").fill(factories.PASSWORD)
@@ -58,3 +60,4 @@ def test_the_qr_page_turns_to_success_when_alipay_is_paid(
     assert LedgerEntry.objects.filter(account__organization=org, kind="top_up").count() == 1
     page.get_by_role("link", name="Back to billing").click()
     expect(page.get_by_test_id("balance")).to_have_text("300.00 CNY")
+    assert console.problems() == [], console.problems()
