@@ -55,6 +55,7 @@ def _context(request: HttpRequest, **forms) -> dict:
         "page": page,
         "top_up_form": forms.get("top_up_form") or TopUpForm(),
         "pay_methods": wallets.pay_methods(organization.currency),
+        "wallet_payments_open": wallets.wallet_payments_open(organization),
         "auto_recharge_form": forms.get("auto_recharge_form")
         or AutoRechargeForm(
             initial={

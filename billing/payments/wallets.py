@@ -524,3 +524,17 @@ def wallet_settings_check(app_configs=None, **kwargs) -> list:
         except Exception as exc:  # whatever the SDK raises for an unreadable key
             errors.append(Error(f"The {name} keys do not load: {exc}", id="billing.E102"))
     return errors
+
+
+def wallet_payments_open(organization, now=None) -> list[Payment]:
+    """The organisation's wallet top-ups still waiting to be paid (their QR code still works)."""
+    now = now or timezone.now()
+    return list(
+        Payment.objects.filter(
+            organization=organization,
+            provider__in=WALLETS,
+            status=PaymentStatus.PENDING,
+            flag_reason="",
+            expires_at__gt=now,
+        ).order_by("-created_at")[:3]
+    )

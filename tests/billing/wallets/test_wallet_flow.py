@@ -133,3 +133,12 @@ def test_the_system_check_refuses_half_configured_wallets_and_bad_keys(settings)
         setattr(settings, name, "")
     settings.WECHATPAY_PRIVATE_KEY = ""
     assert [e.id for e in wallet_settings_check()] == ["billing.E101"]  # WeChat Pay half set
+
+
+def test_the_billing_page_leads_back_to_a_wallet_payment_still_open(cny_org, owner_client):
+    payment = top_up(owner_client, "wechatpay", "42")
+    html = owner_client.get("/billing/").content.decode()
+    assert f'href="/billing/pay/{payment.pk}/"' in html
+    assert "Continue paying 42.00 CNY with WeChat Pay" in html
+    Payment.objects.filter(pk=payment.pk).update(status=PaymentStatus.CANCELED)
+    assert f"/billing/pay/{payment.pk}/" not in owner_client.get("/billing/").content.decode()
