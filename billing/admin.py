@@ -13,6 +13,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy
 
 from billing.invoicing import services as invoicing
 from billing.invoicing.documents import invoice_pdf
@@ -606,12 +607,12 @@ class PaymentAdmin(ReadOnlyAdmin):
     inlines = [RefundInline]
     date_hierarchy = "created_at"
 
-    @admin.display(description="Provider trade id")
+    @admin.display(description=gettext_lazy("Provider trade id"))
     def provider_trade(self, obj: Payment):
         """Stripe's payment intent, Alipay's trade_no or WeChat Pay's transaction_id."""
         return obj.provider_trade_id or "—"
 
-    @admin.display(description="Review")
+    @admin.display(description=gettext_lazy("Review"))
     def review(self, obj: Payment):
         """Set when a wallet reported a payment that does not match (nothing was credited)."""
         return obj.flag_reason or "—"

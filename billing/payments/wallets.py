@@ -159,7 +159,7 @@ class WalletProvider(PaymentProvider):
 
     def webhook_event(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         raise WebhookSignatureInvalid(
-            "Wallet notifications arrive at their own endpoint.",
+            _("Wallet notifications arrive at their own endpoint."),
             code=BillingErrorCode.SIGNATURE_INVALID,
         )
 
