@@ -13,6 +13,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy
 
 from billing.invoicing import services as invoicing
 from billing.invoicing.documents import invoice_pdf
@@ -596,6 +597,8 @@ class PaymentAdmin(ReadOnlyAdmin):
         "status",
         "refunded_amount",
         "provider",
+        "provider_trade",
+        "review",
         "refund_link",
     ]
     list_filter = ["status", "purpose", "provider", "currency"]
@@ -603,6 +606,16 @@ class PaymentAdmin(ReadOnlyAdmin):
     list_select_related = ["organization"]
     inlines = [RefundInline]
     date_hierarchy = "created_at"
+
+    @admin.display(description=gettext_lazy("Provider trade id"))
+    def provider_trade(self, obj: Payment):
+        """Stripe's payment intent, Alipay's trade_no or WeChat Pay's transaction_id."""
+        return obj.provider_trade_id or "—"
+
+    @admin.display(description=gettext_lazy("Review"))
+    def review(self, obj: Payment):
+        """Set when a wallet reported a payment that does not match (nothing was credited)."""
+        return obj.flag_reason or "—"
 
     @admin.display(description="Refund")
     def refund_link(self, obj: Payment):

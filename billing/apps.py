@@ -14,3 +14,9 @@ class BillingConfig(AppConfig):
 
         hooks.on_invoice_paid(invoice_mark_paid)
         hooks.on_credit_arrived(credit_arrived)
+
+        from django.core.checks import register
+
+        from billing.payments.wallets import wallet_settings_check
+
+        register(wallet_settings_check)

@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.db.models.functions import Round
 from django.db.models.lookups import Exact
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from portal.accounts.models import Currency, Organization
 from portal.metering.models import UsageRecord
@@ -338,6 +339,22 @@ class Payment(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     succeeded_at = models.DateTimeField(null=True, blank=True)
+    # Wallet payments (Alipay, WeChat Pay): ``checkout_id`` holds the portal's reference sent as
+    # out_trade_no, ``payment_intent_id`` the wallet's trade id once it is known.
+    qr_payload = models.TextField(
+        blank=True,
+        help_text=gettext_lazy("What the customer scans (Alipay qr_code, WeChat Pay code_url)."),
+    )
+    pay_url = models.TextField(
+        blank=True, help_text=gettext_lazy("Alipay's hosted page for this payment.")
+    )
+    flag_reason = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text=gettext_lazy("Why a notification or query was not credited."),
+    )
+    queried_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -361,6 +378,12 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_purpose_display()} {self.amount} {self.currency} ({self.status})"
+
+    @property
+    def provider_trade_id(self) -> str:
+        """The provider's id of the trade (Stripe payment intent, Alipay trade_no, WeChat Pay
+        transaction_id)."""
+        return self.payment_intent_id
 
 
 class Refund(models.Model):

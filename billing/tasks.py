@@ -8,6 +8,7 @@ from billing.ledger.tasks import debit_usage
 from billing.payments.tasks import (
     checkouts_expire,
     invoice_charge,
+    wallets_reconcile,
     webhook_process,
     webhooks_retry,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "refresh_drafts",
     "send_invoice_email",
     "spend_watch",
+    "wallets_reconcile",
     "webhook_process",
     "webhooks_retry",
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import views
+from billing import views, wallet_views
 
 app_name = "billing"
 
@@ -27,6 +27,10 @@ urlpatterns = [
         name="invoice_einvoice",
     ),
     path("billing/checkout/fake/<str:token>/", views.fake_checkout, name="fake_checkout"),
+    path("billing/pay/<int:pk>/", wallet_views.pay_page, name="wallet_pay"),
+    path("billing/pay/<int:pk>/status/", wallet_views.pay_status, name="wallet_pay_status"),
+    path("webhooks/alipay/", wallet_views.alipay_notify, name="alipay_notify"),
+    path("webhooks/wechatpay/", wallet_views.wechatpay_notify, name="wechatpay_notify"),
     path("webhooks/<slug:provider_name>/", views.webhook, name="webhook"),
 ]
 

@@ -27,6 +27,7 @@ from billing.models import Payment, PaymentStatus
 from billing.payments import provider as payment_provider
 from billing.payments import selectors as payment_selectors
 from billing.payments import services as payments
+from billing.payments import wallets
 from billing.payments.base import PaymentProviderError, WebhookSignatureInvalid
 from billing.payments.events import webhook_receive
 from billing.payments.fake import FakeProvider, card_check, payment_method_id
@@ -53,6 +54,8 @@ def _context(request: HttpRequest, **forms) -> dict:
         "invoices": invoice_selectors.invoices(organization)[:24],
         "page": page,
         "top_up_form": forms.get("top_up_form") or TopUpForm(),
+        "pay_methods": wallets.pay_methods(organization.currency),
+        "wallet_payments_open": wallets.wallet_payments_open(organization),
         "auto_recharge_form": forms.get("auto_recharge_form")
         or AutoRechargeForm(
             initial={
@@ -108,6 +111,10 @@ def top_up(request: HttpRequest) -> HttpResponse:
         return render(
             request, "billing/billing.html", _context(request, top_up_form=form), status=422
         )
+    if request.POST.get("method", "card") != "card":  # Alipay, WeChat Pay
+        from billing.wallet_views import top_up_wallet
+
+        return top_up_wallet(request, form, lambda exc: _invalid(request, "top_up_form", form, exc))
     back = request.build_absolute_uri(reverse("billing:billing"))
     try:
         target = payments.top_up_start(

@@ -19,6 +19,9 @@ SCHEDULE = {
     "billing-checkouts-expire": _entry(
         "billing.checkouts_expire", crontab(minute="*/10"), expires=550
     ),
+    "billing-wallets-reconcile": _entry(
+        "billing.wallets_reconcile", crontab(minute="*/2"), expires=110
+    ),
     "billing-spend-watch": _entry("billing.spend_watch", crontab(), expires=55),
     "billing-refresh-drafts": _entry("billing.refresh_drafts", crontab(minute=17), expires=3000),
     "close-usage-hours": _entry(

@@ -404,6 +404,40 @@ FAKE_PAYMENTS_WEBHOOK_SECRET = os.environ.get(
     "FAKE_PAYMENTS_WEBHOOK_SECRET", "whsec_fake_" + SECRET_KEY[:24]
 )
 WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+def env_pem(name: str) -> str:
+    """A PEM key from ``NAME`` (newlines may be written ``\\n``) or from the file ``NAME_FILE``."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if path:
+        return Path(path).read_text()
+    return os.environ.get(name, "").replace("\\n", "\n")
+
+
+# Wallet top-ups (one-off payments; no saved method, no auto-recharge). Each wallet is offered for
+# its currencies once its ids and keys are set; unset, it is off. The gateway URLs can point at a
+# local test server; notifications come to NOTIFY_URL_BASE + /webhooks/<wallet>/.
+ALIPAY_APP_ID = os.environ.get("ALIPAY_APP_ID", "")
+ALIPAY_PRIVATE_KEY = env_pem("ALIPAY_PRIVATE_KEY")  # the app's RSA2 private key (PEM)
+ALIPAY_PUBLIC_KEY = env_pem("ALIPAY_PUBLIC_KEY")  # Alipay's public key (PEM), checks its answers
+ALIPAY_GATEWAY = os.environ.get("ALIPAY_GATEWAY", "https://openapi.alipay.com/gateway.do")
+ALIPAY_CURRENCIES = env_list("ALIPAY_CURRENCIES", "CNY")
+ALIPAY_NOTIFY_URL_BASE = os.environ.get("ALIPAY_NOTIFY_URL_BASE", SITE_URL).rstrip("/")
+WECHATPAY_MCH_ID = os.environ.get("WECHATPAY_MCH_ID", "")
+WECHATPAY_APP_ID = os.environ.get("WECHATPAY_APP_ID", "")
+WECHATPAY_PRIVATE_KEY = env_pem("WECHATPAY_PRIVATE_KEY")  # the merchant API private key (PEM)
+WECHATPAY_CERT_SERIAL_NO = os.environ.get("WECHATPAY_CERT_SERIAL_NO", "")  # of the merchant cert
+WECHATPAY_APIV3_KEY = os.environ.get("WECHATPAY_APIV3_KEY", "")  # 32 bytes, decrypts notices
+WECHATPAY_PUBLIC_KEY = env_pem("WECHATPAY_PUBLIC_KEY")  # WeChat Pay's platform public key (PEM)
+WECHATPAY_PUBLIC_KEY_ID = os.environ.get("WECHATPAY_PUBLIC_KEY_ID", "")  # PUB_KEY_ID_...
+WECHATPAY_GATEWAY = os.environ.get("WECHATPAY_GATEWAY", "https://api.mch.weixin.qq.com")
+WECHATPAY_CURRENCIES = env_list("WECHATPAY_CURRENCIES", "CNY")
+WECHATPAY_NOTIFY_URL_BASE = os.environ.get("WECHATPAY_NOTIFY_URL_BASE", SITE_URL).rstrip("/")
+# A wallet QR code works this long; pending wallet payments older than the reconcile age are
+# asked of the wallet (a lost notification), and the payment page asks after the query age.
+WALLET_PAYMENT_EXPIRE_MINUTES = int(os.environ.get("WALLET_PAYMENT_EXPIRE_MINUTES", "30"))
+WALLET_RECONCILE_AFTER_SECONDS = int(os.environ.get("WALLET_RECONCILE_AFTER_SECONDS", "180"))
+WALLET_QUERY_AFTER_SECONDS = int(os.environ.get("WALLET_QUERY_AFTER_SECONDS", "20"))
 # Top-ups a customer may ask for, in major units of the organisation's currency.
 BILLING_TOP_UP_MIN = Decimal(os.environ.get("BILLING_TOP_UP_MIN", "5"))
 BILLING_TOP_UP_MAX = Decimal(os.environ.get("BILLING_TOP_UP_MAX", "50000"))

@@ -1,3 +1,4 @@
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from billing.models import CreditRequest, Invoice, InvoiceLine, LedgerEntry, SpendLimitMode
@@ -150,3 +151,51 @@ class InvoiceDetailSerializer(InvoiceSerializer):
 
     class Meta(InvoiceSerializer.Meta):
         fields = [*InvoiceSerializer.Meta.fields, "lines"]
+
+
+class TopUpCreateSerializer(serializers.Serializer):
+    amount = serializers.CharField(
+        max_length=30, help_text=_("In the organisation's currency, e.g. 100 or 99.50.")
+    )
+    method = serializers.CharField(
+        max_length=20,
+        required=False,
+        default="card",
+        help_text=_(
+            "card (the card provider's hosted page), alipay or wechatpay (a QR code); "
+            "payment_method_unavailable when the method is not offered for the currency."
+        ),
+    )
+
+
+class PaymentSerializer(serializers.Serializer):
+    """A top-up and how to pay it. Never carries keys: only what the customer's wallet scans."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    purpose = serializers.CharField()
+    method = serializers.CharField(help_text=_("card, alipay or wechatpay."))
+    amount = serializers.DecimalField(max_digits=18, decimal_places=2)
+    currency = serializers.CharField()
+    reference = serializers.CharField(
+        help_text=_("The portal's reference (wallets' out_trade_no).")
+    )
+    qr_code = serializers.CharField(
+        allow_blank=True, help_text=_("Wallets: the text to draw as a QR code (empty for cards).")
+    )
+    pay_page_url = serializers.CharField(
+        allow_blank=True, help_text=_("Wallets: the portal's page with the QR code.")
+    )
+    alipay_page_url = serializers.CharField(
+        allow_blank=True, help_text=_("Alipay: pay on Alipay's page instead of scanning.")
+    )
+    checkout_url = serializers.CharField(
+        allow_blank=True, help_text=_("Cards: the hosted checkout page (on creation only).")
+    )
+    failure_message = serializers.CharField(allow_blank=True)
+    under_review = serializers.BooleanField(
+        help_text=_("The wallet reported a mismatching payment; nothing was credited.")
+    )
+    created_at = serializers.DateTimeField()
+    succeeded_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)

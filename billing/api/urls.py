@@ -18,4 +18,6 @@ urlpatterns = [
     path(
         "bank-transfers", bank_transfers.BankTransferListView.as_view(), name="api-bank-transfers"
     ),
+    path("top-ups", views.TopUpView.as_view(), name="api-top-ups"),
+    path("payments/<int:pk>", views.PaymentDetailView.as_view(), name="api-payment"),
 ]

@@ -1,7 +1,10 @@
-"""Billing API: balance, ledger and invoices (read-only; paying happens on the billing page)."""
+"""Billing API: balance, ledger and invoices; top-ups by card, Alipay or WeChat Pay."""
 
 import django_filters
+from django.conf import settings
 from django.http import HttpResponse
+from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -14,7 +17,17 @@ from billing.api import serializers
 from billing.invoicing import selectors as invoice_selectors
 from billing.ledger import selectors as ledger_selectors
 from billing.ledger import services
-from billing.models import CreditRequest, Invoice, InvoiceKind, InvoiceStatus, LedgerEntry
+from billing.models import (
+    CreditRequest,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    LedgerEntry,
+    Payment,
+)
+from billing.payments import selectors as payment_selectors
+from billing.payments import services as payments
+from billing.payments import wallets
 from billing.payments.services import profile_for
 from billing.spend import credit_terms
 from billing.spend import services as spend
@@ -243,3 +256,83 @@ class InvoicePdfView(APIView):
             f'attachment; filename="{invoice_selectors.invoice_filename(invoice)}"'
         )
         return response
+
+
+# --- Top-ups: card (hosted checkout) or a wallet (QR code) -------------------------------
+
+
+def _payment_body(payment, *, checkout_url: str = "") -> dict:
+    is_wallet = wallets.is_wallet_payment(payment)
+    return {
+        "id": payment.pk,
+        "status": payment.status,
+        "purpose": payment.purpose,
+        "method": payment.provider if is_wallet else wallets.CARD,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "reference": payment.checkout_id,
+        "qr_code": payment.qr_payload if is_wallet else "",
+        "pay_page_url": settings.SITE_URL + reverse("billing:wallet_pay", args=[payment.pk])
+        if is_wallet
+        else "",
+        "alipay_page_url": payment.pay_url if is_wallet else "",
+        "checkout_url": checkout_url,
+        "failure_message": payment.failure_message,
+        "under_review": bool(payment.flag_reason),
+        "created_at": payment.created_at,
+        "succeeded_at": payment.succeeded_at,
+        "expires_at": payment.expires_at,
+    }
+
+
+@extend_schema_view(post=extend_schema(summary="Top up credit by card, Alipay or WeChat Pay"))
+class TopUpView(APIView):
+    actions = {"POST": Action.BILLING_MANAGE}
+
+    @extend_schema(
+        operation_id="top_ups_create",
+        request=serializers.TopUpCreateSerializer,
+        responses={
+            201: serializers.PaymentSerializer,
+            **error_responses(400, 401, 403, 415),
+        },
+    )
+    def post(self, request):
+
+        payload = serializers.TopUpCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        organization = request.actor.organization
+        method = wallets.method_check(data["method"], organization.currency)
+        if method == wallets.CARD:
+            target = payments.top_up_start(
+                actor=request.actor,
+                amount=data["amount"],
+                success_url=settings.SITE_URL + reverse("billing:payments") + "?returned=1",
+                cancel_url=settings.SITE_URL + reverse("billing:billing"),
+            )
+            payment = Payment.objects.get(organization=organization, checkout_id=target.checkout_id)
+            body = _payment_body(payment, checkout_url=target.url)
+        else:
+            payment = wallets.wallet_top_up_start(
+                actor=request.actor, amount=data["amount"], method=method
+            )
+            body = _payment_body(payment)
+        return Response(serializers.PaymentSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(get=extend_schema(summary="One payment and its status"))
+class PaymentDetailView(APIView):
+    actions = {"GET": Action.BILLING_VIEW}
+
+    @extend_schema(
+        operation_id="payments_retrieve",
+        responses={200: serializers.PaymentSerializer, **error_responses(401, 403, 404)},
+    )
+    def get(self, request, pk: int):
+
+        payment = payment_selectors.payments(request.actor.organization).filter(pk=pk).first()
+        if payment is None:
+            raise NotFound(_("No such payment in this organisation."))
+        payment = wallets.payment_refresh(payment)
+        return Response(serializers.PaymentSerializer(_payment_body(payment)).data)

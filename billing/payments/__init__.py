@@ -8,6 +8,9 @@ from billing.payments.base import PaymentProvider
 PROVIDERS = {
     "fake": "billing.payments.fake.FakeProvider",
     "stripe": "billing.payments.stripe_provider.StripeProvider",
+    # Wallets: one-off top-ups only (billing.payments.wallets)
+    "alipay": "billing.payments.alipay_provider.AlipayProvider",
+    "wechatpay": "billing.payments.wechat_provider.WeChatPayProvider",
 }
 
 

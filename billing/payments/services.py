@@ -45,6 +45,8 @@ from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, Permissio
 from portal.money import parse_amount
 
 CREDIT_KINDS = (EntryKind.TOP_UP, EntryKind.GRANT, EntryKind.PAYMENT)
+# How a payment was made, in the ledger's description (card unless a wallet paid it).
+PAID_BY = {"alipay": "Alipay", "wechatpay": "WeChat Pay"}
 
 
 def profile_for(organization: Organization, *, lock: bool = False) -> BillingProfile:
@@ -150,7 +152,8 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
             kind=EntryKind.TOP_UP,
             amount=payment.amount,
             idempotency_key=f"payment:{payment.pk}",
-            description=f"{payment.get_purpose_display()} paid by card",
+            description=f"{payment.get_purpose_display()} paid by "
+            + PAID_BY.get(payment.provider, "card"),
             actor_label=payment.created_by,
             reference=payment.payment_intent_id or payment.checkout_id,
             payment=payment,

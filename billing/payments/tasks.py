@@ -34,3 +34,13 @@ def invoice_charge(invoice_id: int) -> str:
 
     payment = charge(invoice_id)
     return "no card or nothing due" if payment is None else f"payment {payment.pk} {payment.status}"
+
+
+@shared_task(name="billing.wallets_reconcile", acks_late=True, soft_time_limit=240, time_limit=280)
+def wallets_reconcile() -> str:
+    """Ask Alipay / WeChat Pay about wallet top-ups still pending (a lost notification) and
+    close the expired ones."""
+    from billing.payments import wallets
+
+    counts = wallets.wallets_reconcile()
+    return ", ".join(f"{count} {name}" for name, count in counts.items())
