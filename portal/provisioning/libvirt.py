@@ -78,6 +78,9 @@ More options:
   the host (kept in the domain's metadata), instead of joining ``network``: for a single host
   without a bridged network, and for tests.
 - ``console_dir``: write each machine's serial console to ``<console_dir>/<machine_id>.log``.
+- ``attach_gpus=False``: the portal still places and bills the machine's GPUs, but the domain
+  gets no PCI passthrough devices: for hosts whose GPUs are registered but not real (a lab,
+  the tests). Never on a production host.
 """
 
 from __future__ import annotations
@@ -357,6 +360,7 @@ class LibvirtBackend(ProvisioningBackend):
         ssh_users: dict | None = None,
         ssh_forward: dict | None = None,
         console_dir: str = "",
+        attach_gpus: bool = True,
     ) -> None:
         super().__init__(
             alias,
@@ -373,6 +377,7 @@ class LibvirtBackend(ProvisioningBackend):
             ssh_users=ssh_users,
             ssh_forward=ssh_forward,
             console_dir=console_dir,
+            attach_gpus=attach_gpus,
         )
         if readiness not in ("ssh", "libvirt"):
             raise ImproperlyConfigured("libvirt backend option readiness must be ssh or libvirt")
@@ -397,6 +402,7 @@ class LibvirtBackend(ProvisioningBackend):
         self.ssh_users = dict(ssh_users or {})
         self.ssh_forward = dict(ssh_forward) if ssh_forward else None
         self.console_dir = console_dir
+        self.attach_gpus = bool(attach_gpus)
         if not isinstance(uri_template, str) or not uri_template:
             raise ImproperlyConfigured(
                 "libvirt backend option uri_template must be a connection URI"
@@ -524,7 +530,7 @@ class LibvirtBackend(ProvisioningBackend):
             interface = ET.SubElement(devices, "interface", type="network")
             ET.SubElement(interface, "source", network=self.network)
             ET.SubElement(interface, "model", type="virtio")
-        for address in addresses:
+        for address in addresses if self.attach_gpus else ():
             hostdev = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
             ET.SubElement(ET.SubElement(hostdev, "source"), "address", **address.xml_attributes())
         if self.console_dir:
@@ -872,7 +878,8 @@ class LibvirtBackend(ProvisioningBackend):
                 return self._status(lv, dom, uri, spec.host_name)
             else:
                 defined = DefinedMachine.parse(dom.XMLDesc(0))
-                wanted = (sorted(self.validate(spec)), spec.vcpus, spec.ram_gib * KIB_PER_GIB)
+                gpus = sorted(self.validate(spec)) if self.attach_gpus else []
+                wanted = (gpus, spec.vcpus, spec.ram_gib * KIB_PER_GIB)
                 if (sorted(defined.gpus), defined.vcpus, defined.memory_kib) != wanted:
                     port = int(defined.metadata.get("ssh-port") or 0)
                     dom = conn.defineXML(

@@ -90,6 +90,31 @@ def ensure_qemu_user() -> None:
         )  # fmt: skip
 
 
+def build_debian_guest(timeout: float = 900) -> Path:
+    """The directory with the debian12 guest's ``base.qcow2``, ``vmlinuz`` and ``initrd.img``.
+    scripts/test.sh starts its build in the background before the suite
+    (``PORTAL_DEBIAN_GUEST_BUILD`` names where it writes ``path``, ``log`` and ``rc``), so the
+    two minutes it takes on a new machine pass beside the other tests; without it, build now."""
+    build = os.environ.get("PORTAL_DEBIAN_GUEST_BUILD")
+    if not build:
+        result = subprocess.run(
+            [str(GUESTS / "build-debian.sh")], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"building the debian12 guest failed:\n{result.stderr[-3000:]}")
+        return Path(result.stdout.strip().splitlines()[-1])
+    rc = Path(build) / "rc"
+    deadline = time.monotonic() + timeout
+    while not rc.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the debian12 guest was not built within {timeout}s")
+        time.sleep(1)
+    if rc.read_text().strip() != "0":
+        log = (Path(build) / "log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"building the debian12 guest failed:\n{log}")
+    return Path((Path(build) / "path").read_text().strip().splitlines()[-1])
+
+
 class PrivateLibvirtd:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="portal-libvirtd-"))
@@ -151,13 +176,17 @@ class PrivateLibvirtd:
         conn.close()
         return self
 
-    def add_base_image(self, name: str) -> None:
-        """An empty qcow2 base image: the tiny guest boots its kernel directly and leaves the
-        disk alone, but every machine gets an overlay of its image as its boot disk."""
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(self.images / f"{name}.qcow2"), "64M"],
-            check=True,
-        )
+    def add_base_image(self, name: str, source: Path | None = None) -> None:
+        """A base image in the pool: a copy-on-write layer over ``source`` (a qcow2), or an
+        empty one (the tiny guest boots its kernel directly and leaves its disk alone, but every
+        machine gets an overlay of its image as its boot disk)."""
+        target = str(self.images / f"{name}.qcow2")
+        command = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        if source is None:
+            command += [target, "64M"]
+        else:
+            command += ["-b", str(source), "-F", "qcow2", target]
+        subprocess.run(command, check=True)
         import libvirt
 
         conn = libvirt.open(self.uri)

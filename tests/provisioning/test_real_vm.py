@@ -4,6 +4,7 @@ refused with another), stopped and started with the same instance id, and termin
 no domain, disk or seed behind."""
 
 import os
+import shutil
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from portal.provisioning.libvirt import LibvirtBackend
 from tests.conftest import missing
 from tests.provisioning.real_vm import (
     PrivateLibvirtd,
+    build_debian_guest,
     build_tiny_guest,
     missing_parts,
     new_key,
@@ -130,3 +132,78 @@ def test_a_machine_boots_with_the_customers_key_and_nobody_elses(libvirtd, tiny_
     finally:
         conn.close()
     print(f"tiny guest: create to SSH-ready in {boot_seconds:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def debian_guest():
+    if missing_parts() or not shutil.which("debootstrap"):
+        missing("the debian12 guest needs debootstrap (apt-get install debootstrap)")
+    return build_debian_guest()
+
+
+def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_path):
+    """The seed as real cloud-init reads it: the key goes to the image's user, the customer's
+    user data runs, and a stop and start keeps the instance (the host key stays the same:
+    cloud-init would make a new one for a new instance id)."""
+    libvirtd.add_base_image("debian12", debian_guest / "base.qcow2")
+    backend = LibvirtBackend(
+        uri_template=libvirtd.uri,
+        image_dir=str(libvirtd.images),
+        network="",
+        domain_type="qemu",
+        cpu_model="qemu64",
+        direct_boot={
+            "debian12": {
+                "kernel": str(debian_guest / "vmlinuz"),
+                "initrd": str(debian_guest / "initrd.img"),
+                "cmdline": "root=/dev/vda rw console=ttyS0",
+            }
+        },
+        ssh_users={"debian12": "debian"},
+        ssh_forward=_ports(),
+        console_dir=str(libvirtd.consoles),
+        shutdown_timeout_seconds=60,
+    )
+    key, public = new_key(tmp_path, "customer")
+    other, _ = new_key(tmp_path, "stranger")
+    spec = MachineSpec(
+        machine_id="inst-deb-1",
+        name="finetune-01",
+        host_name="local",
+        vcpus=2,
+        ram_gib=1,
+        disk_gb=4,
+        image="debian12",
+        ssh_public_keys=(public,),
+        user_data="#!/bin/sh\necho from-user-data > /etc/portal-user-data\n",
+    )
+    started = time.monotonic()
+    backend.create(spec)
+    ready = _wait(backend, spec.machine_id, S.RUNNING, libvirtd, seconds=240)
+    boot_seconds = time.monotonic() - started
+    host, port = ready.detail["ssh"]["host"], ready.detail["ssh"]["port"]
+    assert ready.detail["ssh"]["user"] == "debian"
+    probe = (
+        "cloud-init status --wait >/dev/null; cat /var/lib/cloud/data/instance-id; hostname; "
+        "cat /etc/portal-user-data; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+    )
+    login = ssh(key, host, port, "debian", probe)
+    assert login.returncode == 0, login.stderr + libvirtd.console(spec.machine_id)[-3000:]
+    debug = ssh(key, host, port, "debian", "cloud-init status --long; sudo grep -iE 'scripts|part|user.data|handler' /var/log/cloud-init.log | tail -40; sudo ls -la /var/lib/cloud/instance/scripts /var/lib/cloud/instance/")
+    print("DEBUG", debug.stdout, debug.stderr)
+    lines = login.stdout.strip().splitlines()
+    assert len(lines) == 4, login.stdout + login.stderr + libvirtd.console(spec.machine_id)[-4000:]
+    instance_id, hostname, user_data, host_key = lines
+    assert (instance_id, hostname, user_data) == ("inst-deb-1", "finetune-01", "from-user-data")
+    assert ssh(other, host, port, "debian", "true").returncode == 255
+    assert ssh(key, host, port, "root", "true").returncode == 255  # root is refused
+
+    assert backend.stop(spec.machine_id).state == S.STOPPED
+    backend.start(spec)
+    _wait(backend, spec.machine_id, S.RUNNING, libvirtd, seconds=240)
+    again = ssh(key, host, port, "debian", probe)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines() == [instance_id, hostname, user_data, host_key]
+
+    backend.terminate(spec.machine_id)
+    print(f"debian12 guest: create to SSH-ready in {boot_seconds:.1f} s")
