@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
@@ -101,7 +102,7 @@ class MigProfileInline(ReadOnlyInline):
         "sm_count",
     ]
 
-    @admin.display(description="placements")
+    @admin.display(description=_("placements"))
     def placement_starts(self, obj: MigProfile) -> str:
         return "{" + ",".join(str(s) for s in obj.placements) + "}:" + str(obj.memory_slots)
 
@@ -191,7 +192,7 @@ class PriceInline(ReadOnlyInline):
     def get_queryset(self, request):
         return prices_with_status(super().get_queryset(request).select_related("region"))
 
-    @admin.display(description="status")
+    @admin.display(description=_("status"))
     def status(self, obj: Price) -> str:
         return obj.price_status
 
@@ -236,11 +237,11 @@ class InstanceTypeAdmin(admin.ModelAdmin):
     readonly_fields = ["add_price"]
     inlines = [PriceInline]
 
-    @admin.display(description="MIG profile", ordering="mig_profile__name")
+    @admin.display(description=_("MIG profile"), ordering="mig_profile__name")
     def mig_profile_name(self, obj: InstanceType) -> str:
         return obj.mig_profile.name if obj.mig_profile else ""
 
-    @admin.display(description="prices")
+    @admin.display(description=_("prices"))
     def add_price(self, obj: InstanceType) -> str:
         if obj.pk is None:
             return "Add prices once the type is saved."
@@ -294,7 +295,7 @@ class PriceAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return prices_with_status(super().get_queryset(request))
 
-    @admin.display(description="status", ordering="price_status")
+    @admin.display(description=_("status"), ordering="price_status")
     def status(self, obj: Price) -> str:
         return obj.price_status
 
@@ -398,7 +399,7 @@ class GpuInline(ReadOnlyInline):
             .annotate(claimed=Count("claims"))
         )
 
-    @admin.display(description="claimed slots")
+    @admin.display(description=_("claimed slots"))
     def claimed_slots(self, obj: Gpu) -> str:
         return f"{obj.claimed}/{GPU_MEMORY_SLOTS}"
 
@@ -419,7 +420,7 @@ class ActiveAllocationInline(ReadOnlyInline):
             .select_related("instance_type")
         )
 
-    @admin.display(description="GPU slots")
+    @admin.display(description=_("GPU slots"))
     def slots(self, obj: Allocation) -> str:
         return _slots(obj.gpu_slots)
 
@@ -471,7 +472,7 @@ class HostAdmin(admin.ModelAdmin):
     def gpu_count(self, obj: Host) -> int:
         return obj.gpu_count
 
-    @admin.display(description="free GPUs", ordering="free_gpu_count")
+    @admin.display(description=_("free GPUs"), ordering="free_gpu_count")
     def free_gpus(self, obj: Host) -> int:
         """Whole GPUs with no slot claimed."""
         return obj.free_gpu_count
@@ -527,16 +528,16 @@ class HostAdmin(admin.ModelAdmin):
                 )
 
     @admin.action(
-        description="Drain (take no new instances)", permissions=["set_state"], location=BOTH
+        description=_("Drain (take no new instances)"), permissions=["set_state"], location=BOTH
     )
     def drain(self, request, queryset):
         self._set_state(request, queryset, HostState.DRAINING, "Draining")
 
-    @admin.action(description="Activate", permissions=["set_state"], location=BOTH)
+    @admin.action(description=_("Activate"), permissions=["set_state"], location=BOTH)
     def activate(self, request, queryset):
         self._set_state(request, queryset, HostState.ACTIVE, "Activated")
 
-    @admin.action(description="Take offline", permissions=["set_state"], location=BOTH)
+    @admin.action(description=_("Take offline"), permissions=["set_state"], location=BOTH)
     def take_offline(self, request, queryset):
         self._set_state(request, queryset, HostState.OFFLINE, "Taken offline")
 
@@ -647,7 +648,7 @@ class GpuAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(claimed=Count("claims"))
 
-    @admin.display(description="claimed slots", ordering="claimed")
+    @admin.display(description=_("claimed slots"), ordering="claimed")
     def claimed_slots(self, obj: Gpu) -> str:
         return f"{obj.claimed}/{GPU_MEMORY_SLOTS}"
 
@@ -663,12 +664,12 @@ class GpuAdmin(ReadOnlyAdmin):
         verb = "may now be sold as MIG slices" if enabled else "are now sold as whole GPUs only"
         self.message_user(request, f"{len(changed)} GPU(s) {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Sell as MIG slices", permissions=["set_mig"], location=BOTH)
+    @admin.action(description=_("Sell as MIG slices"), permissions=["set_mig"], location=BOTH)
     def enable_mig(self, request, queryset):
         self._set_mig(request, queryset, True)
 
     @admin.action(
-        description="Sell as whole GPUs only (no MIG)", permissions=["set_mig"], location=BOTH
+        description=_("Sell as whole GPUs only (no MIG)"), permissions=["set_mig"], location=BOTH
     )
     def disable_mig(self, request, queryset):
         self._set_mig(request, queryset, False)
@@ -720,7 +721,7 @@ class AllocationAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = fields
 
-    @admin.display(description="GPU slots")
+    @admin.display(description=_("GPU slots"))
     def slots(self, obj: Allocation) -> str:
         return _slots(obj.gpu_slots)
 
@@ -743,10 +744,10 @@ class GpuSlotClaimAdmin(ReadOnlyAdmin):
     def gpu_uuid(self, obj: GpuSlotClaim) -> str:
         return obj.gpu.uuid
 
-    @admin.display(description="host", ordering="gpu__host__name")
+    @admin.display(description=_("host"), ordering="gpu__host__name")
     def host(self, obj: GpuSlotClaim) -> str:
         return obj.gpu.host.name
 
-    @admin.display(description="holder", ordering="allocation__holder")
+    @admin.display(description=_("holder"), ordering="allocation__holder")
     def holder(self, obj: GpuSlotClaim) -> str:
         return obj.allocation.holder

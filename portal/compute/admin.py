@@ -13,6 +13,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
@@ -123,7 +124,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         }
         return TemplateResponse(request, "compute/admin/confirm_action.html", context)
 
-    @admin.action(description="Re-sync with backend", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Re-sync with backend"), permissions=["operate"], location=BOTH)
     def resync(self, request, queryset):
         self._each(
             request,
@@ -132,7 +133,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             "Re-sync requested",
         )
 
-    @admin.action(description="Force terminate", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Force terminate"), permissions=["operate"], location=BOTH)
     def force_terminate(self, request, queryset):
         live = queryset.exclude(state__in=[s.value for s in FINAL])
         if request.POST.get("confirm") != "yes":
@@ -154,7 +155,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             "Force-terminated",
         )
 
-    @admin.action(description="Mark failed", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Mark failed"), permissions=["operate"], location=BOTH)
     def mark_failed(self, request, queryset):
         live = queryset.exclude(state__in=[s.value for s in FINAL])
         if request.POST.get("confirm") != "yes":
@@ -186,7 +187,7 @@ class QuotaAdmin(admin.ModelAdmin):
     autocomplete_fields = ["organization"]
     fields = ["organization", "gpu_model", "max_gpus"]
 
-    @admin.display(description="GPU model", ordering="gpu_model__code")
+    @admin.display(description=_("GPU model"), ordering="gpu_model__code")
     def gpu_model_display(self, obj: Quota) -> str:
         return str(obj.gpu_model) if obj.gpu_model_id else "All GPUs (total)"
 

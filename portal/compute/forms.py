@@ -6,6 +6,7 @@ from decimal import Decimal
 from django import forms
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.forms import PortalForm
 from portal.catalog.selectors import offer_price
@@ -73,41 +74,41 @@ def region_label(offer: Offer, region: str) -> str:
 class LaunchForm(NamedForm):
     """Choices come from the catalog in the organisation's currency (``catalog_offers``)."""
 
-    instance_type = forms.ChoiceField(label="Instance type")
-    region = forms.ChoiceField(label="Region")
-    image = forms.ChoiceField(label="Image")
+    instance_type = forms.ChoiceField(label=_("Instance type"))
+    region = forms.ChoiceField(label=_("Region"))
+    image = forms.ChoiceField(label=_("Image"))
     ssh_key_ids = forms.TypedMultipleChoiceField(
-        label="SSH keys",
+        label=_("SSH keys"),
         coerce=int,
         widget=forms.CheckboxSelectMultiple,
         error_messages={"required": "Choose at least one SSH key to log in with."},
     )
     name = forms.CharField(
-        label="Name",
+        label=_("Name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
     volume_id = forms.TypedChoiceField(
-        label="Attach an existing volume (optional)",
+        label=_("Attach an existing volume (optional)"),
         coerce=int,
         empty_value=None,
         required=False,
     )
     new_volume_gb = forms.IntegerField(
-        label="Or create a new volume, GB (optional)",
+        label=_("Or create a new volume, GB (optional)"),
         required=False,
         min_value=1,
         max_value=65536,
-        help_text="Kept when the instance is terminated; billed while it exists.",
+        help_text=_("Kept when the instance is terminated; billed while it exists."),
     )
     user_data = forms.CharField(
-        label="User data (optional)",
+        label=_("User data (optional)"),
         required=False,
         strip=False,
         max_length=16384,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        help_text="A cloud-init script or #cloud-config run at first boot (up to 16 KiB).",
+        help_text=_("A cloud-init script or #cloud-config run at first boot (up to 16 KiB)."),
     )
 
     def __init__(self, *args, offers, images, ssh_keys, volumes, **kwargs) -> None:
@@ -152,7 +153,7 @@ class LaunchForm(NamedForm):
 
 class RenameForm(NamedForm):
     name = forms.CharField(
-        label="New name",
+        label=_("New name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
@@ -161,10 +162,12 @@ class RenameForm(NamedForm):
 
 class TerminateForm(PortalForm):
     confirm_name = forms.CharField(
-        label="Type the instance's name to terminate it",
+        label=_("Type the instance's name to terminate it"),
         max_length=63,
-        help_text="Terminating deletes the machine and its boot disk; attached volumes are "
-        "detached and kept. It cannot be undone.",
+        help_text=_(
+            "Terminating deletes the machine and its boot disk; attached volumes are "
+            "detached and kept. It cannot be undone."
+        ),
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
 
@@ -176,20 +179,20 @@ class TerminateForm(PortalForm):
         typed = self.cleaned_data["confirm_name"].strip()
         if typed != self.instance_name:
             raise forms.ValidationError(
-                f"That is not the name; type {self.instance_name} to confirm."
+                _("That is not the name; type %(name)s to confirm.") % {"name": self.instance_name}
             )
         return typed
 
 
 class VolumeForm(NamedForm):
     name = forms.CharField(
-        label="Name",
+        label=_("Name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
-    region = forms.ChoiceField(label="Region")
-    size_gb = forms.IntegerField(label="Size, GB", min_value=1, max_value=65536, initial=100)
+    region = forms.ChoiceField(label=_("Region"))
+    size_gb = forms.IntegerField(label=_("Size, GB"), min_value=1, max_value=65536, initial=100)
 
     def __init__(self, *args, regions, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -205,7 +208,7 @@ STATE_FILTERS = {
 
 class InstanceFilterForm(PortalForm):
     state = forms.ChoiceField(
-        label="Show", choices=list(STATE_FILTERS.items()), required=False, initial="all"
+        label=_("Show"), choices=list(STATE_FILTERS.items()), required=False, initial="all"
     )
 
     def value(self) -> str:

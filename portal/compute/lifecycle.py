@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from django.db import models
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from portal.compute.errors import ComputeErrorCode
 from portal.errors import Conflict
@@ -29,16 +31,16 @@ from portal.provisioning.base import ObservedState
 
 
 class State(models.TextChoices):
-    PENDING = "pending", "Pending"
-    PROVISIONING = "provisioning", "Provisioning"
-    RUNNING = "running", "Running"
-    STOPPING = "stopping", "Stopping"
-    STOPPED = "stopped", "Stopped"
-    STARTING = "starting", "Starting"
-    REBOOTING = "rebooting", "Rebooting"
-    TERMINATING = "terminating", "Terminating"
-    TERMINATED = "terminated", "Terminated"
-    FAILED = "failed", "Failed"
+    PENDING = "pending", gettext_lazy("Pending")
+    PROVISIONING = "provisioning", gettext_lazy("Provisioning")
+    RUNNING = "running", gettext_lazy("Running")
+    STOPPING = "stopping", gettext_lazy("Stopping")
+    STOPPED = "stopped", gettext_lazy("Stopped")
+    STARTING = "starting", gettext_lazy("Starting")
+    REBOOTING = "rebooting", gettext_lazy("Rebooting")
+    TERMINATING = "terminating", gettext_lazy("Terminating")
+    TERMINATED = "terminated", gettext_lazy("Terminated")
+    FAILED = "failed", gettext_lazy("Failed")
 
 
 S = State
@@ -86,10 +88,10 @@ TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
 
 
 class Action(models.TextChoices):
-    START = "start", "Start"
-    STOP = "stop", "Stop"
-    REBOOT = "reboot", "Reboot"
-    TERMINATE = "terminate", "Terminate"
+    START = "start", gettext_lazy("Start")
+    STOP = "stop", gettext_lazy("Stop")
+    REBOOT = "reboot", gettext_lazy("Reboot")
+    TERMINATE = "terminate", gettext_lazy("Terminate")
 
 
 ACTIONS: dict[Action, dict[State, State]] = {
@@ -106,11 +108,15 @@ class InvalidTransition(Conflict):
     def __init__(self, state: str, target: str | None = None, action: str | None = None) -> None:
         if action:
             allowed = ", ".join(sorted(s.value for s in ACTIONS[Action(action)]))
-            message = (
-                f"Cannot {action} an instance that is {state}; {action} works when it is {allowed}."
-            )
+            message = _(
+                "Cannot %(action)s an instance that is %(state)s; %(action)s works when it is "
+                "%(allowed)s."
+            ) % {"action": action, "state": state, "allowed": allowed}
         else:
-            message = f"An instance cannot go from {state} to {target}."
+            message = _("An instance cannot go from %(state)s to %(target)s.") % {
+                "state": state,
+                "target": target,
+            }
         super().__init__(message, details={"state": state, "target": target, "action": action})
 
 

@@ -9,6 +9,7 @@ from functools import cache
 from operator import attrgetter
 
 from django.db.models import Q, QuerySet, Sum
+from django.utils.translation import gettext as _
 
 from portal.catalog.models import Image, InstanceType, Region
 from portal.compute.lifecycle import BILLED_RUNNING, COMPUTE_COMING, DISK_KEPT, State
@@ -207,7 +208,7 @@ _API_FIELDS = (
 def instance_get(organization, instance_id: int) -> Instance:
     instance = instances_list(organization).filter(pk=instance_id).first()
     if instance is None:
-        raise NotFound("No such instance in this organisation.")
+        raise NotFound(_("No such instance in this organisation."))
     return instance
 
 

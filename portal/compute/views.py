@@ -15,6 +15,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -49,15 +51,19 @@ POLL_TRIGGER = "every 2.5s"
 ACTION_ERRORS = SHOWN_ON_PAGE
 BUTTON_ACTIONS = (InstanceAction.START, InstanceAction.STOP, InstanceAction.REBOOT)
 CONFIRM = {
-    InstanceAction.START: "Start {name}? Billing for its GPUs resumes once it runs.",
-    InstanceAction.STOP: "Stop {name}? Its GPUs are released; the boot disk and volumes are kept.",
-    InstanceAction.REBOOT: "Reboot {name}? Running processes are interrupted.",
+    InstanceAction.START: gettext_lazy("Start {name}? Billing for its GPUs resumes once it runs."),
+    InstanceAction.STOP: gettext_lazy(
+        "Stop {name}? Its GPUs are released; the boot disk and volumes are kept."
+    ),
+    InstanceAction.REBOOT: gettext_lazy("Reboot {name}? Running processes are interrupted."),
 }
 DONE = {
-    InstanceAction.START: "Starting {name}.",
-    InstanceAction.STOP: "Stopping {name}.",
-    InstanceAction.REBOOT: "Rebooting {name}.",
-    InstanceAction.TERMINATE: "Terminating {name}. Its GPUs are released when it is gone.",
+    InstanceAction.START: gettext_lazy("Starting {name}."),
+    InstanceAction.STOP: gettext_lazy("Stopping {name}."),
+    InstanceAction.REBOOT: gettext_lazy("Rebooting {name}."),
+    InstanceAction.TERMINATE: gettext_lazy(
+        "Terminating {name}. Its GPUs are released when it is gone."
+    ),
 }
 
 
@@ -241,7 +247,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                 user_data=data.get("user_data") or "",
             )
             try:
-                instance, _ = services.instance_launch(actor=request.actor, request=launch)
+                instance, _created = services.instance_launch(actor=request.actor, request=launch)
             except NotFound:
                 raise
             except PortalError as exc:
@@ -260,7 +266,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Launching {instance.name}.",
+                    _("Launching %(name)s.") % {"name": instance.name},
                 )
                 url = reverse("compute:instance_detail", args=[instance.pk])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
@@ -351,7 +357,7 @@ def _after_action(request: HttpRequest, pk: int, status: int = 200, **forms) -> 
 @require_POST
 def instance_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if action not in {a.value for a in BUTTON_ACTIONS}:
-        raise Http404("No such action.")
+        raise Http404(_("No such action."))
     instance = selectors.instance_get(request.organization, pk)
     try:
         services.instance_action(actor=request.actor, instance_id=instance.pk, action=action)
@@ -392,7 +398,10 @@ def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
             form.add_error("name", exc.message)
         else:
             if renamed.name != instance.name:
-                messages.success(request, f"Renamed {instance.name} to {renamed.name}.")
+                messages.success(
+                    request,
+                    _("Renamed %(old)s to %(new)s.") % {"old": instance.name, "new": renamed.name},
+                )
             url = reverse("compute:instance_detail", args=[instance.pk])
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     context = _detail_context(request, instance, rename_form=form)
@@ -415,7 +424,7 @@ def volumes(request: HttpRequest) -> HttpResponse:
     template = "compute/volumes.html"
     if request.method == "POST":
         if not request.actor.can(Action.INSTANCE_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow creating volumes.")
+            raise DjangoPermissionDenied(_("Your role does not allow creating volumes."))
         form = VolumeForm(request.POST, regions=list(catalog_selectors.regions_list()))
         if form.is_valid():
             try:
@@ -430,7 +439,7 @@ def volumes(request: HttpRequest) -> HttpResponse:
                         "name" if exc.code == ComputeErrorCode.NAME_TAKEN else None, exc.message
                     )
             else:
-                messages.success(request, f"Volume {volume.name} created.")
+                messages.success(request, _("Volume %(name)s created.") % {"name": volume.name})
                 if not request.htmx:
                     return redirect("compute:volumes")
                 return _render(request, template, "volume-panel", _volumes_context(request))
@@ -446,7 +455,7 @@ def volume_delete(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "Volume deleted.")
+        messages.success(request, _("Volume deleted."))
     if not request.htmx:
         return redirect("compute:volumes")
     return _render(request, "compute/volumes.html", "volume-panel", _volumes_context(request))
