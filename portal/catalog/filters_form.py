@@ -25,14 +25,14 @@ class CatalogFilterForm(forms.Form):
         required=False,
         coerce=int,
         empty_value=None,
-        choices=[("", "Any"), *GPU_COUNTS],
+        choices=[("", _("Any")), *GPU_COUNTS],
     )
     min_gpu_memory_gb = forms.TypedChoiceField(
         label=_("GPU memory"),
         required=False,
         coerce=int,
         empty_value=None,
-        choices=[("", "Any"), *MEMORY_STEPS],
+        choices=[("", _("Any")), *MEMORY_STEPS],
     )
     region = forms.ChoiceField(label=_("Region"), required=False)
     max_price = forms.DecimalField(
@@ -42,7 +42,7 @@ class CatalogFilterForm(forms.Form):
         max_digits=12,
         decimal_places=2,
         widget=forms.NumberInput(
-            attrs={"step": "0.01", "inputmode": "decimal", "placeholder": "Any"}
+            attrs={"step": "0.01", "inputmode": "decimal", "placeholder": _("Any")}
         ),
     )
     available = forms.BooleanField(label=_("Available now"), required=False)
@@ -56,9 +56,9 @@ class CatalogFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         if choices is None:
             choices = catalog_filter_choices()
-        self.fields["gpu_model"].choices = [("", "Any GPU"), *choices["gpu_models"]]
+        self.fields["gpu_model"].choices = [("", _("Any GPU")), *choices["gpu_models"]]
         self.fields["region"].choices = [
-            ("", "Any region"),
+            ("", _("Any region")),
             *(
                 (code, f"{name} ({code})" if name != code else code)
                 for code, name in choices["regions"]

@@ -16,8 +16,8 @@ from portal.money import format_amount
 
 HOURS_PER_MONTH = 730
 TIMES = "\N{MULTIPLICATION SIGN}"
-NAME_HELP = "Lowercase letters, digits and hyphens, e.g. train-llama-01."
-NAME_INVALID = (
+NAME_HELP = _("Lowercase letters, digits and hyphens, e.g. train-llama-01.")
+NAME_INVALID = _(
     "Use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit."
 )
 
@@ -54,21 +54,26 @@ def _money(amount: Decimal, currency: str) -> str:
 
 def type_label(offer: Offer) -> str:
     gpus = (
-        f"MIG {offer.mig_profile} of 1{TIMES} {offer.gpu_model}"
+        _("MIG %(profile)s of %(gpus)s")
+        % {"profile": offer.mig_profile, "gpus": f"1{TIMES} {offer.gpu_model}"}
         if offer.mig_profile
         else f"{offer.gpu_count}{TIMES} {offer.gpu_model}"
     )
-    price = offer_price(offer)
-    starting = "from " if len(offer.prices) > 1 else ""
-    available = "available now" if not offer.sold_out else "sold out"
-    return f"{offer.name} — {gpus} — {starting}{_money(price, offer.currency)}/h — {available}"
+    price = _money(offer_price(offer), offer.currency)
+    if len(offer.prices) > 1:
+        price = _("from %(price)s/h") % {"price": price}
+    else:
+        price = _("%(price)s/h") % {"price": price}
+    available = _("available now") if not offer.sold_out else _("sold out")
+    return f"{offer.name} — {gpus} — {price} — {available}"
 
 
 def region_label(offer: Offer, region: str) -> str:
     price = offer_price(offer, region)
     free = offer.available.get(region, 0)
-    available = f"{free} available now" if free else "sold out"
-    return f"{region} — {_money(price, offer.currency)}/h — {available}"
+    available = _("%(free)s available now") % {"free": free} if free else _("sold out")
+    per_hour = _("%(price)s/h") % {"price": _money(price, offer.currency)}
+    return f"{region} — {per_hour} — {available}"
 
 
 class LaunchForm(NamedForm):
@@ -81,7 +86,7 @@ class LaunchForm(NamedForm):
         label=_("SSH keys"),
         coerce=int,
         widget=forms.CheckboxSelectMultiple,
-        error_messages={"required": "Choose at least one SSH key to log in with."},
+        error_messages={"required": _("Choose at least one SSH key to log in with.")},
     )
     name = forms.CharField(
         label=_("Name"),
@@ -121,8 +126,15 @@ class LaunchForm(NamedForm):
         ]
         self.fields["ssh_key_ids"].choices = [(key.pk, key.name) for key in ssh_keys]
         self.fields["volume_id"].choices = [
-            ("", "No existing volume"),
-            *((v.pk, f"{v.name} — {v.size_gb} GB in {v.region.code}") for v in volumes),
+            ("", _("No existing volume")),
+            *(
+                (
+                    v.pk,
+                    _("%(name)s — %(size)s GB in %(region)s")
+                    % {"name": v.name, "size": v.size_gb, "region": v.region.code},
+                )
+                for v in volumes
+            ),
         ]
         self.set_regions(self.data.get("instance_type") or self.initial.get("instance_type"))
 
@@ -146,7 +158,7 @@ class LaunchForm(NamedForm):
         data = super().clean()
         if data.get("volume_id") and data.get("new_volume_gb"):
             self.add_error(
-                "new_volume_gb", "Attach an existing volume or create a new one, not both."
+                "new_volume_gb", _("Attach an existing volume or create a new one, not both.")
             )
         return data
 
@@ -200,9 +212,9 @@ class VolumeForm(NamedForm):
 
 
 STATE_FILTERS = {
-    "all": "All",
-    "live": "Live",
-    "terminated": "Terminated or failed",
+    "all": _("All"),
+    "live": _("Live"),
+    "terminated": _("Terminated or failed"),
 }
 
 

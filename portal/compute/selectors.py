@@ -24,6 +24,17 @@ def instances_list(organization) -> QuerySet[Instance]:
     )
 
 
+def latest_instance_region(organization) -> str:
+    """The region code of the organisation's most recently created instance, or ``""``."""
+    latest = (
+        Instance.objects.filter(organization=organization)
+        .order_by("-created_at", "-pk")
+        .values_list("region__code", flat=True)
+        .first()
+    )
+    return latest or ""
+
+
 # What the instance lists show: the page's table and the API's rows, as plain values. One query
 # each, no related rows but the names.
 TABLE_COLUMNS = (

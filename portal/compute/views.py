@@ -41,6 +41,7 @@ from portal.compute.forms import (
 from portal.compute.lifecycle import FINAL, LIVE, State, allowed_actions
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.models import Instance, VolumeState
+from portal.compute.readiness import launch_credit
 from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
 
@@ -218,10 +219,12 @@ def _alternatives(request: HttpRequest, exc: CapacityUnavailable, data) -> list[
     links = []
     for region in details.get("regions_with_capacity", []):
         query = urlencode({"type": data.get("instance_type"), "region": region, **keep}, True)
-        links.append((f"{data.get('instance_type')} in {region}", f"{base}?{query}"))
+        label = _("%(type)s in %(region)s") % {"type": data.get("instance_type"), "region": region}
+        links.append((label, f"{base}?{query}"))
     for type_name in details.get("similar_types_available_here", []):
         query = urlencode({"type": type_name, "region": data.get("region"), **keep}, True)
-        links.append((f"{type_name} in {data.get('region')}", f"{base}?{query}"))
+        label = _("%(type)s in %(region)s") % {"type": type_name, "region": data.get("region")}
+        links.append((label, f"{base}?{query}"))
     return links
 
 
@@ -277,9 +280,11 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
         form = LaunchForm(initial=initial, **choices)
         type_name, region = initial["instance_type"], initial["region"]
     _launch_htmx_attrs(form)
+    summary = _price_summary(form, type_name, region)
     context = {
         "form": form,
-        "summary": _price_summary(form, type_name, region),
+        "summary": summary,
+        "credit": launch_credit(request.organization, summary and summary.get("hourly")),
         "alternatives": alternatives,
         "top_up_url": top_up_url,
         "hours_per_month": HOURS_PER_MONTH,
@@ -411,11 +416,29 @@ def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
 # --- volumes ----------------------------------------------------------------------------------
 
 
+def _volume_region(organization, regions) -> str:
+    """Where a new volume most likely goes: the region of the organisation's latest instance,
+    else the first region where an instance fits now, else the first region."""
+    codes = [region.code for region in regions]
+    latest = selectors.latest_instance_region(organization)
+    if latest in codes:
+        return latest
+    free = catalog_selectors.regions_with_capacity(currency=organization.currency)
+    return next((code for code in codes if code in free), codes[0] if codes else "")
+
+
 def _volumes_context(request: HttpRequest, form: VolumeForm | None = None) -> dict:
-    regions = list(catalog_selectors.regions_list())
+    organization = request.organization
+    if form is None:
+        regions = list(catalog_selectors.regions_list())
+        form = VolumeForm(
+            regions=regions, initial={"region": _volume_region(organization, regions)}
+        )
     return {
-        "volumes": selectors.volumes_list(request.organization),
-        "form": form or VolumeForm(regions=regions),
+        "volumes": selectors.volumes_list(organization),
+        "form": form,
+        "storage_price": catalog_selectors.storage_price_per_gb_month(organization.currency),
+        "currency": organization.currency,
     }
 
 
