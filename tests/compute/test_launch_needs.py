@@ -181,11 +181,11 @@ def test_the_volume_form_shows_the_storage_price_in_the_organisations_currency(c
     usd_owner = factories.member(factories.organization(), "owner")
     page = _page(_client(usd_owner), "/volumes/")
     assert re.search(
-        r'id="storage-price">Storage costs <strong class="stat">0\.10 USD</strong> per GB-month',
+        r'id="storage-price">Storage costs <strong class="nowrap">0\.10 USD</strong> per GB-month',
         page,
     )
     cny_owner = factories.member(factories.organization(currency="CNY"), "owner")
     page = _page(_client(cny_owner), "/volumes/")
-    assert '<strong class="stat">¥0.72</strong> per GB-month' in page
+    assert '<strong class="nowrap">¥0.72</strong> per GB-month' in page
     chinese = _page(_client(cny_owner), "/volumes/", HTTP_ACCEPT_LANGUAGE="zh-CN")
-    assert '存储费用为每 GB 每月 <strong class="stat">¥0.72</strong>' in chinese
+    assert '存储费用为每 GB 每月 <strong class="nowrap">¥0.72</strong>' in chinese
