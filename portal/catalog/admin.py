@@ -316,7 +316,7 @@ class PriceAdmin(admin.ModelAdmin):
                     return response
         else:
             form = PriceAddForm(initial=request.GET.dict())
-        return _service_form(self, request, form, title="Add price", submit_label="Add price")
+        return _service_form(self, request, form, title=_("Add price"), submit_label=_("Add price"))
 
     def _price_set(self, request: HttpRequest, form: PriceAddForm) -> HttpResponse | None:
         data = form.cleaned_data
@@ -336,8 +336,10 @@ class PriceAdmin(admin.ModelAdmin):
         except IntegrityError:  # another row starts at exactly that moment
             form.add_error(
                 "effective_from",
-                "Another price of this type in this region and currency starts at exactly "
-                "that moment. Pick another time.",
+                _(
+                    "Another price of this type in this region and currency starts at exactly "
+                    "that moment. Pick another time."
+                ),
             )
             return None
         if created:
@@ -345,13 +347,19 @@ class PriceAdmin(admin.ModelAdmin):
             status = prices_with_status(Price.objects.filter(pk=price.pk)).get().price_status
             self.message_user(
                 request,
-                f"Price {price} from {price.effective_from:%Y-%m-%d %H:%M %Z} added ({status}).",
+                _("Price %(price)s from %(moment)s added (%(status)s).")
+                % {
+                    "price": price,
+                    "moment": f"{price.effective_from:%Y-%m-%d %H:%M %Z}",
+                    "status": status,
+                },
                 messages.SUCCESS,
             )
         else:
             self.message_user(
                 request,
-                f"The price at that time is already {price}; nothing was added.",
+                _("The price at that time is already %(price)s; nothing was added.")
+                % {"price": price},
                 messages.WARNING,
             )
         return HttpResponseRedirect(reverse("admin:catalog_price_changelist"))
@@ -505,13 +513,26 @@ class HostAdmin(admin.ModelAdmin):
             try:
                 services.host_set_state(host=host, state=state, actor=actor)
             except PortalError as exc:
-                self.message_user(request, f"Host {host}: {exc.message}", messages.WARNING)
+                self.message_user(
+                    request,
+                    _("Host %(host)s: %(error)s") % {"host": host, "error": exc.message},
+                    messages.WARNING,
+                )
             else:
                 changed.append(host.name)
         if changed:
-            self.message_user(request, f"{done}: {', '.join(changed)}.", messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(done)s: %(hosts)s.") % {"done": done, "hosts": ", ".join(changed)},
+                messages.SUCCESS,
+            )
         if unchanged:
-            self.message_user(request, f"Already {state}: {', '.join(unchanged)}.", messages.INFO)
+            self.message_user(
+                request,
+                _("Already %(state)s: %(hosts)s.")
+                % {"state": state, "hosts": ", ".join(unchanged)},
+                messages.INFO,
+            )
         if state == HostState.OFFLINE and changed:
             busy = (
                 Allocation.objects.filter(host__name__in=changed, released_at__isnull=True)
@@ -522,8 +543,11 @@ class HostAdmin(admin.ModelAdmin):
             for row in busy:
                 self.message_user(
                     request,
-                    f"Host {row['host__name']} still holds {row['n']} active allocation(s); their "
-                    "instances are not stopped by this.",
+                    _(
+                        "Host %(host)s still holds %(n)s active allocation(s); their instances "
+                        "are not stopped by this."
+                    )
+                    % {"host": row["host__name"], "n": row["n"]},
                     messages.WARNING,
                 )
 
@@ -531,15 +555,15 @@ class HostAdmin(admin.ModelAdmin):
         description=_("Drain (take no new instances)"), permissions=["set_state"], location=BOTH
     )
     def drain(self, request, queryset):
-        self._set_state(request, queryset, HostState.DRAINING, "Draining")
+        self._set_state(request, queryset, HostState.DRAINING, _("Draining"))
 
     @admin.action(description=_("Activate"), permissions=["set_state"], location=BOTH)
     def activate(self, request, queryset):
-        self._set_state(request, queryset, HostState.ACTIVE, "Activated")
+        self._set_state(request, queryset, HostState.ACTIVE, _("Activated"))
 
     @admin.action(description=_("Take offline"), permissions=["set_state"], location=BOTH)
     def take_offline(self, request, queryset):
-        self._set_state(request, queryset, HostState.OFFLINE, "Taken offline")
+        self._set_state(request, queryset, HostState.OFFLINE, _("Taken offline"))
 
     # --- registration from a report
 
@@ -592,8 +616,8 @@ class HostAdmin(admin.ModelAdmin):
             self,
             request,
             form,
-            title="Register host from report",
-            submit_label="Register host",
+            title=_("Register host from report"),
+            submit_label=_("Register host"),
             template="admin/catalog/host_upload.html",
         )
 
@@ -603,10 +627,17 @@ def _registered(host: Host) -> str:
     models = sorted({str(g.gpu_model) for g in gpus})
     mig = sum(g.mig_enabled for g in gpus)
     profiles = MigProfile.objects.filter(gpu_model__gpus__host=host).distinct().count()
-    return (
-        f"Registered {host.name} in {host.region.code}: {len(gpus)} GPU(s) "
-        f"({', '.join(models)}), {mig} enabled for MIG, {profiles} MIG profile(s) known."
-    )
+    return _(
+        "Registered %(host)s in %(region)s: %(gpus)s GPU(s) (%(models)s), %(mig)s enabled for "
+        "MIG, %(profiles)s MIG profile(s) known."
+    ) % {
+        "host": host.name,
+        "region": host.region.code,
+        "gpus": len(gpus),
+        "models": ", ".join(models),
+        "mig": mig,
+        "profiles": profiles,
+    }
 
 
 # --- GPUs: MIG on or off ----------------------------------------------------------------------
@@ -661,8 +692,11 @@ class GpuAdmin(ReadOnlyAdmin):
         )
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
-        verb = "may now be sold as MIG slices" if enabled else "are now sold as whole GPUs only"
-        self.message_user(request, f"{len(changed)} GPU(s) {verb}.", messages.SUCCESS)
+        if enabled:
+            done = _("%(n)s GPU(s) may now be sold as MIG slices.") % {"n": len(changed)}
+        else:
+            done = _("%(n)s GPU(s) are now sold as whole GPUs only.") % {"n": len(changed)}
+        self.message_user(request, done, messages.SUCCESS)
 
     @admin.action(description=_("Sell as MIG slices"), permissions=["set_mig"], location=BOTH)
     def enable_mig(self, request, queryset):

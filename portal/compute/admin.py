@@ -104,9 +104,13 @@ class InstanceAdmin(ReadOnlyAdmin):
             else:
                 changed.append(f"{instance.name} ({instance.pk})")
         if changed:
-            self.message_user(request, f"{done}: {', '.join(changed)}.", messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(done)s: %(instances)s.") % {"done": done, "instances": ", ".join(changed)},
+                messages.SUCCESS,
+            )
         for line in failed:
-            self.message_user(request, f"Failed for {line}", messages.ERROR)
+            self.message_user(request, _("Failed for %(line)s") % {"line": line}, messages.ERROR)
 
     def _confirm(
         self, request, queryset: QuerySet[Instance], action: str, title: str, warning: str
@@ -130,7 +134,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             request,
             queryset,
             lambda i: services.operator_resync(actor=_operator(request, i), instance_id=i.pk),
-            "Re-sync requested",
+            _("Re-sync requested"),
         )
 
     @admin.action(description=_("Force terminate"), permissions=["operate"], location=BOTH)
@@ -141,10 +145,12 @@ class InstanceAdmin(ReadOnlyAdmin):
                 request,
                 live,
                 "force_terminate",
-                "Force terminate instances",
-                "The backend is told to terminate each machine (best effort); its GPUs are "
-                "released and it is recorded as terminated, whatever its state. The customer "
-                "loses the machine and its boot disk.",
+                _("Force terminate instances"),
+                _(
+                    "The backend is told to terminate each machine (best effort); its GPUs are "
+                    "released and it is recorded as terminated, whatever its state. The customer "
+                    "loses the machine and its boot disk."
+                ),
             )
         self._each(
             request,
@@ -152,7 +158,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             lambda i: services.operator_force_terminate(
                 actor=_operator(request, i), instance_id=i.pk
             ),
-            "Force-terminated",
+            _("Force-terminated"),
         )
 
     @admin.action(description=_("Mark failed"), permissions=["operate"], location=BOTH)
@@ -163,9 +169,11 @@ class InstanceAdmin(ReadOnlyAdmin):
                 request,
                 live,
                 "mark_failed",
-                "Mark instances failed",
-                "Each instance is marked failed: its GPUs are released and its volumes "
-                "detached. The backend is not asked to do anything.",
+                _("Mark instances failed"),
+                _(
+                    "Each instance is marked failed: its GPUs are released and its volumes "
+                    "detached. The backend is not asked to do anything."
+                ),
             )
         reason = (request.POST.get("reason") or "").strip()[:200]
         self._each(
@@ -174,7 +182,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             lambda i: services.operator_mark_failed(
                 actor=_operator(request, i), instance_id=i.pk, reason=reason
             ),
-            "Marked failed",
+            _("Marked failed"),
         )
 
 
@@ -189,13 +197,13 @@ class QuotaAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("GPU model"), ordering="gpu_model__code")
     def gpu_model_display(self, obj: Quota) -> str:
-        return str(obj.gpu_model) if obj.gpu_model_id else "All GPUs (total)"
+        return str(obj.gpu_model) if obj.gpu_model_id else str(_("All GPUs (total)"))
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "gpu_model":
-            field.empty_label = "All GPUs (total)"
-            field.help_text = "Leave empty for the organisation's total across all GPU models."
+            field.empty_label = _("All GPUs (total)")
+            field.help_text = _("Leave empty for the organisation's total across all GPU models.")
         return field
 
 
