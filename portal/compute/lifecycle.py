@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from django.db import models
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from portal.compute.errors import ComputeErrorCode
 from portal.errors import Conflict
@@ -233,15 +233,20 @@ def _failed(reason: str, detail: Detail) -> Rule:
 
 
 _NO_ROOM = _failed(
-    "The host had no room for it after all; nothing is billed.", Detail.BACKEND_ERROR
+    gettext_noop("The host had no room for it after all; nothing is billed."), Detail.BACKEND_ERROR
 )
 _REPORTED = Rule(
-    None, "The backend reported an error; operators have been told.", (), Detail.BACKEND_ERROR
+    None,
+    gettext_noop("The backend reported an error; operators have been told."),
+    (),
+    Detail.BACKEND_ERROR,
 )
-_RUNNING = Rule(S.RUNNING, "The machine is running", (E.START_RUNNING_PERIOD,), Detail.REPORT)
-_TERMINATED = Rule(S.TERMINATED, "The machine is gone", _GONE, Detail.REPORT)
-_LOST = Rule(S.TERMINATED, "The backend no longer has this machine.", _GONE)
-_BOOT_FAILED = _failed("The machine failed to boot.", Detail.MACHINE)
+_RUNNING = Rule(
+    S.RUNNING, gettext_noop("The machine is running"), (E.START_RUNNING_PERIOD,), Detail.REPORT
+)
+_TERMINATED = Rule(S.TERMINATED, gettext_noop("The machine is gone"), _GONE, Detail.REPORT)
+_LOST = Rule(S.TERMINATED, gettext_noop("The backend no longer has this machine."), _GONE)
+_BOOT_FAILED = _failed(gettext_noop("The machine failed to boot."), Detail.MACHINE)
 
 RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     # creating: it boots, or the host refuses it
@@ -249,7 +254,7 @@ RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     (S.PROVISIONING, Seen.ERROR): _BOOT_FAILED,
     (S.PROVISIONING, F.CAPACITY): _NO_ROOM,
     (S.PROVISIONING, F.PERMANENT): _failed(
-        "The machine could not be created; nothing is billed.", Detail.BACKEND_ERROR
+        gettext_noop("The machine could not be created; nothing is billed."), Detail.BACKEND_ERROR
     ),
     # starting a stopped one, possibly on another host
     (S.STARTING, Seen.RUNNING): _RUNNING,
@@ -257,27 +262,29 @@ RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     (S.STARTING, Seen.MISSING): _LOST,
     (S.STARTING, F.CAPACITY): Rule(
         S.STOPPED,
-        "The host could not take it back; it stays stopped. Start it again later.",
+        gettext_noop("The host could not take it back; it stays stopped. Start it again later."),
         (E.RELEASE_CAPACITY,),
         Detail.BACKEND_ERROR,
     ),
     (S.STARTING, F.PERMANENT): _failed(
-        "The machine could not be started; nothing is billed.", Detail.BACKEND_ERROR
+        gettext_noop("The machine could not be started; nothing is billed."), Detail.BACKEND_ERROR
     ),
     # rebooting: the running period goes on
-    (S.REBOOTING, Seen.RUNNING): Rule(S.RUNNING, "The machine is running", (), Detail.REPORT),
+    (S.REBOOTING, Seen.RUNNING): Rule(
+        S.RUNNING, gettext_noop("The machine is running"), (), Detail.REPORT
+    ),
     (S.REBOOTING, Seen.ERROR): _failed(
-        "The machine failed to come back from the reboot.", Detail.MACHINE
+        gettext_noop("The machine failed to come back from the reboot."), Detail.MACHINE
     ),
     (S.REBOOTING, Seen.MISSING): _LOST,
     (S.REBOOTING, F.CAPACITY): _NO_ROOM,
     (S.REBOOTING, F.PERMANENT): _REPORTED,
     # stopping: the GPUs go back, the disk stays
     (S.STOPPING, Seen.STOPPED): Rule(
-        S.STOPPED, "The machine stopped; its GPUs are released", _OFF, Detail.REPORT
+        S.STOPPED, gettext_noop("The machine stopped; its GPUs are released"), _OFF, Detail.REPORT
     ),
     (S.STOPPING, Seen.ERROR): Rule(
-        S.STOPPED, "The machine failed while stopping; it is off.", _OFF
+        S.STOPPED, gettext_noop("The machine failed while stopping; it is off."), _OFF
     ),
     (S.STOPPING, Seen.MISSING): _LOST,
     (S.STOPPING, F.CAPACITY): _NO_ROOM,

@@ -34,6 +34,7 @@ def test_the_instance_page_buttons_and_confirmations_speak_chinese(owner_client,
     assert ">停止</button>" in page and 'hx-confirm="停止 alpha？' in page  # noqa: RUF001
     assert "输入 <code>alpha</code> 以释放实例" in page
     assert "按秒计费" in page
+    assert "pending: 已请求启动" in page.replace("</span>", "")  # the event, stored in English
 
 
 def test_the_catalog_is_cached_per_language(compute_catalog):

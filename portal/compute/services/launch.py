@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -325,7 +326,7 @@ def _launch(
     record_event(
         instance,
         actor=actor.label,
-        reason="Launch requested",
+        reason=gettext_noop("Launch requested"),
         to_state=State.PENDING,
         detail={"host": allocation.host_name, "gpu_slots": allocation.gpu_slots},  # operators only
     )

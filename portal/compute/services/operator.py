@@ -10,6 +10,7 @@ inside its own transaction (``ModelAdmin.changeform_view``), so they nest in it 
 
 from django.db import transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
@@ -55,7 +56,9 @@ def operator_resync(*, actor: Actor, instance_id: int) -> None:
     """Ask the backend again: re-dispatch a moving instance, refresh a settled one's observation."""
     with transaction.atomic():
         instance = _locked_for(actor, instance_id)
-        record_event(instance, actor=actor.label, reason="Re-sync requested by an operator")
+        record_event(
+            instance, actor=actor.label, reason=gettext_noop("Re-sync requested by an operator")
+        )
         _operator_audit(actor, instance, "instance.operator_resync")
         if instance.state in TRANSITIONAL:
             dispatch(instance)
@@ -85,7 +88,10 @@ def operator_force_terminate(*, actor: Actor, instance_id: int) -> None:
             _operator_audit(actor, instance, "instance.operator_force_terminate", detail)
             if detail:
                 record_event(
-                    instance, actor=actor.label, reason="Backend terminate failed", detail=detail
+                    instance,
+                    actor=actor.label,
+                    reason=gettext_noop("Backend terminate failed"),
+                    detail=detail,
                 )
 
 
