@@ -34,7 +34,7 @@ def test_the_instance_page_buttons_and_confirmations_speak_chinese(owner_client,
     assert ">停止</button>" in page and 'hx-confirm="停止 alpha？' in page  # noqa: RUF001
     assert "输入 <code>alpha</code> 以释放实例" in page
     assert "按秒计费" in page
-    assert "pending: 已请求启动" in page.replace("</span>", "")  # the event, stored in English
+    assert "pending: 已请求创建" in page.replace("</span>", "")  # the event, stored in English
 
 
 def test_the_catalog_is_cached_per_language(compute_catalog):
@@ -42,3 +42,16 @@ def test_the_catalog_is_cached_per_language(compute_catalog):
     chinese = Client().get("/catalog/", **ZH).content.decode()
     assert "GPU instances" in english and "按需价格按小时以 USD 计" not in english
     assert "按需价格按小时以 USD 计" in chinese and "On-demand prices per hour" not in chinese
+
+
+def test_an_action_asked_for_in_chinese_is_recorded_in_english_and_shown_in_chinese(
+    owner_client, launch
+):
+    instance = settle(launch("alpha"))
+    response = owner_client.post(f"/instances/{instance.pk}/stop/", **ZH)
+    assert response.status_code == 302
+    assert instance.events.order_by("pk").last().reason == "Stop requested"
+    page = owner_client.get(f"/instances/{instance.pk}/", **ZH).content.decode()
+    assert "已请求停止" in page
+    english = owner_client.get(f"/instances/{instance.pk}/", HTTP_ACCEPT_LANGUAGE="en")
+    assert "Stop requested" in english.content.decode()

@@ -7,6 +7,7 @@ once per instance outside any transaction of its own.
 
 from django.db import transaction
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -41,6 +42,15 @@ def instance_action(*, actor: Actor, instance_id: int, action: str) -> Instance:
                 detail=exc.details,
             )
         raise
+
+
+# What an action's event records (stored in English; pages translate it when they show it).
+REQUESTED = {
+    Action.START: gettext_noop("Start requested"),
+    Action.STOP: gettext_noop("Stop requested"),
+    Action.REBOOT: gettext_noop("Reboot requested"),
+    Action.TERMINATE: gettext_noop("Terminate requested"),
+}
 
 
 @transaction.atomic(durable=True)
@@ -84,7 +94,7 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
         Action.TERMINATE: DesiredState.TERMINATED,
     }[Action(action)]
     instance.save(update_fields=["desired_state"])
-    transition(instance, target, actor=actor.label, reason=f"{Action(action).label} requested")
+    transition(instance, target, actor=actor.label, reason=REQUESTED[Action(action)])
     audit_record(actor=actor, action=f"instance.{action}", target=instance)
     dispatch(instance)
     return instance
