@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
@@ -101,7 +102,7 @@ class MigProfileInline(ReadOnlyInline):
         "sm_count",
     ]
 
-    @admin.display(description="placements")
+    @admin.display(description=_("placements"))
     def placement_starts(self, obj: MigProfile) -> str:
         return "{" + ",".join(str(s) for s in obj.placements) + "}:" + str(obj.memory_slots)
 
@@ -191,7 +192,7 @@ class PriceInline(ReadOnlyInline):
     def get_queryset(self, request):
         return prices_with_status(super().get_queryset(request).select_related("region"))
 
-    @admin.display(description="status")
+    @admin.display(description=_("status"))
     def status(self, obj: Price) -> str:
         return obj.price_status
 
@@ -236,11 +237,11 @@ class InstanceTypeAdmin(admin.ModelAdmin):
     readonly_fields = ["add_price"]
     inlines = [PriceInline]
 
-    @admin.display(description="MIG profile", ordering="mig_profile__name")
+    @admin.display(description=_("MIG profile"), ordering="mig_profile__name")
     def mig_profile_name(self, obj: InstanceType) -> str:
         return obj.mig_profile.name if obj.mig_profile else ""
 
-    @admin.display(description="prices")
+    @admin.display(description=_("prices"))
     def add_price(self, obj: InstanceType) -> str:
         if obj.pk is None:
             return "Add prices once the type is saved."
@@ -294,7 +295,7 @@ class PriceAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return prices_with_status(super().get_queryset(request))
 
-    @admin.display(description="status", ordering="price_status")
+    @admin.display(description=_("status"), ordering="price_status")
     def status(self, obj: Price) -> str:
         return obj.price_status
 
@@ -315,7 +316,7 @@ class PriceAdmin(admin.ModelAdmin):
                     return response
         else:
             form = PriceAddForm(initial=request.GET.dict())
-        return _service_form(self, request, form, title="Add price", submit_label="Add price")
+        return _service_form(self, request, form, title=_("Add price"), submit_label=_("Add price"))
 
     def _price_set(self, request: HttpRequest, form: PriceAddForm) -> HttpResponse | None:
         data = form.cleaned_data
@@ -335,8 +336,10 @@ class PriceAdmin(admin.ModelAdmin):
         except IntegrityError:  # another row starts at exactly that moment
             form.add_error(
                 "effective_from",
-                "Another price of this type in this region and currency starts at exactly "
-                "that moment. Pick another time.",
+                _(
+                    "Another price of this type in this region and currency starts at exactly "
+                    "that moment. Pick another time."
+                ),
             )
             return None
         if created:
@@ -344,13 +347,19 @@ class PriceAdmin(admin.ModelAdmin):
             status = prices_with_status(Price.objects.filter(pk=price.pk)).get().price_status
             self.message_user(
                 request,
-                f"Price {price} from {price.effective_from:%Y-%m-%d %H:%M %Z} added ({status}).",
+                _("Price %(price)s from %(moment)s added (%(status)s).")
+                % {
+                    "price": price,
+                    "moment": f"{price.effective_from:%Y-%m-%d %H:%M %Z}",
+                    "status": status,
+                },
                 messages.SUCCESS,
             )
         else:
             self.message_user(
                 request,
-                f"The price at that time is already {price}; nothing was added.",
+                _("The price at that time is already %(price)s; nothing was added.")
+                % {"price": price},
                 messages.WARNING,
             )
         return HttpResponseRedirect(reverse("admin:catalog_price_changelist"))
@@ -398,7 +407,7 @@ class GpuInline(ReadOnlyInline):
             .annotate(claimed=Count("claims"))
         )
 
-    @admin.display(description="claimed slots")
+    @admin.display(description=_("claimed slots"))
     def claimed_slots(self, obj: Gpu) -> str:
         return f"{obj.claimed}/{GPU_MEMORY_SLOTS}"
 
@@ -419,7 +428,7 @@ class ActiveAllocationInline(ReadOnlyInline):
             .select_related("instance_type")
         )
 
-    @admin.display(description="GPU slots")
+    @admin.display(description=_("GPU slots"))
     def slots(self, obj: Allocation) -> str:
         return _slots(obj.gpu_slots)
 
@@ -471,7 +480,7 @@ class HostAdmin(admin.ModelAdmin):
     def gpu_count(self, obj: Host) -> int:
         return obj.gpu_count
 
-    @admin.display(description="free GPUs", ordering="free_gpu_count")
+    @admin.display(description=_("free GPUs"), ordering="free_gpu_count")
     def free_gpus(self, obj: Host) -> int:
         """Whole GPUs with no slot claimed."""
         return obj.free_gpu_count
@@ -504,13 +513,26 @@ class HostAdmin(admin.ModelAdmin):
             try:
                 services.host_set_state(host=host, state=state, actor=actor)
             except PortalError as exc:
-                self.message_user(request, f"Host {host}: {exc.message}", messages.WARNING)
+                self.message_user(
+                    request,
+                    _("Host %(host)s: %(error)s") % {"host": host, "error": exc.message},
+                    messages.WARNING,
+                )
             else:
                 changed.append(host.name)
         if changed:
-            self.message_user(request, f"{done}: {', '.join(changed)}.", messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(done)s: %(hosts)s.") % {"done": done, "hosts": ", ".join(changed)},
+                messages.SUCCESS,
+            )
         if unchanged:
-            self.message_user(request, f"Already {state}: {', '.join(unchanged)}.", messages.INFO)
+            self.message_user(
+                request,
+                _("Already %(state)s: %(hosts)s.")
+                % {"state": state, "hosts": ", ".join(unchanged)},
+                messages.INFO,
+            )
         if state == HostState.OFFLINE and changed:
             busy = (
                 Allocation.objects.filter(host__name__in=changed, released_at__isnull=True)
@@ -521,24 +543,27 @@ class HostAdmin(admin.ModelAdmin):
             for row in busy:
                 self.message_user(
                     request,
-                    f"Host {row['host__name']} still holds {row['n']} active allocation(s); their "
-                    "instances are not stopped by this.",
+                    _(
+                        "Host %(host)s still holds %(n)s active allocation(s); their instances "
+                        "are not stopped by this."
+                    )
+                    % {"host": row["host__name"], "n": row["n"]},
                     messages.WARNING,
                 )
 
     @admin.action(
-        description="Drain (take no new instances)", permissions=["set_state"], location=BOTH
+        description=_("Drain (take no new instances)"), permissions=["set_state"], location=BOTH
     )
     def drain(self, request, queryset):
-        self._set_state(request, queryset, HostState.DRAINING, "Draining")
+        self._set_state(request, queryset, HostState.DRAINING, _("Draining"))
 
-    @admin.action(description="Activate", permissions=["set_state"], location=BOTH)
+    @admin.action(description=_("Activate"), permissions=["set_state"], location=BOTH)
     def activate(self, request, queryset):
-        self._set_state(request, queryset, HostState.ACTIVE, "Activated")
+        self._set_state(request, queryset, HostState.ACTIVE, _("Activated"))
 
-    @admin.action(description="Take offline", permissions=["set_state"], location=BOTH)
+    @admin.action(description=_("Take offline"), permissions=["set_state"], location=BOTH)
     def take_offline(self, request, queryset):
-        self._set_state(request, queryset, HostState.OFFLINE, "Taken offline")
+        self._set_state(request, queryset, HostState.OFFLINE, _("Taken offline"))
 
     # --- registration from a report
 
@@ -591,8 +616,8 @@ class HostAdmin(admin.ModelAdmin):
             self,
             request,
             form,
-            title="Register host from report",
-            submit_label="Register host",
+            title=_("Register host from report"),
+            submit_label=_("Register host"),
             template="admin/catalog/host_upload.html",
         )
 
@@ -602,10 +627,17 @@ def _registered(host: Host) -> str:
     models = sorted({str(g.gpu_model) for g in gpus})
     mig = sum(g.mig_enabled for g in gpus)
     profiles = MigProfile.objects.filter(gpu_model__gpus__host=host).distinct().count()
-    return (
-        f"Registered {host.name} in {host.region.code}: {len(gpus)} GPU(s) "
-        f"({', '.join(models)}), {mig} enabled for MIG, {profiles} MIG profile(s) known."
-    )
+    return _(
+        "Registered %(host)s in %(region)s: %(gpus)s GPU(s) (%(models)s), %(mig)s enabled for "
+        "MIG, %(profiles)s MIG profile(s) known."
+    ) % {
+        "host": host.name,
+        "region": host.region.code,
+        "gpus": len(gpus),
+        "models": ", ".join(models),
+        "mig": mig,
+        "profiles": profiles,
+    }
 
 
 # --- GPUs: MIG on or off ----------------------------------------------------------------------
@@ -647,7 +679,7 @@ class GpuAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(claimed=Count("claims"))
 
-    @admin.display(description="claimed slots", ordering="claimed")
+    @admin.display(description=_("claimed slots"), ordering="claimed")
     def claimed_slots(self, obj: Gpu) -> str:
         return f"{obj.claimed}/{GPU_MEMORY_SLOTS}"
 
@@ -660,15 +692,18 @@ class GpuAdmin(ReadOnlyAdmin):
         )
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
-        verb = "may now be sold as MIG slices" if enabled else "are now sold as whole GPUs only"
-        self.message_user(request, f"{len(changed)} GPU(s) {verb}.", messages.SUCCESS)
+        if enabled:
+            done = _("%(n)s GPU(s) may now be sold as MIG slices.") % {"n": len(changed)}
+        else:
+            done = _("%(n)s GPU(s) are now sold as whole GPUs only.") % {"n": len(changed)}
+        self.message_user(request, done, messages.SUCCESS)
 
-    @admin.action(description="Sell as MIG slices", permissions=["set_mig"], location=BOTH)
+    @admin.action(description=_("Sell as MIG slices"), permissions=["set_mig"], location=BOTH)
     def enable_mig(self, request, queryset):
         self._set_mig(request, queryset, True)
 
     @admin.action(
-        description="Sell as whole GPUs only (no MIG)", permissions=["set_mig"], location=BOTH
+        description=_("Sell as whole GPUs only (no MIG)"), permissions=["set_mig"], location=BOTH
     )
     def disable_mig(self, request, queryset):
         self._set_mig(request, queryset, False)
@@ -720,7 +755,7 @@ class AllocationAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = fields
 
-    @admin.display(description="GPU slots")
+    @admin.display(description=_("GPU slots"))
     def slots(self, obj: Allocation) -> str:
         return _slots(obj.gpu_slots)
 
@@ -743,10 +778,10 @@ class GpuSlotClaimAdmin(ReadOnlyAdmin):
     def gpu_uuid(self, obj: GpuSlotClaim) -> str:
         return obj.gpu.uuid
 
-    @admin.display(description="host", ordering="gpu__host__name")
+    @admin.display(description=_("host"), ordering="gpu__host__name")
     def host(self, obj: GpuSlotClaim) -> str:
         return obj.gpu.host.name
 
-    @admin.display(description="holder", ordering="allocation__holder")
+    @admin.display(description=_("holder"), ordering="allocation__holder")
     def holder(self, obj: GpuSlotClaim) -> str:
         return obj.allocation.holder

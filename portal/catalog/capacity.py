@@ -37,6 +37,7 @@ from functools import lru_cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from portal.catalog.cache import catalog_changed
 from portal.catalog.errors import CatalogErrorCode
@@ -59,7 +60,7 @@ FULL_MASK = (1 << GPU_MEMORY_SLOTS) - 1
 
 class CapacityUnavailable(Conflict):
     code = CatalogErrorCode.CAPACITY_UNAVAILABLE
-    default_message = "There is no free capacity for this instance type in this region."
+    default_message = _("There is no free capacity for this instance type in this region.")
 
 
 @dataclass(slots=True)
@@ -254,7 +255,7 @@ def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
                 candidates.append(((len(free), host.free_vcpus, host.name), host, free))
         if not candidates:
             return None
-        _, host, free = min(candidates, key=lambda c: c[0])
+        _score, host, free = min(candidates, key=lambda c: c[0])
         chosen = sorted(free, key=lambda g: (g.mig_enabled, g.index))[: shape.gpu_count]
         slots = tuple(
             GpuSlot(g.id, g.uuid, 0, GPU_MEMORY_SLOTS)
@@ -276,7 +277,7 @@ def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
                 best = (key, host, gpu, start)
     if best is None:
         return None
-    _, host, gpu, start = best
+    _score, host, gpu, start = best
     return Placement(
         host_id=host.id,
         host_name=host.name,

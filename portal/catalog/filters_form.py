@@ -1,6 +1,7 @@
 """The catalog page's filter form: it only parses the query string into a ``CatalogQuery``."""
 
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency
 from portal.catalog.selectors import SORTS, CatalogQuery, catalog_filter_choices
@@ -24,29 +25,29 @@ class CatalogFilterForm(forms.Form):
         required=False,
         coerce=int,
         empty_value=None,
-        choices=[("", "Any"), *GPU_COUNTS],
+        choices=[("", _("Any")), *GPU_COUNTS],
     )
     min_gpu_memory_gb = forms.TypedChoiceField(
-        label="GPU memory",
+        label=_("GPU memory"),
         required=False,
         coerce=int,
         empty_value=None,
-        choices=[("", "Any"), *MEMORY_STEPS],
+        choices=[("", _("Any")), *MEMORY_STEPS],
     )
-    region = forms.ChoiceField(label="Region", required=False)
+    region = forms.ChoiceField(label=_("Region"), required=False)
     max_price = forms.DecimalField(
-        label="Max price / hour",
+        label=_("Max price / hour"),
         required=False,
         min_value=0,
         max_digits=12,
         decimal_places=2,
         widget=forms.NumberInput(
-            attrs={"step": "0.01", "inputmode": "decimal", "placeholder": "Any"}
+            attrs={"step": "0.01", "inputmode": "decimal", "placeholder": _("Any")}
         ),
     )
-    available = forms.BooleanField(label="Available now", required=False)
-    sort = forms.ChoiceField(label="Sort by", required=False, choices=list(SORTS.items()))
-    currency = forms.ChoiceField(label="Currency", required=False, choices=Currency.choices)
+    available = forms.BooleanField(label=_("Available now"), required=False)
+    sort = forms.ChoiceField(label=_("Sort by"), required=False, choices=list(SORTS.items()))
+    currency = forms.ChoiceField(label=_("Currency"), required=False, choices=Currency.choices)
 
     def __init__(self, *args, choices: dict | None = None, **kwargs) -> None:
         """``choices``: ``selectors.catalog_filter_choices()`` (GPU models offered, regions),
@@ -55,9 +56,9 @@ class CatalogFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         if choices is None:
             choices = catalog_filter_choices()
-        self.fields["gpu_model"].choices = [("", "Any GPU"), *choices["gpu_models"]]
+        self.fields["gpu_model"].choices = [("", _("Any GPU")), *choices["gpu_models"]]
         self.fields["region"].choices = [
-            ("", "Any region"),
+            ("", _("Any region")),
             *(
                 (code, f"{name} ({code})" if name != code else code)
                 for code, name in choices["regions"]

@@ -9,6 +9,8 @@ from datetime import timedelta
 from django import forms
 from django.contrib.admin.widgets import AdminSplitDateTime
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency
 from portal.catalog.models import Host, Image, InstanceType, Region
@@ -27,11 +29,12 @@ def _mib(n: int) -> str:
 def _uploaded_bytes(upload, limit: int, what: str) -> bytes:
     if upload.size > limit:
         raise forms.ValidationError(
-            f"The {what} is {_mib(upload.size)}; at most {_mib(limit)} is accepted."
+            _("The %(what)s is %(size)s; at most %(limit)s is accepted.")
+            % {"what": what, "size": _mib(upload.size), "limit": _mib(limit)}
         )
     data = upload.read()
     if not data.strip():
-        raise forms.ValidationError(f"The {what} is empty.")
+        raise forms.ValidationError(_("The %(what)s is empty.") % {"what": what})
     return data
 
 
@@ -59,36 +62,42 @@ class HostRegisterForm(ServiceErrorsMixin, forms.Form):
 
     name = forms.SlugField(
         max_length=Host._meta.get_field("name").max_length,
-        help_text="Letters, digits, hyphens and underscores, e.g. h200-node-01.",
+        help_text=_("Letters, digits, hyphens and underscores, e.g. h200-node-01."),
     )
     region = forms.ModelChoiceField(queryset=Region.objects.order_by("code"))
-    vcpus = forms.IntegerField(label="vCPUs", min_value=1, help_text="vCPUs the host sells.")
-    ram_gib = forms.IntegerField(label="RAM (GiB)", min_value=1, help_text="RAM the host sells.")
-    disk_gb = forms.IntegerField(label="Local disk (GB)", min_value=0, initial=0, required=False)
+    vcpus = forms.IntegerField(label="vCPUs", min_value=1, help_text=_("vCPUs the host sells."))
+    ram_gib = forms.IntegerField(
+        label=_("RAM (GiB)"), min_value=1, help_text=_("RAM the host sells.")
+    )
+    disk_gb = forms.IntegerField(label=_("Local disk (GB)"), min_value=0, initial=0, required=False)
     report = forms.FileField(
-        label="nvidia-smi report",
-        help_text=f"The output of <code>nvidia-smi -q -x</code> (XML, at most "
-        f"{_mib(MAX_REPORT_BYTES)}).",
+        label=_("nvidia-smi report"),
+        help_text=format_lazy(
+            _("The output of <code>nvidia-smi -q -x</code> (XML, at most {size})."),
+            size=_mib(MAX_REPORT_BYTES),
+        ),
     )
     mig_tables = forms.FileField(
-        label="MIG tables",
+        label=_("MIG tables"),
         required=False,
-        help_text="Optional, for MIG-capable GPUs: a text file with the output of "
-        "<code>nvidia-smi mig -lgip</code> and <code>nvidia-smi mig -lgipp</code>.",
+        help_text=_(
+            "Optional, for MIG-capable GPUs: a text file with the output of "
+            "<code>nvidia-smi mig -lgip</code> and <code>nvidia-smi mig -lgipp</code>."
+        ),
     )
 
     def clean_report(self) -> bytes:
-        return _uploaded_bytes(self.cleaned_data["report"], MAX_REPORT_BYTES, "report")
+        return _uploaded_bytes(self.cleaned_data["report"], MAX_REPORT_BYTES, _("report"))
 
     def clean_mig_tables(self) -> str | None:
         upload = self.cleaned_data.get("mig_tables")
         if not upload:
             return None
-        data = _uploaded_bytes(upload, MAX_MIG_TABLES_BYTES, "MIG tables file")
+        data = _uploaded_bytes(upload, MAX_MIG_TABLES_BYTES, _("MIG tables file"))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise forms.ValidationError("The MIG tables file is not UTF-8 text.") from None
+            raise forms.ValidationError(_("The MIG tables file is not UTF-8 text.")) from None
         try:  # parsed again by host_register; here only so a bad file is named as such
             parse_mig_tables(text)
         except PortalError as exc:
@@ -107,21 +116,25 @@ class PriceAddForm(ServiceErrorsMixin, forms.Form):
     )
     region = forms.ModelChoiceField(queryset=Region.objects.order_by("code"))
     currency = forms.ChoiceField(choices=Currency.choices)
-    on_demand_per_hour = forms.DecimalField(label="On-demand per hour")
-    spot_per_hour = forms.DecimalField(label="Spot per hour", required=False)
+    on_demand_per_hour = forms.DecimalField(label=_("On-demand per hour"))
+    spot_per_hour = forms.DecimalField(label=_("Spot per hour"), required=False)
     effective_from = forms.SplitDateTimeField(
-        label="In force from",
+        label=_("In force from"),
         required=False,
         widget=AdminSplitDateTime,
-        help_text="Leave empty for now; a future time schedules the change. Prices cannot "
-        "start in the past: usage already rated would change.",
+        help_text=_(
+            "Leave empty for now; a future time schedules the change. Prices cannot "
+            "start in the past: usage already rated would change."
+        ),
     )
 
     def clean_effective_from(self):
         value = self.cleaned_data.get("effective_from")
         if value is not None and value < timezone.now() - PRICE_BACKDATE_TOLERANCE:
             raise forms.ValidationError(
-                "A price cannot start in the past. Leave this empty for now, or pick a future time."
+                _(
+                    "A price cannot start in the past. Leave this empty for now, or pick a future time."
+                )
             )
         return value
 
@@ -178,5 +191,7 @@ class ImageForm(forms.ModelForm):
         if is_default:
             other = Image.objects.filter(is_default=True).exclude(pk=self.instance.pk).first()
             if other is not None:
-                raise forms.ValidationError(f"{other} is the default image; untick it there first.")
+                raise forms.ValidationError(
+                    _("%(image)s is the default image; untick it there first.") % {"image": other}
+                )
         return is_default

@@ -34,6 +34,8 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from portal.accounts.models import Currency
 from portal.accounts.types import Actor
@@ -203,18 +205,21 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(
-            f"{path} does not exist or is not a file.", code=CatalogErrorCode.CATALOG_INVALID
+            _("%(path)s does not exist or is not a file.") % {"path": path},
+            code=CatalogErrorCode.CATALOG_INVALID,
         )
     data = path.read_bytes()
     if b"\x00" in data:
         raise InvalidInput(
-            f"{path.name} is not a CSV text file.", code=CatalogErrorCode.CATALOG_INVALID
+            _("%(file)s is not a CSV text file.") % {"file": path.name},
+            code=CatalogErrorCode.CATALOG_INVALID,
         )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(
-            f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+            _("%(file)s is not UTF-8 text (%(reason)s at byte %(byte)s).")
+            % {"file": path.name, "reason": exc.reason, "byte": exc.start},
             code=CatalogErrorCode.CATALOG_INVALID,
         ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -226,18 +231,24 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
             rows.append((reader.line_num, row))
     except csv.Error as exc:
         raise InvalidInput(
-            f"{path.name} line {reader.line_num} is not valid CSV: {exc}.",
+            _("%(file)s line %(line)s is not valid CSV: %(error)s.")
+            % {"file": path.name, "line": reader.line_num, "error": exc},
             code=CatalogErrorCode.CATALOG_INVALID,
         ) from None
     if not header:
         raise InvalidInput(
-            f"{path.name} is empty: it has no header row.", code=CatalogErrorCode.CATALOG_INVALID
+            _("%(file)s is empty: it has no header row.") % {"file": path.name},
+            code=CatalogErrorCode.CATALOG_INVALID,
         )
     missing = [column for column in REQUIRED_COLUMNS if column not in header]
     if missing:
         raise InvalidInput(
-            f"{path.name} is not a SkyPilot catalog CSV: missing column"
-            f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}.",
+            ngettext(
+                "%(file)s is not a SkyPilot catalog CSV: missing column %(columns)s.",
+                "%(file)s is not a SkyPilot catalog CSV: missing columns %(columns)s.",
+                len(missing),
+            )
+            % {"file": path.name, "columns": ", ".join(missing)},
             code=CatalogErrorCode.CATALOG_INVALID,
             details={"missing_columns": missing},
         )
@@ -397,7 +408,7 @@ def catalog_import(
     provider = (provider or "").strip()
     if not provider or len(provider) > PROVIDER_MAX:
         raise InvalidInput(
-            f"Give the provider a name of at most {PROVIDER_MAX} characters.",
+            _("Give the provider a name of at most %(max)s characters.") % {"max": PROVIDER_MAX},
             code=CatalogErrorCode.CATALOG_INVALID,
         )
     path = Path(path)
@@ -405,7 +416,7 @@ def catalog_import(
     index = services.gpu_model_index()
     if not index:
         raise InvalidInput(
-            "No GPU models are loaded, so no accelerator can be mapped. Load gpus.csv first.",
+            _("No GPU models are loaded, so no accelerator can be mapped. Load gpus.csv first."),
             code=CatalogErrorCode.GPU_MODELS_MISSING,
         )
 

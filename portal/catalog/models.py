@@ -13,6 +13,7 @@ Writes go through ``portal.catalog.services``; availability and placement live i
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 from django_countries.fields import CountryField
 
 from portal.accounts.models import Currency
@@ -30,7 +31,7 @@ GPU_MEMORY_SLOTS = 8
 class GpuModel(models.Model):
     """A GPU product with its public specifications (seeded from the catalog's gpus.csv)."""
 
-    code = models.SlugField(max_length=40, unique=True, help_text="e.g. h100-sxm5-80gb")
+    code = models.SlugField(max_length=40, unique=True, help_text=_("e.g. h100-sxm5-80gb"))
     name = models.CharField(max_length=40, help_text="e.g. H100")
     variant = models.CharField(max_length=60, blank=True, help_text="e.g. SXM5 80GB")
     vendor = models.CharField(max_length=20, default="NVIDIA")
@@ -48,8 +49,10 @@ class GpuModel(models.Model):
     aliases = models.JSONField(
         default=list,
         blank=True,
-        help_text="Other names for this GPU: catalog accelerator names (A100-80GB) and "
-        "nvidia-smi product names (NVIDIA H100 80GB HBM3). Matched without case.",
+        help_text=_(
+            "Other names for this GPU: catalog accelerator names (A100-80GB) and "
+            "nvidia-smi product names (NVIDIA H100 80GB HBM3). Matched without case."
+        ),
     )
 
     class Meta:
@@ -68,14 +71,14 @@ class MigProfile(models.Model):
     """A MIG GPU-instance profile of a GPU model, from ``nvidia-smi mig -lgip`` / ``-lgipp``."""
 
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.CASCADE, related_name="mig_profiles")
-    name = models.CharField(max_length=20, help_text="e.g. 1g.18gb")
+    name = models.CharField(max_length=20, help_text=_("e.g. 1g.18gb"))
     profile_id = models.PositiveSmallIntegerField()
     memory_gib = models.DecimalField(max_digits=7, decimal_places=2)
-    compute_slices = models.PositiveSmallIntegerField(help_text="The Ng in the name.")
+    compute_slices = models.PositiveSmallIntegerField(help_text=_("The Ng in the name."))
     memory_slots = models.PositiveSmallIntegerField(
-        help_text="Memory slices one instance occupies."
+        help_text=_("Memory slices one instance occupies.")
     )
-    placements = models.JSONField(help_text="Allowed start slots, e.g. [0, 2, 4].")
+    placements = models.JSONField(help_text=_("Allowed start slots, e.g. [0, 2, 4]."))
     max_instances = models.PositiveSmallIntegerField()
     sm_count = models.PositiveSmallIntegerField(null=True, blank=True)
 
@@ -117,10 +120,12 @@ class Interconnect(models.TextChoices):
 class InstanceType(models.Model):
     """What one instance gets: whole GPUs of one model, or one MIG slice of one GPU."""
 
-    name = models.SlugField(max_length=60, unique=True, help_text="Stable, e.g. gpu_8x_h100_sxm5.")
+    name = models.SlugField(
+        max_length=60, unique=True, help_text=_("Stable, e.g. gpu_8x_h100_sxm5.")
+    )
     description = models.CharField(max_length=200, blank=True)
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="instance_types")
-    gpu_count = models.PositiveSmallIntegerField(help_text="Whole GPUs; 1 for a MIG slice.")
+    gpu_count = models.PositiveSmallIntegerField(help_text=_("Whole GPUs; 1 for a MIG slice."))
     mig_profile = models.ForeignKey(
         MigProfile, null=True, blank=True, on_delete=models.PROTECT, related_name="instance_types"
     )
@@ -130,10 +135,12 @@ class InstanceType(models.Model):
     interconnect = models.CharField(
         max_length=12, choices=Interconnect.choices, default=Interconnect.PCIE
     )
-    spot_allowed = models.BooleanField(default=False, help_text="May run as interruptible (spot).")
+    spot_allowed = models.BooleanField(
+        default=False, help_text=_("May run as interruptible (spot).")
+    )
     is_active = models.BooleanField(default=True)
     provider = models.CharField(
-        max_length=40, blank=True, help_text="Catalog it was imported from."
+        max_length=40, blank=True, help_text=_("Catalog it was imported from.")
     )
     provider_name = models.CharField(max_length=80, blank=True)
 
@@ -226,7 +233,7 @@ class Image(models.Model):
     driver_version = models.CharField(max_length=20, blank=True)
     frameworks = models.JSONField(default=list, blank=True, help_text='e.g. ["PyTorch 2.9"]')
     instance_types = models.ManyToManyField(
-        InstanceType, blank=True, related_name="images", help_text="Leave empty for every type."
+        InstanceType, blank=True, related_name="images", help_text=_("Leave empty for every type.")
     )
     is_default = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
@@ -246,9 +253,9 @@ class Image(models.Model):
 
 
 class HostState(models.TextChoices):
-    ACTIVE = "active", "Active"
-    DRAINING = "draining", "Draining"
-    OFFLINE = "offline", "Offline"
+    ACTIVE = "active", _("Active")
+    DRAINING = "draining", _("Draining")
+    OFFLINE = "offline", _("Offline")
 
 
 class Host(models.Model):
@@ -280,12 +287,12 @@ class Gpu(models.Model):
     """One physical GPU of a host, as its ``nvidia-smi -q -x`` report names it."""
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="gpus")
-    index = models.PositiveSmallIntegerField(help_text="nvidia-smi minor number.")
+    index = models.PositiveSmallIntegerField(help_text=_("nvidia-smi minor number."))
     uuid = models.CharField(max_length=60, unique=True)
     pci_bus_id = models.CharField(max_length=20)
     gpu_model = models.ForeignKey(GpuModel, on_delete=models.PROTECT, related_name="gpus")
     memory_mib = models.PositiveIntegerField()
-    mig_enabled = models.BooleanField(default=False, help_text="May be split into MIG slices.")
+    mig_enabled = models.BooleanField(default=False, help_text=_("May be split into MIG slices."))
 
     class Meta:
         ordering = ["host", "index"]
@@ -311,8 +318,10 @@ class Allocation(models.Model):
     instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
     vcpus = models.PositiveSmallIntegerField()
     ram_gib = models.PositiveIntegerField()
-    gpu_slots = models.JSONField(default=list, help_text='[{"gpu": uuid, "start": 0, "size": 8}]')
-    holder = models.CharField(max_length=80, help_text="What holds it, e.g. instance:42.")
+    gpu_slots = models.JSONField(
+        default=list, help_text=_('[{"gpu": uuid, "start": 0, "size": 8}]')
+    )
+    holder = models.CharField(max_length=80, help_text=_("What holds it, e.g. instance:42."))
     created_at = models.DateTimeField(default=timezone.now)
     released_at = models.DateTimeField(null=True, blank=True)
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from portal.catalog import cache as catalog_cache
 from portal.catalog.capacity import availability
@@ -20,10 +22,10 @@ from portal.catalog.models import GpuModel, Image, InstanceType, Price, Region
 from portal.catalog.types import Offer, PriceQuote
 
 SORTS = {
-    "price": "Price per hour",
-    "price_per_gpu": "Price per GPU-hour",
-    "tflops_per_dollar": "BF16 TFLOPS per dollar",
-    "name": "Name",
+    "price": gettext_lazy("Price per hour"),
+    "price_per_gpu": gettext_lazy("Price per GPU-hour"),
+    "tflops_per_dollar": gettext_lazy("BF16 TFLOPS per dollar"),
+    "name": gettext_lazy("Name"),
 }
 
 
@@ -326,6 +328,19 @@ def filter_offers(offers: list[Offer], query: CatalogQuery) -> list[Offer]:
 
 def regions_list() -> QuerySet[Region]:
     return Region.objects.filter(is_active=True)
+
+
+def storage_price_per_gb_month(currency: str) -> Decimal | None:
+    """What a GB of volume or kept boot disk costs a month in ``currency``
+    (``STORAGE_PRICE_PER_GB_MONTH``, what rating charges); None when it has no price there."""
+    price = settings.STORAGE_PRICE_PER_GB_MONTH.get(currency)
+    return Decimal(price) if price is not None else None
+
+
+def regions_with_capacity(*, currency: str) -> list[str]:
+    """The region codes where at least one catalog type priced in ``currency`` has room now."""
+    offers = catalog_offers(currency=currency)
+    return sorted({code for offer in offers for code in offer.regions_with_capacity})
 
 
 def gpu_models_list() -> QuerySet[GpuModel]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django_countries import countries
 
 from portal.accounts.models import Currency
@@ -69,9 +70,15 @@ def _decimal(value, field: str, code: str = ErrorCode.INVALID) -> Decimal | None
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
-        raise InvalidInput(f"{field} '{value}' is not a number.", code=code) from None
+        raise InvalidInput(
+            _("%(field)s '%(value)s' is not a number.") % {"field": field, "value": value},
+            code=code,
+        ) from None
     if not number.is_finite():
-        raise InvalidInput(f"{field} '{value}' is not a finite number.", code=code)
+        raise InvalidInput(
+            _("%(field)s '%(value)s' is not a finite number.") % {"field": field, "value": value},
+            code=code,
+        )
     return number
 
 
@@ -108,7 +115,9 @@ def gpu_models_load(*, path: Path) -> int:
             }
         except (KeyError, ValueError, InvalidOperation) as exc:
             raise InvalidInput(
-                f"{path.name} line {number}: {exc!r}", code=ErrorCode.INVALID
+                _("%(file)s line %(line)s: %(error)r")
+                % {"file": path.name, "line": number, "error": exc},
+                code=ErrorCode.INVALID,
             ) from None
         GpuModel.objects.update_or_create(name=name, variant=variant, defaults=fields)
     return len(rows)
@@ -130,10 +139,11 @@ def region_ensure(*, code: str, name: str = "", country: str = "") -> Region:
     """The region with this code, created if new; name and country fill in blanks only."""
     code = (code or "").strip()
     if not code:
-        raise InvalidInput("A region needs a code.", code=CatalogErrorCode.REGION_INVALID)
+        raise InvalidInput(_("A region needs a code."), code=CatalogErrorCode.REGION_INVALID)
     if country and countries.alpha2(country) != country.upper():
         raise InvalidInput(
-            f"Country '{country}' is not an ISO 3166 code.", code=CatalogErrorCode.COUNTRY_INVALID
+            _("Country '%(country)s' is not an ISO 3166 code.") % {"country": country},
+            code=CatalogErrorCode.COUNTRY_INVALID,
         )
     region, created = Region.objects.get_or_create(
         code=code, defaults={"name": name or code, "country": country.upper()}
@@ -175,13 +185,14 @@ def instance_type_upsert(
     if mig_profile is not None:
         if mig_profile.gpu_model_id != gpu_model.pk:
             raise InvalidInput(
-                f"MIG profile {mig_profile} is not a profile of {gpu_model}.",
+                _("MIG profile %(profile)s is not a profile of %(model)s.")
+                % {"profile": mig_profile, "model": gpu_model},
                 code=CatalogErrorCode.INSTANCE_TYPE_INVALID,
             )
         gpu_count = 1
     if gpu_count < 1 or vcpus < 1 or ram_gib < 1:
         raise InvalidInput(
-            f"Instance type {name}: GPUs, vCPUs and RAM must be at least 1.",
+            _("Instance type %(name)s: GPUs, vCPUs and RAM must be at least 1.") % {"name": name},
             code=CatalogErrorCode.INSTANCE_TYPE_INVALID,
         )
     fields = {
@@ -210,7 +221,7 @@ def instance_type_upsert(
             name = f"{provider or 'custom'}_{name}"[:60]
             if InstanceType.objects.filter(name=name).exists():
                 raise Conflict(
-                    f"The instance type name '{name}' is taken.",
+                    _("The instance type name '%(name)s' is taken.") % {"name": name},
                     code=CatalogErrorCode.INSTANCE_TYPE_EXISTS,
                 )
         if interconnect is None:
@@ -267,36 +278,42 @@ def price_set(
     """
     if not currency:
         raise InvalidInput(
-            f"The price of {instance_type} in {region} has no currency.",
+            _("The price of %(type)s in %(region)s has no currency.")
+            % {"type": instance_type, "region": region},
             code=CatalogErrorCode.PRICE_INVALID,
         )
     if currency not in Currency.values:
         raise InvalidInput(
-            f"Currency '{currency}' is not one of {', '.join(Currency.values)}.",
+            _("Currency '%(currency)s' is not one of %(currencies)s.")
+            % {"currency": currency, "currencies": ", ".join(Currency.values)},
             code=CatalogErrorCode.PRICE_INVALID,
         )
     on_demand = _decimal(on_demand_per_hour, "On-demand price", CatalogErrorCode.PRICE_INVALID)
     spot = _decimal(spot_per_hour, "Spot price", CatalogErrorCode.PRICE_INVALID)
     if on_demand is None or on_demand <= 0:
         raise InvalidInput(
-            f"The on-demand price of {instance_type} in {region} must be positive, not {on_demand}.",
+            _("The on-demand price of %(type)s in %(region)s must be positive, not %(price)s.")
+            % {"type": instance_type, "region": region, "price": on_demand},
             code=CatalogErrorCode.PRICE_INVALID,
         )
     if spot is not None and spot <= 0:
         raise InvalidInput(
-            f"The spot price of {instance_type} in {region} must be positive, not {spot}.",
+            _("The spot price of %(type)s in %(region)s must be positive, not %(price)s.")
+            % {"type": instance_type, "region": region, "price": spot},
             code=CatalogErrorCode.PRICE_INVALID,
         )
     if on_demand.as_tuple().exponent < -6 or (spot is not None and spot.as_tuple().exponent < -6):
         raise InvalidInput(
-            "Prices have at most 6 decimal places.", code=CatalogErrorCode.PRICE_INVALID
+            _("Prices have at most 6 decimal places."), code=CatalogErrorCode.PRICE_INVALID
         )
     now = timezone.now()
     effective_from = effective_from or now
     if not allow_past and effective_from < now - PRICE_BACKDATE_TOLERANCE:
         raise InvalidInput(
-            "A price cannot start in the past: usage already rated would change. "
-            "Schedule it from now or later.",
+            _(
+                "A price cannot start in the past: usage already rated would change. "
+                "Schedule it from now or later."
+            ),
             code=CatalogErrorCode.PRICE_INVALID,
             details={"field": "effective_from"},
         )
@@ -313,8 +330,16 @@ def price_set(
         instance_type=instance_type, region=region, currency=currency, effective_from=effective_from
     ).exists():
         raise Conflict(
-            f"Another {currency} price of {instance_type} in {region} starts at exactly that "
-            f"moment ({effective_from:%Y-%m-%d %H:%M:%S}). Pick another time.",
+            _(
+                "Another %(currency)s price of %(type)s in %(region)s starts at exactly that "
+                "moment (%(moment)s). Pick another time."
+            )
+            % {
+                "currency": currency,
+                "type": instance_type,
+                "region": region,
+                "moment": f"{effective_from:%Y-%m-%d %H:%M:%S}",
+            },
             code=CatalogErrorCode.PRICE_EXISTS,
             details={"field": "effective_from"},
         )
@@ -370,8 +395,11 @@ def _check_mig_tables(
     gpu_gib = Decimal(memory_mib) / 1024
     if not gpu_gib * Decimal("0.9") <= largest <= gpu_gib:
         raise InvalidInput(
-            f"These MIG tables are not for a {model}: their largest profile has {largest} GiB, "
-            f"the GPU {gpu_gib:.1f} GiB.",
+            _(
+                "These MIG tables are not for a %(model)s: their largest profile has "
+                "%(largest)s GiB, the GPU %(gpu)s GiB."
+            )
+            % {"model": model, "largest": largest, "gpu": f"{gpu_gib:.1f}"},
             code=CatalogErrorCode.REPORT_INVALID,
             details={"field": "mig_tables"},
         )
@@ -383,8 +411,11 @@ def _check_mig_tables(
             or existing.memory_slots != report.memory_slots
         ):
             raise Conflict(
-                f"MIG profile {report.name} of {model} is registered with other placements; "
-                "refusing to change it under running instances.",
+                _(
+                    "MIG profile %(profile)s of %(model)s is registered with other placements; "
+                    "refusing to change it under running instances."
+                )
+                % {"profile": report.name, "model": model},
                 code=CatalogErrorCode.MIG_PROFILES_DIFFER,
             )
 
@@ -396,7 +427,7 @@ def host_register(**kwargs) -> Host:
         return _host_register(**kwargs)
     except IntegrityError:
         raise Conflict(
-            "This host or one of its GPUs was registered at the same moment.",
+            _("This host or one of its GPUs was registered at the same moment."),
             code=CatalogErrorCode.HOST_EXISTS,
         ) from None
 
@@ -423,25 +454,31 @@ def _host_register(
     name = (name or "").strip()
     if not HOST_NAME.match(name):
         raise InvalidInput(
-            "A host name is 1 to 80 letters, digits, hyphens and underscores.",
+            _("A host name is 1 to 80 letters, digits, hyphens and underscores."),
             code=CatalogErrorCode.HOST_INVALID,
         )
     if disk_gb < 0:
-        raise InvalidInput("Disk size cannot be negative.", code=CatalogErrorCode.HOST_INVALID)
+        raise InvalidInput(_("Disk size cannot be negative."), code=CatalogErrorCode.HOST_INVALID)
     if Host.objects.filter(name=name).exists():
         raise Conflict(
-            f"A host named '{name}' is already registered.", code=CatalogErrorCode.HOST_EXISTS
+            _("A host named '%(name)s' is already registered.") % {"name": name},
+            code=CatalogErrorCode.HOST_EXISTS,
         )
     if vcpus < 1 or ram_gib < 1:
-        raise InvalidInput("vCPUs and RAM must be at least 1.", code=CatalogErrorCode.HOST_INVALID)
+        raise InvalidInput(
+            _("vCPUs and RAM must be at least 1."), code=CatalogErrorCode.HOST_INVALID
+        )
     index = gpu_model_index()
     models_by_gpu = {}
     for gpu in parsed.gpus:
         model = index.get(gpu.product_name.upper())
         if model is None:
             raise InvalidInput(
-                f"GPU {gpu.index} ({gpu.pci_bus_id}) is a '{gpu.product_name}', which is not a known "
-                "GPU model. Add it (or an alias) to the GPU models first.",
+                _(
+                    "GPU %(index)s (%(bus)s) is a '%(product)s', which is not a known GPU model. "
+                    "Add it (or an alias) to the GPU models first."
+                )
+                % {"index": gpu.index, "bus": gpu.pci_bus_id, "product": gpu.product_name},
                 code=CatalogErrorCode.GPU_UNKNOWN,
                 details={"product_name": gpu.product_name},
             )
@@ -451,7 +488,8 @@ def _host_register(
     )
     if taken is not None:
         raise Conflict(
-            f"GPU {taken.uuid} is already registered on host {taken.host.name}.",
+            _("GPU %(uuid)s is already registered on host %(host)s.")
+            % {"uuid": taken.uuid, "host": taken.host.name},
             code=CatalogErrorCode.GPU_DUPLICATE,
             details={"uuid": taken.uuid},
         )
@@ -506,7 +544,7 @@ def host_set_state(*, host: Host, state: str, actor: Actor | None = None) -> Hos
     """Drain (no new instances), take offline, or activate a host."""
     if state not in HostState.values:
         raise InvalidInput(
-            f"State must be one of {', '.join(HostState.values)}.",
+            _("State must be one of %(states)s.") % {"states": ", ".join(HostState.values)},
             code=CatalogErrorCode.HOST_INVALID,
         )
     host = Host.objects.select_for_update().get(pk=host.pk)

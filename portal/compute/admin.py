@@ -13,6 +13,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.middleware import client_ip
 from portal.accounts.types import Actor
@@ -103,9 +104,13 @@ class InstanceAdmin(ReadOnlyAdmin):
             else:
                 changed.append(f"{instance.name} ({instance.pk})")
         if changed:
-            self.message_user(request, f"{done}: {', '.join(changed)}.", messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(done)s: %(instances)s.") % {"done": done, "instances": ", ".join(changed)},
+                messages.SUCCESS,
+            )
         for line in failed:
-            self.message_user(request, f"Failed for {line}", messages.ERROR)
+            self.message_user(request, _("Failed for %(line)s") % {"line": line}, messages.ERROR)
 
     def _confirm(
         self, request, queryset: QuerySet[Instance], action: str, title: str, warning: str
@@ -123,16 +128,16 @@ class InstanceAdmin(ReadOnlyAdmin):
         }
         return TemplateResponse(request, "compute/admin/confirm_action.html", context)
 
-    @admin.action(description="Re-sync with backend", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Re-sync with backend"), permissions=["operate"], location=BOTH)
     def resync(self, request, queryset):
         self._each(
             request,
             queryset,
             lambda i: services.operator_resync(actor=_operator(request, i), instance_id=i.pk),
-            "Re-sync requested",
+            _("Re-sync requested"),
         )
 
-    @admin.action(description="Force terminate", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Force terminate"), permissions=["operate"], location=BOTH)
     def force_terminate(self, request, queryset):
         live = queryset.exclude(state__in=[s.value for s in FINAL])
         if request.POST.get("confirm") != "yes":
@@ -140,10 +145,12 @@ class InstanceAdmin(ReadOnlyAdmin):
                 request,
                 live,
                 "force_terminate",
-                "Force terminate instances",
-                "The backend is told to terminate each machine (best effort); its GPUs are "
-                "released and it is recorded as terminated, whatever its state. The customer "
-                "loses the machine and its boot disk.",
+                _("Force terminate instances"),
+                _(
+                    "The backend is told to terminate each machine (best effort); its GPUs are "
+                    "released and it is recorded as terminated, whatever its state. The customer "
+                    "loses the machine and its boot disk."
+                ),
             )
         self._each(
             request,
@@ -151,10 +158,10 @@ class InstanceAdmin(ReadOnlyAdmin):
             lambda i: services.operator_force_terminate(
                 actor=_operator(request, i), instance_id=i.pk
             ),
-            "Force-terminated",
+            _("Force-terminated"),
         )
 
-    @admin.action(description="Mark failed", permissions=["operate"], location=BOTH)
+    @admin.action(description=_("Mark failed"), permissions=["operate"], location=BOTH)
     def mark_failed(self, request, queryset):
         live = queryset.exclude(state__in=[s.value for s in FINAL])
         if request.POST.get("confirm") != "yes":
@@ -162,9 +169,11 @@ class InstanceAdmin(ReadOnlyAdmin):
                 request,
                 live,
                 "mark_failed",
-                "Mark instances failed",
-                "Each instance is marked failed: its GPUs are released and its volumes "
-                "detached. The backend is not asked to do anything.",
+                _("Mark instances failed"),
+                _(
+                    "Each instance is marked failed: its GPUs are released and its volumes "
+                    "detached. The backend is not asked to do anything."
+                ),
             )
         reason = (request.POST.get("reason") or "").strip()[:200]
         self._each(
@@ -173,7 +182,7 @@ class InstanceAdmin(ReadOnlyAdmin):
             lambda i: services.operator_mark_failed(
                 actor=_operator(request, i), instance_id=i.pk, reason=reason
             ),
-            "Marked failed",
+            _("Marked failed"),
         )
 
 
@@ -186,15 +195,15 @@ class QuotaAdmin(admin.ModelAdmin):
     autocomplete_fields = ["organization"]
     fields = ["organization", "gpu_model", "max_gpus"]
 
-    @admin.display(description="GPU model", ordering="gpu_model__code")
+    @admin.display(description=_("GPU model"), ordering="gpu_model__code")
     def gpu_model_display(self, obj: Quota) -> str:
-        return str(obj.gpu_model) if obj.gpu_model_id else "All GPUs (total)"
+        return str(obj.gpu_model) if obj.gpu_model_id else str(_("All GPUs (total)"))
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "gpu_model":
-            field.empty_label = "All GPUs (total)"
-            field.help_text = "Leave empty for the organisation's total across all GPU models."
+            field.empty_label = _("All GPUs (total)")
+            field.help_text = _("Leave empty for the organisation's total across all GPU models.")
         return field
 
 

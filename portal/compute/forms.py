@@ -6,6 +6,7 @@ from decimal import Decimal
 from django import forms
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.forms import PortalForm
 from portal.catalog.selectors import offer_price
@@ -15,8 +16,8 @@ from portal.money import format_amount
 
 HOURS_PER_MONTH = 730
 TIMES = "\N{MULTIPLICATION SIGN}"
-NAME_HELP = "Lowercase letters, digits and hyphens, e.g. train-llama-01."
-NAME_INVALID = (
+NAME_HELP = _("Lowercase letters, digits and hyphens, e.g. train-llama-01.")
+NAME_INVALID = _(
     "Use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit."
 )
 
@@ -53,61 +54,66 @@ def _money(amount: Decimal, currency: str) -> str:
 
 def type_label(offer: Offer) -> str:
     gpus = (
-        f"MIG {offer.mig_profile} of 1{TIMES} {offer.gpu_model}"
+        _("MIG %(profile)s of %(gpus)s")
+        % {"profile": offer.mig_profile, "gpus": f"1{TIMES} {offer.gpu_model}"}
         if offer.mig_profile
         else f"{offer.gpu_count}{TIMES} {offer.gpu_model}"
     )
-    price = offer_price(offer)
-    starting = "from " if len(offer.prices) > 1 else ""
-    available = "available now" if not offer.sold_out else "sold out"
-    return f"{offer.name} — {gpus} — {starting}{_money(price, offer.currency)}/h — {available}"
+    price = _money(offer_price(offer), offer.currency)
+    if len(offer.prices) > 1:
+        price = _("from %(price)s/h") % {"price": price}
+    else:
+        price = _("%(price)s/h") % {"price": price}
+    available = _("available now") if not offer.sold_out else _("sold out")
+    return f"{offer.name} — {gpus} — {price} — {available}"
 
 
 def region_label(offer: Offer, region: str) -> str:
     price = offer_price(offer, region)
     free = offer.available.get(region, 0)
-    available = f"{free} available now" if free else "sold out"
-    return f"{region} — {_money(price, offer.currency)}/h — {available}"
+    available = _("%(free)s available now") % {"free": free} if free else _("sold out")
+    per_hour = _("%(price)s/h") % {"price": _money(price, offer.currency)}
+    return f"{region} — {per_hour} — {available}"
 
 
 class LaunchForm(NamedForm):
     """Choices come from the catalog in the organisation's currency (``catalog_offers``)."""
 
-    instance_type = forms.ChoiceField(label="Instance type")
-    region = forms.ChoiceField(label="Region")
-    image = forms.ChoiceField(label="Image")
+    instance_type = forms.ChoiceField(label=_("Instance type"))
+    region = forms.ChoiceField(label=_("Region"))
+    image = forms.ChoiceField(label=_("Image"))
     ssh_key_ids = forms.TypedMultipleChoiceField(
-        label="SSH keys",
+        label=_("SSH keys"),
         coerce=int,
         widget=forms.CheckboxSelectMultiple,
-        error_messages={"required": "Choose at least one SSH key to log in with."},
+        error_messages={"required": _("Choose at least one SSH key to log in with.")},
     )
     name = forms.CharField(
-        label="Name",
+        label=_("Name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
     volume_id = forms.TypedChoiceField(
-        label="Attach an existing volume (optional)",
+        label=_("Attach an existing volume (optional)"),
         coerce=int,
         empty_value=None,
         required=False,
     )
     new_volume_gb = forms.IntegerField(
-        label="Or create a new volume, GB (optional)",
+        label=_("Or create a new volume, GB (optional)"),
         required=False,
         min_value=1,
         max_value=65536,
-        help_text="Kept when the instance is terminated; billed while it exists.",
+        help_text=_("Kept when the instance is terminated; billed while it exists."),
     )
     user_data = forms.CharField(
-        label="User data (optional)",
+        label=_("User data (optional)"),
         required=False,
         strip=False,
         max_length=16384,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        help_text="A cloud-init script or #cloud-config run at first boot (up to 16 KiB).",
+        help_text=_("A cloud-init script or #cloud-config run at first boot (up to 16 KiB)."),
     )
 
     def __init__(self, *args, offers, images, ssh_keys, volumes, **kwargs) -> None:
@@ -120,8 +126,15 @@ class LaunchForm(NamedForm):
         ]
         self.fields["ssh_key_ids"].choices = [(key.pk, key.name) for key in ssh_keys]
         self.fields["volume_id"].choices = [
-            ("", "No existing volume"),
-            *((v.pk, f"{v.name} — {v.size_gb} GB in {v.region.code}") for v in volumes),
+            ("", _("No existing volume")),
+            *(
+                (
+                    v.pk,
+                    _("%(name)s — %(size)s GB in %(region)s")
+                    % {"name": v.name, "size": v.size_gb, "region": v.region.code},
+                )
+                for v in volumes
+            ),
         ]
         self.set_regions(self.data.get("instance_type") or self.initial.get("instance_type"))
 
@@ -145,14 +158,14 @@ class LaunchForm(NamedForm):
         data = super().clean()
         if data.get("volume_id") and data.get("new_volume_gb"):
             self.add_error(
-                "new_volume_gb", "Attach an existing volume or create a new one, not both."
+                "new_volume_gb", _("Attach an existing volume or create a new one, not both.")
             )
         return data
 
 
 class RenameForm(NamedForm):
     name = forms.CharField(
-        label="New name",
+        label=_("New name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
@@ -161,10 +174,12 @@ class RenameForm(NamedForm):
 
 class TerminateForm(PortalForm):
     confirm_name = forms.CharField(
-        label="Type the instance's name to terminate it",
+        label=_("Type the instance's name to terminate it"),
         max_length=63,
-        help_text="Terminating deletes the machine and its boot disk; attached volumes are "
-        "detached and kept. It cannot be undone.",
+        help_text=_(
+            "Terminating deletes the machine and its boot disk; attached volumes are "
+            "detached and kept. It cannot be undone."
+        ),
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
 
@@ -176,20 +191,20 @@ class TerminateForm(PortalForm):
         typed = self.cleaned_data["confirm_name"].strip()
         if typed != self.instance_name:
             raise forms.ValidationError(
-                f"That is not the name; type {self.instance_name} to confirm."
+                _("That is not the name; type %(name)s to confirm.") % {"name": self.instance_name}
             )
         return typed
 
 
 class VolumeForm(NamedForm):
     name = forms.CharField(
-        label="Name",
+        label=_("Name"),
         max_length=63,
         help_text=NAME_HELP,
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
     )
-    region = forms.ChoiceField(label="Region")
-    size_gb = forms.IntegerField(label="Size, GB", min_value=1, max_value=65536, initial=100)
+    region = forms.ChoiceField(label=_("Region"))
+    size_gb = forms.IntegerField(label=_("Size, GB"), min_value=1, max_value=65536, initial=100)
 
     def __init__(self, *args, regions, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -197,15 +212,15 @@ class VolumeForm(NamedForm):
 
 
 STATE_FILTERS = {
-    "all": "All",
-    "live": "Live",
-    "terminated": "Terminated or failed",
+    "all": _("All"),
+    "live": _("Live"),
+    "terminated": _("Terminated or failed"),
 }
 
 
 class InstanceFilterForm(PortalForm):
     state = forms.ChoiceField(
-        label="Show", choices=list(STATE_FILTERS.items()), required=False, initial="all"
+        label=_("Show"), choices=list(STATE_FILTERS.items()), required=False, initial="all"
     )
 
     def value(self) -> str:

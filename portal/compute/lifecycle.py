@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from django.db import models
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from portal.compute.errors import ComputeErrorCode
 from portal.errors import Conflict
@@ -29,16 +31,16 @@ from portal.provisioning.base import ObservedState
 
 
 class State(models.TextChoices):
-    PENDING = "pending", "Pending"
-    PROVISIONING = "provisioning", "Provisioning"
-    RUNNING = "running", "Running"
-    STOPPING = "stopping", "Stopping"
-    STOPPED = "stopped", "Stopped"
-    STARTING = "starting", "Starting"
-    REBOOTING = "rebooting", "Rebooting"
-    TERMINATING = "terminating", "Terminating"
-    TERMINATED = "terminated", "Terminated"
-    FAILED = "failed", "Failed"
+    PENDING = "pending", gettext_lazy("Pending")
+    PROVISIONING = "provisioning", gettext_lazy("Provisioning")
+    RUNNING = "running", gettext_lazy("Running")
+    STOPPING = "stopping", gettext_lazy("Stopping")
+    STOPPED = "stopped", gettext_lazy("Stopped")
+    STARTING = "starting", gettext_lazy("Starting")
+    REBOOTING = "rebooting", gettext_lazy("Rebooting")
+    TERMINATING = "terminating", gettext_lazy("Terminating")
+    TERMINATED = "terminated", gettext_lazy("Terminated")
+    FAILED = "failed", gettext_lazy("Failed")
 
 
 S = State
@@ -86,10 +88,10 @@ TRANSITIONS: frozenset[tuple[State, State]] = frozenset(
 
 
 class Action(models.TextChoices):
-    START = "start", "Start"
-    STOP = "stop", "Stop"
-    REBOOT = "reboot", "Reboot"
-    TERMINATE = "terminate", "Terminate"
+    START = "start", gettext_lazy("Start")
+    STOP = "stop", gettext_lazy("Stop")
+    REBOOT = "reboot", gettext_lazy("Reboot")
+    TERMINATE = "terminate", gettext_lazy("Terminate")
 
 
 ACTIONS: dict[Action, dict[State, State]] = {
@@ -106,11 +108,15 @@ class InvalidTransition(Conflict):
     def __init__(self, state: str, target: str | None = None, action: str | None = None) -> None:
         if action:
             allowed = ", ".join(sorted(s.value for s in ACTIONS[Action(action)]))
-            message = (
-                f"Cannot {action} an instance that is {state}; {action} works when it is {allowed}."
-            )
+            message = _(
+                "Cannot %(action)s an instance that is %(state)s; %(action)s works when it is "
+                "%(allowed)s."
+            ) % {"action": action, "state": state, "allowed": allowed}
         else:
-            message = f"An instance cannot go from {state} to {target}."
+            message = _("An instance cannot go from %(state)s to %(target)s.") % {
+                "state": state,
+                "target": target,
+            }
         super().__init__(message, details={"state": state, "target": target, "action": action})
 
 
@@ -227,15 +233,20 @@ def _failed(reason: str, detail: Detail) -> Rule:
 
 
 _NO_ROOM = _failed(
-    "The host had no room for it after all; nothing is billed.", Detail.BACKEND_ERROR
+    gettext_noop("The host had no room for it after all; nothing is billed."), Detail.BACKEND_ERROR
 )
 _REPORTED = Rule(
-    None, "The backend reported an error; operators have been told.", (), Detail.BACKEND_ERROR
+    None,
+    gettext_noop("The backend reported an error; operators have been told."),
+    (),
+    Detail.BACKEND_ERROR,
 )
-_RUNNING = Rule(S.RUNNING, "The machine is running", (E.START_RUNNING_PERIOD,), Detail.REPORT)
-_TERMINATED = Rule(S.TERMINATED, "The machine is gone", _GONE, Detail.REPORT)
-_LOST = Rule(S.TERMINATED, "The backend no longer has this machine.", _GONE)
-_BOOT_FAILED = _failed("The machine failed to boot.", Detail.MACHINE)
+_RUNNING = Rule(
+    S.RUNNING, gettext_noop("The machine is running"), (E.START_RUNNING_PERIOD,), Detail.REPORT
+)
+_TERMINATED = Rule(S.TERMINATED, gettext_noop("The machine is gone"), _GONE, Detail.REPORT)
+_LOST = Rule(S.TERMINATED, gettext_noop("The backend no longer has this machine."), _GONE)
+_BOOT_FAILED = _failed(gettext_noop("The machine failed to boot."), Detail.MACHINE)
 
 RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     # creating: it boots, or the host refuses it
@@ -243,7 +254,7 @@ RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     (S.PROVISIONING, Seen.ERROR): _BOOT_FAILED,
     (S.PROVISIONING, F.CAPACITY): _NO_ROOM,
     (S.PROVISIONING, F.PERMANENT): _failed(
-        "The machine could not be created; nothing is billed.", Detail.BACKEND_ERROR
+        gettext_noop("The machine could not be created; nothing is billed."), Detail.BACKEND_ERROR
     ),
     # starting a stopped one, possibly on another host
     (S.STARTING, Seen.RUNNING): _RUNNING,
@@ -251,27 +262,29 @@ RULES: dict[tuple[State, ObservedState | BackendFailure], Rule] = {
     (S.STARTING, Seen.MISSING): _LOST,
     (S.STARTING, F.CAPACITY): Rule(
         S.STOPPED,
-        "The host could not take it back; it stays stopped. Start it again later.",
+        gettext_noop("The host could not take it back; it stays stopped. Start it again later."),
         (E.RELEASE_CAPACITY,),
         Detail.BACKEND_ERROR,
     ),
     (S.STARTING, F.PERMANENT): _failed(
-        "The machine could not be started; nothing is billed.", Detail.BACKEND_ERROR
+        gettext_noop("The machine could not be started; nothing is billed."), Detail.BACKEND_ERROR
     ),
     # rebooting: the running period goes on
-    (S.REBOOTING, Seen.RUNNING): Rule(S.RUNNING, "The machine is running", (), Detail.REPORT),
+    (S.REBOOTING, Seen.RUNNING): Rule(
+        S.RUNNING, gettext_noop("The machine is running"), (), Detail.REPORT
+    ),
     (S.REBOOTING, Seen.ERROR): _failed(
-        "The machine failed to come back from the reboot.", Detail.MACHINE
+        gettext_noop("The machine failed to come back from the reboot."), Detail.MACHINE
     ),
     (S.REBOOTING, Seen.MISSING): _LOST,
     (S.REBOOTING, F.CAPACITY): _NO_ROOM,
     (S.REBOOTING, F.PERMANENT): _REPORTED,
     # stopping: the GPUs go back, the disk stays
     (S.STOPPING, Seen.STOPPED): Rule(
-        S.STOPPED, "The machine stopped; its GPUs are released", _OFF, Detail.REPORT
+        S.STOPPED, gettext_noop("The machine stopped; its GPUs are released"), _OFF, Detail.REPORT
     ),
     (S.STOPPING, Seen.ERROR): Rule(
-        S.STOPPED, "The machine failed while stopping; it is off.", _OFF
+        S.STOPPED, gettext_noop("The machine failed while stopping; it is off."), _OFF
     ),
     (S.STOPPING, Seen.MISSING): _LOST,
     (S.STOPPING, F.CAPACITY): _NO_ROOM,

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import ApiKey, Organization
 from portal.catalog.models import Allocation, GpuModel, Host, Image, InstanceType, Region
@@ -14,9 +15,9 @@ from portal.compute.lifecycle import LIVE, State
 
 
 class DesiredState(models.TextChoices):
-    RUNNING = "running", "Running"
-    STOPPED = "stopped", "Stopped"
-    TERMINATED = "terminated", "Terminated"
+    RUNNING = "running", _("Running")
+    STOPPED = "stopped", _("Stopped")
+    TERMINATED = "terminated", _("Terminated")
 
 
 class Instance(models.Model):
@@ -34,9 +35,11 @@ class Instance(models.Model):
     instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
     region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="+")
-    ssh_public_keys = models.JSONField(default=list, help_text="The keys it was launched with.")
+    ssh_public_keys = models.JSONField(default=list, help_text=_("The keys it was launched with."))
     user_data = models.TextField(blank=True)
-    disk_gb = models.PositiveIntegerField(help_text="Boot disk, kept (and billed) while stopped.")
+    disk_gb = models.PositiveIntegerField(
+        help_text=_("Boot disk, kept (and billed) while stopped.")
+    )
 
     state = models.CharField(
         max_length=12, choices=State.choices, default=State.PENDING, db_index=True
@@ -48,7 +51,7 @@ class Instance(models.Model):
     observed_at = models.DateTimeField(null=True, blank=True)
     status_message = models.CharField(max_length=300, blank=True)
 
-    backend = models.CharField(max_length=40, help_text="Provisioning backend alias.")
+    backend = models.CharField(max_length=40, help_text=_("Provisioning backend alias."))
     allocation = models.OneToOneField(
         Allocation, null=True, blank=True, on_delete=models.SET_NULL, related_name="instance"
     )
@@ -66,7 +69,7 @@ class Instance(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     state_changed_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(
-        null=True, blank=True, help_text="When work for the current state was last enqueued."
+        null=True, blank=True, help_text=_("When work for the current state was last enqueued.")
     )
     running_since = models.DateTimeField(null=True, blank=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
@@ -137,9 +140,9 @@ class InstanceEvent(models.Model):
 
 
 class VolumeState(models.TextChoices):
-    AVAILABLE = "available", "Available"
-    IN_USE = "in_use", "In use"
-    DELETED = "deleted", "Deleted"
+    AVAILABLE = "available", _("Available")
+    IN_USE = "in_use", _("In use")
+    DELETED = "deleted", _("Deleted")
 
 
 class Volume(models.Model):

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
+from django.utils.translation import gettext as _
 
 from portal.compute.lifecycle import TRANSITIONAL, State
 from portal.compute.models import Instance, ssh_command
@@ -38,7 +39,7 @@ SPINNER = '<span class="spinner" aria-hidden="true"></span>'
 ADDRESS = """
     <div class="mono">{ip_address}</div>
     <div class="copy-line"><code id="ssh-{pk}">{ssh_command}</code>
-      <button id="copy-ssh-{pk}" class="btn small secondary" type="button" data-copy="ssh-{pk}" aria-label="Copy the SSH command for {name}">Copy</button></div>
+      <button id="copy-ssh-{pk}" class="btn small secondary" type="button" data-copy="ssh-{pk}" aria-label="{copy_aria}">{copy}</button></div>
   """
 NO_ADDRESS = '<span class="muted">—</span>'
 PK_SLOT = "2147483647"  # the pk the URLs are reversed with, replaced by each row's own
@@ -56,6 +57,7 @@ class RowContext:
         self.poll_url = escape(reverse("compute:instance_row", args=[PK_SLOT]))
         self.poll_trigger = escape(poll_trigger)
         self.state_labels = {state: escape(str(label)) for state, label in State.choices}
+        self.copy_label = escape(_("Copy"))
         self.zone = timezone.get_current_timezone()
         self.now = timezone.now()
         self._ages: dict[int, str] = {}
@@ -87,7 +89,13 @@ def _row_markup(row: dict, page: RowContext) -> str:
     address = NO_ADDRESS
     if command := ssh_command(row["ip_address"], state):
         ip_address, command = escape(row["ip_address"]), escape(command)
-        address = ADDRESS.format(pk=pk, name=name, ip_address=ip_address, ssh_command=command)
+        address = ADDRESS.format(
+            pk=pk,
+            ip_address=ip_address,
+            ssh_command=command,
+            copy=page.copy_label,
+            copy_aria=escape(_("Copy the SSH command for %(name)s") % {"name": row["name"]}),
+        )
     return ROW.format(
         pk=pk,
         poll=poll,

@@ -9,6 +9,7 @@ from functools import cache
 from operator import attrgetter
 
 from django.db.models import Q, QuerySet, Sum
+from django.utils.translation import gettext as _
 
 from portal.catalog.models import Image, InstanceType, Region
 from portal.compute.lifecycle import BILLED_RUNNING, COMPUTE_COMING, DISK_KEPT, State
@@ -21,6 +22,17 @@ def instances_list(organization) -> QuerySet[Instance]:
     return Instance.objects.filter(organization=organization).select_related(
         "instance_type__gpu_model", "instance_type__mig_profile", "region", "image"
     )
+
+
+def latest_instance_region(organization) -> str:
+    """The region code of the organisation's most recently created instance, or ``""``."""
+    latest = (
+        Instance.objects.filter(organization=organization)
+        .order_by("-created_at", "-pk")
+        .values_list("region__code", flat=True)
+        .first()
+    )
+    return latest or ""
 
 
 # What the instance lists show: the page's table and the API's rows, as plain values. One query
@@ -207,7 +219,7 @@ _API_FIELDS = (
 def instance_get(organization, instance_id: int) -> Instance:
     instance = instances_list(organization).filter(pk=instance_id).first()
     if instance is None:
-        raise NotFound("No such instance in this organisation.")
+        raise NotFound(_("No such instance in this organisation."))
     return instance
 
 

@@ -15,6 +15,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -39,6 +41,7 @@ from portal.compute.forms import (
 from portal.compute.lifecycle import FINAL, LIVE, State, allowed_actions
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.models import Instance, VolumeState
+from portal.compute.readiness import launch_credit
 from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
 
@@ -49,15 +52,19 @@ POLL_TRIGGER = "every 2.5s"
 ACTION_ERRORS = SHOWN_ON_PAGE
 BUTTON_ACTIONS = (InstanceAction.START, InstanceAction.STOP, InstanceAction.REBOOT)
 CONFIRM = {
-    InstanceAction.START: "Start {name}? Billing for its GPUs resumes once it runs.",
-    InstanceAction.STOP: "Stop {name}? Its GPUs are released; the boot disk and volumes are kept.",
-    InstanceAction.REBOOT: "Reboot {name}? Running processes are interrupted.",
+    InstanceAction.START: gettext_lazy("Start {name}? Billing for its GPUs resumes once it runs."),
+    InstanceAction.STOP: gettext_lazy(
+        "Stop {name}? Its GPUs are released; the boot disk and volumes are kept."
+    ),
+    InstanceAction.REBOOT: gettext_lazy("Reboot {name}? Running processes are interrupted."),
 }
 DONE = {
-    InstanceAction.START: "Starting {name}.",
-    InstanceAction.STOP: "Stopping {name}.",
-    InstanceAction.REBOOT: "Rebooting {name}.",
-    InstanceAction.TERMINATE: "Terminating {name}. Its GPUs are released when it is gone.",
+    InstanceAction.START: gettext_lazy("Starting {name}."),
+    InstanceAction.STOP: gettext_lazy("Stopping {name}."),
+    InstanceAction.REBOOT: gettext_lazy("Rebooting {name}."),
+    InstanceAction.TERMINATE: gettext_lazy(
+        "Terminating {name}. Its GPUs are released when it is gone."
+    ),
 }
 
 
@@ -212,10 +219,12 @@ def _alternatives(request: HttpRequest, exc: CapacityUnavailable, data) -> list[
     links = []
     for region in details.get("regions_with_capacity", []):
         query = urlencode({"type": data.get("instance_type"), "region": region, **keep}, True)
-        links.append((f"{data.get('instance_type')} in {region}", f"{base}?{query}"))
+        label = _("%(type)s in %(region)s") % {"type": data.get("instance_type"), "region": region}
+        links.append((label, f"{base}?{query}"))
     for type_name in details.get("similar_types_available_here", []):
         query = urlencode({"type": type_name, "region": data.get("region"), **keep}, True)
-        links.append((f"{type_name} in {data.get('region')}", f"{base}?{query}"))
+        label = _("%(type)s in %(region)s") % {"type": type_name, "region": data.get("region")}
+        links.append((label, f"{base}?{query}"))
     return links
 
 
@@ -241,7 +250,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                 user_data=data.get("user_data") or "",
             )
             try:
-                instance, _ = services.instance_launch(actor=request.actor, request=launch)
+                instance, _created = services.instance_launch(actor=request.actor, request=launch)
             except NotFound:
                 raise
             except PortalError as exc:
@@ -260,7 +269,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Launching {instance.name}.",
+                    _("Launching %(name)s.") % {"name": instance.name},
                 )
                 url = reverse("compute:instance_detail", args=[instance.pk])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
@@ -271,9 +280,11 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
         form = LaunchForm(initial=initial, **choices)
         type_name, region = initial["instance_type"], initial["region"]
     _launch_htmx_attrs(form)
+    summary = _price_summary(form, type_name, region)
     context = {
         "form": form,
-        "summary": _price_summary(form, type_name, region),
+        "summary": summary,
+        "credit": launch_credit(request.organization, summary and summary.get("hourly")),
         "alternatives": alternatives,
         "top_up_url": top_up_url,
         "hours_per_month": HOURS_PER_MONTH,
@@ -351,7 +362,7 @@ def _after_action(request: HttpRequest, pk: int, status: int = 200, **forms) -> 
 @require_POST
 def instance_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if action not in {a.value for a in BUTTON_ACTIONS}:
-        raise Http404("No such action.")
+        raise Http404(_("No such action."))
     instance = selectors.instance_get(request.organization, pk)
     try:
         services.instance_action(actor=request.actor, instance_id=instance.pk, action=action)
@@ -392,7 +403,10 @@ def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
             form.add_error("name", exc.message)
         else:
             if renamed.name != instance.name:
-                messages.success(request, f"Renamed {instance.name} to {renamed.name}.")
+                messages.success(
+                    request,
+                    _("Renamed %(old)s to %(new)s.") % {"old": instance.name, "new": renamed.name},
+                )
             url = reverse("compute:instance_detail", args=[instance.pk])
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     context = _detail_context(request, instance, rename_form=form)
@@ -402,11 +416,29 @@ def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
 # --- volumes ----------------------------------------------------------------------------------
 
 
+def _volume_region(organization, regions) -> str:
+    """Where a new volume most likely goes: the region of the organisation's latest instance,
+    else the first region where an instance fits now, else the first region."""
+    codes = [region.code for region in regions]
+    latest = selectors.latest_instance_region(organization)
+    if latest in codes:
+        return latest
+    free = catalog_selectors.regions_with_capacity(currency=organization.currency)
+    return next((code for code in codes if code in free), codes[0] if codes else "")
+
+
 def _volumes_context(request: HttpRequest, form: VolumeForm | None = None) -> dict:
-    regions = list(catalog_selectors.regions_list())
+    organization = request.organization
+    if form is None:
+        regions = list(catalog_selectors.regions_list())
+        form = VolumeForm(
+            regions=regions, initial={"region": _volume_region(organization, regions)}
+        )
     return {
-        "volumes": selectors.volumes_list(request.organization),
-        "form": form or VolumeForm(regions=regions),
+        "volumes": selectors.volumes_list(organization),
+        "form": form,
+        "storage_price": catalog_selectors.storage_price_per_gb_month(organization.currency),
+        "currency": organization.currency,
     }
 
 
@@ -415,7 +447,7 @@ def volumes(request: HttpRequest) -> HttpResponse:
     template = "compute/volumes.html"
     if request.method == "POST":
         if not request.actor.can(Action.INSTANCE_MANAGE):
-            raise DjangoPermissionDenied("Your role does not allow creating volumes.")
+            raise DjangoPermissionDenied(_("Your role does not allow creating volumes."))
         form = VolumeForm(request.POST, regions=list(catalog_selectors.regions_list()))
         if form.is_valid():
             try:
@@ -430,7 +462,7 @@ def volumes(request: HttpRequest) -> HttpResponse:
                         "name" if exc.code == ComputeErrorCode.NAME_TAKEN else None, exc.message
                     )
             else:
-                messages.success(request, f"Volume {volume.name} created.")
+                messages.success(request, _("Volume %(name)s created.") % {"name": volume.name})
                 if not request.htmx:
                     return redirect("compute:volumes")
                 return _render(request, template, "volume-panel", _volumes_context(request))
@@ -446,7 +478,7 @@ def volume_delete(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "Volume deleted.")
+        messages.success(request, _("Volume deleted."))
     if not request.htmx:
         return redirect("compute:volumes")
     return _render(request, "compute/volumes.html", "volume-panel", _volumes_context(request))

@@ -10,6 +10,7 @@ Other apps never read these tables: they ask the backend (``get_backend().descri
 
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 from portal.provisioning.base import ObservedState
 
@@ -32,7 +33,7 @@ class SimulatedMachine(models.Model):
         max_length=20, choices=[(state.value, state.value.title()) for state in STORED_STATES]
     )
     ip_address = models.GenericIPAddressField(null=True, blank=True)
-    gpus = models.JSONField(default=list, blank=True, help_text="The GpuDevices, as dicts.")
+    gpus = models.JSONField(default=list, blank=True, help_text=_("The GpuDevices, as dicts."))
     vcpus = models.PositiveIntegerField()
     ram_gib = models.PositiveIntegerField()
     disk_gb = models.PositiveIntegerField()

@@ -274,7 +274,7 @@ def test_catalog_page_inside_the_app_uses_the_organizations_currency(catalog):
     client = Client()
     client.force_login(factories.member(org, "viewer"))
     html = client.get("/catalog/").content.decode()
-    assert "24.85 CNY" in html and "1 of 1 instance type" in html
+    assert "¥24.85" in html and "1 of 1 instance type" in html
     assert 'name="currency"' not in html
 
 

@@ -67,3 +67,86 @@ def test_catalog_filters_and_sorts_without_reloading(
 
     page.get_by_label("Max price / hour").fill("0.01")
     expect(page.get_by_text("No instance type matches these filters.")).to_be_visible()
+
+
+# Every text of a sold-out card: its colour and the colour behind it as the browser paints them
+# (backgrounds composited up the tree, opacity of the card and its ancestors blended over the
+# page's background).
+_SOLD_OUT_COLOURS = """
+() => {
+  const rgba = (css) => {
+    const m = css.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return [0, 0, 0, 0];
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, below) => {  // top composited over an opaque colour
+    const a = top[3];
+    return [0, 1, 2].map((i) => top[i] * a + below[i] * (1 - a));
+  };
+  const page = rgba(getComputedStyle(document.body).backgroundColor);
+  const found = [];
+  for (const card of document.querySelectorAll("article.offer.sold-out")) {
+    const walker = document.createTreeWalker(card, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+      const node = walker.currentNode;
+      if (!node.textContent.trim()) continue;
+      const el = node.parentElement;
+      if (!el.checkVisibility()) continue;
+      const chain = [];
+      for (let e = el; e; e = e.parentElement) chain.push(e);
+      let behind = page.slice(0, 3);
+      let opacity = 1;
+      for (const e of chain.slice().reverse()) {
+        behind = over(rgba(getComputedStyle(e).backgroundColor), behind);
+        opacity *= Number(getComputedStyle(e).opacity);
+      }
+      const text = over(rgba(getComputedStyle(el).color), behind);
+      found.push({
+        text: node.textContent.trim().slice(0, 40),
+        color: over([...text, opacity], page.slice(0, 3)),
+        background: over([...behind, opacity], page.slice(0, 3)),
+      });
+    }
+  }
+  return found;
+}
+"""
+
+
+def _luminance(rgb) -> float:
+    def channel(value: float) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(v) for v in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(foreground, background) -> float:
+    lighter, darker = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_contrast_formula_matches_wcag():
+    assert round(contrast((0, 0, 0), (255, 255, 255)), 1) == 21.0
+    assert round(contrast((0x76, 0x76, 0x76), (255, 255, 255)), 2) == 4.54  # WCAG's AA grey
+
+
+def test_sold_out_cards_keep_their_text_readable(live_server, transactional_db, page: Page):
+    """WCAG AA: every text on a sold-out card has 4.5:1 against what is behind it, as
+    Chromium computes the colours (the card used to be faded with opacity)."""
+    load_demo_catalog()
+    page.goto(f"{live_server.url}/catalog/")
+    cards = page.locator("article.offer.sold-out")
+    assert cards.count() > 0
+    for summary in cards.locator("summary").all()[:3]:
+        summary.click()  # the region table inside counts too
+    texts = page.evaluate(_SOLD_OUT_COLOURS)
+    assert len(texts) > 10
+    poor = [
+        (t["text"], round(contrast(t["color"], t["background"]), 2))
+        for t in texts
+        if contrast(t["color"], t["background"]) < 4.5
+    ]
+    assert not poor, f"text below 4.5:1 on sold-out cards: {poor[:10]}"

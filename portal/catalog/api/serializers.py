@@ -1,3 +1,4 @@
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from portal.accounts.models import Currency
@@ -11,25 +12,25 @@ class CatalogQuerySerializer(serializers.Serializer):
     currency = serializers.ChoiceField(
         choices=Currency.values,
         required=False,
-        help_text="Defaults to the organisation's currency.",
+        help_text=_("Defaults to the organisation's currency."),
     )
     gpu_model = serializers.CharField(
-        required=False, help_text="GPU model code, e.g. h100-sxm5-80gb."
+        required=False, help_text=_("GPU model code, e.g. h100-sxm5-80gb.")
     )
     gpu_count = serializers.IntegerField(required=False, min_value=1, max_value=64)
     min_gpu_memory_gb = serializers.IntegerField(required=False, min_value=1, max_value=100_000)
     region = serializers.CharField(
-        required=False, help_text="Region code: price and availability there."
+        required=False, help_text=_("Region code: price and availability there.")
     )
     max_price = serializers.DecimalField(
         required=False,
         max_digits=14,
         decimal_places=6,
         min_value=0,
-        help_text="Per hour, in the currency.",
+        help_text=_("Per hour, in the currency."),
     )
     available = serializers.BooleanField(
-        required=False, default=False, help_text="Only types with free capacity now."
+        required=False, default=False, help_text=_("Only types with free capacity now.")
     )
     sort = serializers.ChoiceField(choices=list(SORTS), required=False, default="price")
 
@@ -42,7 +43,9 @@ class RegionPriceSerializer(serializers.Serializer):
     region = serializers.CharField()
     on_demand_per_hour = serializers.DecimalField(max_digits=14, decimal_places=6)
     spot_per_hour = serializers.DecimalField(max_digits=14, decimal_places=6, allow_null=True)
-    available = serializers.IntegerField(help_text="How many more instances fit there right now.")
+    available = serializers.IntegerField(
+        help_text=_("How many more instances fit there right now.")
+    )
 
 
 class SpecsSerializer(serializers.Serializer):
@@ -201,7 +204,7 @@ class ImageSerializer(serializers.ModelSerializer):
     # Image names have dots ("ubuntu-24.04-cuda-13.0"), which a slug pattern would refuse.
     name = serializers.CharField(read_only=True)
     instance_types = serializers.SerializerMethodField(
-        help_text="Names of the types this image supports; empty means every type."
+        help_text=_("Names of the types this image supports; empty means every type.")
     )
 
     class Meta:

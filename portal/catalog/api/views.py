@@ -1,6 +1,7 @@
 """Catalog API: instance types with prices and live availability, regions, images, GPU models."""
 
 from django.http import HttpResponse
+from django.utils.translation import gettext as _
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics
@@ -90,7 +91,7 @@ class RegionListView(generics.ListAPIView):
 
 class ImageFilter(filters.FilterSet):
     instance_type = filters.CharFilter(
-        method="supports", help_text="Only images that support this type."
+        method="supports", help_text=_("Only images that support this type.")
     )
 
     class Meta:

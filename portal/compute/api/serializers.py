@@ -1,3 +1,4 @@
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from portal.compute.lifecycle import State, allowed_actions
@@ -5,13 +6,13 @@ from portal.compute.models import Instance, InstanceEvent, Volume, ssh_command
 
 
 class InstanceSerializer(serializers.ModelSerializer):
-    status = serializers.CharField(source="state", help_text="The lifecycle state.")
+    status = serializers.CharField(source="state", help_text=_("The lifecycle state."))
     instance_type = serializers.CharField(source="instance_type.name")
     region = serializers.CharField(source="region.code")
     image = serializers.CharField(source="image.name")
     ip = serializers.IPAddressField(source="ip_address", allow_null=True)
     ssh_command = serializers.CharField()
-    actions = serializers.SerializerMethodField(help_text="Actions allowed in this state.")
+    actions = serializers.SerializerMethodField(help_text=_("Actions allowed in this state."))
 
     class Meta:
         model = Instance
@@ -73,19 +74,21 @@ def instance_list_rows(rows) -> list[dict]:
 class InstanceCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=63)
     instance_type = serializers.CharField(
-        max_length=60, help_text="Its name, e.g. gpu_1x_h100_sxm5."
+        max_length=60, help_text=_("Its name, e.g. gpu_1x_h100_sxm5.")
     )
-    region = serializers.CharField(max_length=40, help_text="Its code, e.g. us-east-1.")
+    region = serializers.CharField(max_length=40, help_text=_("Its code, e.g. us-east-1."))
     image = serializers.CharField(
-        max_length=80, required=False, allow_blank=True, help_text="Default image if empty."
+        max_length=80, required=False, allow_blank=True, help_text=_("Default image if empty.")
     )
     ssh_key_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
         min_length=1,
         max_length=20,
         help_text=(
-            "The organisation's SSH keys (ids from GET /api/v1/ssh-keys) allowed to log in; "
-            "at least one is needed to reach the machine."
+            _(
+                "The organisation's SSH keys (ids from GET /api/v1/ssh-keys) allowed to log in; "
+                "at least one is needed to reach the machine."
+            )
         ),
     )
     volume_ids = serializers.ListField(

@@ -1,6 +1,7 @@
 """Instances and volumes API. Views parse input, call one service or selector, render."""
 
 import django_filters
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.response import Response
@@ -99,7 +100,7 @@ class InstanceListView(generics.ListAPIView):
         key = request.headers.get("Idempotency-Key", "").strip() or None
         if key is not None and len(key) > 255:
             raise InvalidInput(
-                "Idempotency-Key is at most 255 characters.", code=ComputeErrorCode.INVALID
+                _("Idempotency-Key is at most 255 characters."), code=ComputeErrorCode.INVALID
             )
         data = payload.validated_data
         launch = services.LaunchRequest(

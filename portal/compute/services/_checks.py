@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
 
 from portal.catalog.models import InstanceType
 from portal.compute.errors import QuotaExceeded
@@ -60,11 +61,19 @@ def check_quota(
         limits.append((instance_type.gpu_model, quotas[instance_type.gpu_model_id], same_model))
     for model, limit, used in limits:
         if used + needed > limit:
-            what = f"{model} GPUs" if model else "GPUs in total"
+            what = _("%(model)s GPUs") % {"model": model} if model else _("GPUs in total")
             used_text = f"{used.quantize(Decimal('0.01')).normalize()}"
             raise QuotaExceeded(
-                f"This launch needs {needed.quantize(Decimal('0.01')).normalize()} more {what}; your quota is "
-                f"{limit} and {used_text} are in use. Ask support to raise it or stop an instance.",
+                _(
+                    "This launch needs %(needed)s more %(what)s; your quota is %(limit)s and "
+                    "%(used)s are in use. Ask support to raise it or stop an instance."
+                )
+                % {
+                    "needed": needed.quantize(Decimal("0.01")).normalize(),
+                    "what": what,
+                    "limit": limit,
+                    "used": used_text,
+                },
                 details={
                     "limit": limit,
                     "in_use": used_text,

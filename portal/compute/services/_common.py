@@ -8,6 +8,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
 
 from portal.accounts.locks import lock_organization
 from portal.background import enqueue_on_commit
@@ -150,7 +151,7 @@ def locked_instance(instance_id: int, organization=None) -> Instance:
         Instance.objects.filter(pk=instance_id).values_list("organization_id", flat=True).first()
     )
     if org_id is None or (organization is not None and org_id != organization.pk):
-        raise NotFound("No such instance in this organisation.")
+        raise NotFound(_("No such instance in this organisation."))
     if organization is None:
         lock_organization(org_id)
     return (

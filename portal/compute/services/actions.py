@@ -6,6 +6,8 @@ once per instance outside any transaction of its own.
 """
 
 from django.db import transaction
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -42,11 +44,21 @@ def instance_action(*, actor: Actor, instance_id: int, action: str) -> Instance:
         raise
 
 
+# What an action's event records (stored in English; pages translate it when they show it).
+REQUESTED = {
+    Action.START: gettext_noop("Start requested"),
+    Action.STOP: gettext_noop("Stop requested"),
+    Action.REBOOT: gettext_noop("Reboot requested"),
+    Action.TERMINATE: gettext_noop("Terminate requested"),
+}
+
+
 @transaction.atomic(durable=True)
 def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
     if action not in Action.values:
         raise InvalidInput(
-            f"Unknown action '{action}'; use one of {', '.join(Action.values)}.",
+            _("Unknown action '%(action)s'; use one of %(actions)s.")
+            % {"action": action, "actions": ", ".join(Action.values)},
             code=ComputeErrorCode.INVALID,
         )
     actor = authorize(actor, RoleAction.INSTANCE_MANAGE, lock=True)
@@ -58,7 +70,7 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
         .first()
     )
     if current is None:
-        raise NotFound("No such instance in this organisation.")
+        raise NotFound(_("No such instance in this organisation."))
     target = action_target(current.state, action)
     allocation = None
     if action == Action.START:
@@ -82,7 +94,7 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
         Action.TERMINATE: DesiredState.TERMINATED,
     }[Action(action)]
     instance.save(update_fields=["desired_state"])
-    transition(instance, target, actor=actor.label, reason=f"{Action(action).label} requested")
+    transition(instance, target, actor=actor.label, reason=REQUESTED[Action(action)])
     audit_record(actor=actor, action=f"instance.{action}", target=instance)
     dispatch(instance)
     return instance
@@ -95,7 +107,7 @@ def instance_rename(*, actor: Actor, instance_id: int, name: str) -> Instance:
     name = (name or "").strip().lower()
     if not NAME_PATTERN.match(name):
         raise InvalidInput(
-            "Use 1 to 63 lowercase letters, digits and hyphens.",
+            _("Use 1 to 63 lowercase letters, digits and hyphens."),
             code=ComputeErrorCode.INVALID,
             details={"name": "Use 1 to 63 lowercase letters, digits and hyphens."},
         )
@@ -105,7 +117,8 @@ def instance_rename(*, actor: Actor, instance_id: int, name: str) -> Instance:
         ).exclude(pk=instance.pk)
         if taken.exists():
             raise Conflict(
-                f"An instance named '{name}' already exists.", code=ComputeErrorCode.NAME_TAKEN
+                _("An instance named '%(name)s' already exists.") % {"name": name},
+                code=ComputeErrorCode.NAME_TAKEN,
             )
         previous, instance.name = instance.name, name
         instance.save(update_fields=["name"])

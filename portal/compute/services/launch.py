@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -200,7 +202,7 @@ def _resolve(organization, request: LaunchRequest, now):
         errors["new_volume_gb"] = "A new volume is 1 to 65,536 GB."
     if errors:
         raise InvalidInput(
-            "The launch request is not valid; see details.",
+            _("The launch request is not valid; see details."),
             code=ComputeErrorCode.INVALID,
             details=errors,
         )
@@ -266,7 +268,7 @@ def _launch(
         if record is not None:
             if record.request_hash != fingerprint:
                 raise Conflict(
-                    "This Idempotency-Key was used with a different request.",
+                    _("This Idempotency-Key was used with a different request."),
                     code=ComputeErrorCode.IDEMPOTENCY_KEY_REUSED,
                 )
             return record.instance, False
@@ -274,7 +276,7 @@ def _launch(
     name, instance_type, region, image, keys, volumes, hourly = _resolve(organization, request, now)
     if rows(_NAME_TAKEN_SQL, [organization.pk, name, *LIVE_STATES]):
         raise Conflict(
-            f"An instance named '{name}' already exists.",
+            _("An instance named '%(name)s' already exists.") % {"name": name},
             code=ComputeErrorCode.NAME_TAKEN,
             details={"name": name},
         )
@@ -324,7 +326,7 @@ def _launch(
     record_event(
         instance,
         actor=actor.label,
-        reason="Launch requested",
+        reason=gettext_noop("Launch requested"),
         to_state=State.PENDING,
         detail={"host": allocation.host_name, "gpu_slots": allocation.gpu_slots},  # operators only
     )

@@ -9,6 +9,8 @@ inside its own transaction (``ModelAdmin.changeform_view``), so they nest in it 
 """
 
 from django.db import transaction
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
@@ -29,9 +31,9 @@ from portal.provisioning import get_backend
 def _check(actor: Actor, instance: Instance) -> Instance:
     """An operator acts on an instance in the organisation their actor was built for."""
     if not actor.operator or actor.user is None:
-        raise PermissionDenied("Only staff acting from admin may do this.")
+        raise PermissionDenied(_("Only staff acting from admin may do this."))
     if actor.organization is None or actor.organization.pk != instance.organization_id:
-        raise NotFound("No such instance in this organisation.")
+        raise NotFound(_("No such instance in this organisation."))
     return instance
 
 
@@ -54,7 +56,9 @@ def operator_resync(*, actor: Actor, instance_id: int) -> None:
     """Ask the backend again: re-dispatch a moving instance, refresh a settled one's observation."""
     with transaction.atomic():
         instance = _locked_for(actor, instance_id)
-        record_event(instance, actor=actor.label, reason="Re-sync requested by an operator")
+        record_event(
+            instance, actor=actor.label, reason=gettext_noop("Re-sync requested by an operator")
+        )
         _operator_audit(actor, instance, "instance.operator_resync")
         if instance.state in TRANSITIONAL:
             dispatch(instance)
@@ -69,7 +73,7 @@ def operator_force_terminate(*, actor: Actor, instance_id: int) -> None:
     """Terminate now, whatever the state: backend terminate (best effort), release, record."""
     instance = Instance.objects.filter(pk=instance_id).first()
     if instance is None:
-        raise NotFound("No such instance.")
+        raise NotFound(_("No such instance."))
     _check(actor, instance)  # before the backend is told anything
     try:
         get_backend(instance.backend).terminate(instance.machine_id)
@@ -84,7 +88,10 @@ def operator_force_terminate(*, actor: Actor, instance_id: int) -> None:
             _operator_audit(actor, instance, "instance.operator_force_terminate", detail)
             if detail:
                 record_event(
-                    instance, actor=actor.label, reason="Backend terminate failed", detail=detail
+                    instance,
+                    actor=actor.label,
+                    reason=gettext_noop("Backend terminate failed"),
+                    detail=detail,
                 )
 
 

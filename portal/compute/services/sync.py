@@ -8,6 +8,7 @@ still in the state the call was made for.
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from portal.catalog.models import Gpu
 from portal.compute.lifecycle import (
@@ -106,7 +107,12 @@ def instance_sync(*, instance_id: int) -> bool:
             locked = locked_instance(instance_id)
             if locked.state != State.PENDING:  # terminated meanwhile, or another sync got here
                 return locked.state in TRANSITIONAL
-            transition(locked, State.PROVISIONING, actor=SYSTEM, reason="Provisioning started")
+            transition(
+                locked,
+                State.PROVISIONING,
+                actor=SYSTEM,
+                reason=gettext_noop("Provisioning started"),
+            )
         instance.state = State.PROVISIONING
     state = State(instance.state)
     step = STEPS.get(state)

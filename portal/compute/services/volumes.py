@@ -4,6 +4,7 @@
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -30,14 +31,19 @@ def volume_create(*, actor: Actor, name: str, region: str, size_gb: int) -> Volu
         errors["size_gb"] = "A volume is 1 to 65,536 GB."
     if errors:
         raise InvalidInput(
-            "The volume is not valid; see details.", code=ComputeErrorCode.INVALID, details=errors
+            _("The volume is not valid; see details."),
+            code=ComputeErrorCode.INVALID,
+            details=errors,
         )
     if (
         Volume.objects.filter(organization=actor.organization, name=name)
         .exclude(state=VolumeState.DELETED)
         .exists()
     ):
-        raise Conflict(f"A volume named '{name}' already exists.", code=ComputeErrorCode.NAME_TAKEN)
+        raise Conflict(
+            _("A volume named '%(name)s' already exists.") % {"name": name},
+            code=ComputeErrorCode.NAME_TAKEN,
+        )
     run_launch_checks(
         path_setting="COMPUTE_VOLUME_CHECKS",
         organization=actor.organization,
@@ -62,10 +68,11 @@ def volume_delete(*, actor: Actor, volume_id: int) -> None:
         .first()
     )
     if volume is None:
-        raise NotFound("No such volume in this organisation.")
+        raise NotFound(_("No such volume in this organisation."))
     if volume.state == VolumeState.IN_USE:
         raise Conflict(
-            f"Volume {volume.name} is attached to {volume.instance.name}; terminate that instance first.",
+            _("Volume %(volume)s is attached to %(instance)s; terminate that instance first.")
+            % {"volume": volume.name, "instance": volume.instance.name},
             code=ComputeErrorCode.VOLUME_IN_USE,
         )
     volume.state, volume.deleted_at = VolumeState.DELETED, timezone.now()
