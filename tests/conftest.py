@@ -36,6 +36,19 @@ def _celery_join_guard_off():
 
 
 @pytest.fixture(autouse=True)
+def _english_after_each_test():
+    """A request in Chinese activates Chinese in the thread that served it (the test client
+    runs views in the test's thread, and LocaleMiddleware activates the request's language
+    without deactivating it after the response): every test starts in the default language."""
+    from django.conf import settings
+    from django.utils import translation
+
+    translation.activate(settings.LANGUAGE_CODE)
+    yield
+    translation.activate(settings.LANGUAGE_CODE)
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()
     yield

@@ -5,8 +5,6 @@ boots (``pytestmark = pytest.mark.usefixtures("fast_simulated_backend")`` where 
 import itertools
 
 import pytest
-from django.conf import settings
-from django.utils import translation
 
 from portal.accounts import services as account_services
 from portal.compute import services
@@ -15,15 +13,6 @@ from tests import factories
 from tests.factories.compute import pages_catalog
 
 _seq = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def _language_back_to_default():
-    """A page asked for in Chinese leaves Chinese active in the thread (LocaleMiddleware
-    activates the request's language and nothing deactivates it): later tests in the same
-    worker would read Chinese messages."""
-    yield
-    translation.activate(settings.LANGUAGE_CODE)
 
 
 @pytest.fixture
