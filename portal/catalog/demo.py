@@ -40,8 +40,9 @@ REGIONS = {
     "asia-northeast-1": ("Asia Northeast (Tokyo)", "JP"),
     "asia-northeast-2": ("Asia Northeast (Seoul)", "KR"),
     "australia-east-1": ("Australia East (Sydney)", "AU"),
+    "cn-north-1": ("China North (Beijing)", "CN"),
 }
-OWN_REGIONS = ("us-east-1", "us-west-1", "europe-central-1")
+OWN_REGIONS = ("us-east-1", "us-west-1", "europe-central-1", "cn-north-1")
 
 # Our own types: (name, GPU model code, GPUs or MIG profile, vCPUs, RAM GiB, NVMe GB, USD/h, spot)
 H200 = "h200-sxm-141gb"
@@ -70,6 +71,8 @@ HOSTS = [
     ("a100-use1-01", "us-east-1", "A100", 8, 128, 2048, 15000, None),
     ("h100-usw1-01", "us-west-1", "H100", 8, 224, 2048, 30000, H100_MIG_TABLES),
     ("h200-euc1-01", "europe-central-1", "H200", 8, 224, 2048, 30000, H200_MIG_TABLES),
+    ("h200-cnn1-01", "cn-north-1", "H200", 8, 224, 2048, 30000, H200_MIG_TABLES),
+    ("h200-cnn1-02", "cn-north-1", "H200", 8, 224, 2048, 30000, H200_MIG_TABLES),
 ]
 # The real one-GPU H200 host, registered from its report as it is.
 REAL_HOST = ("h200-euc1-probe", "europe-central-1", 16, 125, 500)

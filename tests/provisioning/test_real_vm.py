@@ -189,8 +189,6 @@ def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_pa
     )
     login = ssh(key, host, port, "debian", probe)
     assert login.returncode == 0, login.stderr + libvirtd.console(spec.machine_id)[-3000:]
-    debug = ssh(key, host, port, "debian", "cloud-init status --long; sudo grep -iE 'scripts|part|user.data|handler' /var/log/cloud-init.log | tail -40; sudo ls -la /var/lib/cloud/instance/scripts /var/lib/cloud/instance/")
-    print("DEBUG", debug.stdout, debug.stderr)
     lines = login.stdout.strip().splitlines()
     assert len(lines) == 4, login.stdout + login.stderr + libvirtd.console(spec.machine_id)[-4000:]
     instance_id, hostname, user_data, host_key = lines

@@ -15,14 +15,14 @@ trap 'rm -rf "$work"' EXIT
 R="$work/root"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,linux-image-cloud-amd64,openssh-server,cloud-init,sudo,locales,python3-cffi-backend,ifupdown,isc-dhcp-client,iproute2,netbase,ca-certificates \
+    --include=systemd-sysv,udev,linux-image-cloud-amd64,openssh-server,cloud-init,sudo,python3-cffi-backend,ifupdown,isc-dhcp-client,iproute2,netbase,ca-certificates \
     bookworm "$R" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 rm -f "$R"/etc/ssh/ssh_host_*
 : > "$R/etc/machine-id"
 echo '/dev/vda / ext4 defaults,discard 0 1' > "$R/etc/fstab"
 printf 'auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n' > "$R/etc/network/interfaces"
-printf 'datasource_list: [ NoCloud, None ]\nssh_genkeytypes: [ ed25519 ]\n' > "$R/etc/cloud/cloud.cfg.d/99-portal-test.cfg"
+printf 'datasource_list: [ NoCloud, None ]\nssh_genkeytypes: [ ed25519 ]\nlocale: C.UTF-8\n' > "$R/etc/cloud/cloud.cfg.d/99-portal-test.cfg"
 rm -rf "$R"/var/cache/apt/archives/*.deb "$R"/var/lib/apt/lists/*
 
 mkdir -p "$work/out"
