@@ -23,3 +23,28 @@ def email_backend_delivers(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register(Tags.security)
+def identity_encryption_key_valid(app_configs, **kwargs):
+    """Identity numbers are encrypted with ``IDENTITY_ENCRYPTION_KEY``: each comma-separated
+    key must be a Fernet key, or no verification could be stored or read."""
+    from cryptography.fernet import Fernet
+
+    keys = [key.strip() for key in settings.IDENTITY_ENCRYPTION_KEY.split(",") if key.strip()]
+    try:
+        if not keys:
+            raise ValueError("no key")
+        for key in keys:
+            Fernet(key.encode())
+    except (ValueError, TypeError):
+        return [
+            Error(
+                "IDENTITY_ENCRYPTION_KEY is not a Fernet key (urlsafe base64 of 32 bytes, "
+                "several separated by commas).",
+                hint='Make one with: python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())"',
+                id="accounts.E002",
+            )
+        ]
+    return []

@@ -659,3 +659,11 @@ def test_documents_bytes_are_recognised():
     assert services.document_type(io.BytesIO(PNG)) == "image/png"
     assert services.document_type(io.BytesIO(b"\xff\xd8\xff\xdb")) == "image/jpeg"
     assert services.document_type(io.BytesIO(b"MZ\x90\x00")) is None
+
+
+def test_a_key_that_is_not_a_fernet_key_fails_the_system_check(settings):
+    from portal.accounts.checks import identity_encryption_key_valid
+
+    assert identity_encryption_key_valid(None) == []
+    settings.IDENTITY_ENCRYPTION_KEY = "not-a-key"
+    assert [e.id for e in identity_encryption_key_valid(None)] == ["accounts.E002"]
