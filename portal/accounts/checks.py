@@ -48,3 +48,36 @@ def identity_encryption_key_valid(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def verification_policy_valid(app_configs, **kwargs):
+    """Each ``VERIFICATION_POLICY`` rule names known verification kinds and a list of ISO
+    country codes (or None: everywhere)."""
+    from portal.accounts.models import VerificationKind
+
+    errors = []
+    for action, rule in settings.VERIFICATION_POLICY.items():
+        kinds = rule.get("kinds") if isinstance(rule, dict) else None
+        countries = rule.get("countries") if isinstance(rule, dict) else None
+        if (
+            not isinstance(kinds, list | tuple)
+            or not kinds
+            or not set(kinds) <= set(VerificationKind.values)
+            or not (
+                countries is None
+                or (
+                    isinstance(countries, list | tuple)
+                    and all(isinstance(c, str) and len(c) == 2 for c in countries)
+                )
+            )
+        ):
+            errors.append(
+                Error(
+                    f"VERIFICATION_POLICY[{action!r}] must be "
+                    '{"kinds": ["individual" and/or "enterprise"], "countries": ["CN", ...] '
+                    "or None}.",
+                    id="accounts.E003",
+                )
+            )
+    return errors

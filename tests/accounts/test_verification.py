@@ -667,3 +667,11 @@ def test_a_key_that_is_not_a_fernet_key_fails_the_system_check(settings):
     assert identity_encryption_key_valid(None) == []
     settings.IDENTITY_ENCRYPTION_KEY = "not-a-key"
     assert [e.id for e in identity_encryption_key_valid(None)] == ["accounts.E002"]
+
+
+def test_a_malformed_policy_fails_the_system_check(settings):
+    from portal.accounts.checks import verification_policy_valid
+
+    assert verification_policy_valid(None) == []
+    settings.VERIFICATION_POLICY = {"instance.launch": {"kinds": ["company"], "countries": "CN"}}
+    assert [e.id for e in verification_policy_valid(None)] == ["accounts.E003"]
