@@ -420,6 +420,8 @@ def test_reject_needs_a_reason_the_customer_sees_and_then_resubmits(
     assert "The name does not match the number." in mail.outbox[-1].body
     page = client.get("/organization/verification/").content.decode()
     assert "The name does not match the number." in page and 'id="verification-form"' in page
+    settings_page = client.get("/settings/").content.decode()  # the notice there too
+    assert "The name does not match the number." in settings_page
     # resubmission: a new current row, the rejected one kept as history
     again = submit_individual(org, owner)
     assert again.pk != verification.pk
