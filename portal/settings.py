@@ -49,6 +49,9 @@ if not IDENTITY_ENCRYPTION_KEY:
     IDENTITY_ENCRYPTION_KEY = base64.urlsafe_b64encode(
         hashlib.sha256(f"identity-encryption:{SECRET_KEY}".encode()).digest()
     ).decode()
+# Keys the HMAC that finds an identity number without decrypting; blank: derived from the first
+# encryption key (set it before rotating that key, so the stored hashes keep matching).
+IDENTITY_HASH_KEY = os.environ.get("IDENTITY_HASH_KEY", "")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

@@ -21,7 +21,7 @@ import hmac
 from dataclasses import dataclass
 from functools import cache
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -79,19 +79,20 @@ def identity_number_encrypt(number: str) -> str:
 
 
 def identity_number_decrypt(token: str) -> str:
-    """The identity number in ``token``; ``InvalidToken`` if no configured key made it."""
+    """The identity number in ``token``; ``cryptography.fernet.InvalidToken`` if no configured
+    key made it (or it was altered)."""
     return _fernet().decrypt(token.encode()).decode()
 
 
 def identity_number_hash(number: str) -> str:
-    """HMAC-SHA256 of the normalised number, with a key derived from the first encryption key
-    (the same number gives the same hash; without the key it cannot be guessed from 10^17
-    candidates by hashing them)."""
-    key = hashlib.sha256(b"identity-number-hash:" + _keys()[0]).digest()
+    """HMAC-SHA256 of the normalised number (the same number gives the same hash; without the
+    key it cannot be found by hashing the few billion candidates). Keyed with
+    ``IDENTITY_HASH_KEY``, or else a key derived from the first encryption key: set it before
+    rotating encryption keys, so the hashes stored so far keep matching."""
+    secret = settings.IDENTITY_HASH_KEY.encode() or b"derived:" + _keys()[0]
+    key = hashlib.sha256(b"identity-number-hash:" + secret).digest()
     return hmac.new(key, identity.normalize(number).encode(), hashlib.sha256).hexdigest()
 
-
-__all__ = ["InvalidToken"]  # re-exported for callers that decrypt
 
 # --- documents ----------------------------------------------------------------------------------
 

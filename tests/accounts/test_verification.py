@@ -677,3 +677,14 @@ def test_a_malformed_policy_fails_the_system_check(settings):
     assert verification_policy_valid(None) == []
     settings.VERIFICATION_POLICY = {"instance.launch": {"kinds": ["company"], "countries": "CN"}}
     assert [e.id for e in verification_policy_valid(None)] == ["accounts.E003"]
+
+
+def test_the_lookup_hash_survives_a_key_rotation_with_its_own_key(settings):
+    settings.IDENTITY_HASH_KEY = "a-long-secret-that-keys-the-identity-hash"
+    before = services.identity_number_hash(PERSON_ID)
+    settings.IDENTITY_ENCRYPTION_KEY = (
+        f"{Fernet.generate_key().decode()},{settings.IDENTITY_ENCRYPTION_KEY}"
+    )
+    assert services.identity_number_hash(PERSON_ID) == before
+    settings.IDENTITY_HASH_KEY = ""
+    assert services.identity_number_hash(PERSON_ID) != before
