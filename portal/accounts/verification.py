@@ -5,7 +5,9 @@ An organisation is verified as an **individual** (legal name and resident identi
 as an **enterprise** (registered name, Unified Social Credit Code, business licence, and the
 authorised person's name and identity number, optionally an authorisation letter). Its current
 verification goes ``submitted → approved | rejected``; a rejected or revoked one may be
-submitted again (a new row; the old ones are the history). Approval sets
+submitted again (a new row; the old ones are the history), and an organisation verified as an
+individual may ask to be verified as an enterprise (it stays verified as an individual until
+that is approved). Approval sets
 ``Organization.verified_as``, which a launch reads with the organisation's row, so the policy
 check costs at most one primary-key read.
 
@@ -255,7 +257,10 @@ def _submit(*, actor: Actor, submission: Submission, stored: list) -> Organizati
             _("A verification is already waiting for review."),
             code=AccountsErrorCode.VERIFICATION_PENDING,
         )
-    if current is not None and current.status == VerificationStatus.APPROVED:
+    upgrade = submission.kind == VerificationKind.ENTERPRISE and (
+        current is not None and current.kind == VerificationKind.INDIVIDUAL
+    )  # an individual that became a company: it stays verified as one until this is approved
+    if current is not None and current.status == VerificationStatus.APPROVED and not upgrade:
         raise Conflict(
             _("This organisation is already verified."),
             code=AccountsErrorCode.VERIFICATION_ALREADY_APPROVED,
@@ -348,7 +353,9 @@ def _decide(
             details={"fields": {"reason": _("Give the reason; the customer sees it.")}},
         )
     verification = _locked_verification(verification_id)
-    if verification.status != allowed_from or not verification.is_current:
+    # an approval is revoked even when a newer submission (an upgrade) is the current one
+    stale = not verification.is_current and to != VerificationStatus.REVOKED
+    if verification.status != allowed_from or stale:
         raise Conflict(
             _("This verification is %(status)s.")
             % {"status": verification.get_status_display().lower()},
@@ -360,7 +367,11 @@ def _decide(
     verification.reviewed_at = timezone.now()
     verification.reason = reason
     verification.save(update_fields=["status", "reviewed_by", "reviewed_at", "reason"])
-    _set_verified_as(organization, verification.kind if to == VerificationStatus.APPROVED else "")
+    if to == VerificationStatus.APPROVED:
+        _set_verified_as(organization, verification.kind)
+    elif to == VerificationStatus.REVOKED:
+        _set_verified_as(organization, "")
+    # a rejection leaves what an earlier approval gave (an individual asking to be an enterprise)
     operator = Actor.for_operator(actor.user, organization, actor.ip_address)
     audit_record(
         actor=operator,

@@ -84,7 +84,11 @@ def verification(request: HttpRequest) -> HttpResponse:
         "form": form,
         "verification": current,
         "state": state,
-        "can_submit": can_submit and state in ("unverified", "rejected", "revoked"),
+        "can_submit": can_submit
+        and (
+            state in ("unverified", "rejected", "revoked")
+            or (state == "approved" and current.kind == VerificationKind.INDIVIDUAL)
+        ),
         "is_owner": can_submit,
         "history": OrganizationVerification.objects.filter(organization=org)
         .select_related("submitted_by")

@@ -688,3 +688,32 @@ def test_the_lookup_hash_survives_a_key_rotation_with_its_own_key(settings):
     assert services.identity_number_hash(PERSON_ID) == before
     settings.IDENTITY_HASH_KEY = ""
     assert services.identity_number_hash(PERSON_ID) != before
+
+
+def test_an_individual_may_ask_to_become_an_enterprise_and_stays_verified_meanwhile(db):
+    org = factories.organization()
+    owner = factories.member(org, "owner")
+    staff = reviewer()
+    individual = submit_individual(org, owner)
+    services.verification_approve(actor=operator(staff, org), verification_id=individual.pk)
+    upgrade = services.verification_submit(
+        actor=factories.actor(org, owner),
+        submission=services.Submission(
+            kind="enterprise",
+            name="Acme",
+            id_number=AGENT_ID,
+            credit_code=CREDIT_CODE,
+            authorized_person_name="李四",
+            business_licence=licence(),
+        ),
+    )
+    org.refresh_from_db()
+    assert org.verified_as == "individual"  # still, while the enterprise one is reviewed
+    services.verification_reject(
+        actor=operator(staff, org), verification_id=upgrade.pk, reason="Blurred licence"
+    )
+    org.refresh_from_db()
+    assert org.verified_as == "individual"
+    services.verification_required(org, "instance.launch")  # still allowed
+    with pytest.raises(PermissionDenied):
+        services.verification_required(org, "fapiao_special")
