@@ -353,8 +353,16 @@ def _decide(
             details={"fields": {"reason": _("Give the reason; the customer sees it.")}},
         )
     verification = _locked_verification(verification_id)
-    # an approval is revoked even when a newer submission (an upgrade) is the current one
-    stale = not verification.is_current and to != VerificationStatus.REVOKED
+    # an approval is revoked even when a newer submission (an upgrade) is the current one,
+    # unless that one is approved too (then it is the one to revoke)
+    stale = not verification.is_current and (
+        to != VerificationStatus.REVOKED
+        or OrganizationVerification.objects.filter(
+            organization_id=verification.organization_id,
+            is_current=True,
+            status=VerificationStatus.APPROVED,
+        ).exists()
+    )
     if verification.status != allowed_from or stale:
         raise Conflict(
             _("This verification is %(status)s.")

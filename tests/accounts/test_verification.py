@@ -717,3 +717,29 @@ def test_an_individual_may_ask_to_become_an_enterprise_and_stays_verified_meanwh
     services.verification_required(org, "instance.launch")  # still allowed
     with pytest.raises(PermissionDenied):
         services.verification_required(org, "fapiao_special")
+
+
+def test_an_old_approval_is_not_revoked_over_a_newer_approved_one(db):
+    org = factories.organization()
+    owner = factories.member(org, "owner")
+    staff = reviewer()
+    individual = submit_individual(org, owner)
+    services.verification_approve(actor=operator(staff, org), verification_id=individual.pk)
+    upgrade = services.verification_submit(
+        actor=factories.actor(org, owner),
+        submission=services.Submission(
+            kind="enterprise",
+            name="Acme",
+            id_number=AGENT_ID,
+            credit_code=CREDIT_CODE,
+            authorized_person_name="李四",
+            business_licence=licence(),
+        ),
+    )
+    services.verification_approve(actor=operator(staff, org), verification_id=upgrade.pk)
+    with pytest.raises(Conflict):
+        services.verification_revoke(
+            actor=operator(staff, org), verification_id=individual.pk, reason="Old"
+        )
+    org.refresh_from_db()
+    assert org.verified_as == "enterprise"
