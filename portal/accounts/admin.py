@@ -408,5 +408,5 @@ class OrganizationVerificationAdmin(admin.ModelAdmin):
             queryset,
             verification_approve,
             "verification_id",
-            "{count} verification(s) approved.",
+            _("{count} verification(s) approved."),
         )

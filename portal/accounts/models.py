@@ -377,7 +377,7 @@ class OrganizationVerification(models.Model):
         _("name"), max_length=200, help_text=_("The legal name, or the registered company name.")
     )
     id_number_encrypted = models.TextField(
-        help_text="Fernet token of the identity number (IDENTITY_ENCRYPTION_KEY)."
+        help_text=_("Fernet token of the identity number (IDENTITY_ENCRYPTION_KEY).")
     )
     id_number_hash = models.CharField(max_length=64, db_index=True)
     id_number_masked = models.CharField(_("identity number"), max_length=24)

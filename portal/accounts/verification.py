@@ -31,6 +31,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from portal.accounts import identity
 from portal.accounts.emails import Email, send_later
@@ -459,7 +460,7 @@ def _notify(verification: OrganizationVerification) -> None:
 
 class VerificationRequired(PermissionDenied):
     code = AccountsErrorCode.VERIFICATION_REQUIRED
-    default_message = "This needs a verified organisation."
+    default_message = gettext_lazy("This needs a verified organisation.")
 
 
 def verification_requirement(action: str, region=None) -> frozenset[str]:

@@ -1,3 +1,4 @@
+from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from portal.accounts.models import (
@@ -90,25 +91,25 @@ class VerificationSerializer(serializers.Serializer):
 
     state = serializers.ChoiceField(
         choices=["unverified", *VerificationStatus.values],
-        help_text="unverified, submitted (pending review), approved, rejected or revoked.",
+        help_text=_("unverified, submitted (pending review), approved, rejected or revoked."),
     )
     kind = serializers.ChoiceField(choices=VerificationKind.choices, allow_null=True)
     verified_as = serializers.ChoiceField(
         choices=VerificationKind.choices,
         allow_null=True,
-        help_text="What the organisation is verified as now (null: not verified).",
+        help_text=_("What the organisation is verified as now (null: not verified)."),
     )
     name = serializers.CharField(allow_null=True)
     id_number_masked = serializers.CharField(
         allow_null=True,
-        help_text="The identity number (the individual's or the authorised person's), masked.",
+        help_text=_("The identity number (the individual's or the authorised person's), masked."),
     )
     credit_code = serializers.CharField(allow_null=True)
     authorized_person_name = serializers.CharField(allow_null=True)
     has_business_licence = serializers.BooleanField()
     has_authorization_letter = serializers.BooleanField()
     rejection_reason = serializers.CharField(
-        allow_null=True, help_text="Why it was rejected or revoked (null otherwise)."
+        allow_null=True, help_text=_("Why it was rejected or revoked (null otherwise).")
     )
     submitted_at = serializers.DateTimeField(allow_null=True)
     reviewed_at = serializers.DateTimeField(allow_null=True)
