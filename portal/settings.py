@@ -36,6 +36,23 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = "insecure-development-key-only-used-with-debug-on"  # nosec B105 # only with DEBUG on
 
+# Real-name verification: the key (Fernet, urlsafe base64 of 32 bytes; several separated by
+# commas to rotate, the first encrypts) that encrypts identity numbers at rest. Required when
+# DEBUG is off; with DEBUG on a key derived from SECRET_KEY stands in.
+IDENTITY_ENCRYPTION_KEY = os.environ.get("IDENTITY_ENCRYPTION_KEY", "")
+if not IDENTITY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("IDENTITY_ENCRYPTION_KEY must be set when DEBUG is off.")
+    import base64
+    import hashlib
+
+    IDENTITY_ENCRYPTION_KEY = base64.urlsafe_b64encode(
+        hashlib.sha256(f"identity-encryption:{SECRET_KEY}".encode()).digest()
+    ).decode()
+# Keys the HMAC that finds an identity number without decrypting; blank: derived from the first
+# encryption key (set it before rotating that key, so the stored hashes keep matching).
+IDENTITY_HASH_KEY = os.environ.get("IDENTITY_HASH_KEY", "")
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -307,6 +324,7 @@ SPECTACULAR_SETTINGS = {
         "InvoiceStatusEnum": "billing.models.InvoiceStatus",
         "CreditRequestStatusEnum": "billing.models.CreditRequestStatus",
         "SpendLimitModeEnum": "billing.models.SpendLimitMode",
+        "VerificationKindEnum": "portal.accounts.models.VerificationKind",
     },
 }
 
@@ -369,7 +387,10 @@ COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "6
 COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
-COMPUTE_LAUNCH_CHECKS: list[str] = ["billing.spend.services.launch_check"]
+COMPUTE_LAUNCH_CHECKS: list[str] = [
+    "portal.accounts.verification.launch_check",
+    "billing.spend.services.launch_check",
+]
 # What other apps add to an instance's page (compute's hook).
 COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_page_panel"]
 # What an organisation still holds elsewhere, refusing its deletion (accounts' hook).
@@ -380,7 +401,10 @@ ACCOUNTS_CURRENCY_LOCKS: list[str] = [
     "billing.ledger.selectors.organization_money_records",
 ]
 # Callables(organization, instance) that may refuse starting a stopped instance.
-COMPUTE_START_CHECKS: list[str] = ["billing.spend.services.start_check"]
+COMPUTE_START_CHECKS: list[str] = [
+    "portal.accounts.verification.start_check",
+    "billing.spend.services.start_check",
+]
 # Callables(organization, region, size_gb) that may refuse creating a volume.
 COMPUTE_VOLUME_CHECKS: list[str] = ["billing.spend.services.volume_check"]
 # Callables(change: FootprintChange) told, in the same transaction, that what an organisation is
@@ -392,6 +416,23 @@ STORAGE_PRICE_PER_GB_MONTH = {
     "USD": os.environ.get("STORAGE_PRICE_PER_GB_MONTH_USD", "0.10"),
     "CNY": os.environ.get("STORAGE_PRICE_PER_GB_MONTH_CNY", "0.72"),
 }
+
+# --- Real-name verification (实名认证) --------------------------------------------------------
+# Which actions need which verification where: an action names the verification kinds that
+# satisfy it and the region countries it applies in (None: everywhere, whatever the region).
+VERIFICATION_POLICY: dict[str, dict] = {
+    "instance.launch": {"kinds": ["individual", "enterprise"], "countries": ["CN"]},
+    "instance.start": {"kinds": ["individual", "enterprise"], "countries": ["CN"]},
+    "fapiao_special": {"kinds": ["enterprise"], "countries": None},
+}
+# Business licences and authorisation letters: kept outside every served folder, served only
+# by a view that checks who asks.
+VERIFICATION_DOCUMENT_DIR = Path(
+    os.environ.get("VERIFICATION_DOCUMENT_DIR", VAR_DIR / "private" / "verification")
+)
+VERIFICATION_DOCUMENT_MAX_BYTES = int(
+    float(os.environ.get("VERIFICATION_DOCUMENT_MAX_MB", "10")) * 1024 * 1024
+)
 
 # --- Billing --------------------------------------------------------------------------------
 # "fake" (a local checkout page; test cards decide the outcome) or "stripe".

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DEFAULTS = {
     "SECRET_KEY": "test-secret-key-not-for-production",
     "DEBUG": "0",
+    "IDENTITY_ENCRYPTION_KEY": "dGVzdC1pZGVudGl0eS1rZXktbm90LWZvci1wcm9kISE=",
     # the test client and the live server speak plain HTTP
     "SECURE_SSL_REDIRECT": "0",
     "SESSION_COOKIE_SECURE": "0",

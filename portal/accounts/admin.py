@@ -1,13 +1,21 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from portal.accounts import identity
+from portal.accounts.forms import VerificationDecisionForm
 from portal.accounts.models import (
     ApiKey,
     AuditEvent,
     Invitation,
     Membership,
     Organization,
+    OrganizationVerification,
     SshKey,
     User,
 )
@@ -17,6 +25,14 @@ from portal.accounts.services import (
     organization_currency_locks,
 )
 from portal.accounts.types import Actor
+from portal.accounts.verification import (
+    REVIEW_PERMISSION,
+    identity_number_hash,
+    verification_approve,
+    verification_reject,
+    verification_revoke,
+)
+from portal.errors import PortalError
 
 
 @admin.register(User)
@@ -84,7 +100,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         """The billing mode changes only when finance grants or revokes credit terms (audited,
         in billing's admin); the currency, once money moved or resources exist in it, never."""
-        fields = ["billing_mode"]
+        fields = ["billing_mode", "verified_as"]  # verified_as: kept in step by the review
         if obj is not None and organization_currency_locks(obj):
             fields.append("currency")
         return fields
@@ -200,3 +216,197 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- real-name and enterprise verification --------------------------------------------------
+
+
+@admin.register(OrganizationVerification)
+class OrganizationVerificationAdmin(admin.ModelAdmin):
+    """Only staff with ``accounts.review_verification`` see or decide verifications. Identity
+    numbers appear masked; documents open through a view that checks the same permission."""
+
+    list_display = [
+        "organization",
+        "kind",
+        "status",
+        "name",
+        "id_number_masked",
+        "credit_code",
+        "submitted_at",
+        "reviewed_by",
+        "is_current",
+    ]
+    list_filter = ["status", "kind", "is_current"]
+    search_fields = ["organization__name", "organization__slug", "name", "credit_code"]
+    list_select_related = ["organization", "reviewed_by"]
+    # The encrypted number and its hash are never shown.
+    fields = [
+        "organization",
+        "kind",
+        "status",
+        "is_current",
+        "name",
+        "id_number_masked",
+        "credit_code",
+        "authorized_person_name",
+        "documents",
+        "submitted_by",
+        "submitted_at",
+        "reviewed_by",
+        "reviewed_at",
+        "reason",
+    ]
+    readonly_fields = fields
+    actions = ["approve"]
+    change_form_template = "admin/accounts/organizationverification/change_form.html"
+
+    def _may_review(self, request) -> bool:
+        return request.user.is_active and request.user.has_perm(REVIEW_PERMISSION)
+
+    def has_view_permission(self, request, obj=None):
+        return self._may_review(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._may_review(request)
+
+    def has_module_permission(self, request):
+        return self._may_review(request) or super().has_module_permission(request)
+
+    def has_add_permission(self, request):
+        return False  # customers submit; operators decide
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the history is kept
+
+    def get_search_results(self, request, queryset, search_term):
+        """An identity number typed in the search finds its verifications by the keyed hash."""
+        number = identity.normalize(search_term)
+        if identity.resident_id_valid(number):
+            return queryset.filter(id_number_hash=identity_number_hash(number)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description=_("documents"))
+    def documents(self, obj):
+        links = []
+        for which, file, label in (
+            ("licence", obj.business_licence, _("Business licence")),
+            ("authorization-letter", obj.authorization_letter, _("Authorisation letter")),
+        ):
+            if file:
+                url = reverse("admin:accounts_verification_document", args=[obj.pk, which])
+                links.append(format_html('<a href="{}">{}</a>', url, label))
+        return format_html_join(" · ", "{}", ((link,) for link in links)) or "-"
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:pk>/document/<slug:which>/",
+                view(self.document_view),
+                name="accounts_verification_document",
+            ),
+            path(
+                "<int:pk>/approve/", view(self.approve_view), name="accounts_verification_approve"
+            ),
+            path(
+                "<int:pk>/reject/",
+                view(self.decision_view),
+                {"decision": "reject"},
+                name="accounts_verification_reject",
+            ),
+            path(
+                "<int:pk>/revoke/",
+                view(self.decision_view),
+                {"decision": "revoke"},
+                name="accounts_verification_revoke",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _object(self, request, pk: int) -> OrganizationVerification:
+        if not self._may_review(request):
+            raise DjangoPermissionDenied
+        obj = OrganizationVerification.objects.select_related("organization").filter(pk=pk).first()
+        if obj is None:
+            raise Http404
+        return obj
+
+    def _operator(self, request, obj) -> Actor:
+        from portal.accounts.middleware import client_ip
+
+        return Actor.for_operator(request.user, obj.organization, client_ip(request))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "show_delete": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def document_view(self, request, pk: int, which: str):
+        from portal.accounts.verification_views import document_response
+
+        obj = self._object(request, pk)
+        return document_response(obj, which)
+
+    def approve_view(self, request, pk: int):
+        obj = self._object(request, pk)
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse("admin:accounts_organizationverification_change", args=[pk])
+            )
+        try:
+            verification_approve(actor=self._operator(request, obj), verification_id=obj.pk)
+        except PortalError as exc:
+            self.message_user(request, exc.message, level=messages.ERROR)
+        else:
+            self.message_user(request, _("%(obj)s approved.") % {"obj": obj}, messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:accounts_organizationverification_change", args=[pk])
+        )
+
+    def decision_view(self, request, pk: int, decision: str):
+        obj = self._object(request, pk)
+        service = {"reject": verification_reject, "revoke": verification_revoke}[decision]
+        form = VerificationDecisionForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                service(
+                    actor=self._operator(request, obj),
+                    verification_id=obj.pk,
+                    reason=form.cleaned_data["reason"],
+                )
+            except PortalError as exc:
+                form.add_error(None, exc.message)
+            else:
+                done = _("%(obj)s rejected.") if decision == "reject" else _("%(obj)s revoked.")
+                self.message_user(request, done % {"obj": obj}, messages.SUCCESS)
+                return HttpResponseRedirect(
+                    reverse("admin:accounts_organizationverification_change", args=[pk])
+                )
+        title = _("Reject verification") if decision == "reject" else _("Revoke verification")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "title": title,
+            "original": obj,
+            "submit_label": title,
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "admin/accounts/verification_decision.html", context)
+
+    @admin.action(description=_("Approve selected verifications"))
+    def approve(self, request, queryset):
+        _run_for_each(
+            self,
+            request,
+            queryset,
+            verification_approve,
+            "verification_id",
+            _("{count} verification(s) approved."),
+        )

@@ -36,3 +36,16 @@ class AccountsErrorCode(StrEnum):
     SSH_KEY_NAME_TAKEN = "ssh_key_name_taken"
     TOKEN_EXPIRED = "token_expired"  # nosec B105 # an error code, not a secret
     TOKEN_INVALID = "token_invalid"  # nosec B105 # an error code, not a secret
+    # real-name and enterprise verification
+    CREDIT_CODE_INVALID = "credit_code_invalid"
+    DOCUMENT_INVALID = "document_invalid"
+    DOCUMENT_REQUIRED = "document_required"
+    DOCUMENT_TOO_LARGE = "document_too_large"
+    IDENTITY_NUMBER_INVALID = "identity_number_invalid"
+    VERIFICATION_KIND_INVALID = "verification_kind_invalid"
+    VERIFICATION_NOT_PENDING = "verification_not_pending"
+    VERIFICATION_NOT_APPROVED = "verification_not_approved"
+    VERIFICATION_PENDING = "verification_pending"
+    VERIFICATION_ALREADY_APPROVED = "verification_already_approved"
+    VERIFICATION_REASON_REQUIRED = "verification_reason_required"
+    VERIFICATION_REQUIRED = "verification_required"

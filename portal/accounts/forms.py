@@ -7,7 +7,7 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
-from portal.accounts.models import Currency
+from portal.accounts.models import Currency, VerificationKind
 from portal.accounts.roles import Role, grantable_roles
 
 
@@ -116,3 +116,84 @@ class AccountForm(PortalForm):
     full_name = forms.CharField(label=_("Full name"), max_length=150, required=False)
     # The header switcher's choice: the pages, the emails and other devices speak it.
     language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)
+
+
+class VerificationForm(PortalForm):
+    """Real-name (individual) or enterprise verification; the service checks the numbers and
+    the documents, the form only parses. An identity number is never put back into the page
+    after a refused submission: it is typed again."""
+
+    kind = forms.ChoiceField(
+        label=_("Verify as"),
+        choices=VerificationKind.choices,
+        widget=forms.RadioSelect,
+        initial=VerificationKind.INDIVIDUAL,
+    )
+    # individual
+    name = forms.CharField(label=_("Legal name"), max_length=200, required=False)
+    id_number = forms.CharField(
+        label=_("Resident identity number"),
+        max_length=24,
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text=_("18 characters, as on the resident identity card (居民身份证)."),
+    )
+    # enterprise
+    company_name = forms.CharField(
+        label=_("Registered company name"), max_length=200, required=False
+    )
+    credit_code = forms.CharField(
+        label=_("Unified Social Credit Code"),
+        max_length=24,
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text=_("18 characters, as on the business licence (统一社会信用代码)."),
+    )
+    business_licence = forms.FileField(
+        label=_("Business licence"),
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".pdf,.png,.jpg,.jpeg"}),
+        help_text=_("PDF, PNG or JPEG."),
+    )
+    authorized_person_name = forms.CharField(
+        label=_("Authorised person's name"), max_length=120, required=False
+    )
+    authorized_id_number = forms.CharField(
+        label=_("Authorised person's resident identity number"),
+        max_length=24,
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    authorization_letter = forms.FileField(
+        label=_("Authorisation letter (optional)"),
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".pdf,.png,.jpg,.jpeg"}),
+        help_text=_("Needed when the authorised person is not the legal representative."),
+    )
+
+    INDIVIDUAL_FIELDS = ("name", "id_number")
+    ENTERPRISE_FIELDS = (
+        "company_name",
+        "credit_code",
+        "business_licence",
+        "authorized_person_name",
+        "authorized_id_number",
+        "authorization_letter",
+    )
+    # the service's field names, for an enterprise, to this form's
+    ENTERPRISE_ERROR_FIELDS = {"name": "company_name", "id_number": "authorized_id_number"}
+
+    def error_field(self, kind: str, field: str) -> str | None:
+        if kind == VerificationKind.ENTERPRISE:
+            field = self.ENTERPRISE_ERROR_FIELDS.get(field, field)
+        return field if field in self.fields else None
+
+
+class VerificationDecisionForm(PortalForm):
+    """An operator's reason for rejecting or revoking a verification."""
+
+    reason = forms.CharField(
+        label=_("Reason (the customer sees it)"),
+        widget=forms.Textarea(attrs={"rows": 4}),
+        max_length=2000,
+    )

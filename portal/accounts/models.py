@@ -4,8 +4,13 @@ Everything a customer owns belongs to an :class:`Organization`, never to a user.
 Writes go through ``portal.accounts.services``.
 """
 
+import os
+import secrets
+from pathlib import PurePosixPath
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.files.storage import FileSystemStorage
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -85,6 +90,11 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email_verified_at is not None
 
 
+class VerificationKind(models.TextChoices):
+    INDIVIDUAL = "individual", _("Individual (real name)")
+    ENTERPRISE = "enterprise", _("Enterprise")
+
+
 class Organization(models.Model):
     """A customer account: owns instances, keys, credits and invoices."""
 
@@ -101,6 +111,11 @@ class Organization(models.Model):
     deleted_at = models.DateTimeField(
         null=True, blank=True, help_text=_("Closed by its owner; kept for its history.")
     )
+    # Kept in step with the current verification by portal.accounts.verification, so a launch
+    # reads it with the organisation's row: blank until a verification is approved.
+    verified_as = models.CharField(
+        _("verified as"), max_length=10, blank=True, choices=VerificationKind.choices, default=""
+    )
 
     class Meta:
         ordering = ["name"]
@@ -111,6 +126,10 @@ class Organization(models.Model):
             models.CheckConstraint(
                 condition=Q(billing_mode__in=BillingMode.values),
                 name="accounts_org_billing_mode_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(verified_as__in=["", *VerificationKind.values]),
+                name="accounts_org_verified_as_valid",
             ),
         ]
 
@@ -308,3 +327,131 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+
+# --- real-name and enterprise verification (实名认证) ---------------------------------------------
+
+
+class VerificationStatus(models.TextChoices):
+    SUBMITTED = "submitted", _("Submitted, pending review")
+    APPROVED = "approved", _("Approved")
+    REJECTED = "rejected", _("Rejected")
+    REVOKED = "revoked", _("Revoked")
+
+
+class PrivateDocumentStorage(FileSystemStorage):
+    """``VERIFICATION_DOCUMENT_DIR``, read when used: outside the static and media folders,
+    with no URL; the checking views serve the files."""
+
+    @property
+    def base_location(self):
+        return str(settings.VERIFICATION_DOCUMENT_DIR)
+
+    @property
+    def location(self):
+        return os.path.abspath(self.base_location)
+
+    def url(self, name):
+        raise ValueError("Verification documents have no URL; a checking view serves them.")
+
+
+def verification_document_storage() -> FileSystemStorage:
+    return PrivateDocumentStorage()
+
+
+def verification_document_path(instance: "OrganizationVerification", filename: str) -> str:
+    """A random name in the organisation's folder: the customer's file name is not kept."""
+    suffix = PurePosixPath(filename).suffix.lower()[:8]
+    return f"{instance.organization_id}/{secrets.token_hex(16)}{suffix}"
+
+
+class OrganizationVerification(models.Model):
+    """One submission of an organisation's real-name (individual) or enterprise verification.
+
+    Each submission is a new row; the newest is the current one (``is_current``, one per
+    organisation) and the others are its history. Identity numbers (the individual's, or the
+    enterprise's authorised person's) are stored only encrypted, with a keyed hash to find them
+    by and a masked form to show; the Unified Social Credit Code is not personal and is plain.
+    Writes go through ``portal.accounts.verification``.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="verifications"
+    )
+    is_current = models.BooleanField(default=True)
+    kind = models.CharField(_("kind"), max_length=10, choices=VerificationKind.choices)
+    status = models.CharField(
+        _("status"),
+        max_length=10,
+        choices=VerificationStatus.choices,
+        default=VerificationStatus.SUBMITTED,
+    )
+    name = models.CharField(
+        _("name"), max_length=200, help_text=_("The legal name, or the registered company name.")
+    )
+    id_number_encrypted = models.TextField(
+        help_text=_("Fernet token of the identity number (IDENTITY_ENCRYPTION_KEY).")
+    )
+    id_number_hash = models.CharField(max_length=64, db_index=True)
+    id_number_masked = models.CharField(_("identity number"), max_length=24)
+    credit_code = models.CharField(_("Unified Social Credit Code"), max_length=18, blank=True)
+    authorized_person_name = models.CharField(_("authorised person"), max_length=120, blank=True)
+    business_licence = models.FileField(
+        _("business licence"),
+        storage=verification_document_storage,
+        upload_to=verification_document_path,
+        blank=True,
+    )
+    business_licence_type = models.CharField(max_length=40, blank=True)
+    authorization_letter = models.FileField(
+        _("authorisation letter"),
+        storage=verification_document_storage,
+        upload_to=verification_document_path,
+        blank=True,
+    )
+    authorization_letter_type = models.CharField(max_length=40, blank=True)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    submitted_at = models.DateTimeField(_("submitted"), default=timezone.now)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("reviewed by"),
+    )
+    reviewed_at = models.DateTimeField(_("reviewed"), null=True, blank=True)
+    reason = models.TextField(
+        _("reason"),
+        blank=True,
+        help_text=_("Why it was rejected or revoked; the customer sees it."),
+    )
+
+    class Meta:
+        verbose_name = _("organisation verification")
+        verbose_name_plural = _("organisation verifications")
+        ordering = ["-submitted_at", "-id"]
+        default_permissions = ()  # the review permission below is the only one
+        permissions = [("review_verification", "Can review real-name and enterprise verifications")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(is_current=True),
+                name="accounts_verification_one_current",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=VerificationKind.values), name="accounts_verification_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=VerificationStatus.values),
+                name="accounts_verification_status",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "submitted_at"], name="accounts_verification_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} verification of {self.organization}"

@@ -23,6 +23,7 @@ class Action(StrEnum):
     ORG_VIEW = "org.view"
     ORG_UPDATE = "org.update"
     ORG_DELETE = "org.delete"
+    ORG_VERIFY = "org.verify"  # submit the real-name or enterprise verification
     MEMBER_VIEW = "member.view"
     MEMBER_INVITE = "member.invite"
     MEMBER_REMOVE = "member.remove"
@@ -43,7 +44,8 @@ _READ = {A.ORG_VIEW, A.MEMBER_VIEW, A.SSH_KEY_VIEW, A.INSTANCE_VIEW}
 
 MATRIX: dict[Role, frozenset[Action]] = {
     Role.OWNER: frozenset(Action),
-    Role.ADMIN: frozenset(Action) - {A.ORG_DELETE, A.MEMBER_CHANGE_ROLE, A.BILLING_MANAGE},
+    Role.ADMIN: frozenset(Action)
+    - {A.ORG_DELETE, A.ORG_VERIFY, A.MEMBER_CHANGE_ROLE, A.BILLING_MANAGE},
     Role.MEMBER: frozenset(
         _READ | {A.SSH_KEY_MANAGE, A.INSTANCE_MANAGE, A.API_KEY_VIEW, A.API_KEY_MANAGE}
     ),

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from portal.accounts import views
+from portal.accounts import verification_views, views
 from portal.accounts.forms import PasswordResetForm
 from portal.web import views as web_views  # the overview shows several apps
 
@@ -66,4 +66,15 @@ urlpatterns = [
     path("ssh-keys/", views.ssh_keys, name="ssh_keys"),
     path("ssh-keys/<int:pk>/delete/", views.ssh_key_delete, name="ssh_key_delete"),
     path("audit/", views.audit_log, name="audit_log"),
+    path("organization/verification/", verification_views.verification, name="verification"),
+    path(
+        "organization/verification/licence/",
+        verification_views.verification_licence,
+        name="verification_licence",
+    ),
+    path(
+        "organization/verification/authorization-letter/",
+        verification_views.verification_letter,
+        name="verification_letter",
+    ),
 ]

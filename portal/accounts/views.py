@@ -40,6 +40,7 @@ from portal.accounts.forms import (
 )
 from portal.accounts.middleware import SESSION_KEY, client_ip
 from portal.accounts.roles import Action, Role, grantable_roles, role_abilities
+from portal.accounts.verification import verification_current
 from portal.errors import SHOWN_ON_PAGE
 
 # --- helpers --------------------------------------------------------------------------------
@@ -270,7 +271,12 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
                 return _done(
                     request, reverse("accounts:organization_settings"), _("Settings saved.")
                 )
-    context = {"form": form, "can_edit": can_edit, "delete_form": DeleteOrganizationForm()}
+    context = {
+        "form": form,
+        "can_edit": can_edit,
+        "delete_form": DeleteOrganizationForm(),
+        "verification": verification_current(org),  # its state and a rejection's reason
+    }
     return render(request, "accounts/organization_settings.html", context)
 
 

@@ -234,6 +234,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
     template = "compute/instance_launch.html"
     alternatives = []
     top_up_url = ""  # a check that refused for credit says where to top up
+    verification_url = ""
     status = 200
     if request.method == "POST":
         form = LaunchForm(request.POST, **choices)
@@ -264,6 +265,8 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                 else:
                     form.add_error(None, exc.message)
                 top_up_url = str(details.get("top_up_url") or "")
+                # a check that refused for verification says where to verify (a 403)
+                verification_url = str(details.get("verification_url") or "")
                 if isinstance(exc, CapacityUnavailable):
                     alternatives = _alternatives(request, exc, request.POST)
             else:
@@ -273,7 +276,8 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                 )
                 url = reverse("compute:instance_detail", args=[instance.pk])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-        status = 422
+        # refused for verification: a 403 (htmx swaps only 2xx and 422, so it gets the form)
+        status = 403 if verification_url and not request.htmx else 422
         type_name, region = request.POST.get("instance_type", ""), request.POST.get("region", "")
     else:
         initial = _launch_initial(request, choices)
@@ -287,6 +291,7 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
         "credit": launch_credit(request.organization, summary and summary.get("hourly")),
         "alternatives": alternatives,
         "top_up_url": top_up_url,
+        "verification_url": verification_url,
         "hours_per_month": HOURS_PER_MONTH,
     }
     if request.htmx and request.method == "GET":

@@ -225,6 +225,18 @@ NEW_KEY = {"public_key": "placeholder"}
 API_OPS = [
     op("api organization", "GET", "/api/v1/organization", ALL, 200, Action.ORG_VIEW, api=True),
     op("api members", "GET", "/api/v1/members", ALL, 200, Action.MEMBER_VIEW, api=True),
+    op("api verification", "GET", "/api/v1/verification", ALL, 200, Action.ORG_VIEW, api=True),
+    # owners only; an empty submission is then refused for its fields
+    op(
+        "api verification submit",
+        "POST",
+        "/api/v1/verification",
+        {"owner"},
+        400,
+        Action.ORG_VERIFY,
+        {"kind": "individual"},
+        api=True,
+    ),
     op("api ssh list", "GET", "/api/v1/ssh-keys", ALL, 200, Action.SSH_KEY_VIEW, api=True),
     op("api ssh get", "GET", "/api/v1/ssh-keys/{ssh_key}", ALL, 200, Action.SSH_KEY_VIEW, api=True),
     op(
@@ -466,6 +478,15 @@ PAGE_OPS = [
     # organization_not_empty); tests/accounts/test_services.py deletes an empty organisation.
     op("org delete", "POST", "/settings/delete/", {"owner"}, 422, Action.ORG_DELETE, {"confirm_slug": "{slug}"}),
     op("audit page", "GET", "/audit/", MANAGERS, 200, Action.AUDIT_VIEW),
+    op("verification page", "GET", "/organization/verification/", ALL, 200, Action.ORG_VIEW),
+    op("verification submit", "POST", "/organization/verification/", {"owner"}, 422, Action.ORG_VERIFY,
+       {"kind": "individual"}),
+    # the world has no verification, so the owner gets 404 (tests/accounts/test_verification.py
+    # downloads real documents)
+    op("verification licence", "GET", "/organization/verification/licence/", {"owner"}, 404,
+       Action.ORG_VERIFY),
+    op("verification letter", "GET", "/organization/verification/authorization-letter/", {"owner"},
+       404, Action.ORG_VERIFY),
     op("instances page", "GET", "/instances/", ALL, 200, Action.INSTANCE_VIEW),
     op("instance page", "GET", "/instances/{instance}/", ALL, 200, Action.INSTANCE_VIEW),
     op("instance row", "GET", "/instances/{instance}/row/", ALL, 302, Action.INSTANCE_VIEW),

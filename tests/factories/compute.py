@@ -23,13 +23,14 @@ class World:
         hosts: int = 1,
         gpus_per_host: int = 8,
         region_code: str = "us-east-1",
+        region_country: str = "US",
         credit_amount: str | None = "10000",
         **org_fields,
     ) -> None:
         if not GpuModel.objects.exists():
             catalog_services.gpu_models_load(path=DATA_DIR / "gpus.csv")
         self.region = catalog_services.region_ensure(
-            code=region_code, name=region_code, country="US"
+            code=region_code, name=region_code, country=region_country
         )
         self.hosts = [
             catalog_services.host_register(

@@ -5,7 +5,7 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.accounts import selectors, services
+from portal.accounts import selectors, services, verification
 from portal.accounts.api import serializers
 from portal.accounts.filters import AuditEventFilter
 from portal.accounts.models import AuditEvent, Membership, SshKey
@@ -93,3 +93,46 @@ class AuditEventListView(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
         return selectors.audit_events_list(self.request.actor.organization)
+
+
+@extend_schema_view(
+    get=extend_schema(summary="The organisation's real-name or enterprise verification"),
+    post=extend_schema(summary="Submit the organisation's verification for review"),
+)
+class VerificationView(APIView):
+    """State, kind and masked numbers only: identity numbers never leave the portal."""
+
+    actions = {"GET": Action.ORG_VIEW, "POST": Action.ORG_VERIFY}
+
+    @extend_schema(
+        operation_id="verification_retrieve",
+        responses={200: serializers.VerificationSerializer, **error_responses(401, 403)},
+    )
+    def get(self, request):
+        organization = request.actor.organization
+        current = verification.verification_current(organization)
+        return Response(serializers.VerificationSerializer.of(organization, current))
+
+    @extend_schema(
+        operation_id="verification_submit",
+        request={
+            "multipart/form-data": serializers.VerificationSubmitSerializer,
+            "application/json": serializers.VerificationSubmitSerializer,
+        },
+        responses={
+            201: serializers.VerificationSerializer,
+            **error_responses(400, 401, 403, 409, 415),
+        },
+    )
+    def post(self, request):
+        payload = serializers.VerificationSubmitSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        created = verification.verification_submit(
+            actor=request.actor, submission=verification.Submission(**payload.validated_data)
+        )
+        organization = created.organization
+        organization.refresh_from_db(fields=["verified_as"])
+        return Response(
+            serializers.VerificationSerializer.of(organization, created),
+            status=status.HTTP_201_CREATED,
+        )

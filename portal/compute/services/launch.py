@@ -245,6 +245,9 @@ def _launch(
       some);
     - the name not taken by a live instance;
     - the quota: the GPUs held per model and the organisation's quotas (one query);
+    - accounts' verification check (``COMPUTE_LAUNCH_CHECKS``): nothing outside the regions
+      ``VERIFICATION_POLICY`` covers; inside them the organisation's ``verified_as`` (one
+      primary-key read under its lock);
     - billing's check (``COMPUTE_LAUNCH_CHECKS``): an overdue invoice, the burn figure with the
       ledger balance and the billing profile (one row, whatever the fleet);
     - the instance row;
