@@ -49,6 +49,13 @@ def build_world(org=None) -> World:
     viewer = Membership.objects.get(user=factories.member(org, "viewer"))
     instance, volume = _compute_objects(org)
     card, invoice, checkout = _billing_objects(org)
+    from billing.models import Payment
+
+    wallet_payment = Payment.objects.create(
+        organization=org, purpose="top_up", amount=300, currency="CNY", status="pending",
+        provider="alipay", idempotency_key=f"wallet-{org.pk}", checkout_id=f"GCW{org.pk:09d}",
+        qr_payload="https://qr.alipay.com/bax00000",
+    )  # fmt: skip
     from billing.models import CreditRequest
 
     credit_request = CreditRequest.objects.create(
@@ -71,6 +78,7 @@ def build_world(org=None) -> World:
             "checkout": checkout,
             "credit_request": credit_request.pk,
             "notice": notice.pk,
+            "wallet_payment": wallet_payment.pk,
         },
     )
 
@@ -354,6 +362,25 @@ API_OPS = [
         effect=lambda w: profile_has(w, monthly_spend_limit=900, spend_limit_mode="alert"),
     ),
     op(
+        "api top-up",
+        "POST",
+        "/api/v1/top-ups",
+        BILLING_MANAGERS,
+        201,
+        Action.BILLING_MANAGE,
+        {"amount": "50", "method": "card"},
+        True,
+    ),
+    op(
+        "api payment",
+        "GET",
+        "/api/v1/payments/{wallet_payment}",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
         "api bank transfer reference",
         "GET",
         "/api/v1/bank-transfers/reference",
@@ -533,6 +560,9 @@ PAGE_OPS = [
        Action.BILLING_MANAGE, {"amount": "1", "sent_on": "2026-11-30", "payer_name": "x"}),
     op("bank transfer slip", "GET", "/billing/bank-transfer/notices/{notice}/slip/", BILLING_READERS, 200,
        Action.BILLING_VIEW),
+    op("wallet pay page", "GET", "/billing/pay/{wallet_payment}/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("wallet pay status", "GET", "/billing/pay/{wallet_payment}/status/", BILLING_READERS, 200,
+       Action.BILLING_VIEW),
     op("invoice page", "GET", "/billing/invoices/{invoice}/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("invoice pdf", "GET", "/billing/invoices/{invoice}/pdf/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("invoice ubl", "GET", "/billing/invoices/{invoice}/e-invoice/ubl/", BILLING_READERS, 200, Action.BILLING_VIEW),
@@ -665,6 +695,8 @@ OUTSIDE_THE_MATRIX = {
     "invitations/accept/": "addressed by the invitation's secret token",
     "invitations/accept/<str:token>/": "addressed by the invitation's secret token",
     "webhooks/<slug:provider_name>/": "payment providers, signature-checked (tests/billing)",
+    "webhooks/alipay/": "Alipay's notifications, RSA2-checked (tests/billing/wallets)",
+    "webhooks/wechatpay/": "WeChat Pay's notifications, signature-checked (tests/billing/wallets)",
 }
 
 FINANCE_OPS = [
@@ -696,7 +728,9 @@ def _routes(resolver=None, prefix=""):
 
 SAMPLE_IDS = {
     **dict.fromkeys(("ssh_key", "api_key", "invitation", "membership", "instance"), 1),
-    **dict.fromkeys(("volume", "card", "invoice", "job", "credit_request", "notice"), 1),
+    **dict.fromkeys(
+        ("volume", "card", "invoice", "job", "credit_request", "notice", "wallet_payment"), 1
+    ),
     "checkout": "token",
 }
 
