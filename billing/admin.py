@@ -13,6 +13,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from billing.invoicing import services as invoicing
 from billing.invoicing.documents import invoice_pdf
@@ -43,9 +45,14 @@ from portal.errors import PortalError
 
 class GrantForm(forms.Form):
     amount = forms.DecimalField(
-        min_value=0, max_digits=20, decimal_places=2, help_text="In the account's currency."
+        min_value=0,
+        max_digits=20,
+        decimal_places=2,
+        help_text=gettext_lazy("In the account's currency."),
     )
-    reason = forms.CharField(max_length=200, help_text="Shown on the customer's ledger.")
+    reason = forms.CharField(
+        max_length=200, help_text=gettext_lazy("Shown on the customer's ledger.")
+    )
     key = forms.CharField(widget=forms.HiddenInput)
 
 
@@ -83,7 +90,9 @@ class AccountAdmin(ReadOnlyAdmin):
                 form.add_error(None, exc.message)
             else:
                 messages.success(
-                    request, f"Granted {form.cleaned_data['amount']} {account.currency}."
+                    request,
+                    _("Granted %(amount)s %(currency)s.")
+                    % {"amount": form.cleaned_data["amount"], "currency": account.currency},
                 )
                 return redirect(reverse("admin:billing_account_change", args=[pk]))
         context = {
@@ -151,15 +160,17 @@ class MonthListFilter(admin.SimpleListFilter):
 
 class MarkPaidForm(forms.Form):
     reference = forms.CharField(
-        max_length=120, help_text="The bank transfer's reference or the payment's id."
+        max_length=120, help_text=gettext_lazy("The bank transfer's reference or the payment's id.")
     )
     paid_on = forms.DateField(
-        required=False, help_text="YYYY-MM-DD, when the money arrived (default: now)."
+        required=False, help_text=gettext_lazy("YYYY-MM-DD, when the money arrived (default: now).")
     )
 
 
 class VoidForm(forms.Form):
-    reason = forms.CharField(max_length=250, help_text="Kept on the invoice and in the audit log.")
+    reason = forms.CharField(
+        max_length=250, help_text=gettext_lazy("Kept on the invoice and in the audit log.")
+    )
 
 
 class CreditNoteForm(forms.Form):
@@ -167,9 +178,11 @@ class CreditNoteForm(forms.Form):
         min_value=Decimal("0.01"),
         max_digits=16,
         decimal_places=2,
-        help_text="Net amount to credit, before tax (tax follows the invoice's rate).",
+        help_text=gettext_lazy(
+            "Net amount to credit, before tax (tax follows the invoice's rate)."
+        ),
     )
-    reason = forms.CharField(max_length=250, help_text="Printed on the credit note.")
+    reason = forms.CharField(max_length=250, help_text=gettext_lazy("Printed on the credit note."))
     # The number of credit notes the page was shown with: a double submit creates one.
     notes = forms.IntegerField(widget=forms.HiddenInput)
 
@@ -301,7 +314,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         url = reverse("admin:billing_invoice_pdf", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, label)
 
-    @admin.display(description="Actions")
+    @admin.display(description=gettext_lazy("Actions"))
     def finance_actions(self, obj: Invoice):
         links = []
         if obj.kind == InvoiceKind.INVOICE and obj.status == InvoiceStatus.FINALIZED:
@@ -331,11 +344,13 @@ class InvoiceAdmin(ReadOnlyAdmin):
             else:
                 done.append(str(result or invoice))
         if done:
-            messages.success(request, f"{verb}: {', '.join(done)}.")
+            messages.success(
+                request, _("%(verb)s: %(done)s.") % {"verb": verb, "done": ", ".join(done)}
+            )
         for message in failed:
             messages.error(request, message)
 
-    @admin.action(description="Finalize selected drafts", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Finalize selected drafts"), permissions=["finance"])
     def finalize_selected(self, request, queryset):
         self._each(
             request,
@@ -346,7 +361,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.action(description="Rebuild selected drafts from usage", permissions=["finance"])
+    @admin.action(
+        description=gettext_lazy("Rebuild selected drafts from usage"), permissions=["finance"]
+    )
     def refresh_drafts(self, request, queryset):
         self._each(
             request,
@@ -357,7 +374,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.action(description="Email selected again", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Email selected again"), permissions=["finance"])
     def resend_selected(self, request, queryset):
         self._each(
             request,
@@ -368,19 +385,19 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     def _one(self, request, queryset, url_name: str):
         if queryset.count() != 1:
-            messages.error(request, "Select exactly one invoice for this action.")
+            messages.error(request, _("Select exactly one invoice for this action."))
             return None
         return redirect(reverse(f"admin:{url_name}", args=[queryset.get().pk]))
 
-    @admin.action(description="Mark paid…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Mark paid…"), permissions=["finance"])
     def mark_paid(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_mark_paid")
 
-    @admin.action(description="Void…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Void…"), permissions=["finance"])
     def void(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_void")
 
-    @admin.action(description="Credit note…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Credit note…"), permissions=["finance"])
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
 
@@ -403,32 +420,32 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
         flt = self._selection_filter(queryset)
         columns, rows = finance.export_rows(kind, flt)
-        _, body = finance.export_write(fmt, flt, columns, rows)
+        _name, body = finance.export_write(fmt, flt, columns, rows)
         response = HttpResponse(body, content_type=finance.CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="{kind}-selected.{fmt}"'
         return response
 
-    @admin.action(description="Export selected: register (CSV)")
+    @admin.action(description=gettext_lazy("Export selected: register (CSV)"))
     def export_register_csv(self, request, queryset):
         return self._export(queryset, "register", "csv")
 
-    @admin.action(description="Export selected: register (XLSX)")
+    @admin.action(description=gettext_lazy("Export selected: register (XLSX)"))
     def export_register_xlsx(self, request, queryset):
         return self._export(queryset, "register", "xlsx")
 
-    @admin.action(description="Export selected: lines (CSV)")
+    @admin.action(description=gettext_lazy("Export selected: lines (CSV)"))
     def export_lines_csv(self, request, queryset):
         return self._export(queryset, "lines", "csv")
 
-    @admin.action(description="Export selected: lines (XLSX)")
+    @admin.action(description=gettext_lazy("Export selected: lines (XLSX)"))
     def export_lines_xlsx(self, request, queryset):
         return self._export(queryset, "lines", "xlsx")
 
-    @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
+    @admin.action(description=gettext_lazy("Export selected: e-invoices and PDFs (ZIP)"))
     def export_einvoices_zip(self, request, queryset):
         from billing.finance import services as finance
 
-        _, body = finance.documents_zip_write(queryset)
+        _name, body = finance.documents_zip_write(queryset)
         response = HttpResponse(body, content_type=finance.CONTENT_TYPES["zip"])
         response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
         return response
@@ -497,7 +514,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"{invoice} marked paid.")
+                messages.success(request, _("%(invoice)s marked paid.") % {"invoice": invoice})
                 return self._back(invoice)
         return self._form_page(
             request,
@@ -522,7 +539,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"{invoice} voided.")
+                messages.success(request, _("%(invoice)s voided.") % {"invoice": invoice})
                 return self._back(invoice)
         return self._form_page(
             request,
@@ -543,7 +560,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         form = CreditNoteForm(request.POST or None, initial={"notes": notes})
         if request.method == "POST" and form.is_valid():
             if form.cleaned_data["notes"] != notes:
-                messages.warning(request, "A credit note was made meanwhile; nothing was added.")
+                messages.warning(request, _("A credit note was made meanwhile; nothing was added."))
                 return self._back(invoice)
             try:
                 note = invoicing.credit_note_create(
@@ -555,7 +572,11 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"Credit note {note} issued for {invoice}.")
+                messages.success(
+                    request,
+                    _("Credit note %(note)s issued for %(invoice)s.")
+                    % {"note": note, "invoice": invoice},
+                )
                 return redirect(reverse("admin:billing_invoice_change", args=[note.pk]))
         return self._form_page(
             request,
@@ -575,9 +596,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 class RefundForm(forms.Form):
     amount = forms.DecimalField(
-        label="Amount to refund", min_value=Decimal("0.01"), decimal_places=2
+        label=gettext_lazy("Amount to refund"), min_value=Decimal("0.01"), decimal_places=2
     )
-    reason = forms.CharField(label="Reason", max_length=300)
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=300)
 
 
 class RefundInline(ReadOnlyTabularInline):
@@ -604,7 +625,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     inlines = [RefundInline]
     date_hierarchy = "created_at"
 
-    @admin.display(description="Refund")
+    @admin.display(description=gettext_lazy("Refund"))
     def refund_link(self, obj: Payment):
         if obj.status != "succeeded" or obj.refunded_amount >= obj.amount:
             return "—"
@@ -644,7 +665,13 @@ class PaymentAdmin(ReadOnlyAdmin):
                 form.add_error(None, exc.message)
             else:
                 messages.success(
-                    request, f"Refund of {refund.amount} {payment.currency}: {refund.status}."
+                    request,
+                    _("Refund of %(amount)s %(currency)s: %(status)s.")
+                    % {
+                        "amount": refund.amount,
+                        "currency": payment.currency,
+                        "status": refund.status,
+                    },
                 )
                 return redirect(reverse("admin:billing_payment_change", args=[payment.pk]))
         context = {
@@ -729,11 +756,11 @@ class BillingProfileAdmin(admin.ModelAdmin):
         "balance_exhausted_at",
     ]
 
-    @admin.display(description="Billing mode")
+    @admin.display(description=gettext_lazy("Billing mode"))
     def billing_mode(self, obj: BillingProfile):
         return obj.organization.get_billing_mode_display()
 
-    @admin.display(description="Credit terms")
+    @admin.display(description=gettext_lazy("Credit terms"))
     def credit_terms_links(self, obj: BillingProfile):
         if obj.organization.billing_mode != "invoiced":
             return "Prepaid: monthly invoicing is granted from a customer's request."
@@ -820,23 +847,27 @@ class CreditTermsForm(forms.Form):
         min_value=0,
         max_digits=18,
         decimal_places=2,
-        help_text="In the organisation's currency: the most it may owe (unpaid invoices, usage "
-        "not invoiced yet, the reserve window's burn).",
+        help_text=gettext_lazy(
+            "In the organisation's currency: the most it may owe (unpaid invoices, usage "
+            "not invoiced yet, the reserve window's burn)."
+        ),
     )
     payment_terms_days = forms.IntegerField(
         min_value=0, max_value=credit_terms.MAX_PAYMENT_TERMS_DAYS, initial=30
     )
     note = forms.CharField(
-        max_length=500, required=False, help_text="Kept with the decision and in the audit log."
+        max_length=500,
+        required=False,
+        help_text=gettext_lazy("Kept with the decision and in the audit log."),
     )
 
 
 class DeclineForm(forms.Form):
-    note = forms.CharField(max_length=500, help_text="Why: kept with the decision.")
+    note = forms.CharField(max_length=500, help_text=gettext_lazy("Why: kept with the decision."))
 
 
 class RevokeForm(forms.Form):
-    reason = forms.CharField(max_length=500, help_text="Kept in the audit log.")
+    reason = forms.CharField(max_length=500, help_text=gettext_lazy("Kept in the audit log."))
 
 
 def _require_credit_permission(request) -> None:
@@ -909,7 +940,7 @@ class CreditRequestAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = fields
 
-    @admin.display(description="Decide")
+    @admin.display(description=gettext_lazy("Decide"))
     def decide_links(self, obj: CreditRequest):
         if obj.status != CreditRequestStatus.PENDING:
             return "—"

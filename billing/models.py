@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.db.models.functions import Round
 from django.db.models.lookups import Exact
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency, Organization
 from portal.metering.models import UsageRecord
@@ -118,7 +119,7 @@ class LedgerEntry(models.Model):
     usage_record = models.OneToOneField(
         UsageRecord, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entry"
     )
-    reference = models.CharField(max_length=120, blank=True, help_text="e.g. a payment id.")
+    reference = models.CharField(max_length=120, blank=True, help_text=_("e.g. a payment id."))
     payment = models.ForeignKey(
         "Payment", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
     )
@@ -203,9 +204,9 @@ class BillingProfile(models.Model):
     organization = models.OneToOneField(
         Organization, on_delete=models.CASCADE, related_name="billing_profile"
     )
-    provider = models.CharField(max_length=20, blank=True, help_text="Payment provider in use.")
+    provider = models.CharField(max_length=20, blank=True, help_text=_("Payment provider in use."))
     customer_id = models.CharField(
-        max_length=120, blank=True, help_text="The provider's customer id (e.g. cus_...)."
+        max_length=120, blank=True, help_text=_("The provider's customer id (e.g. cus_...).")
     )
     auto_recharge_enabled = models.BooleanField(default=False)
     auto_recharge_threshold = models.DecimalField(
@@ -225,18 +226,22 @@ class BillingProfile(models.Model):
         decimal_places=MONEY_DECIMAL_PLACES,
         null=True,
         blank=True,
-        help_text="Granted by finance with monthly invoicing: the most the organisation may owe "
-        "(unpaid invoices, usage not invoiced yet, and the reserve window's burn).",
+        help_text=_(
+            "Granted by finance with monthly invoicing: the most the organisation may owe "
+            "(unpaid invoices, usage not invoiced yet, and the reserve window's burn)."
+        ),
     )
     tax_status = models.CharField(
         max_length=16, choices=TaxStatus.choices, default=TaxStatus.STANDARD
     )
     tax_rate = models.DecimalField(
-        max_digits=5, decimal_places=4, default=0, help_text="0.2000 is 20 %."
+        max_digits=5, decimal_places=4, default=0, help_text=_("0.2000 is 20 %.")
     )
     payment_terms_days = models.PositiveSmallIntegerField(default=30)
     balance_exhausted_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a prepaid balance last reached zero (grace clock)."
+        null=True,
+        blank=True,
+        help_text=_("When a prepaid balance last reached zero (grace clock)."),
     )
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -324,8 +329,10 @@ class Payment(models.Model):
     )
     provider = models.CharField(max_length=20)
     idempotency_key = models.CharField(max_length=120, unique=True)
-    checkout_id = models.CharField(max_length=255, blank=True, help_text="e.g. cs_... (Checkout)")
-    payment_intent_id = models.CharField(max_length=255, blank=True, help_text="e.g. pi_...")
+    checkout_id = models.CharField(
+        max_length=255, blank=True, help_text=_("e.g. cs_... (Checkout)")
+    )
+    payment_intent_id = models.CharField(max_length=255, blank=True, help_text=_("e.g. pi_..."))
     payment_method = models.ForeignKey(
         PaymentMethod, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments"
     )
@@ -367,7 +374,7 @@ class Refund(models.Model):
     amount = models.DecimalField(max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES)
     reason = models.CharField(max_length=300)
     idempotency_key = models.CharField(max_length=120, unique=True)
-    provider_id = models.CharField(max_length=255, blank=True, help_text="e.g. re_...")
+    provider_id = models.CharField(max_length=255, blank=True, help_text=_("e.g. re_..."))
     status = models.CharField(max_length=16, default="pending")
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
@@ -471,7 +478,7 @@ class CreditRequest(models.Model):
     )
     company_name = models.CharField(max_length=200)
     registration_number = models.CharField(
-        max_length=64, help_text="Company registration or unified social credit code."
+        max_length=64, help_text=_("Company registration or unified social credit code.")
     )
     address = models.CharField(max_length=500)
     contact_name = models.CharField(max_length=120)
@@ -541,8 +548,8 @@ class Invoice(models.Model):
     corrects = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="credit_notes"
     )
-    period_start = models.DateField(help_text="First day of the month (UTC).")
-    period_end = models.DateField(help_text="First day of the next month (exclusive).")
+    period_start = models.DateField(help_text=_("First day of the month (UTC)."))
+    period_end = models.DateField(help_text=_("First day of the next month (exclusive)."))
     currency = models.CharField(max_length=3, choices=Currency.choices)
     billing_mode = models.CharField(max_length=10)
     status = models.CharField(
@@ -567,10 +574,10 @@ class Invoice(models.Model):
         max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
     )
     payment_reference = models.CharField(
-        max_length=40, blank=True, help_text="Quote this on a bank transfer."
+        max_length=40, blank=True, help_text=_("Quote this on a bank transfer.")
     )
     paid_reference = models.CharField(
-        max_length=120, blank=True, help_text="How it was paid (bank reference, payment id)."
+        max_length=120, blank=True, help_text=_("How it was paid (bank reference, payment id).")
     )
     seller = models.JSONField(default=dict, blank=True)
     buyer = models.JSONField(default=dict, blank=True)
@@ -716,7 +723,7 @@ class ExportJob(models.Model):
     content = models.BinaryField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text=_("When a worker took it."))
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -2,6 +2,7 @@
 
 import django_filters
 from django.http import HttpResponse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -190,7 +191,7 @@ def _invoice(request, pk: int) -> Invoice:
         .first()
     )
     if invoice is None:
-        raise NotFound("No such invoice in this organisation.")
+        raise NotFound(_("No such invoice in this organisation."))
     return invoice
 
 

@@ -53,6 +53,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from django.conf import settings
+from django.utils.translation import gettext as _
 from lxml import etree
 
 from billing.errors import BillingErrorCode
@@ -113,7 +115,7 @@ def _rules_path(relative: str) -> Path:
 def _require_finalized(document: Document) -> None:
     if document.draft or not document.number:
         raise InvalidInput(
-            "Only a finalized invoice has an e-invoice; this one is still a draft.",
+            _("Only a finalized invoice has an e-invoice; this one is still a draft."),
             code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
 
@@ -159,11 +161,11 @@ def _document(source: Invoice | Document) -> dict:
     seller, buyer = dict(document.seller or {}), dict(document.buyer or {})
     if not seller.get("name") or not seller.get("country"):
         raise InvalidInput(
-            "The invoice has no seller details.", code=BillingErrorCode.SELLER_MISSING
+            _("The invoice has no seller details."), code=BillingErrorCode.SELLER_MISSING
         )
     if not buyer.get("name") or not buyer.get("country"):
         raise InvalidInput(
-            "The buyer's name and country are needed for an e-document.",
+            _("The buyer's name and country are needed for an e-document."),
             code=BillingErrorCode.BUYER_MISSING,
         )
     buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
@@ -535,7 +537,7 @@ def invoice_facturx_pdf(invoice: Invoice) -> bytes:
 
     xml = invoice_cii(invoice)
     return generate_from_binary(
-        invoice_pdf(invoice),
+        invoice_pdf(invoice, settings.LANGUAGE_CODE),  # as its lang says
         xml,
         flavor="factur-x",
         level="en16931",

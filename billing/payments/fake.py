@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.payments.base import (
@@ -198,11 +199,12 @@ class FakeProvider(PaymentProvider):
 
     def card_details(self, payment_method_id: str) -> CardDetails:
         try:
-            _, brand, last4, month, year, _ = payment_method_id.split("_")
+            _pm, brand, last4, month, year, _rest = payment_method_id.split("_")
             return CardDetails(payment_method_id, brand, last4, int(month), int(year))
         except ValueError:
             raise PaymentProviderError(
-                f"Unknown payment method '{payment_method_id}'.",
+                _("Unknown payment method '%(payment_method_id)s'.")
+                % {"payment_method_id": payment_method_id},
                 code=BillingErrorCode.PAYMENT_METHOD_UNKNOWN,
             ) from None
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.services import ledger_post
@@ -48,7 +49,7 @@ CREDIT_KINDS = (EntryKind.TOP_UP, EntryKind.GRANT, EntryKind.PAYMENT)
 
 
 def profile_for(organization: Organization, *, lock: bool = False) -> BillingProfile:
-    profile, _ = BillingProfile.objects.get_or_create(
+    profile, _created = BillingProfile.objects.get_or_create(
         organization=organization,
         defaults={"payment_terms_days": settings.BILLING_PAYMENT_TERMS_DAYS},
     )
@@ -145,7 +146,7 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
                 actor=Actor.system(),
             )
     else:
-        _, created = ledger_post(
+        _entry, created = ledger_post(
             organization=payment.organization,
             kind=EntryKind.TOP_UP,
             amount=payment.amount,
@@ -300,7 +301,7 @@ def card_saved(
     )
     if method.organization_id != organization.pk:
         raise Conflict(
-            "This card belongs to another organisation.", code=BillingErrorCode.CARD_OTHER_ORG
+            _("This card belongs to another organisation."), code=BillingErrorCode.CARD_OTHER_ORG
         )
     if created and default_payment_method(organization) is None:
         method.is_default = True
@@ -323,7 +324,7 @@ def _card_for(actor: Actor, method_id: int) -> PaymentMethod:
         .first()
     )
     if method is None:
-        raise NotFound("No such saved card.", code=ErrorCode.NOT_FOUND)
+        raise NotFound(_("No such saved card."), code=ErrorCode.NOT_FOUND)
     return method
 
 
@@ -388,13 +389,13 @@ def auto_recharge_configure(
             errors["amount"] = exc.details.get("amount", exc.message)
         if errors:
             raise InvalidInput(
-                "Check the auto-recharge settings.",
+                _("Check the auto-recharge settings."),
                 code=BillingErrorCode.AUTO_RECHARGE_INVALID,
                 details=errors,
             )
         if default_payment_method(organization) is None:
             raise Conflict(
-                "Save a card first: auto-recharge charges your default card.",
+                _("Save a card first: auto-recharge charges your default card."),
                 code=BillingErrorCode.NO_PAYMENT_METHOD,
             )
         profile.auto_recharge_threshold = threshold
@@ -457,25 +458,27 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
     taken off the ledger when the provider confirms (ledger key ``refund:<provider id>``)."""
     if not actor.operator:
         raise PermissionDenied(
-            "Only operators refund payments.", code=BillingErrorCode.OPERATORS_ONLY
+            _("Only operators refund payments."), code=BillingErrorCode.OPERATORS_ONLY
         )
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput(
-            "Say why the payment is refunded.", code=BillingErrorCode.REASON_REQUIRED
+            _("Say why the payment is refunded."), code=BillingErrorCode.REASON_REQUIRED
         )
     with transaction.atomic(durable=True):
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:
             raise Conflict(
-                "Only a succeeded payment can be refunded.", code=BillingErrorCode.PAYMENT_NOT_PAID
+                _("Only a succeeded payment can be refunded."),
+                code=BillingErrorCode.PAYMENT_NOT_PAID,
             )
         pending = sum((r.amount for r in payment.refunds.filter(status="pending")), Decimal(0))
         refundable = payment.amount - payment.refunded_amount - pending
         if amount > refundable:
             raise InvalidInput(
-                f"At most {refundable} {payment.currency} can still be refunded.",
+                _("At most %(refundable)s %(currency)s can still be refunded.")
+                % {"refundable": refundable, "currency": payment.currency},
                 code=BillingErrorCode.REFUND_TOO_LARGE,
                 details={"refundable": str(refundable)},
             )

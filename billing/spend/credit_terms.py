@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import BurnNow
@@ -212,14 +213,14 @@ def credit_request_create(*, actor: Actor, **values) -> CreditRequest:
     organization = actor.organization
     if organization.billing_mode == BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is invoiced monthly already.",
+            _("This organisation is invoiced monthly already."),
             code=BillingErrorCode.CREDIT_TERMS_ACTIVE,
         )
     if CreditRequest.objects.filter(
         organization=organization, status=CreditRequestStatus.PENDING
     ).exists():
         raise Conflict(
-            "A request for monthly invoicing is already waiting for finance.",
+            _("A request for monthly invoicing is already waiting for finance."),
             code=BillingErrorCode.CREDIT_REQUEST_PENDING,
         )
     unknown = set(values) - set(REQUEST_FIELDS)
@@ -263,7 +264,7 @@ def credit_request_withdraw(*, actor: Actor, request_id: int) -> CreditRequest:
         organization=actor.organization, pk=request_id, status=CreditRequestStatus.PENDING
     ).first()
     if request is None:
-        raise NotFound("No pending request for monthly invoicing.")
+        raise NotFound(_("No pending request for monthly invoicing."))
     request.status = CreditRequestStatus.WITHDRAWN
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_at"])
@@ -284,9 +285,9 @@ def _finance(actor: Actor) -> Actor:
     """Only finance staff (``billing.grant_credit``) decide credit terms."""
     user = actor.user
     if not (actor.operator and user is not None and user.is_staff):
-        raise PermissionDenied("Only finance staff decide credit terms.")
+        raise PermissionDenied(_("Only finance staff decide credit terms."))
     if not user.has_perm("billing.grant_credit"):
-        raise PermissionDenied("Only finance staff decide credit terms.")
+        raise PermissionDenied(_("Only finance staff decide credit terms."))
     return actor
 
 
@@ -307,10 +308,11 @@ def _pending_request(request_id: int) -> CreditRequest:
     """The request finance decides on, locked; refused once decided."""
     request = CreditRequest.objects.select_for_update().filter(pk=request_id).first()
     if request is None:
-        raise NotFound("No such request.")
+        raise NotFound(_("No such request."))
     if request.status != CreditRequestStatus.PENDING:
         raise Conflict(
-            f"This request is {request.get_status_display().lower()} already.",
+            _("This request is %(status)s already.")
+            % {"status": request.get_status_display().lower()},
             code=BillingErrorCode.CREDIT_REQUEST_DECIDED,
         )
     return request
@@ -396,7 +398,7 @@ def credit_terms_change(
     organization = _locked_organization(organization_id)
     if organization.billing_mode != BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is not invoiced monthly: grant a request first.",
+            _("This organisation is not invoiced monthly: grant a request first."),
             code=BillingErrorCode.CREDIT_TERMS_NONE,
         )
     limit, days = _terms(organization, credit_limit, payment_terms_days)
@@ -438,7 +440,7 @@ def credit_terms_revoke(*, actor: Actor, organization_id: int, reason: str) -> B
     organization = _locked_organization(organization_id)
     if organization.billing_mode != BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is not invoiced monthly.", code=BillingErrorCode.CREDIT_TERMS_NONE
+            _("This organisation is not invoiced monthly."), code=BillingErrorCode.CREDIT_TERMS_NONE
         )
     profile = profile_for(organization, lock=True)
     before = None if profile.credit_limit is None else str(profile.credit_limit)

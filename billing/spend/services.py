@@ -21,6 +21,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import BurnNow, burn_now, storage_rate
@@ -159,13 +161,26 @@ def _credit_needed(
     if credit.available >= needed:
         return
     short = money_round_up(needed - credit.available, currency)
-    hours = f"{window.normalize():f} hour{'' if window == 1 else 's'}"
+    hours = ngettext("%(hours)s hour", "%(hours)s hours", 1 if window == 1 else 2) % {
+        "hours": f"{window.normalize():f}"
+    }
     raise PaymentRequired(
-        f"Not enough credit for {what}: it needs {amount_text(needed, currency)} {currency} for "
-        f"{hours}, and {amount_text(max(credit.available, Decimal(0)), currency)} {currency} of "
-        f"your {amount_text(credit.balance, currency)} {currency} balance is free (the rest "
-        f"covers {hours} of what is running or stored). Top up at least "
-        f"{amount_text(short, currency)} {currency} on the billing page.",
+        _(
+            "Not enough credit for %(what)s: it needs %(needed)s %(currency)s for "
+            "%(hours)s, and %(free)s %(currency)s of your %(balance)s "
+            "%(currency)s balance is free (the rest covers %(hours)s of what is "
+            "running or stored). Top up at least %(short)s %(currency)s on the "
+            "billing page."
+        )
+        % {
+            "what": what,
+            "needed": amount_text(needed, currency),
+            "currency": currency,
+            "hours": hours,
+            "free": amount_text(max(credit.available, Decimal(0)), currency),
+            "balance": amount_text(credit.balance, currency),
+            "short": amount_text(short, currency),
+        },
         code=BillingErrorCode.INSUFFICIENT_CREDIT,
         details={
             "balance": amount_text(credit.balance, currency),
@@ -192,7 +207,7 @@ def _credit_needed(
 def _refuse_overdue(organization: Organization, what: str) -> None:
     if overdue(organization):
         raise PaymentRequired(
-            f"An invoice is overdue. Pay it to {what}.",
+            _("An invoice is overdue. Pay it to %(what)s.") % {"what": what},
             code=BillingErrorCode.INVOICE_OVERDUE,
         )
 
@@ -220,8 +235,11 @@ def _refuse_over_limit(
         reach += committed * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
     if reach >= limit:
         raise PaymentRequired(
-            f"This month's spend limit of {amount_text(limit, currency)} {currency} is reached. "
-            f"Raise it on the billing page to {what}.",
+            _(
+                "This month's spend limit of %(limit)s %(currency)s is reached. Raise "
+                "it on the billing page to %(what)s."
+            )
+            % {"limit": amount_text(limit, currency), "currency": currency, "what": what},
             code=BillingErrorCode.SPEND_LIMIT_REACHED,
             details={
                 "limit": amount_text(limit, currency),
@@ -245,7 +263,7 @@ def launch_check(
     actor=None,
     new_volume_gb=0,
     hourly_price: Decimal | None = None,
-    **_,
+    **_kwargs,
 ) -> None:
     """Refuse a launch the organisation cannot pay for.
 
@@ -259,44 +277,51 @@ def launch_check(
     ``hourly_price``: the type's on-demand price in the region now, when the launch read it
     already (else one query).
     """
-    _refuse_overdue(organization, "launch new instances")
+    _refuse_overdue(organization, _("launch new instances"))
     hourly = hourly_price
     if hourly is None:
         hourly = _price_now(organization, instance_type.pk, region.pk)
     what = instance_type.name
     if new_volume_gb:  # a volume made with the launch is stored from the start
         hourly += storage_rate(new_volume_gb, organization.currency)
-        what = f"{instance_type.name} with a {new_volume_gb} GB volume"
+        what = _("%(type)s with a %(size)s GB volume") % {
+            "type": instance_type.name,
+            "size": new_volume_gb,
+        }
     burn = burn_now(organization)
     profile = burn.profile
     _refuse_over_limit(
-        organization, what="launch more", profile=profile, burn=burn, per_hour=hourly
+        organization, what=_("launch more"), profile=profile, burn=burn, per_hour=hourly
     )
     _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
-def start_check(*, organization: Organization, instance=None, **_) -> None:
+def start_check(*, organization: Organization, instance=None, **_kwargs) -> None:
     """Starting a stopped instance needs nothing overdue and, prepaid, credit for its running
     price over the reserve window beyond what is reserved already (its kept disk among it)."""
-    _refuse_overdue(organization, "start instances")
+    _refuse_overdue(organization, _("start instances"))
     hourly = Decimal(0)
     if instance is not None:
         hourly = _price_now(organization, instance.instance_type_id, instance.region_id)
     burn = burn_now(organization)
     profile = burn.profile
     _refuse_over_limit(
-        organization, what="start instances", profile=profile, burn=burn, per_hour=hourly
+        organization, what=_("start instances"), profile=profile, burn=burn, per_hour=hourly
     )
-    what = f"starting {instance.name}" if instance is not None else "starting an instance"
+    what = (
+        _("starting %(name)s") % {"name": instance.name}
+        if instance is not None
+        else _("starting an instance")
+    )
     _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
-def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
+def volume_check(*, organization: Organization, size_gb: int, **_kwargs) -> None:
     """A new volume needs, prepaid, credit for its storage over the reserve window."""
     burn = burn_now(organization)
     _credit_needed(
         organization,
-        what=f"a {size_gb} GB volume",
+        what=_("a %(size)s GB volume") % {"size": size_gb},
         per_hour=storage_rate(size_gb, organization.currency),
         burn=burn,
         profile=burn.profile,
