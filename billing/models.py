@@ -24,14 +24,14 @@ AMOUNT_DECIMAL_PLACES = RATING_PLACES  # 12
 
 
 class EntryKind(models.TextChoices):
-    TOP_UP = "top_up", "Top-up"
-    GRANT = "grant", "Grant"
-    USAGE = "usage", "Usage"
-    REFUND = "refund", "Refund"
-    ADJUSTMENT = "adjustment", "Adjustment"
-    ROUNDING = "rounding", "Rounding"
-    PAYMENT = "payment", "Invoice payment"
-    TAX = "tax", "Tax"
+    TOP_UP = "top_up", _("Top-up")
+    GRANT = "grant", _("Grant")
+    USAGE = "usage", _("Usage")
+    REFUND = "refund", _("Refund")
+    ADJUSTMENT = "adjustment", _("Adjustment")
+    ROUNDING = "rounding", _("Rounding")
+    PAYMENT = "payment", _("Invoice payment")
+    TAX = "tax", _("Tax")
 
 
 class Account(models.Model):
@@ -184,18 +184,18 @@ MONEY_DECIMAL_PLACES = max(MINOR_UNITS.values())
 
 
 class TaxStatus(models.TextChoices):
-    STANDARD = "standard", "Standard rate"
-    REVERSE_CHARGE = "reverse_charge", "Reverse charge"
-    ZERO_RATED = "zero_rated", "Zero-rated"
-    NOT_SUBJECT = "not_subject", "Not subject to tax"
+    STANDARD = "standard", _("Standard rate")
+    REVERSE_CHARGE = "reverse_charge", _("Reverse charge")
+    ZERO_RATED = "zero_rated", _("Zero-rated")
+    NOT_SUBJECT = "not_subject", _("Not subject to tax")
 
 
 class SpendLimitMode(models.TextChoices):
     """What reaching the monthly spend limit does."""
 
-    ALERT = "alert", "Alert only"
-    BLOCK = "block", "Block new launches"
-    STOP = "stop", "Stop running instances"
+    ALERT = "alert", _("Alert only")
+    BLOCK = "block", _("Block new launches")
+    STOP = "stop", _("Stop running instances")
 
 
 class BillingProfile(models.Model):
@@ -298,17 +298,17 @@ class PaymentMethod(models.Model):
 
 
 class PaymentPurpose(models.TextChoices):
-    TOP_UP = "top_up", "Top-up"
-    AUTO_RECHARGE = "auto_recharge", "Auto-recharge"
-    INVOICE = "invoice", "Invoice payment"
+    TOP_UP = "top_up", _("Top-up")
+    AUTO_RECHARGE = "auto_recharge", _("Auto-recharge")
+    INVOICE = "invoice", _("Invoice payment")
 
 
 class PaymentStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    REQUIRES_ACTION = "requires_action", "Needs authentication"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELED = "canceled", "Canceled"
+    PENDING = "pending", _("Pending")
+    REQUIRES_ACTION = "requires_action", _("Needs authentication")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELED = "canceled", _("Canceled")
 
 
 class Payment(models.Model):
@@ -423,16 +423,16 @@ class WebhookEvent(models.Model):
 
 
 class AlertKind(models.TextChoices):
-    LOW_BALANCE_24H = "low_balance_24h", "Less than 24 hours of credit left"
-    LOW_BALANCE_1H = "low_balance_1h", "Less than 1 hour of credit left"
-    BALANCE_EXHAUSTED = "balance_exhausted", "Credit exhausted"
-    INSTANCES_STOPPED = "instances_stopped", "Instances stopped for lack of credit"
-    SPEND_LIMIT_50 = "spend_limit_50", "50 % of the monthly spend limit"
-    SPEND_LIMIT_80 = "spend_limit_80", "80 % of the monthly spend limit"
-    SPEND_LIMIT = "spend_limit", "Monthly spend limit reached"
-    CREDIT_LIMIT_80 = "credit_limit_80", "80 % of the credit limit"
-    CREDIT_LIMIT = "credit_limit", "Credit limit reached"
-    AUTO_RECHARGE_FAILED = "auto_recharge_failed", "Auto-recharge failed"
+    LOW_BALANCE_24H = "low_balance_24h", _("Less than 24 hours of credit left")
+    LOW_BALANCE_1H = "low_balance_1h", _("Less than 1 hour of credit left")
+    BALANCE_EXHAUSTED = "balance_exhausted", _("Credit exhausted")
+    INSTANCES_STOPPED = "instances_stopped", _("Instances stopped for lack of credit")
+    SPEND_LIMIT_50 = "spend_limit_50", _("50 % of the monthly spend limit")
+    SPEND_LIMIT_80 = "spend_limit_80", _("80 % of the monthly spend limit")
+    SPEND_LIMIT = "spend_limit", _("Monthly spend limit reached")
+    CREDIT_LIMIT_80 = "credit_limit_80", _("80 % of the credit limit")
+    CREDIT_LIMIT = "credit_limit", _("Credit limit reached")
+    AUTO_RECHARGE_FAILED = "auto_recharge_failed", _("Auto-recharge failed")
 
 
 class SpendAlert(models.Model):
@@ -461,10 +461,10 @@ class SpendAlert(models.Model):
 
 
 class CreditRequestStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    GRANTED = "granted", "Granted"
-    DECLINED = "declined", "Declined"
-    WITHDRAWN = "withdrawn", "Withdrawn"
+    PENDING = "pending", _("Pending")
+    GRANTED = "granted", _("Granted")
+    DECLINED = "declined", _("Declined")
+    WITHDRAWN = "withdrawn", _("Withdrawn")
 
 
 class CreditRequest(models.Model):
@@ -525,15 +525,15 @@ class CreditRequest(models.Model):
 
 
 class InvoiceKind(models.TextChoices):
-    INVOICE = "invoice", "Invoice"
-    CREDIT_NOTE = "credit_note", "Credit note"
+    INVOICE = "invoice", _("Invoice")
+    CREDIT_NOTE = "credit_note", _("Credit note")
 
 
 class InvoiceStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    FINALIZED = "finalized", "Finalized"
-    PAID = "paid", "Paid"
-    VOID = "void", "Void"
+    DRAFT = "draft", _("Draft")
+    FINALIZED = "finalized", _("Finalized")
+    PAID = "paid", _("Paid")
+    VOID = "void", _("Void")
 
 
 class Invoice(models.Model):
@@ -627,11 +627,11 @@ class Invoice(models.Model):
 
 
 class LineKind(models.TextChoices):
-    COMPUTE = "compute", "Compute"
-    STORAGE = "storage", "Storage"
-    METER = "meter", "Other usage"
-    CREDIT = "credit", "Credit"
-    ADJUSTMENT = "adjustment", "Adjustment"
+    COMPUTE = "compute", _("Compute")
+    STORAGE = "storage", _("Storage")
+    METER = "meter", _("Other usage")
+    CREDIT = "credit", _("Credit")
+    ADJUSTMENT = "adjustment", _("Adjustment")
 
 
 class InvoiceLine(models.Model):
@@ -683,24 +683,24 @@ class DocumentSequence(models.Model):
 
 
 class ExportKind(models.TextChoices):
-    REGISTER = "register", "Invoice register"
-    LINES = "lines", "Invoice lines"
-    JOURNAL = "journal", "Accounting journal"
-    RECONCILIATION = "reconciliation", "Payment reconciliation"
-    DOCUMENTS = "documents", "Invoice PDFs and e-invoices"
+    REGISTER = "register", _("Invoice register")
+    LINES = "lines", _("Invoice lines")
+    JOURNAL = "journal", _("Accounting journal")
+    RECONCILIATION = "reconciliation", _("Payment reconciliation")
+    DOCUMENTS = "documents", _("Invoice PDFs and e-invoices")
 
 
 class ExportFormat(models.TextChoices):
     CSV = "csv", "CSV"
-    XLSX = "xlsx", "Excel (XLSX)"
-    ZIP = "zip", "ZIP (documents only)"
+    XLSX = "xlsx", _("Excel (XLSX)")
+    ZIP = "zip", _("ZIP (documents only)")
 
 
 class ExportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    DONE = "done", "Done"
-    FAILED = "failed", "Failed"
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
 
 
 class ExportJob(models.Model):

@@ -54,6 +54,7 @@ from importlib import resources
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import translation
 from django.utils.translation import gettext as _
 from lxml import etree
 
@@ -149,7 +150,11 @@ def _bank(text: str) -> dict:
 def _document(source: Invoice | Document) -> dict:
     """Everything the XML forms state, signs and codes decided once, from the document that
     the PDF shows too (``billing.invoicing.documents.document_build``)."""
-    document = source if isinstance(source, Document) else document_build(source)
+    if isinstance(source, Document):
+        document = source
+    else:
+        with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
+            document = document_build(source)
     _require_finalized(document)
     credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
@@ -626,7 +631,8 @@ def archive_add(archive, invoice: Invoice) -> None:
     """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
     from billing.invoicing.documents import invoice_pdf
 
-    document = document_build(invoice)  # once, for both XML forms
+    with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
+        document = document_build(invoice)  # once, for both XML forms
     archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
     archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(document))
     archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(document))

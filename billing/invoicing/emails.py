@@ -47,7 +47,7 @@ def invoice_recipients(invoice: Invoice) -> list[str]:
     return recipients
 
 
-def recipient_languages(invoice: Invoice, recipients: list[str]) -> dict[str, str]:
+def recipient_languages(invoice: Invoice | None, recipients: list[str]) -> dict[str, str]:
     """Each address's language: the one its user chose (``User.language``), else the default.
     The billing address reads the default language unless it is a user's who chose another."""
     from portal.accounts.models import User

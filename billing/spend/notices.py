@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import translation
 
 from billing.models import AlertKind
 from portal.accounts.emails import Email, send_later
@@ -10,16 +11,23 @@ from portal.accounts.models import Membership, Organization, Role
 
 
 def spend_notice_send(*, organization: Organization, kind: str, body: str) -> None:
-    subject = f"{AlertKind(kind).label} — {organization.name}"
-    text = render_to_string(
-        "billing/email/spend_notice.txt",
-        {
-            "organization": organization,
-            "body": body,
-            "billing_url": f"{settings.SITE_URL}{reverse('billing:billing')}",
-        },
-    )
-    for address in billing_contacts(organization):
+    """The notice to each contact, its subject and frame in the contact's language (the one
+    its user chose, else the default)."""
+    from billing.invoicing.emails import recipient_languages
+
+    contacts = billing_contacts(organization)
+    languages = recipient_languages(None, contacts)
+    for address in contacts:
+        with translation.override(languages[address]):
+            subject = f"{AlertKind(kind).label} — {organization.name}"
+            text = render_to_string(
+                "billing/email/spend_notice.txt",
+                {
+                    "organization": organization,
+                    "body": body,
+                    "billing_url": f"{settings.SITE_URL}{reverse('billing:billing')}",
+                },
+            )
         send_later(Email(to=address, subject=subject, body=text))
 
 
