@@ -99,7 +99,7 @@ class AccountAdmin(ReadOnlyAdmin):
             **self.admin_site.each_context(request),
             "form": form,
             "account": account,
-            "title": "Grant credit",
+            "title": _("Grant credit"),
         }
         return TemplateResponse(request, "billing/admin/grant.html", context)
 
@@ -520,9 +520,14 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request,
             invoice,
             form,
-            title=f"Mark {invoice} paid",
-            submit="Mark paid",
-            intro=f"{invoice.amount_due} {invoice.currency} due from {invoice.organization}.",
+            title=_("Mark %(invoice)s paid") % {"invoice": invoice},
+            submit=_("Mark paid"),
+            intro=_("%(amount_due)s %(currency)s due from %(organization)s.")
+            % {
+                "amount_due": invoice.amount_due,
+                "currency": invoice.currency,
+                "organization": invoice.organization,
+            },
         )
 
     def void_view(self, request, pk: int):
@@ -545,11 +550,13 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request,
             invoice,
             form,
-            title=f"Void {invoice}",
-            submit="Void the invoice",
+            title=_("Void %(invoice)s") % {"invoice": invoice},
+            submit=_("Void the invoice"),
             intro=(
-                "Voiding cancels what is still due on it; the month keeps this (void) invoice "
-                "and gets no other. To correct part of it, make a credit note instead."
+                _(
+                    "Voiding cancels what is still due on it; the month keeps this (void) invoice "
+                    "and gets no other. To correct part of it, make a credit note instead."
+                )
             ),
         )
 
@@ -582,11 +589,19 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request,
             invoice,
             form,
-            title=f"Credit note for {invoice}",
-            submit="Issue the credit note",
+            title=_("Credit note for %(invoice)s") % {"invoice": invoice},
+            submit=_("Issue the credit note"),
             intro=(
-                f"Subtotal {invoice.subtotal} {invoice.currency}, tax {invoice.tax_rate * 100:.2f} % "
-                f"({invoice.get_tax_status_display()}). The credit note is issued at once and emailed."
+                _(
+                    "Subtotal %(subtotal)s %(currency)s, tax %(rate)s %% (%(status)s). "
+                    "The credit note is issued at once and emailed."
+                )
+                % {
+                    "subtotal": invoice.subtotal,
+                    "currency": invoice.currency,
+                    "rate": format(invoice.tax_rate * 100, ".2f"),
+                    "status": invoice.get_tax_status_display(),
+                }
             ),
         )
 
@@ -679,7 +694,7 @@ class PaymentAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
             "payment": payment,
             "form": form,
-            "title": f"Refund payment {payment.pk}",
+            "title": _("Refund payment %(pk)s") % {"pk": payment.pk},
         }
         return TemplateResponse(request, "billing/admin/refund.html", context)
 
@@ -807,14 +822,14 @@ class BillingProfileAdmin(admin.ModelAdmin):
             form=form,
             organization=profile.organization,
             target=profile,
-            title=f"Credit terms of {profile.organization}",
+            title=_("Credit terms of %(organization)s") % {"organization": profile.organization},
             call=lambda actor, data: credit_terms.credit_terms_change(
                 actor=actor,
                 organization_id=profile.organization_id,
                 credit_limit=data["credit_limit"],
                 payment_terms_days=data["payment_terms_days"],
             ),
-            done="The credit terms are changed.",
+            done=_("The credit terms are changed."),
             back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
         )
 
@@ -827,11 +842,13 @@ class BillingProfileAdmin(admin.ModelAdmin):
             form=RevokeForm(request.POST or None),
             organization=profile.organization,
             target=profile,
-            title=f"Revoke the credit terms of {profile.organization}",
+            title=_("Revoke the credit terms of %(organization)s")
+            % {"organization": profile.organization},
             call=lambda actor, data: credit_terms.credit_terms_revoke(
                 actor=actor, organization_id=profile.organization_id, reason=data["reason"]
             ),
-            done=f"{profile.organization} uses prepaid credit from now on.",
+            done=_("%(organization)s uses prepaid credit from now on.")
+            % {"organization": profile.organization},
             back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
         )
 
@@ -983,7 +1000,8 @@ class CreditRequestAdmin(ReadOnlyAdmin):
             form=form,
             organization=asked.organization,
             target=asked,
-            title=f"Grant monthly invoicing to {asked.organization}",
+            title=_("Grant monthly invoicing to %(organization)s")
+            % {"organization": asked.organization},
             call=lambda actor, data: credit_terms.credit_terms_grant(
                 actor=actor,
                 request_id=asked.pk,
@@ -991,7 +1009,8 @@ class CreditRequestAdmin(ReadOnlyAdmin):
                 payment_terms_days=data["payment_terms_days"],
                 note=data["note"],
             ),
-            done=f"{asked.organization} is invoiced monthly from now on.",
+            done=_("%(organization)s is invoiced monthly from now on.")
+            % {"organization": asked.organization},
             back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
         )
 
@@ -1004,11 +1023,12 @@ class CreditRequestAdmin(ReadOnlyAdmin):
             form=DeclineForm(request.POST or None),
             organization=asked.organization,
             target=asked,
-            title=f"Decline monthly invoicing for {asked.organization}",
+            title=_("Decline monthly invoicing for %(organization)s")
+            % {"organization": asked.organization},
             call=lambda actor, data: credit_terms.credit_request_decline(
                 actor=actor, request_id=asked.pk, note=data["note"]
             ),
-            done="The request is declined.",
+            done=_("The request is declined."),
             back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
         )
 

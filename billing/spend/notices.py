@@ -1,5 +1,7 @@
 """Spend notices by email, to the billing email, owners and billing members (after commit)."""
 
+from collections.abc import Callable
+
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -10,9 +12,11 @@ from portal.accounts.emails import Email, send_later
 from portal.accounts.models import Membership, Organization, Role
 
 
-def spend_notice_send(*, organization: Organization, kind: str, body: str) -> None:
-    """The notice to each contact, its subject and frame in the contact's language (the one
-    its user chose, else the default)."""
+def spend_notice_send(
+    *, organization: Organization, kind: str, body: str | Callable[[], str]
+) -> None:
+    """The notice to each contact in the contact's language (the one its user chose, else the
+    default): ``body`` is a text, or makes it in the active language."""
     from billing.invoicing.emails import recipient_languages
 
     contacts = billing_contacts(organization)
@@ -24,7 +28,7 @@ def spend_notice_send(*, organization: Organization, kind: str, body: str) -> No
                 "billing/email/spend_notice.txt",
                 {
                     "organization": organization,
-                    "body": body,
+                    "body": body() if callable(body) else body,
                     "billing_url": f"{settings.SITE_URL}{reverse('billing:billing')}",
                 },
             )

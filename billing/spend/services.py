@@ -12,6 +12,7 @@ a spend-limit or credit-limit notice is the month.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -393,7 +394,8 @@ def _alert_once(organization: Organization, kind: str, period: str) -> bool:
     return True
 
 
-def _notify(organization: Organization, kind: str, body: str) -> None:
+def _notify(organization: Organization, kind: str, body: Callable[[], str]) -> None:
+    """``body`` makes the text in the active language: each contact reads it in theirs."""
     spend_notice_send(organization=organization, kind=kind, body=body)
 
 
@@ -423,9 +425,17 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
         _notify(
             organization,
             AlertKind.AUTO_RECHARGE_FAILED,
-            f"Auto-recharge could not charge your card {recharge.amount} {currency}: "
-            f"{recharge.failure_message or 'the payment did not go through.'} "
-            "Top up on the billing page or save another card.",
+            lambda: (
+                _(
+                    "Auto-recharge could not charge your card %(amount)s %(currency)s: %(reason)s "
+                    "Top up on the billing page or save another card."
+                )
+                % {
+                    "amount": recharge.amount,
+                    "currency": currency,
+                    "reason": recharge.failure_message or _("the payment did not go through."),
+                }
+            ),
         )
         done.append("auto-recharge failed")
     burn = committed_burn(organization, now, rater=rater)
@@ -443,11 +453,21 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
             _notify(
                 organization,
                 AlertKind.INSTANCES_STOPPED,
-                f"{stopped} running instance(s) were stopped: your balance of "
-                f"{amount_text(state.balance, currency)} {currency} would have run out within "
-                f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes at "
-                f"{amount_text(burn, currency)} {currency} per hour. Their disks and volumes are "
-                "kept. Top up, then start them again.",
+                lambda: (
+                    _(
+                        "%(stopped)s running instance(s) were stopped: your balance of %(balance)s "
+                        "%(currency)s would have run out within %(minutes)s minutes at %(burn)s "
+                        "%(currency)s per hour. Their disks and volumes are kept. Top up, then start "
+                        "them again."
+                    )
+                    % {
+                        "stopped": stopped,
+                        "balance": amount_text(state.balance, currency),
+                        "currency": currency,
+                        "minutes": settings.BILLING_STOP_THRESHOLD_SECONDS // 60,
+                        "burn": amount_text(burn, currency),
+                    }
+                ),
             )
         if stopped:
             done.append(f"{stopped} instance(s) stopped")
@@ -466,19 +486,30 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
                 _notify(
                     organization,
                     kind,
-                    f"Your balance is {amount_text(state.balance, currency)} {currency}: about "
-                    f"{state.hours_left:.1f} hours at the current {amount_text(state.per_hour, currency)} "
-                    f"{currency} per hour. Top up to keep your instances running.",
+                    lambda: (
+                        _(
+                            "Your balance is %(balance)s %(currency)s: about %(hours)s hours at the "
+                            "current %(per_hour)s %(currency)s per hour. Top up to keep your "
+                            "instances running."
+                        )
+                        % {
+                            "balance": amount_text(state.balance, currency),
+                            "currency": currency,
+                            "hours": f"{state.hours_left:.1f}",
+                            "per_hour": amount_text(state.per_hour, currency),
+                        }
+                    ),
                 )
                 done.append(kind)
     return done
 
 
 def _limit_text(state: SpendState, currency: str) -> str:
-    return (
-        f"{amount_text(state.month_to_date, currency)} {currency} of this month's spend limit "
-        f"of {amount_text(state.limit, currency)} {currency}"
-    )
+    return _("%(spent)s %(currency)s of this month's spend limit of %(limit)s %(currency)s") % {
+        "spent": amount_text(state.month_to_date, currency),
+        "currency": currency,
+        "limit": amount_text(state.limit, currency),
+    }
 
 
 def _watch_spend_limit(
@@ -494,23 +525,13 @@ def _watch_spend_limit(
         if share < threshold:
             continue
         if _alert_once(organization, kind, month):
-            if kind == AlertKind.SPEND_LIMIT:
-                consequence = {
-                    SpendLimitMode.ALERT: "Nothing is blocked: the limit only alerts.",
-                    SpendLimitMode.BLOCK: "New launches and starts are blocked until the limit "
-                    "is raised or the month ends; running instances keep running.",
-                    SpendLimitMode.STOP: "Running instances are stopped (their disks and "
-                    "volumes are kept), and new launches and starts are blocked until the "
-                    "limit is raised or the month ends.",
-                }[mode]
-                body = f"This month's spend reached its limit: {_limit_text(state, currency)}. "
-            else:
-                consequence = ""
-                body = (
-                    f"This month's spend passed {threshold * 100:.0f} % of its limit: "
-                    f"{_limit_text(state, currency)}. "
-                )
-            _notify(organization, kind, body + consequence)
+            _notify(
+                organization,
+                kind,
+                lambda kind=kind, threshold=threshold: _spend_limit_notice(
+                    state, currency, mode, kind, threshold
+                ),
+            )
             done.append(f"spend limit {threshold * 100:.0f} %")
         break  # one notice per watch: the highest share passed
     if mode == SpendLimitMode.STOP:
@@ -526,10 +547,18 @@ def _watch_spend_limit(
                     _notify(
                         organization,
                         AlertKind.SPEND_LIMIT,
-                        f"{stopped} running instance(s) were stopped: {_limit_text(state, currency)} "
-                        "is spent and the limit would be reached within "
-                        f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes. Their disks "
-                        "and volumes are kept. Raise the limit, then start them again.",
+                        lambda: (
+                            _(
+                                "%(stopped)s running instance(s) were stopped: %(spent)s is spent "
+                                "and the limit would be reached within %(minutes)s minutes. Their "
+                                "disks and volumes are kept. Raise the limit, then start them again."
+                            )
+                            % {
+                                "stopped": stopped,
+                                "spent": _limit_text(state, currency),
+                                "minutes": settings.BILLING_STOP_THRESHOLD_SECONDS // 60,
+                            }
+                        ),
                     )
                 done.append(f"{stopped} instance(s) stopped for the spend limit")
     return done
@@ -555,26 +584,73 @@ def _watch_credit_limit(
             continue
         if not _alert_once(organization, kind, month):
             return []
-        what = "reached" if kind == AlertKind.CREDIT_LIMIT else f"passed {threshold * 100:.0f} % of"
         _notify(
             organization,
             kind,
-            f"Your organisation has {what} its credit limit: "
-            f"{amount_text(current.total, currency)} {currency} of "
-            f"{amount_text(current.limit, currency)} {currency} is owed or reserved (unpaid "
-            f"invoices {amount_text(current.unpaid_invoices, currency)}, usage not invoiced yet "
-            f"{amount_text(current.usage_not_invoiced, currency)}, the next "
-            f"{settings.BILLING_CREDIT_RESERVE_HOURS.normalize():f} hour(s) of what runs "
-            f"{amount_text(current.reserved, currency)}). "
-            + (
-                "New launches that go beyond it are refused. Pay an invoice or ask finance for "
-                "a higher limit."
-                if kind == AlertKind.CREDIT_LIMIT
-                else "Launches beyond the limit will be refused."
+            lambda kind=kind, threshold=threshold: _credit_limit_notice(
+                current, currency, kind, threshold
             ),
         )
         return [f"credit limit {threshold * 100:.0f} %"]
     return []
+
+
+def _spend_limit_notice(state, currency: str, mode: str, kind: str, threshold) -> str:
+    """The spend limit notice, in the active language."""
+    if kind != AlertKind.SPEND_LIMIT:
+        return _("This month's spend passed %(share)s %% of its limit: %(spent)s. ") % {
+            "share": f"{threshold * 100:.0f}",
+            "spent": _limit_text(state, currency),
+        }
+    consequence = {
+        SpendLimitMode.ALERT: _("Nothing is blocked: the limit only alerts."),
+        SpendLimitMode.BLOCK: _(
+            "New launches and starts are blocked until the limit is raised or the month ends; "
+            "running instances keep running."
+        ),
+        SpendLimitMode.STOP: _(
+            "Running instances are stopped (their disks and volumes are kept), and new launches "
+            "and starts are blocked until the limit is raised or the month ends."
+        ),
+    }[mode]
+    body = _("This month's spend reached its limit: %(spent)s. ") % {
+        "spent": _limit_text(state, currency)
+    }
+    return body + consequence
+
+
+def _credit_limit_notice(current, currency: str, kind: str, threshold) -> str:
+    """The credit limit notice, in the active language."""
+    values = {
+        "share": f"{threshold * 100:.0f}",
+        "total": amount_text(current.total, currency),
+        "limit": amount_text(current.limit, currency),
+        "currency": currency,
+        "unpaid": amount_text(current.unpaid_invoices, currency),
+        "usage": amount_text(current.usage_not_invoiced, currency),
+        "hours": f"{settings.BILLING_CREDIT_RESERVE_HOURS.normalize():f}",
+        "reserved": amount_text(current.reserved, currency),
+    }
+    if kind == AlertKind.CREDIT_LIMIT:
+        return (
+            _(
+                "Your organisation has reached its credit limit: %(total)s %(currency)s of "
+                "%(limit)s %(currency)s is owed or reserved (unpaid invoices %(unpaid)s, usage not "
+                "invoiced yet %(usage)s, the next %(hours)s hour(s) of what runs %(reserved)s). New "
+                "launches that go beyond it are refused. Pay an invoice or ask finance for a higher "
+                "limit."
+            )
+            % values
+        )
+    return (
+        _(
+            "Your organisation has passed %(share)s %% of its credit limit: %(total)s %(currency)s "
+            "of %(limit)s %(currency)s is owed or reserved (unpaid invoices %(unpaid)s, usage not "
+            "invoiced yet %(usage)s, the next %(hours)s hour(s) of what runs %(reserved)s). "
+            "Launches beyond the limit will be refused."
+        )
+        % values
+    )
 
 
 def instances_stop_for_credit(organization: Organization) -> int:
