@@ -12,6 +12,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -147,7 +148,7 @@ class MonthListFilter(admin.SimpleListFilter):
             .values_list("period_start", flat=True)
             .distinct()[:36]
         )
-        return [(f"{m:%Y-%m}", f"{m:%B %Y}") for m in months]
+        return [(f"{m:%Y-%m}", date_format(m, "YEAR_MONTH_FORMAT")) for m in months]
 
     def queryset(self, request, queryset):
         if self.value():
@@ -310,7 +311,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.display(description="PDF")
     def pdf_link(self, obj: Invoice):
-        label = "PDF" if obj.number else "Draft PDF"
+        label = "PDF" if obj.number else _("Draft PDF")
         url = reverse("admin:billing_invoice_pdf", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, label)
 
@@ -318,12 +319,15 @@ class InvoiceAdmin(ReadOnlyAdmin):
     def finance_actions(self, obj: Invoice):
         links = []
         if obj.kind == InvoiceKind.INVOICE and obj.status == InvoiceStatus.FINALIZED:
-            links += [("Mark paid", "billing_invoice_mark_paid"), ("Void", "billing_invoice_void")]
+            links += [
+                (_("Mark paid"), "billing_invoice_mark_paid"),
+                (_("Void"), "billing_invoice_void"),
+            ]
         if obj.kind == InvoiceKind.INVOICE and obj.status in (
             InvoiceStatus.FINALIZED,
             InvoiceStatus.PAID,
         ):
-            links.append(("Credit note", "billing_invoice_credit_note"))
+            links.append((_("Credit note"), "billing_invoice_credit_note"))
         if not links:
             return "—"
         return format_html_join(
@@ -645,7 +649,9 @@ class PaymentAdmin(ReadOnlyAdmin):
         if obj.status != "succeeded" or obj.refunded_amount >= obj.amount:
             return "—"
         return format_html(
-            '<a href="{}">Refund…</a>', reverse("admin:billing_payment_refund", args=[obj.pk])
+            '<a href="{}">{}</a>',
+            reverse("admin:billing_payment_refund", args=[obj.pk]),
+            _("Refund…"),
         )
 
     def get_urls(self):
@@ -778,11 +784,13 @@ class BillingProfileAdmin(admin.ModelAdmin):
     @admin.display(description=gettext_lazy("Credit terms"))
     def credit_terms_links(self, obj: BillingProfile):
         if obj.organization.billing_mode != "invoiced":
-            return "Prepaid: monthly invoicing is granted from a customer's request."
+            return _("Prepaid: monthly invoicing is granted from a customer's request.")
         return format_html(
-            '<a href="{}">Change the credit limit or terms…</a> · <a href="{}">Revoke…</a>',
+            '<a href="{}">{}</a> · <a href="{}">{}</a>',
             reverse("admin:billing_billingprofile_credit_terms", args=[obj.pk]),
+            _("Change the credit limit or terms…"),
             reverse("admin:billing_billingprofile_credit_revoke", args=[obj.pk]),
+            _("Revoke…"),
         )
 
     def get_urls(self):
@@ -962,9 +970,11 @@ class CreditRequestAdmin(ReadOnlyAdmin):
         if obj.status != CreditRequestStatus.PENDING:
             return "—"
         return format_html(
-            '<a href="{}">Grant…</a> · <a href="{}">Decline…</a>',
+            '<a href="{}">{}</a> · <a href="{}">{}</a>',
             reverse("admin:billing_creditrequest_grant", args=[obj.pk]),
+            _("Grant…"),
             reverse("admin:billing_creditrequest_decline", args=[obj.pk]),
+            _("Decline…"),
         )
 
     def get_urls(self):

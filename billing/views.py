@@ -81,7 +81,7 @@ def billing(request: HttpRequest) -> HttpResponse:
 
 def _require_manage(request: HttpRequest) -> None:
     if not request.actor.can(Action.BILLING_MANAGE):
-        raise DjangoPermissionDenied("Only owners and billing members change billing settings.")
+        raise DjangoPermissionDenied(_("Only owners and billing members change billing settings."))
 
 
 def _errors_onto(form, exc) -> None:
@@ -198,7 +198,7 @@ def auto_recharge(request: HttpRequest) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         return _invalid(request, "auto_recharge_form", form, exc)
     messages.success(
-        request, "Auto-recharge is on." if data.get("enabled") else "Auto-recharge is off."
+        request, _("Auto-recharge is on.") if data.get("enabled") else _("Auto-recharge is off.")
     )
     return redirect("billing:billing")
 
@@ -400,7 +400,7 @@ def fake_checkout(request: HttpRequest, token: str) -> HttpResponse:
             )
             messages.success(request, _("Card saved."))
             return redirect(session["ok"])
-        form.add_error("expiry" if check.field == "expiry" else "card_number", check.message)
+        form.add_error("expiry" if check.field == "expiry" else "card_number", _(check.message))
     if request.method == "POST":
         status = 422
     return render(

@@ -61,6 +61,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone, translation
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
@@ -859,17 +860,24 @@ def _require_month_closed(invoice: Invoice, now: datetime) -> None:
     if end > now:
         raise Conflict(
             _("%(period_start)s has not ended yet; its invoice is a running draft.")
-            % {"period_start": format(invoice.period_start, "%B %Y")},
+            % {"period_start": date_format(invoice.period_start, "YEAR_MONTH_FORMAT")},
             code=BillingErrorCode.PERIOD_NOT_ENDED,
         )
     closed = closed_until()
     has_usage = UsageRecord.objects.filter(organization=invoice.organization_id).exists()
     if has_usage and (closed is None or closed < end):
         raise Conflict(
-            f"Usage of {invoice.period_start:%B %Y} is not closed yet (closed until "
-            f"{closed:%Y-%m-%d %H:%M} UTC). Run the month close first."
+            _(
+                "Usage of %(month)s is not closed yet (closed until %(closed)s UTC). Run the "
+                "month close first."
+            )
+            % {
+                "month": date_format(invoice.period_start, "YEAR_MONTH_FORMAT"),
+                "closed": f"{closed:%Y-%m-%d %H:%M}",
+            }
             if closed
-            else f"Usage of {invoice.period_start:%B %Y} is not closed yet.",
+            else _("Usage of %(month)s is not closed yet.")
+            % {"month": date_format(invoice.period_start, "YEAR_MONTH_FORMAT")},
             code=BillingErrorCode.USAGE_NOT_CLOSED,
         )
 
@@ -1421,7 +1429,10 @@ def month_close(
         retry_at = end + CLOSE_GRACE
         raise Conflict(
             _("%(month)s can be closed from %(retry_at)s UTC.")
-            % {"month": format(month, "%B %Y"), "retry_at": format(retry_at, "%Y-%m-%d %H:%M")},
+            % {
+                "month": date_format(month, "YEAR_MONTH_FORMAT"),
+                "retry_at": format(retry_at, "%Y-%m-%d %H:%M"),
+            },
             code=BillingErrorCode.MONTH_NOT_CLOSABLE,
             details={"retry_at": retry_at.isoformat()},
         )
