@@ -23,7 +23,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import BurnNow, burn_now, storage_rate
@@ -734,23 +734,27 @@ def banner(organization: Organization) -> Banner | None:
     if AlertKind.INSTANCES_STOPPED in current:
         return Banner(
             "error",
-            "Instances were stopped: your credit was about to run out. Top up, then start them "
-            "again.",
+            _(
+                "Instances were stopped: your credit was about to run out. Top up, then start them "
+                "again."
+            ),
         )
     low = {AlertKind.LOW_BALANCE_1H, AlertKind.LOW_BALANCE_24H} & set(current)
     if low and not instances_running(organization, coming=True).exists():
         return None  # nothing burns credit now: no countdown to show
     if AlertKind.LOW_BALANCE_1H in current:
         return Banner(
-            "error", "Less than one hour of credit left. Top up to keep instances running."
+            "error", _("Less than one hour of credit left. Top up to keep instances running.")
         )
     if AlertKind.LOW_BALANCE_24H in current:
-        return Banner("warn", "Less than a day of credit left at the current burn rate.")
+        return Banner("warn", _("Less than a day of credit left at the current burn rate."))
     if AlertKind.CREDIT_LIMIT in current:
         return Banner(
             "error",
-            "The credit limit is reached: launches beyond it are refused. Pay an invoice or ask "
-            "finance for a higher limit.",
+            _(
+                "The credit limit is reached: launches beyond it are refused. Pay an invoice or ask "
+                "finance for a higher limit."
+            ),
         )
     if AlertKind.SPEND_LIMIT in current:
         mode = (
@@ -758,21 +762,25 @@ def banner(organization: Organization) -> Banner | None:
             .values_list("spend_limit_mode", flat=True)
             .first()
         )
-        return Banner("warn", SPEND_LIMIT_BANNERS.get(mode, SPEND_LIMIT_BANNERS["block"]))
+        return Banner("warn", str(SPEND_LIMIT_BANNERS.get(mode, SPEND_LIMIT_BANNERS["block"])))
     if AlertKind.CREDIT_LIMIT_80 in current:
-        return Banner("warn", "More than 80 % of the credit limit is used.")
+        return Banner("warn", _("More than 80 % of the credit limit is used."))
     if AlertKind.SPEND_LIMIT_80 in current:
-        return Banner("warn", "This month's spend has passed 80 % of its limit.")
+        return Banner("warn", _("This month's spend has passed 80 % of its limit."))
     if AlertKind.SPEND_LIMIT_50 in current:
-        return Banner("warn", "This month's spend has passed half of its limit.")
+        return Banner("warn", _("This month's spend has passed half of its limit."))
     return None
 
 
 SPEND_LIMIT_BANNERS = {
-    SpendLimitMode.ALERT: "This month's spend limit is reached (it only alerts: nothing is "
-    "blocked).",
-    SpendLimitMode.BLOCK: "This month's spend limit is reached: new launches and starts are "
-    "blocked.",
-    SpendLimitMode.STOP: "This month's spend limit is reached: running instances were stopped "
-    "and new launches and starts are blocked.",
+    SpendLimitMode.ALERT: gettext_lazy(
+        "This month's spend limit is reached (it only alerts: nothing is blocked)."
+    ),
+    SpendLimitMode.BLOCK: gettext_lazy(
+        "This month's spend limit is reached: new launches and starts are blocked."
+    ),
+    SpendLimitMode.STOP: gettext_lazy(
+        "This month's spend limit is reached: running instances were stopped "
+        "and new launches and starts are blocked."
+    ),
 }
