@@ -62,7 +62,11 @@ def _top_up_amount(value, currency: str) -> Decimal:
     amount = parse_amount(value, currency)
     low, high = settings.BILLING_TOP_UP_MIN, settings.BILLING_TOP_UP_MAX
     if not low <= amount <= high:
-        message = f"Top up between {low} and {high} {currency}."
+        message = _("Top up between %(low)s and %(high)s %(currency)s.") % {
+            "low": low,
+            "high": high,
+            "currency": currency,
+        }
         raise InvalidInput(
             message, code=BillingErrorCode.AMOUNT_OUT_OF_RANGE, details={"amount": message}
         )

@@ -351,7 +351,7 @@ def spend_limit_set(*, actor: Actor, limit, mode: str | None = None) -> BillingP
     if limit not in (None, ""):
         value = parse_amount(limit, organization.currency, field="limit")
     if mode not in (None, "") and mode not in SpendLimitMode.values:
-        message = f"Mode is one of {', '.join(SpendLimitMode.values)}."
+        message = _("Mode is one of %(modes)s.") % {"modes": ", ".join(SpendLimitMode.values)}
         raise InvalidInput(
             message, code=BillingErrorCode.SPEND_LIMIT_MODE_INVALID, details={"mode": message}
         )
