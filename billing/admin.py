@@ -12,7 +12,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from billing.invoicing import services as invoicing
@@ -44,9 +46,14 @@ from portal.errors import PortalError
 
 class GrantForm(forms.Form):
     amount = forms.DecimalField(
-        min_value=0, max_digits=20, decimal_places=2, help_text="In the account's currency."
+        min_value=0,
+        max_digits=20,
+        decimal_places=2,
+        help_text=gettext_lazy("In the account's currency."),
     )
-    reason = forms.CharField(max_length=200, help_text="Shown on the customer's ledger.")
+    reason = forms.CharField(
+        max_length=200, help_text=gettext_lazy("Shown on the customer's ledger.")
+    )
     key = forms.CharField(widget=forms.HiddenInput)
 
 
@@ -84,14 +91,16 @@ class AccountAdmin(ReadOnlyAdmin):
                 form.add_error(None, exc.message)
             else:
                 messages.success(
-                    request, f"Granted {form.cleaned_data['amount']} {account.currency}."
+                    request,
+                    _("Granted %(amount)s %(currency)s.")
+                    % {"amount": form.cleaned_data["amount"], "currency": account.currency},
                 )
                 return redirect(reverse("admin:billing_account_change", args=[pk]))
         context = {
             **self.admin_site.each_context(request),
             "form": form,
             "account": account,
-            "title": "Grant credit",
+            "title": _("Grant credit"),
         }
         return TemplateResponse(request, "billing/admin/grant.html", context)
 
@@ -139,7 +148,7 @@ class MonthListFilter(admin.SimpleListFilter):
             .values_list("period_start", flat=True)
             .distinct()[:36]
         )
-        return [(f"{m:%Y-%m}", f"{m:%B %Y}") for m in months]
+        return [(f"{m:%Y-%m}", date_format(m, "YEAR_MONTH_FORMAT")) for m in months]
 
     def queryset(self, request, queryset):
         if self.value():
@@ -152,15 +161,17 @@ class MonthListFilter(admin.SimpleListFilter):
 
 class MarkPaidForm(forms.Form):
     reference = forms.CharField(
-        max_length=120, help_text="The bank transfer's reference or the payment's id."
+        max_length=120, help_text=gettext_lazy("The bank transfer's reference or the payment's id.")
     )
     paid_on = forms.DateField(
-        required=False, help_text="YYYY-MM-DD, when the money arrived (default: now)."
+        required=False, help_text=gettext_lazy("YYYY-MM-DD, when the money arrived (default: now).")
     )
 
 
 class VoidForm(forms.Form):
-    reason = forms.CharField(max_length=250, help_text="Kept on the invoice and in the audit log.")
+    reason = forms.CharField(
+        max_length=250, help_text=gettext_lazy("Kept on the invoice and in the audit log.")
+    )
 
 
 class CreditNoteForm(forms.Form):
@@ -168,9 +179,11 @@ class CreditNoteForm(forms.Form):
         min_value=Decimal("0.01"),
         max_digits=16,
         decimal_places=2,
-        help_text="Net amount to credit, before tax (tax follows the invoice's rate).",
+        help_text=gettext_lazy(
+            "Net amount to credit, before tax (tax follows the invoice's rate)."
+        ),
     )
-    reason = forms.CharField(max_length=250, help_text="Printed on the credit note.")
+    reason = forms.CharField(max_length=250, help_text=gettext_lazy("Printed on the credit note."))
     # The number of credit notes the page was shown with: a double submit creates one.
     notes = forms.IntegerField(widget=forms.HiddenInput)
 
@@ -298,20 +311,23 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.display(description="PDF")
     def pdf_link(self, obj: Invoice):
-        label = "PDF" if obj.number else "Draft PDF"
+        label = "PDF" if obj.number else _("Draft PDF")
         url = reverse("admin:billing_invoice_pdf", args=[obj.pk])
         return format_html('<a href="{}">{}</a>', url, label)
 
-    @admin.display(description="Actions")
+    @admin.display(description=gettext_lazy("Actions"))
     def finance_actions(self, obj: Invoice):
         links = []
         if obj.kind == InvoiceKind.INVOICE and obj.status == InvoiceStatus.FINALIZED:
-            links += [("Mark paid", "billing_invoice_mark_paid"), ("Void", "billing_invoice_void")]
+            links += [
+                (_("Mark paid"), "billing_invoice_mark_paid"),
+                (_("Void"), "billing_invoice_void"),
+            ]
         if obj.kind == InvoiceKind.INVOICE and obj.status in (
             InvoiceStatus.FINALIZED,
             InvoiceStatus.PAID,
         ):
-            links.append(("Credit note", "billing_invoice_credit_note"))
+            links.append((_("Credit note"), "billing_invoice_credit_note"))
         if not links:
             return "—"
         return format_html_join(
@@ -332,11 +348,13 @@ class InvoiceAdmin(ReadOnlyAdmin):
             else:
                 done.append(str(result or invoice))
         if done:
-            messages.success(request, f"{verb}: {', '.join(done)}.")
+            messages.success(
+                request, _("%(verb)s: %(done)s.") % {"verb": verb, "done": ", ".join(done)}
+            )
         for message in failed:
             messages.error(request, message)
 
-    @admin.action(description="Finalize selected drafts", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Finalize selected drafts"), permissions=["finance"])
     def finalize_selected(self, request, queryset):
         self._each(
             request,
@@ -347,7 +365,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.action(description="Rebuild selected drafts from usage", permissions=["finance"])
+    @admin.action(
+        description=gettext_lazy("Rebuild selected drafts from usage"), permissions=["finance"]
+    )
     def refresh_drafts(self, request, queryset):
         self._each(
             request,
@@ -358,7 +378,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.action(description="Email selected again", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Email selected again"), permissions=["finance"])
     def resend_selected(self, request, queryset):
         self._each(
             request,
@@ -369,19 +389,19 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     def _one(self, request, queryset, url_name: str):
         if queryset.count() != 1:
-            messages.error(request, "Select exactly one invoice for this action.")
+            messages.error(request, _("Select exactly one invoice for this action."))
             return None
         return redirect(reverse(f"admin:{url_name}", args=[queryset.get().pk]))
 
-    @admin.action(description="Mark paid…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Mark paid…"), permissions=["finance"])
     def mark_paid(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_mark_paid")
 
-    @admin.action(description="Void…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Void…"), permissions=["finance"])
     def void(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_void")
 
-    @admin.action(description="Credit note…", permissions=["finance"])
+    @admin.action(description=gettext_lazy("Credit note…"), permissions=["finance"])
     def credit_note(self, request, queryset):
         return self._one(request, queryset, "billing_invoice_credit_note")
 
@@ -404,32 +424,32 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
         flt = self._selection_filter(queryset)
         columns, rows = finance.export_rows(kind, flt)
-        _, body = finance.export_write(fmt, flt, columns, rows)
+        _name, body = finance.export_write(fmt, flt, columns, rows)
         response = HttpResponse(body, content_type=finance.CONTENT_TYPES[fmt])
         response["Content-Disposition"] = f'attachment; filename="{kind}-selected.{fmt}"'
         return response
 
-    @admin.action(description="Export selected: register (CSV)")
+    @admin.action(description=gettext_lazy("Export selected: register (CSV)"))
     def export_register_csv(self, request, queryset):
         return self._export(queryset, "register", "csv")
 
-    @admin.action(description="Export selected: register (XLSX)")
+    @admin.action(description=gettext_lazy("Export selected: register (XLSX)"))
     def export_register_xlsx(self, request, queryset):
         return self._export(queryset, "register", "xlsx")
 
-    @admin.action(description="Export selected: lines (CSV)")
+    @admin.action(description=gettext_lazy("Export selected: lines (CSV)"))
     def export_lines_csv(self, request, queryset):
         return self._export(queryset, "lines", "csv")
 
-    @admin.action(description="Export selected: lines (XLSX)")
+    @admin.action(description=gettext_lazy("Export selected: lines (XLSX)"))
     def export_lines_xlsx(self, request, queryset):
         return self._export(queryset, "lines", "xlsx")
 
-    @admin.action(description="Export selected: e-invoices and PDFs (ZIP)")
+    @admin.action(description=gettext_lazy("Export selected: e-invoices and PDFs (ZIP)"))
     def export_einvoices_zip(self, request, queryset):
         from billing.finance import services as finance
 
-        _, body = finance.documents_zip_write(queryset)
+        _name, body = finance.documents_zip_write(queryset)
         response = HttpResponse(body, content_type=finance.CONTENT_TYPES["zip"])
         response["Content-Disposition"] = 'attachment; filename="invoices-selected.zip"'
         return response
@@ -498,15 +518,20 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"{invoice} marked paid.")
+                messages.success(request, _("%(invoice)s marked paid.") % {"invoice": invoice})
                 return self._back(invoice)
         return self._form_page(
             request,
             invoice,
             form,
-            title=f"Mark {invoice} paid",
-            submit="Mark paid",
-            intro=f"{invoice.amount_due} {invoice.currency} due from {invoice.organization}.",
+            title=_("Mark %(invoice)s paid") % {"invoice": invoice},
+            submit=_("Mark paid"),
+            intro=_("%(amount_due)s %(currency)s due from %(organization)s.")
+            % {
+                "amount_due": invoice.amount_due,
+                "currency": invoice.currency,
+                "organization": invoice.organization,
+            },
         )
 
     def void_view(self, request, pk: int):
@@ -523,17 +548,19 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"{invoice} voided.")
+                messages.success(request, _("%(invoice)s voided.") % {"invoice": invoice})
                 return self._back(invoice)
         return self._form_page(
             request,
             invoice,
             form,
-            title=f"Void {invoice}",
-            submit="Void the invoice",
+            title=_("Void %(invoice)s") % {"invoice": invoice},
+            submit=_("Void the invoice"),
             intro=(
-                "Voiding cancels what is still due on it; the month keeps this (void) invoice "
-                "and gets no other. To correct part of it, make a credit note instead."
+                _(
+                    "Voiding cancels what is still due on it; the month keeps this (void) invoice "
+                    "and gets no other. To correct part of it, make a credit note instead."
+                )
             ),
         )
 
@@ -544,7 +571,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         form = CreditNoteForm(request.POST or None, initial={"notes": notes})
         if request.method == "POST" and form.is_valid():
             if form.cleaned_data["notes"] != notes:
-                messages.warning(request, "A credit note was made meanwhile; nothing was added.")
+                messages.warning(request, _("A credit note was made meanwhile; nothing was added."))
                 return self._back(invoice)
             try:
                 note = invoicing.credit_note_create(
@@ -556,17 +583,29 @@ class InvoiceAdmin(ReadOnlyAdmin):
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"Credit note {note} issued for {invoice}.")
+                messages.success(
+                    request,
+                    _("Credit note %(note)s issued for %(invoice)s.")
+                    % {"note": note, "invoice": invoice},
+                )
                 return redirect(reverse("admin:billing_invoice_change", args=[note.pk]))
         return self._form_page(
             request,
             invoice,
             form,
-            title=f"Credit note for {invoice}",
-            submit="Issue the credit note",
+            title=_("Credit note for %(invoice)s") % {"invoice": invoice},
+            submit=_("Issue the credit note"),
             intro=(
-                f"Subtotal {invoice.subtotal} {invoice.currency}, tax {invoice.tax_rate * 100:.2f} % "
-                f"({invoice.get_tax_status_display()}). The credit note is issued at once and emailed."
+                _(
+                    "Subtotal %(subtotal)s %(currency)s, tax %(rate)s %% (%(status)s). "
+                    "The credit note is issued at once and emailed."
+                )
+                % {
+                    "subtotal": invoice.subtotal,
+                    "currency": invoice.currency,
+                    "rate": format(invoice.tax_rate * 100, ".2f"),
+                    "status": invoice.get_tax_status_display(),
+                }
             ),
         )
 
@@ -576,9 +615,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 class RefundForm(forms.Form):
     amount = forms.DecimalField(
-        label="Amount to refund", min_value=Decimal("0.01"), decimal_places=2
+        label=gettext_lazy("Amount to refund"), min_value=Decimal("0.01"), decimal_places=2
     )
-    reason = forms.CharField(label="Reason", max_length=300)
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=300)
 
 
 class RefundInline(ReadOnlyTabularInline):
@@ -617,12 +656,14 @@ class PaymentAdmin(ReadOnlyAdmin):
         """Set when a wallet reported a payment that does not match (nothing was credited)."""
         return obj.flag_reason or "—"
 
-    @admin.display(description="Refund")
+    @admin.display(description=gettext_lazy("Refund"))
     def refund_link(self, obj: Payment):
         if obj.status != "succeeded" or obj.refunded_amount >= obj.amount:
             return "—"
         return format_html(
-            '<a href="{}">Refund…</a>', reverse("admin:billing_payment_refund", args=[obj.pk])
+            '<a href="{}">{}</a>',
+            reverse("admin:billing_payment_refund", args=[obj.pk]),
+            _("Refund…"),
         )
 
     def get_urls(self):
@@ -657,7 +698,13 @@ class PaymentAdmin(ReadOnlyAdmin):
                 form.add_error(None, exc.message)
             else:
                 messages.success(
-                    request, f"Refund of {refund.amount} {payment.currency}: {refund.status}."
+                    request,
+                    _("Refund of %(amount)s %(currency)s: %(status)s.")
+                    % {
+                        "amount": refund.amount,
+                        "currency": payment.currency,
+                        "status": refund.status,
+                    },
                 )
                 return redirect(reverse("admin:billing_payment_change", args=[payment.pk]))
         context = {
@@ -665,7 +712,7 @@ class PaymentAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
             "payment": payment,
             "form": form,
-            "title": f"Refund payment {payment.pk}",
+            "title": _("Refund payment %(pk)s") % {"pk": payment.pk},
         }
         return TemplateResponse(request, "billing/admin/refund.html", context)
 
@@ -742,18 +789,20 @@ class BillingProfileAdmin(admin.ModelAdmin):
         "balance_exhausted_at",
     ]
 
-    @admin.display(description="Billing mode")
+    @admin.display(description=gettext_lazy("Billing mode"))
     def billing_mode(self, obj: BillingProfile):
         return obj.organization.get_billing_mode_display()
 
-    @admin.display(description="Credit terms")
+    @admin.display(description=gettext_lazy("Credit terms"))
     def credit_terms_links(self, obj: BillingProfile):
         if obj.organization.billing_mode != "invoiced":
-            return "Prepaid: monthly invoicing is granted from a customer's request."
+            return _("Prepaid: monthly invoicing is granted from a customer's request.")
         return format_html(
-            '<a href="{}">Change the credit limit or terms…</a> · <a href="{}">Revoke…</a>',
+            '<a href="{}">{}</a> · <a href="{}">{}</a>',
             reverse("admin:billing_billingprofile_credit_terms", args=[obj.pk]),
+            _("Change the credit limit or terms…"),
             reverse("admin:billing_billingprofile_credit_revoke", args=[obj.pk]),
+            _("Revoke…"),
         )
 
     def get_urls(self):
@@ -793,14 +842,14 @@ class BillingProfileAdmin(admin.ModelAdmin):
             form=form,
             organization=profile.organization,
             target=profile,
-            title=f"Credit terms of {profile.organization}",
+            title=_("Credit terms of %(organization)s") % {"organization": profile.organization},
             call=lambda actor, data: credit_terms.credit_terms_change(
                 actor=actor,
                 organization_id=profile.organization_id,
                 credit_limit=data["credit_limit"],
                 payment_terms_days=data["payment_terms_days"],
             ),
-            done="The credit terms are changed.",
+            done=_("The credit terms are changed."),
             back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
         )
 
@@ -813,11 +862,13 @@ class BillingProfileAdmin(admin.ModelAdmin):
             form=RevokeForm(request.POST or None),
             organization=profile.organization,
             target=profile,
-            title=f"Revoke the credit terms of {profile.organization}",
+            title=_("Revoke the credit terms of %(organization)s")
+            % {"organization": profile.organization},
             call=lambda actor, data: credit_terms.credit_terms_revoke(
                 actor=actor, organization_id=profile.organization_id, reason=data["reason"]
             ),
-            done=f"{profile.organization} uses prepaid credit from now on.",
+            done=_("%(organization)s uses prepaid credit from now on.")
+            % {"organization": profile.organization},
             back=reverse("admin:billing_billingprofile_change", args=[profile.pk]),
         )
 
@@ -833,23 +884,27 @@ class CreditTermsForm(forms.Form):
         min_value=0,
         max_digits=18,
         decimal_places=2,
-        help_text="In the organisation's currency: the most it may owe (unpaid invoices, usage "
-        "not invoiced yet, the reserve window's burn).",
+        help_text=gettext_lazy(
+            "In the organisation's currency: the most it may owe (unpaid invoices, usage "
+            "not invoiced yet, the reserve window's burn)."
+        ),
     )
     payment_terms_days = forms.IntegerField(
         min_value=0, max_value=credit_terms.MAX_PAYMENT_TERMS_DAYS, initial=30
     )
     note = forms.CharField(
-        max_length=500, required=False, help_text="Kept with the decision and in the audit log."
+        max_length=500,
+        required=False,
+        help_text=gettext_lazy("Kept with the decision and in the audit log."),
     )
 
 
 class DeclineForm(forms.Form):
-    note = forms.CharField(max_length=500, help_text="Why: kept with the decision.")
+    note = forms.CharField(max_length=500, help_text=gettext_lazy("Why: kept with the decision."))
 
 
 class RevokeForm(forms.Form):
-    reason = forms.CharField(max_length=500, help_text="Kept in the audit log.")
+    reason = forms.CharField(max_length=500, help_text=gettext_lazy("Kept in the audit log."))
 
 
 def _require_credit_permission(request) -> None:
@@ -922,14 +977,16 @@ class CreditRequestAdmin(ReadOnlyAdmin):
     ]
     readonly_fields = fields
 
-    @admin.display(description="Decide")
+    @admin.display(description=gettext_lazy("Decide"))
     def decide_links(self, obj: CreditRequest):
         if obj.status != CreditRequestStatus.PENDING:
             return "—"
         return format_html(
-            '<a href="{}">Grant…</a> · <a href="{}">Decline…</a>',
+            '<a href="{}">{}</a> · <a href="{}">{}</a>',
             reverse("admin:billing_creditrequest_grant", args=[obj.pk]),
+            _("Grant…"),
             reverse("admin:billing_creditrequest_decline", args=[obj.pk]),
+            _("Decline…"),
         )
 
     def get_urls(self):
@@ -965,7 +1022,8 @@ class CreditRequestAdmin(ReadOnlyAdmin):
             form=form,
             organization=asked.organization,
             target=asked,
-            title=f"Grant monthly invoicing to {asked.organization}",
+            title=_("Grant monthly invoicing to %(organization)s")
+            % {"organization": asked.organization},
             call=lambda actor, data: credit_terms.credit_terms_grant(
                 actor=actor,
                 request_id=asked.pk,
@@ -973,7 +1031,8 @@ class CreditRequestAdmin(ReadOnlyAdmin):
                 payment_terms_days=data["payment_terms_days"],
                 note=data["note"],
             ),
-            done=f"{asked.organization} is invoiced monthly from now on.",
+            done=_("%(organization)s is invoiced monthly from now on.")
+            % {"organization": asked.organization},
             back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
         )
 
@@ -986,11 +1045,12 @@ class CreditRequestAdmin(ReadOnlyAdmin):
             form=DeclineForm(request.POST or None),
             organization=asked.organization,
             target=asked,
-            title=f"Decline monthly invoicing for {asked.organization}",
+            title=_("Decline monthly invoicing for %(organization)s")
+            % {"organization": asked.organization},
             call=lambda actor, data: credit_terms.credit_request_decline(
                 actor=actor, request_id=asked.pk, note=data["note"]
             ),
-            done="The request is declined.",
+            done=_("The request is declined."),
             back=reverse("admin:billing_creditrequest_change", args=[asked.pk]),
         )
 

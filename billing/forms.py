@@ -1,4 +1,5 @@
 from django import forms
+from django.utils.translation import gettext_lazy as _
 
 from billing.models import SpendLimitMode
 from portal.accounts.forms import PortalForm
@@ -6,56 +7,57 @@ from portal.accounts.forms import PortalForm
 
 class TopUpForm(PortalForm):
     amount = forms.CharField(
-        label="Amount",
+        label=_("Amount"),
         widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "100.00"}),
     )
 
 
 class AutoRechargeForm(PortalForm):
-    enabled = forms.BooleanField(label="Recharge automatically", required=False)
+    enabled = forms.BooleanField(label=_("Recharge automatically"), required=False)
     threshold = forms.CharField(
-        label="When the balance falls below",
+        label=_("When the balance falls below"),
         required=False,
         widget=forms.TextInput(attrs={"inputmode": "decimal"}),
     )
     amount = forms.CharField(
-        label="Add", required=False, widget=forms.TextInput(attrs={"inputmode": "decimal"})
+        label=_("Add"), required=False, widget=forms.TextInput(attrs={"inputmode": "decimal"})
     )
 
 
 class SpendLimitForm(PortalForm):
     limit = forms.CharField(
-        label="Monthly spend limit",
+        label=_("Monthly spend limit"),
         required=False,
-        help_text="Leave empty for no limit. Owners and billing members are told at 50 %, 80 % "
-        "and 100 %.",
+        help_text=_(
+            "Leave empty for no limit. Owners and billing members are told at 50 %, 80 % and 100 %."
+        ),
         widget=forms.TextInput(attrs={"inputmode": "decimal"}),
     )
     mode = forms.ChoiceField(
-        label="When it is reached",
+        label=_("When it is reached"),
         choices=SpendLimitMode.choices,
         initial=SpendLimitMode.BLOCK,
-        help_text="Stopping keeps every disk and volume; instances are never terminated.",
+        help_text=_("Stopping keeps every disk and volume; instances are never terminated."),
     )
 
 
 class CreditRequestForm(PortalForm):
-    company_name = forms.CharField(label="Company name", max_length=200)
+    company_name = forms.CharField(label=_("Company name"), max_length=200)
     registration_number = forms.CharField(
-        label="Registration number",
+        label=_("Registration number"),
         max_length=64,
-        help_text="Company registration number or unified social credit code.",
+        help_text=_("Company registration number or unified social credit code."),
     )
-    address = forms.CharField(label="Registered address", max_length=500)
-    contact_name = forms.CharField(label="Finance contact", max_length=120)
-    contact_email = forms.EmailField(label="Contact email")
-    contact_phone = forms.CharField(label="Contact phone", max_length=40, required=False)
+    address = forms.CharField(label=_("Registered address"), max_length=500)
+    contact_name = forms.CharField(label=_("Finance contact"), max_length=120)
+    contact_email = forms.EmailField(label=_("Contact email"))
+    contact_phone = forms.CharField(label=_("Contact phone"), max_length=40, required=False)
     expected_monthly_spend = forms.CharField(
-        label="Expected monthly spend",
+        label=_("Expected monthly spend"),
         widget=forms.TextInput(attrs={"inputmode": "decimal"}),
     )
     note = forms.CharField(
-        label="Anything finance should know",
+        label=_("Anything finance should know"),
         required=False,
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 3}),
@@ -64,7 +66,7 @@ class CreditRequestForm(PortalForm):
 
 class FakeCardForm(PortalForm):
     card_number = forms.CharField(
-        label="Card number",
+        label=_("Card number"),
         max_length=23,
         widget=forms.TextInput(
             attrs={
@@ -75,12 +77,12 @@ class FakeCardForm(PortalForm):
         ),
     )
     expiry = forms.CharField(
-        label="Expiry (MM/YY)",
+        label=_("Expiry (MM/YY)"),
         max_length=7,
         widget=forms.TextInput(attrs={"autocomplete": "cc-exp", "placeholder": "12/30"}),
     )
     cvc = forms.CharField(
-        label="CVC",
+        label=_("CVC"),
         max_length=4,
         widget=forms.TextInput(attrs={"autocomplete": "cc-csc", "inputmode": "numeric"}),
     )

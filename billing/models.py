@@ -13,6 +13,7 @@ from django.db.models.functions import Round
 from django.db.models.lookups import Exact
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency, Organization
 from portal.metering.models import UsageRecord
@@ -24,14 +25,14 @@ AMOUNT_DECIMAL_PLACES = RATING_PLACES  # 12
 
 
 class EntryKind(models.TextChoices):
-    TOP_UP = "top_up", "Top-up"
-    GRANT = "grant", "Grant"
-    USAGE = "usage", "Usage"
-    REFUND = "refund", "Refund"
-    ADJUSTMENT = "adjustment", "Adjustment"
-    ROUNDING = "rounding", "Rounding"
-    PAYMENT = "payment", "Invoice payment"
-    TAX = "tax", "Tax"
+    TOP_UP = "top_up", _("Top-up")
+    GRANT = "grant", _("Grant")
+    USAGE = "usage", _("Usage")
+    REFUND = "refund", _("Refund")
+    ADJUSTMENT = "adjustment", _("Adjustment")
+    ROUNDING = "rounding", _("Rounding")
+    PAYMENT = "payment", _("Invoice payment")
+    TAX = "tax", _("Tax")
 
 
 class Account(models.Model):
@@ -119,7 +120,7 @@ class LedgerEntry(models.Model):
     usage_record = models.OneToOneField(
         UsageRecord, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entry"
     )
-    reference = models.CharField(max_length=120, blank=True, help_text="e.g. a payment id.")
+    reference = models.CharField(max_length=120, blank=True, help_text=_("e.g. a payment id."))
     payment = models.ForeignKey(
         "Payment", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
     )
@@ -184,18 +185,18 @@ MONEY_DECIMAL_PLACES = max(MINOR_UNITS.values())
 
 
 class TaxStatus(models.TextChoices):
-    STANDARD = "standard", "Standard rate"
-    REVERSE_CHARGE = "reverse_charge", "Reverse charge"
-    ZERO_RATED = "zero_rated", "Zero-rated"
-    NOT_SUBJECT = "not_subject", "Not subject to tax"
+    STANDARD = "standard", _("Standard rate")
+    REVERSE_CHARGE = "reverse_charge", _("Reverse charge")
+    ZERO_RATED = "zero_rated", _("Zero-rated")
+    NOT_SUBJECT = "not_subject", _("Not subject to tax")
 
 
 class SpendLimitMode(models.TextChoices):
     """What reaching the monthly spend limit does."""
 
-    ALERT = "alert", "Alert only"
-    BLOCK = "block", "Block new launches"
-    STOP = "stop", "Stop running instances"
+    ALERT = "alert", _("Alert only")
+    BLOCK = "block", _("Block new launches")
+    STOP = "stop", _("Stop running instances")
 
 
 class BillingProfile(models.Model):
@@ -204,9 +205,9 @@ class BillingProfile(models.Model):
     organization = models.OneToOneField(
         Organization, on_delete=models.CASCADE, related_name="billing_profile"
     )
-    provider = models.CharField(max_length=20, blank=True, help_text="Payment provider in use.")
+    provider = models.CharField(max_length=20, blank=True, help_text=_("Payment provider in use."))
     customer_id = models.CharField(
-        max_length=120, blank=True, help_text="The provider's customer id (e.g. cus_...)."
+        max_length=120, blank=True, help_text=_("The provider's customer id (e.g. cus_...).")
     )
     auto_recharge_enabled = models.BooleanField(default=False)
     auto_recharge_threshold = models.DecimalField(
@@ -226,18 +227,22 @@ class BillingProfile(models.Model):
         decimal_places=MONEY_DECIMAL_PLACES,
         null=True,
         blank=True,
-        help_text="Granted by finance with monthly invoicing: the most the organisation may owe "
-        "(unpaid invoices, usage not invoiced yet, and the reserve window's burn).",
+        help_text=_(
+            "Granted by finance with monthly invoicing: the most the organisation may owe "
+            "(unpaid invoices, usage not invoiced yet, and the reserve window's burn)."
+        ),
     )
     tax_status = models.CharField(
         max_length=16, choices=TaxStatus.choices, default=TaxStatus.STANDARD
     )
     tax_rate = models.DecimalField(
-        max_digits=5, decimal_places=4, default=0, help_text="0.2000 is 20 %."
+        max_digits=5, decimal_places=4, default=0, help_text=_("0.2000 is 20 %.")
     )
     payment_terms_days = models.PositiveSmallIntegerField(default=30)
     balance_exhausted_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a prepaid balance last reached zero (grace clock)."
+        null=True,
+        blank=True,
+        help_text=_("When a prepaid balance last reached zero (grace clock)."),
     )
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -294,18 +299,18 @@ class PaymentMethod(models.Model):
 
 
 class PaymentPurpose(models.TextChoices):
-    TOP_UP = "top_up", "Top-up"
-    AUTO_RECHARGE = "auto_recharge", "Auto-recharge"
-    INVOICE = "invoice", "Invoice payment"
-    BANK_TRANSFER = "bank_transfer", "Bank transfer"
+    TOP_UP = "top_up", _("Top-up")
+    AUTO_RECHARGE = "auto_recharge", _("Auto-recharge")
+    INVOICE = "invoice", _("Invoice payment")
+    BANK_TRANSFER = "bank_transfer", _("Bank transfer")
 
 
 class PaymentStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    REQUIRES_ACTION = "requires_action", "Needs authentication"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELED = "canceled", "Canceled"
+    PENDING = "pending", _("Pending")
+    REQUIRES_ACTION = "requires_action", _("Needs authentication")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELED = "canceled", _("Canceled")
 
 
 class Payment(models.Model):
@@ -326,8 +331,10 @@ class Payment(models.Model):
     )
     provider = models.CharField(max_length=20)
     idempotency_key = models.CharField(max_length=120, unique=True)
-    checkout_id = models.CharField(max_length=255, blank=True, help_text="e.g. cs_... (Checkout)")
-    payment_intent_id = models.CharField(max_length=255, blank=True, help_text="e.g. pi_...")
+    checkout_id = models.CharField(
+        max_length=255, blank=True, help_text=_("e.g. cs_... (Checkout)")
+    )
+    payment_intent_id = models.CharField(max_length=255, blank=True, help_text=_("e.g. pi_..."))
     payment_method = models.ForeignKey(
         PaymentMethod, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments"
     )
@@ -391,7 +398,7 @@ class Refund(models.Model):
     amount = models.DecimalField(max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES)
     reason = models.CharField(max_length=300)
     idempotency_key = models.CharField(max_length=120, unique=True)
-    provider_id = models.CharField(max_length=255, blank=True, help_text="e.g. re_...")
+    provider_id = models.CharField(max_length=255, blank=True, help_text=_("e.g. re_..."))
     status = models.CharField(max_length=16, default="pending")
     created_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
@@ -440,16 +447,16 @@ class WebhookEvent(models.Model):
 
 
 class AlertKind(models.TextChoices):
-    LOW_BALANCE_24H = "low_balance_24h", "Less than 24 hours of credit left"
-    LOW_BALANCE_1H = "low_balance_1h", "Less than 1 hour of credit left"
-    BALANCE_EXHAUSTED = "balance_exhausted", "Credit exhausted"
-    INSTANCES_STOPPED = "instances_stopped", "Instances stopped for lack of credit"
-    SPEND_LIMIT_50 = "spend_limit_50", "50 % of the monthly spend limit"
-    SPEND_LIMIT_80 = "spend_limit_80", "80 % of the monthly spend limit"
-    SPEND_LIMIT = "spend_limit", "Monthly spend limit reached"
-    CREDIT_LIMIT_80 = "credit_limit_80", "80 % of the credit limit"
-    CREDIT_LIMIT = "credit_limit", "Credit limit reached"
-    AUTO_RECHARGE_FAILED = "auto_recharge_failed", "Auto-recharge failed"
+    LOW_BALANCE_24H = "low_balance_24h", _("Less than 24 hours of credit left")
+    LOW_BALANCE_1H = "low_balance_1h", _("Less than 1 hour of credit left")
+    BALANCE_EXHAUSTED = "balance_exhausted", _("Credit exhausted")
+    INSTANCES_STOPPED = "instances_stopped", _("Instances stopped for lack of credit")
+    SPEND_LIMIT_50 = "spend_limit_50", _("50 % of the monthly spend limit")
+    SPEND_LIMIT_80 = "spend_limit_80", _("80 % of the monthly spend limit")
+    SPEND_LIMIT = "spend_limit", _("Monthly spend limit reached")
+    CREDIT_LIMIT_80 = "credit_limit_80", _("80 % of the credit limit")
+    CREDIT_LIMIT = "credit_limit", _("Credit limit reached")
+    AUTO_RECHARGE_FAILED = "auto_recharge_failed", _("Auto-recharge failed")
 
 
 class SpendAlert(models.Model):
@@ -478,10 +485,10 @@ class SpendAlert(models.Model):
 
 
 class CreditRequestStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    GRANTED = "granted", "Granted"
-    DECLINED = "declined", "Declined"
-    WITHDRAWN = "withdrawn", "Withdrawn"
+    PENDING = "pending", _("Pending")
+    GRANTED = "granted", _("Granted")
+    DECLINED = "declined", _("Declined")
+    WITHDRAWN = "withdrawn", _("Withdrawn")
 
 
 class CreditRequest(models.Model):
@@ -495,7 +502,7 @@ class CreditRequest(models.Model):
     )
     company_name = models.CharField(max_length=200)
     registration_number = models.CharField(
-        max_length=64, help_text="Company registration or unified social credit code."
+        max_length=64, help_text=_("Company registration or unified social credit code.")
     )
     address = models.CharField(max_length=500)
     contact_name = models.CharField(max_length=120)
@@ -542,15 +549,15 @@ class CreditRequest(models.Model):
 
 
 class InvoiceKind(models.TextChoices):
-    INVOICE = "invoice", "Invoice"
-    CREDIT_NOTE = "credit_note", "Credit note"
+    INVOICE = "invoice", _("Invoice")
+    CREDIT_NOTE = "credit_note", _("Credit note")
 
 
 class InvoiceStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    FINALIZED = "finalized", "Finalized"
-    PAID = "paid", "Paid"
-    VOID = "void", "Void"
+    DRAFT = "draft", _("Draft")
+    FINALIZED = "finalized", _("Finalized")
+    PAID = "paid", _("Paid")
+    VOID = "void", _("Void")
 
 
 class Invoice(models.Model):
@@ -565,8 +572,8 @@ class Invoice(models.Model):
     corrects = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="credit_notes"
     )
-    period_start = models.DateField(help_text="First day of the month (UTC).")
-    period_end = models.DateField(help_text="First day of the next month (exclusive).")
+    period_start = models.DateField(help_text=_("First day of the month (UTC)."))
+    period_end = models.DateField(help_text=_("First day of the next month (exclusive)."))
     currency = models.CharField(max_length=3, choices=Currency.choices)
     billing_mode = models.CharField(max_length=10)
     status = models.CharField(
@@ -591,10 +598,10 @@ class Invoice(models.Model):
         max_digits=MONEY_MAX_DIGITS, decimal_places=MONEY_DECIMAL_PLACES, default=0
     )
     payment_reference = models.CharField(
-        max_length=40, blank=True, help_text="Quote this on a bank transfer."
+        max_length=40, blank=True, help_text=_("Quote this on a bank transfer.")
     )
     paid_reference = models.CharField(
-        max_length=120, blank=True, help_text="How it was paid (bank reference, payment id)."
+        max_length=120, blank=True, help_text=_("How it was paid (bank reference, payment id).")
     )
     seller = models.JSONField(default=dict, blank=True)
     buyer = models.JSONField(default=dict, blank=True)
@@ -644,11 +651,11 @@ class Invoice(models.Model):
 
 
 class LineKind(models.TextChoices):
-    COMPUTE = "compute", "Compute"
-    STORAGE = "storage", "Storage"
-    METER = "meter", "Other usage"
-    CREDIT = "credit", "Credit"
-    ADJUSTMENT = "adjustment", "Adjustment"
+    COMPUTE = "compute", _("Compute")
+    STORAGE = "storage", _("Storage")
+    METER = "meter", _("Other usage")
+    CREDIT = "credit", _("Credit")
+    ADJUSTMENT = "adjustment", _("Adjustment")
 
 
 class InvoiceLine(models.Model):
@@ -700,24 +707,24 @@ class DocumentSequence(models.Model):
 
 
 class ExportKind(models.TextChoices):
-    REGISTER = "register", "Invoice register"
-    LINES = "lines", "Invoice lines"
-    JOURNAL = "journal", "Accounting journal"
-    RECONCILIATION = "reconciliation", "Payment reconciliation"
-    DOCUMENTS = "documents", "Invoice PDFs and e-invoices"
+    REGISTER = "register", _("Invoice register")
+    LINES = "lines", _("Invoice lines")
+    JOURNAL = "journal", _("Accounting journal")
+    RECONCILIATION = "reconciliation", _("Payment reconciliation")
+    DOCUMENTS = "documents", _("Invoice PDFs and e-invoices")
 
 
 class ExportFormat(models.TextChoices):
     CSV = "csv", "CSV"
-    XLSX = "xlsx", "Excel (XLSX)"
-    ZIP = "zip", "ZIP (documents only)"
+    XLSX = "xlsx", _("Excel (XLSX)")
+    ZIP = "zip", _("ZIP (documents only)")
 
 
 class ExportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    DONE = "done", "Done"
-    FAILED = "failed", "Failed"
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
 
 
 class ExportJob(models.Model):
@@ -740,7 +747,7 @@ class ExportJob(models.Model):
     content = models.BinaryField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text=_("When a worker took it."))
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -83,7 +84,7 @@ def billing(request: HttpRequest) -> HttpResponse:
 
 def _require_manage(request: HttpRequest) -> None:
     if not request.actor.can(Action.BILLING_MANAGE):
-        raise DjangoPermissionDenied("Only owners and billing members change billing settings.")
+        raise DjangoPermissionDenied(_("Only owners and billing members change billing settings."))
 
 
 def _errors_onto(form, exc) -> None:
@@ -170,7 +171,7 @@ def card_default(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"{method} is now the default card.")
+        messages.success(request, _("%(method)s is now the default card.") % {"method": method})
     return redirect("billing:billing")
 
 
@@ -183,7 +184,7 @@ def card_remove(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"{method} removed.")
+        messages.success(request, _("%(method)s removed.") % {"method": method})
     return redirect("billing:billing")
 
 
@@ -204,7 +205,7 @@ def auto_recharge(request: HttpRequest) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         return _invalid(request, "auto_recharge_form", form, exc)
     messages.success(
-        request, "Auto-recharge is on." if data.get("enabled") else "Auto-recharge is off."
+        request, _("Auto-recharge is on.") if data.get("enabled") else _("Auto-recharge is off.")
     )
     return redirect("billing:billing")
 
@@ -224,12 +225,19 @@ def spend_limit(request: HttpRequest) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         return _invalid(request, "spend_limit_form", form, exc)
     if profile.monthly_spend_limit is None:
-        messages.success(request, "No monthly spend limit.")
+        messages.success(request, _("No monthly spend limit."))
     else:
         messages.success(
             request,
-            f"Monthly spend limit set to {profile.monthly_spend_limit} "
-            f"{request.organization.currency} ({profile.get_spend_limit_mode_display().lower()}).",
+            _(
+                "Monthly spend limit set to %(monthly_spend_limit)s %(currency)s "
+                "(%(spend_limit_mode)s)."
+            )
+            % {
+                "monthly_spend_limit": profile.monthly_spend_limit,
+                "currency": request.organization.currency,
+                "spend_limit_mode": profile.get_spend_limit_mode_display().lower(),
+            },
         )
     return redirect("billing:billing")
 
@@ -251,7 +259,7 @@ def credit_request(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    "Your request for monthly invoicing is sent. Finance will answer by email.",
+                    _("Your request for monthly invoicing is sent. Finance will answer by email."),
                 )
                 return redirect("billing:billing")
     return render(
@@ -274,7 +282,7 @@ def credit_request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
         credit_terms.credit_request_withdraw(actor=request.actor, request_id=pk)
     except NotFound as exc:
         raise Http404(exc.message) from None
-    messages.success(request, "Your request for monthly invoicing is withdrawn.")
+    messages.success(request, _("Your request for monthly invoicing is withdrawn."))
     return redirect("billing:billing")
 
 
@@ -384,7 +392,7 @@ def fake_checkout(request: HttpRequest, token: str) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         expiry = form.cleaned_data["expiry"].replace(" ", "")
-        month, _, year = expiry.partition("/")
+        month, _slash, year = expiry.partition("/")
         check = card_check(form.cleaned_data["card_number"], month, year)
         if check.ok and payment is not None:
             if payment.status == PaymentStatus.SUCCEEDED:
@@ -397,9 +405,9 @@ def fake_checkout(request: HttpRequest, token: str) -> HttpResponse:
                 request.organization,
                 payment_method_id(form.cleaned_data["card_number"], int(month), int(year)),
             )
-            messages.success(request, "Card saved.")
+            messages.success(request, _("Card saved."))
             return redirect(session["ok"])
-        form.add_error("expiry" if check.field == "expiry" else "card_number", check.message)
+        form.add_error("expiry" if check.field == "expiry" else "card_number", _(check.message))
     if request.method == "POST":
         status = 422
     return render(

@@ -10,12 +10,12 @@ class BalanceSerializer(serializers.Serializer):
         max_digits=28,
         decimal_places=12,
         coerce_to_string=True,
-        help_text="Ledger balance less usage not debited yet (up to this moment).",
+        help_text=_("Ledger balance less usage not debited yet (up to this moment)."),
     )
     ledger_balance = serializers.DecimalField(max_digits=28, decimal_places=12)
     burn_per_hour = serializers.DecimalField(max_digits=28, decimal_places=12)
     hours_left = serializers.DecimalField(
-        max_digits=20, decimal_places=2, allow_null=True, help_text="Null when nothing runs."
+        max_digits=20, decimal_places=2, allow_null=True, help_text=_("Null when nothing runs.")
     )
     month_to_date = serializers.DecimalField(max_digits=28, decimal_places=12)
     monthly_spend_limit = serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True)
@@ -27,25 +27,29 @@ class BalanceSerializer(serializers.Serializer):
         max_digits=18,
         decimal_places=2,
         allow_null=True,
-        help_text="Invoiced monthly: the credit limit finance granted (null when prepaid).",
+        help_text=_("Invoiced monthly: the credit limit finance granted (null when prepaid)."),
     )
     exposure = serializers.DecimalField(
         max_digits=28,
         decimal_places=12,
         allow_null=True,
-        help_text="Invoiced monthly: unpaid invoices, usage not invoiced yet and the reserve "
-        "window's burn; a launch beyond the credit limit is refused (null when prepaid).",
+        help_text=_(
+            "Invoiced monthly: unpaid invoices, usage not invoiced yet and the reserve "
+            "window's burn; a launch beyond the credit limit is refused (null when prepaid)."
+        ),
     )
 
 
 class SpendLimitSerializer(serializers.Serializer):
     monthly_spend_limit = serializers.DecimalField(
-        max_digits=18, decimal_places=2, allow_null=True, help_text="Null for no limit."
+        max_digits=18, decimal_places=2, allow_null=True, help_text=_("Null for no limit.")
     )
     mode = serializers.ChoiceField(
         choices=SpendLimitMode.choices,
-        help_text="alert: notices only; block: new launches and starts refused once reached; "
-        "stop: running instances stopped too (disks and volumes kept).",
+        help_text=_(
+            "alert: notices only; block: new launches and starts refused once reached; "
+            "stop: running instances stopped too (disks and volumes kept)."
+        ),
     )
 
 
@@ -54,7 +58,7 @@ class SpendLimitUpdateSerializer(serializers.Serializer):
         allow_null=True,
         max_length=30,
         allow_blank=True,
-        help_text="An amount such as 500 or 499.90; null or empty for no limit.",
+        help_text=_("An amount such as 500 or 499.90; null or empty for no limit."),
     )
     mode = serializers.ChoiceField(choices=SpendLimitMode.choices, required=False)
 
@@ -90,7 +94,7 @@ class CreditRequestCreateSerializer(serializers.Serializer):
     contact_email = serializers.EmailField()
     contact_phone = serializers.CharField(max_length=40, required=False, allow_blank=True)
     expected_monthly_spend = serializers.CharField(
-        max_length=30, help_text="In the organisation's currency, e.g. 20000."
+        max_length=30, help_text=_("In the organisation's currency, e.g. 20000.")
     )
     note = serializers.CharField(max_length=1000, required=False, allow_blank=True)
 

@@ -203,7 +203,7 @@ def _invoice(request, pk: int) -> Invoice:
         .first()
     )
     if invoice is None:
-        raise NotFound("No such invoice in this organisation.")
+        raise NotFound(_("No such invoice in this organisation."))
     return invoice
 
 

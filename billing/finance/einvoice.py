@@ -53,6 +53,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
 from lxml import etree
 
 from billing.errors import BillingErrorCode
@@ -113,7 +116,7 @@ def _rules_path(relative: str) -> Path:
 def _require_finalized(document: Document) -> None:
     if document.draft or not document.number:
         raise InvalidInput(
-            "Only a finalized invoice has an e-invoice; this one is still a draft.",
+            _("Only a finalized invoice has an e-invoice; this one is still a draft."),
             code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
 
@@ -147,7 +150,11 @@ def _bank(text: str) -> dict:
 def _document(source: Invoice | Document) -> dict:
     """Everything the XML forms state, signs and codes decided once, from the document that
     the PDF shows too (``billing.invoicing.documents.document_build``)."""
-    document = source if isinstance(source, Document) else document_build(source)
+    if isinstance(source, Document):
+        document = source
+    else:
+        with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
+            document = document_build(source)
     _require_finalized(document)
     credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
@@ -159,11 +166,11 @@ def _document(source: Invoice | Document) -> dict:
     seller, buyer = dict(document.seller or {}), dict(document.buyer or {})
     if not seller.get("name") or not seller.get("country"):
         raise InvalidInput(
-            "The invoice has no seller details.", code=BillingErrorCode.SELLER_MISSING
+            _("The invoice has no seller details."), code=BillingErrorCode.SELLER_MISSING
         )
     if not buyer.get("name") or not buyer.get("country"):
         raise InvalidInput(
-            "The buyer's name and country are needed for an e-document.",
+            _("The buyer's name and country are needed for an e-document."),
             code=BillingErrorCode.BUYER_MISSING,
         )
     buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
@@ -535,7 +542,7 @@ def invoice_facturx_pdf(invoice: Invoice) -> bytes:
 
     xml = invoice_cii(invoice)
     return generate_from_binary(
-        invoice_pdf(invoice),
+        invoice_pdf(invoice, settings.LANGUAGE_CODE),  # as its lang says
         xml,
         flavor="factur-x",
         level="en16931",
@@ -624,7 +631,8 @@ def archive_add(archive, invoice: Invoice) -> None:
     """Put a finalized document's PDF, UBL and CII into an open ``zipfile.ZipFile``."""
     from billing.invoicing.documents import invoice_pdf
 
-    document = document_build(invoice)  # once, for both XML forms
+    with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
+        document = document_build(invoice)  # once, for both XML forms
     archive.writestr(f"{invoice.number}.pdf", invoice_pdf(invoice))
     archive.writestr(f"{invoice.number}-ubl.xml", invoice_ubl(document))
     archive.writestr(f"{invoice.number}-cii.xml", invoice_cii(document))

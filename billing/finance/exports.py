@@ -59,6 +59,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db.models import Case, DecimalField, F, Q, QuerySet, Sum, Value, When
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.invoicing.services import month_start, next_month
@@ -188,20 +189,23 @@ class RegisterFilter:
         first, last = month_start(self.start), month_start(self.end)
         if last < first:
             raise InvalidInput(
-                f"The period ends ({last:%Y-%m}) before it starts ({first:%Y-%m}).",
+                _("The period ends (%(last)s) before it starts (%(first)s).")
+                % {"last": format(last, "%Y-%m"), "first": format(first, "%Y-%m")},
                 code=BillingErrorCode.RANGE_REVERSED,
             )
         months = (last.year - first.year) * 12 + last.month - first.month + 1
         if months > MAX_MONTHS:
             raise InvalidInput(
-                f"Export at most {MAX_MONTHS} months at a time, not {months}.",
+                _("Export at most %(max)s months at a time, not %(months)s.")
+                % {"max": MAX_MONTHS, "months": months},
                 code=BillingErrorCode.RANGE_TOO_LARGE,
                 details={"months": months, "max_months": MAX_MONTHS},
             )
         unknown = sorted(set(self.statuses) - set(InvoiceStatus.values))
         if unknown:
             raise InvalidInput(
-                f"Unknown status {', '.join(unknown)}; use {', '.join(InvoiceStatus.values)}.",
+                _("Unknown status %(unknown)s; use %(values)s.")
+                % {"unknown": ", ".join(unknown), "values": ", ".join(InvoiceStatus.values)},
                 code=BillingErrorCode.STATUS_INVALID,
                 details={"statuses": unknown},
             )
@@ -446,7 +450,8 @@ def line_rows(flt: RegisterFilter) -> Iterator[dict[str, str]]:
 def _day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     if end < start:
         raise InvalidInput(
-            f"The period ends ({end}) before it starts ({start}).",
+            _("The period ends (%(end)s) before it starts (%(start)s).")
+            % {"end": end, "start": start},
             code=BillingErrorCode.RANGE_REVERSED,
         )
     return _midnight(start), _midnight(end + timedelta(days=1))

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.finance import exports
@@ -68,7 +69,8 @@ def _month(value: str, label: str) -> date:
         return date(int(year), int(month), 1)
     except (ValueError, TypeError):
         raise InvalidInput(
-            f"The {label} month must look like 2026-10, not “{value}”.",
+            _("The %(label)s month must look like 2026-10, not “%(value)s”.")
+            % {"label": label, "value": value},
             code=BillingErrorCode.MONTH_INVALID,
             details={"field": label, "value": value},
         ) from None
@@ -109,7 +111,8 @@ def register_filter_build(*, params: Mapping[str, Any]) -> RegisterFilter:
         )
         if organization_id is None:
             raise InvalidInput(
-                f"No organisation has the slug “{params['organization']}”.",
+                _("No organisation has the slug “%(organization)s”.")
+                % {"organization": params["organization"]},
                 code=BillingErrorCode.ORGANIZATION_UNKNOWN,
             )
     return RegisterFilter(
@@ -142,19 +145,21 @@ def export_job_create(
     filter ``params``; ``billing.export_run`` runs it once the transaction commits."""
     if kind not in ExportKind.values:
         raise InvalidInput(
-            f"Unknown export “{kind}”; choose {', '.join(ExportKind.values)}.",
+            _("Unknown export “%(kind)s”; choose %(values)s.")
+            % {"kind": kind, "values": ", ".join(ExportKind.values)},
             code=BillingErrorCode.EXPORT_KIND_INVALID,
             details={"kind": kind},
         )
     if format not in ExportFormat.values:
         raise InvalidInput(
-            f"Unknown format “{format}”; choose {', '.join(ExportFormat.values)}.",
+            _("Unknown format “%(format)s”; choose %(values)s.")
+            % {"format": format, "values": ", ".join(ExportFormat.values)},
             code=BillingErrorCode.EXPORT_FORMAT_INVALID,
             details={"format": format},
         )
     if (kind == ExportKind.DOCUMENTS) != (format == ExportFormat.ZIP):
         raise InvalidInput(
-            "Invoice documents export as ZIP; the other exports as CSV or XLSX.",
+            _("Invoice documents export as ZIP; the other exports as CSV or XLSX."),
             code=BillingErrorCode.EXPORT_FORMAT_INVALID,
             details={"kind": kind, "format": format},
         )
@@ -198,7 +203,7 @@ def export_jobs_sweep(now=None) -> dict[str, int]:
         error="The export was interrupted; run it again.",
         finished_at=now,
     )
-    deleted, _ = ExportJob.objects.filter(
+    deleted, _by_model = ExportJob.objects.filter(
         status__in=[ExportStatus.DONE, ExportStatus.FAILED], finished_at__lt=now - EXPORT_KEEP
     ).delete()
     return {"requeued": len(queued), "failed": failed, "deleted": deleted}

@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from billing.finance import exports
@@ -33,7 +34,7 @@ def finance_required(view: Callable) -> Callable:
     @login_required
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not (request.user.is_staff and request.user.has_perm(FINANCE_PERMISSION)):
-            raise PermissionDenied("The finance area is for finance staff.")
+            raise PermissionDenied(_("The finance area is for finance staff."))
         return view(request, *args, **kwargs)
 
     return wrapper

@@ -7,7 +7,9 @@ month close leaves it to workers after commit (``emails.issue_documents_later``)
 has stored it, ``invoice_pdf`` renders it on demand and stores it (``invoice_pdf_store``). Either
 way it is rendered from the document as it was issued (``as_issued``): an invoice paid or voided
 before its PDF was rendered still reads as it did the moment it was issued. A draft is rendered
-live each time, watermarked DRAFT. Fonts: DejaVu Sans, with Noto Sans CJK SC for Chinese names
+live each time, watermarked DRAFT. The stored PDF is in the default language; in Chinese a
+document is rendered on demand (``invoice_pdf(invoice, language)``), as a download asks for it
+or for an email to someone who chose Chinese. Fonts: DejaVu Sans, with Noto Sans CJK SC for Chinese names
 and addresses (fonts-noto-cjk).
 """
 
@@ -22,18 +24,23 @@ from typing import Any
 
 from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django_countries import countries
 
 from billing.models import Invoice, InvoiceKind, InvoiceStatus, TaxStatus
-from portal.money import MINUS, decimal_text, format_amount, format_unit_price
+from portal.money import MINUS, decimal_text, format_amount, format_unit_price, with_currency
 
 TAX_NOTES = {
-    TaxStatus.REVERSE_CHARGE: (
+    TaxStatus.REVERSE_CHARGE: gettext_lazy(
         "Reverse charge: the recipient is liable for the tax on these services "
         "(Article 196, Council Directive 2006/112/EC)."
     ),
-    TaxStatus.ZERO_RATED: "Zero-rated supply: tax charged at 0 %.",
-    TaxStatus.NOT_SUBJECT: "Not subject to tax: these services are outside the scope of tax.",
+    TaxStatus.ZERO_RATED: gettext_lazy("Zero-rated supply: tax charged at 0 %."),
+    TaxStatus.NOT_SUBJECT: gettext_lazy(
+        "Not subject to tax: these services are outside the scope of tax."
+    ),
 }
 PLURAL_UNITS = {"hour": "hours", "GB-month": "GB-months", "credit": "credit"}
 
@@ -52,6 +59,11 @@ def _plural(unit: str) -> str:
 
 def quantity(value: Decimal, unit: str) -> str:
     number = decimal_text(value, grouping=True)
+    count = 1 if value == 1 else 2
+    if unit == "hour":
+        return ngettext("%(number)s hour", "%(number)s hours", count) % {"number": number}
+    if unit == "GB-month":
+        return ngettext("%(number)s GB-month", "%(number)s GB-months", count) % {"number": number}
     label = unit if value == 1 else PLURAL_UNITS.get(unit, _plural(unit))
     return f"{number} {label}"
 
@@ -201,17 +213,17 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
         for line in doc.lines
     ]
     if doc.tax_status == TaxStatus.STANDARD:
-        tax_label = f"Tax {percent(doc.tax_rate)} %"
+        tax_label = _("Tax %(rate)s %%") % {"rate": percent(doc.tax_rate)}
     else:
-        tax_label = f"Tax ({doc.tax_status_label.lower()})"
+        tax_label = _("Tax (%(status)s)") % {"status": doc.tax_status_label.lower()}
     reference = doc.payment_reference
     return {
         "invoice": invoice,
         "document": doc,
         "draft": doc.draft,
         "credit_note": doc.credit_note,
-        "title": "Credit note" if doc.credit_note else "Invoice",
-        "number": doc.number or "Draft",
+        "title": _("Credit note") if doc.credit_note else _("Invoice"),
+        "number": doc.number or _("Draft"),
         "seller": seller,
         "buyer": buyer,
         "lines": lines,
@@ -220,9 +232,13 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
         "subtotal": format_amount(doc.subtotal, currency),
         "tax": format_amount(doc.tax, currency),
         "tax_label": tax_label,
-        "tax_note": TAX_NOTES.get(doc.tax_status, ""),
+        "tax_note": str(TAX_NOTES.get(doc.tax_status, "")),
         "total": format_amount(doc.total, currency),
         "credit": format_amount(abs(doc.total), currency),
+        "credit_in": with_currency(format_amount(abs(doc.total), currency), currency),
+        "total_in": with_currency(format_amount(doc.total, currency), currency),
+        "amount_due_in": with_currency(format_amount(doc.amount_due, currency), currency),
+        "page_counter": _page_counter(),
         "credits_applied": format_amount(doc.credits_applied, currency),
         "amount_due": format_amount(doc.amount_due, currency),
         "show_credits": bool(doc.credits_applied),
@@ -232,6 +248,18 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
         "reference": " ".join(reference[i : i + 4] for i in range(0, len(reference), 4)),
         "corrects": doc.corrects,
     }
+
+
+def _page_counter() -> str:
+    """The footer's "Page 1 of 2" as CSS ``content``: the translated words around the page
+    counters (quotes and backslashes taken out, so the text cannot leave its CSS string)."""
+    marker = "\x00"
+    words = _("Page %(page)s of %(pages)s") % {"page": marker, "pages": marker}
+    parts = [part.replace('"', "").replace("\\", "") for part in words.split(marker)]
+    if len(parts) != 3:  # a translation that lost a counter: the English words
+        parts = ["Page ", " of ", ""]
+    before, middle, after = parts
+    return f'"{before}" counter(page) "{middle}" counter(pages) "{after}"'
 
 
 def render_html(invoice: Invoice) -> str:
@@ -254,8 +282,17 @@ def _renderer_parts():
     return parts
 
 
+def _language(language: str | None) -> str:
+    """A supported language: the one asked for, else the active one, else the default."""
+    asked = language or translation.get_language() or settings.LANGUAGE_CODE
+    try:
+        return translation.get_supported_language_variant(asked)
+    except LookupError:
+        return settings.LANGUAGE_CODE
+
+
 def render_pdf(invoice: Invoice) -> bytes:
-    """Render the document now (a draft, or one being issued)."""
+    """Render the document now (a draft, or one being issued), in the active language."""
     from weasyprint import HTML
 
     fetcher, fonts = _renderer_parts()
@@ -263,11 +300,18 @@ def render_pdf(invoice: Invoice) -> bytes:
     return html.write_pdf(font_config=fonts)
 
 
-def invoice_pdf(invoice: Invoice) -> bytes:
-    """The document's PDF: the stored one once issued (rendered and stored now if no worker
-    has yet), a live DRAFT rendering before."""
+def invoice_pdf(invoice: Invoice, language: str | None = None) -> bytes:
+    """The document's PDF in ``language`` (by default the active one): the stored one once
+    issued (rendered and stored now if no worker has yet), a live DRAFT rendering before. The
+    stored PDF is in the default language (``settings.LANGUAGE_CODE``); in another language an
+    issued document is rendered on demand from the document as issued, and not stored."""
+    language = _language(language)
     if invoice.status == InvoiceStatus.DRAFT:
-        return render_pdf(invoice)
+        with translation.override(language):
+            return render_pdf(invoice)
+    if language != _language(settings.LANGUAGE_CODE):
+        with translation.override(language):
+            return render_pdf(as_issued(invoice))
     if invoice.pdf:
         return bytes(invoice.pdf)
     return invoice_pdf_store(invoice)
@@ -291,7 +335,8 @@ def invoice_pdf_store(invoice: Invoice) -> bytes:
     only writes a PDF that is not there, and waits for one being written)."""
     if invoice.status == InvoiceStatus.DRAFT:
         raise ValueError("a draft's PDF is rendered live, never stored")
-    pdf = render_pdf(as_issued(invoice))
+    with translation.override(settings.LANGUAGE_CODE):  # the stored PDF's language
+        pdf = render_pdf(as_issued(invoice))
     stored = Invoice.objects.filter(pk=invoice.pk, pdf__isnull=True).exclude(
         status=InvoiceStatus.DRAFT
     )

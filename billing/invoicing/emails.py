@@ -12,11 +12,15 @@ import logging
 
 from django.conf import settings
 from django.core.mail import EmailMessage, mailers
+from django.utils import translation
+from django.utils.formats import date_format
+from django.utils.translation import gettext as _
 
 from billing.models import Invoice, InvoiceKind
 from portal.accounts.models import Membership
 from portal.accounts.roles import Role
 from portal.background import enqueue_on_commit
+from portal.money import format_amount, with_currency
 
 RECIPIENT_ROLES = (Role.OWNER, Role.BILLING)
 PDF_CHUNK = 10  # invoices per rendering task: about 2 s of work, spread over the workers
@@ -43,59 +47,105 @@ def invoice_recipients(invoice: Invoice) -> list[str]:
     return recipients
 
 
-def _body(invoice: Invoice) -> str:
-    month = f"{invoice.period_start:%B %Y}"
-    seller = (invoice.seller or settings.BILLING_SELLER).get("name", "")
-    amount = f"{invoice.total} {invoice.currency}"
-    if invoice.kind == InvoiceKind.CREDIT_NOTE:
-        what = (
-            f"Attached is credit note {invoice.number} of {amount}, correcting invoice "
-            f"{invoice.corrects.number if invoice.corrects else ''} ({month})."
-        )
-    elif invoice.total == 0:
-        what = (
-            f"Attached is invoice {invoice.number} for {month}: {amount}. There is nothing to pay."
-        )
-    elif invoice.billing_mode == "prepaid":
-        what = (
-            f"Attached is invoice {invoice.number} for your usage in {month}: {amount}. "
-            "It has been paid from your prepaid credits; there is nothing to pay."
-        )
-    else:
-        due = f"{invoice.due_at:%d %B %Y}" if invoice.due_at else ""
-        bank = (invoice.seller or {}).get("bank", "")
-        what = (
-            f"Attached is invoice {invoice.number} for your usage in {month}: {amount}, "
-            f"due by {due}.\n\nPlease pay by bank transfer to {bank}, quoting the payment "
-            f"reference {invoice.payment_reference}, or pay it with your saved card on the "
-            "billing page."
-        )
-    return (
-        f"Hello,\n\n{what}\n\nOrganisation: {invoice.organization.name} "
-        f"({invoice.organization.slug})\n\nThank you,\n{seller}\n"
+def recipient_languages(invoice: Invoice | None, recipients: list[str]) -> dict[str, str]:
+    """Each address's language: the one its user chose (``User.language``), else the default.
+    The billing address reads the default language unless it is a user's who chose another."""
+    from portal.accounts.models import User
+
+    chosen = dict(
+        User.objects.filter(email__in=recipients)
+        .exclude(language="")
+        .values_list("email", "language")
     )
+    chosen = {email.lower(): language for email, language in chosen.items()}
+    return {
+        address: chosen.get(address.lower()) or settings.LANGUAGE_CODE for address in recipients
+    }
+
+
+def _body(invoice: Invoice) -> str:
+    """The message, in the active language."""
+    month = date_format(invoice.period_start, "YEAR_MONTH_FORMAT")
+    seller = (invoice.seller or settings.BILLING_SELLER).get("name", "")
+    amount = with_currency(format_amount(invoice.total, invoice.currency), invoice.currency)
+    if invoice.kind == InvoiceKind.CREDIT_NOTE:
+        what = _(
+            "Attached is credit note %(number)s of %(amount)s, correcting invoice "
+            "%(corrects)s (%(month)s)."
+        ) % {
+            "number": invoice.number,
+            "amount": amount,
+            "corrects": invoice.corrects.number if invoice.corrects else "",
+            "month": month,
+        }
+    elif invoice.total == 0:
+        what = _(
+            "Attached is invoice %(number)s for %(month)s: %(amount)s. There is nothing to pay."
+        ) % {"number": invoice.number, "month": month, "amount": amount}
+    elif invoice.billing_mode == "prepaid":
+        what = _(
+            "Attached is invoice %(number)s for your usage in %(month)s: %(amount)s. "
+            "It has been paid from your prepaid credits; there is nothing to pay."
+        ) % {"number": invoice.number, "month": month, "amount": amount}
+    else:
+        due = date_format(invoice.due_at, "DATE_FORMAT") if invoice.due_at else ""
+        bank = (invoice.seller or {}).get("bank", "")
+        what = _(
+            "Attached is invoice %(number)s for your usage in %(month)s: %(amount)s, "
+            "due by %(due)s.\n\nPlease pay by bank transfer to %(bank)s, quoting the payment "
+            "reference %(reference)s, or pay it with your saved card on the billing page."
+        ) % {
+            "number": invoice.number,
+            "month": month,
+            "amount": amount,
+            "due": due,
+            "bank": bank,
+            "reference": invoice.payment_reference,
+        }
+    return _(
+        "Hello,\n\n%(what)s\n\nOrganisation: %(organization)s (%(slug)s)\n\nThank you,\n%(seller)s\n"
+    ) % {
+        "what": what,
+        "organization": invoice.organization.name,
+        "slug": invoice.organization.slug,
+        "seller": seller,
+    }
+
+
+def _subject(invoice: Invoice) -> str:
+    values = {
+        "number": invoice.number,
+        "month": date_format(invoice.period_start, "YEAR_MONTH_FORMAT"),
+        "organization": invoice.organization.name,
+    }
+    if invoice.kind == InvoiceKind.CREDIT_NOTE:
+        return _("Credit note %(number)s (%(month)s), %(organization)s") % values
+    return _("Invoice %(number)s (%(month)s), %(organization)s") % values
 
 
 def invoice_messages(invoice: Invoice) -> list[EmailMessage]:
-    """One message per recipient (members do not see each other's addresses)."""
+    """One message per recipient (members do not see each other's addresses), each in the
+    recipient's language, its PDF too."""
     from billing.invoicing.documents import invoice_pdf
 
-    title = "Credit note" if invoice.kind == InvoiceKind.CREDIT_NOTE else "Invoice"
-    subject = (
-        f"{title} {invoice.number} ({invoice.period_start:%B %Y}), {invoice.organization.name}"
-    )
-    pdf = invoice_pdf(invoice)
     reply_to = (invoice.seller or {}).get("email")
+    recipients = invoice_recipients(invoice)
+    languages = recipient_languages(invoice, recipients)
+    pdfs: dict[str, bytes] = {}
     messages = []
-    for address in invoice_recipients(invoice):
-        message = EmailMessage(
-            subject=subject,
-            body=_body(invoice),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=[address],
-            reply_to=[reply_to] if reply_to else None,
-        )
-        message.attach(f"{invoice.number}.pdf", pdf, "application/pdf")
+    for address in recipients:
+        language = languages[address]
+        with translation.override(language):
+            if language not in pdfs:
+                pdfs[language] = invoice_pdf(invoice, language)
+            message = EmailMessage(
+                subject=_subject(invoice),
+                body=_body(invoice),
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                to=[address],
+                reply_to=[reply_to] if reply_to else None,
+            )
+        message.attach(f"{invoice.number}.pdf", pdfs[language], "application/pdf")
         messages.append(message)
     return messages
 

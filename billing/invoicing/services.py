@@ -60,7 +60,9 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q, QuerySet, Sum
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.formats import date_format
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.services import account_for, ledger_post, usage_debit_pending
@@ -105,7 +107,8 @@ def month_start(value: date | datetime | str | None = None) -> date:
             parsed = datetime.strptime(value.strip(), "%Y-%m")
         except ValueError:
             raise InvalidInput(
-                f"'{value}' is not a month; write it as YYYY-MM, e.g. 2026-10.",
+                _("'%(value)s' is not a month; write it as YYYY-MM, e.g. 2026-10.")
+                % {"value": value},
                 code=BillingErrorCode.MONTH_INVALID,
             ) from None
         return date(parsed.year, parsed.month, 1)
@@ -755,7 +758,7 @@ def _require_finance(actor: Actor) -> None:
     admin), or the payment code; never by a customer's role."""
     if not (actor.operator or actor.user is None):
         raise PermissionDenied(
-            "Only finance staff change invoices.", code=BillingErrorCode.FINANCE_ONLY
+            _("Only finance staff change invoices."), code=BillingErrorCode.FINANCE_ONLY
         )
 
 
@@ -828,7 +831,8 @@ def _issue(invoice: Invoice, *, now: datetime, terms_days: int, render: bool = T
     )
     fields = list(ISSUE_FIELDS)
     if render:
-        invoice.pdf = render_pdf(invoice)
+        with translation.override(settings.LANGUAGE_CODE):  # the stored PDF's language
+            invoice.pdf = render_pdf(invoice)
         fields.append("pdf")
     invoice.save(update_fields=fields)
 
@@ -855,17 +859,25 @@ def _require_month_closed(invoice: Invoice, now: datetime) -> None:
     _start, end = month_bounds(invoice.period_start)
     if end > now:
         raise Conflict(
-            f"{invoice.period_start:%B %Y} has not ended yet; its invoice is a running draft.",
+            _("%(period_start)s has not ended yet; its invoice is a running draft.")
+            % {"period_start": date_format(invoice.period_start, "YEAR_MONTH_FORMAT")},
             code=BillingErrorCode.PERIOD_NOT_ENDED,
         )
     closed = closed_until()
     has_usage = UsageRecord.objects.filter(organization=invoice.organization_id).exists()
     if has_usage and (closed is None or closed < end):
         raise Conflict(
-            f"Usage of {invoice.period_start:%B %Y} is not closed yet (closed until "
-            f"{closed:%Y-%m-%d %H:%M} UTC). Run the month close first."
+            _(
+                "Usage of %(month)s is not closed yet (closed until %(closed)s UTC). Run the "
+                "month close first."
+            )
+            % {
+                "month": date_format(invoice.period_start, "YEAR_MONTH_FORMAT"),
+                "closed": f"{closed:%Y-%m-%d %H:%M}",
+            }
             if closed
-            else f"Usage of {invoice.period_start:%B %Y} is not closed yet.",
+            else _("Usage of %(month)s is not closed yet.")
+            % {"month": date_format(invoice.period_start, "YEAR_MONTH_FORMAT")},
             code=BillingErrorCode.USAGE_NOT_CLOSED,
         )
 
@@ -932,7 +944,7 @@ def _finalize_invoice(
     _require_finance(actor)
     if invoice.kind != InvoiceKind.INVOICE:
         raise Conflict(
-            "Credit notes are issued when created.", code=BillingErrorCode.NOT_AN_INVOICE
+            _("Credit notes are issued when created."), code=BillingErrorCode.NOT_AN_INVOICE
         )
     try:
         return _finalize(invoice, actor=actor, notify=notify, pdf_later=pdf_later)
@@ -945,7 +957,7 @@ def _finalize_invoice(
         return _finalize(invoice, actor=actor, notify=notify, pdf_later=pdf_later)
     except _UsagePending:
         raise Conflict(
-            "Some usage of the month is not debited yet; try again in a moment.",
+            _("Some usage of the month is not debited yet; try again in a moment."),
             code=BillingErrorCode.USAGE_NOT_DEBITED,
         ) from None
 
@@ -1034,18 +1046,24 @@ def _locked(invoice: Invoice) -> Invoice:
 def _refuse_unless_open(invoice: Invoice) -> None:
     """Refusals shared by paying and voiding: only a finalized, unpaid invoice qualifies."""
     if invoice.kind != InvoiceKind.INVOICE:
-        raise Conflict("A credit note is not paid or voided.", code=BillingErrorCode.NOT_AN_INVOICE)
+        raise Conflict(
+            _("A credit note is not paid or voided."), code=BillingErrorCode.NOT_AN_INVOICE
+        )
     if invoice.status == InvoiceStatus.DRAFT:
         raise Conflict(
-            "The invoice is still a draft; finalize it first.",
+            _("The invoice is still a draft; finalize it first."),
             code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
     if invoice.status == InvoiceStatus.PAID:
         raise Conflict(
-            f"{invoice.number} is already paid.", code=BillingErrorCode.INVOICE_ALREADY_PAID
+            _("%(number)s is already paid.") % {"number": invoice.number},
+            code=BillingErrorCode.INVOICE_ALREADY_PAID,
         )
     if invoice.status == InvoiceStatus.VOID:
-        raise Conflict(f"{invoice.number} is void.", code=BillingErrorCode.INVOICE_VOID)
+        raise Conflict(
+            _("%(number)s is void.") % {"number": invoice.number},
+            code=BillingErrorCode.INVOICE_VOID,
+        )
 
 
 @transaction.atomic
@@ -1059,7 +1077,7 @@ def invoice_mark_paid(
     reference = (reference or "").strip()
     if not reference:
         raise InvalidInput(
-            "Give the payment's reference.", code=BillingErrorCode.REFERENCE_REQUIRED
+            _("Give the payment's reference."), code=BillingErrorCode.REFERENCE_REQUIRED
         )
     invoice = _locked(invoice)
     _refuse_unless_open(invoice)
@@ -1096,7 +1114,9 @@ def invoice_void(invoice: Invoice, *, actor: Actor, reason: str) -> Invoice:
     _require_finance(actor)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the invoice is voided.", code=BillingErrorCode.REASON_REQUIRED)
+        raise InvalidInput(
+            _("Say why the invoice is voided."), code=BillingErrorCode.REASON_REQUIRED
+        )
     invoice = _locked(invoice)
     _refuse_unless_open(invoice)
     invoice.status = InvoiceStatus.VOID
@@ -1134,7 +1154,8 @@ def invoice_resend(invoice: Invoice, *, actor: Actor) -> Invoice:
     invoice = Invoice.objects.select_related("organization").get(pk=invoice.pk)
     if invoice.status == InvoiceStatus.DRAFT:
         raise Conflict(
-            "A draft is not sent; finalize it first.", code=BillingErrorCode.INVOICE_NOT_FINALIZED
+            _("A draft is not sent; finalize it first."),
+            code=BillingErrorCode.INVOICE_NOT_FINALIZED,
         )
     send_invoice_later(invoice)
     audit_record(
@@ -1155,13 +1176,15 @@ def _credit_amount(value, currency: str) -> Decimal:
         amount = Decimal(str(value))
     except (InvalidOperation, ValueError):
         raise InvalidInput(
-            f"Amount '{value}' is not a number.", code=ErrorCode.AMOUNT_INVALID
+            _("Amount '%(value)s' is not a number.") % {"value": value},
+            code=ErrorCode.AMOUNT_INVALID,
         ) from None
     if not amount.is_finite() or amount <= 0:
-        raise InvalidInput("A credit must be a positive amount.", code=ErrorCode.AMOUNT_INVALID)
+        raise InvalidInput(_("A credit must be a positive amount."), code=ErrorCode.AMOUNT_INVALID)
     if amount != money_round(amount, currency):
         raise InvalidInput(
-            f"Amounts in {currency} have at most {minor_units(currency)} decimal places.",
+            _("Amounts in %(currency)s have at most %(places)s decimal places.")
+            % {"currency": currency, "places": minor_units(currency)},
             code=ErrorCode.AMOUNT_INVALID,
         )
     return amount
@@ -1188,22 +1211,25 @@ def credit_note_create(
     _require_finance(actor)
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the credit is given.", code=BillingErrorCode.REASON_REQUIRED)
+        raise InvalidInput(_("Say why the credit is given."), code=BillingErrorCode.REASON_REQUIRED)
     if (amount is None) == (lines is None):
-        raise InvalidInput("Give an amount or lines, not both.", code=ErrorCode.INVALID)
+        raise InvalidInput(_("Give an amount or lines, not both."), code=ErrorCode.INVALID)
     with transaction.atomic(durable=True):
         invoice = _locked(invoice)
         if invoice.kind != InvoiceKind.INVOICE:
             raise Conflict(
-                "A credit note corrects an invoice.", code=BillingErrorCode.NOT_AN_INVOICE
+                _("A credit note corrects an invoice."), code=BillingErrorCode.NOT_AN_INVOICE
             )
         if invoice.status == InvoiceStatus.DRAFT:
             raise Conflict(
-                "The invoice is still a draft; it is rebuilt, not corrected.",
+                _("The invoice is still a draft; it is rebuilt, not corrected."),
                 code=BillingErrorCode.INVOICE_NOT_FINALIZED,
             )
         if invoice.status == InvoiceStatus.VOID:
-            raise Conflict(f"{invoice.number} is void.", code=BillingErrorCode.INVOICE_VOID)
+            raise Conflict(
+                _("%(number)s is void.") % {"number": invoice.number},
+                code=BillingErrorCode.INVOICE_VOID,
+            )
         currency = invoice.currency
         wanted = (
             [(f"Credit: {reason}", amount)]
@@ -1214,7 +1240,7 @@ def credit_note_create(
             ]
         )
         if not wanted:
-            raise InvalidInput("A credit note needs at least one line.", code=ErrorCode.INVALID)
+            raise InvalidInput(_("A credit note needs at least one line."), code=ErrorCode.INVALID)
         credits = [
             (description[:300], _credit_amount(value, currency)) for description, value in wanted
         ]
@@ -1227,8 +1253,16 @@ def credit_note_create(
         asked = sum((value for _d, value in credits), Decimal(0))
         if credited + asked > invoice.subtotal:
             raise Conflict(
-                f"{invoice.number} can be credited {invoice.subtotal - credited} {currency} "
-                f"more before tax, not {asked}.",
+                _(
+                    "%(number)s can be credited %(value)s %(currency)s more before tax, "
+                    "not %(asked)s."
+                )
+                % {
+                    "number": invoice.number,
+                    "value": invoice.subtotal - credited,
+                    "currency": currency,
+                    "asked": asked,
+                },
                 code=BillingErrorCode.CREDIT_EXCEEDS_INVOICE,
                 details={"creditable": str(invoice.subtotal - credited)},
             )
@@ -1394,7 +1428,11 @@ def month_close(
     if end + CLOSE_GRACE > now:
         retry_at = end + CLOSE_GRACE
         raise Conflict(
-            f"{month:%B %Y} can be closed from {retry_at:%Y-%m-%d %H:%M} UTC.",
+            _("%(month)s can be closed from %(retry_at)s UTC.")
+            % {
+                "month": date_format(month, "YEAR_MONTH_FORMAT"),
+                "retry_at": format(retry_at, "%Y-%m-%d %H:%M"),
+            },
             code=BillingErrorCode.MONTH_NOT_CLOSABLE,
             details={"retry_at": retry_at.isoformat()},
         )

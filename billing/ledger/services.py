@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import burn_debited, burn_debited_together
@@ -28,7 +29,7 @@ from portal.money import RATING_PLACES, at_rating_precision
 
 def account_for(organization: Organization, *, lock: bool = False) -> Account:
     """The organisation's account (created in its currency on first use)."""
-    account, _ = Account.objects.get_or_create(
+    account, _created = Account.objects.get_or_create(
         organization=organization, defaults={"currency": organization.currency}
     )
     if lock:
@@ -41,16 +42,17 @@ def _amount(value) -> Decimal:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise InvalidInput(
-            f"Amount '{value}' is not a number.", code=ErrorCode.AMOUNT_INVALID
+            _("Amount '%(value)s' is not a number.") % {"value": value},
+            code=ErrorCode.AMOUNT_INVALID,
         ) from None
     if not amount.is_finite() or amount == 0:
         raise InvalidInput(
-            "The amount must be a finite number other than zero.",
+            _("The amount must be a finite number other than zero."),
             code=ErrorCode.AMOUNT_INVALID,
         )
     if amount.as_tuple().exponent < -RATING_PLACES:
         raise InvalidInput(
-            f"Amounts have at most {RATING_PLACES} decimal places.",
+            _("Amounts have at most %(places)s decimal places.") % {"places": RATING_PLACES},
             code=ErrorCode.AMOUNT_INVALID,
         )
     return amount
@@ -76,17 +78,21 @@ def ledger_post(
     movement of money, forever.
     """
     if kind not in EntryKind.values:
-        raise InvalidInput(f"Unknown entry kind '{kind}'.", code=ErrorCode.INVALID)
+        raise InvalidInput(
+            _("Unknown entry kind '%(kind)s'.") % {"kind": kind}, code=ErrorCode.INVALID
+        )
     amount = _amount(amount)
     if not idempotency_key:
-        raise InvalidInput("Every ledger entry needs an idempotency key.", code=ErrorCode.INVALID)
+        raise InvalidInput(
+            _("Every ledger entry needs an idempotency key."), code=ErrorCode.INVALID
+        )
     lock_organization(organization.pk)
     account = account_for(organization, lock=True)
     existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
         if existing.kind != kind or existing.amount != amount or existing.account_id != account.pk:
             raise Conflict(
-                "This idempotency key was already used for another ledger entry.",
+                _("This idempotency key was already used for another ledger entry."),
                 code=BillingErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
         return existing, False
@@ -107,7 +113,7 @@ def ledger_post(
             )
     except IntegrityError:
         raise Conflict(
-            "This movement was already recorded.", code=BillingErrorCode.ALREADY_RECORDED
+            _("This movement was already recorded."), code=BillingErrorCode.ALREADY_RECORDED
         ) from None
     account.balance += amount
     account.updated_at = timezone.now()
@@ -120,14 +126,18 @@ def credit_grant(
 ) -> LedgerEntry:
     """Operators give credit (a promotion, a goodwill gesture) with a reason."""
     if not actor.operator:
-        raise PermissionDenied("Only operators grant credit.", code=BillingErrorCode.OPERATORS_ONLY)
+        raise PermissionDenied(
+            _("Only operators grant credit."), code=BillingErrorCode.OPERATORS_ONLY
+        )
     reason = (reason or "").strip()
     if not reason:
-        raise InvalidInput("Say why the credit is granted.", code=BillingErrorCode.REASON_REQUIRED)
+        raise InvalidInput(
+            _("Say why the credit is granted."), code=BillingErrorCode.REASON_REQUIRED
+        )
     amount = _amount(amount)
     if amount <= 0:
         raise InvalidInput(
-            "A grant adds credit: the amount must be positive.",
+            _("A grant adds credit: the amount must be positive."),
             code=ErrorCode.AMOUNT_INVALID,
         )
     with transaction.atomic(durable=True):

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from django.utils.translation import gettext as _
+
 from billing.errors import BillingErrorCode
 from portal.errors import PortalError
 
@@ -130,22 +132,23 @@ def stripe_signed_event(
 
     signature = header_value(headers, "Stripe-Signature")
     if not signature:
-        raise WebhookSignatureInvalid("The request has no Stripe-Signature header.")
+        raise WebhookSignatureInvalid(_("The request has no Stripe-Signature header."))
     try:
         stripe.WebhookSignature.verify_header(body.decode(), signature, secret, tolerance)
         payload = json.loads(body)
     except stripe.SignatureVerificationError as exc:
         raise WebhookSignatureInvalid(
-            f"The Stripe signature is not valid: {exc.user_message}"
+            _("The Stripe signature is not valid: %(user_message)s")
+            % {"user_message": exc.user_message}
         ) from exc
     except ValueError as exc:  # not UTF-8 or not JSON, though correctly signed
-        raise WebhookSignatureInvalid("The webhook body is not a JSON Stripe event.") from exc
+        raise WebhookSignatureInvalid(_("The webhook body is not a JSON Stripe event.")) from exc
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
-        raise WebhookSignatureInvalid("The webhook body is not a Stripe event (no data.object).")
+        raise WebhookSignatureInvalid(_("The webhook body is not a Stripe event (no data.object)."))
     try:
         return ProviderEvent(
             id=payload["id"], type=payload["type"], object=data["object"], payload=payload
         )
     except KeyError:
-        raise WebhookSignatureInvalid("The Stripe event has no id or type.") from None
+        raise WebhookSignatureInvalid(_("The Stripe event has no id or type.")) from None

@@ -24,6 +24,8 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from billing.errors import BillingErrorCode
 from billing.payments.base import (
@@ -43,8 +45,8 @@ SALT = "billing.fake-checkout"
 # checkouts_expire then cancels the top-up it was for.
 CHECKOUT_MAX_AGE_SECONDS = 3600
 DECLINES = {
-    "4000000000000002": "Your card was declined.",
-    "4000000000009995": "Your card has insufficient funds.",
+    "4000000000000002": gettext_noop("Your card was declined."),
+    "4000000000009995": gettext_noop("Your card has insufficient funds."),
 }
 OFF_SESSION_DECLINE = "0341"
 OFF_SESSION_AUTHENTICATE = "3155"
@@ -74,7 +76,8 @@ def _brand(number: str) -> str:
 
 @dataclass(frozen=True)
 class CardCheck:
-    """The outcome of a card typed on the fake checkout page."""
+    """The outcome of a card typed on the fake checkout page (``message`` in English, marked
+    for translation: the page translates it)."""
 
     ok: bool
     message: str = ""
@@ -84,16 +87,16 @@ class CardCheck:
 def card_check(number: str, exp_month: str, exp_year: str) -> CardCheck:
     number = "".join(ch for ch in (number or "") if not ch.isspace())
     if not number.isdigit() or not luhn_valid(number):
-        return CardCheck(False, "Your card number is invalid.")
+        return CardCheck(False, gettext_noop("Your card number is invalid."))
     try:
         month, year = int(exp_month), int(exp_year)
     except (TypeError, ValueError):
-        return CardCheck(False, "Enter the expiry month and year.", "expiry")
+        return CardCheck(False, gettext_noop("Enter the expiry month and year."), "expiry")
     if year < 100:
         year += 2000
     today = timezone.now().date()
     if not 1 <= month <= 12 or (year, month) < (today.year, today.month):
-        return CardCheck(False, "Your card has expired.", "expiry")
+        return CardCheck(False, gettext_noop("Your card has expired."), "expiry")
     if number in DECLINES:
         return CardCheck(False, DECLINES[number])
     return CardCheck(True)
@@ -198,11 +201,12 @@ class FakeProvider(PaymentProvider):
 
     def card_details(self, payment_method_id: str) -> CardDetails:
         try:
-            _, brand, last4, month, year, _ = payment_method_id.split("_")
+            _pm, brand, last4, month, year, _rest = payment_method_id.split("_")
             return CardDetails(payment_method_id, brand, last4, int(month), int(year))
         except ValueError:
             raise PaymentProviderError(
-                f"Unknown payment method '{payment_method_id}'.",
+                _("Unknown payment method '%(payment_method_id)s'.")
+                % {"payment_method_id": payment_method_id},
                 code=BillingErrorCode.PAYMENT_METHOD_UNKNOWN,
             ) from None
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.services import ledger_post
@@ -50,7 +51,7 @@ PAID_BY = {"alipay": "Alipay", "wechatpay": "WeChat Pay"}
 
 
 def profile_for(organization: Organization, *, lock: bool = False) -> BillingProfile:
-    profile, _ = BillingProfile.objects.get_or_create(
+    profile, _created = BillingProfile.objects.get_or_create(
         organization=organization,
         defaults={"payment_terms_days": settings.BILLING_PAYMENT_TERMS_DAYS},
     )
@@ -63,7 +64,11 @@ def _top_up_amount(value, currency: str) -> Decimal:
     amount = parse_amount(value, currency)
     low, high = settings.BILLING_TOP_UP_MIN, settings.BILLING_TOP_UP_MAX
     if not low <= amount <= high:
-        message = f"Top up between {low} and {high} {currency}."
+        message = _("Top up between %(low)s and %(high)s %(currency)s.") % {
+            "low": low,
+            "high": high,
+            "currency": currency,
+        }
         raise InvalidInput(
             message, code=BillingErrorCode.AMOUNT_OUT_OF_RANGE, details={"amount": message}
         )
@@ -147,7 +152,7 @@ def payment_succeeded(payment_id: int, *, payment_intent_id: str = "") -> Paymen
                 actor=Actor.system(),
             )
     else:
-        _, created = ledger_post(
+        _entry, created = ledger_post(
             organization=payment.organization,
             kind=EntryKind.TOP_UP,
             amount=payment.amount,
@@ -303,7 +308,7 @@ def card_saved(
     )
     if method.organization_id != organization.pk:
         raise Conflict(
-            "This card belongs to another organisation.", code=BillingErrorCode.CARD_OTHER_ORG
+            _("This card belongs to another organisation."), code=BillingErrorCode.CARD_OTHER_ORG
         )
     if created and default_payment_method(organization) is None:
         method.is_default = True
@@ -326,7 +331,7 @@ def _card_for(actor: Actor, method_id: int) -> PaymentMethod:
         .first()
     )
     if method is None:
-        raise NotFound("No such saved card.", code=ErrorCode.NOT_FOUND)
+        raise NotFound(_("No such saved card."), code=ErrorCode.NOT_FOUND)
     return method
 
 
@@ -391,13 +396,13 @@ def auto_recharge_configure(
             errors["amount"] = exc.details.get("amount", exc.message)
         if errors:
             raise InvalidInput(
-                "Check the auto-recharge settings.",
+                _("Check the auto-recharge settings."),
                 code=BillingErrorCode.AUTO_RECHARGE_INVALID,
                 details=errors,
             )
         if default_payment_method(organization) is None:
             raise Conflict(
-                "Save a card first: auto-recharge charges your default card.",
+                _("Save a card first: auto-recharge charges your default card."),
                 code=BillingErrorCode.NO_PAYMENT_METHOD,
             )
         profile.auto_recharge_threshold = threshold
@@ -460,19 +465,20 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
     taken off the ledger when the provider confirms (ledger key ``refund:<provider id>``)."""
     if not actor.operator:
         raise PermissionDenied(
-            "Only operators refund payments.", code=BillingErrorCode.OPERATORS_ONLY
+            _("Only operators refund payments."), code=BillingErrorCode.OPERATORS_ONLY
         )
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput(
-            "Say why the payment is refunded.", code=BillingErrorCode.REASON_REQUIRED
+            _("Say why the payment is refunded."), code=BillingErrorCode.REASON_REQUIRED
         )
     with transaction.atomic(durable=True):
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:
             raise Conflict(
-                "Only a succeeded payment can be refunded.", code=BillingErrorCode.PAYMENT_NOT_PAID
+                _("Only a succeeded payment can be refunded."),
+                code=BillingErrorCode.PAYMENT_NOT_PAID,
             )
         if payment.purpose == PaymentPurpose.BANK_TRANSFER:  # no provider to refund through
             raise Conflict(
@@ -483,7 +489,8 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
         refundable = payment.amount - payment.refunded_amount - pending
         if amount > refundable:
             raise InvalidInput(
-                f"At most {refundable} {payment.currency} can still be refunded.",
+                _("At most %(refundable)s %(currency)s can still be refunded.")
+                % {"refundable": refundable, "currency": payment.currency},
                 code=BillingErrorCode.REFUND_TOO_LARGE,
                 details={"refundable": str(refundable)},
             )

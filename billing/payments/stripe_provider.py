@@ -19,6 +19,7 @@ import stripe
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.models import BillingProfile, Payment, PaymentMethod, PaymentStatus, Refund
@@ -55,7 +56,7 @@ def _provider_error(action: str, exc: stripe.StripeError) -> PaymentProviderErro
     """Stripe's exception as the portal's error, naming what was being done."""
     reason = (exc.user_message or type(exc).__name__).rstrip(".")
     return PaymentProviderError(
-        f"Stripe could not {action}: {reason}.",
+        _("Stripe could not %(action)s: %(reason)s.") % {"action": action, "reason": reason},
         details={"stripe_code": exc.code or "", "request_id": exc.request_id or ""},
     )
 
@@ -97,7 +98,7 @@ class StripeProvider(PaymentProvider):
     # --- Customers ------------------------------------------------------------------------
 
     def customer_ensure(self, organization: Organization) -> str:
-        profile, _ = BillingProfile.objects.get_or_create(organization=organization)
+        profile, _created = BillingProfile.objects.get_or_create(organization=organization)
         if profile.customer_id and profile.provider == self.name:
             return profile.customer_id
         # The key names the organisation and its creation time: a retry after a crash gets the
@@ -177,7 +178,8 @@ class StripeProvider(PaymentProvider):
         card = getattr(method, "card", None)
         if card is None:
             raise PaymentProviderError(
-                f"Stripe payment method {payment_method_id} is not a card.",
+                _("Stripe payment method %(payment_method_id)s is not a card.")
+                % {"payment_method_id": payment_method_id},
                 code=BillingErrorCode.PAYMENT_METHOD_NOT_CARD,
             )
         return CardDetails(
@@ -221,7 +223,7 @@ class StripeProvider(PaymentProvider):
         payment = refund.payment
         if not payment.payment_intent_id:
             raise PaymentProviderError(
-                f"Payment {payment.pk} has no Stripe PaymentIntent to refund.",
+                _("Payment %(pk)s has no Stripe PaymentIntent to refund.") % {"pk": payment.pk},
                 code=BillingErrorCode.PAYMENT_NOT_REFUNDABLE,
             )
         with _stripe_errors("refund the payment"):

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import BurnNow
@@ -161,17 +162,22 @@ def credit_limit_needed(
         "billing_url": reverse("billing:billing"),
     }
     if current.limit is None:
-        message = (
-            f"No credit limit is granted for monthly invoicing, so {what} cannot start. "
+        message = _(
+            "No credit limit is granted for monthly invoicing, so %(what)s cannot start. "
             "Ask finance for a credit limit."
-        )
+        ) % {"what": what}
     else:
-        message = (
-            f"The credit limit of {amount_text(current.limit, currency)} {currency} does not "
-            f"cover {what}: {amount_text(current.total, currency)} {currency} is owed or "
-            f"reserved and it needs {amount_text(needed, currency)} {currency} more. Pay an "
+        message = _(
+            "The credit limit of %(limit)s %(currency)s does not cover %(what)s: %(total)s "
+            "%(currency)s is owed or reserved and it needs %(needed)s %(currency)s more. Pay an "
             "invoice or ask finance for a higher limit."
-        )
+        ) % {
+            "limit": amount_text(current.limit, currency),
+            "currency": currency,
+            "what": what,
+            "total": amount_text(current.total, currency),
+            "needed": amount_text(needed, currency),
+        }
     from billing.spend.services import PaymentRequired
 
     raise PaymentRequired(message, code=BillingErrorCode.CREDIT_LIMIT_REACHED, details=details)
@@ -196,9 +202,11 @@ def _text(values: dict, key: str, limit: int, *, required: bool = True) -> str:
     value = values.get(key)
     value = "" if value is None else str(value).strip()
     if required and not value:
-        raise _invalid(key, f"{key.replace('_', ' ').capitalize()} is required.")
+        raise _invalid(
+            key, _("%(field)s is required.") % {"field": key.replace("_", " ").capitalize()}
+        )
     if len(value) > limit:
-        raise _invalid(key, f"At most {limit} characters.")
+        raise _invalid(key, _("At most %(limit)s characters.") % {"limit": limit})
     return value
 
 
@@ -212,25 +220,25 @@ def credit_request_create(*, actor: Actor, **values) -> CreditRequest:
     organization = actor.organization
     if organization.billing_mode == BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is invoiced monthly already.",
+            _("This organisation is invoiced monthly already."),
             code=BillingErrorCode.CREDIT_TERMS_ACTIVE,
         )
     if CreditRequest.objects.filter(
         organization=organization, status=CreditRequestStatus.PENDING
     ).exists():
         raise Conflict(
-            "A request for monthly invoicing is already waiting for finance.",
+            _("A request for monthly invoicing is already waiting for finance."),
             code=BillingErrorCode.CREDIT_REQUEST_PENDING,
         )
     unknown = set(values) - set(REQUEST_FIELDS)
     if unknown:
         first = sorted(unknown)[0]
-        raise _invalid(first, f"Unknown field: {first}.")
+        raise _invalid(first, _("Unknown field: %(field)s.") % {"field": first})
     email = _text(values, "contact_email", 254)
     try:
         validate_email(email)
     except ValidationError as exc:
-        raise _invalid("contact_email", "Enter a valid email address.") from exc
+        raise _invalid("contact_email", _("Enter a valid email address.")) from exc
     spend = parse_amount(
         values.get("expected_monthly_spend"), organization.currency, field="expected_monthly_spend"
     )
@@ -263,7 +271,7 @@ def credit_request_withdraw(*, actor: Actor, request_id: int) -> CreditRequest:
         organization=actor.organization, pk=request_id, status=CreditRequestStatus.PENDING
     ).first()
     if request is None:
-        raise NotFound("No pending request for monthly invoicing.")
+        raise NotFound(_("No pending request for monthly invoicing."))
     request.status = CreditRequestStatus.WITHDRAWN
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_at"])
@@ -284,9 +292,9 @@ def _finance(actor: Actor) -> Actor:
     """Only finance staff (``billing.grant_credit``) decide credit terms."""
     user = actor.user
     if not (actor.operator and user is not None and user.is_staff):
-        raise PermissionDenied("Only finance staff decide credit terms.")
+        raise PermissionDenied(_("Only finance staff decide credit terms."))
     if not user.has_perm("billing.grant_credit"):
-        raise PermissionDenied("Only finance staff decide credit terms.")
+        raise PermissionDenied(_("Only finance staff decide credit terms."))
     return actor
 
 
@@ -295,10 +303,11 @@ def _terms(organization: Organization, credit_limit, payment_terms_days) -> tupl
     try:
         days = int(payment_terms_days)
     except (TypeError, ValueError):
-        raise _invalid("payment_terms_days", "Payment terms are a number of days.") from None
+        raise _invalid("payment_terms_days", _("Payment terms are a number of days.")) from None
     if not 0 <= days <= MAX_PAYMENT_TERMS_DAYS:
         raise _invalid(
-            "payment_terms_days", f"Payment terms are 0 to {MAX_PAYMENT_TERMS_DAYS} days."
+            "payment_terms_days",
+            _("Payment terms are 0 to %(max)s days.") % {"max": MAX_PAYMENT_TERMS_DAYS},
         )
     return limit, days
 
@@ -307,10 +316,11 @@ def _pending_request(request_id: int) -> CreditRequest:
     """The request finance decides on, locked; refused once decided."""
     request = CreditRequest.objects.select_for_update().filter(pk=request_id).first()
     if request is None:
-        raise NotFound("No such request.")
+        raise NotFound(_("No such request."))
     if request.status != CreditRequestStatus.PENDING:
         raise Conflict(
-            f"This request is {request.get_status_display().lower()} already.",
+            _("This request is %(status)s already.")
+            % {"status": request.get_status_display().lower()},
             code=BillingErrorCode.CREDIT_REQUEST_DECIDED,
         )
     return request
@@ -396,7 +406,7 @@ def credit_terms_change(
     organization = _locked_organization(organization_id)
     if organization.billing_mode != BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is not invoiced monthly: grant a request first.",
+            _("This organisation is not invoiced monthly: grant a request first."),
             code=BillingErrorCode.CREDIT_TERMS_NONE,
         )
     limit, days = _terms(organization, credit_limit, payment_terms_days)
@@ -434,11 +444,11 @@ def credit_terms_revoke(*, actor: Actor, organization_id: int, reason: str) -> B
     _finance(actor)
     reason = (reason or "").strip()
     if not reason:
-        raise _invalid("reason", "Say why the credit terms are revoked.")
+        raise _invalid("reason", _("Say why the credit terms are revoked."))
     organization = _locked_organization(organization_id)
     if organization.billing_mode != BillingMode.INVOICED:
         raise Conflict(
-            "This organisation is not invoiced monthly.", code=BillingErrorCode.CREDIT_TERMS_NONE
+            _("This organisation is not invoiced monthly."), code=BillingErrorCode.CREDIT_TERMS_NONE
         )
     profile = profile_for(organization, lock=True)
     before = None if profile.credit_limit is None else str(profile.credit_limit)

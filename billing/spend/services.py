@@ -12,6 +12,7 @@ a spend-limit or credit-limit notice is the month.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -21,6 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from billing.errors import BillingErrorCode
 from billing.ledger.burn import BurnNow, burn_now, storage_rate
@@ -159,13 +162,26 @@ def _credit_needed(
     if credit.available >= needed:
         return
     short = money_round_up(needed - credit.available, currency)
-    hours = f"{window.normalize():f} hour{'' if window == 1 else 's'}"
+    hours = ngettext("%(hours)s hour", "%(hours)s hours", 1 if window == 1 else 2) % {
+        "hours": f"{window.normalize():f}"
+    }
     raise PaymentRequired(
-        f"Not enough credit for {what}: it needs {amount_text(needed, currency)} {currency} for "
-        f"{hours}, and {amount_text(max(credit.available, Decimal(0)), currency)} {currency} of "
-        f"your {amount_text(credit.balance, currency)} {currency} balance is free (the rest "
-        f"covers {hours} of what is running or stored). Top up at least "
-        f"{amount_text(short, currency)} {currency} on the billing page.",
+        _(
+            "Not enough credit for %(what)s: it needs %(needed)s %(currency)s for "
+            "%(hours)s, and %(free)s %(currency)s of your %(balance)s "
+            "%(currency)s balance is free (the rest covers %(hours)s of what is "
+            "running or stored). Top up at least %(short)s %(currency)s on the "
+            "billing page."
+        )
+        % {
+            "what": what,
+            "needed": amount_text(needed, currency),
+            "currency": currency,
+            "hours": hours,
+            "free": amount_text(max(credit.available, Decimal(0)), currency),
+            "balance": amount_text(credit.balance, currency),
+            "short": amount_text(short, currency),
+        },
         code=BillingErrorCode.INSUFFICIENT_CREDIT,
         details={
             "balance": amount_text(credit.balance, currency),
@@ -192,7 +208,7 @@ def _credit_needed(
 def _refuse_overdue(organization: Organization, what: str) -> None:
     if overdue(organization):
         raise PaymentRequired(
-            f"An invoice is overdue. Pay it to {what}.",
+            _("An invoice is overdue. Pay it to %(what)s.") % {"what": what},
             code=BillingErrorCode.INVOICE_OVERDUE,
         )
 
@@ -220,8 +236,11 @@ def _refuse_over_limit(
         reach += committed * Decimal(settings.BILLING_STOP_THRESHOLD_SECONDS) / SECONDS_PER_HOUR
     if reach >= limit:
         raise PaymentRequired(
-            f"This month's spend limit of {amount_text(limit, currency)} {currency} is reached. "
-            f"Raise it on the billing page to {what}.",
+            _(
+                "This month's spend limit of %(limit)s %(currency)s is reached. Raise "
+                "it on the billing page to %(what)s."
+            )
+            % {"limit": amount_text(limit, currency), "currency": currency, "what": what},
             code=BillingErrorCode.SPEND_LIMIT_REACHED,
             details={
                 "limit": amount_text(limit, currency),
@@ -245,7 +264,7 @@ def launch_check(
     actor=None,
     new_volume_gb=0,
     hourly_price: Decimal | None = None,
-    **_,
+    **_kwargs,
 ) -> None:
     """Refuse a launch the organisation cannot pay for.
 
@@ -259,44 +278,51 @@ def launch_check(
     ``hourly_price``: the type's on-demand price in the region now, when the launch read it
     already (else one query).
     """
-    _refuse_overdue(organization, "launch new instances")
+    _refuse_overdue(organization, _("launch new instances"))
     hourly = hourly_price
     if hourly is None:
         hourly = _price_now(organization, instance_type.pk, region.pk)
     what = instance_type.name
     if new_volume_gb:  # a volume made with the launch is stored from the start
         hourly += storage_rate(new_volume_gb, organization.currency)
-        what = f"{instance_type.name} with a {new_volume_gb} GB volume"
+        what = _("%(type)s with a %(size)s GB volume") % {
+            "type": instance_type.name,
+            "size": new_volume_gb,
+        }
     burn = burn_now(organization)
     profile = burn.profile
     _refuse_over_limit(
-        organization, what="launch more", profile=profile, burn=burn, per_hour=hourly
+        organization, what=_("launch more"), profile=profile, burn=burn, per_hour=hourly
     )
     _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
-def start_check(*, organization: Organization, instance=None, **_) -> None:
+def start_check(*, organization: Organization, instance=None, **_kwargs) -> None:
     """Starting a stopped instance needs nothing overdue and, prepaid, credit for its running
     price over the reserve window beyond what is reserved already (its kept disk among it)."""
-    _refuse_overdue(organization, "start instances")
+    _refuse_overdue(organization, _("start instances"))
     hourly = Decimal(0)
     if instance is not None:
         hourly = _price_now(organization, instance.instance_type_id, instance.region_id)
     burn = burn_now(organization)
     profile = burn.profile
     _refuse_over_limit(
-        organization, what="start instances", profile=profile, burn=burn, per_hour=hourly
+        organization, what=_("start instances"), profile=profile, burn=burn, per_hour=hourly
     )
-    what = f"starting {instance.name}" if instance is not None else "starting an instance"
+    what = (
+        _("starting %(name)s") % {"name": instance.name}
+        if instance is not None
+        else _("starting an instance")
+    )
     _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
-def volume_check(*, organization: Organization, size_gb: int, **_) -> None:
+def volume_check(*, organization: Organization, size_gb: int, **_kwargs) -> None:
     """A new volume needs, prepaid, credit for its storage over the reserve window."""
     burn = burn_now(organization)
     _credit_needed(
         organization,
-        what=f"a {size_gb} GB volume",
+        what=_("a %(size)s GB volume") % {"size": size_gb},
         per_hour=storage_rate(size_gb, organization.currency),
         burn=burn,
         profile=burn.profile,
@@ -325,7 +351,7 @@ def spend_limit_set(*, actor: Actor, limit, mode: str | None = None) -> BillingP
     if limit not in (None, ""):
         value = parse_amount(limit, organization.currency, field="limit")
     if mode not in (None, "") and mode not in SpendLimitMode.values:
-        message = f"Mode is one of {', '.join(SpendLimitMode.values)}."
+        message = _("Mode is one of %(modes)s.") % {"modes": ", ".join(SpendLimitMode.values)}
         raise InvalidInput(
             message, code=BillingErrorCode.SPEND_LIMIT_MODE_INVALID, details={"mode": message}
         )
@@ -368,7 +394,8 @@ def _alert_once(organization: Organization, kind: str, period: str) -> bool:
     return True
 
 
-def _notify(organization: Organization, kind: str, body: str) -> None:
+def _notify(organization: Organization, kind: str, body: Callable[[], str]) -> None:
+    """``body`` makes the text in the active language: each contact reads it in theirs."""
     spend_notice_send(organization=organization, kind=kind, body=body)
 
 
@@ -398,9 +425,17 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
         _notify(
             organization,
             AlertKind.AUTO_RECHARGE_FAILED,
-            f"Auto-recharge could not charge your card {recharge.amount} {currency}: "
-            f"{recharge.failure_message or 'the payment did not go through.'} "
-            "Top up on the billing page or save another card.",
+            lambda: (
+                _(
+                    "Auto-recharge could not charge your card %(amount)s %(currency)s: %(reason)s "
+                    "Top up on the billing page or save another card."
+                )
+                % {
+                    "amount": recharge.amount,
+                    "currency": currency,
+                    "reason": recharge.failure_message or _("the payment did not go through."),
+                }
+            ),
         )
         done.append("auto-recharge failed")
     burn = committed_burn(organization, now, rater=rater)
@@ -418,11 +453,21 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
             _notify(
                 organization,
                 AlertKind.INSTANCES_STOPPED,
-                f"{stopped} running instance(s) were stopped: your balance of "
-                f"{amount_text(state.balance, currency)} {currency} would have run out within "
-                f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes at "
-                f"{amount_text(burn, currency)} {currency} per hour. Their disks and volumes are "
-                "kept. Top up, then start them again.",
+                lambda: (
+                    _(
+                        "%(stopped)s running instance(s) were stopped: your balance of %(balance)s "
+                        "%(currency)s would have run out within %(minutes)s minutes at %(burn)s "
+                        "%(currency)s per hour. Their disks and volumes are kept. Top up, then start "
+                        "them again."
+                    )
+                    % {
+                        "stopped": stopped,
+                        "balance": amount_text(state.balance, currency),
+                        "currency": currency,
+                        "minutes": settings.BILLING_STOP_THRESHOLD_SECONDS // 60,
+                        "burn": amount_text(burn, currency),
+                    }
+                ),
             )
         if stopped:
             done.append(f"{stopped} instance(s) stopped")
@@ -441,19 +486,30 @@ def watch_organization(organization: Organization, now: datetime | None = None) 
                 _notify(
                     organization,
                     kind,
-                    f"Your balance is {amount_text(state.balance, currency)} {currency}: about "
-                    f"{state.hours_left:.1f} hours at the current {amount_text(state.per_hour, currency)} "
-                    f"{currency} per hour. Top up to keep your instances running.",
+                    lambda: (
+                        _(
+                            "Your balance is %(balance)s %(currency)s: about %(hours)s hours at the "
+                            "current %(per_hour)s %(currency)s per hour. Top up to keep your "
+                            "instances running."
+                        )
+                        % {
+                            "balance": amount_text(state.balance, currency),
+                            "currency": currency,
+                            "hours": f"{state.hours_left:.1f}",
+                            "per_hour": amount_text(state.per_hour, currency),
+                        }
+                    ),
                 )
                 done.append(kind)
     return done
 
 
 def _limit_text(state: SpendState, currency: str) -> str:
-    return (
-        f"{amount_text(state.month_to_date, currency)} {currency} of this month's spend limit "
-        f"of {amount_text(state.limit, currency)} {currency}"
-    )
+    return _("%(spent)s %(currency)s of this month's spend limit of %(limit)s %(currency)s") % {
+        "spent": amount_text(state.month_to_date, currency),
+        "currency": currency,
+        "limit": amount_text(state.limit, currency),
+    }
 
 
 def _watch_spend_limit(
@@ -469,23 +525,13 @@ def _watch_spend_limit(
         if share < threshold:
             continue
         if _alert_once(organization, kind, month):
-            if kind == AlertKind.SPEND_LIMIT:
-                consequence = {
-                    SpendLimitMode.ALERT: "Nothing is blocked: the limit only alerts.",
-                    SpendLimitMode.BLOCK: "New launches and starts are blocked until the limit "
-                    "is raised or the month ends; running instances keep running.",
-                    SpendLimitMode.STOP: "Running instances are stopped (their disks and "
-                    "volumes are kept), and new launches and starts are blocked until the "
-                    "limit is raised or the month ends.",
-                }[mode]
-                body = f"This month's spend reached its limit: {_limit_text(state, currency)}. "
-            else:
-                consequence = ""
-                body = (
-                    f"This month's spend passed {threshold * 100:.0f} % of its limit: "
-                    f"{_limit_text(state, currency)}. "
-                )
-            _notify(organization, kind, body + consequence)
+            _notify(
+                organization,
+                kind,
+                lambda kind=kind, threshold=threshold: _spend_limit_notice(
+                    state, currency, mode, kind, threshold
+                ),
+            )
             done.append(f"spend limit {threshold * 100:.0f} %")
         break  # one notice per watch: the highest share passed
     if mode == SpendLimitMode.STOP:
@@ -501,10 +547,18 @@ def _watch_spend_limit(
                     _notify(
                         organization,
                         AlertKind.SPEND_LIMIT,
-                        f"{stopped} running instance(s) were stopped: {_limit_text(state, currency)} "
-                        "is spent and the limit would be reached within "
-                        f"{settings.BILLING_STOP_THRESHOLD_SECONDS // 60} minutes. Their disks "
-                        "and volumes are kept. Raise the limit, then start them again.",
+                        lambda: (
+                            _(
+                                "%(stopped)s running instance(s) were stopped: %(spent)s is spent "
+                                "and the limit would be reached within %(minutes)s minutes. Their "
+                                "disks and volumes are kept. Raise the limit, then start them again."
+                            )
+                            % {
+                                "stopped": stopped,
+                                "spent": _limit_text(state, currency),
+                                "minutes": settings.BILLING_STOP_THRESHOLD_SECONDS // 60,
+                            }
+                        ),
                     )
                 done.append(f"{stopped} instance(s) stopped for the spend limit")
     return done
@@ -530,26 +584,73 @@ def _watch_credit_limit(
             continue
         if not _alert_once(organization, kind, month):
             return []
-        what = "reached" if kind == AlertKind.CREDIT_LIMIT else f"passed {threshold * 100:.0f} % of"
         _notify(
             organization,
             kind,
-            f"Your organisation has {what} its credit limit: "
-            f"{amount_text(current.total, currency)} {currency} of "
-            f"{amount_text(current.limit, currency)} {currency} is owed or reserved (unpaid "
-            f"invoices {amount_text(current.unpaid_invoices, currency)}, usage not invoiced yet "
-            f"{amount_text(current.usage_not_invoiced, currency)}, the next "
-            f"{settings.BILLING_CREDIT_RESERVE_HOURS.normalize():f} hour(s) of what runs "
-            f"{amount_text(current.reserved, currency)}). "
-            + (
-                "New launches that go beyond it are refused. Pay an invoice or ask finance for "
-                "a higher limit."
-                if kind == AlertKind.CREDIT_LIMIT
-                else "Launches beyond the limit will be refused."
+            lambda kind=kind, threshold=threshold: _credit_limit_notice(
+                current, currency, kind, threshold
             ),
         )
         return [f"credit limit {threshold * 100:.0f} %"]
     return []
+
+
+def _spend_limit_notice(state, currency: str, mode: str, kind: str, threshold) -> str:
+    """The spend limit notice, in the active language."""
+    if kind != AlertKind.SPEND_LIMIT:
+        return _("This month's spend passed %(share)s %% of its limit: %(spent)s. ") % {
+            "share": f"{threshold * 100:.0f}",
+            "spent": _limit_text(state, currency),
+        }
+    consequence = {
+        SpendLimitMode.ALERT: _("Nothing is blocked: the limit only alerts."),
+        SpendLimitMode.BLOCK: _(
+            "New launches and starts are blocked until the limit is raised or the month ends; "
+            "running instances keep running."
+        ),
+        SpendLimitMode.STOP: _(
+            "Running instances are stopped (their disks and volumes are kept), and new launches "
+            "and starts are blocked until the limit is raised or the month ends."
+        ),
+    }[mode]
+    body = _("This month's spend reached its limit: %(spent)s. ") % {
+        "spent": _limit_text(state, currency)
+    }
+    return body + consequence
+
+
+def _credit_limit_notice(current, currency: str, kind: str, threshold) -> str:
+    """The credit limit notice, in the active language."""
+    values = {
+        "share": f"{threshold * 100:.0f}",
+        "total": amount_text(current.total, currency),
+        "limit": amount_text(current.limit, currency),
+        "currency": currency,
+        "unpaid": amount_text(current.unpaid_invoices, currency),
+        "usage": amount_text(current.usage_not_invoiced, currency),
+        "hours": f"{settings.BILLING_CREDIT_RESERVE_HOURS.normalize():f}",
+        "reserved": amount_text(current.reserved, currency),
+    }
+    if kind == AlertKind.CREDIT_LIMIT:
+        return (
+            _(
+                "Your organisation has reached its credit limit: %(total)s %(currency)s of "
+                "%(limit)s %(currency)s is owed or reserved (unpaid invoices %(unpaid)s, usage not "
+                "invoiced yet %(usage)s, the next %(hours)s hour(s) of what runs %(reserved)s). New "
+                "launches that go beyond it are refused. Pay an invoice or ask finance for a higher "
+                "limit."
+            )
+            % values
+        )
+    return (
+        _(
+            "Your organisation has passed %(share)s %% of its credit limit: %(total)s %(currency)s "
+            "of %(limit)s %(currency)s is owed or reserved (unpaid invoices %(unpaid)s, usage not "
+            "invoiced yet %(usage)s, the next %(hours)s hour(s) of what runs %(reserved)s). "
+            "Launches beyond the limit will be refused."
+        )
+        % values
+    )
 
 
 def instances_stop_for_credit(organization: Organization) -> int:
@@ -633,23 +734,27 @@ def banner(organization: Organization) -> Banner | None:
     if AlertKind.INSTANCES_STOPPED in current:
         return Banner(
             "error",
-            "Instances were stopped: your credit was about to run out. Top up, then start them "
-            "again.",
+            _(
+                "Instances were stopped: your credit was about to run out. Top up, then start them "
+                "again."
+            ),
         )
     low = {AlertKind.LOW_BALANCE_1H, AlertKind.LOW_BALANCE_24H} & set(current)
     if low and not instances_running(organization, coming=True).exists():
         return None  # nothing burns credit now: no countdown to show
     if AlertKind.LOW_BALANCE_1H in current:
         return Banner(
-            "error", "Less than one hour of credit left. Top up to keep instances running."
+            "error", _("Less than one hour of credit left. Top up to keep instances running.")
         )
     if AlertKind.LOW_BALANCE_24H in current:
-        return Banner("warn", "Less than a day of credit left at the current burn rate.")
+        return Banner("warn", _("Less than a day of credit left at the current burn rate."))
     if AlertKind.CREDIT_LIMIT in current:
         return Banner(
             "error",
-            "The credit limit is reached: launches beyond it are refused. Pay an invoice or ask "
-            "finance for a higher limit.",
+            _(
+                "The credit limit is reached: launches beyond it are refused. Pay an invoice or ask "
+                "finance for a higher limit."
+            ),
         )
     if AlertKind.SPEND_LIMIT in current:
         mode = (
@@ -657,21 +762,25 @@ def banner(organization: Organization) -> Banner | None:
             .values_list("spend_limit_mode", flat=True)
             .first()
         )
-        return Banner("warn", SPEND_LIMIT_BANNERS.get(mode, SPEND_LIMIT_BANNERS["block"]))
+        return Banner("warn", str(SPEND_LIMIT_BANNERS.get(mode, SPEND_LIMIT_BANNERS["block"])))
     if AlertKind.CREDIT_LIMIT_80 in current:
-        return Banner("warn", "More than 80 % of the credit limit is used.")
+        return Banner("warn", _("More than 80 % of the credit limit is used."))
     if AlertKind.SPEND_LIMIT_80 in current:
-        return Banner("warn", "This month's spend has passed 80 % of its limit.")
+        return Banner("warn", _("This month's spend has passed 80 % of its limit."))
     if AlertKind.SPEND_LIMIT_50 in current:
-        return Banner("warn", "This month's spend has passed half of its limit.")
+        return Banner("warn", _("This month's spend has passed half of its limit."))
     return None
 
 
 SPEND_LIMIT_BANNERS = {
-    SpendLimitMode.ALERT: "This month's spend limit is reached (it only alerts: nothing is "
-    "blocked).",
-    SpendLimitMode.BLOCK: "This month's spend limit is reached: new launches and starts are "
-    "blocked.",
-    SpendLimitMode.STOP: "This month's spend limit is reached: running instances were stopped "
-    "and new launches and starts are blocked.",
+    SpendLimitMode.ALERT: gettext_lazy(
+        "This month's spend limit is reached (it only alerts: nothing is blocked)."
+    ),
+    SpendLimitMode.BLOCK: gettext_lazy(
+        "This month's spend limit is reached: new launches and starts are blocked."
+    ),
+    SpendLimitMode.STOP: gettext_lazy(
+        "This month's spend limit is reached: running instances were stopped "
+        "and new launches and starts are blocked."
+    ),
 }

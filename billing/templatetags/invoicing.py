@@ -19,3 +19,19 @@ def quantity(line) -> str:
 def percent(rate) -> str:
     """A tax rate as the PDF prints it: ``0.0750`` → ``7.5``, ``0.19`` → ``19``."""
     return document_percent(rate) if rate not in (None, "") else ""
+
+
+@register.filter
+def invoice_kind(value) -> str:
+    """A document kind's label in the active language: ``credit_note`` → ``Credit note``."""
+    from billing.models import InvoiceKind
+
+    return str(InvoiceKind(value).label) if value in InvoiceKind.values else value
+
+
+@register.filter
+def invoice_status(value) -> str:
+    """An invoice status's label in the active language: ``finalized`` → ``Finalized``."""
+    from billing.models import InvoiceStatus
+
+    return str(InvoiceStatus(value).label) if value in InvoiceStatus.values else value
