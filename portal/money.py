@@ -19,6 +19,8 @@ figure there, as Decimal arithmetic itself rounds (half-even).
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.db import models
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from portal.errors import ErrorCode, InvalidInput
 
@@ -28,8 +30,8 @@ from portal.errors import ErrorCode, InvalidInput
 class Currency(models.TextChoices):
     """The currencies the portal prices and bills in."""
 
-    USD = "USD", "US dollar"
-    CNY = "CNY", "Chinese yuan"
+    USD = "USD", gettext_lazy("US dollar")
+    CNY = "CNY", gettext_lazy("Chinese yuan")
 
 
 # ISO 4217 exponent of each currency: decimal places of its minor unit (cent, fen).
@@ -79,7 +81,8 @@ def to_minor(amount: Decimal, currency: str) -> int:
     scaled = Decimal(amount).scaleb(minor_units(currency))
     if scaled != scaled.to_integral_value():
         raise InvalidInput(
-            f"{amount} {currency} has more decimal places than the currency.",
+            _("%(amount)s %(currency)s has more decimal places than the currency.")
+            % {"amount": amount, "currency": currency},
             code=ErrorCode.AMOUNT_INVALID,
         )
     return int(scaled)
@@ -105,26 +108,27 @@ def parse_amount(
     try:
         amount = Decimal(str(value).strip())
     except (InvalidOperation, AttributeError):
+        message = _("Enter an amount such as 50 or 49.90.")
         raise InvalidInput(
-            "Enter an amount such as 50 or 49.90.",
-            code=ErrorCode.AMOUNT_INVALID,
-            details={field: "Enter an amount such as 50 or 49.90."},
+            message, code=ErrorCode.AMOUNT_INVALID, details={field: message}
         ) from None
     places = minor_units(currency)
     if amount.is_finite() and abs(amount) >= MAX_AMOUNT:
-        message = f"Enter an amount below {MAX_AMOUNT:,.0f}."
+        message = _("Enter an amount below %(limit)s.") % {"limit": f"{MAX_AMOUNT:,.0f}"}
         raise InvalidInput(message, code=ErrorCode.AMOUNT_INVALID, details={field: message})
     if not amount.is_finite() or amount.as_tuple().exponent < -places:
+        message = _("Use at most %(places)s decimal places.") % {"places": places}
         raise InvalidInput(
-            f"Use at most {places} decimal places.",
+            message,
             code=ErrorCode.AMOUNT_INVALID,
-            details={field: f"Use at most {places} decimal places."},
+            details={field: message},
         )
     if amount < 0 or (amount == 0 and not allow_zero):
+        message = _("The amount must be positive.")
         raise InvalidInput(
-            "The amount must be positive.",
+            message,
             code=ErrorCode.AMOUNT_INVALID,
-            details={field: "The amount must be positive."},
+            details={field: message},
         )
     return amount.quantize(Decimal(1).scaleb(-places))
 

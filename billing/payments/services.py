@@ -482,7 +482,7 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
             )
         if payment.purpose == PaymentPurpose.BANK_TRANSFER:  # no provider to refund through
             raise Conflict(
-                "A bank transfer is given back by a transfer from the bank, not here.",
+                _("A bank transfer is given back by a transfer from the bank, not here."),
                 code=BillingErrorCode.PAYMENT_NOT_REFUNDABLE,
             )
         pending = sum((r.amount for r in payment.refunds.filter(status="pending")), Decimal(0))
