@@ -58,8 +58,9 @@ def gateways(settings, live_server):
 
 
 @pytest.fixture
-def chinese(browser):
-    """A browser that asks for Chinese, as one in China does."""
+def page(browser):
+    """A browser that asks for Chinese, as one in China does (the ``screenshot`` fixture
+    photographs this page)."""
     context = browser.new_context(locale="zh-CN", viewport=DESKTOP)
     yield context.new_page()
     context.close()
@@ -71,13 +72,12 @@ def test_a_chinese_company_signs_up_verifies_pays_and_launches_in_chinese(
     settings,
     simulated_backend,
     gateways,
-    chinese: Page,
+    page: Page,
     browser,
     screenshot,
     screenshot_dir,
     tmp_path,
 ):
-    page = chinese
     base = live_server.url
     settings.COMPUTE_POLL_SECONDS = 0.5
     settings.VERIFICATION_DOCUMENT_DIR = tmp_path / "private"
