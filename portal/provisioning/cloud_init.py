@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
+from django.utils.translation import gettext as _
+
 MAX_USER_DATA_BYTES = 16 * 1024
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -36,22 +38,26 @@ def validate_user_data(text: str) -> str:
     size = len(text.encode("utf-8"))
     if size > MAX_USER_DATA_BYTES:
         raise UserDataInvalid(
-            f"user data is {size} bytes; at most {MAX_USER_DATA_BYTES} bytes are allowed"
+            _("User data is %(size)s bytes; at most %(limit)s bytes are allowed.")
+            % {"size": size, "limit": MAX_USER_DATA_BYTES}
         )
     if text.startswith("#!"):
         return text
     if not text.startswith("#cloud-config"):
         raise UserDataInvalid(
-            "user data must start with #cloud-config (a cloud-config document) or #! (a script)"
+            _("User data must start with #cloud-config (a cloud-config document) or #! (a script).")
         )
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserDataInvalid(f"the cloud-config is not valid YAML{where}") from None
+        raise UserDataInvalid(
+            _("The cloud-config is not valid YAML (line %(line)s).") % {"line": mark.line + 1}
+            if mark is not None
+            else _("The cloud-config is not valid YAML.")
+        ) from None
     if document is not None and not isinstance(document, dict):
-        raise UserDataInvalid("the cloud-config must be a mapping of keys to values")
+        raise UserDataInvalid(_("The cloud-config must be a mapping of keys to values."))
     return text
 
 

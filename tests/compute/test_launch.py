@@ -58,6 +58,8 @@ def test_launch_writes_instance_allocation_event_audit_and_enqueues_on_commit(
         ({"volume_ids": (999999,)}, "volume_ids"),
         ({"new_volume_gb": 0}, "new_volume_gb"),
         ({"user_data": "x" * 20000}, "user_data"),
+        ({"user_data": "apt-get install -y htop"}, "user_data"),  # neither cloud-config nor #!
+        ({"user_data": "#cloud-config\npackages: [htop\n"}, "user_data"),  # not YAML
     ],
 )
 def test_bad_launch_requests_name_the_field_and_write_nothing(world, change, field):

@@ -77,7 +77,7 @@ def test_user_data_cloud_init_can_run_is_taken(text, kept):
         ("packages: [htop]", "must start with #cloud-config"),
         ("#cloud-config\npackages: [htop\n", "not valid YAML"),
         ("#cloud-config\n- a\n- b\n", "must be a mapping"),
-        ("#!/bin/sh\n" + "x" * MAX_USER_DATA_BYTES, "at most 16384 bytes"),
+        ("#!/bin/sh\n" + "x" * MAX_USER_DATA_BYTES, "at most 16384 bytes are allowed"),
     ],
 )
 def test_user_data_cloud_init_would_not_run_is_refused(text, why):

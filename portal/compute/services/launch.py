@@ -28,6 +28,7 @@ from portal.compute.services._common import (
     record_event,
 )
 from portal.errors import Conflict, InvalidInput
+from portal.provisioning.cloud_init import UserDataInvalid, validate_user_data
 from portal.sql import Columns, insert, placeholders, rows
 
 
@@ -177,8 +178,10 @@ def _resolve(organization, request: LaunchRequest, now):
         errors["ssh_key_ids"] = "Choose at least one SSH key to log in with."
     elif len(keys) != len(set(request.ssh_key_ids)):
         errors["ssh_key_ids"] = "Some of these SSH keys do not exist in this organisation."
-    if len(request.user_data) > 16384:
-        errors["user_data"] = "User data is limited to 16 KiB."
+    try:  # cloud-init must be able to run it: a #cloud-config mapping or a #! script, 16 KiB
+        validate_user_data(request.user_data)
+    except UserDataInvalid as exc:
+        errors["user_data"] = str(exc)
     volumes = []
     if request.volume_ids:
         volumes = list(
@@ -299,7 +302,7 @@ def _launch(
         region=region,
         image=image,
         ssh_public_keys=keys,
-        user_data=request.user_data,
+        user_data=validate_user_data(request.user_data),  # with \n line endings
         disk_gb=settings.COMPUTE_BOOT_DISK_GB,
         backend=settings.PROVISIONING_BACKEND,
         created_by=actor.user if actor.api_key is None else None,
