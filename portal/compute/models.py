@@ -59,6 +59,9 @@ class Instance(models.Model):
         Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    # Where to log in, as the backend reports it (a forwarded port, the image's user).
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_user = models.CharField(max_length=32, blank=True)
 
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -110,12 +113,19 @@ class Instance(models.Model):
 
     @property
     def ssh_command(self) -> str:
-        return ssh_command(self.ip_address, self.state)
+        return ssh_command(self.ip_address, self.state, self.ssh_user, self.ssh_port)
 
 
-def ssh_command(ip_address: str | None, state: str) -> str:
-    """How to log in to a running instance with an address; empty otherwise."""
-    return f"ssh ubuntu@{ip_address}" if ip_address and state == State.RUNNING else ""
+def ssh_command(ip_address: str | None, state: str, user: str = "", port: int = 22) -> str:
+    """How to log in to a running instance with an address (``ssh -p 2222 root@host`` when
+    the backend forwards a port); empty otherwise."""
+    if not ip_address or state != State.RUNNING:
+        return ""
+    where = f"{user or DEFAULT_SSH_USER}@{ip_address}"
+    return f"ssh -p {port} {where}" if port and port != 22 else f"ssh {where}"
+
+
+DEFAULT_SSH_USER = "ubuntu"  # the images' user when the backend does not say
 
 
 class InstanceEvent(models.Model):

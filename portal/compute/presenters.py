@@ -87,7 +87,7 @@ def _row_markup(row: dict, page: RowContext) -> str:
         poll_url = page.poll_url.replace(PK_SLOT, pk)
         poll = POLL.format(poll_url=poll_url, poll_trigger=page.poll_trigger)
     address = NO_ADDRESS
-    if command := ssh_command(row["ip_address"], state):
+    if command := ssh_command(row["ip_address"], state, row["ssh_user"], row["ssh_port"]):
         ip_address, command = escape(row["ip_address"]), escape(command)
         address = ADDRESS.format(
             pk=pk,

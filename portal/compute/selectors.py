@@ -43,6 +43,8 @@ TABLE_COLUMNS = (
     "state",
     "ip_address",
     "created_at",
+    "ssh_user",
+    "ssh_port",
     "instance_type__name",
     "region__code",
 )
@@ -58,6 +60,8 @@ API_COLUMNS = (
     "created_at",
     "running_since",
     "terminated_at",
+    "ssh_user",
+    "ssh_port",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -142,7 +146,7 @@ class TableRows(_CountedRows):
 
 # A page of the table, with the count (an uncorrelated subquery, run once) on every row.
 _TABLE_SQL = """
-SELECT i.id, i.name, i.state, i.ip_address, i.created_at, t.name, r.code,
+SELECT i.id, i.name, i.state, i.ip_address, i.created_at, i.ssh_user, i.ssh_port, t.name, r.code,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s{keep_c})
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -152,7 +156,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _TABLE_FIELDS = (
-    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:5]),
+    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:7]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
 )
@@ -198,7 +202,7 @@ class ApiRows(_CountedRows):
 _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
-    t.name, r.code, m.name,
+    i.ssh_user, i.ssh_port, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -209,7 +213,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:11]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:13]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),

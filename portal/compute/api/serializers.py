@@ -2,7 +2,13 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from portal.compute.lifecycle import State, allowed_actions
-from portal.compute.models import Instance, InstanceEvent, Volume, ssh_command
+from portal.compute.models import (
+    DEFAULT_SSH_USER,
+    Instance,
+    InstanceEvent,
+    Volume,
+    ssh_command,
+)
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -12,6 +18,8 @@ class InstanceSerializer(serializers.ModelSerializer):
     image = serializers.CharField(source="image.name")
     ip = serializers.IPAddressField(source="ip_address", allow_null=True)
     ssh_command = serializers.CharField()
+    ssh_port = serializers.IntegerField(help_text=_("The port to log in on (22 unless forwarded)."))
+    ssh_user = serializers.SerializerMethodField(help_text=_("The user to log in as."))
     actions = serializers.SerializerMethodField(help_text=_("Actions allowed in this state."))
 
     class Meta:
@@ -28,6 +36,8 @@ class InstanceSerializer(serializers.ModelSerializer):
             "image",
             "ip",
             "ssh_command",
+            "ssh_port",
+            "ssh_user",
             "disk_gb",
             "actions",
             "created_at",
@@ -35,6 +45,9 @@ class InstanceSerializer(serializers.ModelSerializer):
             "terminated_at",
         ]
         read_only_fields = fields
+
+    def get_ssh_user(self, instance) -> str:
+        return instance.ssh_user or DEFAULT_SSH_USER
 
     def get_actions(self, instance) -> list[str]:
         return allowed_actions(instance.state)
@@ -60,7 +73,11 @@ def instance_list_rows(rows) -> list[dict]:
             "region": row["region__code"],
             "image": row["image__name"],
             "ip": row["ip_address"],
-            "ssh_command": ssh_command(row["ip_address"], row["state"]),
+            "ssh_command": ssh_command(
+                row["ip_address"], row["state"], row["ssh_user"], row["ssh_port"]
+            ),
+            "ssh_port": row["ssh_port"],
+            "ssh_user": row["ssh_user"] or DEFAULT_SSH_USER,
             "disk_gb": row["disk_gb"],
             "actions": list(_ACTIONS[row["state"]]),
             "created_at": when(row["created_at"]),

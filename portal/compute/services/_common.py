@@ -189,7 +189,11 @@ def record_observation(instance: Instance, status: MachineStatus) -> None:
     instance.observed_state = status.state
     instance.observed_at = timezone.now()
     fields = ["observed_state", "observed_at"]
-    if status.ip_addresses:
+    if ssh := status.detail.get("ssh"):  # the backend says where to log in
+        instance.ip_address, instance.ssh_port = ssh["host"], ssh["port"]
+        instance.ssh_user = ssh.get("user", "")
+        fields += ["ip_address", "ssh_port", "ssh_user"]
+    elif status.ip_addresses:
         instance.ip_address = status.ip_addresses[0]
         fields.append("ip_address")
     instance.save(update_fields=fields)
