@@ -49,7 +49,7 @@ def test_finance_imports_a_statement_and_matches_a_line(
     _log_in(page, base, "owner@example.com")
     page.goto(f"{base}/billing/")
     expect(page.get_by_test_id("payment-reference")).to_have_text(code)
-    expect(page.get_by_test_id("balance")).to_contain_text("0.00 CNY")
+    expect(page.get_by_test_id("balance")).to_contain_text("¥0.00")
     page.context.clear_cookies()
 
     _log_in(page, base, "finance@example.com")
@@ -72,4 +72,4 @@ def test_finance_imports_a_statement_and_matches_a_line(
 
     _log_in(page, base, "owner@example.com")
     page.goto(f"{base}/billing/")
-    expect(page.get_by_test_id("balance")).to_contain_text("5000.00 CNY")
+    expect(page.get_by_test_id("balance")).to_contain_text("¥5000.00")

@@ -82,7 +82,7 @@ def test_launch_watch_stop_start_terminate(
     page.get_by_label("Instance type").select_option("gpu_1x_h200_sxm")
     expect(summary).to_contain_text("gpu_1x_h200_sxm")
     region = page.get_by_label("Region")
-    expect(region.locator("option")).to_have_count(3)  # the regions that sell it
+    expect(region.locator("option")).to_have_count(4)  # the regions that sell it
     region.select_option("us-east-1")
     expect(summary).to_contain_text("in us-east-1")
     expect(page.get_by_test_id("price-hourly")).to_have_text("3.79 USD")

@@ -213,7 +213,7 @@ def test_journey(
         expect(page.get_by_role("main")).to_contain_text("Top up at least")
         assert not Instance.objects.filter(organization=org).exists()
         screenshot("launch-refused-for-credit")
-        page.get_by_role("link", name="Top up credit").click()
+        page.locator(".form-error").get_by_role("link", name="Top up credit").click()
         expect(page).to_have_url(f"{base}/billing/")
 
         # --- top up with a test card: the credit comes with the provider's signed event -------

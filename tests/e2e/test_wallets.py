@@ -59,5 +59,5 @@ def test_the_qr_page_turns_to_success_when_alipay_is_paid(
     screenshot("paid")
     assert LedgerEntry.objects.filter(account__organization=org, kind="top_up").count() == 1
     page.get_by_role("link", name="Back to billing").click()
-    expect(page.get_by_test_id("balance")).to_have_text("300.00 CNY")
+    expect(page.get_by_test_id("balance")).to_have_text("¥300.00")
     assert console.problems() == [], console.problems()

@@ -15,7 +15,7 @@ trap 'rm -rf "$work"' EXIT
 R="$work/root"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,linux-image-cloud-amd64,openssh-server,cloud-init,sudo,python3-cffi-backend,ifupdown,isc-dhcp-client,iproute2,netbase,ca-certificates \
+    --include=systemd-sysv,udev,linux-image-cloud-amd64,openssh-server,cloud-init,sudo,dbus,python3-cffi-backend,ifupdown,isc-dhcp-client,iproute2,netbase,ca-certificates \
     bookworm "$R" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 rm -f "$R"/etc/ssh/ssh_host_*
