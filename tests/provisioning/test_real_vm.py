@@ -206,3 +206,126 @@ def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_pa
 
     backend.terminate(spec.machine_id)
     print(f"debian12 guest: create to SSH-ready in {boot_seconds:.1f} s")
+
+
+def _api_wait(api, pk: int, status: str, daemon, seconds: float = READY_SECONDS) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = api.get(f"/api/v1/instances/{pk}").json()
+        if answer["status"] == status:
+            return answer
+        if answer["status"] == "failed" or time.monotonic() > deadline:
+            raise AssertionError(
+                f"instance {pk} is {answer['status']} ({answer['status_message']}), not {status}; "
+                f"console:\n{daemon.console(f'inst-{pk}')[-2000:]}"
+            )
+        time.sleep(0.5)
+
+
+def test_a_launch_through_the_api_runs_a_real_machine_the_customer_logs_into(
+    libvirtd, tiny_guest, tmp_path, settings
+):
+    """The whole way: the API launches, the worker's tasks drive the libvirt backend, the
+    instance is running once the guest's SSH answers, and its connect details log in with the
+    customer's key; stop, start and terminate go the same way."""
+    from decimal import Decimal
+
+    from portal.accounts import services as account_services
+    from portal.accounts.types import Actor
+    from portal.catalog import services as catalog_services
+    from portal.catalog.models import Image
+    from portal.provisioning import reset_backends
+    from tests import factories
+    from tests.e2e.helpers import background_worker
+    from tests.factories.compute import World
+
+    libvirtd.add_base_image("tiny-guest")
+    settings.PROVISIONING_BACKENDS = {
+        **settings.PROVISIONING_BACKENDS,
+        "libvirt": {
+            "BACKEND": "portal.provisioning.libvirt.LibvirtBackend",
+            "OPTIONS": {
+                "uri_template": libvirtd.uri,
+                "image_dir": str(libvirtd.images),
+                "network": "",
+                "domain_type": "qemu",
+                "cpu_model": "qemu64",
+                "direct_boot": {
+                    "tiny-guest": {
+                        "kernel": str(tiny_guest / "vmlinuz"),
+                        "initrd": str(tiny_guest / "initrd.img"),
+                        "cmdline": "console=ttyS0 panic=-1",
+                    }
+                },
+                "ssh_users": {"tiny-guest": "root"},
+                "ssh_forward": _ports(),
+                "console_dir": str(libvirtd.consoles),
+                "shutdown_timeout_seconds": 2,
+                "attach_gpus": False,  # the registered GPUs are not real here
+            },
+        },
+    }
+    settings.PROVISIONING_BACKEND = "libvirt"
+    settings.COMPUTE_BOOT_DISK_GB = 2
+    settings.COMPUTE_POLL_SECONDS = 0.5
+    reset_backends()
+    world = World()
+    small = catalog_services.instance_type_upsert(
+        name="gpu_1x_h200_lab", gpu_model=world.types["gpu_1x_h200"].gpu_model, gpu_count=1,
+        mig_profile=None, vcpus=1, ram_gib=1,
+    )[0]  # fmt: skip
+    catalog_services.price_set(
+        instance_type=small, region=world.region, currency="USD", on_demand_per_hour=Decimal("1")
+    )
+    Image.objects.create(name="tiny-guest", os="busybox")
+    key, public = new_key(tmp_path, "customer")
+    other, _ = new_key(tmp_path, "stranger")
+    ssh_key = account_services.ssh_key_create(actor=Actor.system(world.org), public_key=public)
+    api = factories.api_client_for(world.org, "owner")
+
+    try:
+        with background_worker():
+            launched = api.post(
+                "/api/v1/instances",
+                {
+                    "name": "cust-vm",
+                    "instance_type": "gpu_1x_h200_lab",
+                    "region": world.region.code,
+                    "image": "tiny-guest",
+                    "ssh_key_ids": [ssh_key.pk],
+                    "user_data": "#cloud-config\n{}\n",
+                },
+                format="json",
+            )
+            assert launched.status_code == 201, launched.content
+            pk = launched.json()["id"]
+            running = _api_wait(api, pk, "running", libvirtd)
+            port, user = running["ssh_port"], running["ssh_user"]
+            assert running["ssh_command"] == f"ssh -p {port} root@127.0.0.1"
+            login = ssh(key, running["ip"], port, user, "cat /etc/instance-id; hostname")
+            assert login.returncode == 0, login.stderr
+            assert login.stdout.split() == [f"inst-{pk}", "cust-vm"]
+            assert ssh(other, running["ip"], port, user, "true").returncode == 255
+
+            assert api.post(f"/api/v1/instances/{pk}/stop").status_code == 202
+            _api_wait(api, pk, "stopped", libvirtd)
+            assert api.post(f"/api/v1/instances/{pk}/start").status_code == 202
+            again = _api_wait(api, pk, "running", libvirtd)
+            login = ssh(key, again["ip"], again["ssh_port"], user, "cat /etc/instance-id")
+            assert login.stdout.strip() == f"inst-{pk}"
+
+            assert api.post(f"/api/v1/instances/{pk}/terminate").status_code == 202
+            _api_wait(api, pk, "terminated", libvirtd)
+    finally:
+        reset_backends()
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    try:
+        assert conn.listAllDomains(0) == []
+        pool = conn.storagePoolLookupByName("images")
+        pool.refresh(0)
+        assert "tiny-guest.qcow2" in pool.listVolumes()
+        assert not [v for v in pool.listVolumes() if v.startswith(f"inst-{pk}")]
+    finally:
+        conn.close()
