@@ -150,3 +150,12 @@ def simulated_backend(settings):
 
     yield use
     reset_backends()
+
+
+# The real-VM tests take minutes of one worker (QEMU emulates here); run first, they pass beside
+# the rest of the suite instead of after it (pytest-xdist hands out tests in collection order).
+FIRST = ("tests/provisioning/test_real_vm.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))

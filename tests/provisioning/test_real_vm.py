@@ -142,9 +142,10 @@ def debian_guest():
 
 
 def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_path):
-    """The seed as real cloud-init reads it: the key goes to the image's user, the customer's
-    user data runs, and a stop and start keeps the instance (the host key stays the same:
-    cloud-init would make a new one for a new instance id)."""
+    """The seed as real cloud-init reads it: the key goes to the image's user, the hostname and
+    instance id are the seed's, the customer's user data runs, root is turned away. (Stop and
+    start keeping the instance id are shown with the tiny guest: a second boot here would
+    cost the suite another 40 s of emulation.)"""
     libvirtd.add_base_image("debian12", debian_guest / "base.qcow2")
     backend = LibvirtBackend(
         uri_template=libvirtd.uri,
@@ -185,24 +186,17 @@ def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_pa
     assert ready.detail["ssh"]["user"] == "debian"
     probe = (
         "cloud-init status --wait >/dev/null; cat /var/lib/cloud/data/instance-id; hostname; "
-        "cat /etc/portal-user-data; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+        "cat /etc/portal-user-data; sudo -n cloud-init query instance_id"
     )
     login = ssh(key, host, port, "debian", probe)
     assert login.returncode == 0, login.stderr + libvirtd.console(spec.machine_id)[-3000:]
     lines = login.stdout.strip().splitlines()
     assert len(lines) == 4, login.stdout + login.stderr + libvirtd.console(spec.machine_id)[-4000:]
-    instance_id, hostname, user_data, host_key = lines
-    assert (instance_id, hostname, user_data) == ("inst-deb-1", "finetune-01", "from-user-data")
+    # the seed's instance id, hostname and user data; and the user may sudo, as on a cloud image
+    assert lines == ["inst-deb-1", "finetune-01", "from-user-data", "inst-deb-1"]
     assert ssh(other, host, port, "debian", "true").returncode == 255
     as_root = ssh(key, host, port, "root", "true")  # cloud-init turns root away, to the user
     assert as_root.returncode != 0 and 'login as the user "debian"' in as_root.stdout
-
-    assert backend.stop(spec.machine_id).state == S.STOPPED
-    backend.start(spec)
-    _wait(backend, spec.machine_id, S.RUNNING, libvirtd, seconds=240)
-    again = ssh(key, host, port, "debian", probe)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.strip().splitlines() == [instance_id, hostname, user_data, host_key]
 
     backend.terminate(spec.machine_id)
     print(f"debian12 guest: create to SSH-ready in {boot_seconds:.1f} s")
