@@ -30,16 +30,14 @@ from portal.provisioning.base import ObservedState as S  # noqa: E402
 from portal.provisioning.libvirt import LibvirtBackend  # noqa: E402
 from tests.provisioning.real_vm import (  # noqa: E402
     PrivateLibvirtd,
+    backend_options,
     build_debian_guest,
     build_tiny_guest,
     new_key,
     ssh,
 )
 
-GUESTS = {
-    "tiny": {"user": "root", "cmdline": "console=ttyS0 panic=-1", "vcpus": 1},
-    "debian12": {"user": "debian", "cmdline": "root=/dev/vda rw console=ttyS0", "vcpus": 2},
-}
+VCPUS = {"tiny": 1, "debian12": 2}
 
 
 def one_boot(backend, daemon, guest: str, n: int, key: Path, public: str) -> float:
@@ -47,7 +45,7 @@ def one_boot(backend, daemon, guest: str, n: int, key: Path, public: str) -> flo
         machine_id=f"bench-{guest}-{n}",
         name=f"bench-{n}",
         host_name="local",
-        vcpus=GUESTS[guest]["vcpus"],
+        vcpus=VCPUS[guest],
         ram_gib=1,
         disk_gb=4,
         image=guest,
@@ -83,26 +81,16 @@ def main() -> None:
     old_name = connection.creation.create_test_db(verbosity=0)
     daemon = PrivateLibvirtd().start()
     try:
-        direct_boot = {}
+        built = {}
         for guest in guests:
-            built = build_tiny_guest() if guest == "tiny" else build_debian_guest()
-            daemon.add_base_image(guest, None if guest == "tiny" else built / "base.qcow2")
-            direct_boot[guest] = {
-                "kernel": str(built / "vmlinuz"),
-                "initrd": str(built / "initrd.img"),
-                "cmdline": GUESTS[guest]["cmdline"],
-            }
+            built[guest] = build_tiny_guest() if guest == "tiny" else build_debian_guest()
+            daemon.add_base_image(guest, None if guest == "tiny" else built[guest] / "base.qcow2")
         backend = LibvirtBackend(
-            uri_template=daemon.uri,
-            image_dir=str(daemon.images),
-            network="",
-            domain_type="qemu",
-            cpu_model="qemu64",
-            direct_boot=direct_boot,
-            ssh_users={guest: GUESTS[guest]["user"] for guest in guests},
-            ssh_forward={"address": "127.0.0.1", "first_port": 24000, "last_port": 24099},
-            console_dir=str(daemon.consoles),
-            shutdown_timeout_seconds=5,
+            **backend_options(
+                daemon,
+                {guest: (built[guest], guest) for guest in guests},
+                shutdown_timeout_seconds=5,
+            )
         )
         key, public = new_key(Path(tempfile.mkdtemp()), "bench")
         for guest in guests:

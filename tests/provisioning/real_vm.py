@@ -210,6 +210,40 @@ class PrivateLibvirtd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# How each test guest boots and whom it lets in.
+GUEST_BOOT = {
+    "tiny": ("console=ttyS0 panic=-1", "root"),
+    "debian12": ("root=/dev/vda rw console=ttyS0", "debian"),
+}
+
+
+def backend_options(daemon: PrivateLibvirtd, guests: dict[str, tuple[Path, str]], **extra) -> dict:
+    """The libvirt backend's options for machines under ``daemon``: QEMU in software, each
+    image of ``guests`` (``{image name: (built guest directory, GUEST_BOOT key)}``) booted from
+    its kernel, SSH forwarded to a port of this xdist worker's block, consoles logged."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
+    first = 23000 + 100 * int(worker)
+    options = {
+        "uri_template": daemon.uri,
+        "image_dir": str(daemon.images),
+        "network": "",
+        "domain_type": "qemu",
+        "cpu_model": "qemu64",
+        "direct_boot": {
+            image: {
+                "kernel": str(built / "vmlinuz"),
+                "initrd": str(built / "initrd.img"),
+                "cmdline": GUEST_BOOT[guest][0],
+            }
+            for image, (built, guest) in guests.items()
+        },
+        "ssh_users": {image: GUEST_BOOT[guest][1] for image, (_built, guest) in guests.items()},
+        "ssh_forward": {"address": "127.0.0.1", "first_port": first, "last_port": first + 99},
+        "console_dir": str(daemon.consoles),
+    }
+    return {**options, **extra}
+
+
 def new_key(directory: Path, name: str) -> tuple[Path, str]:
     """An ed25519 key pair made by ssh-keygen: (private key path, public key line)."""
     path = directory / name

@@ -3,7 +3,6 @@ seeded by cloud-init NoCloud with the customer's key, logged into over SSH with 
 refused with another), stopped and started with the same instance id, and terminated leaving
 no domain, disk or seed behind."""
 
-import os
 import shutil
 import time
 
@@ -15,6 +14,7 @@ from portal.provisioning.libvirt import LibvirtBackend
 from tests.conftest import missing
 from tests.provisioning.real_vm import (
     PrivateLibvirtd,
+    backend_options,
     build_debian_guest,
     build_tiny_guest,
     missing_parts,
@@ -44,13 +44,6 @@ def tiny_guest():
     return build_tiny_guest()
 
 
-def _ports() -> dict:
-    """A block of SSH ports per xdist worker, so parallel workers never pick the same one."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
-    first = 23000 + 100 * int(worker)
-    return {"address": "127.0.0.1", "first_port": first, "last_port": first + 99}
-
-
 def _wait(backend, machine_id, state, daemon, seconds=READY_SECONDS):
     deadline = time.monotonic() + seconds
     status = backend.describe(machine_id)
@@ -67,22 +60,11 @@ def _wait(backend, machine_id, state, daemon, seconds=READY_SECONDS):
 
 def test_a_machine_boots_with_the_customers_key_and_nobody_elses(libvirtd, tiny_guest, tmp_path):
     backend = LibvirtBackend(
-        uri_template=libvirtd.uri,
-        image_dir=str(libvirtd.images),
-        network="",
-        domain_type="qemu",
-        cpu_model="qemu64",
-        direct_boot={
-            "tiny": {
-                "kernel": str(tiny_guest / "vmlinuz"),
-                "initrd": str(tiny_guest / "initrd.img"),
-                "cmdline": "console=ttyS0 panic=-1",
-            }
-        },
-        ssh_users={"tiny": "root"},
-        ssh_forward=_ports(),
-        console_dir=str(libvirtd.consoles),
-        shutdown_timeout_seconds=2,  # the tiny guest ignores ACPI: stop pulls the plug
+        **backend_options(
+            libvirtd,
+            {"tiny": (tiny_guest, "tiny")},
+            shutdown_timeout_seconds=2,  # the tiny guest ignores ACPI: stop pulls the plug
+        )
     )
     key, public = new_key(tmp_path, "customer")
     other, _ = new_key(tmp_path, "stranger")
@@ -148,22 +130,9 @@ def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_pa
     cost the suite another 40 s of emulation.)"""
     libvirtd.add_base_image("debian12", debian_guest / "base.qcow2")
     backend = LibvirtBackend(
-        uri_template=libvirtd.uri,
-        image_dir=str(libvirtd.images),
-        network="",
-        domain_type="qemu",
-        cpu_model="qemu64",
-        direct_boot={
-            "debian12": {
-                "kernel": str(debian_guest / "vmlinuz"),
-                "initrd": str(debian_guest / "initrd.img"),
-                "cmdline": "root=/dev/vda rw console=ttyS0",
-            }
-        },
-        ssh_users={"debian12": "debian"},
-        ssh_forward=_ports(),
-        console_dir=str(libvirtd.consoles),
-        shutdown_timeout_seconds=60,
+        **backend_options(
+            libvirtd, {"debian12": (debian_guest, "debian12")}, shutdown_timeout_seconds=60
+        )
     )
     key, public = new_key(tmp_path, "customer")
     other, _ = new_key(tmp_path, "stranger")
@@ -238,25 +207,12 @@ def test_a_launch_through_the_api_runs_a_real_machine_the_customer_logs_into(
         **settings.PROVISIONING_BACKENDS,
         "libvirt": {
             "BACKEND": "portal.provisioning.libvirt.LibvirtBackend",
-            "OPTIONS": {
-                "uri_template": libvirtd.uri,
-                "image_dir": str(libvirtd.images),
-                "network": "",
-                "domain_type": "qemu",
-                "cpu_model": "qemu64",
-                "direct_boot": {
-                    "tiny-guest": {
-                        "kernel": str(tiny_guest / "vmlinuz"),
-                        "initrd": str(tiny_guest / "initrd.img"),
-                        "cmdline": "console=ttyS0 panic=-1",
-                    }
-                },
-                "ssh_users": {"tiny-guest": "root"},
-                "ssh_forward": _ports(),
-                "console_dir": str(libvirtd.consoles),
-                "shutdown_timeout_seconds": 2,
-                "attach_gpus": False,  # the registered GPUs are not real here
-            },
+            "OPTIONS": backend_options(
+                libvirtd,
+                {"tiny-guest": (tiny_guest, "tiny")},
+                shutdown_timeout_seconds=2,
+                attach_gpus=False,  # the registered GPUs are not real here
+            ),
         },
     }
     settings.PROVISIONING_BACKEND = "libvirt"
