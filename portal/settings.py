@@ -369,8 +369,9 @@ PROVISIONING_BACKENDS = {
             "uri_template": os.environ.get("LIBVIRT_URI_TEMPLATE", "qemu+ssh://root@{host}/system"),
             "shutdown_timeout_seconds": float(os.environ.get("LIBVIRT_SHUTDOWN_TIMEOUT", "60")),
             "image_dir": os.environ.get("LIBVIRT_IMAGE_DIR", "/var/lib/libvirt/images"),
-            # "ssh": running (and billed) once the guest's SSH port answers; "libvirt": once
-            # the domain runs
+            # "ssh": running (and billed) once the guest's SSH port answers; "phone_home":
+            # once cloud-init has posted to the machine's phone-home URL and SSH answers;
+            # "libvirt": once the domain runs
             "readiness": os.environ.get("LIBVIRT_READINESS", "ssh"),
             # "qemu" emulates in software where the host has no usable KVM
             "domain_type": os.environ.get("LIBVIRT_DOMAIN_TYPE", "kvm"),
@@ -379,6 +380,9 @@ PROVISIONING_BACKENDS = {
         },
     },
 }
+# Where the machines' cloud-init posts when its first boot is done (the portal as the guests
+# reach it; portal.provisioning.phone_home).
+PROVISIONING_PHONE_HOME_URL = os.environ.get("PROVISIONING_PHONE_HOME_URL", SITE_URL).rstrip("/")
 # Instances
 DEFAULT_GPU_QUOTA = int(os.environ.get("DEFAULT_GPU_QUOTA", "16"))  # GPUs an organisation may hold
 COMPUTE_BOOT_DISK_GB = int(os.environ.get("COMPUTE_BOOT_DISK_GB", "100"))

@@ -22,6 +22,7 @@ class ComputeErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     VOLUME_IN_USE = "volume_in_use"
     INVALID_TRANSITION = "invalid_transition"
+    PHONE_HOME_USED = "phone_home_used"  # a machine's phone-home URL is single-use
 
 
 class QuotaExceeded(Conflict):

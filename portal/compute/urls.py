@@ -16,6 +16,8 @@ urlpatterns = [
         views.instance_action,
         name="instance_action",
     ),
+    # what machines call from inside (cloud-init), not customers
+    path("machines/phone-home/<str:token>/", views.phone_home, name="phone_home"),
     path("volumes/", views.volumes, name="volumes"),
     path("volumes/<int:pk>/delete/", views.volume_delete, name="volume_delete"),
 ]

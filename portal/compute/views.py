@@ -11,12 +11,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -27,7 +29,7 @@ from portal.catalog import selectors as catalog_selectors
 from portal.catalog import services as catalog_services
 from portal.catalog.capacity import CapacityUnavailable
 from portal.catalog.selectors import CatalogQuery
-from portal.compute import presenters, selectors, services
+from portal.compute import presenters, selectors, services, stages
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.forms import (
     HOURS_PER_MONTH,
@@ -46,6 +48,17 @@ from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
 
 PAGE_SIZE = 25
+# States whose page shows how the latest launch or start went (placing, booting, ready).
+STAGED = frozenset(
+    {
+        State.PENDING,
+        State.PROVISIONING,
+        State.STARTING,
+        State.RUNNING,
+        State.REBOOTING,
+        State.FAILED,
+    }
+)
 POLL_TRIGGER = "every 2.5s"
 # What an action or launch may be refused with, shown on the page (quota and capacity errors
 # are conflicts, so SHOWN_ON_PAGE covers them; named here for readers).
@@ -323,9 +336,14 @@ def _detail_context(
         for action in BUTTON_ACTIONS
         if action.value in allowed
     ]
+    events = list(selectors.instance_events(instance))
+    boot = stages.boot_stages(events, timezone.now()) if instance.state in STAGED else None
+    if boot is not None and instance.state == State.FAILED and boot.ready_at is not None:
+        boot = None  # it failed after it was ready: the events tell
     return {
         "instance": instance,
-        "events": list(selectors.instance_events(instance)),
+        "events": events,
+        "boot": boot,
         "volumes": list(selectors.volumes_list(request.organization).filter(instance=instance)),
         "buttons": buttons if can_manage else [],
         "can_terminate": can_manage and InstanceAction.TERMINATE.value in allowed,
@@ -487,3 +505,19 @@ def volume_delete(request: HttpRequest, pk: int) -> HttpResponse:
     if not request.htmx:
         return redirect("compute:volumes")
     return _render(request, "compute/volumes.html", "volume-panel", _volumes_context(request))
+
+
+# --- What machines call --------------------------------------------------------------------
+
+
+@csrf_exempt
+@require_POST
+def phone_home(request: HttpRequest, token: str) -> HttpResponse:
+    """cloud-init's ``phone_home`` from inside a machine: its URL is its credential (signed,
+    single-use), so it needs no session and no CSRF token. Answers JSON, as the API does."""
+    try:
+        services.instance_phone_home(token=token, posted=request.POST)
+    except PortalError as exc:
+        body = {"error": {"code": str(exc.code), "message": exc.message, "details": exc.details}}
+        return JsonResponse(body, status=exc.status)
+    return JsonResponse({"received": True})

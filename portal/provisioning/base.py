@@ -50,6 +50,9 @@ class MachineSpec:
     gpus: tuple[GpuDevice, ...] = ()
     ssh_public_keys: tuple[str, ...] = ()
     user_data: str = ""
+    # Where the guest posts once its first boot is done (cloud-init's phone_home), if the
+    # backend passes it on; see portal.provisioning.phone_home.
+    ready_url: str = ""
     host_uri: str = ""  # where the host's hypervisor answers (libvirt connection URI)
 
 

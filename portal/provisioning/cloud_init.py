@@ -73,6 +73,7 @@ class Seed:
     hostname: str
     ssh_public_keys: tuple[str, ...]
     user_data: str = ""
+    phone_home_url: str = ""  # cloud-init posts here once, when its first boot is done
 
     def meta_data(self) -> bytes:
         return f"instance-id: {self.instance_id}\nlocal-hostname: {self.hostname}\n".encode()
@@ -84,6 +85,12 @@ class Seed:
             "hostname": self.hostname,
             "ssh_authorized_keys": list(self.ssh_public_keys),
         }
+        if self.phone_home_url:
+            document["phone_home"] = {
+                "url": self.phone_home_url,
+                "post": ["instance_id", "hostname", "fqdn"],
+                "tries": 10,
+            }
         return "#cloud-config\n" + yaml.safe_dump(document, default_flow_style=False, width=4096)
 
     def user_data_bytes(self) -> bytes:

@@ -63,8 +63,11 @@ cannot upload volumes).
 
 Ready means reachable: with ``readiness="ssh"`` (the default) a running domain is reported as
 ``provisioning`` (``detail["stage"] == "booting"``) until its SSH port answers with an SSH
-banner; ``readiness="libvirt"`` takes libvirt's ``running`` as ready. ``detail["ssh"]`` gives
-where to connect (``host``, ``port``, ``user``).
+banner; with ``readiness="phone_home"`` the seed also asks cloud-init to post to the machine's
+``ready_url`` when its first boot is done (after the keys are in place), and the machine is
+ready once that post has arrived (``portal.provisioning.phone_home``) and its SSH port answers;
+``readiness="libvirt"`` takes libvirt's ``running`` as ready. ``detail["ssh"]`` gives where to
+connect (``host``, ``port``, ``user``).
 
 More options:
 
@@ -101,6 +104,7 @@ from xml.etree import ElementTree as ET  # nosec B405 # builds XML; defusedxml p
 from defusedxml import ElementTree as SafeET
 from django.core.exceptions import ImproperlyConfigured
 
+from portal.provisioning import phone_home
 from portal.provisioning.base import (
     BackendError,
     CapacityError,
@@ -120,6 +124,7 @@ NS = "http://gpucloud.example/xmlns/portal-machine/1.0"
 ET.register_namespace("portal", NS)
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
+READINESS = ("ssh", "phone_home", "libvirt")
 SSH_PROBE_SECONDS = 1.0  # how long a readiness probe waits for the guest's SSH banner
 
 POLL_SECONDS = 0.25  # how often stop looks whether the guest has powered off
@@ -379,8 +384,10 @@ class LibvirtBackend(ProvisioningBackend):
             console_dir=console_dir,
             attach_gpus=attach_gpus,
         )
-        if readiness not in ("ssh", "libvirt"):
-            raise ImproperlyConfigured("libvirt backend option readiness must be ssh or libvirt")
+        if readiness not in READINESS:
+            raise ImproperlyConfigured(
+                f"libvirt backend option readiness must be one of {', '.join(READINESS)}"
+            )
         if domain_type not in ("kvm", "qemu"):
             raise ImproperlyConfigured("libvirt backend option domain_type must be kvm or qemu")
         if ssh_forward is not None and not (
@@ -465,6 +472,7 @@ class LibvirtBackend(ProvisioningBackend):
             hostname=hostname_for(spec.name, spec.machine_id),
             ssh_public_keys=tuple(spec.ssh_public_keys),
             user_data=spec.user_data,
+            phone_home_url=spec.ready_url if self.readiness == "phone_home" else "",
         )
 
     def domain_xml(self, spec: MachineSpec, uuid: str | None = None, ssh_port: int = 0) -> str:
@@ -689,6 +697,14 @@ class LibvirtBackend(ProvisioningBackend):
         ssh = self._ssh_target(defined, addresses)
         if observed == ObservedState.RUNNING and self.readiness == "ssh":
             ready = ssh is not None and ssh_answers(ssh["host"], ssh["port"])
+        elif observed == ObservedState.RUNNING and self.readiness == "phone_home":
+            phoned = phone_home.received(dom.name())
+            extra.setdefault("phoned_home", phoned)
+            # a later boot does not phone home again (once per instance id): SSH tells then
+            ready = phoned and (ssh is None or ssh_answers(ssh["host"], ssh["port"]))
+        else:
+            ready = True
+        if observed == ObservedState.RUNNING and self.readiness != "libvirt":
             extra.setdefault("stage", "ready" if ready else "booting")
             if not ready:
                 observed = ObservedState.PROVISIONING
@@ -790,6 +806,10 @@ class LibvirtBackend(ProvisioningBackend):
 
     def create(self, spec: MachineSpec) -> MachineStatus:
         self.domain_xml(spec)  # validates before anything touches a host
+        if self.readiness == "phone_home" and self.seed and not spec.ready_url:
+            raise PermanentBackendError(
+                f"libvirt: readiness phone_home needs the machine's ready_url ({spec.machine_id})"
+            )
         uri = self.uri_for(spec)
         where = self._where(spec.machine_id)
         if where is not None and where[0] != uri:

@@ -94,3 +94,21 @@ class LibvirtPlacement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.machine_id} on {self.host_name} ({self.uri})"
+
+
+class PhoneHome(models.Model):
+    """A machine's report, from inside the guest, that cloud-init has finished its first boot
+    (cloud-init's ``phone_home`` module posting to the machine's own URL, see
+    ``portal.provisioning.phone_home``). One per machine: the URL is single-use."""
+
+    machine_id = models.CharField(max_length=100, unique=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    detail = models.JSONField(
+        default=dict, blank=True, help_text=_("What the guest posted (hostname, instance id).")
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.machine_id} at {self.received_at:%Y-%m-%d %H:%M:%S}"

@@ -697,6 +697,9 @@ OUTSIDE_THE_MATRIX = {
     "webhooks/<slug:provider_name>/": "payment providers, signature-checked (tests/billing)",
     "webhooks/alipay/": "Alipay's notifications, RSA2-checked (tests/billing/wallets)",
     "webhooks/wechatpay/": "WeChat Pay's notifications, signature-checked (tests/billing/wallets)",
+    "machines/phone-home/<str:token>/": (
+        "a machine's cloud-init, by its signed single-use URL (tests/compute/test_phone_home.py)"
+    ),
 }
 
 FINANCE_OPS = [

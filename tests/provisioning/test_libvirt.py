@@ -12,6 +12,8 @@ import time
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from portal.provisioning import libvirt as libvirt_backend
+from portal.provisioning import phone_home
 from portal.provisioning.base import (
     CapacityError,
     ObservedState,
@@ -242,6 +244,52 @@ def test_create_defines_and_boots_the_domain(backend, conn, made):
         == f"{POOL}/ubuntu-2404-cuda-13.qcow2"
     )
     assert LibvirtPlacement.objects.get(machine_id=s.machine_id).uri == URI
+
+
+def test_with_phone_home_readiness_a_running_domain_is_booting_until_its_guest_phones_home(
+    lv, made, monkeypatch
+):
+    """Ready once cloud-init has phoned home and SSH answers (a later boot does not phone home
+    again, so SSH alone tells then). The test driver's domains have an address but no guest:
+    its SSH probe is stood in for here; tests/provisioning/test_real_vm.py probes a real one."""
+    answers = {"ssh": True}
+    monkeypatch.setattr(libvirt_backend, "ssh_answers", lambda host, port: answers["ssh"])
+    backend = LibvirtBackend(
+        uri_template=URI,
+        image_dir=POOL,
+        shutdown_timeout_seconds=0,
+        seed=False,
+        readiness="phone_home",
+    )
+    s = new_spec(made, ready_url="http://portal.example/machines/phone-home/t/")
+    booting = backend.create(s)
+    assert booting.state == S.PROVISIONING  # SSH answers, but cloud-init has not finished
+    assert (booting.detail["stage"], booting.detail["phoned_home"]) == ("booting", False)
+    assert phone_home.record(s.machine_id, {"instance_id": s.machine_id})
+    ready = backend.describe(s.machine_id)
+    assert (ready.state, ready.detail["stage"], ready.detail["phoned_home"]) == (
+        S.RUNNING,
+        "ready",
+        True,
+    )
+    answers["ssh"] = False  # booted again later: it has phoned home before, SSH decides
+    assert backend.describe(s.machine_id).state == S.PROVISIONING
+
+
+def test_phone_home_readiness_needs_the_machines_url_to_give_the_seed(lv, made):
+    backend = LibvirtBackend(
+        uri_template=URI, image_dir=POOL, shutdown_timeout_seconds=0, readiness="phone_home"
+    )
+    s = new_spec(made)
+    with pytest.raises(PermanentBackendError, match="ready_url"):
+        backend.create(s)
+    seed = backend.seed_for(new_spec(made, ready_url="http://portal.example/p/"))
+    assert seed.phone_home_url == "http://portal.example/p/"
+    ssh_ready = LibvirtBackend(uri_template=URI, image_dir=POOL, readiness="ssh")
+    assert (
+        ssh_ready.seed_for(new_spec(made, ready_url="http://portal.example/p/")).phone_home_url
+        == ""
+    )
 
 
 def test_create_is_idempotent(backend, conn, made):

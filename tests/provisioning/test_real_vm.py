@@ -3,6 +3,7 @@ seeded by cloud-init NoCloud with the customer's key, logged into over SSH with 
 refused with another), stopped and started with the same instance id, and terminated leaving
 no domain, disk or seed behind."""
 
+import dataclasses
 import shutil
 import time
 
@@ -123,52 +124,117 @@ def debian_guest():
     return build_debian_guest()
 
 
-def test_a_debian_guest_runs_real_cloud_init_once(libvirtd, debian_guest, tmp_path):
-    """The seed as real cloud-init reads it: the key goes to the image's user, the hostname and
-    instance id are the seed's, the customer's user data runs, root is turned away. (Stop and
-    start keeping the instance id are shown with the tiny guest: a second boot here would
-    cost the suite another 40 s of emulation.)"""
+def test_a_debian_guest_runs_real_cloud_init_once_and_phones_home(
+    libvirtd, debian_guest, tmp_path, settings, live_server
+):
+    """The seed as real cloud-init reads it, through the portal: the key goes to the image's
+    user, the hostname and instance id are the seed's, the customer's user data runs, root is
+    turned away; and with ``readiness="phone_home"`` the instance is running (and billed) only
+    once cloud-init has posted to its single-use URL on the portal (the live server, which the
+    guest reaches as 10.0.2.2, QEMU's address of the host). Stop and start keeping the instance
+    id are shown with the tiny guest: a second boot here would cost another 40 s of emulation."""
+    from decimal import Decimal
+    from urllib.parse import urlsplit
+
+    from portal.accounts import services as account_services
+    from portal.accounts.types import Actor
+    from portal.catalog import services as catalog_services
+    from portal.catalog.models import Image
+    from portal.compute import services
+    from portal.compute.lifecycle import State
+    from portal.compute.models import Instance, InstanceEvent
+    from portal.compute.stages import boot_stages
+    from portal.provisioning import reset_backends
+    from portal.provisioning.models import PhoneHome
+    from tests.factories.compute import World
+
     libvirtd.add_base_image("debian12", debian_guest / "base.qcow2")
-    backend = LibvirtBackend(
-        **backend_options(
-            libvirtd, {"debian12": (debian_guest, "debian12")}, shutdown_timeout_seconds=60
-        )
+    port = urlsplit(live_server.url).port
+    settings.PROVISIONING_PHONE_HOME_URL = f"http://10.0.2.2:{port}"
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "10.0.2.2"]
+    settings.PROVISIONING_BACKENDS = {
+        **settings.PROVISIONING_BACKENDS,
+        "libvirt": {
+            "BACKEND": "portal.provisioning.libvirt.LibvirtBackend",
+            "OPTIONS": backend_options(
+                libvirtd,
+                {"debian12": (debian_guest, "debian12")},
+                shutdown_timeout_seconds=60,
+                readiness="phone_home",
+                attach_gpus=False,  # the registered GPUs are not real here
+            ),
+        },
+    }
+    settings.PROVISIONING_BACKEND = "libvirt"
+    settings.COMPUTE_BOOT_DISK_GB = 4
+    reset_backends()
+    world = World()
+    small = catalog_services.instance_type_upsert(
+        name="gpu_1x_h200_deb", gpu_model=world.types["gpu_1x_h200"].gpu_model, gpu_count=1,
+        mig_profile=None, vcpus=2, ram_gib=1,
+    )[0]  # fmt: skip
+    catalog_services.price_set(
+        instance_type=small, region=world.region, currency="USD", on_demand_per_hour=Decimal("1")
     )
+    Image.objects.create(name="debian12", os="Debian 12")
     key, public = new_key(tmp_path, "customer")
     other, _ = new_key(tmp_path, "stranger")
-    spec = MachineSpec(
-        machine_id="inst-deb-1",
-        name="finetune-01",
-        host_name="local",
-        vcpus=2,
-        ram_gib=1,
-        disk_gb=4,
+    ssh_key = account_services.ssh_key_create(actor=Actor.system(world.org), public_key=public)
+    request = dataclasses.replace(
+        world.request(
+            "finetune-01",
+            instance_type="gpu_1x_h200_deb",
+            user_data="#!/bin/sh\necho from-user-data > /etc/portal-user-data\n",
+        ),
         image="debian12",
-        ssh_public_keys=(public,),
-        user_data="#!/bin/sh\necho from-user-data > /etc/portal-user-data\n",
+        ssh_key_ids=(ssh_key.pk,),
     )
-    started = time.monotonic()
-    backend.create(spec)
-    ready = _wait(backend, spec.machine_id, S.RUNNING, libvirtd, seconds=240)
-    boot_seconds = time.monotonic() - started
-    host, port = ready.detail["ssh"]["host"], ready.detail["ssh"]["port"]
-    assert ready.detail["ssh"]["user"] == "debian"
-    probe = (
-        "cloud-init status --wait >/dev/null; cat /var/lib/cloud/data/instance-id; hostname; "
-        "cat /etc/portal-user-data; sudo -n cloud-init query instance_id"
-    )
-    login = ssh(key, host, port, "debian", probe)
-    assert login.returncode == 0, login.stderr + libvirtd.console(spec.machine_id)[-3000:]
-    lines = login.stdout.strip().splitlines()
-    assert len(lines) == 4, login.stdout + login.stderr + libvirtd.console(spec.machine_id)[-4000:]
-    # the seed's instance id, hostname and user data; and the user may sudo, as on a cloud image
-    assert lines == ["inst-deb-1", "finetune-01", "from-user-data", "inst-deb-1"]
-    assert ssh(other, host, port, "debian", "true").returncode == 255
-    as_root = ssh(key, host, port, "root", "true")  # cloud-init turns root away, to the user
-    assert as_root.returncode != 0 and 'login as the user "debian"' in as_root.stdout
+    try:
+        instance, _ = services.instance_launch(actor=world.actor(), request=request)
+        started = time.monotonic()
+        deadline = started + 240
+        while services.instance_sync(instance_id=instance.pk):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not running after 240 s; console:\n{libvirtd.console(instance.machine_id)[-4000:]}"
+                )
+            time.sleep(0.5)
+        boot_seconds = time.monotonic() - started
+        instance.refresh_from_db()
+        assert instance.state == State.RUNNING, instance.status_message
+        phoned = PhoneHome.objects.get(machine_id=instance.machine_id)
+        assert phoned.detail["instance_id"] == instance.machine_id
+        assert phoned.detail["hostname"] == "finetune-01"
+        events = list(InstanceEvent.objects.filter(instance=instance).order_by("created_at", "id"))
+        running = next(e for e in events if e.to_state == State.RUNNING)
+        assert phoned.received_at <= running.created_at  # ready (and billed) only after the post
+        assert [s.status for s in boot_stages(events, running.created_at).stages] == ["done"] * 3
 
-    backend.terminate(spec.machine_id)
-    print(f"debian12 guest: create to SSH-ready in {boot_seconds:.1f} s")
+        host, port, user = instance.ip_address, instance.ssh_port, instance.ssh_user
+        assert user == "debian"
+        probe = (
+            "cloud-init status --wait >/dev/null; cat /var/lib/cloud/data/instance-id; hostname; "
+            "cat /etc/portal-user-data; sudo -n cloud-init query instance_id"
+        )
+        login = ssh(key, host, port, "debian", probe)
+        console = libvirtd.console(instance.machine_id)
+        assert login.returncode == 0, login.stderr + console[-3000:]
+        lines = login.stdout.strip().splitlines()
+        assert len(lines) == 4, login.stdout + login.stderr + console[-4000:]
+        # the seed's instance id, hostname and user data; and the user may sudo, as on a cloud
+        # image
+        machine = instance.machine_id
+        assert lines == [machine, "finetune-01", "from-user-data", machine]
+        assert ssh(other, host, port, "debian", "true").returncode == 255
+        as_root = ssh(key, host, port, "root", "true")  # cloud-init turns root away, to the user
+        assert as_root.returncode != 0 and 'login as the user "debian"' in as_root.stdout
+
+        services.instance_action(actor=world.actor(), instance_id=instance.pk, action="terminate")
+        services.instance_sync(instance_id=instance.pk)
+        assert Instance.objects.get(pk=instance.pk).state == State.TERMINATED
+    finally:
+        reset_backends()
+    print(f"debian12 guest: launch to phoned-home and SSH-ready in {boot_seconds:.1f} s")
 
 
 def _api_wait(api, pk: int, status: str, daemon, seconds: float = READY_SECONDS) -> dict:

@@ -5,6 +5,7 @@
 - ``volumes``: ``volume_create``, ``volume_delete``;
 - ``sync``: ``instance_sync``, one step towards the desired state, carrying out the lifecycle's
   ``STEPS`` and ``RULES`` (``portal.compute.lifecycle``);
+- ``phone_home``: ``instance_phone_home``, a machine's own report that its first boot is done;
 - ``reconcile``: the periodic sweep that leaves nothing stuck;
 - ``operator``: what staff do from admin (``operator_resync``, ``operator_force_terminate``,
   ``operator_mark_failed``), as an operator ``Actor``;
@@ -27,6 +28,7 @@ from portal.compute.services.operator import (
     operator_mark_failed,
     operator_resync,
 )
+from portal.compute.services.phone_home import instance_phone_home
 from portal.compute.services.reconcile import ReconcileReport, reconcile
 from portal.compute.services.sync import instance_sync
 from portal.compute.services.volumes import volume_create, volume_delete
@@ -41,6 +43,7 @@ __all__ = [
     "gpu_units",
     "instance_action",
     "instance_launch",
+    "instance_phone_home",
     "instance_rename",
     "instance_sync",
     "mark_dispatched",

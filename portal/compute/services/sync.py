@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_noop
 
 from portal.catalog.models import Gpu
+from portal.compute import stages
 from portal.compute.lifecycle import (
     RULES,
     STEPS,
@@ -32,16 +33,19 @@ from portal.compute.services._common import (
     release_capacity,
     transition,
 )
-from portal.provisioning import get_backend
+from portal.provisioning import get_backend, phone_home
 from portal.provisioning.base import (
     CapacityError,
     GpuDevice,
     MachineSpec,
     MachineStatus,
+    ObservedState,
     PermanentBackendError,
     ProvisioningBackend,
     TransientBackendError,
 )
+
+BOOTING = gettext_noop("The host has the machine; it is booting")
 
 
 def _spec(instance: Instance) -> MachineSpec:
@@ -73,6 +77,7 @@ def _spec(instance: Instance) -> MachineSpec:
         gpus=tuple(gpus),
         ssh_public_keys=tuple(instance.ssh_public_keys),
         user_data=instance.user_data,
+        ready_url=phone_home.url_for(instance.machine_id),
     )
 
 
@@ -141,7 +146,19 @@ def _apply(
         if instance.state != expected:  # someone moved it meanwhile: follow the new state
             return instance.state in TRANSITIONAL
         if isinstance(outcome, MachineStatus):
+            booting = (
+                expected in (State.PROVISIONING, State.STARTING)
+                and outcome.state == ObservedState.PROVISIONING
+                and instance.observed_state != ObservedState.PROVISIONING
+            )
             record_observation(instance, outcome)
+            if booting:  # placing is over (portal.compute.stages)
+                record_event(
+                    instance,
+                    actor=SYSTEM,
+                    reason=BOOTING,
+                    detail={"stage": stages.BOOTING, "host": outcome.host_name},
+                )
             answer = outcome.state
         elif isinstance(outcome, CapacityError):
             answer = BackendFailure.CAPACITY
