@@ -331,3 +331,15 @@ def test_the_periodic_task_runs_the_sweep(world):
             "stopped_scheduled": [instance.pk],
             "schedules_cleared": [],
         }
+
+
+def test_a_schedule_waits_for_an_instance_on_its_way_to_running(world):
+    at = NOW + timedelta(hours=2)
+    instance = running(world, idle_stop_enabled=False, scheduled_stop_at=at)
+    Instance.objects.filter(pk=instance.pk).update(state=State.REBOOTING)
+    report = services.idle_watch(now=at)
+    assert report.stopped_scheduled == [] and report.schedules_cleared == []
+    instance.refresh_from_db()
+    assert instance.scheduled_stop_at == at
+    Instance.objects.filter(pk=instance.pk).update(state=State.RUNNING)
+    assert services.idle_watch(now=at + timedelta(minutes=1)).stopped_scheduled == [instance.pk]

@@ -245,15 +245,19 @@ class IdleWatchReport:
 
 
 def idle_watch(now: datetime | None = None) -> IdleWatchReport:
-    """The periodic sweep (see the module docstring). Safe to run twice and concurrently: each
-    instance is decided again under its organisation's lock, and a stopped one is left alone."""
+    """The periodic sweep (see the module docstring). Safe to run twice and concurrently: an
+    instance that looks due is decided again under its organisation's lock (the house lock
+    order), and one that is stopping or stopped by then is left alone."""
     now = now or timezone.now()
     report = IdleWatchReport()
-    due = Instance.objects.filter(
-        Q(state=State.RUNNING, idle_stop_enabled=True) | Q(scheduled_stop_at__lte=now)
-    ).values_list("pk", flat=True)
-    for instance_id in due.order_by("pk"):
+    scheduled = Q(scheduled_stop_at__lte=now)
+    due = Instance.objects.filter(Q(state=State.RUNNING, idle_stop_enabled=True) | scheduled)
+    for instance in due.select_related("allocation").order_by("pk"):
+        instance_id = instance.pk
         try:
+            # judged first without a lock, so the organisation is locked only for a stop
+            if not _is_scheduled(instance, now) and not idle_verdict(instance, now).idle:
+                continue
             outcome = _watch_one(instance_id, now)
         except Exception:  # one instance must not stop the watch for the others
             log.exception("idle watch failed for instance %s", instance_id)
@@ -271,7 +275,7 @@ def idle_watch(now: datetime | None = None) -> IdleWatchReport:
 def _watch_one(instance_id: int, now: datetime) -> str:
     """Decide one instance under its organisation's lock: "idle", "scheduled", "cleared" or ""."""
     instance = locked_instance(instance_id)  # the organisation's lock, then the instance's
-    scheduled = instance.scheduled_stop_at is not None and instance.scheduled_stop_at <= now
+    scheduled = _is_scheduled(instance, now)
     if scheduled and instance.state in OFF:
         instance.scheduled_stop_at = None
         instance.save(update_fields=["scheduled_stop_at"])
@@ -309,6 +313,10 @@ def _watch_one(instance_id: int, now: datetime) -> str:
     )
     _notify(instance, kind="idle")
     return "idle"
+
+
+def _is_scheduled(instance: Instance, now: datetime) -> bool:
+    return instance.scheduled_stop_at is not None and instance.scheduled_stop_at <= now
 
 
 def _stop(instance: Instance, *, reason: str, detail: dict) -> None:
