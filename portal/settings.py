@@ -397,6 +397,11 @@ COMPUTE_LAUNCH_CHECKS: list[str] = [
 ]
 # What other apps add to an instance's page (compute's hook).
 COMPUTE_INSTANCE_PAGE_PANELS: list[str] = ["portal.metering.telemetry.instance_page_panel"]
+# Idle stop (portal.compute.services.idle): who reads the GPUs' telemetry for it (metering), and
+# the longest stretch without a sample the window may have before it counts as missing data
+# (never idle). The hosts' agent samples every 5 s by default.
+COMPUTE_GPU_WINDOW_READER = "portal.metering.telemetry.gpu_windows"
+COMPUTE_IDLE_SAMPLE_GAP_SECONDS = int(os.environ.get("COMPUTE_IDLE_SAMPLE_GAP_SECONDS", "120"))
 # What an organisation still holds elsewhere, refusing its deletion (accounts' hook).
 ACCOUNTS_ORGANIZATION_DELETE_CHECKS: list[str] = ["portal.compute.selectors.organization_holdings"]
 # What fixes an organisation's currency once it exists (accounts' hook): counts by kind.

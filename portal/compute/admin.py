@@ -73,6 +73,17 @@ class InstanceAdmin(ReadOnlyAdmin):
         ),
         ("Placement", {"fields": ["backend", "host", "allocation", "ip_address", "disk_gb"]}),
         (
+            "Automatic stop",
+            {
+                "fields": [
+                    "idle_stop_enabled",
+                    "idle_stop_threshold_pct",
+                    "idle_stop_minutes",
+                    "scheduled_stop_at",
+                ]
+            },
+        ),
+        (
             "History",
             {
                 "fields": [

@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from portal.accounts.forms import PortalForm
 from portal.catalog.selectors import offer_price
 from portal.catalog.types import Offer
+from portal.compute.models import IDLE_MINUTES, IDLE_THRESHOLD_PCT
 from portal.compute.services import NAME_PATTERN
 from portal.money import format_amount
 
@@ -35,6 +36,14 @@ class NamedForm(PortalForm):
         return clean_resource_name(self.cleaned_data["name"])
 
 
+# The automatic stop settings (launch form and instance page), as the services name them.
+STOP_FIELDS = (
+    "idle_stop_enabled",
+    "idle_stop_threshold_pct",
+    "idle_stop_minutes",
+    "scheduled_stop_at",
+)
+
 # Keys of ``InvalidInput.details`` from ``instance_launch`` -> the launch form's field.
 LAUNCH_ERROR_FIELDS = {
     "name": "name",
@@ -45,6 +54,7 @@ LAUNCH_ERROR_FIELDS = {
     "volume_ids": "volume_id",
     "new_volume_gb": "new_volume_gb",
     "user_data": "user_data",
+    **{name: name for name in STOP_FIELDS},
 }
 
 
@@ -76,7 +86,66 @@ def region_label(offer: Offer, region: str) -> str:
     return f"{region} — {per_hour} — {available}"
 
 
-class LaunchForm(NamedForm):
+IDLE_HELP = _(
+    "It never stops on missing data: without GPU readings covering the whole time, it keeps "
+    "running. A MIG slice is judged by the readings of its whole GPU, which it shares with "
+    "other slices."
+)
+
+
+def stop_fields() -> dict[str, forms.Field]:
+    """The automatic stop fields, shared by the launch form and the instance page's form."""
+    low_pct, default_pct, high_pct = IDLE_THRESHOLD_PCT
+    low_min, default_min, high_min = IDLE_MINUTES
+    return {
+        "idle_stop_enabled": forms.BooleanField(
+            label=_("Stop it when its GPUs are idle"), required=False, help_text=IDLE_HELP
+        ),
+        "idle_stop_threshold_pct": forms.IntegerField(
+            label=_("Idle below, percent GPU utilisation"),
+            required=False,  # empty: the default
+            min_value=low_pct,
+            max_value=high_pct,
+            initial=default_pct,
+        ),
+        "idle_stop_minutes": forms.IntegerField(
+            label=_("For, minutes"),
+            required=False,
+            min_value=low_min,
+            max_value=high_min,
+            initial=default_min,
+        ),
+        "scheduled_stop_at": forms.DateTimeField(
+            label=_("Scheduled stop (optional, UTC)"),
+            required=False,
+            input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+            widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+            help_text=_("Stops it once at this time; leave empty for none."),
+        ),
+    }
+
+
+class StopFieldsMixin:
+    """The automatic stop fields; an empty threshold or idle time is the default."""
+
+    def clean_idle_stop_threshold_pct(self) -> int:
+        value = self.cleaned_data.get("idle_stop_threshold_pct")
+        return IDLE_THRESHOLD_PCT[1] if value is None else value
+
+    def clean_idle_stop_minutes(self) -> int:
+        value = self.cleaned_data.get("idle_stop_minutes")
+        return IDLE_MINUTES[1] if value is None else value
+
+
+class StopSettingsForm(StopFieldsMixin, PortalForm):
+    """Idle stop and a scheduled shutdown, on the instance page."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields.update(stop_fields())
+
+
+class LaunchForm(StopFieldsMixin, NamedForm):
     """Choices come from the catalog in the organisation's currency (``catalog_offers``)."""
 
     instance_type = forms.ChoiceField(label=_("Instance type"))
@@ -118,6 +187,7 @@ class LaunchForm(NamedForm):
 
     def __init__(self, *args, offers, images, ssh_keys, volumes, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields.update(stop_fields())
         self.offers = {offer.name: offer for offer in offers}
         self.fields["instance_type"].choices = [(offer.name, type_label(offer)) for offer in offers]
         self.fields["image"].choices = [

@@ -7,11 +7,17 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import ApiKey, Organization
 from portal.catalog.models import Allocation, GpuModel, Host, Image, InstanceType, Region
 from portal.compute.lifecycle import LIVE, State
+
+# Idle stop (opt-in per instance): GPUs below ``threshold`` percent for ``minutes`` stop it
+# (``portal.compute.services.idle``). (lowest, default, highest), inclusive.
+IDLE_THRESHOLD_PCT = (1, 5, 100)
+IDLE_MINUTES = (10, 30, 1440)
 
 
 class DesiredState(models.TextChoices):
@@ -77,6 +83,13 @@ class Instance(models.Model):
     running_since = models.DateTimeField(null=True, blank=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
 
+    # Stopping by itself (``portal.compute.services.idle``): when its GPUs stay below the
+    # threshold for the minutes given (opt-in), and once at a scheduled time (cleared then).
+    idle_stop_enabled = models.BooleanField(default=False)
+    idle_stop_threshold_pct = models.PositiveSmallIntegerField(default=IDLE_THRESHOLD_PCT[1])
+    idle_stop_minutes = models.PositiveSmallIntegerField(default=IDLE_MINUTES[1])
+    scheduled_stop_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
@@ -93,9 +106,28 @@ class Instance(models.Model):
                 condition=Q(state__in=sorted(s.value for s in LIVE)),
                 name="compute_instance_live_name_unique",
             ),
+            models.CheckConstraint(
+                condition=Q(
+                    idle_stop_threshold_pct__gte=IDLE_THRESHOLD_PCT[0],
+                    idle_stop_threshold_pct__lte=IDLE_THRESHOLD_PCT[2],
+                ),
+                name="compute_instance_idle_threshold_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    idle_stop_minutes__gte=IDLE_MINUTES[0], idle_stop_minutes__lte=IDLE_MINUTES[2]
+                ),
+                name="compute_instance_idle_minutes_range",
+            ),
         ]
         indexes = [
             models.Index(fields=["organization", "-created_at"], name="compute_instance_org_time"),
+            # what the idle watch reads every minute: the few instances that may stop by themselves
+            models.Index(
+                fields=["state"],
+                condition=Q(idle_stop_enabled=True) | Q(scheduled_stop_at__isnull=False),
+                name="compute_instance_stop_watch",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -147,6 +179,19 @@ class InstanceEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id}: {self.from_state} → {self.to_state} ({self.reason})"
+
+    @property
+    def shown_reason(self) -> str:
+        """The reason in the active language. Reasons are stored in English (``gettext_noop``
+        msgids); one with values ("Stopped after 30 minutes idle ...") keeps its msgid and the
+        values in ``detail`` (``reason_msgid``, ``reason_args``) so it can be translated too."""
+        msgid, args = self.detail.get("reason_msgid"), self.detail.get("reason_args")
+        if msgid and isinstance(args, dict):
+            try:
+                return gettext(msgid) % args
+            except (KeyError, TypeError, ValueError):
+                return self.reason
+        return gettext(self.reason) if self.reason else ""
 
 
 class VolumeState(models.TextChoices):

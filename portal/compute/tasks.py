@@ -36,3 +36,10 @@ def instance_sync(self, instance_id: int) -> None:
 def reconcile() -> dict:
     report = services.reconcile()
     return {key: list(value) for key, value in report.__dict__.items()}
+
+
+@shared_task(name="compute.idle_watch", acks_late=True, soft_time_limit=50, time_limit=55)
+def idle_watch() -> dict:
+    """Stop the instances whose GPUs sat idle long enough or whose shutdown time came."""
+    report = services.idle_watch()
+    return {key: list(value) for key, value in report.__dict__.items()}

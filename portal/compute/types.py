@@ -1,5 +1,6 @@
 """Types other apps may use to plug into compute."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -58,3 +59,27 @@ class FootprintHook(Protocol):
     keeps its burn figure with it)."""
 
     def __call__(self, change: FootprintChange) -> None: ...
+
+
+@dataclass(frozen=True)
+class GpuWindow:
+    """What one physical GPU reported from ``start`` to ``end`` (``GpuWindowReader``), the
+    window cut into buckets of ``bucket_seconds`` (the last may be shorter): how many samples,
+    how many of them carry a utilisation reading, how many buckets hold at least one sample
+    (``covered`` of ``buckets``), and the highest utilisation read."""
+
+    samples: int
+    readings: int
+    covered: int
+    buckets: int
+    peak_utilization_pct: int | None
+
+
+class GpuWindowReader(Protocol):
+    """A hook (settings.COMPUTE_GPU_WINDOW_READER) that reads the GPUs' telemetry for the idle
+    watch (metering keeps the samples; compute imports none of it). GPUs without a sample in
+    the window are left out of the answer."""
+
+    def __call__(
+        self, *, gpu_ids: Sequence[int], start: datetime, end: datetime, bucket_seconds: int
+    ) -> dict[int, GpuWindow]: ...

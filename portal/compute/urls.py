@@ -12,6 +12,11 @@ urlpatterns = [
     path("instances/<int:pk>/rename/", views.instance_rename, name="instance_rename"),
     path("instances/<int:pk>/terminate/", views.instance_terminate, name="instance_terminate"),
     path(
+        "instances/<int:pk>/auto-stop/",
+        views.instance_stop_settings,
+        name="instance_stop_settings",
+    ),
+    path(
         "instances/<int:pk>/<str:action>/",
         views.instance_action,
         name="instance_action",

@@ -34,9 +34,11 @@ from portal.compute.errors import ComputeErrorCode
 from portal.compute.forms import (
     HOURS_PER_MONTH,
     LAUNCH_ERROR_FIELDS,
+    STOP_FIELDS,
     InstanceFilterForm,
     LaunchForm,
     RenameForm,
+    StopSettingsForm,
     TerminateForm,
     VolumeForm,
 )
@@ -262,6 +264,10 @@ def instance_launch(request: HttpRequest) -> HttpResponse:
                 volume_ids=(data["volume_id"],) if data.get("volume_id") else (),
                 new_volume_gb=data.get("new_volume_gb"),
                 user_data=data.get("user_data") or "",
+                idle_stop_enabled=data["idle_stop_enabled"],
+                idle_stop_threshold_pct=data["idle_stop_threshold_pct"],
+                idle_stop_minutes=data["idle_stop_minutes"],
+                scheduled_stop_at=data.get("scheduled_stop_at"),
             )
             try:
                 instance, _created = services.instance_launch(actor=request.actor, request=launch)
@@ -323,6 +329,7 @@ def _detail_context(
     *,
     terminate_form: TerminateForm | None = None,
     rename_form: RenameForm | None = None,
+    stop_form: StopSettingsForm | None = None,
 ) -> dict:
     allowed = allowed_actions(instance.state)
     can_manage = request.actor.can(Action.INSTANCE_MANAGE)
@@ -349,10 +356,16 @@ def _detail_context(
         "can_terminate": can_manage and InstanceAction.TERMINATE.value in allowed,
         "can_manage": can_manage,
         "can_rename": can_manage and instance.state not in FINAL,
+        "can_edit_stop": can_manage and instance.state not in FINAL,
         "terminate_form": terminate_form or TerminateForm(instance_name=instance.name),
         "rename_form": rename_form or RenameForm(initial={"name": instance.name}),
+        "stop_form": stop_form or StopSettingsForm(initial=_stop_initial(instance)),
         "poll_trigger": POLL_TRIGGER,
     }
+
+
+def _stop_initial(instance: Instance) -> dict:
+    return {name: getattr(instance, name) for name in STOP_FIELDS}
 
 
 @org_page(Action.INSTANCE_VIEW)
@@ -434,6 +447,36 @@ def instance_rename(request: HttpRequest, pk: int) -> HttpResponse:
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     context = _detail_context(request, instance, rename_form=form)
     return _render(request, "compute/instance_detail.html", "rename-form", context, 422)
+
+
+@org_page(Action.INSTANCE_MANAGE)
+@require_POST
+def instance_stop_settings(request: HttpRequest, pk: int) -> HttpResponse:
+    """Idle stop and the scheduled shutdown: htmx gets the panel back, a plain post the page."""
+    instance = selectors.instance_get(request.organization, pk)
+    form = StopSettingsForm(request.POST)
+    saved = False
+    if form.is_valid():
+        try:
+            instance = services.instance_stop_settings_set(
+                actor=request.actor, instance_id=instance.pk, **form.cleaned_data
+            )
+        except SHOWN_ON_PAGE as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            fields = {k: v for k, v in details.items() if k in form.fields}
+            for key, message in fields.items():
+                form.add_error(key, message)
+            if not fields:
+                form.add_error(None, exc.message)
+        else:
+            saved = True
+            if not request.htmx:
+                messages.success(request, _("Automatic stop settings saved."))
+                return redirect("compute:instance_detail", pk=instance.pk)
+    context = _detail_context(request, instance, stop_form=None if saved else form)
+    context["stop_saved"] = saved
+    status = 200 if saved else 422
+    return _render(request, "compute/instance_detail.html", "stop-settings", context, status)
 
 
 # --- volumes ----------------------------------------------------------------------------------

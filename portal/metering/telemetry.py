@@ -74,7 +74,7 @@ from django.db.models import (
     When,
     Window,
 )
-from django.db.models.functions import Floor, Lag
+from django.db.models.functions import Cast, Floor, Greatest, Lag, Least
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -521,6 +521,51 @@ class InstanceTelemetry:
     @property
     def charts(self) -> tuple["Chart", ...]:
         return telemetry_charts(self) if self.has_samples else ()
+
+
+def gpu_windows(
+    *, gpu_ids: Sequence[int], start: datetime, end: datetime, bucket_seconds: int
+) -> dict:
+    """Compute's idle-watch hook (settings.COMPUTE_GPU_WINDOW_READER): per GPU with samples from
+    ``start`` to ``end``, a ``GpuWindow`` (how many samples and utilisation readings, how many
+    buckets of ``bucket_seconds`` hold one, the peak utilisation), in one aggregate query."""
+    from portal.compute.types import GpuWindow
+
+    buckets = max(1, math.ceil((end - start).total_seconds() / bucket_seconds))
+    # which bucket a sample falls in; clamped to the window's, as SQLite's julianday arithmetic
+    # may put a sample at ``start`` a few microseconds before it (and one at ``end`` is the last)
+    bucket = Greatest(
+        Least(
+            Cast(
+                Floor((Epoch("time") - Value(start.timestamp())) / Value(float(bucket_seconds))),
+                IntegerField(),
+            ),
+            Value(buckets - 1),
+        ),
+        Value(0),
+    )
+    found = (
+        GpuSample.objects.filter(gpu_id__in=list(gpu_ids), time__gte=start, time__lte=end)
+        .annotate(bucket=bucket)
+        .order_by()
+        .values("gpu_id")
+        .annotate(
+            n=Count("pk"),
+            readings=Count("utilization_pct"),
+            covered=Count("bucket", distinct=True),
+            peak=Max("utilization_pct"),
+        )
+    )
+    return {
+        row["gpu_id"]: GpuWindow(
+            samples=row["n"],
+            readings=row["readings"],
+            covered=row["covered"],
+            buckets=buckets,
+            peak_utilization_pct=row["peak"],
+        )
+        for row in found
+    }
 
 
 def instance_page_panel(instance) -> dict:

@@ -4,10 +4,20 @@ from rest_framework import serializers
 from portal.compute.lifecycle import State, allowed_actions
 from portal.compute.models import (
     DEFAULT_SSH_USER,
+    IDLE_MINUTES,
+    IDLE_THRESHOLD_PCT,
     Instance,
     InstanceEvent,
     Volume,
     ssh_command,
+)
+
+# The automatic stop settings (``portal.compute.services.idle``), shown and set through the API.
+STOP_FIELDS = (
+    "idle_stop_enabled",
+    "idle_stop_threshold_pct",
+    "idle_stop_minutes",
+    "scheduled_stop_at",
 )
 
 
@@ -43,6 +53,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "created_at",
             "running_since",
             "terminated_at",
+            *STOP_FIELDS,
         ]
         read_only_fields = fields
 
@@ -83,9 +94,66 @@ def instance_list_rows(rows) -> list[dict]:
             "created_at": when(row["created_at"]),
             "running_since": when(row["running_since"]),
             "terminated_at": when(row["terminated_at"]),
+            "idle_stop_enabled": row["idle_stop_enabled"],
+            "idle_stop_threshold_pct": row["idle_stop_threshold_pct"],
+            "idle_stop_minutes": row["idle_stop_minutes"],
+            "scheduled_stop_at": when(row["scheduled_stop_at"]),
         }
         for row in rows
     ]
+
+
+STOP_FIELDS = (
+    "idle_stop_enabled",
+    "idle_stop_threshold_pct",
+    "idle_stop_minutes",
+    "scheduled_stop_at",
+)
+
+
+def _stop_fields() -> dict[str, serializers.Field]:
+    """The automatic stop settings as request fields (all optional)."""
+    return {
+        "idle_stop_enabled": serializers.BooleanField(
+            required=False,
+            help_text=_(
+                "Stop it when every sample of its GPUs in the last idle_stop_minutes is below "
+                "idle_stop_threshold_pct. Never on missing data: without samples covering the "
+                "whole window it keeps running. A MIG slice is judged by its whole GPU."
+            ),
+        ),
+        "idle_stop_threshold_pct": serializers.IntegerField(
+            required=False,
+            min_value=IDLE_THRESHOLD_PCT[0],
+            max_value=IDLE_THRESHOLD_PCT[2],
+            help_text=_("GPU utilisation below which it counts as idle (default 5)."),
+        ),
+        "idle_stop_minutes": serializers.IntegerField(
+            required=False,
+            min_value=IDLE_MINUTES[0],
+            max_value=IDLE_MINUTES[2],
+            help_text=_("How long it must stay idle before it stops (default 30)."),
+        ),
+        "scheduled_stop_at": serializers.DateTimeField(
+            required=False,
+            allow_null=True,
+            help_text=_("Stop it once at this time (in the future); null for none."),
+        ),
+    }
+
+
+class InstanceStopSettingsSerializer(serializers.Serializer):
+    """What PATCH /api/v1/instances/{id}/auto-stop changes: the fields given, at least one."""
+
+    def get_fields(self):
+        return _stop_fields()
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError(
+                _("Give at least one of %(fields)s.") % {"fields": ", ".join(STOP_FIELDS)}
+            )
+        return attrs
 
 
 class InstanceCreateSerializer(serializers.Serializer):
@@ -117,6 +185,9 @@ class InstanceCreateSerializer(serializers.Serializer):
     user_data = serializers.CharField(
         required=False, allow_blank=True, max_length=16384, trim_whitespace=False
     )
+
+    def get_fields(self):
+        return {**super().get_fields(), **_stop_fields()}
 
 
 class InstanceRenameSerializer(serializers.Serializer):

@@ -10,6 +10,11 @@ urlpatterns = [
         views.InstanceEventListView.as_view(),
         name="api-instance-events",
     ),
+    path(
+        "instances/<int:pk>/auto-stop",
+        views.InstanceStopSettingsView.as_view(),
+        name="api-instance-auto-stop",
+    ),
     *(
         path(f"instances/<int:pk>/{name}", view, name=f"api-instance-{name}")
         for name, view in views.INSTANCE_ACTION_VIEWS.items()

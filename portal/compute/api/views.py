@@ -112,6 +112,7 @@ class InstanceListView(generics.ListAPIView):
             volume_ids=tuple(data.get("volume_ids", ())),
             new_volume_gb=data.get("new_volume_gb"),
             user_data=data.get("user_data", ""),
+            **{name: data[name] for name in serializers.STOP_FIELDS if name in data},
         )
         instance, created = services.instance_launch(
             actor=request.actor, request=launch, idempotency_key=key
@@ -151,6 +152,34 @@ class InstanceDetailView(APIView):
         payload.is_valid(raise_exception=True)
         services.instance_rename(
             actor=request.actor, instance_id=pk, name=payload.validated_data["name"]
+        )
+        return Response(
+            serializers.InstanceSerializer(
+                selectors.instance_get(request.actor.organization, pk)
+            ).data
+        )
+
+
+@extend_schema_view(patch=extend_schema(summary="Set when an instance stops by itself"))
+class InstanceStopSettingsView(APIView):
+    actions = {"PATCH": Action.INSTANCE_MANAGE}
+
+    @extend_schema(
+        operation_id="instances_auto_stop",
+        request=serializers.InstanceStopSettingsSerializer,
+        responses={
+            200: serializers.InstanceSerializer,
+            **error_responses(400, 401, 403, 404, 409, 415),
+        },
+        description="Change the fields given: idle stop on or off, its threshold and minutes, "
+        "and the scheduled stop time (null clears it). 400 `invalid` with a message per field; "
+        "409 `invalid_transition` for a terminated or failed instance.",
+    )
+    def patch(self, request, pk: int):
+        payload = serializers.InstanceStopSettingsSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.instance_stop_settings_set(
+            actor=request.actor, instance_id=pk, **payload.validated_data
         )
         return Response(
             serializers.InstanceSerializer(

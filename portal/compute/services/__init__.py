@@ -3,6 +3,8 @@
 - ``launch``: ``instance_launch`` (role, quota, billing checks, capacity under row locks);
 - ``actions``: ``instance_action`` (start, stop, reboot, terminate) and ``instance_rename``;
 - ``volumes``: ``volume_create``, ``volume_delete``;
+- ``idle``: automatic stops: ``instance_stop_settings_set`` and the periodic ``idle_watch``
+  (GPUs idle for N minutes, or a scheduled shutdown time);
 - ``sync``: ``instance_sync``, one step towards the desired state, carrying out the lifecycle's
   ``STEPS`` and ``RULES`` (``portal.compute.lifecycle``);
 - ``phone_home``: ``instance_phone_home``, a machine's own report that its first boot is done;
@@ -22,6 +24,15 @@ from portal.compute.errors import QuotaExceeded
 from portal.compute.services._checks import MIG_COMPUTE_SLICES, gpu_units
 from portal.compute.services._common import NAME_PATTERN, SYSTEM, mark_dispatched
 from portal.compute.services.actions import instance_action, instance_rename
+from portal.compute.services.idle import (
+    UNSET,
+    IdleVerdict,
+    IdleWatchReport,
+    idle_verdict,
+    idle_watch,
+    instance_stop_settings_set,
+    stop_settings_errors,
+)
 from portal.compute.services.launch import LaunchRequest, instance_launch
 from portal.compute.services.operator import (
     operator_force_terminate,
@@ -37,20 +48,27 @@ __all__ = [
     "MIG_COMPUTE_SLICES",
     "NAME_PATTERN",
     "SYSTEM",
+    "UNSET",
+    "IdleVerdict",
+    "IdleWatchReport",
     "LaunchRequest",
     "QuotaExceeded",
     "ReconcileReport",
     "gpu_units",
+    "idle_verdict",
+    "idle_watch",
     "instance_action",
     "instance_launch",
     "instance_phone_home",
     "instance_rename",
+    "instance_stop_settings_set",
     "instance_sync",
     "mark_dispatched",
     "operator_force_terminate",
     "operator_mark_failed",
     "operator_resync",
     "reconcile",
+    "stop_settings_errors",
     "volume_create",
     "volume_delete",
 ]

@@ -55,6 +55,19 @@ REQUESTED = {
 
 @transaction.atomic(durable=True)
 def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
+    return action_in_transaction(actor=actor, instance_id=instance_id, action=action)
+
+
+def action_in_transaction(
+    *,
+    actor: Actor,
+    instance_id: int,
+    action: str,
+    reason: str | None = None,
+    detail: dict | None = None,
+) -> Instance:
+    """The statements of an action, inside the caller's transaction (``_action``'s, or the idle
+    watch's, which stops an instance with its own ``reason``: English, translated when shown)."""
     if action not in Action.values:
         raise InvalidInput(
             _("Unknown action '%(action)s'; use one of %(actions)s.")
@@ -94,8 +107,14 @@ def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
         Action.TERMINATE: DesiredState.TERMINATED,
     }[Action(action)]
     instance.save(update_fields=["desired_state"])
-    transition(instance, target, actor=actor.label, reason=REQUESTED[Action(action)])
-    audit_record(actor=actor, action=f"instance.{action}", target=instance)
+    transition(
+        instance,
+        target,
+        actor=actor.label,
+        reason=reason or REQUESTED[Action(action)],
+        detail=detail,
+    )
+    audit_record(actor=actor, action=f"instance.{action}", target=instance, details=detail)
     dispatch(instance)
     return instance
 

@@ -4,6 +4,7 @@ capacity under row locks, create it ``pending``, and enqueue its sync on commit.
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -18,7 +19,14 @@ from portal.catalog import capacity
 from portal.catalog.models import GpuModel, Image, InstanceType, MigProfile, Price, Region
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import LIVE, State
-from portal.compute.models import IdempotencyRecord, Instance, Volume, VolumeState
+from portal.compute.models import (
+    IDLE_MINUTES,
+    IDLE_THRESHOLD_PCT,
+    IdempotencyRecord,
+    Instance,
+    Volume,
+    VolumeState,
+)
 from portal.compute.services._checks import check_quota, run_launch_checks
 from portal.compute.services._common import (
     NAME_PATTERN,
@@ -27,6 +35,7 @@ from portal.compute.services._common import (
     dispatch,
     record_event,
 )
+from portal.compute.services.idle import stop_settings_errors
 from portal.errors import Conflict, InvalidInput
 from portal.provisioning.cloud_init import UserDataInvalid, validate_user_data
 from portal.sql import Columns, insert, placeholders, rows
@@ -42,17 +51,34 @@ class LaunchRequest:
     volume_ids: tuple[int, ...] = ()
     new_volume_gb: int | None = None
     user_data: str = ""
+    # stopping by itself (``portal.compute.services.idle``)
+    idle_stop_enabled: bool = False
+    idle_stop_threshold_pct: int = IDLE_THRESHOLD_PCT[1]
+    idle_stop_minutes: int = IDLE_MINUTES[1]
+    scheduled_stop_at: datetime | None = None
 
     def fingerprint(self) -> str:
-        body = json.dumps(
-            {
-                **self.__dict__,
-                "ssh_key_ids": sorted(self.ssh_key_ids),
-                "volume_ids": sorted(self.volume_ids),
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(body.encode()).hexdigest()
+        body = {
+            **self.__dict__,
+            "ssh_key_ids": sorted(self.ssh_key_ids),
+            "volume_ids": sorted(self.volume_ids),
+        }
+        # the stop settings count only when given, so a request without them keeps the
+        # fingerprint it had before they existed (an Idempotency-Key retried across a deploy)
+        for name, default in _STOP_DEFAULTS.items():
+            if body[name] == default:
+                del body[name]
+        if body.get("scheduled_stop_at") is not None:
+            body["scheduled_stop_at"] = body["scheduled_stop_at"].isoformat()
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+_STOP_DEFAULTS = {
+    "idle_stop_enabled": False,
+    "idle_stop_threshold_pct": IDLE_THRESHOLD_PCT[1],
+    "idle_stop_minutes": IDLE_MINUTES[1],
+    "scheduled_stop_at": None,
+}
 
 
 _PRICE, _TYPE, _MODEL, _PROFILE, _REGION = (
@@ -203,6 +229,9 @@ def _resolve(organization, request: LaunchRequest, now):
                 )
     if request.new_volume_gb is not None and not 1 <= request.new_volume_gb <= 65536:
         errors["new_volume_gb"] = "A new volume is 1 to 65,536 GB."
+    errors.update(
+        stop_settings_errors({name: getattr(request, name) for name in _STOP_DEFAULTS}, now=now)
+    )
     if errors:
         raise InvalidInput(
             _("The launch request is not valid; see details."),
@@ -307,6 +336,10 @@ def _launch(
         backend=settings.PROVISIONING_BACKEND,
         created_by=actor.user if actor.api_key is None else None,
         created_by_api_key=actor.api_key,
+        idle_stop_enabled=request.idle_stop_enabled,
+        idle_stop_threshold_pct=request.idle_stop_threshold_pct,
+        idle_stop_minutes=request.idle_stop_minutes,
+        scheduled_stop_at=request.scheduled_stop_at,
     )
     insert(instance)
     allocation = capacity.allocation_reserve(
