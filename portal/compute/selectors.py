@@ -45,6 +45,7 @@ TABLE_COLUMNS = (
     "created_at",
     "ssh_user",
     "ssh_port",
+    "release_at",
     "instance_type__name",
     "region__code",
 )
@@ -62,6 +63,7 @@ API_COLUMNS = (
     "terminated_at",
     "ssh_user",
     "ssh_port",
+    "release_at",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -146,7 +148,8 @@ class TableRows(_CountedRows):
 
 # A page of the table, with the count (an uncorrelated subquery, run once) on every row.
 _TABLE_SQL = """
-SELECT i.id, i.name, i.state, i.ip_address, i.created_at, i.ssh_user, i.ssh_port, t.name, r.code,
+SELECT i.id, i.name, i.state, i.ip_address, i.created_at, i.ssh_user, i.ssh_port, i.release_at,
+    t.name, r.code,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s{keep_c})
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -156,7 +159,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _TABLE_FIELDS = (
-    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:7]),
+    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:8]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
 )
@@ -202,7 +205,7 @@ class ApiRows(_CountedRows):
 _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
-    i.ssh_user, i.ssh_port, t.name, r.code, m.name,
+    i.ssh_user, i.ssh_port, i.release_at, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -213,7 +216,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:13]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:14]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),

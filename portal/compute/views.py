@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -334,6 +335,7 @@ def _detail_context(
         "terminate_form": terminate_form or TerminateForm(instance_name=instance.name),
         "rename_form": rename_form or RenameForm(initial={"name": instance.name}),
         "poll_trigger": POLL_TRIGGER,
+        "release": presenters.release_countdown(services.release_at(instance), timezone.now()),
     }
 
 

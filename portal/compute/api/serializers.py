@@ -1,4 +1,5 @@
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.compute.lifecycle import State, allowed_actions
@@ -9,6 +10,14 @@ from portal.compute.models import (
     Volume,
     ssh_command,
 )
+
+_DATETIME = serializers.DateTimeField()
+
+
+def release_at(state: str, moment):
+    """Only a stopped instance has a release moment (one that is starting keeps its own until
+    it runs, but is not shown one)."""
+    return moment if state == State.STOPPED else None
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -21,6 +30,12 @@ class InstanceSerializer(serializers.ModelSerializer):
     ssh_port = serializers.IntegerField(help_text=_("The port to log in on (22 unless forwarded)."))
     ssh_user = serializers.SerializerMethodField(help_text=_("The user to log in as."))
     actions = serializers.SerializerMethodField(help_text=_("Actions allowed in this state."))
+    release_at = serializers.SerializerMethodField(
+        help_text=_(
+            "When a stopped instance is released (terminated; its volumes are kept) unless it "
+            "is started; null when it is not stopped."
+        )
+    )
 
     class Meta:
         model = Instance
@@ -43,6 +58,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "created_at",
             "running_since",
             "terminated_at",
+            "release_at",
         ]
         read_only_fields = fields
 
@@ -52,8 +68,11 @@ class InstanceSerializer(serializers.ModelSerializer):
     def get_actions(self, instance) -> list[str]:
         return allowed_actions(instance.state)
 
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_release_at(self, instance) -> str | None:
+        return _DATETIME.to_representation(release_at(instance.state, instance.release_at))
 
-_DATETIME = serializers.DateTimeField()
+
 _ACTIONS = {state: allowed_actions(state) for state in State.values}
 
 
@@ -83,6 +102,7 @@ def instance_list_rows(rows) -> list[dict]:
             "created_at": when(row["created_at"]),
             "running_since": when(row["running_since"]),
             "terminated_at": when(row["terminated_at"]),
+            "release_at": when(release_at(row["state"], row["release_at"])),
         }
         for row in rows
     ]

@@ -6,6 +6,8 @@
 - ``sync``: ``instance_sync``, one step towards the desired state, carrying out the lifecycle's
   ``STEPS`` and ``RULES`` (``portal.compute.lifecycle``);
 - ``reconcile``: the periodic sweep that leaves nothing stuck;
+- ``release``: ``release_due``, the periodic sweep that notifies about and then releases
+  instances stopped too long (volumes kept), and ``release_at``, when one is released;
 - ``operator``: what staff do from admin (``operator_resync``, ``operator_force_terminate``,
   ``operator_mark_failed``), as an operator ``Actor``;
 - ``_checks`` (quota, launch hooks) and ``_common`` (events, transitions, the lock order,
@@ -28,6 +30,13 @@ from portal.compute.services.operator import (
     operator_resync,
 )
 from portal.compute.services.reconcile import ReconcileReport, reconcile
+from portal.compute.services.release import (
+    ReleaseReport,
+    moment_text,
+    release_at,
+    release_due,
+    time_left_text,
+)
 from portal.compute.services.sync import instance_sync
 from portal.compute.services.volumes import volume_create, volume_delete
 
@@ -38,16 +47,21 @@ __all__ = [
     "LaunchRequest",
     "QuotaExceeded",
     "ReconcileReport",
+    "ReleaseReport",
     "gpu_units",
     "instance_action",
     "instance_launch",
     "instance_rename",
     "instance_sync",
     "mark_dispatched",
+    "moment_text",
     "operator_force_terminate",
     "operator_mark_failed",
     "operator_resync",
     "reconcile",
+    "release_at",
+    "release_due",
+    "time_left_text",
     "volume_create",
     "volume_delete",
 ]
