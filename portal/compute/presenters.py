@@ -106,7 +106,11 @@ def _row_markup(row: dict, page: RowContext) -> str:
         release = RELEASE.format(
             urgent=" urgent" if left <= URGENT else " muted",
             title=escape(moment_text(row["release_at"])),
-            text=escape(_("Released in %(left)s") % {"left": short_left(left)}),
+            text=escape(
+                _("Released in %(left)s") % {"left": short_left(left)}
+                if left > timedelta(0)
+                else _("Release due")  # the next sweep releases it
+            ),
         )
     return ROW.format(
         pk=pk,

@@ -329,6 +329,11 @@ def test_the_page_and_the_list_count_down_in_english_and_chinese(show, org, owne
         listing = show("/instances/")
         assert 'release-in urgent" title="16 Dec 2030, 12:00 UTC">Released in 5 hours<' in listing
 
+        clock.move_to(T0 + 15 * DAY + timedelta(minutes=3))  # due: the next sweep releases it
+        assert "its release was due on" in show(f"/instances/{instance.pk}/").lower()
+        assert 'title="16 Dec 2030, 12:00 UTC">Release due</span>' in show("/instances/")
+        assert "即将释放" in show("/instances/", **ZH)
+
 
 @pytest.mark.usefixtures("fast_simulated_backend")
 def test_the_api_gives_release_at_for_a_stopped_instance_only(key_client, org, owner, launch):
