@@ -357,3 +357,26 @@ def test_the_api_gives_release_at_for_a_stopped_instance_only(key_client, org, o
         field = schema["components"]["schemas"]["Instance"]["properties"]["release_at"]
         assert field["format"] == "date-time" and field["nullable"] is True
         assert field["readOnly"] is True
+
+
+def test_instances_already_stopped_get_their_clock_and_both_notices_when_this_is_deployed(
+    world, memory_backend, clock
+):
+    import importlib
+
+    from django.apps import apps
+
+    backfill = importlib.import_module("portal.compute.migrations.0003_release_notices").backfill
+    long_ago = stopped(world, "long-ago")
+    clock.move_to(T0 + 5 * DAY)
+    memory_backend.fail_next("start", CapacityError("the host is full"))
+    recent = run(world, stopped(world, "recent"), "start")  # refused: back to stopped
+    assert recent.state == State.STOPPED
+    clock.move_to(T0 + 12 * DAY)
+    Instance.objects.update(stopped_since=None, release_at=None)  # as before the migration
+    backfill(apps, None)
+    long_ago.refresh_from_db()
+    recent.refresh_from_db()
+    # the stop after the last run counts; no release sooner than the first notice from now
+    assert long_ago.stopped_since == T0 and long_ago.release_at == T0 + 19 * DAY
+    assert recent.stopped_since == T0 + 5 * DAY and recent.release_at == T0 + 20 * DAY
