@@ -15,6 +15,9 @@ SCHEDULE = {
     "reconcile-instances": _entry("compute.reconcile", crontab(), expires=55),
     # idle stop and scheduled shutdowns (portal.compute.services.idle)
     "instances-idle-watch": _entry("compute.idle_watch", crontab(), expires=55),
+    "release-stopped-instances": _entry(
+        "compute.release_stopped", crontab(minute="*/10"), expires=550
+    ),
     "debit-usage": _entry("billing.debit_usage", crontab(minute="*/5"), expires=280),
     "billing-webhooks-retry": _entry("billing.webhooks_retry", crontab(minute="*/2"), expires=110),
     "billing-exports-sweep": _entry("billing.exports_sweep", crontab(minute="*/2"), expires=110),

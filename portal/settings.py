@@ -7,6 +7,7 @@ real Stripe when the variables say so (see the README).
 """
 
 import os
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -389,6 +390,14 @@ COMPUTE_BOOT_DISK_GB = int(os.environ.get("COMPUTE_BOOT_DISK_GB", "100"))
 COMPUTE_POLL_SECONDS = float(os.environ.get("COMPUTE_POLL_SECONDS", "2"))
 COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "60"))
 COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
+# A stopped instance keeps its boot disk (billed as storage) and is released (terminated; its
+# volumes are always kept) once it has been stopped this long. Its organisation is told
+# COMPUTE_RELEASE_NOTICES before (each a time before the release); see
+# portal.compute.services.release.
+COMPUTE_RELEASE_STOPPED_AFTER = timedelta(
+    days=float(os.environ.get("COMPUTE_RELEASE_STOPPED_DAYS", "15"))
+)
+COMPUTE_RELEASE_NOTICES: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = [

@@ -68,6 +68,8 @@ class InstanceAdmin(ReadOnlyAdmin):
                     "status_message",
                     "state_changed_at",
                     "dispatched_at",
+                    "stopped_since",
+                    "release_at",
                 ]
             },
         ),

@@ -82,6 +82,14 @@ class Instance(models.Model):
     )
     running_since = models.DateTimeField(null=True, blank=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
+    # While stopped (and through a start that does not get it running again): when it stopped
+    # after its last run, and when it is released (``portal.compute.services.release``).
+    stopped_since = models.DateTimeField(null=True, blank=True)
+    release_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_("When a stopped instance is released; starting it keeps it."),
+    )
 
     # Stopping by itself (``portal.compute.services.idle``): when its GPUs stay below the
     # threshold for the minutes given (opt-in), and once at a scheduled time (cleared then).
@@ -127,6 +135,11 @@ class Instance(models.Model):
                 fields=["state"],
                 condition=Q(idle_stop_enabled=True) | Q(scheduled_stop_at__isnull=False),
                 name="compute_instance_stop_watch",
+            ),
+            models.Index(
+                fields=["release_at"],
+                condition=Q(state="stopped"),
+                name="compute_instance_release_at",
             ),
         ]
 
@@ -192,6 +205,29 @@ class InstanceEvent(models.Model):
             except (KeyError, TypeError, ValueError):
                 return self.reason
         return gettext(self.reason) if self.reason else ""
+
+
+class ReleaseNotice(models.Model):
+    """A notice that a stopped instance is going to be released, sent once per stop: one row
+    per (instance, the moment it stopped, how long before the release it was due)."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="+")
+    stopped_since = models.DateTimeField()
+    lead = models.DurationField(help_text=_("How long before the release it was due."))
+    release_at = models.DateTimeField(help_text=_("The release moment the notice gave."))
+    recipients = models.JSONField(default=list, blank=True)
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["sent_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "stopped_since", "lead"], name="compute_release_notice_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.lead} before {self.release_at:%Y-%m-%d %H:%M}"
 
 
 class VolumeState(models.TextChoices):

@@ -10,6 +10,7 @@ the row a transitional instance polls (``instance_row``) are the same function's
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import escape
 
@@ -19,15 +20,17 @@ from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from portal.compute.lifecycle import TRANSITIONAL, State
 from portal.compute.models import Instance, ssh_command
 from portal.compute.selectors import table_row_of
+from portal.compute.services import moment_text, time_left_text
 
 ROW = """
 <tr id="instance-row-{pk}"{poll}>
   <td><a id="instance-link-{pk}" href="{url}">{name}</a></td>
-  <td><span class="badge state state-{state}">{spinner}{state_label}</span></td>
+  <td><span class="badge state state-{state}">{spinner}{state_label}</span>{release}</td>
   <td class="hide-sm"><code>{type_name}</code></td>
   <td class="hide-sm">{region_code}</td>
   <td>{address}</td>
@@ -42,6 +45,7 @@ ADDRESS = """
       <button id="copy-ssh-{pk}" class="btn small secondary" type="button" data-copy="ssh-{pk}" aria-label="{copy_aria}">{copy}</button></div>
   """
 NO_ADDRESS = '<span class="muted">—</span>'
+RELEASE = '<span class="small release-in{urgent}" title="{title}">{text}</span>'
 PK_SLOT = "2147483647"  # the pk the URLs are reversed with, replaced by each row's own
 # Under four weeks an age has no months, so it depends on its whole minutes alone.
 MINUTE, NO_MONTHS = timedelta(minutes=1), timedelta(days=28)
@@ -96,9 +100,22 @@ def _row_markup(row: dict, page: RowContext) -> str:
             copy=page.copy_label,
             copy_aria=escape(_("Copy the SSH command for %(name)s") % {"name": row["name"]}),
         )
+    release = ""
+    if state == State.STOPPED and row["release_at"] is not None:
+        left = row["release_at"] - page.now
+        release = RELEASE.format(
+            urgent=" urgent" if left <= URGENT else " muted",
+            title=escape(moment_text(row["release_at"])),
+            text=escape(
+                _("Released in %(left)s") % {"left": short_left(left)}
+                if left > timedelta(0)
+                else _("Release due")  # the next sweep releases it
+            ),
+        )
     return ROW.format(
         pk=pk,
         poll=poll,
+        release=release,
         url=page.detail_url.replace(PK_SLOT, pk),
         name=name,
         state=escape(state),
@@ -118,6 +135,46 @@ def rows_html(rows: Iterable[dict], poll_trigger: str) -> SafeString:
     page = RowContext(poll_trigger)
     markup = "".join(_row_markup(row, page) for row in rows)
     return mark_safe(markup)  # noqa: S308  # nosec B308 B703 # each value escaped in _row_markup
+
+
+@dataclass(frozen=True)
+class ReleaseCountdown:
+    """What a stopped instance's page and row say about its release: the time left and the
+    moment, in the active language; ``urgent`` when a day or less is left."""
+
+    at: datetime
+    left: str
+    when: str
+    urgent: bool
+    due: bool  # its moment has come: the next sweep releases it
+
+
+def release_countdown(release_at: datetime | None, now: datetime) -> ReleaseCountdown | None:
+    if release_at is None:
+        return None
+    left = release_at - now
+    return ReleaseCountdown(
+        at=release_at,
+        left=time_left_text(left),
+        when=moment_text(release_at),
+        urgent=left <= URGENT,
+        due=left <= timedelta(0),
+    )
+
+
+URGENT = timedelta(days=1)
+
+
+def short_left(left: timedelta) -> str:
+    """``left`` in its largest unit, rounded down, for a table cell: "6 days", "23 hours"."""
+    minutes = max(int(left.total_seconds() // 60), 1)
+    if minutes >= 24 * 60:
+        days = minutes // (24 * 60)
+        return ngettext("%(count)d day", "%(count)d days", days) % {"count": days}
+    if minutes >= 60:
+        hours = minutes // 60
+        return ngettext("%(count)d hour", "%(count)d hours", hours) % {"count": hours}
+    return ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
 
 
 def page_links(page: Page, params: str) -> dict[str, str]:

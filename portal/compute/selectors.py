@@ -45,6 +45,7 @@ TABLE_COLUMNS = (
     "created_at",
     "ssh_user",
     "ssh_port",
+    "release_at",
     "instance_type__name",
     "region__code",
 )
@@ -66,6 +67,7 @@ API_COLUMNS = (
     "idle_stop_threshold_pct",
     "idle_stop_minutes",
     "scheduled_stop_at",
+    "release_at",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -150,7 +152,8 @@ class TableRows(_CountedRows):
 
 # A page of the table, with the count (an uncorrelated subquery, run once) on every row.
 _TABLE_SQL = """
-SELECT i.id, i.name, i.state, i.ip_address, i.created_at, i.ssh_user, i.ssh_port, t.name, r.code,
+SELECT i.id, i.name, i.state, i.ip_address, i.created_at, i.ssh_user, i.ssh_port, i.release_at,
+    t.name, r.code,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s{keep_c})
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -160,7 +163,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _TABLE_FIELDS = (
-    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:7]),
+    *(Instance._meta.get_field(name) for name in TABLE_COLUMNS[:8]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
 )
@@ -207,7 +210,7 @@ _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
     i.ssh_user, i.ssh_port, i.idle_stop_enabled, i.idle_stop_threshold_pct, i.idle_stop_minutes,
-    i.scheduled_stop_at, t.name, r.code, m.name,
+    i.scheduled_stop_at, i.release_at, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -218,7 +221,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:17]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:18]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),

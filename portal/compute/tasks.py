@@ -43,3 +43,10 @@ def idle_watch() -> dict:
     """Stop the instances whose GPUs sat idle long enough or whose shutdown time came."""
     report = services.idle_watch()
     return {key: list(value) for key, value in report.__dict__.items()}
+
+
+@shared_task(name="compute.release_stopped", acks_late=True, soft_time_limit=500, time_limit=540)
+def release_stopped() -> dict:
+    """Notices before, then the release of, instances stopped too long (volumes kept)."""
+    report = services.release_due()
+    return {key: list(value) for key, value in report.__dict__.items()}

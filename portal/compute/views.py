@@ -361,6 +361,7 @@ def _detail_context(
         "rename_form": rename_form or RenameForm(initial={"name": instance.name}),
         "stop_form": stop_form or StopSettingsForm(initial=_stop_initial(instance)),
         "poll_trigger": POLL_TRIGGER,
+        "release": presenters.release_countdown(services.release_at(instance), timezone.now()),
     }
 
 

@@ -281,7 +281,11 @@ def test_journey(
             expect(status).to_contain_text("This updates by itself")
             screenshot("instance-provisioning")
             expect(badge).to_have_text("Running", timeout=SETTLE_MS)
-            expect(page.locator("#ssh-command")).to_have_text(re.compile(r"^ssh \w+@10\.64\."))
+            # the command to log in, exactly as the page shows it to copy
+            ssh = page.locator("#ssh-command")
+            expect(ssh).to_have_text(re.compile(r"^ssh \w+@10\.64\.\d+\.\d+$"))
+            instance.refresh_from_db()
+            assert ssh.inner_text() == instance.ssh_command == f"ssh ubuntu@{instance.ip_address}"
             expect(page.locator("#instance-status[hx-trigger]")).to_have_count(0)
             assert_no_reload(page)
             screenshot("instance-running")
@@ -321,6 +325,14 @@ def test_journey(
             expect(page.get_by_text(f"Stopping {INSTANCE}.")).to_be_visible()
             expect(badge).to_have_text("Stopped", timeout=SETTLE_MS)
             assert dialogs[-1].startswith(f"Stop {INSTANCE}?"), dialogs
+            # stopped, it is released in 15 days unless started: the page counts down
+            instance.refresh_from_db()
+            release = f"{instance.release_at:%-d %b %Y, %H:%M} UTC"
+            expect(page.locator("#release-countdown")).to_have_text(
+                f"Released in 14 days 23 hours, on {release}. "
+                "Start it to keep it; volumes are kept."
+            )
+            expect(page.locator("#ssh-command")).to_have_count(0)
             screenshot("instance-stopped")
             page.get_by_label(f"Type {INSTANCE} to terminate it").fill(INSTANCE)
             page.get_by_role("button", name="Terminate").click()

@@ -1,4 +1,5 @@
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.compute.lifecycle import State, allowed_actions
@@ -19,6 +20,13 @@ STOP_FIELDS = (
     "idle_stop_minutes",
     "scheduled_stop_at",
 )
+_DATETIME = serializers.DateTimeField()
+
+
+def release_at(state: str, moment):
+    """Only a stopped instance has a release moment (one that is starting keeps its own until
+    it runs, but is not shown one)."""
+    return moment if state == State.STOPPED else None
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -31,6 +39,12 @@ class InstanceSerializer(serializers.ModelSerializer):
     ssh_port = serializers.IntegerField(help_text=_("The port to log in on (22 unless forwarded)."))
     ssh_user = serializers.SerializerMethodField(help_text=_("The user to log in as."))
     actions = serializers.SerializerMethodField(help_text=_("Actions allowed in this state."))
+    release_at = serializers.SerializerMethodField(
+        help_text=_(
+            "When a stopped instance is released (terminated; its volumes are kept) unless it "
+            "is started; null when it is not stopped."
+        )
+    )
 
     class Meta:
         model = Instance
@@ -54,6 +68,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "running_since",
             "terminated_at",
             *STOP_FIELDS,
+            "release_at",
         ]
         read_only_fields = fields
 
@@ -63,8 +78,11 @@ class InstanceSerializer(serializers.ModelSerializer):
     def get_actions(self, instance) -> list[str]:
         return allowed_actions(instance.state)
 
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_release_at(self, instance) -> str | None:
+        return _DATETIME.to_representation(release_at(instance.state, instance.release_at))
 
-_DATETIME = serializers.DateTimeField()
+
 _ACTIONS = {state: allowed_actions(state) for state in State.values}
 
 
@@ -98,17 +116,10 @@ def instance_list_rows(rows) -> list[dict]:
             "idle_stop_threshold_pct": row["idle_stop_threshold_pct"],
             "idle_stop_minutes": row["idle_stop_minutes"],
             "scheduled_stop_at": when(row["scheduled_stop_at"]),
+            "release_at": when(release_at(row["state"], row["release_at"])),
         }
         for row in rows
     ]
-
-
-STOP_FIELDS = (
-    "idle_stop_enabled",
-    "idle_stop_threshold_pct",
-    "idle_stop_minutes",
-    "scheduled_stop_at",
-)
 
 
 def _stop_fields() -> dict[str, serializers.Field]:

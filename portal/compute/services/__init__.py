@@ -9,6 +9,8 @@
   ``STEPS`` and ``RULES`` (``portal.compute.lifecycle``);
 - ``phone_home``: ``instance_phone_home``, a machine's own report that its first boot is done;
 - ``reconcile``: the periodic sweep that leaves nothing stuck;
+- ``release``: ``release_due``, the periodic sweep that notifies about and then releases
+  instances stopped too long (volumes kept), and ``release_at``, when one is released;
 - ``operator``: what staff do from admin (``operator_resync``, ``operator_force_terminate``,
   ``operator_mark_failed``), as an operator ``Actor``;
 - ``_checks`` (quota, launch hooks) and ``_common`` (events, transitions, the lock order,
@@ -41,6 +43,13 @@ from portal.compute.services.operator import (
 )
 from portal.compute.services.phone_home import instance_phone_home
 from portal.compute.services.reconcile import ReconcileReport, reconcile
+from portal.compute.services.release import (
+    ReleaseReport,
+    moment_text,
+    release_at,
+    release_due,
+    time_left_text,
+)
 from portal.compute.services.sync import instance_sync
 from portal.compute.services.volumes import volume_create, volume_delete
 
@@ -54,6 +63,7 @@ __all__ = [
     "LaunchRequest",
     "QuotaExceeded",
     "ReconcileReport",
+    "ReleaseReport",
     "gpu_units",
     "idle_verdict",
     "idle_watch",
@@ -64,11 +74,15 @@ __all__ = [
     "instance_stop_settings_set",
     "instance_sync",
     "mark_dispatched",
+    "moment_text",
     "operator_force_terminate",
     "operator_mark_failed",
     "operator_resync",
     "reconcile",
+    "release_at",
+    "release_due",
     "stop_settings_errors",
+    "time_left_text",
     "volume_create",
     "volume_delete",
 ]

@@ -2,7 +2,7 @@
 sync task, and giving capacity and volumes back."""
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -118,13 +118,37 @@ def transition(instance: Instance, target: State, *, actor: str, reason: str, de
     instance.state = target
     instance.state_changed_at = timezone.now()
     instance.status_message = reason[:300] if target == State.FAILED else ""
-    instance.save(update_fields=["state", "state_changed_at", "status_message"])
+    _stopped_clock(instance, previous, target)
+    instance.save(
+        update_fields=["state", "state_changed_at", "status_message", "stopped_since", "release_at"]
+    )
     event = record_event(
         instance, actor=actor, reason=reason, from_state=previous, to_state=target, detail=detail
     )
     # at the event's moment: metering bills each state from its event
     announce_instance(instance, previous, target, at=event.created_at)
     metrics.instance_transitioned(instance, previous, target)
+
+
+def _stopped_clock(instance: Instance, previous: str, target: str) -> None:
+    """When a stopped instance is released (``portal.compute.services.release``).
+
+    The clock starts when it stops after running. A start that does not get it running again
+    (the host could not take it back, or the start timed out: starting → stopped) does not
+    reset it, since the instance was never running in between; it only makes sure the release
+    is not sooner than the last notice's lead from now, so a customer who tried to keep it at
+    the last moment still has that long to try again. Once it runs (or ends), it has no
+    release moment."""
+    if target == State.STOPPED:
+        now = instance.state_changed_at
+        if previous != State.STARTING or instance.stopped_since is None:
+            instance.stopped_since = now
+            instance.release_at = now + settings.COMPUTE_RELEASE_STOPPED_AFTER
+        else:
+            last = min(settings.COMPUTE_RELEASE_NOTICES, default=timedelta(0))
+            instance.release_at = max(instance.release_at or now, now + last)
+    elif target != State.STARTING:
+        instance.stopped_since = instance.release_at = None
 
 
 def dispatch(instance: Instance, *, also: tuple[str, ...] | list[str] = ()) -> None:
