@@ -385,6 +385,11 @@ COMPUTE_BOOT_DISK_GB = int(os.environ.get("COMPUTE_BOOT_DISK_GB", "100"))
 COMPUTE_POLL_SECONDS = float(os.environ.get("COMPUTE_POLL_SECONDS", "2"))
 COMPUTE_REDISPATCH_SECONDS = int(os.environ.get("COMPUTE_REDISPATCH_SECONDS", "60"))
 COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECONDS", "900"))
+# No-GPU mode (a stopped instance started without its GPUs, to copy data or set up): the CPU
+# shape it gets, at most the type's own vCPUs and RAM. Billed on instance.cpu_only_seconds at
+# the no-GPU price operators set per region and currency (metering's meter prices).
+COMPUTE_NO_GPU_VCPUS = int(os.environ.get("COMPUTE_NO_GPU_VCPUS", "4"))
+COMPUTE_NO_GPU_RAM_GIB = int(os.environ.get("COMPUTE_NO_GPU_RAM_GIB", "16"))
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = [

@@ -22,6 +22,8 @@ class ComputeErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     VOLUME_IN_USE = "volume_in_use"
     INVALID_TRANSITION = "invalid_transition"
+    # starting without GPUs is not offered here (no no-GPU price in the region and currency)
+    NO_GPU_MODE_UNAVAILABLE = "no_gpu_mode_unavailable"
 
 
 class QuotaExceeded(Conflict):

@@ -21,6 +21,7 @@ from portal.metering.lifecycle_usage import (
     COMPUTE,
     HOUR,
     MICRO,
+    NO_GPU,
     VOLUME,
     hour_floor,
     instance_usage,
@@ -40,6 +41,8 @@ from portal.metering.rating import SECONDS_PER_HOUR, PriceCuts
 
 BUILT_IN_METERS = {
     COMPUTE: ("Instance running time", "second"),
+    # priced per hour (its meter prices, per region and currency), metered in seconds
+    NO_GPU: ("Instance running time without GPUs (no-GPU mode)", "second"),
     BOOT_DISK: ("Boot disk kept while stopped", "GB-second"),
     VOLUME: ("Volume storage", "GB-second"),
 }
@@ -85,6 +88,7 @@ def _lifecycle_usage(
             cuts=cuts.compute(
                 fact["organization__currency"], fact["instance_type_id"], fact["region_id"]
             ),
+            no_gpu_cuts=cuts.meter(fact["organization__currency"], meters[NO_GPU].pk),
         )
         for (meter_key, hour, period), quantity in usage.items():
             records.append(
