@@ -62,6 +62,7 @@ API_COLUMNS = (
     "terminated_at",
     "ssh_user",
     "ssh_port",
+    "gpus",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -202,7 +203,7 @@ class ApiRows(_CountedRows):
 _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
-    i.ssh_user, i.ssh_port, t.name, r.code, m.name,
+    i.ssh_user, i.ssh_port, i.gpus, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -213,7 +214,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:13]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:14]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),

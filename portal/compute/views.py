@@ -44,6 +44,7 @@ from portal.compute.models import Instance, VolumeState
 from portal.compute.readiness import launch_credit
 from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
+from portal.money import format_amount, with_currency
 
 PAGE_SIZE = 25
 POLL_TRIGGER = "every 2.5s"
@@ -58,6 +59,13 @@ CONFIRM = {
     ),
     InstanceAction.REBOOT: gettext_lazy("Reboot {name}? Running processes are interrupted."),
 }
+START_WITHOUT_GPUS = gettext_lazy("Start without GPUs")
+CONFIRM_WITHOUT_GPUS = gettext_lazy(
+    "Start {name} without GPUs? It gets {vcpus} vCPUs and {ram} GiB of RAM and no GPU, for "
+    "copying data or setting up, billed at the no-GPU price of {price}/h while it runs. Stop it "
+    "and start it again to get its GPUs back."
+)
+DONE_WITHOUT_GPUS = gettext_lazy("Starting {name} without GPUs.")
 DONE = {
     InstanceAction.START: gettext_lazy("Starting {name}."),
     InstanceAction.STOP: gettext_lazy("Stopping {name}."),
@@ -316,6 +324,7 @@ def _detail_context(
     buttons = [
         {
             "action": action.value,
+            "id": f"action-{action.value}",
             "label": action.label,
             "confirm": CONFIRM[action].format(name=instance.name),
             "danger": action != InstanceAction.START,
@@ -323,8 +332,22 @@ def _detail_context(
         for action in BUTTON_ACTIONS
         if action.value in allowed
     ]
+    no_gpu = _no_gpu_offer(request, instance)
+    if can_manage and no_gpu and InstanceAction.START.value in allowed:
+        buttons.insert(
+            1,
+            {
+                "action": InstanceAction.START.value,
+                "id": "action-start-without-gpus",
+                "label": START_WITHOUT_GPUS,
+                "confirm": CONFIRM_WITHOUT_GPUS.format(name=instance.name, **no_gpu),
+                "danger": True,
+                "gpus": False,
+            },
+        )
     return {
         "instance": instance,
+        "no_gpu": no_gpu,
         "events": list(selectors.instance_events(instance)),
         "volumes": list(selectors.volumes_list(request.organization).filter(instance=instance)),
         "buttons": buttons if can_manage else [],
@@ -334,6 +357,30 @@ def _detail_context(
         "terminate_form": terminate_form or TerminateForm(instance_name=instance.name),
         "rename_form": rename_form or RenameForm(initial={"name": instance.name}),
         "poll_trigger": POLL_TRIGGER,
+    }
+
+
+def _no_gpu_offer(request: HttpRequest, instance: Instance) -> dict | None:
+    """What no-GPU mode gives this instance and costs per hour (its region's no-GPU price in
+    the organisation's currency), when it is stopped and may start that way or already runs
+    that way; else None. One query."""
+    shape = None
+    if instance.state == State.STOPPED:
+        shape = services.no_gpu_shape(instance.instance_type)
+    elif not instance.gpus and instance.allocation_id is not None:
+        shape = instance.allocation
+    if shape is None:
+        return None
+    from portal.metering.rating import no_gpu_hourly_price  # metering reads compute's models
+
+    currency = request.organization.currency
+    price = no_gpu_hourly_price(region_id=instance.region_id, currency=currency)
+    if price is None:
+        return None
+    return {
+        "vcpus": shape.vcpus,
+        "ram": shape.ram_gib,
+        "price": with_currency(format_amount(price, currency), currency),
     }
 
 
@@ -369,12 +416,16 @@ def instance_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if action not in {a.value for a in BUTTON_ACTIONS}:
         raise Http404(_("No such action."))
     instance = selectors.instance_get(request.organization, pk)
+    gpus = request.POST.get("gpus", "true") != "false"  # "Start without GPUs" sends false
     try:
-        services.instance_action(actor=request.actor, instance_id=instance.pk, action=action)
+        services.instance_action(
+            actor=request.actor, instance_id=instance.pk, action=action, gpus=gpus
+        )
     except ACTION_ERRORS as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, DONE[InstanceAction(action)].format(name=instance.name))
+        done = DONE[InstanceAction(action)] if gpus else DONE_WITHOUT_GPUS
+        messages.success(request, done.format(name=instance.name))
     return _after_action(request, instance.pk)
 
 

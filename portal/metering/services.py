@@ -33,6 +33,7 @@ from portal.metering.models import (
     Aggregation,
     ClosedHour,
     Meter,
+    MeterPrice,
     SubjectType,
     UsageEvent,
     UsageRecord,
@@ -366,3 +367,26 @@ def hours_between(start: datetime, end: datetime) -> int:
 
 
 ZERO = Decimal(0)
+
+
+# The demo's no-GPU price per hour (a small CPU-only shape: copying data, setting up), for
+# every region, in each currency the demo catalog prices (CNY at the demo catalog's rate).
+DEMO_NO_GPU_PER_HOUR = {"USD": Decimal("0.12"), "CNY": Decimal("0.85")}
+
+
+@transaction.atomic
+def no_gpu_demo_prices() -> str:
+    """Give the no-GPU mode a price in every region in each demo currency, unless it has one
+    there already (``manage.py load_demo_data``; safe to run again)."""
+    meter = builtin_meters()[NO_GPU]
+    added = []
+    for currency, per_hour in DEMO_NO_GPU_PER_HOUR.items():
+        if not MeterPrice.objects.filter(meter=meter, currency=currency).exists():
+            MeterPrice.objects.create(
+                meter=meter,
+                currency=currency,
+                price_per_unit=per_hour,
+                effective_from=timezone.now(),
+            )
+            added.append(f"{per_hour} {currency}/h")
+    return f"No-GPU mode: {', '.join(added) or 'priced already'}"

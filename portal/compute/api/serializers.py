@@ -21,6 +21,12 @@ class InstanceSerializer(serializers.ModelSerializer):
     ssh_port = serializers.IntegerField(help_text=_("The port to log in on (22 unless forwarded)."))
     ssh_user = serializers.SerializerMethodField(help_text=_("The user to log in as."))
     actions = serializers.SerializerMethodField(help_text=_("Actions allowed in this state."))
+    gpus = serializers.BooleanField(
+        help_text=_(
+            "False when it was started without GPUs (no-GPU mode: a CPU-only shape at the "
+            "no-GPU price); a later start with GPUs sets it back to true."
+        )
+    )
 
     class Meta:
         model = Instance
@@ -38,6 +44,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "ssh_command",
             "ssh_port",
             "ssh_user",
+            "gpus",
             "disk_gb",
             "actions",
             "created_at",
@@ -78,6 +85,7 @@ def instance_list_rows(rows) -> list[dict]:
             ),
             "ssh_port": row["ssh_port"],
             "ssh_user": row["ssh_user"] or DEFAULT_SSH_USER,
+            "gpus": row["gpus"],
             "disk_gb": row["disk_gb"],
             "actions": list(_ACTIONS[row["state"]]),
             "created_at": when(row["created_at"]),
@@ -116,6 +124,17 @@ class InstanceCreateSerializer(serializers.Serializer):
     new_volume_gb = serializers.IntegerField(required=False, min_value=1, max_value=65536)
     user_data = serializers.CharField(
         required=False, allow_blank=True, max_length=16384, trim_whitespace=False
+    )
+
+
+class InstanceStartSerializer(serializers.Serializer):
+    gpus = serializers.BooleanField(
+        required=False,
+        default=True,
+        help_text=_(
+            "False: start it without GPUs (no-GPU mode, for copying data or setting up), on a "
+            "CPU-only shape billed at the region's no-GPU price. Default true."
+        ),
     )
 
 
