@@ -227,9 +227,9 @@ class MeterAdmin(admin.ModelAdmin):
                 details={
                     "meter": price.meter.key,
                     "currency": price.currency,
-                    "region": price.region.code if price.region_id else None,
                     "price_per_unit": str(price.price_per_unit),
                     "from": price.effective_from.isoformat(),
+                    **({"region": price.region.code} if price.region_id else {}),
                 },
             )
 

@@ -171,3 +171,61 @@ def test_a_region_s_own_price_wins_over_the_every_region_one(world):
     other = World(region_code="eu-west-9", region_country="DE")
     assert no_gpu_hourly_price(region_id=other.region.pk, currency="USD") == Decimal("0.80")
     assert no_gpu_hourly_price(region_id=world.region.pk, currency="CNY") is None
+
+
+# --- the API ----------------------------------------------------------------------------------
+
+
+def test_api_starts_without_gpus_and_says_so(world, key_client):
+    from tests.api.openapi import portal_schema
+
+    client = key_client("member", organization=world.org)
+    instance = stopped(world)
+    assert client.get(f"/api/v1/instances/{instance.pk}").json()["gpus"] is True
+    response = client.post(f"/api/v1/instances/{instance.pk}/start", {"gpus": False}, format="json")
+    assert response.status_code == 202, response.content
+    assert (response.json()["status"], response.json()["gpus"]) == ("starting", False)
+    settle(instance)
+    got = client.get(f"/api/v1/instances/{instance.pk}").json()
+    assert got["status"] == "running" and got["gpus"] is False and got["ssh_command"]
+    listed = client.get("/api/v1/instances").json()["results"]
+    assert [row["gpus"] for row in listed if row["id"] == instance.pk] == [False]
+    filtered = client.get("/api/v1/instances?status=running").json()["results"]
+    assert [row["gpus"] for row in filtered] == [False]
+
+    # stop, then a start without a body has the GPUs again
+    client.post(f"/api/v1/instances/{instance.pk}/stop")
+    settle(instance)
+    response = client.post(f"/api/v1/instances/{instance.pk}/start")
+    assert response.status_code == 202 and response.json()["gpus"] is True
+
+    schema = portal_schema().raw_schema
+    start = schema["paths"]["/api/v1/instances/{id}/start"]["post"]
+    body = start["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert schema["components"]["schemas"][body]["properties"]["gpus"]["type"] == "boolean"
+    assert "no_gpu_mode_unavailable" in start["description"]
+    instance_schema = schema["components"]["schemas"]["Instance"]["properties"]
+    assert instance_schema["gpus"]["type"] == "boolean"
+
+
+def test_api_refuses_what_cannot_be_started_without_gpus(world, key_client):
+    client = key_client("member", organization=world.org)
+    running = settle(start(world, stopped(world, "running")))
+    response = client.post(f"/api/v1/instances/{running.pk}/start", {"gpus": False}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "invalid_transition"
+
+    response = client.post(
+        f"/api/v1/instances/{running.pk}/start", {"gpus": "perhaps"}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid"
+
+    instance = stopped(world)
+    MeterPrice.objects.all().delete()
+    response = client.post(f"/api/v1/instances/{instance.pk}/start", {"gpus": False}, format="json")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "no_gpu_mode_unavailable"
+    assert "not offered in us-east-1 in USD" in error["message"]
+    assert client.get(f"/api/v1/instances/{instance.pk}").json()["status"] == "stopped"
