@@ -390,6 +390,9 @@ COMPUTE_LAUNCH_TIMEOUT_SECONDS = int(os.environ.get("COMPUTE_LAUNCH_TIMEOUT_SECO
 # the no-GPU price operators set per region and currency (metering's meter prices).
 COMPUTE_NO_GPU_VCPUS = int(os.environ.get("COMPUTE_NO_GPU_VCPUS", "4"))
 COMPUTE_NO_GPU_RAM_GIB = int(os.environ.get("COMPUTE_NO_GPU_RAM_GIB", "16"))
+# Dotted path of a callable(region_id, currency) -> the no-GPU price per hour now, or None where
+# no-GPU mode is not offered (metering's hook: the meter price of instance.cpu_only_seconds).
+COMPUTE_NO_GPU_PRICE = "portal.metering.rating.no_gpu_hourly_price"
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = [

@@ -371,10 +371,8 @@ def _no_gpu_offer(request: HttpRequest, instance: Instance) -> dict | None:
         shape = instance.allocation
     if shape is None:
         return None
-    from portal.metering.rating import no_gpu_hourly_price  # metering reads compute's models
-
     currency = request.organization.currency
-    price = no_gpu_hourly_price(region_id=instance.region_id, currency=currency)
+    price = services.no_gpu_price(request.organization, instance)
     if price is None:
         return None
     return {

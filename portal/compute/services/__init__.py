@@ -20,7 +20,12 @@ from the modules.
 from portal.compute.errors import QuotaExceeded
 from portal.compute.services._checks import MIG_COMPUTE_SLICES, gpu_units
 from portal.compute.services._common import NAME_PATTERN, SYSTEM, mark_dispatched
-from portal.compute.services.actions import instance_action, instance_rename, no_gpu_shape
+from portal.compute.services.actions import (
+    instance_action,
+    instance_rename,
+    no_gpu_price,
+    no_gpu_shape,
+)
 from portal.compute.services.launch import LaunchRequest, instance_launch
 from portal.compute.services.operator import (
     operator_force_terminate,
@@ -44,6 +49,7 @@ __all__ = [
     "instance_rename",
     "instance_sync",
     "mark_dispatched",
+    "no_gpu_price",
     "no_gpu_shape",
     "operator_force_terminate",
     "operator_mark_failed",

@@ -5,8 +5,11 @@ and from billing's spend watch (``billing.spend.instances_stop_for_credit``), wh
 once per instance outside any transaction of its own.
 """
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import transaction
+from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
@@ -70,11 +73,16 @@ def no_gpu_shape(instance_type: InstanceType) -> CpuShape:
     )
 
 
-def _no_gpu_price(organization, instance: Instance):
-    """The no-GPU price per hour now in the instance's region, or ``no_gpu_mode_unavailable``."""
-    from portal.metering.rating import no_gpu_hourly_price  # metering reads compute's models
+def no_gpu_price(organization, instance: Instance) -> Decimal | None:
+    """The no-GPU price per hour now in the instance's region and the organisation's currency,
+    as ``COMPUTE_NO_GPU_PRICE`` (metering's meter prices) says; None: not offered there."""
+    lookup = import_string(settings.COMPUTE_NO_GPU_PRICE)
+    return lookup(region_id=instance.region_id, currency=organization.currency)
 
-    price = no_gpu_hourly_price(region_id=instance.region_id, currency=organization.currency)
+
+def _no_gpu_price(organization, instance: Instance) -> Decimal:
+    """The no-GPU price per hour now in the instance's region, or ``no_gpu_mode_unavailable``."""
+    price = no_gpu_price(organization, instance)
     if price is None:
         raise Conflict(
             _(
