@@ -59,6 +59,7 @@ def test_a_stopped_instance_may_start_without_gpus_at_the_price_the_button_says(
     assert 'id="action-start-without-gpus"' in page and ">Start without GPUs</button>" in page
     assert CONFIRM in page
     assert '<input type="hidden" name="gpus" value="false">' in page
+    assert 'Without GPUs (no-GPU mode): <span class="mono">0.80 USD/h</span>' in page
     assert 'hx-confirm="Start alpha? Billing for its GPUs resumes' in page  # the normal start
 
     body = text(owner_client.post(f"/instances/{instance.pk}/start/", {"gpus": "false"}, **HTMX))
@@ -67,7 +68,8 @@ def test_a_stopped_instance_may_start_without_gpus_at_the_price_the_button_says(
     assert instance.state == "running" and instance.gpus is False
     page = text(owner_client.get(f"/instances/{instance.pk}/"))
     assert "Running without GPUs" in page
-    assert "4 vCPUs, 16 GiB RAM, billed at 0.80 USD/h." in page
+    assert "4 vCPUs, 16 GiB RAM, billed at 0.80 USD/h. Stop it and start it again" in page
+    assert "(none while it runs without GPUs)" in page
     assert f"ssh ubuntu@{instance.ip_address}" in page
     assert "action-start-without-gpus" not in page  # only for stopped instances
     assert "Start without GPUs requested" in page  # the event
