@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.test import Client
 
 from billing.errors import BillingErrorCode
 from billing.invoicing import services as invoicing
@@ -103,6 +104,13 @@ def test_usage_is_split_to_the_second_and_rated_invoiced_and_debited_apart(world
         by_meter = {row.key: row for row in summary.rows}
         assert by_meter[NO_GPU].quantities[NO_GPU] == Decimal(2130)
         assert by_meter[NO_GPU].cost == costs[NO_GPU]
+
+        # and so does the usage page: its own column, in hours
+        client = Client()
+        client.force_login(world.owner)
+        page = client.get("/usage/?start=2027-01-12&end=2027-01-12").content.decode()
+        assert '>No-GPU mode <span class="unit">(hours)' in page
+        assert '<td class="num">1.00</td><td class="num">0.59</td>' in page  # 3607 s, 2130 s
 
         # the invoice: its own line, hours at the no-GPU price, rounded once
         lines = invoicing.usage_lines(world.org, date(2027, 1, 1), "USD")
