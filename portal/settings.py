@@ -408,7 +408,8 @@ ACCOUNTS_CURRENCY_LOCKS: list[str] = [
     "portal.compute.selectors.organization_resources_ever",
     "billing.ledger.selectors.organization_money_records",
 ]
-# Callables(organization, instance) that may refuse starting a stopped instance.
+# Callables(organization, instance, gpus, hourly_price) that may refuse starting a stopped
+# instance (gpus=False: without GPUs, at the no-GPU price hourly_price).
 COMPUTE_START_CHECKS: list[str] = [
     "portal.accounts.verification.start_check",
     "billing.spend.services.start_check",
