@@ -398,6 +398,14 @@ COMPUTE_RELEASE_STOPPED_AFTER = timedelta(
     days=float(os.environ.get("COMPUTE_RELEASE_STOPPED_DAYS", "15"))
 )
 COMPUTE_RELEASE_NOTICES: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
+# No-GPU mode (a stopped instance started without its GPUs, to copy data or set up): the CPU
+# shape it gets, at most the type's own vCPUs and RAM. Billed on instance.cpu_only_seconds at
+# the no-GPU price operators set per region and currency (metering's meter prices).
+COMPUTE_NO_GPU_VCPUS = int(os.environ.get("COMPUTE_NO_GPU_VCPUS", "4"))
+COMPUTE_NO_GPU_RAM_GIB = int(os.environ.get("COMPUTE_NO_GPU_RAM_GIB", "16"))
+# Dotted path of a callable(region_id, currency) -> the no-GPU price per hour now, or None where
+# no-GPU mode is not offered (metering's hook: the meter price of instance.cpu_only_seconds).
+COMPUTE_NO_GPU_PRICE = "portal.metering.rating.no_gpu_hourly_price"
 # Dotted paths of callables(organization, instance_type, region, actor) that may refuse a launch
 # by raising a PortalError (billing adds "can the organisation pay for it?").
 COMPUTE_LAUNCH_CHECKS: list[str] = [
@@ -418,7 +426,8 @@ ACCOUNTS_CURRENCY_LOCKS: list[str] = [
     "portal.compute.selectors.organization_resources_ever",
     "billing.ledger.selectors.organization_money_records",
 ]
-# Callables(organization, instance) that may refuse starting a stopped instance.
+# Callables(organization, instance, gpus, hourly_price) that may refuse starting a stopped
+# instance (gpus=False: without GPUs, at the no-GPU price hourly_price).
 COMPUTE_START_CHECKS: list[str] = [
     "portal.accounts.verification.start_check",
     "billing.spend.services.start_check",

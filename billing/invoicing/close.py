@@ -264,6 +264,9 @@ def _price_runs(context: _Month) -> None:
         context.names.load([_Group(meter_id, None, None) for meter_id in meter_ids])
         for meter_id in sorted(meter_ids):
             meter = context.names.meters[meter_id]
+            if pricing_for(meter.key).kind == "no_gpu":
+                _no_gpu_runs(context, builder, currency, meter)
+                continue
             if pricing_for(meter.key).kind != "meter":
                 continue  # compute and storage are not priced by meter prices
             runs = builder.runs(meter, _Group(meter_id, None, None))
@@ -271,6 +274,26 @@ def _price_runs(context: _Month) -> None:
                 context.meter_runs[(currency, meter_id)] = [run.start for run in runs]
                 cuts = context.meter_cuts.setdefault(meter_id, [])
                 cuts[:] = sorted({*cuts, *(run.start for run in runs)})
+
+
+def _no_gpu_runs(context: _Month, builder: _LineBuilder, currency: str, meter: Meter) -> None:
+    """The runs of each (type, region) billed in no-GPU mode in the month, when the no-GPU
+    price changes within it (its price is per region, so its runs are per group, as compute's)."""
+    placed = (
+        UsageRecord.objects.filter(
+            meter=meter, hour_start__gte=context.start, hour_start__lt=context.end
+        )
+        .order_by()
+        .values_list("instance_type_id", "region_id")
+        .distinct()
+    )
+    for type_id, region_id in placed:
+        runs = builder.runs(meter, _Group(meter.pk, type_id, region_id))
+        if len(runs) > 1:
+            key = (meter.pk, type_id, region_id)
+            context.type_runs[(currency, *key)] = [run.start for run in runs]
+            cuts = context.type_cuts.setdefault(key, [])
+            cuts[:] = sorted({*cuts, *(run.start for run in runs)})
 
 
 # --- the grouped query ------------------------------------------------------------------------

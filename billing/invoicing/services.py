@@ -7,6 +7,8 @@ priced with the same ``Rater`` and quantization, so a draft shown mid-month is w
 will say):
 
 - compute: one line per instance type and region, in hours at the hourly price;
+- no-GPU mode: one line per instance type and region ("No-GPU mode: gpu_1x_h200 in ..."), in
+  hours at the region's no-GPU price;
 - storage: one line per meter (boot disks of stopped instances, volumes) and region, in GB-months
   at the price per GB-month;
 - other meters (operator-defined): one line per meter, in the meter's unit.
@@ -353,6 +355,12 @@ def _compute_style(meter: Meter, group: _Group, instance_type, where: str) -> _L
     return _LineStyle(LineKind.COMPUTE, "hour", f"{name}{where}", 0, name)
 
 
+def _no_gpu_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
+    # beside the type's own compute line, and never read as it
+    name = instance_type.name if instance_type else f"instance type {group.instance_type_id}"
+    return _LineStyle(LineKind.COMPUTE, "hour", f"No-GPU mode: {name}{where}", 0, f"{name} ~")
+
+
 def _storage_style(meter: Meter, group: _Group, instance_type, where: str) -> _LineStyle:
     if meter.key != BOOT_DISK:
         return _LineStyle(LineKind.STORAGE, "GB-month", f"Volumes{where}", 1, "1")
@@ -367,7 +375,12 @@ def _meter_style(meter: Meter, group: _Group, instance_type, where: str) -> _Lin
 
 
 # one line style per pricing strategy (``portal.metering.rating.PRICING``)
-LINE_STYLES = {"compute": _compute_style, "storage": _storage_style, "meter": _meter_style}
+LINE_STYLES = {
+    "compute": _compute_style,
+    "no_gpu": _no_gpu_style,
+    "storage": _storage_style,
+    "meter": _meter_style,
+}
 
 
 def _moment(value: datetime) -> str:

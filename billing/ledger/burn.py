@@ -39,7 +39,12 @@ from portal.compute.selectors import organization_billed_now
 from portal.compute.types import FootprintChange
 from portal.metering.lifecycle_usage import seconds
 from portal.metering.models import MeterPrice
-from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH, Rater
+from portal.metering.rating import (
+    SECONDS_PER_HOUR,
+    SECONDS_PER_MONTH,
+    Rater,
+    no_gpu_hourly_price,
+)
 from portal.money import RATING_PLACES
 from portal.sql import Columns, execute, rows
 
@@ -221,13 +226,7 @@ def burn_reconcile(
     billed = organization_billed_now(organization)
 
     def per_hour(placements) -> Decimal:
-        return sum(
-            (
-                rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
-                for t, r in placements
-            ),
-            Decimal(0),
-        )
+        return sum((rater.per_hour(t, r, gpus, now) for t, r, gpus in placements), Decimal(0))
 
     values = {
         **watermarks,
@@ -273,7 +272,11 @@ def burn_footprint_changed(change: FootprintChange) -> None:
     price = Decimal(0)
     if change.compute_changed:
         price = change.hourly_price
-        if price is None:
+        if price is None and not change.gpus:  # no-GPU mode: its own price, never the GPUs'
+            price = no_gpu_hourly_price(
+                region_id=change.region_id, currency=figure.currency, at=change.at
+            ) or Decimal(0)
+        elif price is None:
             price = hourly_price(
                 instance_type_id=change.instance_type_id,
                 region_id=change.region_id,

@@ -39,7 +39,7 @@ from portal.accounts.types import Actor
 from portal.catalog.selectors import hourly_price as catalog_hourly_price
 from portal.compute.selectors import instances_running
 from portal.errors import Conflict, InvalidInput, PortalError
-from portal.metering.rating import SECONDS_PER_HOUR, Rater
+from portal.metering.rating import SECONDS_PER_HOUR, Rater, no_gpu_hourly_price
 from portal.metering.selectors import burn_rate, committed_burn
 from portal.money import amount_text, money_round_up, parse_amount
 
@@ -297,12 +297,30 @@ def launch_check(
     _credit_needed(organization, what=what, per_hour=hourly, burn=burn, profile=profile)
 
 
-def start_check(*, organization: Organization, instance=None, **_kwargs) -> None:
+def start_check(
+    *,
+    organization: Organization,
+    instance=None,
+    gpus: bool = True,
+    hourly_price: Decimal | None = None,
+    **_kwargs,
+) -> None:
     """Starting a stopped instance needs nothing overdue and, prepaid, credit for its running
-    price over the reserve window beyond what is reserved already (its kept disk among it)."""
+    price over the reserve window beyond what is reserved already (its kept disk among it).
+
+    Without GPUs (``gpus=False``) its running price is the region's no-GPU price
+    (``hourly_price``, read by the start), never the type's: an organisation that can pay for
+    a no-GPU hour but not a GPU hour can still start it without GPUs."""
     _refuse_overdue(organization, _("start instances"))
     hourly = Decimal(0)
-    if instance is not None:
+    if not gpus:
+        hourly = hourly_price
+        if hourly is None and instance is not None:
+            hourly = no_gpu_hourly_price(
+                region_id=instance.region_id, currency=organization.currency
+            )
+        hourly = hourly or Decimal(0)
+    elif instance is not None:
         hourly = _price_now(organization, instance.instance_type_id, instance.region_id)
     burn = burn_now(organization)
     profile = burn.profile

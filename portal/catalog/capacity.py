@@ -8,7 +8,13 @@ each of its GPUs; a MIG instance claims the slots of one placement of its profil
 covers slots ``start .. start+k-1``). A ``GpuSlotClaim`` row is unique per (GPU, slot), so two
 allocations can never hold the same slot: a whole GPU cannot host slices, slices of different
 profiles on one GPU cannot overlap, and no GPU is sold twice, even under concurrent launches.
-Hosts also give each instance its vCPUs and RAM. Only ``active`` hosts take new instances.
+Hosts also give each instance its vCPUs and RAM: the vCPUs and RAM of a host's active
+allocations never add up to more than it has. Only ``active`` hosts take new instances.
+
+A CPU-only allocation (an instance started without its GPUs, ``cpu_only``) holds vCPUs and RAM
+and no GPU slot, so what GPU types can still be placed is unchanged wherever vCPUs and RAM are
+left for them. It goes on any active host of the region with room, best fit: the fewest free
+vCPUs, then the least free RAM, then the name.
 
 Placement (best fit, deterministic)
 -----------------------------------
@@ -51,7 +57,7 @@ from portal.catalog.models import (
     InstanceType,
     Region,
 )
-from portal.catalog.types import GpuSlot, Placement
+from portal.catalog.types import CpuShape, GpuSlot, Placement
 from portal.errors import Conflict
 from portal.sql import insert, placeholders, rows
 
@@ -100,6 +106,7 @@ class _Shape:
     ram_gib: int
     mig_size: int | None = None
     mig_starts: tuple[int, ...] = ()
+    cpu_only: bool = False  # vCPUs and RAM only, no GPU slot
 
     @classmethod
     def of(cls, instance_type: InstanceType) -> "_Shape":
@@ -111,6 +118,16 @@ class _Shape:
             ram_gib=instance_type.ram_gib,
             mig_size=profile.memory_slots if profile else None,
             mig_starts=tuple(sorted(profile.placements)) if profile else (),
+        )
+
+    @classmethod
+    def cpu(cls, instance_type: InstanceType, shape: CpuShape) -> "_Shape":
+        return cls(
+            model_id=instance_type.gpu_model_id,
+            gpu_count=0,
+            vcpus=shape.vcpus,
+            ram_gib=shape.ram_gib,
+            cpu_only=True,
         )
 
 
@@ -247,6 +264,11 @@ def availability(
 
 def _choose(hosts: list[_HostState], shape: _Shape) -> Placement | None:
     fitting = [h for h in hosts if h.free_vcpus >= shape.vcpus and h.free_ram_gib >= shape.ram_gib]
+    if shape.cpu_only:
+        if not fitting:
+            return None
+        host = min(fitting, key=lambda h: (h.free_vcpus, h.free_ram_gib, h.name))
+        return Placement(host_id=host.id, host_name=host.name, slots=())
     if shape.mig_size is None:
         candidates = []
         for host in fitting:
@@ -345,7 +367,7 @@ _GPUS_UNCLAIMED_SQL = (
     ' ORDER BY g.host_id, g."index"'
 )
 _LOCK_HOST_SQL = "SELECT id, name, vcpus, ram_gib FROM catalog_host WHERE id = %s AND state = %s"
-CLAIMED, UNCLAIMED = "claimed", "unclaimed"
+CLAIMED, UNCLAIMED, NO_GPUS = "claimed", "unclaimed", "none"
 
 
 def _hosts_free(*, region_id: int, locked: list | None = None) -> dict[int, _HostState]:
@@ -372,7 +394,7 @@ def _read_gpus(states: dict[int, _HostState], *, model_id: int, which: str) -> N
     one query."""
     for state in states.values():
         state.gpus = []
-    if not states:
+    if not states or which == NO_GPUS:
         return
     ids = list(states)
     marks = placeholders(ids)
@@ -396,14 +418,16 @@ def _lock_host(host_id: int) -> list | None:
     return found[0] if found else None
 
 
-def _claim(chosen: Placement, instance_type: InstanceType, holder: str) -> Allocation:
+def _claim(
+    chosen: Placement, instance_type: InstanceType, holder: str, shape: _Shape
+) -> Allocation:
     """Write the allocation and its slot claims (plain SQL, ``portal.sql.insert``, so no
     ``post_save``: the catalog version is moved here)."""
     allocation = Allocation(
         host_id=chosen.host_id,
         instance_type=instance_type,
-        vcpus=instance_type.vcpus,
-        ram_gib=instance_type.ram_gib,
+        vcpus=shape.vcpus,
+        ram_gib=shape.ram_gib,
         gpu_slots=[{"gpu": s.gpu_uuid, "start": s.start, "size": s.size} for s in chosen.slots],
         holder=holder,
     )
@@ -425,7 +449,7 @@ class _Contended(Exception):
 
 
 def _reserve_on_one_host(
-    instance_type: InstanceType, region: Region, holder: str
+    instance_type: InstanceType, region: Region, holder: str, shape: _Shape
 ) -> Allocation | None:
     """Place from an unlocked read of the region, then lock only the chosen host (``SKIP
     LOCKED``: a host another reservation holds is passed over for the next best) and place again
@@ -436,11 +460,14 @@ def _reserve_on_one_host(
     few: a MIG slice looks at the GPUs holding slices first (any of them beats an untouched
     GPU) and at the untouched ones only when none of those fits; whole GPUs are only ever
     placed on untouched ones."""
-    shape = _Shape.of(instance_type)
     hosts = _hosts_free(region_id=region.pk)
     passed: set[int] = set()  # locked by another reservation
     mine: set[int] = set()  # locked by this one
-    for which in (CLAIMED, UNCLAIMED) if shape.mig_size is not None else (UNCLAIMED,):
+    if shape.cpu_only:
+        kinds: tuple[str, ...] = (NO_GPUS,)  # vCPUs and RAM only: no GPU is read
+    else:
+        kinds = (CLAIMED, UNCLAIMED) if shape.mig_size is not None else (UNCLAIMED,)
+    for which in kinds:
         # read after any lock this reservation holds: fresh for the hosts in ``mine``
         _read_gpus(hosts, model_id=shape.model_id, which=which)
         while True:
@@ -448,7 +475,7 @@ def _reserve_on_one_host(
             if chosen is None:
                 break  # nothing of this kind fits: the next kind of GPU, if any
             if chosen.host_id in mine:  # placed from a read taken under its lock
-                return _claim(chosen, instance_type, holder)
+                return _claim(chosen, instance_type, holder, shape)
             locked = _lock_host(chosen.host_id)
             if locked is None:
                 passed.add(chosen.host_id)
@@ -459,34 +486,59 @@ def _reserve_on_one_host(
             _read_gpus(fresh, model_id=shape.model_id, which=which)
             hosts.update(fresh)
             if hosts.get(chosen.host_id) == before:  # nothing moved on it: the choice stands
-                return _claim(chosen, instance_type, holder)
+                return _claim(chosen, instance_type, holder, shape)
     if passed:
         raise _Contended
     return None
 
 
 def _reserve_locking_the_region(
-    instance_type: InstanceType, region: Region, holder: str
+    instance_type: InstanceType, region: Region, holder: str, shape: _Shape
 ) -> Allocation | None:
-    """Lock every active host of the region with GPUs of the type's model, in id order (so
-    concurrent reservations queue instead of deadlocking), read them and place."""
-    candidate_ids = Gpu.objects.filter(
-        gpu_model_id=instance_type.gpu_model_id,
-        host__region=region,
-        host__state=HostState.ACTIVE,
-    ).values("host_id")
+    """Lock every active host of the region with GPUs of the type's model (for a CPU-only
+    shape, every active host of the region), in id order (so concurrent reservations queue
+    instead of deadlocking), read them and place."""
+    if shape.cpu_only:
+        candidate_ids = Host.objects.filter(region=region, state=HostState.ACTIVE).values("pk")
+    else:
+        candidate_ids = Gpu.objects.filter(
+            gpu_model_id=instance_type.gpu_model_id,
+            host__region=region,
+            host__state=HostState.ACTIVE,
+        ).values("host_id")
     locked = list(
         Host.objects.select_for_update()
         .filter(pk__in=candidate_ids)
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    chosen = _choose(_load(host_ids=locked), _Shape.of(instance_type)) if locked else None
-    return _claim(chosen, instance_type, holder) if chosen is not None else None
+    chosen = _choose(_load(host_ids=locked), shape) if locked else None
+    return _claim(chosen, instance_type, holder, shape) if chosen is not None else None
 
 
-def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: str) -> Allocation:
+def cpu_only_unavailable(instance_type: InstanceType, region: Region) -> CapacityUnavailable:
+    """The error for a CPU-only start that found no host of the region with room."""
+    return CapacityUnavailable(
+        _(
+            "No host in %(region)s has room to start %(type)s without GPUs right now. "
+            "Try again later."
+        )
+        % {"region": region.code, "type": instance_type.name},
+        details={"region": region.code, "gpus": False},
+    )
+
+
+def allocation_reserve(
+    *,
+    instance_type: InstanceType,
+    region: Region,
+    holder: str,
+    cpu_only: CpuShape | None = None,
+) -> Allocation:
     """Claim capacity for one instance, or raise ``capacity_unavailable``.
+
+    With ``cpu_only``, the allocation holds that many vCPUs and GiB of RAM and no GPU slot
+    (an instance started without its GPUs), on an active host of the region with room.
 
     Placement follows :func:`placement`'s rules. Only the host placed on is locked: the choice
     is made from an unlocked read, the chosen host is locked with ``SKIP LOCKED`` and read
@@ -501,19 +553,26 @@ def allocation_reserve(*, instance_type: InstanceType, region: Region, holder: s
     MIG slice that no GPU holding slices can take, one and two more), two to write the allocation and its slot claims (and a
     savepoint around them).
     """
+    shape = _Shape.cpu(instance_type, cpu_only) if cpu_only else _Shape.of(instance_type)
+
+    def unavailable() -> CapacityUnavailable:
+        if cpu_only:
+            return cpu_only_unavailable(instance_type, region)
+        return capacity_unavailable(instance_type, region)
+
     try:
         with transaction.atomic():  # a savepoint: rolling back to it gives its host locks back
-            allocation = _reserve_on_one_host(instance_type, region, holder)
+            allocation = _reserve_on_one_host(instance_type, region, holder, shape)
     except _Contended:
         try:
             with transaction.atomic():
-                allocation = _reserve_locking_the_region(instance_type, region, holder)
+                allocation = _reserve_locking_the_region(instance_type, region, holder, shape)
         except IntegrityError:  # only possible if something bypassed the host locks
-            raise capacity_unavailable(instance_type, region) from None
+            raise unavailable() from None
     except IntegrityError:
-        raise capacity_unavailable(instance_type, region) from None
+        raise unavailable() from None
     if allocation is None:
-        raise capacity_unavailable(instance_type, region)
+        raise unavailable()
     return allocation
 
 

@@ -61,6 +61,14 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class CpuShape:
+    """What a CPU-only allocation holds on a host (an instance started without its GPUs)."""
+
+    vcpus: int
+    ram_gib: int
+
+
+@dataclass(frozen=True)
 class PriceQuote:
     region: str
     currency: str

@@ -46,10 +46,11 @@ class InstanceAdmin(ReadOnlyAdmin):
         "instance_type",
         "region",
         "host",
+        "gpus",
         "ip_address",
         "created_at",
     ]
-    list_filter = ["state", "host", "region", "organization"]
+    list_filter = ["state", "gpus", "host", "region", "organization"]
     list_select_related = ["organization", "instance_type", "region", "host"]
     search_fields = ["name", "organization__name", "organization__slug", "host__name", "ip_address"]
     date_hierarchy = "created_at"
@@ -73,7 +74,10 @@ class InstanceAdmin(ReadOnlyAdmin):
                 ]
             },
         ),
-        ("Placement", {"fields": ["backend", "host", "allocation", "ip_address", "disk_gb"]}),
+        (
+            "Placement",
+            {"fields": ["backend", "host", "allocation", "gpus", "ip_address", "disk_gb"]},
+        ),
         (
             "Automatic stop",
             {

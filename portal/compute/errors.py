@@ -23,6 +23,8 @@ class ComputeErrorCode(StrEnum):
     VOLUME_IN_USE = "volume_in_use"
     INVALID_TRANSITION = "invalid_transition"
     PHONE_HOME_USED = "phone_home_used"  # a machine's phone-home URL is single-use
+    # starting without GPUs is not offered here (no no-GPU price in the region and currency)
+    NO_GPU_MODE_UNAVAILABLE = "no_gpu_mode_unavailable"
 
 
 class QuotaExceeded(Conflict):

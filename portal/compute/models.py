@@ -81,6 +81,11 @@ class Instance(models.Model):
         null=True, blank=True, help_text=_("When work for the current state was last enqueued.")
     )
     running_since = models.DateTimeField(null=True, blank=True)
+    # Set by each start: False when it was started without GPUs (no-GPU mode, a CPU-only
+    # shape billed at its own price, ``instance.cpu_only_seconds``); a launch always has GPUs.
+    gpus = models.BooleanField(
+        default=True, help_text=_("Whether its current or last start took its GPUs.")
+    )
     terminated_at = models.DateTimeField(null=True, blank=True)
     # While stopped (and through a start that does not get it running again): when it stopped
     # after its last run, and when it is released (``portal.compute.services.release``).

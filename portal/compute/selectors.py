@@ -68,6 +68,7 @@ API_COLUMNS = (
     "idle_stop_minutes",
     "scheduled_stop_at",
     "release_at",
+    "gpus",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -210,7 +211,7 @@ _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
     i.ssh_user, i.ssh_port, i.idle_stop_enabled, i.idle_stop_threshold_pct, i.idle_stop_minutes,
-    i.scheduled_stop_at, i.release_at, t.name, r.code, m.name,
+    i.scheduled_stop_at, i.release_at, i.gpus, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -221,7 +222,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:18]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:19]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),
@@ -301,17 +302,19 @@ def volumes_in_window(start: datetime, end: datetime, organization=None) -> Quer
 
 def instance_state_steps(
     instances: QuerySet[Instance], until: datetime
-) -> dict[int, list[tuple[datetime, str]]]:
-    """Each instance's (moment, new state) steps before ``until``, in order, in one query."""
-    steps: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
+) -> dict[int, list[tuple[datetime, str, bool]]]:
+    """Each instance's (moment, new state, with GPUs) steps before ``until``, in order, in one
+    query. A step in no-GPU mode is one whose event says ``"gpus": false`` (``transition``
+    writes it on every move of an instance started without GPUs)."""
+    steps: dict[int, list[tuple[datetime, str, bool]]] = defaultdict(list)
     events = (
         InstanceEvent.objects.filter(instance__in=instances, created_at__lt=until)
         .exclude(to_state="")
         .order_by("instance_id", "created_at", "id")
-        .values_list("instance_id", "created_at", "to_state")
+        .values_list("instance_id", "created_at", "to_state", "detail__gpus")
     )
-    for instance_id, moment, state in events:
-        steps[instance_id].append((moment, state))
+    for instance_id, moment, state, gpus in events:
+        steps[instance_id].append((moment, state, gpus is not False))
     return steps
 
 
@@ -329,18 +332,26 @@ def instances_running(organization=None, *, coming: bool = False) -> QuerySet[In
     return instances
 
 
-def running_placements(organization) -> list[tuple[int, int]]:
-    """(instance type id, region id) of each instance the organisation has running now."""
-    return list(instances_running(organization).values_list("instance_type_id", "region_id"))
+# A placement: (instance type id, region id, with GPUs); without GPUs it is billed at the
+# region's no-GPU price (``portal.metering.rating.Rater.per_hour``).
+Placement = tuple[int, int, bool]
+
+
+def running_placements(organization) -> list[Placement]:
+    """(instance type id, region id, with GPUs) of each instance the organisation has running
+    now."""
+    return list(
+        instances_running(organization).values_list("instance_type_id", "region_id", "gpus")
+    )
 
 
 @dataclass(frozen=True)
 class Footprint:
     """What an organisation holds that is billed by the hour now or within moments: the
-    (instance type id, region id) of every instance running or on its way to running, and the
-    GB stored (boot disks kept by stopped instances, and volumes)."""
+    (instance type id, region id, with GPUs) of every instance running or on its way to
+    running, and the GB stored (boot disks kept by stopped instances, and volumes)."""
 
-    compute: tuple[tuple[int, int], ...]
+    compute: tuple[Placement, ...]
     stored_gb: int
 
 
@@ -349,10 +360,10 @@ def organization_footprint_now(organization) -> Footprint:
     compute, stored_gb = [], 0
     rows = Instance.objects.filter(
         organization=organization, state__in=sorted(RUNNING_OR_COMING | DISK_KEPT)
-    ).values_list("state", "instance_type_id", "region_id", "disk_gb")
-    for state, instance_type_id, region_id, disk_gb in rows:
+    ).values_list("state", "instance_type_id", "region_id", "gpus", "disk_gb")
+    for state, instance_type_id, region_id, gpus, disk_gb in rows:
         if state in RUNNING_OR_COMING:  # a starting instance will run: its GPUs count
-            compute.append((instance_type_id, region_id))
+            compute.append((instance_type_id, region_id, gpus))
         else:
             stored_gb += disk_gb
     volumes = (
@@ -369,7 +380,7 @@ class BilledNow:
     for running time; ``billed_gb``: kept boot disks, a starting instance's among them, and
     volumes) and its committed footprint (``Footprint``), as ``FootprintChange`` counts them."""
 
-    running: tuple[tuple[int, int], ...]
+    running: tuple[Placement, ...]
     billed_gb: int
     committed: Footprint
 
@@ -379,12 +390,12 @@ def organization_billed_now(organization) -> BilledNow:
     running, committed, billed_gb, committed_gb = [], [], 0, 0
     rows = Instance.objects.filter(
         organization=organization, state__in=sorted(RUNNING_OR_COMING | DISK_KEPT)
-    ).values_list("state", "instance_type_id", "region_id", "disk_gb")
-    for state, instance_type_id, region_id, disk_gb in rows:
+    ).values_list("state", "instance_type_id", "region_id", "gpus", "disk_gb")
+    for state, instance_type_id, region_id, gpus, disk_gb in rows:
         if state in BILLED_RUNNING:
-            running.append((instance_type_id, region_id))
+            running.append((instance_type_id, region_id, gpus))
         if state in RUNNING_OR_COMING:
-            committed.append((instance_type_id, region_id))
+            committed.append((instance_type_id, region_id, gpus))
         elif state in DISK_KEPT:
             committed_gb += disk_gb
         if state in DISK_KEPT:

@@ -31,8 +31,10 @@ class FootprintChange:
       ``lifecycle.DISK_KEPT``, or a volume); ``committed_gb`` the same for what is stored and
       not about to run (a starting instance's disk counts as its compute there).
 
-    ``hourly_price`` is the instance type's on-demand price in the region and the
-    organisation's currency now, when the caller read it already (a launch), else None."""
+    ``gpus`` is False for an instance in no-GPU mode (its running time is billed at the
+    region's no-GPU price, not the type's). ``hourly_price`` is the price it runs at in the
+    region and the organisation's currency now, when the caller read it already (a launch, a
+    start), else None."""
 
     organization_id: int
     at: datetime
@@ -43,6 +45,7 @@ class FootprintChange:
     billed_gb: int = 0
     committed_gb: int = 0
     hourly_price: Decimal | None = None
+    gpus: bool = True
 
     @property
     def compute_changed(self) -> bool:

@@ -48,6 +48,7 @@ from portal.compute.models import Instance, VolumeState
 from portal.compute.readiness import launch_credit
 from portal.compute.types import InstancePagePanel
 from portal.errors import SHOWN_ON_PAGE, NotFound, PortalError
+from portal.money import format_amount, with_currency
 
 PAGE_SIZE = 25
 # States whose page shows how the latest launch or start went (placing, booting, ready).
@@ -73,6 +74,13 @@ CONFIRM = {
     ),
     InstanceAction.REBOOT: gettext_lazy("Reboot {name}? Running processes are interrupted."),
 }
+START_WITHOUT_GPUS = gettext_lazy("Start without GPUs")
+CONFIRM_WITHOUT_GPUS = gettext_lazy(
+    "Start {name} without GPUs? It gets {vcpus} vCPUs and {ram} GiB of RAM and no GPU, for "
+    "copying data or setting up, billed at the no-GPU price of {price}/h while it runs. Stop it "
+    "and start it again to get its GPUs back."
+)
+DONE_WITHOUT_GPUS = gettext_lazy("Starting {name} without GPUs.")
 DONE = {
     InstanceAction.START: gettext_lazy("Starting {name}."),
     InstanceAction.STOP: gettext_lazy("Stopping {name}."),
@@ -336,6 +344,7 @@ def _detail_context(
     buttons = [
         {
             "action": action.value,
+            "id": f"action-{action.value}",
             "label": action.label,
             "confirm": CONFIRM[action].format(name=instance.name),
             "danger": action != InstanceAction.START,
@@ -343,12 +352,26 @@ def _detail_context(
         for action in BUTTON_ACTIONS
         if action.value in allowed
     ]
+    no_gpu = _no_gpu_offer(request, instance)
+    if can_manage and no_gpu and InstanceAction.START.value in allowed:
+        buttons.insert(
+            1,
+            {
+                "action": InstanceAction.START.value,
+                "id": "action-start-without-gpus",
+                "label": START_WITHOUT_GPUS,
+                "confirm": CONFIRM_WITHOUT_GPUS.format(name=instance.name, **no_gpu),
+                "danger": True,
+                "gpus": False,
+            },
+        )
     events = list(selectors.instance_events(instance))
     boot = stages.boot_stages(events, timezone.now()) if instance.state in STAGED else None
     if boot is not None and instance.state == State.FAILED and boot.ready_at is not None:
         boot = None  # it failed after it was ready: the events tell
     return {
         "instance": instance,
+        "no_gpu": no_gpu,
         "events": events,
         "boot": boot,
         "volumes": list(selectors.volumes_list(request.organization).filter(instance=instance)),
@@ -367,6 +390,28 @@ def _detail_context(
 
 def _stop_initial(instance: Instance) -> dict:
     return {name: getattr(instance, name) for name in STOP_FIELDS}
+
+
+def _no_gpu_offer(request: HttpRequest, instance: Instance) -> dict | None:
+    """What no-GPU mode gives this instance and costs per hour (its region's no-GPU price in
+    the organisation's currency), when it is stopped and may start that way or already runs
+    that way; else None. One query."""
+    shape = None
+    if instance.state == State.STOPPED:
+        shape = services.no_gpu_shape(instance.instance_type)
+    elif not instance.gpus and instance.allocation_id is not None:
+        shape = instance.allocation
+    if shape is None:
+        return None
+    currency = request.organization.currency
+    price = services.no_gpu_price(request.organization, instance)
+    if price is None:
+        return None
+    return {
+        "vcpus": shape.vcpus,
+        "ram": shape.ram_gib,
+        "price": with_currency(format_amount(price, currency), currency),
+    }
 
 
 @org_page(Action.INSTANCE_VIEW)
@@ -401,12 +446,16 @@ def instance_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if action not in {a.value for a in BUTTON_ACTIONS}:
         raise Http404(_("No such action."))
     instance = selectors.instance_get(request.organization, pk)
+    gpus = request.POST.get("gpus", "true") != "false"  # "Start without GPUs" sends false
     try:
-        services.instance_action(actor=request.actor, instance_id=instance.pk, action=action)
+        services.instance_action(
+            actor=request.actor, instance_id=instance.pk, action=action, gpus=gpus
+        )
     except ACTION_ERRORS as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, DONE[InstanceAction(action)].format(name=instance.name))
+        done = DONE[InstanceAction(action)] if gpus else DONE_WITHOUT_GPUS
+        messages.success(request, done.format(name=instance.name))
     return _after_action(request, instance.pk)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from django import forms
 from django.contrib import admin
 from django.core.validators import MinValueValidator
-from django.db.models import CharField, Exists, OuterRef, QuerySet, Value
+from django.db.models import CharField, Exists, OuterRef, Q, QuerySet, Value
 from django.db.models.expressions import Case, When
 from django.http import HttpRequest
 from django.utils import timezone
@@ -29,6 +29,7 @@ from portal.accounts.middleware import client_ip
 from portal.accounts.services import audit_record
 from portal.accounts.types import Actor
 from portal.admin_base import ReadOnlyAdmin as BaseReadOnlyAdmin
+from portal.metering.lifecycle_usage import NO_GPU
 from portal.metering.models import ClosedHour, Meter, MeterPrice, UsageEvent, UsageRecord
 from portal.metering.services import BUILT_IN_METERS
 
@@ -61,7 +62,8 @@ SCHEDULED, IN_FORCE, SUPERSEDED = "scheduled", "in force", "superseded"
 
 def meter_prices_with_status(queryset: QuerySet[MeterPrice], now=None) -> QuerySet[MeterPrice]:
     """Annotate ``price_status``: scheduled (starts after now), in force (the latest at or
-    before now for its meter and currency) or superseded. One query, no N+1."""
+    before now for its meter, currency and region, if it has one) or superseded. One query,
+    no N+1."""
     now = now or timezone.now()
     newer_in_force = MeterPrice.objects.filter(
         meter=OuterRef("meter"),
@@ -72,7 +74,14 @@ def meter_prices_with_status(queryset: QuerySet[MeterPrice], now=None) -> QueryS
     return queryset.annotate(
         price_status=Case(
             When(effective_from__gt=now, then=Value(SCHEDULED)),
-            When(Exists(newer_in_force), then=Value(SUPERSEDED)),
+            When(
+                Q(region__isnull=True) & Exists(newer_in_force.filter(region__isnull=True)),
+                then=Value(SUPERSEDED),
+            ),
+            When(
+                Q(region__isnull=False) & Exists(newer_in_force.filter(region=OuterRef("region"))),
+                then=Value(SUPERSEDED),
+            ),
             default=Value(IN_FORCE),
             output_field=CharField(),
         )
@@ -80,11 +89,12 @@ def meter_prices_with_status(queryset: QuerySet[MeterPrice], now=None) -> QueryS
 
 
 class MeterPriceForm(forms.ModelForm):
-    """A new price row: empty start means now; a start in the past is refused."""
+    """A new price row: empty start means now; a start in the past is refused. A region only
+    for the no-GPU mode's meter (its price per hour there)."""
 
     class Meta:
         model = MeterPrice
-        fields = ["currency", "price_per_unit", "effective_from"]
+        fields = ["currency", "region", "price_per_unit", "effective_from"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -98,6 +108,19 @@ class MeterPriceForm(forms.ModelForm):
             self.fields["price_per_unit"].validators.append(
                 MinValueValidator(0, message="A price cannot be negative.")
             )
+
+    def clean(self):
+        cleaned = super().clean()
+        meter_id = self.instance.meter_id
+        if cleaned.get("region") is not None and meter_id is not None:
+            key = Meter.objects.filter(pk=meter_id).values_list("key", flat=True).first()
+            if key != NO_GPU:
+                self.add_error(
+                    "region",
+                    _("Only the no-GPU mode's price (%(key)s) is set per region.")
+                    % {"key": NO_GPU},
+                )
+        return cleaned
 
     def clean_effective_from(self) -> datetime:
         value = self.cleaned_data.get("effective_from")
@@ -119,7 +142,7 @@ class MeterPriceInline(admin.TabularInline):
 
     model = MeterPrice
     form = MeterPriceForm
-    fields = ["currency", "price_per_unit", "effective_from", "status"]
+    fields = ["currency", "region", "price_per_unit", "effective_from", "status"]
     readonly_fields = ["status"]
     ordering = ["currency", "-effective_from"]
     extra = 1
@@ -206,6 +229,7 @@ class MeterAdmin(admin.ModelAdmin):
                     "currency": price.currency,
                     "price_per_unit": str(price.price_per_unit),
                     "from": price.effective_from.isoformat(),
+                    **({"region": price.region.code} if price.region_id else {}),
                 },
             )
 

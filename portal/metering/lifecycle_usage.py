@@ -6,6 +6,8 @@ the next one. From it:
 - ``instance.seconds`` (compute): every second in ``running`` or ``rebooting``, from the moment
   the backend reported it running until it left running (a reboot keeps its GPUs, so it is
   billed straight through), at the instance type and region it ran as;
+- ``instance.cpu_only_seconds`` (no-GPU mode): the same seconds of a running period it was
+  started without GPUs (its events say ``"gpus": false``), priced at the no-GPU price;
 - ``instance.disk_gb_seconds`` (the kept boot disk): every second in ``stopping``, ``stopped``
   or ``starting``, times the boot disk's size;
 - ``volume.gb_seconds``: every second a volume exists, times its size.
@@ -28,6 +30,7 @@ from portal.compute.lifecycle import BILLED_RUNNING
 from portal.compute.lifecycle import DISK_KEPT as BOOT_DISK_KEPT
 
 COMPUTE = "instance.seconds"
+NO_GPU = "instance.cpu_only_seconds"
 BOOT_DISK = "instance.disk_gb_seconds"
 VOLUME = "volume.gb_seconds"
 
@@ -51,20 +54,22 @@ class Segment:
     state: str
     start: datetime
     end: datetime
+    gpus: bool = True  # False: in no-GPU mode
 
 
-def segments(transitions: Iterable[tuple[datetime, str]], until: datetime) -> list[Segment]:
-    """(time, new state) pairs in order → the states with their spans, cut at ``until``."""
+def segments(transitions: Iterable[tuple], until: datetime) -> list[Segment]:
+    """(time, new state) pairs in order, or (time, new state, with GPUs) triples → the states
+    with their spans, cut at ``until``."""
     result: list[Segment] = []
-    previous: tuple[datetime, str] | None = None
-    for moment, state in transitions:
+    previous: tuple[datetime, str, bool] | None = None
+    for moment, state, *mode in transitions:
         if previous is not None and moment > previous[0]:
-            result.append(Segment(previous[1], previous[0], min(moment, until)))
-        previous = (moment, state)
+            result.append(Segment(previous[1], previous[0], min(moment, until), previous[2]))
+        previous = (moment, state, bool(mode[0]) if mode else True)
         if moment >= until:
             break
     if previous is not None and previous[0] < until:
-        result.append(Segment(previous[1], previous[0], until))
+        result.append(Segment(previous[1], previous[0], until, previous[2]))
     return [s for s in result if s.end > s.start]
 
 
@@ -95,22 +100,26 @@ def split_by_hour(
 
 
 def instance_usage(
-    transitions: Iterable[tuple[datetime, str]],
+    transitions: Iterable[tuple],
     *,
     disk_gb: int,
     window_start: datetime,
     window_end: datetime,
     cuts: list[datetime] = (),
+    no_gpu_cuts: list[datetime] = (),
 ) -> dict[tuple[str, datetime, datetime], Decimal]:
     """(meter, hour, period start) → quantity for one instance, for the hours in
-    [window_start, window_end); running time is cut at ``cuts`` (its price changes; storage
-    has one price)."""
+    [window_start, window_end); running time is cut at ``cuts`` (its price changes), running
+    time in no-GPU mode at ``no_gpu_cuts`` (the no-GPU price's); storage has one price."""
     usage: dict[tuple[str, datetime, datetime], Decimal] = defaultdict(Decimal)
     for segment in segments(transitions, window_end):
         start, end = max(segment.start, window_start), min(segment.end, window_end)
         if end <= start:
             continue
-        if segment.state in BILLED_RUNNING:
+        if segment.state in BILLED_RUNNING and not segment.gpus:
+            for hour, period, amount in split_by_hour(start, end, no_gpu_cuts):
+                usage[(NO_GPU, hour, period)] += amount
+        elif segment.state in BILLED_RUNNING:
             for hour, period, amount in split_by_hour(start, end, cuts):
                 usage[(COMPUTE, hour, period)] += amount
         elif segment.state in BOOT_DISK_KEPT:

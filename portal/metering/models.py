@@ -59,11 +59,29 @@ class Meter(models.Model):
 
 
 class MeterPrice(models.Model):
-    """Price per unit of a meter, per currency, in force from ``effective_from``."""
+    """Price per unit of a meter, per currency, in force from ``effective_from``.
+
+    The no-GPU mode's meter (``instance.cpu_only_seconds``) is priced per hour of running
+    without GPUs, and may be priced per region: a row for the region wins over a row without
+    one (every region). Other meters have no region."""
 
     meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="prices")
     currency = models.CharField(max_length=3, choices=Currency.choices)
-    price_per_unit = models.DecimalField(max_digits=20, decimal_places=12)
+    region = models.ForeignKey(
+        "catalog.Region",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text=_("Only for the no-GPU mode's price; empty: every region."),
+    )
+    price_per_unit = models.DecimalField(
+        max_digits=20,
+        decimal_places=12,
+        help_text=_(
+            "Per unit of the meter; for no-GPU mode (instance.cpu_only_seconds), per hour."
+        ),
+    )
     effective_from = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -71,7 +89,13 @@ class MeterPrice(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["meter", "currency", "effective_from"],
+                condition=Q(region__isnull=True),
                 name="metering_meterprice_one_per_moment",
+            ),
+            models.UniqueConstraint(
+                fields=["meter", "currency", "region", "effective_from"],
+                condition=Q(region__isnull=False),
+                name="metering_meterprice_region_one_per_moment",
             ),
             models.CheckConstraint(
                 condition=Q(price_per_unit__gte=0), name="metering_meterprice_not_negative"
@@ -79,7 +103,8 @@ class MeterPrice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.meter} {self.price_per_unit} {self.currency}/{self.meter.unit}"
+        where = f" in {self.region}" if self.region_id else ""
+        return f"{self.meter} {self.price_per_unit} {self.currency}/{self.meter.unit}{where}"
 
 
 class SubjectType(models.TextChoices):

@@ -5,6 +5,9 @@ One pricing strategy per kind of meter (``PRICING``, ``pricing_for``):
 - compute (``instance.seconds``): the instance type's on-demand price per hour in force at that
   hour in its region and the organisation's currency (``portal.catalog.selectors``), per second
   (price / 3600);
+- no-GPU mode (``instance.cpu_only_seconds``): its ``MeterPrice`` per hour in force at that
+  hour in the organisation's currency, for the region (a row for the region, else one for
+  every region), per second (price / 3600); never the GPU price;
 - storage (``instance.disk_gb_seconds``, ``volume.gb_seconds``): ``STORAGE_PRICE_PER_GB_MONTH``
   of the currency, per GB-second (a month is 730 hours);
 - operator meters (any other key): their ``MeterPrice`` in force at that hour, per unit.
@@ -23,6 +26,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
 
 from portal.catalog.selectors import (
     HourlyPrices,
@@ -30,8 +35,8 @@ from portal.catalog.selectors import (
     price_changes_off_the_hour,
     price_histories,
 )
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
-from portal.metering.models import MeterPrice
+from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, NO_GPU, VOLUME
+from portal.metering.models import Meter, MeterPrice
 
 SECONDS_PER_HOUR = Decimal(3600)
 SECONDS_PER_MONTH = Decimal(730 * 3600)
@@ -101,6 +106,29 @@ class ComputePricing(MeterPricing):
         )
 
 
+class NoGpuPricing(MeterPricing):
+    """Running time without GPUs: the meter's price per hour for the record's region."""
+
+    kind, unit, factor = "no_gpu", "hour", SECONDS_PER_HOUR
+
+    def per_unit(self, rater: "Rater", usage: Usage) -> Decimal:
+        per_hour = rater.no_gpu_per_hour(usage.meter_id, usage.region_id, usage.hour)
+        return per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
+
+    def cost(self, rater: "Rater", usage: Usage, quantity: Decimal) -> Decimal:
+        # multiplying before dividing, as compute: 1.5 h at 0.80/h is 1.20 exactly
+        per_hour = rater.no_gpu_per_hour(usage.meter_id, usage.region_id, usage.hour)
+        return quantity * per_hour / SECONDS_PER_HOUR if per_hour is not None else Decimal(0)
+
+    def changes_in(self, rater, usage, start, end) -> list[datetime]:
+        moments = set()
+        for key in ((usage.meter_id, usage.region_id), usage.meter_id):
+            history = rater.meter_prices.get(key)
+            if history is not None:
+                moments.update(history.changes_in(start, end))
+        return sorted(moments)
+
+
 class StoragePricing(MeterPricing):
     kind, unit, factor = "storage", "GB-month", SECONDS_PER_MONTH
 
@@ -135,6 +163,7 @@ STORAGE = StoragePricing()
 OPERATOR_METER = OperatorMeterPricing()
 PRICING: dict[str, MeterPricing] = {
     COMPUTE: ComputePricing(),
+    NO_GPU: NoGpuPricing(),
     BOOT_DISK: STORAGE,
     VOLUME: STORAGE,
 }
@@ -151,12 +180,36 @@ class Rater:
     def __init__(self, currency: str) -> None:
         self.currency = currency
         self.hourly = HourlyPrices(currency)
-        self.meter_prices: dict[int, PriceHistory] = price_histories(
-            MeterPrice.objects.filter(currency=currency)
+        # meter id -> its history; (meter id, region id) -> a region's own (no-GPU mode)
+        self.meter_prices: dict[int | tuple[int, int], PriceHistory] = price_histories(
+            (meter_id if region_id is None else (meter_id, region_id), moment, amount)
+            for meter_id, region_id, moment, amount in MeterPrice.objects.filter(currency=currency)
             .order_by("effective_from", "id")
-            .values_list("meter_id", "effective_from", "price_per_unit")
+            .values_list("meter_id", "region_id", "effective_from", "price_per_unit")
         )
+        self._no_gpu_meter_id: int | None = None
         self.storage_per_gb_month = Decimal(settings.STORAGE_PRICE_PER_GB_MONTH[currency])
+
+    def no_gpu_per_hour(self, meter_id: int, region_id, at: datetime) -> Decimal | None:
+        """The no-GPU price per hour in the region at ``at``: the region's own, else the one
+        for every region (None when neither is set)."""
+        for key in ((meter_id, region_id), meter_id):
+            history = self.meter_prices.get(key)
+            price = history.at(at) if history is not None else None
+            if price is not None:
+                return price
+        return None
+
+    def per_hour(self, instance_type_id: int, region_id: int, gpus: bool, at: datetime):
+        """What an instance of the type in the region costs per hour at ``at``: the type's
+        price, or without GPUs the region's no-GPU price (0 when nothing is priced)."""
+        if gpus:
+            price = self.hourly.at(instance_type_id=instance_type_id, region_id=region_id, at=at)
+        else:
+            if self._no_gpu_meter_id is None:
+                self._no_gpu_meter_id = no_gpu_meter_id()
+            price = self.no_gpu_per_hour(self._no_gpu_meter_id, region_id, at)
+        return price if price is not None else Decimal(0)
 
     def unit_price(
         self,
@@ -178,6 +231,27 @@ class Rater:
             record.meter_id, record.period_start, record.instance_type_id, record.region_id
         )
         return pricing_for(record.meter.key).cost(self, usage, record.quantity)
+
+
+def no_gpu_meter_id() -> int:
+    """The no-GPU mode's meter (made by migration ``metering.0005_no_gpu_mode``; 0 if gone)."""
+    return Meter.objects.filter(key=NO_GPU).values_list("pk", flat=True).first() or 0
+
+
+def no_gpu_hourly_price(*, region_id: int, currency: str, at: datetime | None = None):
+    """The no-GPU price per hour in force at ``at`` (now) in the region and currency: the
+    region's own, else the one for every region; None when there is none (no-GPU mode is then
+    not offered there). One query."""
+    price = (
+        MeterPrice.objects.filter(
+            meter__key=NO_GPU, currency=currency, effective_from__lte=at or timezone.now()
+        )
+        .filter(Q(region_id=region_id) | Q(region__isnull=True))
+        .order_by(F("region_id").asc(nulls_last=True), "-effective_from", "-id")
+        .values_list("price_per_unit", flat=True)
+        .first()
+    )
+    return price
 
 
 def _off_the_hour(moment: datetime) -> bool:

@@ -171,15 +171,10 @@ def committed_burn(organization, now: datetime | None = None, *, rater: Rater) -
     return compute + storage_per_hour(footprint.stored_gb, rater=rater)
 
 
-def _compute_per_hour(placements: Iterable[tuple[int, int]], now: datetime, *, rater: Rater):
-    """The hourly prices, now, of instances at these (instance type id, region id) placements."""
-    return sum(
-        (
-            rater.hourly.at(instance_type_id=t, region_id=r, at=now) or Decimal(0)
-            for t, r in placements
-        ),
-        Decimal(0),
-    )
+def _compute_per_hour(placements: Iterable[tuple[int, int, bool]], now: datetime, *, rater: Rater):
+    """The hourly prices, now, of instances at these (instance type id, region id, with GPUs)
+    placements (without GPUs: the region's no-GPU price)."""
+    return sum((rater.per_hour(t, r, gpus, now) for t, r, gpus in placements), Decimal(0))
 
 
 def storage_per_hour(size_gb: int, *, rater: Rater) -> Decimal:

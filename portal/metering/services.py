@@ -21,6 +21,7 @@ from portal.metering.lifecycle_usage import (
     COMPUTE,
     HOUR,
     MICRO,
+    NO_GPU,
     VOLUME,
     hour_floor,
     instance_usage,
@@ -32,6 +33,7 @@ from portal.metering.models import (
     Aggregation,
     ClosedHour,
     Meter,
+    MeterPrice,
     SubjectType,
     UsageEvent,
     UsageRecord,
@@ -40,6 +42,8 @@ from portal.metering.rating import SECONDS_PER_HOUR, PriceCuts
 
 BUILT_IN_METERS = {
     COMPUTE: ("Instance running time", "second"),
+    # priced per hour (its meter prices, per region and currency), metered in seconds
+    NO_GPU: ("Instance running time without GPUs (no-GPU mode)", "second"),
     BOOT_DISK: ("Boot disk kept while stopped", "GB-second"),
     VOLUME: ("Volume storage", "GB-second"),
 }
@@ -85,6 +89,7 @@ def _lifecycle_usage(
             cuts=cuts.compute(
                 fact["organization__currency"], fact["instance_type_id"], fact["region_id"]
             ),
+            no_gpu_cuts=cuts.meter(fact["organization__currency"], meters[NO_GPU].pk),
         )
         for (meter_key, hour, period), quantity in usage.items():
             records.append(
@@ -362,3 +367,26 @@ def hours_between(start: datetime, end: datetime) -> int:
 
 
 ZERO = Decimal(0)
+
+
+# The demo's no-GPU price per hour (a small CPU-only shape: copying data, setting up), for
+# every region, in each currency the demo catalog prices (CNY at the demo catalog's rate).
+DEMO_NO_GPU_PER_HOUR = {"USD": Decimal("0.12"), "CNY": Decimal("0.85")}
+
+
+@transaction.atomic
+def no_gpu_demo_prices() -> str:
+    """Give the no-GPU mode a price in every region in each demo currency, unless it has one
+    there already (``manage.py load_demo_data``; safe to run again)."""
+    meter = builtin_meters()[NO_GPU]
+    added = []
+    for currency, per_hour in DEMO_NO_GPU_PER_HOUR.items():
+        if not MeterPrice.objects.filter(meter=meter, currency=currency).exists():
+            MeterPrice.objects.create(
+                meter=meter,
+                currency=currency,
+                price_per_unit=per_hour,
+                effective_from=timezone.now(),
+            )
+            added.append(f"{per_hour} {currency}/h")
+    return f"No-GPU mode: {', '.join(added) or 'priced already'}"

@@ -45,7 +45,7 @@ from portal.accounts.roles import Action
 from portal.accounts.views import org_page
 from portal.metering import selectors
 from portal.metering.forms import UsageExportForm, UsageRangeForm, presets
-from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, VOLUME
+from portal.metering.lifecycle_usage import BOOT_DISK, COMPUTE, NO_GPU, VOLUME
 from portal.metering.models import Meter
 from portal.metering.rating import SECONDS_PER_HOUR, SECONDS_PER_MONTH
 from portal.money import format_amount, round_half_up, with_currency
@@ -53,6 +53,7 @@ from portal.money import format_amount, round_half_up, with_currency
 TEMPLATE = "metering/usage.html"
 SHORT_NAMES = {
     COMPUTE: gettext_lazy("Running time"),
+    NO_GPU: gettext_lazy("No-GPU mode"),
     BOOT_DISK: gettext_lazy("Kept boot disk"),
     VOLUME: gettext_lazy("Volumes"),
 }
@@ -83,12 +84,11 @@ class MeterColumn:
 
 
 def meter_columns(keys: set[str]) -> list[MeterColumn]:
-    """Built-in meters first (running time, kept disk, volumes), then the others by key.
-    Seconds are shown as hours and GB-seconds as GB-months (730 hours)."""
+    """Built-in meters first (running time, no-GPU mode, kept disk, volumes), then the others
+    by key. Seconds are shown as hours and GB-seconds as GB-months (730 hours)."""
     meters = {m.key: m for m in Meter.objects.filter(key__in=keys)}
-    order = [k for k in (COMPUTE, BOOT_DISK, VOLUME) if k in keys] + sorted(
-        keys - {COMPUTE, BOOT_DISK, VOLUME}
-    )
+    built_in = (COMPUTE, NO_GPU, BOOT_DISK, VOLUME)
+    order = [k for k in built_in if k in keys] + sorted(keys - set(built_in))
     columns = []
     for key in order:
         meter = meters.get(key)

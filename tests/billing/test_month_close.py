@@ -605,3 +605,54 @@ def test_the_issuing_statement_writes_every_issued_column():
     assert len(close.ISSUE_COLUMNS) == len(set(close.ISSUE_COLUMNS))
     assert set(close.ISSUE_COLUMNS) == {"pk", *close.AMOUNT_FIELDS, *invoicing.ISSUE_FIELDS}
     assert close.ISSUE_SQL.count("%s") == len(close.ISSUE_COLUMNS)
+
+
+def test_a_no_gpu_price_changed_in_the_month_splits_its_line_as_the_draft_does(world):
+    """No-GPU mode's price is per region: the close cuts its line where that region's price
+    changes, as the running draft does, and leaves another region's line whole."""
+    from portal.catalog import services as catalog_services
+    from portal.metering.lifecycle_usage import NO_GPU
+    from portal.metering.models import Meter, MeterPrice
+
+    one = world.types["gpu_1x_h200"]
+    west = catalog_services.region_ensure(code="us-west-9", name="West", country="US")
+    meter = Meter.objects.get(key=NO_GPU)
+    change = OCT_START + 10 * 24 * H
+    for region, moment, price in (
+        (None, datetime(2026, 9, 1, tzinfo=UTC), "0.80"),
+        (world.region, change, "0.60"),
+    ):
+        MeterPrice.objects.create(
+            meter=meter, currency="USD", region=region, price_per_unit=price, effective_from=moment
+        )
+    org = world.org
+    for hour, region in ((OCT_START, world.region), (change + 24 * H, world.region)):
+        _usage_record(org, NO_GPU, hour, 1800, instance_type=one, region=region)
+    _usage_record(org, NO_GPU, OCT_START + 2 * H, 5400, instance_type=one, region=west)
+    running_hours(org, world, OCT_START, 1)
+    close_through(NOV_START)
+    with time_machine.travel(AFTER_CLOSE, tick=False):
+        expected = invoicing.usage_lines(org, OCT, "USD")
+    assert close_month().failed == []
+    invoice = Invoice.objects.get(organization=org, period_start=OCT)
+    assert [_line(line) for line in invoice.lines.all()] == [_line(x) for x in expected]
+    no_gpu = [
+        (line.description, line.quantity, line.unit_price, line.amount)
+        for line in invoice.lines.all()
+        if line.meter_key == NO_GPU
+    ]
+    assert no_gpu == [
+        (
+            "No-GPU mode: gpu_1x_h200 in us-east-1, price until 2026-10-11",
+            Decimal("0.5"),
+            Decimal("0.80"),
+            Decimal("0.40"),
+        ),
+        (
+            "No-GPU mode: gpu_1x_h200 in us-east-1, price from 2026-10-11",
+            Decimal("0.5"),
+            Decimal("0.60"),
+            Decimal("0.30"),
+        ),
+        ("No-GPU mode: gpu_1x_h200 in us-west-9", Decimal("1.5"), Decimal("0.80"), Decimal("1.20")),
+    ]

@@ -10,7 +10,7 @@ from django.test import Client
 
 from portal.accounts.models import AuditEvent
 from portal.metering import ingest, services
-from portal.metering.admin import IN_FORCE, SCHEDULED, SUPERSEDED
+from portal.metering.admin import IN_FORCE, SCHEDULED, SUPERSEDED, meter_prices_with_status
 from portal.metering.models import (
     Aggregation,
     ClosedHour,
@@ -190,6 +190,7 @@ def meter_form(meter: Meter, prices: list[dict] | None = None, **fields) -> dict
                 f"prices-{i}-price_per_unit": price["price_per_unit"],
                 f"prices-{i}-effective_from_0": f"{start:%Y-%m-%d}" if start else "",
                 f"prices-{i}-effective_from_1": f"{start:%H:%M:%S}" if start else "",
+                f"prices-{i}-region": str(price["region"].pk) if price.get("region") else "",
             }
         )
     data.update(fields)
@@ -380,3 +381,31 @@ def test_an_unused_operator_meter_can_be_deleted_a_used_one_cannot(staff_client,
     response = staff_client.post(f"/admin/metering/meter/{tokens.pk}/delete/", {"post": "yes"})
     assert "Cannot delete" in response.content.decode()
     assert Meter.objects.filter(pk=tokens.pk).exists()
+
+
+def test_the_no_gpu_price_is_set_per_region_and_only_it_may_have_one(staff_client, tokens):
+    from portal.metering.lifecycle_usage import NO_GPU
+    from tests.factories import catalog as catalog_factories
+
+    no_gpu = Meter.objects.get(key=NO_GPU)
+    east = catalog_factories.region("us-east-1")
+    html = staff_client.get(f"/admin/metering/meter/{no_gpu.pk}/change/").content.decode()
+    assert 'name="prices-0-region"' in html
+    everywhere = {"currency": "CNY", "price_per_unit": "0.85"}
+    there = {"currency": "CNY", "price_per_unit": "0.60", "region": east}
+    response = change(staff_client, no_gpu, [everywhere, there])
+    assert response.status_code == 302, response.context and response.context["errors"]
+    rows = {
+        p.region_id: p for p in meter_prices_with_status(MeterPrice.objects.filter(meter=no_gpu))
+    }
+    assert rows[None].price_per_unit == Decimal("0.85")
+    assert rows[east.pk].price_per_unit == Decimal("0.60")
+    # one region's row does not supersede the every-region one, nor the other way round
+    assert {p.price_status for p in rows.values()} == {IN_FORCE}
+    regions = [e.details.get("region") for e in AuditEvent.objects.filter(action="meter_price.set")]
+    assert sorted(regions, key=str) == [None, "us-east-1"]
+
+    refused = change(staff_client, tokens, [{**there, "currency": "USD"}])
+    assert refused.status_code == 200
+    assert "Only the no-GPU mode" in refused.content.decode()
+    assert not tokens.prices.exists()

@@ -390,6 +390,23 @@ def test_start_with_other_gpus_redefines_the_domain(backend, conn, made):
     assert (status.detail["vcpus"], status.detail["memory_kib"]) == (8, 64 * 1024 * 1024)
 
 
+def test_a_start_without_gpus_redefines_the_domain_with_no_hostdev(backend, conn, made):
+    """No-GPU mode: the spec carries no GPUs and a smaller CPU shape; the domain is redefined
+    with no ``<hostdev>``, and a later start with GPUs puts them back."""
+    s = new_spec(made)
+    backend.create(s)
+    assert hostdev_addresses(conn.lookupByName(s.machine_id).XMLDesc(0))
+    backend.stop(s.machine_id)
+    cpu_only = spec(machine_id=s.machine_id, gpus=(), vcpus=4, ram_gib=16)
+    status = backend.start(cpu_only)
+    assert status.state == S.RUNNING and status.detail["gpu_pci_bus_ids"] == []
+    assert hostdev_addresses(conn.lookupByName(s.machine_id).XMLDesc(0)) == []
+    assert (status.detail["vcpus"], status.detail["memory_kib"]) == (4, 16 * 1024 * 1024)
+    backend.stop(s.machine_id)
+    assert backend.start(s).state == S.RUNNING
+    assert hostdev_addresses(conn.lookupByName(s.machine_id).XMLDesc(0))
+
+
 def test_start_on_another_host_moves_the_placement(lv, made):
     # Both "hosts" reach the same test driver; the backend sees two URIs.
     backend = LibvirtBackend(

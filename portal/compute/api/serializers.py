@@ -45,6 +45,12 @@ class InstanceSerializer(serializers.ModelSerializer):
             "is started; null when it is not stopped."
         )
     )
+    gpus = serializers.BooleanField(
+        help_text=_(
+            "False when it was started without GPUs (no-GPU mode: a CPU-only shape at the "
+            "no-GPU price); a later start with GPUs sets it back to true."
+        )
+    )
 
     class Meta:
         model = Instance
@@ -62,6 +68,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "ssh_command",
             "ssh_port",
             "ssh_user",
+            "gpus",
             "disk_gb",
             "actions",
             "created_at",
@@ -107,6 +114,7 @@ def instance_list_rows(rows) -> list[dict]:
             ),
             "ssh_port": row["ssh_port"],
             "ssh_user": row["ssh_user"] or DEFAULT_SSH_USER,
+            "gpus": row["gpus"],
             "disk_gb": row["disk_gb"],
             "actions": list(_ACTIONS[row["state"]]),
             "created_at": when(row["created_at"]),
@@ -199,6 +207,17 @@ class InstanceCreateSerializer(serializers.Serializer):
 
     def get_fields(self):
         return {**super().get_fields(), **_stop_fields()}
+
+
+class InstanceStartSerializer(serializers.Serializer):
+    gpus = serializers.BooleanField(
+        required=False,
+        default=True,
+        help_text=_(
+            "False: start it without GPUs (no-GPU mode, for copying data or setting up), on a "
+            "CPU-only shape billed at the region's no-GPU price. Default true."
+        ),
+    )
 
 
 class InstanceRenameSerializer(serializers.Serializer):

@@ -193,7 +193,14 @@ class InstanceActionView(APIView):
     action_name = ""
 
     def post(self, request, pk: int):
-        services.instance_action(actor=request.actor, instance_id=pk, action=self.action_name)
+        gpus = True
+        if self.action_name == InstanceAction.START:  # a start may be without GPUs
+            payload = serializers.InstanceStartSerializer(data=request.data)
+            payload.is_valid(raise_exception=True)
+            gpus = payload.validated_data["gpus"]
+        services.instance_action(
+            actor=request.actor, instance_id=pk, action=self.action_name, gpus=gpus
+        )
         instance = selectors.instance_get(request.actor.organization, pk)
         return Response(
             serializers.InstanceSerializer(instance).data, status=status.HTTP_202_ACCEPTED
@@ -216,17 +223,20 @@ def action_view(name: str):
     view.post = extend_schema(
         operation_id=f"instances_{name}",
         summary=ACTION_SUMMARIES[name],
-        request=None,
+        request=serializers.InstanceStartSerializer if name == "start" else None,
         responses={
             202: serializers.InstanceSerializer,
             **error_responses(
-                *((401, 402, 403, 404, 409) if name == "start" else (401, 403, 404, 409))
+                *((400, 401, 402, 403, 404, 409, 415) if name == "start" else (401, 403, 404, 409))
             ),
         },
         description=f"{name.title()} the instance. 409 `invalid_transition` when its state does not allow it"
         + (
             "; 409 `capacity_unavailable` leaves it stopped; 402 `insufficient_credit` or "
-            "`invoice_overdue` when the organisation cannot pay."
+            '`invoice_overdue` when the organisation cannot pay. With `{"gpus": false}` it '
+            "starts without GPUs (no-GPU mode: a CPU-only shape billed at the region's no-GPU "
+            "price, no GPU quota used); 409 `no_gpu_mode_unavailable` where no no-GPU price is "
+            "set for its region and the organisation's currency."
             if name == "start"
             else "."
         ),

@@ -25,7 +25,12 @@ from the modules.
 from portal.compute.errors import QuotaExceeded
 from portal.compute.services._checks import MIG_COMPUTE_SLICES, gpu_units
 from portal.compute.services._common import NAME_PATTERN, SYSTEM, mark_dispatched
-from portal.compute.services.actions import instance_action, instance_rename
+from portal.compute.services.actions import (
+    instance_action,
+    instance_rename,
+    no_gpu_price,
+    no_gpu_shape,
+)
 from portal.compute.services.idle import (
     UNSET,
     IdleVerdict,
@@ -75,6 +80,8 @@ __all__ = [
     "instance_sync",
     "mark_dispatched",
     "moment_text",
+    "no_gpu_price",
+    "no_gpu_shape",
     "operator_force_terminate",
     "operator_mark_failed",
     "operator_resync",

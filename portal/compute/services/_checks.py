@@ -24,8 +24,8 @@ def gpu_units(instance_type: InstanceType) -> Decimal:
 
 
 HOLDING_STATES = sorted(s.value for s in HOLDS_CAPACITY)
-# What the organisation's instances hold per GPU model (in sevenths of a GPU), then its quotas
-# (a null model: the total), in one statement.
+# What the organisation's instances hold per GPU model (in sevenths of a GPU; one in no-GPU mode
+# holds none), then its quotas (a null model: the total), in one statement.
 _QUOTA_SQL = f"""
 SELECT 'held', t.gpu_model_id,
     SUM(CASE WHEN t.mig_profile_id IS NULL THEN t.gpu_count * 7 ELSE mp.compute_slices END)
@@ -33,6 +33,7 @@ FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
 LEFT JOIN catalog_migprofile mp ON mp.id = t.mig_profile_id
 WHERE i.organization_id = %s AND i.id <> %s AND i.state IN ({placeholders(HOLDING_STATES)})
+  AND i.gpus
 GROUP BY t.gpu_model_id
 UNION ALL
 SELECT 'quota', gpu_model_id, max_gpus FROM compute_quota WHERE organization_id = %s

@@ -76,6 +76,7 @@ def announce_instance(
                 billed_gb=billed_gb,
                 committed_gb=committed_gb,
                 hourly_price=hourly_price,
+                gpus=instance.gpus,
             )
         )
 
@@ -112,8 +113,12 @@ def record_event(
 
 
 def transition(instance: Instance, target: State, *, actor: str, reason: str, detail=None) -> None:
-    """Move a locked instance to ``target`` (if the lifecycle allows it) and record the event."""
+    """Move a locked instance to ``target`` (if the lifecycle allows it) and record the event.
+    The event of an instance in no-GPU mode says so (``"gpus": false``): metering bills its
+    running time from the events, on the no-GPU meter."""
     check_transition(instance.state, target)
+    if not instance.gpus:
+        detail = {**(detail or {}), "gpus": False}
     previous = instance.state
     instance.state = target
     instance.state_changed_at = timezone.now()

@@ -5,7 +5,11 @@ and from billing's spend watch (``billing.spend.instances_stop_for_credit``), wh
 once per instance outside any transaction of its own.
 """
 
+from decimal import Decimal
+
+from django.conf import settings
 from django.db import transaction
+from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
@@ -13,6 +17,8 @@ from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
 from portal.catalog import capacity
+from portal.catalog.models import InstanceType
+from portal.catalog.types import CpuShape
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import LIVE, Action, action_target
 from portal.compute.models import DesiredState, Instance
@@ -27,11 +33,15 @@ from portal.compute.services._common import (
 from portal.errors import Conflict, InvalidInput, NotFound
 
 
-def instance_action(*, actor: Actor, instance_id: int, action: str) -> Instance:
+def instance_action(*, actor: Actor, instance_id: int, action: str, gpus: bool = True) -> Instance:
     """Start, stop, reboot or terminate. Starting places the instance again and may be refused
-    with ``capacity_unavailable``, which leaves it stopped and says so in its events."""
+    with ``capacity_unavailable``, which leaves it stopped and says so in its events.
+
+    ``gpus=False`` (a start only): start it in no-GPU mode, on a CPU-only shape
+    (``no_gpu_shape``) with no GPU, billed at the region's no-GPU price; refused with
+    ``no_gpu_mode_unavailable`` where no such price is set. The GPU quota is not used."""
     try:
-        return _action(actor=actor, instance_id=instance_id, action=action)
+        return _action(actor=actor, instance_id=instance_id, action=action, gpus=gpus)
     except capacity.CapacityUnavailable as exc:
         with transaction.atomic(durable=True):
             instance = Instance.objects.get(pk=instance_id)
@@ -51,11 +61,44 @@ REQUESTED = {
     Action.REBOOT: gettext_noop("Reboot requested"),
     Action.TERMINATE: gettext_noop("Terminate requested"),
 }
+START_WITHOUT_GPUS = gettext_noop("Start without GPUs requested")
+
+
+def no_gpu_shape(instance_type: InstanceType) -> CpuShape:
+    """What an instance gets in no-GPU mode: ``COMPUTE_NO_GPU_VCPUS`` and
+    ``COMPUTE_NO_GPU_RAM_GIB``, at most its type's own vCPUs and RAM."""
+    return CpuShape(
+        vcpus=min(instance_type.vcpus, settings.COMPUTE_NO_GPU_VCPUS),
+        ram_gib=min(instance_type.ram_gib, settings.COMPUTE_NO_GPU_RAM_GIB),
+    )
+
+
+def no_gpu_price(organization, instance: Instance) -> Decimal | None:
+    """The no-GPU price per hour now in the instance's region and the organisation's currency,
+    as ``COMPUTE_NO_GPU_PRICE`` (metering's meter prices) says; None: not offered there."""
+    lookup = import_string(settings.COMPUTE_NO_GPU_PRICE)
+    return lookup(region_id=instance.region_id, currency=organization.currency)
+
+
+def _no_gpu_price(organization, instance: Instance) -> Decimal:
+    """The no-GPU price per hour now in the instance's region, or ``no_gpu_mode_unavailable``."""
+    price = no_gpu_price(organization, instance)
+    if price is None:
+        raise Conflict(
+            _(
+                "Starting without GPUs is not offered in %(region)s in %(currency)s. "
+                "Start it with its GPUs."
+            )
+            % {"region": instance.region.code, "currency": organization.currency},
+            code=ComputeErrorCode.NO_GPU_MODE_UNAVAILABLE,
+            details={"region": instance.region.code, "currency": organization.currency},
+        )
+    return price
 
 
 @transaction.atomic(durable=True)
-def _action(*, actor: Actor, instance_id: int, action: str) -> Instance:
-    return action_in_transaction(actor=actor, instance_id=instance_id, action=action)
+def _action(*, actor: Actor, instance_id: int, action: str, gpus: bool = True) -> Instance:
+    return action_in_transaction(actor=actor, instance_id=instance_id, action=action, gpus=gpus)
 
 
 def action_in_transaction(
@@ -65,14 +108,22 @@ def action_in_transaction(
     action: str,
     reason: str | None = None,
     detail: dict | None = None,
+    gpus: bool = True,
 ) -> Instance:
     """The statements of an action, inside the caller's transaction (``_action``'s, or the idle
-    watch's, which stops an instance with its own ``reason``: English, translated when shown)."""
+    watch's, which stops an instance with its own ``reason``: English, translated when shown).
+    ``gpus=False``: a start without GPUs (no-GPU mode)."""
     if action not in Action.values:
         raise InvalidInput(
             _("Unknown action '%(action)s'; use one of %(actions)s.")
             % {"action": action, "actions": ", ".join(Action.values)},
             code=ComputeErrorCode.INVALID,
+        )
+    if not gpus and action != Action.START:
+        raise InvalidInput(
+            _("Only a start can be without GPUs."),
+            code=ComputeErrorCode.INVALID,
+            details={"gpus": "Only a start can be without GPUs."},
         )
     actor = authorize(actor, RoleAction.INSTANCE_MANAGE, lock=True)
     # The organisation's lock (held from here) is taken by every write to its instances, so
@@ -87,19 +138,27 @@ def action_in_transaction(
     target = action_target(current.state, action)
     allocation = None
     if action == Action.START:
+        hourly = None if gpus else _no_gpu_price(actor.organization, current)
         run_launch_checks(
-            path_setting="COMPUTE_START_CHECKS", organization=actor.organization, instance=current
+            path_setting="COMPUTE_START_CHECKS",
+            organization=actor.organization,
+            instance=current,
+            gpus=gpus,
+            hourly_price=hourly,
         )
-        check_quota(actor.organization, current.instance_type, exclude=current)
+        if gpus:  # no GPU, no GPU quota
+            check_quota(actor.organization, current.instance_type, exclude=current)
         allocation = capacity.allocation_reserve(
             instance_type=current.instance_type,
             region=current.region,
             holder=f"instance:{current.pk}",
+            cpu_only=None if gpus else no_gpu_shape(current.instance_type),
         )
     instance = locked_instance(instance_id, actor.organization)
     if allocation is not None:
         instance.allocation, instance.host_id = allocation, allocation.host_id
-        instance.save(update_fields=["allocation", "host"])
+        instance.gpus = gpus  # each start says whether it has its GPUs
+        instance.save(update_fields=["allocation", "host", "gpus"])
     instance.desired_state = {
         Action.START: DesiredState.RUNNING,
         Action.REBOOT: DesiredState.RUNNING,
@@ -107,14 +166,15 @@ def action_in_transaction(
         Action.TERMINATE: DesiredState.TERMINATED,
     }[Action(action)]
     instance.save(update_fields=["desired_state"])
-    transition(
-        instance,
-        target,
-        actor=actor.label,
-        reason=reason or REQUESTED[Action(action)],
-        detail=detail,
+    if reason is None:
+        reason = REQUESTED[Action(action)] if gpus else START_WITHOUT_GPUS
+    transition(instance, target, actor=actor.label, reason=reason, detail=detail)
+    audit_record(
+        actor=actor,
+        action=f"instance.{action}",
+        target=instance,
+        details=detail if gpus else {**(detail or {}), "gpus": False},
     )
-    audit_record(actor=actor, action=f"instance.{action}", target=instance, details=detail)
     dispatch(instance)
     return instance
 

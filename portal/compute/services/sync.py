@@ -70,8 +70,11 @@ def _spec(instance: Instance) -> MachineSpec:
         machine_id=instance.machine_id,
         name=instance.name,
         host_name=instance.host.name if instance.host else "",
-        vcpus=instance.instance_type.vcpus,
-        ram_gib=instance.instance_type.ram_gib,
+        # what its allocation holds: the type's shape, or no-GPU mode's smaller one
+        vcpus=instance.allocation.vcpus if instance.allocation else instance.instance_type.vcpus,
+        ram_gib=(
+            instance.allocation.ram_gib if instance.allocation else instance.instance_type.ram_gib
+        ),
         disk_gb=instance.disk_gb,
         image=instance.image.name,
         gpus=tuple(gpus),

@@ -9,6 +9,7 @@ from portal.accounts.models import Membership, Organization, SshKey, User
 from portal.accounts.roles import Role
 from portal.accounts.types import Actor
 from portal.catalog.demo import load_demo_catalog
+from portal.metering.services import no_gpu_demo_prices
 from portal.metering.telemetry import demo_telemetry
 
 DEMO_EMAIL = "demo@example.com"
@@ -20,8 +21,8 @@ DEMO_SSH_KEY = (
 
 class Command(BaseCommand):
     help = (
-        "Create the demo user, organisation and SSH key, the demo catalog, billing history and "
-        "GPU telemetry (safe to run again)."
+        "Create the demo user, organisation and SSH key, the demo catalog (with the no-GPU "
+        "mode's prices), billing history and GPU telemetry (safe to run again)."
     )
 
     def handle(self, *args, **options):
@@ -57,6 +58,7 @@ class Command(BaseCommand):
                     actor=Actor.system(org), name="demo-laptop", public_key=DEMO_SSH_KEY
                 )
         self.stdout.write(load_demo_catalog())
+        self.stdout.write(no_gpu_demo_prices())
         self.stdout.write(load_billing_demo(org))
         self.stdout.write(demo_telemetry(organization=org))
         self.stdout.write(f"Demo login: {DEMO_EMAIL} / {password} (organisation '{DEMO_SLUG}')")
