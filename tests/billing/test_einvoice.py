@@ -227,6 +227,57 @@ def test_facturx_pdf_embeds_the_cii(world):
     assert xml == einvoice.invoice_cii(invoice)
 
 
+def _pdf_date(value: str) -> datetime:
+    """A PDF date (D:20261101093000+00'00') as an aware datetime."""
+    digits = value.removeprefix("D:").replace("'", "")
+    return datetime.strptime(digits.replace("Z", "+0000"), "%Y%m%d%H%M%S%z")
+
+
+def test_facturx_pdf_is_a_pdfa_3b(world):
+    import io
+
+    import pikepdf
+
+    invoice = issue(world)
+    with pikepdf.open(io.BytesIO(einvoice.invoice_facturx_pdf(invoice))) as pdf:
+        assert pdf.pdf_version == "1.7"
+        # an sRGB output intent with its ICC profile
+        (intent,) = pdf.Root.OutputIntents
+        assert intent.S == pikepdf.Name.GTS_PDFA1
+        assert "sRGB" in str(intent.OutputConditionIdentifier)
+        profile = intent.DestOutputProfile
+        assert profile.N == 3 and profile.read_bytes()[36:40] == b"acsp"  # an ICC profile
+        # a document id in the trailer: two byte strings
+        ids = pdf.trailer.ID
+        assert len(ids) == 2 and all(len(bytes(part)) >= 16 for part in ids)
+        # XMP: PDF/A-3B, and the same title, author, producer and dates as the Info dictionary
+        meta = pdf.open_metadata()
+        assert (meta["pdfaid:part"], meta["pdfaid:conformance"]) == ("3", "B")
+        assert meta.pdfa_status == "3B"
+        info = pdf.docinfo
+        assert str(info.Title) == meta["dc:title"] == f"Invoice {invoice.number}"
+        assert str(info.Author) == ", ".join(meta["dc:creator"]) == invoice.seller["name"]
+        assert str(info.Producer) == meta["pdf:Producer"] and "WeasyPrint" in meta["pdf:Producer"]
+        issued = invoice.issued_at.replace(microsecond=0)
+        assert _pdf_date(str(info.CreationDate)) == issued
+        assert _pdf_date(str(info.ModDate)) == issued
+        assert datetime.fromisoformat(meta["xmp:CreateDate"]) == issued
+        assert datetime.fromisoformat(meta["xmp:ModifyDate"]) == issued
+        # Factur-X's own XMP properties, declared in a PDF/A extension schema
+        fx = "{urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#}"
+        assert meta[fx + "DocumentType"] == "INVOICE"
+        assert meta[fx + "DocumentFileName"] == "factur-x.xml"
+        assert meta[fx + "ConformanceLevel"] == "EN 16931"
+        assert b"Factur-X PDFA Extension Schema" in bytes(pdf.Root.Metadata.read_bytes())
+        # the CII, embedded as the invoice's data (AFRelationship /Data, listed in /AF)
+        spec = pdf.attachments["factur-x.xml"]
+        assert spec.obj.AFRelationship == pikepdf.Name.Data
+        assert spec.obj.objgen in [entry.objgen for entry in pdf.Root.AF]
+        embedded = spec.get_file()
+        assert embedded.mime_type == "text/xml"
+        assert embedded.read_bytes() == einvoice.invoice_cii(invoice)
+
+
 def _shift_grand_total(xml: bytes, flavor: str) -> bytes:
     tree = etree.fromstring(xml)
     path = (
