@@ -22,9 +22,12 @@ Mapping choices (EN 16931 business terms in brackets):
   a seller identifier is still required (BR-CO-26), so the seller's ``registration`` from the
   snapshot is used as legal registration identifier [BT-30] when there is one, otherwise the
   seller's tax id is given as plain seller identifier [BT-29].
-- The buyer's tax id is its VAT identifier [BT-48] when it starts with a two-letter country
-  prefix (BR-CO-09); otherwise (e.g. a Chinese unified social credit code) it is given as the
-  buyer's legal registration identifier [BT-47].
+- The buyer's tax id is its VAT identifier [BT-48] when it starts with a country code
+  (BR-CO-09; EL and XI too); otherwise (e.g. a Chinese unified social credit code) it is given
+  as the buyer's legal registration identifier [BT-47].
+- The seller's tax id likewise is its VAT identifier [BT-31] only when it is one; otherwise it
+  is its tax registration identifier [BT-32, scheme ``FC``] and, unless the seller has a
+  ``registration``, its legal registration identifier [BT-30] too.
 - Units [BT-130] (UN/ECE Recommendation 20): hour -> ``HUR``; GB-month -> ``ZZ`` ("mutually
   defined": Rec 20 has no gigabyte-month, and ``E34`` gigabyte would misstate the quantity; the
   line name says "GB-month"); everything else (credits, meter units such as tokens) -> ``C62``
@@ -56,6 +59,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
+from django_countries import countries
 from lxml import etree
 
 from billing.errors import BillingErrorCode
@@ -103,7 +107,24 @@ CATEGORIES = {
     TaxStatus.NOT_SUBJECT: ("O", "Not subject to VAT", "VATEX-EU-O"),
 }
 
-VAT_PREFIX = re.compile(r"^[A-Z]{2}[0-9A-Za-z+*.]")
+VAT_PREFIX = re.compile(r"^([A-Z]{2})[0-9A-Za-z+*.]")
+# VAT identifiers are prefixed with the ISO 3166-1 code of the issuing country, but Greece's
+# with EL and Northern Ireland's with XI (BR-CO-09)
+VAT_ONLY_PREFIXES = {"EL", "XI"}
+
+
+def _tax_id(value: str | None) -> str:
+    return (value or "").strip().replace(" ", "")
+
+
+def is_vat_id(tax_id: str) -> bool:
+    """Whether a tax id is a VAT identifier (BR-CO-09: prefixed with a country code), not a
+    national one such as a Chinese unified social credit code."""
+    match = VAT_PREFIX.match(tax_id)
+    if not match:
+        return False
+    prefix = match.group(1)
+    return prefix in VAT_ONLY_PREFIXES or countries.alpha2(prefix) == prefix
 
 
 def _rules_path(relative: str) -> Path:
@@ -173,11 +194,16 @@ def _document(source: Invoice | Document) -> dict:
             _("The buyer's name and country are needed for an e-document."),
             code=BillingErrorCode.BUYER_MISSING,
         )
-    buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
-    buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""
+    buyer_tax_id = _tax_id(buyer.get("tax_id"))
+    buyer_vat_id = buyer_tax_id if is_vat_id(buyer_tax_id) else ""
     buyer_registration = "" if buyer_vat_id else buyer_tax_id
-    seller_vat_id = (seller.get("tax_id") or "").strip().replace(" ", "")
-    seller_registration = (seller.get("registration") or "").strip()
+    seller_tax_id = _tax_id(seller.get("tax_id"))
+    seller_vat_id = seller_tax_id if is_vat_id(seller_tax_id) else ""
+    # BR-CO-09: a tax id without a country prefix (a Chinese unified social credit code) is
+    # the seller's tax registration identifier [BT-32], and its legal registration [BT-30]
+    # unless the snapshot has one (BR-CO-26 wants BT-29, BT-30 or BT-31)
+    seller_tax_registration = "" if seller_vat_id else seller_tax_id
+    seller_registration = (seller.get("registration") or "").strip() or seller_tax_registration
     seller_identifier = ""
     if category == "O":
         # BR-O-02: no VAT identifiers; BR-CO-26: still an identifier of the seller
@@ -234,6 +260,7 @@ def _document(source: Invoice | Document) -> dict:
             "address": _split_address(seller.get("address", "")),
             "email": seller.get("email", ""),
             "vat_id": seller_vat_id,
+            "tax_registration": seller_tax_registration,
             "registration": seller_registration,
             "identifier": seller_identifier,
             "bank": _bank(seller.get("bank", "")),
@@ -297,6 +324,13 @@ def _cii_party(parent, name: str, party: dict) -> None:
         _ram(_ram(element, "URIUniversalCommunication"), "URIID", party["email"], schemeID="EM")
     if party.get("vat_id"):
         _ram(_ram(element, "SpecifiedTaxRegistration"), "ID", party["vat_id"], schemeID="VA")
+    if party.get("tax_registration"):
+        _ram(
+            _ram(element, "SpecifiedTaxRegistration"),
+            "ID",
+            party["tax_registration"],
+            schemeID="FC",
+        )
 
 
 def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
@@ -433,10 +467,11 @@ def _ubl_party(parent, name: str, party: dict) -> None:
     if len(lines) > 2:
         _cbc(_cac(address, "AddressLine"), "Line", lines[2])
     _cbc(_cac(address, "Country"), "IdentificationCode", party["country"])
-    if party.get("vat_id"):
-        scheme = _cac(element, "PartyTaxScheme")
-        _cbc(scheme, "CompanyID", party["vat_id"])
-        _cbc(_cac(scheme, "TaxScheme"), "ID", "VAT")
+    for key, tax_scheme in (("vat_id", "VAT"), ("tax_registration", "FC")):
+        if party.get(key):
+            scheme = _cac(element, "PartyTaxScheme")
+            _cbc(scheme, "CompanyID", party[key])
+            _cbc(_cac(scheme, "TaxScheme"), "ID", tax_scheme)
     legal = _cac(element, "PartyLegalEntity")
     _cbc(legal, "RegistrationName", party["name"])
     if party.get("registration"):

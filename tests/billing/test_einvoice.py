@@ -157,6 +157,59 @@ def test_invoice_cii_and_ubl_pass_the_xsd_and_the_en16931_rules(
     assert doc.findtext("cac:TaxTotal/cbc:TaxAmount", namespaces=UBL) == f"{invoice.tax:.2f}"
 
 
+CHINESE_SELLER = {
+    "name": "国家人工智能算力中心有限公司",
+    "address": "海淀区中关村大街1号\n100080 北京",
+    "country": "CN",
+    "tax_id": "91110108MA01ABCD2X",  # a unified social credit code: no country prefix
+    "email": "billing@gpucloud.example",
+    "bank": "",
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "rate"), [("standard", "0.06"), ("zero_rated", "0"), ("not_subject", "0")]
+)
+def test_a_seller_tax_id_without_country_prefix_is_not_a_vat_identifier(
+    world, settings, status, rate
+):
+    settings.BILLING_SELLER = CHINESE_SELLER
+    invoice = issue(world, currency="CNY", tax_status=status, tax_rate=rate)
+    assert invoice.seller["tax_id"] == "91110108MA01ABCD2X"
+    cii, ubl = einvoice.invoice_cii(invoice), einvoice.invoice_ubl(invoice)
+    assert_valid(cii, "cii")  # BR-CO-09 held: no VAT identifier without a country prefix
+    assert_valid(ubl, "ubl")
+    seller = etree.fromstring(cii).find(".//ram:SellerTradeParty", CII)
+    assert [
+        (x.text, x.get("schemeID"))
+        for x in seller.iterfind("ram:SpecifiedTaxRegistration/ram:ID", CII)
+    ] == [("91110108MA01ABCD2X", "FC")]
+    assert cii_text(seller, "ram:SpecifiedLegalOrganization/ram:ID") == "91110108MA01ABCD2X"
+    party = etree.fromstring(ubl).find("cac:AccountingSupplierParty/cac:Party", UBL)
+    assert [
+        (
+            x.findtext("cbc:CompanyID", namespaces=UBL),
+            x.findtext("cac:TaxScheme/cbc:ID", namespaces=UBL),
+        )
+        for x in party.iterfind("cac:PartyTaxScheme", UBL)
+    ] == [("91110108MA01ABCD2X", "FC")]
+
+
+@pytest.mark.parametrize(
+    ("tax_id", "vat"),
+    [
+        ("DE123456789", True),
+        ("EL094014201", True),  # Greece's VAT prefix is EL, not GR
+        ("XI123456789", True),
+        ("91110108MA01ABCD2X", False),
+        ("ZZ123456", False),  # not a country
+        ("", False),
+    ],
+)
+def test_vat_identifiers_are_told_from_national_tax_ids(tax_id, vat):
+    assert einvoice.is_vat_id(tax_id) is vat
+
+
 def test_the_numbers_of_a_usd_invoice_with_tax(world):
     invoice = issue(world)
     # 10 h at 3.50 + 1.5 h at 7.00 + 50,000 GB-hours of volume (68.493151 GB-months at 0.10)
