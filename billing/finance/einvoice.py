@@ -39,7 +39,11 @@ Mapping choices (EN 16931 business terms in brackets):
   [BT-115] is total - credits_applied, which is ``amount_due`` as issued (a later credit note
   lowers the stored ``amount_due`` of an unpaid invoice; the issued document does not change).
 - Seller address: the snapshot's free-text address; its last line is read as "postcode city"
-  when it starts with a digit, the lines before it are address lines.
+  when it starts with a digit, the lines before it are address lines. Buyer address [BG-8]:
+  the street, second line, postcode and city of the organisation's billing details, as frozen
+  into the snapshot (only the country for a snapshot older than those).
+- Buyer reference [BT-10]: the organisation's buyer reference, else its slug. Electronic
+  addresses [BT-34, BT-49]: the buyer's own with its scheme, else the email address (``EM``).
 - Actual delivery date [BT-72]: the last day of the invoiced month (the service was delivered
   through it), also the inclusive end of the invoicing period [BG-14].
 - Payment means [BG-16] (invoices only): SEPA credit transfer (58) with the IBAN and BIC read
@@ -268,11 +272,20 @@ def _document(source: Invoice | Document) -> dict:
         "buyer": {
             "name": buyer["name"],
             "country": buyer["country"],
+            "address": {
+                "lines": [x for x in (buyer.get("street"), buyer.get("address_line2")) if x],
+                "postcode": buyer.get("postcode") or "",
+                "city": buyer.get("city") or "",
+            },
             "email": buyer.get("email", ""),
+            "endpoint": buyer.get("electronic_address") or "",
+            "endpoint_scheme": buyer.get("electronic_address_scheme") or "",
             "vat_id": buyer_vat_id,
             "registration": buyer_registration,
             "account": buyer.get("account", ""),
         },
+        # BT-10: the buyer's own reference, else its account (slug) here
+        "buyer_reference": buyer.get("reference") or buyer.get("account", ""),
         "lines": lines,
         "line_total": amount_text(sign * document.subtotal, currency),
         "tax_basis": amount_text(sign * document.subtotal, currency),
@@ -304,6 +317,14 @@ def _cii_date(parent, name: str, value, qualified: bool = False) -> None:
     _sub(holder, f"{{{QDT if qualified else UDT}}}DateTimeString", f"{value:%Y%m%d}", format="102")
 
 
+def _endpoint(party: dict) -> tuple[str, str]:
+    """The party's electronic address [BT-34, BT-49] and its scheme: the one given, else its
+    email address (scheme EM)."""
+    if party.get("endpoint") and party.get("endpoint_scheme"):
+        return party["endpoint"], party["endpoint_scheme"]
+    return party.get("email", ""), "EM"
+
+
 def _cii_party(parent, name: str, party: dict) -> None:
     element = _ram(parent, name)
     if party.get("identifier"):
@@ -320,8 +341,9 @@ def _cii_party(parent, name: str, party: dict) -> None:
     if parts["city"]:
         _ram(address, "CityName", parts["city"])
     _ram(address, "CountryID", party["country"])
-    if party.get("email"):
-        _ram(_ram(element, "URIUniversalCommunication"), "URIID", party["email"], schemeID="EM")
+    endpoint, scheme = _endpoint(party)
+    if endpoint:
+        _ram(_ram(element, "URIUniversalCommunication"), "URIID", endpoint, schemeID=scheme)
     if party.get("vat_id"):
         _ram(_ram(element, "SpecifiedTaxRegistration"), "ID", party["vat_id"], schemeID="VA")
     if party.get("tax_registration"):
@@ -375,8 +397,8 @@ def invoice_cii(invoice: Invoice | Document) -> bytes:
         summation = _ram(settlement, "SpecifiedTradeSettlementLineMonetarySummation")
         _ram(summation, "LineTotalAmount", line["amount"])
     agreement = _ram(transaction, "ApplicableHeaderTradeAgreement")
-    if doc["buyer"]["account"]:
-        _ram(agreement, "BuyerReference", doc["buyer"]["account"])
+    if doc["buyer_reference"]:
+        _ram(agreement, "BuyerReference", doc["buyer_reference"])
     _cii_party(agreement, "SellerTradeParty", doc["seller"])
     _cii_party(agreement, "BuyerTradeParty", doc["buyer"])
     # BT-72, the last day of the period: the month's service was delivered through it (the
@@ -448,8 +470,9 @@ def _cac(parent, name: str):
 
 def _ubl_party(parent, name: str, party: dict) -> None:
     element = _cac(_cac(parent, name), "Party")
-    if party.get("email"):
-        _cbc(element, "EndpointID", party["email"], schemeID="EM")
+    endpoint, scheme = _endpoint(party)
+    if endpoint:
+        _cbc(element, "EndpointID", endpoint, schemeID=scheme)
     if party.get("identifier"):
         _cbc(_cac(element, "PartyIdentification"), "ID", party["identifier"])
     _cbc(_cac(element, "PartyName"), "Name", party["name"])
@@ -511,8 +534,8 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
     if doc["note"]:
         _cbc(root, "Note", doc["note"])
     _cbc(root, "DocumentCurrencyCode", doc["currency"])
-    if doc["buyer"]["account"]:
-        _cbc(root, "BuyerReference", doc["buyer"]["account"])
+    if doc["buyer_reference"]:
+        _cbc(root, "BuyerReference", doc["buyer_reference"])
     period = _cac(root, "InvoicePeriod")
     _cbc(period, "StartDate", doc["period_start"].isoformat())
     _cbc(period, "EndDate", doc["period_end"].isoformat())

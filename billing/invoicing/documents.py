@@ -72,6 +72,13 @@ def percent(rate: Decimal) -> str:
     return decimal_text(Decimal(rate) * 100)
 
 
+def buyer_address_lines(buyer: Mapping[str, Any]) -> list[str]:
+    """The buyer's postal address as printed (without the country): street, second line,
+    postcode and city; empty for a snapshot taken before organisations had an address."""
+    place = " ".join(part for part in (buyer.get("postcode"), buyer.get("city")) if part)
+    return [line for line in (buyer.get("street"), buyer.get("address_line2"), place) if line]
+
+
 def _country_name(code: str) -> str:
     return str(dict(countries).get(code, code)) if code else ""
 
@@ -202,6 +209,8 @@ def document_context(invoice: Invoice, document: Document | None = None) -> dict
     seller["country_name"] = _country_name(seller.get("country", ""))
     if not buyer.get("country_name"):
         buyer["country_name"] = _country_name(buyer.get("country", ""))
+    if not buyer.get("address"):
+        buyer["address"] = "\n".join(buyer_address_lines(buyer))
     currency = doc.currency
     lines = [
         {

@@ -96,6 +96,22 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "billing_email", "tax_id"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "billing_email", "country", "tax_id"]}),
+        (
+            _("Billing address and e-invoicing"),
+            {
+                "fields": [
+                    "street",
+                    "address_line2",
+                    ("postcode", "city"),
+                    "buyer_reference",
+                    ("electronic_address_scheme", "electronic_address"),
+                ]
+            },
+        ),
+        (None, {"fields": ["currency", "billing_mode", "verified_as", "created_at", "deleted_at"]}),
+    ]
 
     def get_readonly_fields(self, request, obj=None):
         """The billing mode changes only when finance grants or revokes credit terms (audited,

@@ -7,7 +7,7 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
-from portal.accounts.models import Currency, VerificationKind
+from portal.accounts.models import Currency, ElectronicAddressScheme, VerificationKind
 from portal.accounts.roles import Role, grantable_roles
 
 
@@ -67,6 +67,44 @@ class OrganizationForm(PortalForm):
     )
     tax_id = forms.CharField(label=_("Tax ID (VAT number)"), max_length=40, required=False)
     currency = forms.ChoiceField(label=_("Currency"), choices=Currency.choices)
+
+
+class OrganizationSettingsForm(OrganizationForm):
+    """The organisation's details and its billing details: the postal address, reference and
+    electronic address its invoices state about it (validated again by the service)."""
+
+    street = forms.CharField(label=_("Street and number"), max_length=200, required=False)
+    address_line2 = forms.CharField(label=_("Address line 2"), max_length=200, required=False)
+    postcode = forms.CharField(label=_("Postcode"), max_length=20, required=False)
+    city = forms.CharField(label=_("City"), max_length=100, required=False)
+    buyer_reference = forms.CharField(
+        label=_("Buyer reference"),
+        max_length=200,
+        required=False,
+        help_text=_(
+            "Printed on every invoice for your accounts payable, e.g. a purchase order number "
+            "or a Leitweg-ID; empty uses the organisation's slug."
+        ),
+    )
+    electronic_address_scheme = forms.ChoiceField(
+        label=_("E-invoice address scheme"),
+        choices=lambda: [("", _("None")), *ElectronicAddressScheme.choices],
+        required=False,
+    )
+    electronic_address = forms.CharField(
+        label=_("E-invoice address"),
+        max_length=200,
+        required=False,
+        help_text=_("Where your e-invoicing system receives invoices, e.g. a Peppol id."),
+    )
+
+    DETAILS = ("name", "billing_email", "country", "tax_id", "currency")
+
+    def details_fields(self):
+        return [self[name] for name in self.DETAILS]
+
+    def billing_fields(self):
+        return [self[name] for name in self.fields if name not in self.DETAILS]
 
 
 class DeleteOrganizationForm(PortalForm):

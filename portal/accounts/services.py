@@ -6,6 +6,7 @@ permission matrix, write an audit row, and enqueue email after commit.
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -35,6 +36,7 @@ from portal.accounts.models import (
     AuditEvent,
     BillingMode,
     Currency,
+    ElectronicAddressScheme,
     Invitation,
     Membership,
     Organization,
@@ -322,7 +324,78 @@ def _clean_org_fields(fields: dict) -> dict:
         )
     if "tax_id" in cleaned:
         cleaned["tax_id"] = (cleaned["tax_id"] or "").strip()
+    for key in BILLING_TEXT_FIELDS:
+        if key in cleaned:
+            cleaned[key] = " ".join(str(cleaned[key] or "").split())  # one line each
+    if "electronic_address_scheme" in cleaned:
+        cleaned["electronic_address_scheme"] = str(cleaned["electronic_address_scheme"] or "")
+        if cleaned["electronic_address_scheme"] not in ["", *ElectronicAddressScheme.values]:
+            raise InvalidInput(
+                _("Choose the electronic address's scheme from the list."),
+                code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+            )
+    if cleaned.get("postcode") and not POSTCODE.match(cleaned["postcode"]):
+        raise InvalidInput(
+            _("A postcode has 2 to 12 letters, digits, spaces or hyphens."),
+            code=AccountsErrorCode.POSTCODE_INVALID,
+        )
     return cleaned
+
+
+# The buyer's postal address, reference and electronic address: free text on one line.
+BILLING_TEXT_FIELDS = (
+    "street",
+    "address_line2",
+    "postcode",
+    "city",
+    "buyer_reference",
+    "electronic_address",
+)
+POSTCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 -]{0,10}[A-Za-z0-9]$")
+# what an electronic address of a scheme looks like (the others: any one-line text)
+ELECTRONIC_ADDRESS_FORMS = {
+    ElectronicAddressScheme.GLN: re.compile(r"^\d{13}$"),
+    ElectronicAddressScheme.DUNS: re.compile(r"^\d{9}$"),
+    ElectronicAddressScheme.DE_VAT: re.compile(r"^DE\d{9}$"),
+    ElectronicAddressScheme.LEITWEG_ID: re.compile(r"^\d{2,12}(-[0-9A-Z]{1,30})?-\d{2}$"),
+}
+
+
+def _check_billing_details(values: dict) -> None:
+    """The organisation's address and electronic address as a whole (after an update):
+    an address has at least its street and city; an electronic address has its scheme and
+    the form the scheme gives it."""
+    if any(values.get(k) for k in ("street", "address_line2", "postcode", "city")) and not (
+        values.get("street") and values.get("city")
+    ):
+        raise InvalidInput(
+            _("A postal address needs at least the street and the city."),
+            code=AccountsErrorCode.ADDRESS_INCOMPLETE,
+        )
+    address, scheme = (
+        values.get("electronic_address", ""),
+        values.get("electronic_address_scheme", ""),
+    )
+    if bool(address) != bool(scheme):
+        raise InvalidInput(
+            _("Give the electronic address together with its scheme, or neither."),
+            code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+        )
+    if scheme == ElectronicAddressScheme.EMAIL:
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise InvalidInput(
+                _("An electronic address of the email scheme must be an email address."),
+                code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+            ) from None
+    form = ELECTRONIC_ADDRESS_FORMS.get(scheme)
+    if form and not form.match(address):
+        raise InvalidInput(
+            _("%(address)s is not a valid %(scheme)s.")
+            % {"address": address, "scheme": ElectronicAddressScheme(scheme).label},
+            code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+        )
 
 
 @transaction.atomic  # the demo data creates its organisation inside its own transaction
@@ -374,7 +447,15 @@ def organization_create(
 
 
 # The billing mode is not among them: prepaid unless finance grants credit terms (billing).
-ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency")
+ORG_EDITABLE_FIELDS = (
+    "name",
+    "billing_email",
+    "country",
+    "tax_id",
+    "currency",
+    *BILLING_TEXT_FIELDS,
+    "electronic_address_scheme",
+)
 
 
 def organization_currency_locks(org: Organization) -> dict[str, int]:
@@ -398,6 +479,9 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
         )
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
+    _check_billing_details(
+        {key: cleaned.get(key, getattr(org, key)) for key in ORG_EDITABLE_FIELDS}
+    )
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
     if "currency" in changed:
         locks = organization_currency_locks(org)

@@ -449,3 +449,114 @@ def test_unit_prices_are_shown_without_trailing_zeros(value, shown):
 )
 def test_tax_rates_are_shown_as_the_pdf_prints_them(rate, shown):
     assert percent(rate) == shown  # not rounded to a whole percent
+
+
+# --- the buyer's postal address, reference and electronic address ----------------------------
+
+BUYER_DETAILS = {
+    "street": "Friedrichstraße 100",
+    "address_line2": "3. OG",
+    "postcode": "10117",
+    "city": "Berlin",
+    "buyer_reference": "PO-2026-0042",
+    "electronic_address": "4035811991014",
+    "electronic_address_scheme": "0088",
+}
+
+
+def _set_billing_details(world, **fields):
+    from portal.accounts import services as accounts
+
+    accounts.organization_update(actor=factories.actor(world.org, world.owner), **fields)
+    world.org.refresh_from_db()  # issue() saves it
+
+
+def _pdf_text(pdf: bytes) -> str:
+    import subprocess
+
+    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True)
+    return " ".join(done.stdout.decode().split())
+
+
+def test_the_buyer_address_is_frozen_printed_and_written_into_the_einvoices(world):
+    from billing.invoicing.documents import invoice_pdf
+
+    _set_billing_details(world, **BUYER_DETAILS)
+    invoice = issue(world)
+    assert {k: invoice.buyer[k] for k in ("street", "postcode", "city", "reference")} == {
+        "street": "Friedrichstraße 100",
+        "postcode": "10117",
+        "city": "Berlin",
+        "reference": "PO-2026-0042",
+    }
+    # a later move changes neither the issued invoice nor its e-invoices
+    _set_billing_details(world, street="Unter den Linden 1", address_line2="", city="Potsdam")
+    invoice.refresh_from_db()
+    assert invoice.buyer["city"] == "Berlin"
+
+    cii, ubl = einvoice.invoice_cii(invoice), einvoice.invoice_ubl(invoice)
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+    tree = etree.fromstring(cii)
+    address = tree.find(".//ram:BuyerTradeParty/ram:PostalTradeAddress", CII)
+    assert [(etree.QName(x).localname, x.text) for x in address] == [
+        ("PostcodeCode", "10117"),
+        ("LineOne", "Friedrichstraße 100"),
+        ("LineTwo", "3. OG"),
+        ("CityName", "Berlin"),
+        ("CountryID", "DE"),
+    ]
+    assert cii_text(tree, ".//ram:ApplicableHeaderTradeAgreement/ram:BuyerReference") == (
+        "PO-2026-0042"
+    )
+    uri = tree.find(".//ram:BuyerTradeParty/ram:URIUniversalCommunication/ram:URIID", CII)
+    assert (uri.text, uri.get("schemeID")) == ("4035811991014", "0088")
+    doc = etree.fromstring(ubl)
+    party = doc.find("cac:AccountingCustomerParty/cac:Party", UBL)
+    endpoint = party.find("cbc:EndpointID", UBL)
+    assert (endpoint.text, endpoint.get("schemeID")) == ("4035811991014", "0088")
+    assert [
+        party.findtext(f"cac:PostalAddress/cbc:{name}", namespaces=UBL)
+        for name in ("StreetName", "AdditionalStreetName", "CityName", "PostalZone")
+    ] == ["Friedrichstraße 100", "3. OG", "Berlin", "10117"]
+    assert doc.findtext("cbc:BuyerReference", namespaces=UBL) == "PO-2026-0042"
+
+    text = _pdf_text(invoice_pdf(invoice))
+    assert "Friedrichstraße 100 3. OG 10117 Berlin Germany" in text
+    assert "Your reference PO-2026-0042" in text
+    assert "E-invoice address 4035811991014" in text
+
+
+def test_a_credit_note_carries_the_buyer_address_as_it_is_when_issued(world):
+    from billing.invoicing.documents import invoice_pdf
+
+    _set_billing_details(world, **BUYER_DETAILS)
+    invoice = issue(world)
+    _set_billing_details(world, street="Unter den Linden 1", address_line2="")
+    note = invoicing.credit_note_create(
+        invoice, actor=finance(world.org), lines=[("Outage", "10")], reason="Outage", notify=False
+    )
+    assert note.buyer["street"] == "Unter den Linden 1"
+    cii, ubl = einvoice.invoice_cii(note), einvoice.invoice_ubl(note)
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+    assert cii_text(etree.fromstring(cii), ".//ram:BuyerTradeParty//ram:LineOne") == (
+        "Unter den Linden 1"
+    )
+    assert "Unter den Linden 1 10117 Berlin Germany" in _pdf_text(invoice_pdf(note))
+
+
+def test_an_invoice_issued_before_organisations_had_an_address_states_only_the_country(world):
+    invoice = issue(world)
+    frozen = {k: v for k, v in invoice.buyer.items() if k in ("name", "country", "country_name")}
+    frozen.update(tax_id="DE811111111", email=invoice.buyer["email"], account="old-slug")
+    # a snapshot of the old shape (the database keeps an issued invoice as it is)
+    from dataclasses import replace
+
+    from billing.invoicing.documents import document_build
+
+    cii = einvoice.invoice_cii(replace(document_build(invoice), buyer=frozen))
+    assert_valid(cii, "cii")
+    address = etree.fromstring(cii).find(".//ram:BuyerTradeParty/ram:PostalTradeAddress", CII)
+    assert [etree.QName(x).localname for x in address] == ["CountryID"]
+    assert cii_text(etree.fromstring(cii), ".//ram:BuyerReference") == "old-slug"
