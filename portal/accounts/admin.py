@@ -107,6 +107,7 @@ class OrganizationAdmin(admin.ModelAdmin):
                     ("postcode", "city"),
                     "buyer_reference",
                     ("electronic_address_scheme", "electronic_address"),
+                    "einvoice_profile",
                 ]
             },
         ),

@@ -10,6 +10,7 @@ class AccountsErrorCode(StrEnum):
     ALREADY_INVITED = "already_invited"
     ALREADY_MEMBER = "already_member"
     ADDRESS_INCOMPLETE = "address_incomplete"
+    EINVOICE_PROFILE_INCOMPLETE = "einvoice_profile_incomplete"
     ELECTRONIC_ADDRESS_INVALID = "electronic_address_invalid"
     POSTCODE_INVALID = "postcode_invalid"
     BILLING_MODE_INVALID = "billing_mode_invalid"

@@ -7,7 +7,12 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
-from portal.accounts.models import Currency, ElectronicAddressScheme, VerificationKind
+from portal.accounts.models import (
+    Currency,
+    EInvoiceProfile,
+    ElectronicAddressScheme,
+    VerificationKind,
+)
 from portal.accounts.roles import Role, grantable_roles
 
 
@@ -98,7 +103,24 @@ class OrganizationSettingsForm(OrganizationForm):
         help_text=_("Where your e-invoicing system receives invoices, e.g. a Peppol id."),
     )
 
+    einvoice_profile = forms.ChoiceField(
+        label=_("E-invoice profile"),
+        choices=EInvoiceProfile.choices,
+        required=False,  # a form sent without it keeps the profile chosen
+        help_text=_(
+            "The rules your UBL and CII e-invoices follow: EN 16931, PEPPOL BIS Billing 3.0 "
+            "(needs an e-invoice address) or XRechnung 3.0 (needs the full address, a buyer "
+            "reference such as your Leitweg-ID, and an e-invoice address)."
+        ),
+    )
+
     DETAILS = ("name", "billing_email", "country", "tax_id", "currency")
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("einvoice_profile"):
+            cleaned.pop("einvoice_profile", None)
+        return cleaned
 
     def details_fields(self):
         return [self[name] for name in self.DETAILS]

@@ -101,17 +101,23 @@ class ElectronicAddressScheme(models.TextChoices):
 
     EMAIL = "EM", _("Email address")
     GLN = "0088", _("GLN (Global Location Number)")
-    DUNS = "0060", _("DUNS number")
     LEITWEG_ID = "0204", _("Leitweg-ID (German public sector)")
     DE_VAT = "9930", _("German VAT number")
-    FR_SIRET = "0009", _("French SIRET")
     BE_ENTERPRISE = "0208", _("Belgian enterprise number")
     NL_OIN = "0190", _("Dutch OIN")
     IT_VAT = "0211", _("Italian VAT number")
     NO_ORG = "0192", _("Norwegian organisation number")
-    SE_ORG = "0007", _("Swedish organisation number")
     DK_CVR = "0184", _("Danish CVR number")
     FI_OVT = "0216", _("Finnish OVT code")
+
+
+class EInvoiceProfile(models.TextChoices):
+    """The rules an organisation's UBL and CII follow: plain EN 16931, or one of the CIUS its
+    e-invoicing system expects (ids and elements in ``billing.finance.einvoice``)."""
+
+    EN16931 = "en16931", _("EN 16931")
+    PEPPOL_BIS3 = "peppol_bis3", _("PEPPOL BIS Billing 3.0")
+    XRECHNUNG3 = "xrechnung3", _("XRechnung 3.0")
 
 
 class Organization(models.Model):
@@ -151,6 +157,13 @@ class Organization(models.Model):
         blank=True,
         choices=ElectronicAddressScheme.choices,
     )
+    einvoice_profile = models.CharField(
+        _("e-invoice profile"),
+        max_length=12,
+        choices=EInvoiceProfile.choices,
+        default=EInvoiceProfile.EN16931,
+        help_text=_("The rules the UBL and CII e-invoices follow."),
+    )
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
     billing_mode = models.CharField(
         max_length=10, choices=BillingMode.choices, default=BillingMode.PREPAID
@@ -186,6 +199,10 @@ class Organization(models.Model):
                     & Q(electronic_address_scheme__in=ElectronicAddressScheme.values)
                 ),
                 name="accounts_org_electronic_address_has_scheme",
+            ),
+            models.CheckConstraint(
+                condition=Q(einvoice_profile__in=EInvoiceProfile.values),
+                name="accounts_org_einvoice_profile_valid",
             ),
         ]
 

@@ -36,6 +36,7 @@ from portal.accounts.models import (
     AuditEvent,
     BillingMode,
     Currency,
+    EInvoiceProfile,
     ElectronicAddressScheme,
     Invitation,
     Membership,
@@ -334,6 +335,12 @@ def _clean_org_fields(fields: dict) -> dict:
                 _("Choose the electronic address's scheme from the list."),
                 code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
             )
+    if "einvoice_profile" in cleaned and cleaned["einvoice_profile"] not in EInvoiceProfile.values:
+        raise InvalidInput(
+            _("The e-invoice profile must be one of %(choices)s.")
+            % {"choices": ", ".join(EInvoiceProfile.values)},
+            code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+        )
     if cleaned.get("postcode") and not POSTCODE.match(cleaned["postcode"]):
         raise InvalidInput(
             _("A postcode has 2 to 12 letters, digits, spaces or hyphens."),
@@ -355,7 +362,6 @@ POSTCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 -]{0,10}[A-Za-z0-9]$")
 # what an electronic address of a scheme looks like (the others: any one-line text)
 ELECTRONIC_ADDRESS_FORMS = {
     ElectronicAddressScheme.GLN: re.compile(r"^\d{13}$"),
-    ElectronicAddressScheme.DUNS: re.compile(r"^\d{9}$"),
     ElectronicAddressScheme.DE_VAT: re.compile(r"^DE\d{9}$"),
     ElectronicAddressScheme.LEITWEG_ID: re.compile(r"^\d{2,12}(-[0-9A-Z]{1,30})?-\d{2}$"),
 }
@@ -396,6 +402,28 @@ def _check_billing_details(values: dict) -> None:
             % {"address": address, "scheme": ElectronicAddressScheme(scheme).label},
             code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
         )
+    profile = values.get("einvoice_profile") or EInvoiceProfile.EN16931
+    if profile == EInvoiceProfile.PEPPOL_BIS3 and scheme in ("", ElectronicAddressScheme.EMAIL):
+        raise InvalidInput(
+            _(
+                "PEPPOL BIS Billing 3.0 delivers to a Peppol participant: give an e-invoice "
+                "address with its scheme (an email address is not one)."
+            ),
+            code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+        )
+    if profile == EInvoiceProfile.XRECHNUNG3:
+        missing = [
+            str(Organization._meta.get_field(key).verbose_name)
+            for key in ("street", "postcode", "city", "buyer_reference", "electronic_address")
+            if not values.get(key)
+        ]
+        if missing:
+            raise InvalidInput(
+                _("XRechnung 3.0 needs these billing details too: %(missing)s.")
+                % {"missing": ", ".join(missing)},
+                code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+                details={"missing": missing},
+            )
 
 
 @transaction.atomic  # the demo data creates its organisation inside its own transaction
@@ -455,6 +483,7 @@ ORG_EDITABLE_FIELDS = (
     "currency",
     *BILLING_TEXT_FIELDS,
     "electronic_address_scheme",
+    "einvoice_profile",
 )
 
 

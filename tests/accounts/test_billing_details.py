@@ -126,6 +126,7 @@ def test_the_api_shows_the_billing_details(org, owner):
     _, secret = services.api_key_create(actor=factories.actor(org, owner), name="ci", role="viewer")
     body = Client().get("/api/v1/organization", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
     assert {key: body[key] for key in ADDRESS} == ADDRESS
+    assert body["einvoice_profile"] == "en16931"
 
 
 def test_admin_shows_the_billing_details(org, owner):
@@ -135,3 +136,58 @@ def test_admin_shows_the_billing_details(org, owner):
     page = staff.get(f"/admin/accounts/organization/{org.pk}/change/").content.decode()
     assert "Billing address and e-invoicing" in page
     assert 'value="Friedrichstraße 100"' in page and 'name="electronic_address_scheme"' in page
+    assert 'name="einvoice_profile"' in page
+
+
+def test_peppol_needs_an_e_invoice_address_of_a_peppol_scheme(org, owner):
+    actor = factories.actor(org, owner)
+    for fields in (
+        {},
+        {"electronic_address": "ap@example.com", "electronic_address_scheme": "EM"},
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            services.organization_update(actor=actor, einvoice_profile="peppol_bis3", **fields)
+        assert caught.value.code == "einvoice_profile_incomplete"
+    services.organization_update(
+        actor=actor,
+        einvoice_profile="peppol_bis3",
+        electronic_address="4035811991014",
+        electronic_address_scheme="0088",
+    )
+    org.refresh_from_db()
+    assert org.einvoice_profile == "peppol_bis3"
+    with pytest.raises(InvalidInput):  # and keeps needing it
+        services.organization_update(
+            actor=actor, electronic_address="", electronic_address_scheme=""
+        )
+
+
+def test_xrechnung_needs_the_full_address_a_buyer_reference_and_an_e_invoice_address(org, owner):
+    actor = factories.actor(org, owner)
+    with pytest.raises(InvalidInput) as caught:
+        services.organization_update(
+            actor=actor, einvoice_profile="xrechnung3", street="Friedrichstraße 100", city="Berlin"
+        )
+    assert caught.value.code == "einvoice_profile_incomplete"
+    assert caught.value.details["missing"] == ["postcode", "buyer reference", "electronic address"]
+    assert "postcode, buyer reference, electronic address" in caught.value.message
+    services.organization_update(actor=actor, einvoice_profile="xrechnung3", **ADDRESS)
+    org.refresh_from_db()
+    assert org.einvoice_profile == "xrechnung3"
+
+
+def test_an_unknown_profile_is_refused(org, owner):
+    with pytest.raises(InvalidInput) as caught:
+        services.organization_update(actor=factories.actor(org, owner), einvoice_profile="ubl")
+    assert caught.value.code == "einvoice_profile_incomplete"
+
+
+def test_the_profile_is_chosen_on_the_settings_page(org, owner_client):
+    page = owner_client.get("/settings/").content.decode()
+    assert 'name="einvoice_profile"' in page and "XRechnung 3.0" in page
+    response = owner_client.post("/settings/", _form(org, einvoice_profile="xrechnung3"))
+    assert "XRechnung 3.0 needs these billing details too" in response.content.decode()
+    response = owner_client.post("/settings/", _form(org, einvoice_profile="xrechnung3", **ADDRESS))
+    assert response.status_code == 302
+    org.refresh_from_db()
+    assert org.einvoice_profile == "xrechnung3"

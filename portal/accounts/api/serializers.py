@@ -28,6 +28,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
             "buyer_reference",
             "electronic_address",
             "electronic_address_scheme",
+            "einvoice_profile",
             "currency",
             "billing_mode",
             "created_at",
