@@ -406,3 +406,15 @@ def test_an_unknown_profile_is_refused_with_a_code(world):
     with pytest.raises(InvalidInput) as caught:
         einvoice.invoice_ubl(document, profile="facturae")
     assert caught.value.code == "einvoice_profile_unknown"
+
+
+def test_the_invoice_page_says_which_profile_its_einvoices_follow(world):
+    from django.test import Client
+
+    document = build(world, "usd-taxed", "xrechnung3")
+    client = Client()
+    client.force_login(world.owner)
+    page = client.get(f"/billing/invoices/{document.pk}/").content.decode()
+    assert "UBL and CII follow XRechnung 3.0." in page
+    ubl = client.get(f"/billing/invoices/{document.pk}/e-invoice/ubl/").content
+    assert read_ubl(ubl).customization == XRECHNUNG
