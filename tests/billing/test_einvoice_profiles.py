@@ -418,3 +418,21 @@ def test_the_invoice_page_says_which_profile_its_einvoices_follow(world):
     assert "UBL and CII follow XRechnung 3.0." in page
     ubl = client.get(f"/billing/invoices/{document.pk}/e-invoice/ubl/").content
     assert read_ubl(ubl).customization == XRECHNUNG
+
+
+def test_xrechnung_names_no_payment_instrument_when_the_seller_has_no_iban(world, settings):
+    from tests.billing.test_einvoice import CHINESE_SELLER
+
+    settings.BILLING_SELLER = {
+        **CHINESE_SELLER,
+        "contact_name": "财务部",
+        "phone": "+86 10 8888 6666",
+    }
+    document = build(world, "cny-chinese-names-taxed", "xrechnung3")
+    ubl, cii = einvoice.invoice_ubl(document), einvoice.invoice_cii(document)
+    assert_valid(ubl, "ubl")
+    assert_valid_cii(cii, "xrechnung3")
+    for read in (read_ubl(ubl), read_cii(cii)):
+        assert xrechnung_findings(read) == []
+        assert (read.payment_means, read.ibans) == (["1"], [])
+        assert read.seller_tax_ids == ["91110108MA01ABCD2X"]  # BR-DE-16, as its tax registration
