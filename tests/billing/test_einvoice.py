@@ -560,3 +560,21 @@ def test_an_invoice_issued_before_organisations_had_an_address_states_only_the_c
     address = etree.fromstring(cii).find(".//ram:BuyerTradeParty/ram:PostalTradeAddress", CII)
     assert [etree.QName(x).localname for x in address] == ["CountryID"]
     assert cii_text(etree.fromstring(cii), ".//ram:BuyerReference") == "old-slug"
+
+
+def test_a_credit_note_has_a_pdfa_factur_x_too(world):
+    import io
+
+    import pikepdf
+
+    invoice = issue(world)
+    note = invoicing.credit_note_create(
+        invoice, actor=finance(world.org), lines=[("Outage", "10")], reason="Outage", notify=False
+    )
+    pdf = einvoice.invoice_facturx_pdf(note)
+    filename, xml = facturx.get_xml_from_pdf(pdf, check_xsd=True)
+    assert (filename, xml) == ("factur-x.xml", einvoice.invoice_cii(note, profile="en16931"))
+    with pikepdf.open(io.BytesIO(pdf)) as document:
+        meta = document.open_metadata()
+        assert meta.pdfa_status == "3B"
+        assert str(document.docinfo.Title) == meta["dc:title"] == f"Credit note {note.number}"
