@@ -367,8 +367,9 @@ ELECTRONIC_ADDRESS_FORMS = {
 }
 
 
-def _check_billing_details(values: dict) -> None:
-    """The organisation's address and electronic address as a whole (after an update):
+def organization_billing_details_check(values: dict) -> None:
+    """Raises ``InvalidInput`` for billing details that do not hold together (also run by the
+    organisation admin's form). The organisation's address and electronic address as a whole (after an update):
     an address has at least its street and city; an electronic address has its scheme and
     the form the scheme gives it."""
     if any(values.get(k) for k in ("street", "address_line2", "postcode", "city")) and not (
@@ -508,7 +509,7 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
         )
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
-    _check_billing_details(
+    organization_billing_details_check(
         {key: cleaned.get(key, getattr(org, key)) for key in ORG_EDITABLE_FIELDS}
     )
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}

@@ -191,3 +191,36 @@ def test_the_profile_is_chosen_on_the_settings_page(org, owner_client):
     assert response.status_code == 302
     org.refresh_from_db()
     assert org.einvoice_profile == "xrechnung3"
+
+
+def test_admin_holds_the_billing_details_to_the_same_rules(org):
+    staff = Client()
+    staff.force_login(factories.user(is_staff=True, is_superuser=True))
+    url = f"/admin/accounts/organization/{org.pk}/change/"
+    data = {
+        "name": org.name,
+        "slug": org.slug,
+        "billing_email": org.billing_email,
+        "country": "DE",
+        "tax_id": "",
+        "street": "",
+        "address_line2": "",
+        "postcode": "",
+        "city": "",
+        "buyer_reference": "",
+        "electronic_address": "4035811991014",
+        "electronic_address_scheme": "",  # an address without its scheme
+        "einvoice_profile": "en16931",
+        "currency": org.currency,
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+    }
+    response = staff.post(url, data)
+    assert response.status_code == 200
+    assert "Give the electronic address together with its scheme" in response.content.decode()
+    response = staff.post(url, {**data, "electronic_address_scheme": "0088"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    org.refresh_from_db()
+    assert (org.electronic_address, org.electronic_address_scheme) == ("4035811991014", "0088")
