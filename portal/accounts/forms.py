@@ -7,7 +7,12 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 from django_countries import countries
 
-from portal.accounts.models import Currency, VerificationKind
+from portal.accounts.models import (
+    Currency,
+    EInvoiceProfile,
+    ElectronicAddressScheme,
+    VerificationKind,
+)
 from portal.accounts.roles import Role, grantable_roles
 
 
@@ -67,6 +72,61 @@ class OrganizationForm(PortalForm):
     )
     tax_id = forms.CharField(label=_("Tax ID (VAT number)"), max_length=40, required=False)
     currency = forms.ChoiceField(label=_("Currency"), choices=Currency.choices)
+
+
+class OrganizationSettingsForm(OrganizationForm):
+    """The organisation's details and its billing details: the postal address, reference and
+    electronic address its invoices state about it (validated again by the service)."""
+
+    street = forms.CharField(label=_("Street and number"), max_length=200, required=False)
+    address_line2 = forms.CharField(label=_("Address line 2"), max_length=200, required=False)
+    postcode = forms.CharField(label=_("Postcode"), max_length=20, required=False)
+    city = forms.CharField(label=_("City"), max_length=100, required=False)
+    buyer_reference = forms.CharField(
+        label=_("Buyer reference"),
+        max_length=200,
+        required=False,
+        help_text=_(
+            "Printed on every invoice for your accounts payable, e.g. a purchase order number "
+            "or a Leitweg-ID; empty uses the organisation's slug."
+        ),
+    )
+    electronic_address_scheme = forms.ChoiceField(
+        label=_("E-invoice address scheme"),
+        choices=lambda: [("", _("None")), *ElectronicAddressScheme.choices],
+        required=False,
+    )
+    electronic_address = forms.CharField(
+        label=_("E-invoice address"),
+        max_length=200,
+        required=False,
+        help_text=_("Where your e-invoicing system receives invoices, e.g. a Peppol id."),
+    )
+
+    einvoice_profile = forms.ChoiceField(
+        label=_("E-invoice profile"),
+        choices=EInvoiceProfile.choices,
+        required=False,  # a form sent without it keeps the profile chosen
+        help_text=_(
+            "The rules your UBL and CII e-invoices follow: EN 16931, PEPPOL BIS Billing 3.0 "
+            "(needs an e-invoice address) or XRechnung 3.0 (needs the full address, a buyer "
+            "reference such as your Leitweg-ID, and an e-invoice address)."
+        ),
+    )
+
+    DETAILS = ("name", "billing_email", "country", "tax_id", "currency")
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("einvoice_profile"):
+            cleaned.pop("einvoice_profile", None)
+        return cleaned
+
+    def details_fields(self):
+        return [self[name] for name in self.DETAILS]
+
+    def billing_fields(self):
+        return [self[name] for name in self.fields if name not in self.DETAILS]
 
 
 class DeleteOrganizationForm(PortalForm):

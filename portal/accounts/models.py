@@ -95,14 +95,75 @@ class VerificationKind(models.TextChoices):
     ENTERPRISE = "enterprise", _("Enterprise")
 
 
+class ElectronicAddressScheme(models.TextChoices):
+    """Where an e-invoice is delivered to the buyer [BT-49-1]: the codes of the CEF
+    Electronic Address Scheme list that customers here use."""
+
+    EMAIL = "EM", _("Email address")
+    GLN = "0088", _("GLN (Global Location Number)")
+    LEITWEG_ID = "0204", _("Leitweg-ID (German public sector)")
+    DE_VAT = "9930", _("German VAT number")
+    BE_ENTERPRISE = "0208", _("Belgian enterprise number")
+    NL_OIN = "0190", _("Dutch OIN")
+    IT_VAT = "0211", _("Italian VAT number")
+    NO_ORG = "0192", _("Norwegian organisation number")
+    DK_CVR = "0184", _("Danish CVR number")
+    FI_OVT = "0216", _("Finnish OVT code")
+
+
+class EInvoiceProfile(models.TextChoices):
+    """The rules an organisation's UBL and CII follow: plain EN 16931, or one of the CIUS its
+    e-invoicing system expects (ids and elements in ``billing.finance.einvoice``)."""
+
+    EN16931 = "en16931", _("EN 16931")
+    PEPPOL_BIS3 = "peppol_bis3", _("PEPPOL BIS Billing 3.0")
+    XRECHNUNG3 = "xrechnung3", _("XRechnung 3.0")
+
+
 class Organization(models.Model):
-    """A customer account: owns instances, keys, credits and invoices."""
+    """A customer account: owns instances, keys, credits and invoices.
+
+    Its billing details (name, email, country, tax id, postal address, buyer reference and
+    electronic address) are what its invoices and credit notes state about the buyer, frozen
+    into each one as it is issued (``billing.invoicing.services.buyer_snapshot``)."""
 
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
     billing_email = models.EmailField()
     country = CountryField(help_text=_("ISO 3166-1 country; decides tax treatment on invoices."))
     tax_id = models.CharField(max_length=40, blank=True)
+    street = models.CharField(_("street and number"), max_length=200, blank=True)
+    address_line2 = models.CharField(_("address line 2"), max_length=200, blank=True)
+    postcode = models.CharField(_("postcode"), max_length=20, blank=True)
+    city = models.CharField(_("city"), max_length=100, blank=True)
+    buyer_reference = models.CharField(
+        _("buyer reference"),
+        max_length=200,
+        blank=True,
+        help_text=_(
+            "Quoted on every invoice for the buyer's routing (BT-10), e.g. a purchase order "
+            "or a German public body's Leitweg-ID; empty uses the organisation's slug."
+        ),
+    )
+    electronic_address = models.CharField(
+        _("electronic address"),
+        max_length=200,
+        blank=True,
+        help_text=_("Where e-invoices are delivered (BT-49), e.g. a Peppol participant id."),
+    )
+    electronic_address_scheme = models.CharField(
+        _("electronic address scheme"),
+        max_length=4,
+        blank=True,
+        choices=ElectronicAddressScheme.choices,
+    )
+    einvoice_profile = models.CharField(
+        _("e-invoice profile"),
+        max_length=12,
+        choices=EInvoiceProfile.choices,
+        default=EInvoiceProfile.EN16931,
+        help_text=_("The rules the UBL and CII e-invoices follow."),
+    )
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
     billing_mode = models.CharField(
         max_length=10, choices=BillingMode.choices, default=BillingMode.PREPAID
@@ -130,6 +191,18 @@ class Organization(models.Model):
             models.CheckConstraint(
                 condition=Q(verified_as__in=["", *VerificationKind.values]),
                 name="accounts_org_verified_as_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(electronic_address="", electronic_address_scheme="")
+                | (
+                    ~Q(electronic_address="")
+                    & Q(electronic_address_scheme__in=ElectronicAddressScheme.values)
+                ),
+                name="accounts_org_electronic_address_has_scheme",
+            ),
+            models.CheckConstraint(
+                condition=Q(einvoice_profile__in=EInvoiceProfile.values),
+                name="accounts_org_einvoice_profile_valid",
             ),
         ]
 

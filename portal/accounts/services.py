@@ -6,6 +6,7 @@ permission matrix, write an audit row, and enqueue email after commit.
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -35,6 +36,8 @@ from portal.accounts.models import (
     AuditEvent,
     BillingMode,
     Currency,
+    EInvoiceProfile,
+    ElectronicAddressScheme,
     Invitation,
     Membership,
     Organization,
@@ -322,7 +325,106 @@ def _clean_org_fields(fields: dict) -> dict:
         )
     if "tax_id" in cleaned:
         cleaned["tax_id"] = (cleaned["tax_id"] or "").strip()
+    for key in BILLING_TEXT_FIELDS:
+        if key in cleaned:
+            cleaned[key] = " ".join(str(cleaned[key] or "").split())  # one line each
+    if "electronic_address_scheme" in cleaned:
+        cleaned["electronic_address_scheme"] = str(cleaned["electronic_address_scheme"] or "")
+        if cleaned["electronic_address_scheme"] not in ["", *ElectronicAddressScheme.values]:
+            raise InvalidInput(
+                _("Choose the electronic address's scheme from the list."),
+                code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+            )
+    if "einvoice_profile" in cleaned and cleaned["einvoice_profile"] not in EInvoiceProfile.values:
+        raise InvalidInput(
+            _("The e-invoice profile must be one of %(choices)s.")
+            % {"choices": ", ".join(EInvoiceProfile.values)},
+            code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+        )
+    if cleaned.get("postcode") and not POSTCODE.match(cleaned["postcode"]):
+        raise InvalidInput(
+            _("A postcode has 2 to 12 letters, digits, spaces or hyphens."),
+            code=AccountsErrorCode.POSTCODE_INVALID,
+        )
     return cleaned
+
+
+# The buyer's postal address, reference and electronic address: free text on one line.
+BILLING_TEXT_FIELDS = (
+    "street",
+    "address_line2",
+    "postcode",
+    "city",
+    "buyer_reference",
+    "electronic_address",
+)
+POSTCODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 -]{0,10}[A-Za-z0-9]$")
+# what an electronic address of a scheme looks like (the others: any one-line text)
+ELECTRONIC_ADDRESS_FORMS = {
+    ElectronicAddressScheme.GLN: re.compile(r"^\d{13}$"),
+    ElectronicAddressScheme.DE_VAT: re.compile(r"^DE\d{9}$"),
+    ElectronicAddressScheme.LEITWEG_ID: re.compile(r"^\d{2,12}(-[0-9A-Z]{1,30})?-\d{2}$"),
+}
+
+
+def organization_billing_details_check(values: dict) -> None:
+    """Raises ``InvalidInput`` for billing details that do not hold together (also run by the
+    organisation admin's form). The organisation's address and electronic address as a whole (after an update):
+    an address has at least its street and city; an electronic address has its scheme and
+    the form the scheme gives it."""
+    if any(values.get(k) for k in ("street", "address_line2", "postcode", "city")) and not (
+        values.get("street") and values.get("city")
+    ):
+        raise InvalidInput(
+            _("A postal address needs at least the street and the city."),
+            code=AccountsErrorCode.ADDRESS_INCOMPLETE,
+        )
+    address, scheme = (
+        values.get("electronic_address", ""),
+        values.get("electronic_address_scheme", ""),
+    )
+    if bool(address) != bool(scheme):
+        raise InvalidInput(
+            _("Give the electronic address together with its scheme, or neither."),
+            code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+        )
+    if scheme == ElectronicAddressScheme.EMAIL:
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise InvalidInput(
+                _("An electronic address of the email scheme must be an email address."),
+                code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+            ) from None
+    form = ELECTRONIC_ADDRESS_FORMS.get(scheme)
+    if form and not form.match(address):
+        raise InvalidInput(
+            _("%(address)s is not a valid %(scheme)s.")
+            % {"address": address, "scheme": ElectronicAddressScheme(scheme).label},
+            code=AccountsErrorCode.ELECTRONIC_ADDRESS_INVALID,
+        )
+    profile = values.get("einvoice_profile") or EInvoiceProfile.EN16931
+    if profile == EInvoiceProfile.PEPPOL_BIS3 and scheme in ("", ElectronicAddressScheme.EMAIL):
+        raise InvalidInput(
+            _(
+                "PEPPOL BIS Billing 3.0 delivers to a Peppol participant: give an e-invoice "
+                "address with its scheme (an email address is not one)."
+            ),
+            code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+        )
+    if profile == EInvoiceProfile.XRECHNUNG3:
+        missing = [
+            str(Organization._meta.get_field(key).verbose_name)
+            for key in ("street", "postcode", "city", "buyer_reference", "electronic_address")
+            if not values.get(key)
+        ]
+        if missing:
+            raise InvalidInput(
+                _("XRechnung 3.0 needs these billing details too: %(missing)s.")
+                % {"missing": ", ".join(missing)},
+                code=AccountsErrorCode.EINVOICE_PROFILE_INCOMPLETE,
+                details={"missing": missing},
+            )
 
 
 @transaction.atomic  # the demo data creates its organisation inside its own transaction
@@ -374,7 +476,16 @@ def organization_create(
 
 
 # The billing mode is not among them: prepaid unless finance grants credit terms (billing).
-ORG_EDITABLE_FIELDS = ("name", "billing_email", "country", "tax_id", "currency")
+ORG_EDITABLE_FIELDS = (
+    "name",
+    "billing_email",
+    "country",
+    "tax_id",
+    "currency",
+    *BILLING_TEXT_FIELDS,
+    "electronic_address_scheme",
+    "einvoice_profile",
+)
 
 
 def organization_currency_locks(org: Organization) -> dict[str, int]:
@@ -398,6 +509,9 @@ def organization_update(*, actor: Actor, **fields: Any) -> Organization:
         )
     cleaned = _clean_org_fields(fields)
     org = Organization.objects.select_for_update().get(pk=actor.organization.pk)
+    organization_billing_details_check(
+        {key: cleaned.get(key, getattr(org, key)) for key in ORG_EDITABLE_FIELDS}
+    )
     changed = {k: v for k, v in cleaned.items() if getattr(org, k) != v}
     if "currency" in changed:
         locks = organization_currency_locks(org)

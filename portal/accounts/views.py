@@ -34,6 +34,7 @@ from portal.accounts.forms import (
     InvitationForm,
     LoginForm,
     OrganizationForm,
+    OrganizationSettingsForm,
     RoleChangeForm,
     SignupForm,
     SshKeyForm,
@@ -246,7 +247,7 @@ def _remember_language(response: HttpResponse, language: str) -> None:
 def organization_settings(request: HttpRequest) -> HttpResponse:
     org = request.organization
     can_edit = request.actor.can(Action.ORG_UPDATE)
-    form = OrganizationForm(
+    form = OrganizationSettingsForm(
         request.POST or None,
         initial={field: getattr(org, field) for field in services.ORG_EDITABLE_FIELDS},
     )
@@ -298,7 +299,7 @@ def organization_delete(request: HttpRequest) -> HttpResponse:
                 _("Organisation %(name)s was deleted.") % {"name": name},
             )
     context = {
-        "form": OrganizationForm(
+        "form": OrganizationSettingsForm(
             initial={f: getattr(request.organization, f) for f in services.ORG_EDITABLE_FIELDS}
         ),
         "can_edit": request.actor.can(Action.ORG_UPDATE),

@@ -157,6 +157,59 @@ def test_invoice_cii_and_ubl_pass_the_xsd_and_the_en16931_rules(
     assert doc.findtext("cac:TaxTotal/cbc:TaxAmount", namespaces=UBL) == f"{invoice.tax:.2f}"
 
 
+CHINESE_SELLER = {
+    "name": "国家人工智能算力中心有限公司",
+    "address": "海淀区中关村大街1号\n100080 北京",
+    "country": "CN",
+    "tax_id": "91110108MA01ABCD2X",  # a unified social credit code: no country prefix
+    "email": "billing@gpucloud.example",
+    "bank": "",
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "rate"), [("standard", "0.06"), ("zero_rated", "0"), ("not_subject", "0")]
+)
+def test_a_seller_tax_id_without_country_prefix_is_not_a_vat_identifier(
+    world, settings, status, rate
+):
+    settings.BILLING_SELLER = CHINESE_SELLER
+    invoice = issue(world, currency="CNY", tax_status=status, tax_rate=rate)
+    assert invoice.seller["tax_id"] == "91110108MA01ABCD2X"
+    cii, ubl = einvoice.invoice_cii(invoice), einvoice.invoice_ubl(invoice)
+    assert_valid(cii, "cii")  # BR-CO-09 held: no VAT identifier without a country prefix
+    assert_valid(ubl, "ubl")
+    seller = etree.fromstring(cii).find(".//ram:SellerTradeParty", CII)
+    assert [
+        (x.text, x.get("schemeID"))
+        for x in seller.iterfind("ram:SpecifiedTaxRegistration/ram:ID", CII)
+    ] == [("91110108MA01ABCD2X", "FC")]
+    assert cii_text(seller, "ram:SpecifiedLegalOrganization/ram:ID") == "91110108MA01ABCD2X"
+    party = etree.fromstring(ubl).find("cac:AccountingSupplierParty/cac:Party", UBL)
+    assert [
+        (
+            x.findtext("cbc:CompanyID", namespaces=UBL),
+            x.findtext("cac:TaxScheme/cbc:ID", namespaces=UBL),
+        )
+        for x in party.iterfind("cac:PartyTaxScheme", UBL)
+    ] == [("91110108MA01ABCD2X", "FC")]
+
+
+@pytest.mark.parametrize(
+    ("tax_id", "vat"),
+    [
+        ("DE123456789", True),
+        ("EL094014201", True),  # Greece's VAT prefix is EL, not GR
+        ("XI123456789", True),
+        ("91110108MA01ABCD2X", False),
+        ("ZZ123456", False),  # not a country
+        ("", False),
+    ],
+)
+def test_vat_identifiers_are_told_from_national_tax_ids(tax_id, vat):
+    assert einvoice.is_vat_id(tax_id) is vat
+
+
 def test_the_numbers_of_a_usd_invoice_with_tax(world):
     invoice = issue(world)
     # 10 h at 3.50 + 1.5 h at 7.00 + 50,000 GB-hours of volume (68.493151 GB-months at 0.10)
@@ -225,6 +278,57 @@ def test_facturx_pdf_embeds_the_cii(world):
     filename, xml = facturx.get_xml_from_pdf(pdf, check_xsd=True)
     assert filename == "factur-x.xml"
     assert xml == einvoice.invoice_cii(invoice)
+
+
+def _pdf_date(value: str) -> datetime:
+    """A PDF date (D:20261101093000+00'00') as an aware datetime."""
+    digits = value.removeprefix("D:").replace("'", "")
+    return datetime.strptime(digits.replace("Z", "+0000"), "%Y%m%d%H%M%S%z")
+
+
+def test_facturx_pdf_is_a_pdfa_3b(world):
+    import io
+
+    import pikepdf
+
+    invoice = issue(world)
+    with pikepdf.open(io.BytesIO(einvoice.invoice_facturx_pdf(invoice))) as pdf:
+        assert pdf.pdf_version == "1.7"
+        # an sRGB output intent with its ICC profile
+        (intent,) = pdf.Root.OutputIntents
+        assert intent.S == pikepdf.Name.GTS_PDFA1
+        assert "sRGB" in str(intent.OutputConditionIdentifier)
+        profile = intent.DestOutputProfile
+        assert profile.N == 3 and profile.read_bytes()[36:40] == b"acsp"  # an ICC profile
+        # a document id in the trailer: two byte strings
+        ids = pdf.trailer.ID
+        assert len(ids) == 2 and all(len(bytes(part)) >= 16 for part in ids)
+        # XMP: PDF/A-3B, and the same title, author, producer and dates as the Info dictionary
+        meta = pdf.open_metadata()
+        assert (meta["pdfaid:part"], meta["pdfaid:conformance"]) == ("3", "B")
+        assert meta.pdfa_status == "3B"
+        info = pdf.docinfo
+        assert str(info.Title) == meta["dc:title"] == f"Invoice {invoice.number}"
+        assert str(info.Author) == ", ".join(meta["dc:creator"]) == invoice.seller["name"]
+        assert str(info.Producer) == meta["pdf:Producer"] and "WeasyPrint" in meta["pdf:Producer"]
+        issued = invoice.issued_at.replace(microsecond=0)
+        assert _pdf_date(str(info.CreationDate)) == issued
+        assert _pdf_date(str(info.ModDate)) == issued
+        assert datetime.fromisoformat(meta["xmp:CreateDate"]) == issued
+        assert datetime.fromisoformat(meta["xmp:ModifyDate"]) == issued
+        # Factur-X's own XMP properties, declared in a PDF/A extension schema
+        fx = "{urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#}"
+        assert meta[fx + "DocumentType"] == "INVOICE"
+        assert meta[fx + "DocumentFileName"] == "factur-x.xml"
+        assert meta[fx + "ConformanceLevel"] == "EN 16931"
+        assert b"Factur-X PDFA Extension Schema" in bytes(pdf.Root.Metadata.read_bytes())
+        # the CII, embedded as the invoice's data (AFRelationship /Data, listed in /AF)
+        spec = pdf.attachments["factur-x.xml"]
+        assert spec.obj.AFRelationship == pikepdf.Name.Data
+        assert spec.obj.objgen in [entry.objgen for entry in pdf.Root.AF]
+        embedded = spec.get_file()
+        assert embedded.mime_type == "text/xml"
+        assert embedded.read_bytes() == einvoice.invoice_cii(invoice)
 
 
 def _shift_grand_total(xml: bytes, flavor: str) -> bytes:
@@ -345,3 +449,132 @@ def test_unit_prices_are_shown_without_trailing_zeros(value, shown):
 )
 def test_tax_rates_are_shown_as_the_pdf_prints_them(rate, shown):
     assert percent(rate) == shown  # not rounded to a whole percent
+
+
+# --- the buyer's postal address, reference and electronic address ----------------------------
+
+BUYER_DETAILS = {
+    "street": "Friedrichstraße 100",
+    "address_line2": "3. OG",
+    "postcode": "10117",
+    "city": "Berlin",
+    "buyer_reference": "PO-2026-0042",
+    "electronic_address": "4035811991014",
+    "electronic_address_scheme": "0088",
+}
+
+
+def _set_billing_details(world, **fields):
+    from portal.accounts import services as accounts
+
+    accounts.organization_update(actor=factories.actor(world.org, world.owner), **fields)
+    world.org.refresh_from_db()  # issue() saves it
+
+
+def _pdf_text(pdf: bytes) -> str:
+    import subprocess
+
+    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True)
+    return " ".join(done.stdout.decode().split())
+
+
+def test_the_buyer_address_is_frozen_printed_and_written_into_the_einvoices(world):
+    from billing.invoicing.documents import invoice_pdf
+
+    _set_billing_details(world, **BUYER_DETAILS)
+    invoice = issue(world)
+    assert {k: invoice.buyer[k] for k in ("street", "postcode", "city", "reference")} == {
+        "street": "Friedrichstraße 100",
+        "postcode": "10117",
+        "city": "Berlin",
+        "reference": "PO-2026-0042",
+    }
+    # a later move changes neither the issued invoice nor its e-invoices
+    _set_billing_details(world, street="Unter den Linden 1", address_line2="", city="Potsdam")
+    invoice.refresh_from_db()
+    assert invoice.buyer["city"] == "Berlin"
+
+    cii, ubl = einvoice.invoice_cii(invoice), einvoice.invoice_ubl(invoice)
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+    tree = etree.fromstring(cii)
+    address = tree.find(".//ram:BuyerTradeParty/ram:PostalTradeAddress", CII)
+    assert [(etree.QName(x).localname, x.text) for x in address] == [
+        ("PostcodeCode", "10117"),
+        ("LineOne", "Friedrichstraße 100"),
+        ("LineTwo", "3. OG"),
+        ("CityName", "Berlin"),
+        ("CountryID", "DE"),
+    ]
+    assert cii_text(tree, ".//ram:ApplicableHeaderTradeAgreement/ram:BuyerReference") == (
+        "PO-2026-0042"
+    )
+    uri = tree.find(".//ram:BuyerTradeParty/ram:URIUniversalCommunication/ram:URIID", CII)
+    assert (uri.text, uri.get("schemeID")) == ("4035811991014", "0088")
+    doc = etree.fromstring(ubl)
+    party = doc.find("cac:AccountingCustomerParty/cac:Party", UBL)
+    endpoint = party.find("cbc:EndpointID", UBL)
+    assert (endpoint.text, endpoint.get("schemeID")) == ("4035811991014", "0088")
+    assert [
+        party.findtext(f"cac:PostalAddress/cbc:{name}", namespaces=UBL)
+        for name in ("StreetName", "AdditionalStreetName", "CityName", "PostalZone")
+    ] == ["Friedrichstraße 100", "3. OG", "Berlin", "10117"]
+    assert doc.findtext("cbc:BuyerReference", namespaces=UBL) == "PO-2026-0042"
+
+    text = _pdf_text(invoice_pdf(invoice))
+    assert "Friedrichstraße 100 3. OG 10117 Berlin Germany" in text
+    assert "Your reference PO-2026-0042" in text
+    assert "E-invoice address 4035811991014" in text
+
+
+def test_a_credit_note_carries_the_buyer_address_as_it_is_when_issued(world):
+    from billing.invoicing.documents import invoice_pdf
+
+    _set_billing_details(world, **BUYER_DETAILS)
+    invoice = issue(world)
+    _set_billing_details(world, street="Unter den Linden 1", address_line2="")
+    note = invoicing.credit_note_create(
+        invoice, actor=finance(world.org), lines=[("Outage", "10")], reason="Outage", notify=False
+    )
+    assert note.buyer["street"] == "Unter den Linden 1"
+    cii, ubl = einvoice.invoice_cii(note), einvoice.invoice_ubl(note)
+    assert_valid(cii, "cii")
+    assert_valid(ubl, "ubl")
+    assert cii_text(etree.fromstring(cii), ".//ram:BuyerTradeParty//ram:LineOne") == (
+        "Unter den Linden 1"
+    )
+    assert "Unter den Linden 1 10117 Berlin Germany" in _pdf_text(invoice_pdf(note))
+
+
+def test_an_invoice_issued_before_organisations_had_an_address_states_only_the_country(world):
+    invoice = issue(world)
+    frozen = {k: v for k, v in invoice.buyer.items() if k in ("name", "country", "country_name")}
+    frozen.update(tax_id="DE811111111", email=invoice.buyer["email"], account="old-slug")
+    # a snapshot of the old shape (the database keeps an issued invoice as it is)
+    from dataclasses import replace
+
+    from billing.invoicing.documents import document_build
+
+    cii = einvoice.invoice_cii(replace(document_build(invoice), buyer=frozen))
+    assert_valid(cii, "cii")
+    address = etree.fromstring(cii).find(".//ram:BuyerTradeParty/ram:PostalTradeAddress", CII)
+    assert [etree.QName(x).localname for x in address] == ["CountryID"]
+    assert cii_text(etree.fromstring(cii), ".//ram:BuyerReference") == "old-slug"
+
+
+def test_a_credit_note_has_a_pdfa_factur_x_too(world):
+    import io
+
+    import pikepdf
+
+    invoice = issue(world)
+    note = invoicing.credit_note_create(
+        invoice, actor=finance(world.org), lines=[("Outage", "10")], reason="Outage", notify=False
+    )
+    pdf = einvoice.invoice_facturx_pdf(note)
+    filename, xml = facturx.get_xml_from_pdf(pdf, check_xsd=True)
+    assert (filename, xml) == ("factur-x.xml", einvoice.invoice_cii(note, profile="en16931"))
+    with pikepdf.open(io.BytesIO(pdf)) as document:
+        meta = document.open_metadata()
+        assert meta.pdfa_status == "3B"
+        assert str(document.docinfo.Title) == meta["dc:title"] == f"Credit note {note.number}"

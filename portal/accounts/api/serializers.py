@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from portal.accounts.models import (
     AuditEvent,
+    ElectronicAddressScheme,
     Membership,
     Organization,
     SshKey,
@@ -12,6 +13,11 @@ from portal.accounts.models import (
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
+    # blank until an e-invoice address is given (the schema says so: "" or a scheme)
+    electronic_address_scheme = serializers.ChoiceField(
+        choices=ElectronicAddressScheme.choices, allow_blank=True, read_only=True
+    )
+
     class Meta:
         model = Organization
         fields = [
@@ -21,6 +27,14 @@ class OrganizationSerializer(serializers.ModelSerializer):
             "billing_email",
             "country",
             "tax_id",
+            "street",
+            "address_line2",
+            "postcode",
+            "city",
+            "buyer_reference",
+            "electronic_address",
+            "electronic_address_scheme",
+            "einvoice_profile",
             "currency",
             "billing_mode",
             "created_at",
