@@ -130,6 +130,16 @@ class SlurmCluster:
         finally:
             connection.close()
 
+    def wait_for_job(self, job_id: int, state: str, timeout: float = 15) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.rest("GET", f"job/{job_id}").get("jobs") or [{}]
+            if jobs[0].get("job_state") == state:
+                return jobs[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {jobs[0].get('job_state')}, not {state}")
+            time.sleep(0.1)
+
     def log(self, name: str) -> str:
         path = self.root / "log" / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
@@ -240,11 +250,13 @@ StorageLoc={self.database}
             time.sleep(0.05)
 
     def _nodes_idle(self) -> bool:
+        """Every node idle and responding (``%t`` marks a node that is not with ``*``)."""
         try:
-            result = self.run("sinfo", "-h", "-N", "-t", "idle", "-o", "%N", timeout=2)
+            result = self.run("sinfo", "-h", "-N", "-o", "%N %t", timeout=2)
         except subprocess.TimeoutExpired:
             return False
-        return len(set(result.stdout.split())) == self.node_count
+        states = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+        return sorted(states) == sorted(self.nodes) and set(states.values()) == {"idle"}
 
     def start(self, timeout: float = 60) -> SlurmCluster:
         began = time.monotonic()
@@ -291,6 +303,20 @@ StorageLoc={self.database}
                 left = self.run("squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i", timeout=3)
                 if left.returncode == 0 and not left.stdout.strip():
                     return
+                time.sleep(0.1)
+
+    def resume_all(self, timeout: float = 20) -> None:
+        """Put drained or downed nodes back in service and wait until every node is idle."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if self._nodes_idle():
+                return
+            for node in self.nodes:
+                self.run("scontrol", "update", f"nodename={node}", "state=resume", timeout=3)
+            # a resumed node reads "not responding" until slurmctld next pings it (minutes);
+            # reconfiguring makes every slurmd register again at once
+            self.run("scontrol", "reconfigure", timeout=5)
+            deadline = time.monotonic() + timeout
+            while not self._nodes_idle() and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def _terminate(self, names: list[str], grace: float = 5) -> None:
