@@ -140,6 +140,13 @@ class SlurmCluster:
                 raise AssertionError(f"job {job_id} is {jobs[0].get('job_state')}, not {state}")
             time.sleep(0.1)
 
+    def wait_until(self, condition, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("the cluster did not get there in time")
+            time.sleep(0.1)
+
     def log(self, name: str) -> str:
         path = self.root / "log" / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
