@@ -23,6 +23,7 @@ class ComputeErrorCode(StrEnum):
     VOLUME_IN_USE = "volume_in_use"
     INVALID_TRANSITION = "invalid_transition"
     PHONE_HOME_USED = "phone_home_used"  # a machine's phone-home URL is single-use
+    ACTION_UNSUPPORTED = "action_unsupported"  # the instance's engine cannot (Slurm: stop)
 
 
 class QuotaExceeded(Conflict):
