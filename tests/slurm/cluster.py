@@ -1,9 +1,11 @@
 """A real Slurm cluster for the tests: four nodes with eight fake H200 GPUs each.
 
-``SlurmCluster`` runs munged, slurmdbd (accounting in a MariaDB database of its own, dropped on
-stop), slurmctld, one slurmd per node (Debian's Slurm 22.05 is built with multiple-slurmd) and
-slurmrestd, all as children of the test process, with their configuration, state, logs and
-sockets in one temporary directory, and every port on 127.0.0.1 in the block it is given.
+``SlurmCluster`` runs munged, a private MariaDB for slurmdbd's accounting (or a database of its
+own, dropped on stop, on the server ``TEST_SLURM_MYSQL=host:port`` names), slurmdbd, slurmctld,
+one slurmd per node (Debian's Slurm 22.05 is built with multiple-slurmd) and slurmrestd, all as
+children of the test process, with their configuration, state, logs and sockets in one
+temporary directory, and every port on 127.0.0.1 in the block it is given (B+17 slurmctld, B+19
+slurmdbd, B+21.. the slurmds, B+30 MariaDB).
 
 The GPUs are character devices made with ``mknod`` (copies of /dev/null) that gres.conf names;
 Slurm counts and hands them out like real ones, which is all the portal needs of them.
@@ -27,12 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmdbd", "slurmctld", "slurmd", "slurmrestd", "sinfo", "scancel", "mysql")
+DAEMONS = (
+    "munged", "slurmdbd", "slurmctld", "slurmd", "slurmrestd", "sinfo", "scancel", "mysql",
+)  # fmt: skip
 REST_VERSION = "v0.0.38"  # the OpenAPI plugin Slurm 22.05 ships (also v0.0.36 and v0.0.37)
 GPUS_PER_NODE = 8
 GPU_TYPE = "h200"
-MYSQL_HOST = os.environ.get("TEST_SLURM_MYSQL_HOST", "127.0.0.1")
-MYSQL_PORT = int(os.environ.get("TEST_SLURM_MYSQL_PORT", "3306"))
+# slurmdbd's MariaDB: a private one started with the cluster (port B+30, data in its folder),
+# unless TEST_SLURM_MYSQL=host:port names a running server (root, empty password) to use.
+EXTERNAL_MYSQL = os.environ.get("TEST_SLURM_MYSQL", "")
 
 
 def missing_parts() -> list[str]:
@@ -46,10 +51,14 @@ def missing_parts() -> list[str]:
         pwd.getpwnam("slurm")
     except KeyError:
         lacking.append("the slurm user (Debian's slurm packages create it)")
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        if probe.connect_ex((MYSQL_HOST, MYSQL_PORT)) != 0:
-            lacking.append(f"MariaDB on {MYSQL_HOST}:{MYSQL_PORT} (slurmdbd's accounting)")
+    if EXTERNAL_MYSQL:
+        host, _, port = EXTERNAL_MYSQL.rpartition(":")
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex((host, int(port))) != 0:
+                lacking.append(f"MariaDB on {EXTERNAL_MYSQL} (TEST_SLURM_MYSQL)")
+    else:
+        lacking += [tool for tool in ("mariadbd", "mariadb-install-db") if not shutil.which(tool)]
     return lacking
 
 
@@ -99,6 +108,11 @@ class SlurmCluster:
         self.root.chmod(0o755)  # slurmrestd (user slurm) reads slurm.conf and its socket here
         self.processes: dict[str, subprocess.Popen] = {}
         self.started_in: float | None = None
+        if EXTERNAL_MYSQL:
+            host, _, port = EXTERNAL_MYSQL.rpartition(":")
+            self.mysql_host, self.mysql_port, self.private_mysql = host, int(port), False
+        else:
+            self.mysql_host, self.mysql_port, self.private_mysql = "127.0.0.1", block + 30, True
 
     # --- where things are -----------------------------------------------------------------
     @property
@@ -155,7 +169,7 @@ class SlurmCluster:
     def _write_config(self) -> None:
         d, b, host = self.root, self.block, socket.gethostname()
         for sub in ("etc", "munge", "state", "log", "run", "dev", "rest"):
-            (d / sub).mkdir()
+            (d / sub).mkdir(exist_ok=True)
         for node in self.nodes:
             (d / "spool" / node).mkdir(parents=True)
         (d / "munge").chmod(0o755)
@@ -222,8 +236,8 @@ DbdPort={b + 19}
 PidFile={d}/run/slurmdbd.pid
 LogFile={d}/log/slurmdbd.log
 StorageType=accounting_storage/mysql
-StorageHost={MYSQL_HOST}
-StoragePort={MYSQL_PORT}
+StorageHost={self.mysql_host}
+StoragePort={self.mysql_port}
 StorageUser=root
 StorageLoc={self.database}
 """)
@@ -231,7 +245,17 @@ StorageLoc={self.database}
 
     def _mysql(self, statement: str) -> None:
         subprocess.run(
-            ["mysql", "-h", MYSQL_HOST, "-P", str(MYSQL_PORT), "-u", "root", "-e", statement],
+            [
+                "mysql",
+                "-h",
+                self.mysql_host,
+                "-P",
+                str(self.mysql_port),
+                "-u",
+                "root",
+                "-e",
+                statement,
+            ],
             check=True,
             capture_output=True,
             timeout=20,
@@ -268,15 +292,47 @@ StorageLoc={self.database}
     def start(self, timeout: float = 60) -> SlurmCluster:
         began = time.monotonic()
         deadline = began + timeout
-        self._write_config()
-        self._mysql(f"DROP DATABASE IF EXISTS {self.database}; CREATE DATABASE {self.database}")
         d = self.root
+        if self.private_mysql:  # its data directory takes ~3.5 s: made while the rest starts
+            (d / "log").mkdir()
+            installing = subprocess.Popen(
+                ["mariadb-install-db", "--no-defaults", f"--datadir={d}/mysql", "--user=root",
+                 "--auth-root-authentication-method=normal", "--skip-test-db",
+                 "--skip-name-resolve"],
+                stdout=open(d / "log" / "mariadb-install.out", "wb"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._write_config()
         self._spawn(
             "munged",
             "munged", "-F", f"--socket={d}/munge/sock", f"--key-file={d}/munge/key",
             f"--pid-file={d}/munge/pid", f"--log-file={d}/munge/log", f"--seed-file={d}/munge/seed",
         )  # fmt: skip
         self._wait("munged", lambda: (d / "munge" / "sock").exists(), deadline)
+        if self.private_mysql:
+            if installing.wait(timeout=max(1.0, deadline - time.monotonic())) != 0:
+                raise RuntimeError(
+                    "mariadb-install-db failed:\n"
+                    + (d / "log" / "mariadb-install.out").read_text(errors="replace")[-3000:]
+                )
+            self._spawn(
+                "mariadbd",
+                "mariadbd", "--no-defaults", f"--datadir={d}/mysql", "--user=root",
+                f"--socket={d}/mysql/sock", f"--port={self.mysql_port}", "--bind-address=127.0.0.1",
+                "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+                f"--pid-file={d}/mysql/pid",
+            )  # fmt: skip
+
+            def mysql_answers() -> bool:
+                try:
+                    self._mysql("SELECT 1")
+                except subprocess.SubprocessError:
+                    return False
+                return True
+
+            self._wait("MariaDB", mysql_answers, deadline)
+        self._mysql(f"DROP DATABASE IF EXISTS {self.database}; CREATE DATABASE {self.database}")
         self._spawn("slurmdbd", "slurmdbd", "-D")
 
         def dbd_answers() -> bool:
@@ -368,6 +424,9 @@ StorageLoc={self.database}
             self._terminate(["munged"])
             self._kill_stray_steps()
         finally:
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                self._mysql(f"DROP DATABASE IF EXISTS {self.database}")
+            if self.private_mysql:
+                self._terminate(["mariadbd"], grace=10)
+            else:
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    self._mysql(f"DROP DATABASE IF EXISTS {self.database}")
             shutil.rmtree(self.root, ignore_errors=True)
