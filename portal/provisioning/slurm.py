@@ -15,11 +15,16 @@ Slurm cannot stop an allocation and start it again later with its GPUs' state, n
 ``stop``, ``start`` and ``reboot`` raise :class:`UnsupportedOperation` (``unsupported_actions``
 lists them, so the portal refuses them before asking).
 
-A cluster (``create_cluster``) is one job of N nodes x all their GPUs of one type: Slurm
-allocates every node at once or none (gang allocation). It is only submitted when enough nodes
-are wholly free, and cancelled again if Slurm does not start it within ``allocate_wait_seconds``
-(another job took the nodes first): either way :class:`SlurmCapacityError` says what is free.
-Never a partial cluster.
+An allocation Slurm does not start within ``allocate_wait_seconds`` (other jobs hold what the
+portal placed it on) is cancelled and ``create`` raises ``CapacityError``: the launch fails with
+nothing billed, instead of waiting in Slurm's queue.
+
+A cluster (``create_cluster``) is one job (``<job_prefix>cluster:<cluster id>``) of N nodes x
+all their GPUs of one type: Slurm allocates every node at once or none (gang allocation). It is
+only submitted when enough nodes are wholly free, and cancelled again if Slurm does not start it
+within ``allocate_wait_seconds`` (another job took nodes first): either way
+:class:`SlurmCapacityError` says how many nodes are free. Never a partial cluster.
+``list_machines`` leaves clusters out (they are not instances).
 
 State mapping: PENDING, CONFIGURING → ``provisioning``; RUNNING → ``running``; SUSPENDED →
 ``stopped``; COMPLETING and every ended state (COMPLETED, CANCELLED, FAILED, TIMEOUT, NODE_FAIL,
@@ -77,8 +82,8 @@ JOB_STATES = {
     "RESIZING": ObservedState.RUNNING,
     "SUSPENDED": ObservedState.STOPPED,
 }
-# Reasons a pending job waits for nodes other jobs hold (not for a held or broken request).
-WAITING_FOR_NODES = {"Resources", "Priority", "ReqNodeNotAvail", "Nodes_required_for_job_are_DOWN"}
+# Between the job name prefix and a cluster's id (never in a machine id such as inst-42).
+CLUSTER_MARK = "cluster:"
 GRES = re.compile(r"^gpu:(?P<type>[^:()]+):(?P<count>\d+)")
 GRES_INDEXES = re.compile(r"\(IDX:(?P<idx>[^)]*)\)")
 
@@ -390,6 +395,9 @@ class SlurmBackend(ProvisioningBackend):
     def _job_name(self, machine_id: str) -> str:
         return f"{self.job_prefix}{machine_id}"
 
+    def _cluster_job_name(self, cluster_id: str) -> str:
+        return f"{self.job_prefix}{CLUSTER_MARK}{cluster_id}"
+
     def _jobs_named(self, name: str) -> list[dict]:
         answer = self.client.get("/jobs")
         if answer["errors"]:
@@ -514,13 +522,35 @@ class SlurmBackend(ProvisioningBackend):
             job["cpus_per_task"] = spec.vcpus
             job["memory_per_node"] = spec.ram_gib * 1024
         job_id = self._submit(name=name, job=job)
-        return self._status(spec.machine_id, self._job(job_id))
+        started = self._await_start(job_id)
+        if started is None:
+            raise CapacityError(
+                f"Slurm did not give node {node_name} {count} GPUs: other jobs hold them."
+            )
+        return self._status(spec.machine_id, started)
+
+    def _await_start(self, job_id: int) -> dict | None:
+        """The job once Slurm has started (or ended) it; None, with the job cancelled, when it
+        still waits for nodes other jobs hold after ``allocate_wait_seconds``: the portal
+        never queues an allocation it has already promised, nor holds part of one."""
+        deadline = time.monotonic() + self.allocate_wait_seconds
+        while True:
+            job = self._job(job_id)
+            if job is None or job.get("job_state") != "PENDING":
+                return job
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self._cancel(job_id)
+        return None
 
     def describe(self, machine_id: str) -> MachineStatus:
         return self._status(machine_id, self._latest(self._job_name(machine_id)))
 
     def terminate(self, machine_id: str) -> MachineStatus:
-        name = self._job_name(machine_id)
+        return self._end(self._job_name(machine_id), machine_id)
+
+    def _end(self, name: str, machine_id: str) -> MachineStatus:
         for job in self._jobs_named(name):
             if job.get("job_state") in LIVE_JOB_STATES:
                 self._cancel(job["job_id"])
@@ -546,6 +576,7 @@ class SlurmBackend(ProvisioningBackend):
             self._status(job["name"].removeprefix(self.job_prefix), job)
             for job in answer.get("jobs", [])
             if str(job.get("name", "")).startswith(self.job_prefix)
+            and CLUSTER_MARK not in job["name"]  # clusters are not machines
             and job.get("job_state") in LIVE_JOB_STATES
         ]
 
@@ -590,7 +621,7 @@ class SlurmBackend(ProvisioningBackend):
 
     def create_cluster(self, spec: ClusterSpec) -> ClusterStatus:
         """All ``node_count`` nodes at once, or ``SlurmCapacityError`` and nothing held."""
-        name = self._job_name(spec.cluster_id)
+        name = self._cluster_job_name(spec.cluster_id)
         existing = self._live_job(name)
         if existing is not None:
             return self._cluster_status(spec.cluster_id, existing)
@@ -610,15 +641,10 @@ class SlurmBackend(ProvisioningBackend):
                 "tasks_per_node": 1,
             },
         )
-        deadline = time.monotonic() + self.allocate_wait_seconds
-        while True:
-            job = self._job(job_id)
-            if job is None or job.get("job_state") != "PENDING":
-                return self._cluster_status(spec.cluster_id, job)
-            if job.get("state_reason") in WAITING_FOR_NODES or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        self._cancel(job_id)  # another job took the nodes first: hold none of them
+        started = self._await_start(job_id)
+        if started is not None:
+            return self._cluster_status(spec.cluster_id, started)
+        # another job took some of the nodes first: none of them is held
         free_now = sum(1 for n in self.nodes() if n.gpu_type == gres_type and n.wholly_free)
         raise self._too_few(spec, free_now)
 
@@ -631,8 +657,8 @@ class SlurmBackend(ProvisioningBackend):
         )
 
     def describe_cluster(self, cluster_id: str) -> ClusterStatus:
-        return self._cluster_status(cluster_id, self._latest(self._job_name(cluster_id)))
+        return self._cluster_status(cluster_id, self._latest(self._cluster_job_name(cluster_id)))
 
     def terminate_cluster(self, cluster_id: str) -> ClusterStatus:
-        status = self.terminate(cluster_id)
+        status = self._end(self._cluster_job_name(cluster_id), cluster_id)
         return ClusterStatus(cluster_id=cluster_id, state=status.state, detail=dict(status.detail))

@@ -109,7 +109,8 @@ def test_clusters_are_allocated_all_at_once_and_a_third_is_refused(slurm_backend
         slurm_backend.create_cluster(ClusterSpec("cluster-c", "train-c", 2, H200))
     assert (refused.value.requested_nodes, refused.value.free_nodes) == (2, 0)
     assert "0 are free" in str(refused.value)
-    assert jobs_named(slurm, "portal-cluster-c") == []  # nothing held, nothing queued
+    assert jobs_named(slurm, "portal-cluster:cluster-c") == []  # nothing held, nothing queued
+    assert not slurm_backend.list_machines()  # clusters are not machines
 
     # the same request again is the same cluster
     again = slurm_backend.create_cluster(ClusterSpec("cluster-a", "train-a", 2, H200))
@@ -128,7 +129,7 @@ def test_a_cluster_larger_than_what_is_free_is_refused_before_slurm_is_asked(slu
     with pytest.raises(SlurmCapacityError) as refused:
         slurm_backend.create_cluster(ClusterSpec("cluster-big", "big", 4, H200))
     assert (refused.value.requested_nodes, refused.value.free_nodes) == (4, 3)
-    assert jobs_named(slurm, "portal-cluster-big") == []
+    assert jobs_named(slurm, "portal-cluster:cluster-big") == []
 
 
 def test_a_cluster_another_job_beats_to_the_nodes_is_cancelled_not_left_pending(
@@ -142,7 +143,7 @@ def test_a_cluster_another_job_beats_to_the_nodes_is_cancelled_not_left_pending(
     assert settle(slurm_backend, "inst-sneak").state == ObservedState.RUNNING
     with pytest.raises(SlurmCapacityError):
         slurm_backend.create_cluster(ClusterSpec("cluster-late", "late", 4, H200))
-    assert jobs_named(slurm, "portal-cluster-late") == []
+    assert jobs_named(slurm, "portal-cluster:cluster-late") == []
     monkeypatch.setattr(slurm_backend, "nodes", real_nodes)
 
 
@@ -160,3 +161,15 @@ def test_a_job_slurmctld_has_forgotten_is_read_from_accounting(slurm_backend, mo
     assert status.state == ObservedState.TERMINATED
     assert status.detail["slurm_state"] == "CANCELLED"
     assert status.host_name == "gpu1"
+
+
+def test_an_instance_whose_gpus_another_job_took_fails_instead_of_queueing(slurm_backend, slurm):
+    from portal.provisioning.base import CapacityError
+    from tests.slurm.test_inventory import hold_gpus
+
+    hold_gpus(slurm, "gpu2", 7)  # someone else, after the portal placed 2 GPUs on gpu2
+    machine = spec(host_name="gpu2", gpus=gpus(2), vcpus=2, ram_gib=8)
+    with pytest.raises(CapacityError, match="other jobs hold them"):
+        slurm_backend.create(machine)
+    assert jobs_named(slurm, f"portal-{machine.machine_id}") == []
+    assert slurm_backend.describe(machine.machine_id).state == ObservedState.TERMINATED

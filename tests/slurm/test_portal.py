@@ -79,3 +79,36 @@ def test_the_api_refuses_stop_with_its_code(world, slurm, api_client):
     answer = api_client.post(f"/api/v1/instances/{instance.pk}/stop")
     assert answer.status_code == 409, answer.content
     assert answer.json()["error"]["code"] == "action_unsupported"
+
+
+def fill_the_cluster(slurm) -> None:
+    from tests.slurm.test_inventory import hold_gpus
+
+    for node in ("gpu1", "gpu2", "gpu3", "gpu4"):
+        hold_gpus(slurm, node, 8)
+
+
+def test_a_launch_is_refused_when_slurm_says_the_gpus_are_taken(world, slurm):
+    from portal.catalog.capacity import CapacityUnavailable
+
+    fill_the_cluster(slurm)  # other users of the centre
+    hosts_sync_slurm()
+    with pytest.raises(CapacityUnavailable) as refused:
+        compute_services.instance_launch(
+            actor=world.actor(), request=world.request("late", "gpu_8x_h200")
+        )
+    assert refused.value.code == "capacity_unavailable"
+    assert not Instance.objects.exists()
+
+
+def test_a_launch_placed_before_slurm_gave_the_gpus_away_fails_unbilled(world, slurm):
+    instance, _ = compute_services.instance_launch(
+        actor=world.actor(), request=world.request("raced", "gpu_8x_h200")
+    )
+    fill_the_cluster(slurm)  # between the portal's placement and its job
+    instance = sync_until(instance, "failed")
+    assert instance.state == "failed"
+    assert instance.running_since is None  # never billed
+    assert Allocation.objects.get(holder=f"instance:{instance.pk}").released_at is not None
+    assert not [j for j in slurm.rest("GET", "jobs")["jobs"] if j["name"].startswith("portal-")
+                and j["job_state"] in ("PENDING", "RUNNING")]  # fmt: skip
