@@ -403,6 +403,9 @@ PROVISIONING_BACKENDS = {
         },
     },
 }
+# Slurm backends whose nodes the catalog mirrors into hosts every minute (comma separated
+# aliases, e.g. "slurm"; portal.catalog.slurm_sync)
+SLURM_SYNC_BACKENDS = [a for a in os.environ.get("SLURM_SYNC_BACKENDS", "").split(",") if a]
 # Where the machines' cloud-init posts when its first boot is done (the portal as the guests
 # reach it; portal.provisioning.phone_home).
 PROVISIONING_PHONE_HOME_URL = os.environ.get("PROVISIONING_PHONE_HOME_URL", SITE_URL).rstrip("/")

@@ -155,3 +155,14 @@ def test_the_command_mirrors_the_cluster(slurm_backend):
     call_command("sync_slurm", stdout=out)
     assert out.getvalue().startswith("created 4, changed 0, offline 0")
     assert Host.objects.filter(managed_by="slurm").count() == 4
+
+
+def test_the_periodic_task_mirrors_the_configured_clusters(slurm_backend, settings):
+    from portal.catalog.tasks import slurm_sync
+
+    settings.SLURM_SYNC_BACKENDS = []
+    assert slurm_sync() == {}
+    assert not Host.objects.exists()
+    settings.SLURM_SYNC_BACKENDS = ["slurm"]
+    assert slurm_sync()["slurm"]["created"] == NODES
+    assert slurm_sync()["slurm"]["created"] == []
