@@ -58,7 +58,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -479,7 +479,7 @@ class SlurmBackend(ProvisioningBackend):
 
     def _from_accounting(self, name: str) -> dict | None:
         """The latest job of this name slurmdbd remembers, shaped like slurmctld's answer."""
-        answer = self.client.get(f"/jobs?job_name={name}", db=True)
+        answer = self.client.get(f"/jobs?job_name={quote(name)}", db=True)
         jobs = [j for j in answer.get("jobs") or [] if j.get("name") == name]
         if not jobs:
             return None

@@ -155,8 +155,9 @@ def test_a_job_slurmctld_has_forgotten_is_read_from_accounting(slurm_backend, mo
     # after MinJobAge slurmctld no longer lists an ended job; slurmdbd still has it
     monkeypatch.setattr(slurm_backend, "_jobs_named", lambda name: [])
     deadline = time.monotonic() + 10
-    while (status := slurm_backend.describe(machine.machine_id)).state == ObservedState.MISSING:
-        assert time.monotonic() < deadline, "slurmdbd never recorded the job"
+    # slurmdbd records the end a moment after slurmctld (this test asks at once)
+    while (status := slurm_backend.describe(machine.machine_id)).state != ObservedState.TERMINATED:
+        assert time.monotonic() < deadline, f"slurmdbd says the job is {status.state}"
         time.sleep(0.2)
     assert status.state == ObservedState.TERMINATED
     assert status.detail["slurm_state"] == "CANCELLED"
@@ -173,3 +174,19 @@ def test_an_instance_whose_gpus_another_job_took_fails_instead_of_queueing(slurm
         slurm_backend.create(machine)
     assert jobs_named(slurm, f"portal-{machine.machine_id}") == []
     assert slurm_backend.describe(machine.machine_id).state == ObservedState.TERMINATED
+
+
+def test_an_ended_cluster_is_read_from_accounting_too(slurm_backend, monkeypatch):
+    made = slurm_backend.create_cluster(ClusterSpec("cluster-old", "old", 1, H200))
+    assert made.state == ObservedState.RUNNING
+    slurm_backend.terminate_cluster("cluster-old")
+    monkeypatch.setattr(slurm_backend, "_jobs_named", lambda name: [])  # slurmctld forgot it
+    deadline = time.monotonic() + 10
+    # slurmdbd records the end a moment after slurmctld (this test asks at once)
+    while (
+        status := slurm_backend.describe_cluster("cluster-old")
+    ).state != ObservedState.TERMINATED:
+        assert time.monotonic() < deadline, f"slurmdbd says the cluster is {status.state}"
+        time.sleep(0.2)
+    assert status.state == ObservedState.TERMINATED
+    assert status.detail["slurm_job_id"] == made.detail["slurm_job_id"]
