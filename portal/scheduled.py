@@ -13,8 +13,6 @@ def _entry(task: str, schedule: crontab, *, expires: int) -> dict:
 
 SCHEDULE = {
     "reconcile-instances": _entry("compute.reconcile", crontab(), expires=55),
-    # a no-op unless SLURM_SYNC_BACKENDS names Slurm backends to mirror
-    "slurm-sync": _entry("catalog.slurm_sync", crontab(), expires=55),
     "debit-usage": _entry("billing.debit_usage", crontab(minute="*/5"), expires=280),
     "billing-webhooks-retry": _entry("billing.webhooks_retry", crontab(minute="*/2"), expires=110),
     "billing-exports-sweep": _entry("billing.exports_sweep", crontab(minute="*/2"), expires=110),
@@ -41,4 +39,6 @@ SCHEDULE = {
         ),
         expires=6 * 3600,
     ),
+    # a no-op unless SLURM_SYNC_BACKENDS names Slurm backends to mirror
+    "slurm-sync": _entry("catalog.slurm_sync", crontab(), expires=55),
 }

@@ -17,13 +17,13 @@ from portal.errors import Conflict, error_codes
 @error_codes
 class ComputeErrorCode(StrEnum):
     INVALID = "invalid"  # a launch, volume or rename request that is not valid (see details)
+    ACTION_UNSUPPORTED = "action_unsupported"  # the instance's engine cannot (Slurm: stop)
     NAME_TAKEN = "name_taken"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     QUOTA_EXCEEDED = "quota_exceeded"
     VOLUME_IN_USE = "volume_in_use"
     INVALID_TRANSITION = "invalid_transition"
     PHONE_HOME_USED = "phone_home_used"  # a machine's phone-home URL is single-use
-    ACTION_UNSUPPORTED = "action_unsupported"  # the instance's engine cannot (Slurm: stop)
 
 
 class QuotaExceeded(Conflict):
