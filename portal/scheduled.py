@@ -44,4 +44,6 @@ SCHEDULE = {
         ),
         expires=6 * 3600,
     ),
+    # a no-op unless SLURM_SYNC_BACKENDS names Slurm backends to mirror
+    "slurm-sync": _entry("catalog.slurm_sync", crontab(), expires=55),
 }

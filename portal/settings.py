@@ -380,7 +380,33 @@ PROVISIONING_BACKENDS = {
             "ssh_user": os.environ.get("LIBVIRT_SSH_USER", "ubuntu"),
         },
     },
+    "slurm": {
+        "BACKEND": "portal.provisioning.slurm.SlurmBackend",
+        "OPTIONS": {
+            # slurmrestd on a unix socket (rest_auth/local), or at a URL with a JWT
+            "socket": ""
+            if os.environ.get("SLURM_RESTD_URL")
+            else os.environ.get("SLURM_RESTD_SOCKET", "/run/slurmrestd/slurmrestd.socket"),
+            "url": os.environ.get("SLURM_RESTD_URL", ""),
+            "user": os.environ.get("SLURM_RESTD_USER", ""),
+            "token": os.environ.get("SLURM_JWT", ""),
+            "api_version": os.environ.get("SLURM_RESTD_API_VERSION", "v0.0.38"),
+            "partition": os.environ.get("SLURM_PARTITION", "gpu"),
+            # the portal region the cluster's nodes are hosts of (portal.catalog.slurm_sync)
+            "region": os.environ.get("SLURM_REGION", "slurm"),
+            # Slurm GRES type = portal GPU model code, comma separated
+            "gpu_types": dict(
+                pair.split("=", 1)
+                for pair in os.environ.get("SLURM_GPU_TYPES", "h200=h200-sxm-141gb").split(",")
+                if "=" in pair
+            ),
+            "host_prefix": os.environ.get("SLURM_HOST_PREFIX", ""),
+        },
+    },
 }
+# Slurm backends whose nodes the catalog mirrors into hosts every minute (comma separated
+# aliases, e.g. "slurm"; portal.catalog.slurm_sync)
+SLURM_SYNC_BACKENDS = [a for a in os.environ.get("SLURM_SYNC_BACKENDS", "").split(",") if a]
 # Where the machines' cloud-init posts when its first boot is done (the portal as the guests
 # reach it; portal.provisioning.phone_home).
 PROVISIONING_PHONE_HOME_URL = os.environ.get("PROVISIONING_PHONE_HOME_URL", SITE_URL).rstrip("/")

@@ -445,9 +445,15 @@ class HostAdmin(admin.ModelAdmin):
         "free_gpus",
         "vcpus",
         "ram_gib",
+        "managed_by",
         "registered_at",
     ]
-    list_filter = ["region", "state", ("gpus__gpu_model", admin.RelatedOnlyFieldListFilter)]
+    list_filter = [
+        "region",
+        "state",
+        "managed_by",
+        ("gpus__gpu_model", admin.RelatedOnlyFieldListFilter),
+    ]
     search_fields = ["name", "gpus__uuid", "gpus__pci_bus_id"]
     list_select_related = ["region"]
     fields = [
@@ -460,6 +466,7 @@ class HostAdmin(admin.ModelAdmin):
         "driver_version",
         "cuda_version",
         "registered_at",
+        "managed_by",
     ]
     readonly_fields = fields
     inlines = [GpuInline, ActiveAllocationInline]

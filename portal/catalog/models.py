@@ -270,6 +270,14 @@ class Host(models.Model):
     driver_version = models.CharField(max_length=20, blank=True)
     cuda_version = models.CharField(max_length=20, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
+    managed_by = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text=_(
+            "The provisioning backend whose inventory this host mirrors (e.g. slurm); "
+            "empty for a host an operator registered."
+        ),
+    )
 
     class Meta:
         ordering = ["region", "name"]
@@ -315,7 +323,11 @@ class Allocation(models.Model):
     """
 
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="allocations")
-    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    # Empty for GPUs the engine reports in use by work outside the portal (Slurm jobs of the
+    # centre's other users), held so the portal never sells them.
+    instance_type = models.ForeignKey(
+        InstanceType, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     vcpus = models.PositiveSmallIntegerField()
     ram_gib = models.PositiveIntegerField()
     gpu_slots = models.JSONField(
@@ -341,7 +353,7 @@ class Allocation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.instance_type} on {self.host} for {self.holder}"
+        return f"{self.instance_type or 'GPUs'} on {self.host} for {self.holder}"
 
 
 class GpuSlotClaim(models.Model):

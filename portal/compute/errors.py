@@ -17,6 +17,7 @@ from portal.errors import Conflict, error_codes
 @error_codes
 class ComputeErrorCode(StrEnum):
     INVALID = "invalid"  # a launch, volume or rename request that is not valid (see details)
+    ACTION_UNSUPPORTED = "action_unsupported"  # the instance's engine cannot (Slurm: stop)
     NAME_TAKEN = "name_taken"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     QUOTA_EXCEEDED = "quota_exceeded"

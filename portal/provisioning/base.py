@@ -84,6 +84,12 @@ class PermanentBackendError(BackendError):
 class ProvisioningBackend(ABC):
     """One way of running machines. Subclasses take their settings ``OPTIONS`` as keywords."""
 
+    # What this engine cannot do to a machine, of "start", "stop" and "reboot" (a Slurm
+    # allocation cannot be stopped keeping its GPUs' state): the portal refuses these actions
+    # with ``action_unsupported`` before asking, and the backend's methods raise
+    # ``PermanentBackendError``.
+    unsupported_actions: frozenset[str] = frozenset()
+
     def __init__(self, alias: str = "default", **options) -> None:
         self.alias = alias
         self.options = options

@@ -30,7 +30,7 @@ def test_unknown_alias(settings):
     settings.PROVISIONING_BACKEND = "openstack"
     with pytest.raises(
         InvalidBackendError,
-        match=r"'openstack', which is not one of PROVISIONING_BACKENDS \(libvirt, simulated\)",
+        match=r"'openstack', which is not one of PROVISIONING_BACKENDS \(libvirt, simulated, slurm\)",
     ):
         get_backend()
 

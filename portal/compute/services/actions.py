@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from portal.accounts.roles import Action as RoleAction
 from portal.accounts.services import audit_record, authorize
@@ -31,6 +31,7 @@ from portal.compute.services._common import (
     transition,
 )
 from portal.errors import Conflict, InvalidInput, NotFound
+from portal.provisioning import InvalidBackendError, get_backend
 
 
 def instance_action(*, actor: Actor, instance_id: int, action: str, gpus: bool = True) -> Instance:
@@ -96,6 +97,31 @@ def _no_gpu_price(organization, instance: Instance) -> Decimal:
     return price
 
 
+# What a customer reads when the instance's engine cannot do the action (a Slurm allocation:
+# its GPUs go back to the cluster when it ends, and their state with them).
+UNSUPPORTED = {
+    Action.START: gettext_lazy(
+        "This instance cannot be started again: it is an allocation on a cluster, which gives "
+        "its GPUs back when it ends. Launch a new instance instead."
+    ),
+    Action.STOP: gettext_lazy(
+        "This instance cannot be stopped: it is an allocation on a cluster, which cannot keep "
+        "its GPUs' state while they are given back. Terminate it when you no longer need it."
+    ),
+    Action.REBOOT: gettext_lazy(
+        "This instance cannot be rebooted: it is an allocation on a cluster, not a virtual "
+        "machine. Terminate it and launch a new one if it is stuck."
+    ),
+}
+
+
+def _unsupported_actions(alias: str) -> frozenset[str]:
+    try:
+        return get_backend(alias).unsupported_actions
+    except InvalidBackendError:  # an alias no longer configured: the sync reports it
+        return frozenset()
+
+
 @transaction.atomic(durable=True)
 def _action(*, actor: Actor, instance_id: int, action: str, gpus: bool = True) -> Instance:
     return action_in_transaction(actor=actor, instance_id=instance_id, action=action, gpus=gpus)
@@ -135,6 +161,12 @@ def action_in_transaction(
     )
     if current is None:
         raise NotFound(_("No such instance in this organisation."))
+    if action in _unsupported_actions(current.backend):
+        raise Conflict(
+            UNSUPPORTED[Action(action)],
+            code=ComputeErrorCode.ACTION_UNSUPPORTED,
+            details={"action": action, "backend": current.backend},
+        )
     target = action_target(current.state, action)
     allocation = None
     if action == Action.START:
