@@ -48,6 +48,15 @@ urlpatterns += [
     ),
 ]
 
+# Fapiao (发票): the customer's requests and downloads.
+from billing.fapiao import views as fapiao_views  # noqa: E402
+
+urlpatterns += [
+    path("billing/fapiao/", fapiao_views.fapiao_page, name="fapiao"),
+    path("billing/fapiao/<int:pk>/", fapiao_views.fapiao_request, name="fapiao_request"),
+    path("billing/fapiao/<int:pk>/file/", fapiao_views.fapiao_file, name="fapiao_file"),
+]
+
 # Bank transfers (对公转账): the customer's page and finance's matching.
 from billing.finance import bank_transfers as bank_views  # noqa: E402
 from billing.transfers import views as transfer_views  # noqa: E402

@@ -320,6 +320,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "LedgerEntryKindEnum": "billing.models.EntryKind",
         "InvoiceKindEnum": "billing.models.InvoiceKind",
+        "FapiaoKindEnum": "billing.models.FapiaoKind",
+        "FapiaoStatusEnum": "billing.models.FapiaoStatus",
         "InvoiceLineKindEnum": "billing.models.LineKind",
         "InvoiceStatusEnum": "billing.models.InvoiceStatus",
         "CreditRequestStatusEnum": "billing.models.CreditRequestStatus",

@@ -1,0 +1,351 @@
+"""Fapiao (发票): customers request them, finance has the tax authority issue them.
+
+In China the seller does not number its own VAT invoices: it submits the buyer and the lines to
+the tax platform, which returns a 20-digit fapiao number and the file (PDF, OFD or XML). The
+portal keeps the requests, exports them as the platform's batch-issuance spreadsheet
+(``billing.fapiao.exports``), and records what was issued.
+
+**What may be put on a fapiao** ("paid and consumed"): a fapiao is requested for invoices, never
+for an amount typed in. An invoice qualifies when it is a monthly invoice (not a credit note)
+in CNY whose status is ``paid``. That covers both billing modes: an invoiced organisation's
+invoice is paid once its payment was recorded; a prepaid organisation's invoice is issued at
+the month close for the usage of the closed month and paid from its credits at once, so what a
+prepaid organisation can get a fapiao for is what it consumed, never the credit it merely
+bought (a top-up is not on any invoice). Of such an invoice, what is **kept** is its total plus
+its credit notes (negative) minus the refunds of payments made for it; what may still be
+requested is kept minus what requests already cover (requested, exported or issued, less the
+red-letter fapiao recorded against them) (``billing.fapiao.selectors``). Only CNY: a fapiao is a
+Chinese tax document.
+
+**Amounts** are ``Decimal`` in CNY, tax included (价税合计, what was paid), split into amount
+before tax and tax once per fapiao line (``billing.fapiao.lines``); a request's amount is the
+sum of what it covers of each invoice, exactly.
+
+**Special VAT invoices** (专用发票) let the buyer deduct input VAT, so they are issued only to
+a verified enterprise (``Organization.verified_as``), under the Unified Social Credit Code it
+was verified with, and need its registered address, phone, bank and account.
+
+**Red letters** (红字发票): an issued fapiao is never edited. A credit note or refund that would
+leave an invoice with less kept than its fapiao cover is refused until finance records a
+red-letter fapiao against the original for the difference (``corrections_check``, called by
+``credit_note_create`` and ``refund_create``); while a request covering the invoice is still
+open, finance rejects it first.
+
+**Locks**: the organisation, then its invoices (``select_for_update``), then the requests, the
+house order; so a request and a credit note on the same invoice never both pass their checks.
+Each service runs in one transaction and writes an audit row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from billing.errors import BillingErrorCode
+from billing.fapiao import selectors
+from billing.fapiao.lines import fapiao_lines
+from billing.models import (
+    OPEN_STATUSES,
+    FapiaoCoverage,
+    FapiaoKind,
+    FapiaoLine,
+    FapiaoRequest,
+    Invoice,
+)
+from portal.accounts import identity
+from portal.accounts.locks import lock_organization
+from portal.accounts.models import Organization, OrganizationVerification, VerificationKind
+from portal.accounts.roles import Action
+from portal.accounts.services import audit_record, authorize
+from portal.accounts.types import Actor
+from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+
+ISSUE_PERMISSION = "billing.issue_fapiao"
+
+
+@dataclass(frozen=True)
+class Buyer:
+    title: str
+    tax_id: str
+    address: str = ""
+    phone: str = ""
+    bank: str = ""
+    account: str = ""
+
+
+def min_amount() -> Decimal:
+    return Decimal(str(settings.FAPIAO_MIN_AMOUNT))
+
+
+def verified_credit_code(organization: Organization) -> str:
+    """The Unified Social Credit Code the organisation was verified as an enterprise with."""
+    if organization.verified_as != VerificationKind.ENTERPRISE:
+        return ""
+    verification = (
+        OrganizationVerification.objects.filter(
+            organization=organization,
+            kind=VerificationKind.ENTERPRISE,
+            status="approved",
+            is_current=True,
+        )
+        .order_by("-pk")
+        .first()
+    )
+    return identity.normalize(verification.credit_code) if verification else ""
+
+
+def _buyer_clean(kind: str, buyer: Buyer, organization: Organization) -> tuple[Buyer, dict]:
+    errors: dict[str, str] = {}
+    title = " ".join((buyer.title or "").split())
+    if not title or len(title) > 200:
+        errors["buyer_title"] = _("Enter the buyer's name as registered (at most 200 characters).")
+    tax_id = identity.normalize(buyer.tax_id or "")
+    if not identity.credit_code_valid(tax_id):
+        errors["buyer_tax_id"] = _(
+            "This is not a valid Unified Social Credit Code (18 characters with its check "
+            "character)."
+        )
+    fields = {
+        "buyer_address": (buyer.address, 300),
+        "buyer_phone": (buyer.phone, 40),
+        "buyer_bank": (buyer.bank, 200),
+        "buyer_account": (buyer.account, 64),
+    }
+    clean = {name: " ".join((value or "").split()) for name, (value, _limit) in fields.items()}
+    for name, (_value, limit) in fields.items():
+        if len(clean[name]) > limit:
+            errors[name] = _("At most %(limit)s characters.") % {"limit": limit}
+        elif kind == FapiaoKind.SPECIAL and not clean[name]:
+            errors[name] = _("A special VAT invoice needs this.")
+    cleaned = Buyer(
+        title=title,
+        tax_id=tax_id,
+        address=clean["buyer_address"],
+        phone=clean["buyer_phone"],
+        bank=clean["buyer_bank"],
+        account=clean["buyer_account"],
+    )
+    if kind == FapiaoKind.SPECIAL and "buyer_tax_id" not in errors:
+        verified = verified_credit_code(organization)
+        if verified and verified != tax_id:
+            errors["buyer_tax_id"] = _(
+                "A special VAT invoice goes to the enterprise this organisation was verified "
+                "as: use its code %(code)s."
+            ) % {"code": verified}
+    return cleaned, errors
+
+
+def _error_code(errors: dict) -> str:
+    if "buyer_tax_id" in errors:
+        return BillingErrorCode.FAPIAO_CREDIT_CODE_INVALID
+    if any(name in errors for name in ("buyer_address", "buyer_phone", "buyer_bank")):
+        return BillingErrorCode.FAPIAO_SPECIAL_DETAILS_MISSING
+    if "buyer_account" in errors:
+        return BillingErrorCode.FAPIAO_SPECIAL_DETAILS_MISSING
+    return BillingErrorCode.FAPIAO_BUYER_INVALID
+
+
+def request_create(
+    *,
+    actor: Actor,
+    kind: str,
+    invoice_ids: list[int],
+    buyer: Buyer,
+    email: str = "",
+) -> FapiaoRequest:
+    """Ask for one fapiao over what is still invoiceable of the given paid invoices (owners
+    and billing members). Refused with a code and nothing written: an unknown kind, no
+    invoices, another currency, an invoice that is not paid or has nothing left, a total
+    below ``settings.FAPIAO_MIN_AMOUNT``, a buyer code that is not a valid Unified Social
+    Credit Code, and for a special VAT invoice an organisation that is not a verified
+    enterprise or missing address, phone, bank or account. Another organisation's invoice
+    answers 404."""
+    actor = authorize(actor, Action.BILLING_MANAGE)
+    organization = actor.organization
+    if kind not in FapiaoKind.values:
+        message = _("Choose an ordinary or a special VAT invoice.")
+        raise InvalidInput(
+            message, code=BillingErrorCode.FAPIAO_KIND_INVALID, details={"kind": message}
+        )
+    if organization.currency != selectors.FAPIAO_CURRENCY:
+        raise InvalidInput(
+            _("Fapiao are issued for invoices in CNY; this organisation is billed in %(c)s.")
+            % {"c": organization.currency},
+            code=BillingErrorCode.FAPIAO_CURRENCY_NOT_CNY,
+        )
+    if kind == FapiaoKind.SPECIAL and organization.verified_as != VerificationKind.ENTERPRISE:
+        raise PermissionDenied(
+            _(
+                "A special VAT invoice is issued only to a verified enterprise: verify the "
+                "organisation as an enterprise first, or ask for an ordinary invoice."
+            ),
+            code=BillingErrorCode.FAPIAO_SPECIAL_NEEDS_ENTERPRISE,
+        )
+    try:
+        ids = sorted({int(pk) for pk in invoice_ids or []})
+    except (TypeError, ValueError):
+        ids = []
+    if not ids:
+        message = _("Choose at least one paid invoice.")
+        raise InvalidInput(
+            message, code=BillingErrorCode.FAPIAO_NO_INVOICES, details={"invoices": message}
+        )
+    buyer, errors = _buyer_clean(kind, buyer, organization)
+    if errors:
+        raise InvalidInput(
+            _("Check the buyer's details."), code=_error_code(errors), details=errors
+        )
+    email = (email or "").strip()[:254] or organization.billing_email
+    with transaction.atomic(durable=True):
+        lock_organization(organization.pk)
+        invoices = list(
+            Invoice.objects.select_for_update()
+            .filter(organization=organization, pk__in=ids)
+            .order_by("pk")
+        )
+        if len(invoices) != len(ids):
+            raise NotFound(_("No such invoice in this organisation."))
+        eligible = set(
+            selectors.eligible_invoices(organization)
+            .filter(pk__in=ids)
+            .values_list("pk", flat=True)
+        )
+        items = selectors.invoiceable_for(invoices)
+        refused = [
+            item.invoice.number or str(item.invoice.pk)
+            for item in items
+            if item.invoice.pk not in eligible or item.amount <= 0
+        ]
+        if refused:
+            message = _(
+                "Nothing more can be put on a fapiao for %(invoices)s: only paid invoices in "
+                "CNY, up to what was kept and not yet requested."
+            ) % {"invoices": ", ".join(refused)}
+            raise Conflict(
+                message,
+                code=BillingErrorCode.FAPIAO_INVOICE_NOT_INVOICEABLE,
+                details={"invoices": message},
+            )
+        amount = sum((item.amount for item in items), Decimal(0))
+        if amount < min_amount():
+            message = _(
+                "A fapiao request covers at least %(min)s CNY; these invoices come to %(amount)s "
+                "CNY. Add more invoices."
+            ) % {"min": min_amount(), "amount": amount}
+            raise InvalidInput(
+                message,
+                code=BillingErrorCode.FAPIAO_AMOUNT_TOO_SMALL,
+                details={"invoices": message, "minimum": str(min_amount())},
+            )
+        drafts = fapiao_lines([(item.invoice, item.amount) for item in items])
+        request = FapiaoRequest.objects.create(
+            organization=organization,
+            kind=kind,
+            currency=selectors.FAPIAO_CURRENCY,
+            amount=amount,
+            net=sum((line.net for line in drafts), Decimal(0)),
+            tax=sum((line.tax for line in drafts), Decimal(0)),
+            buyer_title=buyer.title,
+            buyer_tax_id=buyer.tax_id,
+            buyer_address=buyer.address,
+            buyer_phone=buyer.phone,
+            buyer_bank=buyer.bank,
+            buyer_account=buyer.account,
+            email=email,
+            requested_by=actor.user,
+            requested_by_label=actor.label[:200],
+        )
+        FapiaoCoverage.objects.bulk_create(
+            FapiaoCoverage(request=request, invoice=item.invoice, amount=item.amount)
+            for item in items
+        )
+        FapiaoLine.objects.bulk_create(
+            FapiaoLine(
+                request=request,
+                position=position,
+                name=line.name,
+                tax_code=line.tax_code,
+                vat_rate=line.vat_rate,
+                gross=line.gross,
+                net=line.net,
+                tax=line.tax,
+            )
+            for position, line in enumerate(drafts, start=1)
+        )
+        audit_record(
+            actor=actor,
+            action="fapiao.request",
+            target=request,
+            details={
+                "kind": kind,
+                "amount": str(amount),
+                "currency": request.currency,
+                "invoices": [item.invoice.number for item in items],
+            },
+        )
+    return request
+
+
+# --- finance ------------------------------------------------------------------------------------
+
+
+def finance_check(user) -> None:
+    if not (user.is_active and user.is_staff and user.has_perm(ISSUE_PERMISSION)):
+        raise PermissionDenied(
+            _("Only finance staff work the fapiao queue."), code=BillingErrorCode.FINANCE_ONLY
+        )
+
+
+def staff_actor(user, organization: Organization | None = None, ip: str | None = None) -> Actor:
+    return Actor(user=user, organization=organization, role=None, ip_address=ip, operator=True)
+
+
+def _locked_request(request_id: int) -> FapiaoRequest:
+    organization_id = (
+        FapiaoRequest.objects.filter(pk=request_id)
+        .values_list("organization_id", flat=True)
+        .first()
+    )
+    if organization_id is None:
+        raise NotFound(_("No such fapiao request."))
+    lock_organization(organization_id)
+    return (
+        FapiaoRequest.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .get(pk=request_id)
+    )
+
+
+def request_reject(*, user, request_id: int, reason: str, ip: str | None = None) -> FapiaoRequest:
+    """Refuse a request not issued yet, saying why: what it covered may be requested again."""
+    finance_check(user)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(
+            _("Say why the request is rejected."), code=BillingErrorCode.REASON_REQUIRED
+        )
+    with transaction.atomic(durable=True):
+        request = _locked_request(request_id)
+        if request.status not in OPEN_STATUSES:
+            raise Conflict(
+                _("This request was already issued or rejected."),
+                code=BillingErrorCode.FAPIAO_NOT_OPEN,
+            )
+        request.status = "rejected"
+        request.reject_reason = reason[:300]
+        request.decided_by = user
+        request.decided_at = timezone.now()
+        request.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
+        audit_record(
+            actor=staff_actor(user, request.organization, ip),
+            action="fapiao.reject",
+            target=request,
+            organization=request.organization,
+            details={"reason": reason, "staff": user.email},
+        )
+    return request
