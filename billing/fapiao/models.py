@@ -91,6 +91,13 @@ class FapiaoRequest(models.Model):
     file_path = models.CharField(max_length=200, blank=True, editable=False)
     file_content_type = models.CharField(max_length=40, blank=True, editable=False)
     file_size = models.PositiveIntegerField(default=0, editable=False)
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    issued_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the customer was told it is issued.")
+    )
 
     class Meta:
         verbose_name = _("fapiao request")
@@ -127,6 +134,11 @@ class FapiaoRequest(models.Model):
 
     def __str__(self) -> str:
         return self.number or f"Fapiao request #{self.pk}"
+
+    @property
+    def serial(self) -> str:
+        """Its serial number in the batch spreadsheet (发票流水号), by which finance finds it."""
+        return f"FP{self.pk:08d}"
 
     @property
     def is_special(self) -> bool:

@@ -38,7 +38,9 @@ Each service runs in one transaction and writes an audit row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
@@ -47,7 +49,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from billing.errors import BillingErrorCode
-from billing.fapiao import selectors
+from billing.fapiao import files, selectors
 from billing.fapiao.lines import fapiao_lines
 from billing.models import (
     OPEN_STATUSES,
@@ -55,7 +57,9 @@ from billing.models import (
     FapiaoKind,
     FapiaoLine,
     FapiaoRequest,
+    FapiaoStatus,
     Invoice,
+    RedLetterFapiao,
 )
 from portal.accounts import identity
 from portal.accounts.locks import lock_organization
@@ -63,7 +67,9 @@ from portal.accounts.models import Organization, OrganizationVerification, Verif
 from portal.accounts.roles import Action
 from portal.accounts.services import audit_record, authorize
 from portal.accounts.types import Actor
-from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from portal.background import enqueue_on_commit
+from portal.errors import Conflict, ErrorCode, InvalidInput, NotFound, PermissionDenied
+from portal.money import parse_amount
 
 ISSUE_PERMISSION = "billing.issue_fapiao"
 
@@ -336,7 +342,7 @@ def request_reject(*, user, request_id: int, reason: str, ip: str | None = None)
                 _("This request was already issued or rejected."),
                 code=BillingErrorCode.FAPIAO_NOT_OPEN,
             )
-        request.status = "rejected"
+        request.status = FapiaoStatus.REJECTED
         request.reject_reason = reason[:300]
         request.decided_by = user
         request.decided_at = timezone.now()
@@ -348,4 +354,202 @@ def request_reject(*, user, request_id: int, reason: str, ip: str | None = None)
             organization=request.organization,
             details={"reason": reason, "staff": user.email},
         )
+    return request
+
+
+@dataclass(frozen=True)
+class Batch:
+    filename: str
+    content: bytes
+    count: int
+
+
+def queue():
+    """Requests finance still has to issue, oldest first, with what the export reads."""
+    return (
+        FapiaoRequest.objects.filter(status__in=OPEN_STATUSES)
+        .select_related("organization")
+        .prefetch_related("lines", "covers__invoice")
+        .order_by("created_at", "pk")
+    )
+
+
+def recent_decided(limit: int = 30):
+    return (
+        FapiaoRequest.objects.exclude(status__in=OPEN_STATUSES)
+        .select_related("organization")
+        .order_by("-decided_at", "-pk")[:limit]
+    )
+
+
+def request_export(*, user, request_ids: list[int] | None = None, ip: str | None = None) -> Batch:
+    """The batch-issuance spreadsheet of the open requests (all of them, or those named);
+    requested ones become ``exported`` (sent to the tax platform). Exporting again is
+    allowed: the platform's serial numbers (``FP<id>``) make a row found twice the same."""
+    from billing.fapiao.exports import batch_xlsx
+
+    finance_check(user)
+    with transaction.atomic(durable=True):
+        chosen = queue()
+        if request_ids:
+            chosen = chosen.filter(pk__in=request_ids)
+        requests = list(chosen.select_for_update(of=("self",)))
+        if not requests:
+            raise Conflict(
+                _("No open fapiao request to export."), code=BillingErrorCode.FAPIAO_NOT_OPEN
+            )
+        now = timezone.now()
+        fresh = [r.pk for r in requests if r.status == FapiaoStatus.PENDING]
+        FapiaoRequest.objects.filter(pk__in=fresh).update(
+            status=FapiaoStatus.EXPORTED, exported_at=now
+        )
+        content = batch_xlsx(requests)
+        for request in requests:
+            audit_record(
+                actor=staff_actor(user, request.organization, ip),
+                action="fapiao.export",
+                target=request,
+                organization=request.organization,
+                details={"staff": user.email, "again": request.pk not in fresh},
+            )
+    return Batch(
+        filename=f"fapiao-batch-{now:%Y%m%d-%H%M%S}.xlsx", content=content, count=len(requests)
+    )
+
+
+def _fapiao_number(value: str, field: str = "number") -> str:
+    number = "".join((value or "").split())
+    if not re.fullmatch(r"[0-9]{20}", number):
+        message = _("A fapiao number is the 20 digits the tax platform gave.")
+        raise InvalidInput(
+            message, code=BillingErrorCode.FAPIAO_NUMBER_INVALID, details={field: message}
+        )
+    taken = (
+        FapiaoRequest.objects.filter(number=number).exists()
+        or RedLetterFapiao.objects.filter(number=number).exists()
+    )
+    if taken:
+        message = _("Fapiao %(number)s is recorded already.") % {"number": number}
+        raise Conflict(message, code=BillingErrorCode.ALREADY_RECORDED, details={field: message})
+    return number
+
+
+def _issued_on(value, *, not_before) -> date:
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(str(value or "").strip())
+    except ValueError:
+        message = _("Enter the date as YYYY-MM-DD.")
+        raise InvalidInput(message, details={"issued_on": message}) from None
+    if day > timezone.now().date() or day < not_before:
+        message = _("The date issued lies between the request and today.")
+        raise InvalidInput(message, details={"issued_on": message})
+    return day
+
+
+def request_record_issued(
+    *,
+    user,
+    request_id: int,
+    number: str,
+    issued_on,
+    net,
+    tax,
+    total,
+    upload,
+    ip: str | None = None,
+) -> FapiaoRequest:
+    """Record the fapiao the tax authority issued for a request: its 20-digit number, date,
+    amounts (the total must be the request's, and net plus tax the total) and its file (PDF,
+    OFD or XML, checked by content). The customer is emailed after commit. Nothing is
+    written, and the file is not kept, when anything is refused."""
+    finance_check(user)
+    errors: dict[str, str] = {}
+    amounts = {}
+    for field, value in (("net", net), ("tax", tax), ("total", total)):
+        try:
+            amounts[field] = parse_amount(value, "CNY", field=field, allow_zero=field == "tax")
+        except InvalidInput as exc:
+            errors.update(exc.details)
+    if errors:
+        raise InvalidInput(
+            _("Check the fapiao's amounts."), code=ErrorCode.AMOUNT_INVALID, details=errors
+        )
+    checked, content = files.file_check(upload)
+    with transaction.atomic(durable=True):
+        request = _locked_request(request_id)
+        if request.status not in OPEN_STATUSES:
+            raise Conflict(
+                _("This request was already issued or rejected."),
+                code=BillingErrorCode.FAPIAO_NOT_OPEN,
+            )
+        number = _fapiao_number(number)
+        day = _issued_on(issued_on, not_before=timezone.localdate(request.created_at))
+        if (
+            amounts["total"] != request.amount
+            or amounts["net"] + amounts["tax"] != amounts["total"]
+        ):
+            message = _(
+                "The fapiao's total must be the request's %(amount)s CNY, and its amount "
+                "before tax plus its tax the total."
+            ) % {"amount": request.amount}
+            raise InvalidInput(
+                message,
+                code=BillingErrorCode.FAPIAO_AMOUNTS_MISMATCH,
+                details={"total": message},
+            )
+        path = files.file_store(content, checked, organization_id=request.organization_id)
+        try:
+            now = timezone.now()
+            request.status = FapiaoStatus.ISSUED
+            request.number = number
+            request.issued_on = day
+            request.issued_net = amounts["net"]
+            request.issued_tax = amounts["tax"]
+            request.issued_total = amounts["total"]
+            request.file_name = checked.name
+            request.file_path = path
+            request.file_content_type = checked.content_type
+            request.file_size = checked.size
+            request.issued_by = user
+            request.issued_at = now
+            request.decided_by = user
+            request.decided_at = now
+            request.save(
+                update_fields=[
+                    "status",
+                    "number",
+                    "issued_on",
+                    "issued_net",
+                    "issued_tax",
+                    "issued_total",
+                    "file_name",
+                    "file_path",
+                    "file_content_type",
+                    "file_size",
+                    "issued_by",
+                    "issued_at",
+                    "decided_by",
+                    "decided_at",
+                ]
+            )
+            audit_record(
+                actor=staff_actor(user, request.organization, ip),
+                action="fapiao.issued",
+                target=request,
+                organization=request.organization,
+                details={
+                    "number": number,
+                    "issued_on": day.isoformat(),
+                    "total": str(amounts["total"]),
+                    "currency": request.currency,
+                    "file": checked.content_type,
+                    "staff": user.email,
+                },
+            )
+        except BaseException:
+            files.file_delete(path)  # nothing half-written: no file without its record
+            raise
+        from billing.fapiao.tasks import fapiao_issued_notify
+
+        enqueue_on_commit(fapiao_issued_notify, request.pk)
     return request
