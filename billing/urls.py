@@ -71,6 +71,11 @@ urlpatterns += [
         finance_fapiao.fapiao_reject,
         name="finance_fapiao_reject",
     ),
+    path(
+        "finance/fapiao/red-letter/",
+        finance_fapiao.fapiao_red_letter,
+        name="finance_fapiao_red_letter",
+    ),
     path("finance/fapiao/<int:pk>/file/", finance_fapiao.fapiao_file, name="finance_fapiao_file"),
 ]
 

@@ -52,6 +52,7 @@ from billing.errors import BillingErrorCode
 from billing.fapiao import files, selectors
 from billing.fapiao.lines import fapiao_lines
 from billing.models import (
+    COVERING_STATUSES,
     OPEN_STATUSES,
     FapiaoCoverage,
     FapiaoKind,
@@ -553,3 +554,157 @@ def request_record_issued(
 
         enqueue_on_commit(fapiao_issued_notify, request.pk)
     return request
+
+
+# --- corrections and red letters ----------------------------------------------------------------
+
+
+def corrections_check(invoice: Invoice, *, reduction: Decimal) -> None:
+    """Refuse a credit note or refund that takes ``reduction`` (tax included) off what an
+    invoice kept when its fapiao would then cover more than is kept: a request still open must
+    be rejected first (``fapiao_request_open``), an issued fapiao needs a red-letter fapiao
+    for at least the difference (``fapiao_red_letter_required``). Called under the
+    organisation's lock by ``credit_note_create`` and ``refund_create``."""
+    if reduction <= 0 or invoice.currency != selectors.FAPIAO_CURRENCY:
+        return
+    [item] = selectors.invoiceable_for([invoice])
+    short = item.covered - (item.kept - reduction)
+    if short <= 0:
+        return
+    covers = list(
+        FapiaoCoverage.objects.filter(
+            invoice=invoice, request__status__in=COVERING_STATUSES
+        ).select_related("request")
+    )
+    open_ones = [c.request for c in covers if c.request.status in OPEN_STATUSES]
+    if open_ones:
+        raise Conflict(
+            _(
+                "A fapiao request covering %(invoice)s is not issued yet (%(serials)s): reject "
+                "it, or record it issued and then a red-letter fapiao, before this correction."
+            )
+            % {"invoice": invoice.number, "serials": ", ".join(r.serial for r in open_ones)},
+            code=BillingErrorCode.FAPIAO_REQUEST_OPEN,
+            details={"requests": [r.pk for r in open_ones]},
+        )
+    numbers = [c.request.number for c in covers]
+    raise Conflict(
+        _(
+            "Fapiao %(numbers)s cover %(invoice)s: record a red-letter fapiao of at least "
+            "%(short)s CNY against it first, so the fapiao never exceed what is kept."
+        )
+        % {"numbers": ", ".join(numbers), "invoice": invoice.number, "short": short},
+        code=BillingErrorCode.FAPIAO_RED_LETTER_REQUIRED,
+        details={"fapiao": numbers, "red_letter_at_least": str(short)},
+    )
+
+
+def red_letter_record(
+    *,
+    user,
+    original_number: str,
+    invoice_number: str,
+    number: str,
+    issued_on,
+    amount,
+    net,
+    tax,
+    reason: str,
+    ip: str | None = None,
+) -> RedLetterFapiao:
+    """Record a red-letter (红字) fapiao the tax authority issued against an issued fapiao: it
+    reverses ``amount`` (tax included) of what the original covers of one invoice, never more
+    than that cover less the red letters recorded before (``fapiao_red_letter_too_large``)."""
+    finance_check(user)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(
+            _("Say why the fapiao is reversed."), code=BillingErrorCode.REASON_REQUIRED
+        )
+    errors: dict[str, str] = {}
+    amounts = {}
+    for field, value in (("amount", amount), ("net", net), ("tax", tax)):
+        try:
+            amounts[field] = parse_amount(value, "CNY", field=field, allow_zero=field == "tax")
+        except InvalidInput as exc:
+            errors.update(exc.details)
+    if errors:
+        raise InvalidInput(
+            _("Check the red-letter fapiao's amounts."),
+            code=ErrorCode.AMOUNT_INVALID,
+            details=errors,
+        )
+    if amounts["net"] + amounts["tax"] != amounts["amount"]:
+        message = _("The amount before tax plus the tax must be the red-letter total.")
+        raise InvalidInput(
+            message, code=BillingErrorCode.FAPIAO_AMOUNTS_MISMATCH, details={"amount": message}
+        )
+    original_id = (
+        FapiaoRequest.objects.filter(number="".join((original_number or "").split()))
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if original_id is None:
+        message = _("No issued fapiao has this number.")
+        raise InvalidInput(
+            message, code=BillingErrorCode.FAPIAO_NOT_ISSUED, details={"original": message}
+        )
+    with transaction.atomic(durable=True):
+        original = _locked_request(original_id)
+        cover = (
+            FapiaoCoverage.objects.select_related("invoice")
+            .filter(request=original, invoice__number=(invoice_number or "").strip())
+            .first()
+        )
+        if cover is None:
+            message = _("Fapiao %(number)s does not cover invoice %(invoice)s.") % {
+                "number": original.number,
+                "invoice": invoice_number,
+            }
+            raise InvalidInput(
+                message, code=BillingErrorCode.FAPIAO_NOT_ISSUED, details={"invoice": message}
+            )
+        reversed_before = sum(
+            RedLetterFapiao.objects.filter(original=original, invoice=cover.invoice).values_list(
+                "amount", flat=True
+            ),
+            Decimal(0),
+        )
+        left = cover.amount - reversed_before
+        if amounts["amount"] > left:
+            message = _(
+                "At most %(left)s CNY of fapiao %(number)s on %(invoice)s can still be reversed."
+            ) % {"left": left, "number": original.number, "invoice": cover.invoice.number}
+            raise Conflict(
+                message,
+                code=BillingErrorCode.FAPIAO_RED_LETTER_TOO_LARGE,
+                details={"amount": message, "reversible": str(left)},
+            )
+        red_number = _fapiao_number(number)
+        day = _issued_on(issued_on, not_before=original.issued_on)
+        red = RedLetterFapiao.objects.create(
+            original=original,
+            invoice=cover.invoice,
+            number=red_number,
+            issued_on=day,
+            amount=amounts["amount"],
+            net=amounts["net"],
+            tax=amounts["tax"],
+            reason=reason[:300],
+            recorded_by=user,
+        )
+        audit_record(
+            actor=staff_actor(user, original.organization, ip),
+            action="fapiao.red_letter",
+            target=red,
+            organization=original.organization,
+            details={
+                "original": original.number,
+                "invoice": cover.invoice.number,
+                "amount": str(red.amount),
+                "currency": "CNY",
+                "reason": reason,
+                "staff": user.email,
+            },
+        )
+    return red

@@ -49,7 +49,12 @@ def _render(
     for item in queue:  # a refusal is shown on the request's own forms, with what was typed
         item.error = (errors or {}).get(item.pk)
         item.posted = (posted or {}).get(item.pk, {})
-    context = {"queue": queue, "decided": fapiao.recent_decided(), **extra}
+    context = {
+        "queue": queue,
+        "decided": fapiao.recent_decided(),
+        "red_posted": {},
+        **extra,
+    }
     return render(request, "billing/finance/fapiao.html", context, status=status)
 
 
@@ -111,6 +116,33 @@ def fapiao_reject(request: HttpRequest, pk: int) -> HttpResponse:
     except SHOWN_ON_PAGE as exc:
         return _render(request, status=PAGE_STATUS_INVALID, errors={pk: exc})
     messages.success(request, _("The request is rejected."))
+    return redirect("billing:finance_fapiao")
+
+
+@require_POST
+@issuer_required
+def fapiao_red_letter(request: HttpRequest) -> HttpResponse:
+    data = request.POST
+    try:
+        red = fapiao.red_letter_record(
+            user=request.user,
+            original_number=data.get("original", ""),
+            invoice_number=data.get("invoice", ""),
+            number=data.get("number", ""),
+            issued_on=data.get("issued_on", ""),
+            amount=data.get("amount", ""),
+            net=data.get("net", ""),
+            tax=data.get("tax", ""),
+            reason=data.get("reason", ""),
+            ip=client_ip(request),
+        )
+    except SHOWN_ON_PAGE as exc:
+        return _render(request, status=PAGE_STATUS_INVALID, red_error=exc, red_posted=data.dict())
+    messages.success(
+        request,
+        _("Red-letter fapiao %(number)s is recorded against %(original)s.")
+        % {"number": red.number, "original": red.original.number},
+    )
     return redirect("billing:finance_fapiao")
 
 
