@@ -10,6 +10,7 @@ from django.db.models.functions import Round
 from django.db.models.lookups import Exact
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from portal.accounts.models import Currency, Organization
 
@@ -40,7 +41,7 @@ class FapiaoKind(models.TextChoices):
 class FapiaoStatus(models.TextChoices):
     PENDING = "pending", _("Requested")
     EXPORTED = "exported", _("Sent to the tax platform")
-    ISSUED = "issued", _("Issued")
+    ISSUED = "issued", pgettext_lazy("fapiao status", "Issued")
     REJECTED = "rejected", _("Rejected")
 
 
