@@ -19,6 +19,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from billing.errors import BillingErrorCode
+from billing.fapiao import services as fapiao
 from billing.invoicing import services as invoicing
 from billing.models import FapiaoRequest, RedLetterFapiao
 from portal.errors import Conflict
@@ -148,7 +149,7 @@ def test_a_special_vat_fapiao_is_requested_issued_downloaded_and_reversed_in_chi
     issued_file = tmp_path / "fapiao.pdf"
     issued_file.write_bytes(PDF)
     page.goto(f"{base}/finance/fapiao/")
-    queue = page.get_by_test_id("fapiao-queue")
+    queue = page.locator(f'[data-request-forms="{request.pk}"]')
     queue.get_by_label(zh("Fapiao number")).fill(NUMBER)
     queue.get_by_label(zh("Date issued")).fill(timezone.localdate().isoformat())
     queue.get_by_label(zh("Fapiao file (PDF, OFD or XML)")).set_input_files(str(issued_file))
@@ -195,3 +196,53 @@ def test_a_special_vat_fapiao_is_requested_issued_downloaded_and_reversed_in_chi
         invoice, actor=finance_actor, reason="服务中断补偿", amount="40.00"
     )
     assert str(note.total) == "-40.00"
+
+
+def test_the_fapiao_pages_read_in_english_and_fit_a_phone(
+    live_server, issued_invoices_flushable, settings, browser, screenshot_dir, tmp_path
+):
+    """The same pages in an English browser: labels in English, nothing wider than a phone."""
+    settings.FAPIAO_FILE_DIR = tmp_path / "fapiao"
+    settings.FAPIAO_MIN_AMOUNT = "100.00"
+    base = live_server.url
+    world = fapiao_factories.cny_world(name="Acme Compute Ltd", country="CN")
+    world.owner.email_verified_at = timezone.now()
+    world.owner.save(update_fields=["email_verified_at"])
+    invoice = fapiao_factories.paid_october(world, hours=10)
+    fapiao.request_create(
+        actor=world.actor(),
+        kind="ordinary",
+        invoice_ids=[invoice.pk],
+        buyer=fapiao.Buyer(title="Acme Compute Ltd", tax_id=fapiao_factories.CREDIT_CODE),
+    )
+    staff = billing_factories.finance_staff(
+        "finance-en@example.com", email_verified_at=timezone.now()
+    )
+    staff.user_permissions.add(Permission.objects.get(codename="issue_fapiao"))
+    context = browser.new_context(locale="en-GB", viewport=DESKTOP)
+    page = context.new_page()
+
+    def both_widths(name: str) -> None:
+        for size, suffix in ((DESKTOP, ""), (PHONE, "-phone")):
+            page.set_viewport_size(size)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= size["width"], f"{page.url} scrolls sideways ({width}px)"
+            page.screenshot(
+                path=str(screenshot_dir / f"fapiao_en-{name}{suffix}.png"), full_page=True
+            )
+        page.set_viewport_size(DESKTOP)
+
+    for email, path, heading, name in (
+        (world.owner.email, "/billing/fapiao/", "Fapiao (发票)", "customer"),
+        (staff.email, "/finance/fapiao/", "Fapiao queue", "finance"),
+    ):
+        page.context.clear_cookies()
+        page.goto(f"{base}/login/")
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(factories.PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.goto(f"{base}{path}")
+        expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
+        expect(page.locator("main, body").first).to_contain_text("250.00")
+        both_widths(name)
+    context.close()
