@@ -1063,4 +1063,5 @@ class SpendAlertAdmin(ReadOnlyAdmin):
     list_select_related = ["organization"]
 
 
+from billing.fapiao import admin as _fapiao_admin  # noqa: E402, F401  (registers it)
 from billing.transfers import admin as _bank_transfer_admin  # noqa: E402, F401  (registers it)

@@ -780,8 +780,18 @@ class ExportJob(models.Model):
         return f"{self.kind} {self.format} export #{self.pk} ({self.status})"
 
 
-# --- Bank transfers (billing.transfers) -------------------------------------------------------
+# --- Fapiao (billing.fapiao) and bank transfers (billing.transfers) -------------------------
 
+from billing.fapiao.models import (  # noqa: E402, F401
+    COVERING_STATUSES,
+    OPEN_STATUSES,
+    FapiaoCoverage,
+    FapiaoKind,
+    FapiaoLine,
+    FapiaoRequest,
+    FapiaoStatus,
+    RedLetterFapiao,
+)
 from billing.transfers.models import (  # noqa: E402, F401
     BankLine,
     BankTransferNotice,

@@ -2,6 +2,7 @@
 sub-package's ``tasks`` module; importing them here is what registers them with the worker
 (Celery looks for ``billing.tasks``)."""
 
+from billing.fapiao.tasks import fapiao_issued_notify
 from billing.finance.tasks import export_run, exports_sweep
 from billing.invoicing.tasks import month_close, refresh_drafts, send_invoice_email
 from billing.ledger.tasks import debit_usage
@@ -19,6 +20,7 @@ __all__ = [
     "debit_usage",
     "export_run",
     "exports_sweep",
+    "fapiao_issued_notify",
     "invoice_charge",
     "month_close",
     "refresh_drafts",

@@ -48,6 +48,37 @@ urlpatterns += [
     ),
 ]
 
+# Fapiao (发票): the customer's requests and downloads.
+from billing.fapiao import views as fapiao_views  # noqa: E402
+
+urlpatterns += [
+    path("billing/fapiao/", fapiao_views.fapiao_page, name="fapiao"),
+    path("billing/fapiao/<int:pk>/", fapiao_views.fapiao_request, name="fapiao_request"),
+    path("billing/fapiao/<int:pk>/file/", fapiao_views.fapiao_file, name="fapiao_file"),
+]
+
+# The finance area's fapiao queue.
+from billing.finance import fapiao as finance_fapiao  # noqa: E402
+
+urlpatterns += [
+    path("finance/fapiao/", finance_fapiao.fapiao_queue, name="finance_fapiao"),
+    path("finance/fapiao/export/", finance_fapiao.fapiao_export, name="finance_fapiao_export"),
+    path(
+        "finance/fapiao/<int:pk>/issue/", finance_fapiao.fapiao_issue, name="finance_fapiao_issue"
+    ),
+    path(
+        "finance/fapiao/<int:pk>/reject/",
+        finance_fapiao.fapiao_reject,
+        name="finance_fapiao_reject",
+    ),
+    path(
+        "finance/fapiao/red-letter/",
+        finance_fapiao.fapiao_red_letter,
+        name="finance_fapiao_red_letter",
+    ),
+    path("finance/fapiao/<int:pk>/file/", finance_fapiao.fapiao_file, name="finance_fapiao_file"),
+]
+
 # Bank transfers (对公转账): the customer's page and finance's matching.
 from billing.finance import bank_transfers as bank_views  # noqa: E402
 from billing.transfers import views as transfer_views  # noqa: E402

@@ -321,6 +321,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "LedgerEntryKindEnum": "billing.models.EntryKind",
         "InvoiceKindEnum": "billing.models.InvoiceKind",
+        "FapiaoKindEnum": "billing.models.FapiaoKind",
+        "FapiaoStatusEnum": "billing.models.FapiaoStatus",
         "InvoiceLineKindEnum": "billing.models.LineKind",
         "InvoiceStatusEnum": "billing.models.InvoiceStatus",
         "CreditRequestStatusEnum": "billing.models.CreditRequestStatus",
@@ -580,6 +582,15 @@ BANK_TRANSFER_SLIP_DIR = Path(
 BANK_TRANSFER_SLIP_MAX_BYTES = int(
     os.environ.get("BANK_TRANSFER_SLIP_MAX_BYTES", str(10 * 1024 * 1024))
 )
+
+# Fapiao (发票): the tax classification code and VAT rate of a fapiao line whose product has
+# none of its own (信息技术服务, 6 %), the smallest amount one request may cover (CNY), and
+# where the issued files (PDF, OFD or XML) are kept (private, served by checking views).
+FAPIAO_DEFAULT_TAX_CODE = os.environ.get("FAPIAO_DEFAULT_TAX_CODE", "3040200000000000000")
+FAPIAO_DEFAULT_VAT_RATE = os.environ.get("FAPIAO_DEFAULT_VAT_RATE", "0.06")
+FAPIAO_MIN_AMOUNT = os.environ.get("FAPIAO_MIN_AMOUNT", "100.00")
+FAPIAO_FILE_DIR = Path(os.environ.get("FAPIAO_FILE_DIR", VAR_DIR / "private" / "fapiao"))
+FAPIAO_FILE_MAX_BYTES = int(os.environ.get("FAPIAO_FILE_MAX_BYTES", str(10 * 1024 * 1024)))
 
 # --- Logging --------------------------------------------------------------------------------
 # One JSON object a line (LOG_FORMAT=json, the default with DEBUG off) or a human line

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing.api import bank_transfers, views
+from billing.api import bank_transfers, fapiao, views
 
 urlpatterns = [
     path("balance", views.BalanceView.as_view(), name="api-balance"),
@@ -17,6 +17,17 @@ urlpatterns = [
     ),
     path(
         "bank-transfers", bank_transfers.BankTransferListView.as_view(), name="api-bank-transfers"
+    ),
+    path("fapiao-requests", fapiao.FapiaoRequestListView.as_view(), name="api-fapiao-requests"),
+    path(
+        "fapiao-requests/<int:pk>",
+        fapiao.FapiaoRequestDetailView.as_view(),
+        name="api-fapiao-request",
+    ),
+    path(
+        "fapiao-requests/<int:pk>/file",
+        fapiao.FapiaoFileView.as_view(),
+        name="api-fapiao-request-file",
     ),
     path("top-ups", views.TopUpView.as_view(), name="api-top-ups"),
     path("payments/<int:pk>", views.PaymentDetailView.as_view(), name="api-payment"),

@@ -1293,6 +1293,9 @@ def credit_note_create(
             tax_status=invoice.tax_status,
             tax_rate=invoice.tax_rate,
         )
+        from billing.fapiao.services import corrections_check
+
+        corrections_check(invoice, reduction=-totals.total)  # a fapiao never exceeds it
         note = Invoice.objects.create(
             organization=invoice.organization,
             kind=InvoiceKind.CREDIT_NOTE,

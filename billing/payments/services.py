@@ -473,6 +473,11 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
             _("Say why the payment is refunded."), code=BillingErrorCode.REASON_REQUIRED
         )
     with transaction.atomic(durable=True):
+        # the organisation first (the house order): a fapiao's cover is checked under it
+        organization_id = (
+            Payment.objects.filter(pk=payment_id).values_list("organization_id", flat=True).get()
+        )
+        lock_organization(organization_id)
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         amount = parse_amount(amount, payment.currency)
         if payment.status != PaymentStatus.SUCCEEDED:
@@ -494,6 +499,10 @@ def refund_create(*, actor: Actor, payment_id: int, amount, reason: str) -> Refu
                 code=BillingErrorCode.REFUND_TOO_LARGE,
                 details={"refundable": str(refundable)},
             )
+        if payment.invoice_id is not None:  # what the invoice kept shrinks: is it on a fapiao?
+            from billing.fapiao.services import corrections_check
+
+            corrections_check(payment.invoice, reduction=amount)
         refund = Refund.objects.create(
             payment=payment,
             amount=amount,

@@ -158,6 +158,8 @@ class InstanceTypeForm(forms.ModelForm):
             "is_active",
             "provider",
             "provider_name",
+            "tax_code",
+            "vat_rate",
         ]
 
     def clean(self):

@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from django_countries.fields import CountryField
 
 from portal.accounts.models import Currency
+from portal.tax import tax_code_field, tax_constraints, vat_rate_field
 
 # Money: prices per hour at full precision (rated, never rounded here).
 PRICE_MAX_DIGITS = 14
@@ -143,10 +144,13 @@ class InstanceType(models.Model):
         max_length=40, blank=True, help_text=_("Catalog it was imported from.")
     )
     provider_name = models.CharField(max_length=80, blank=True)
+    tax_code = tax_code_field()
+    vat_rate = vat_rate_field()
 
     class Meta:
         ordering = ["gpu_model__name", "gpu_count", "name"]
         constraints = [
+            *tax_constraints("catalog_instancetype"),
             models.CheckConstraint(
                 condition=Q(mig_profile__isnull=True, gpu_count__gte=1)
                 | Q(mig_profile__isnull=False, gpu_count=1),

@@ -173,7 +173,7 @@ class MeterForm(forms.ModelForm):
 
     class Meta:
         model = Meter
-        fields = ["key", "name", "unit", "aggregation", "is_active"]
+        fields = ["key", "name", "unit", "aggregation", "is_active", "tax_code", "vat_rate"]
 
     def clean_key(self) -> str:
         key = self.cleaned_data["key"]
@@ -201,7 +201,16 @@ class MeterAdmin(admin.ModelAdmin):
     list_display = ["key", "name", "unit", "aggregation", "built_in", "is_active"]
     list_filter = ["built_in", "is_active", "aggregation"]
     search_fields = ["key", "name"]
-    fields = ["key", "name", "unit", "aggregation", "built_in", "is_active"]
+    fields = [
+        "key",
+        "name",
+        "unit",
+        "aggregation",
+        "built_in",
+        "is_active",
+        "tax_code",
+        "vat_rate",
+    ]
     inlines = [MeterPriceInline]
 
     def get_readonly_fields(self, request, obj=None):

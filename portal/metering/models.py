@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from portal.accounts.models import Currency, Organization
+from portal.tax import tax_code_field, tax_constraints, vat_rate_field
 
 QUANTITY_MAX_DIGITS = 24
 QUANTITY_DECIMAL_PLACES = 6
@@ -44,10 +45,13 @@ class Meter(models.Model):
     )
     built_in = models.BooleanField(default=False, help_text=_("Measured by the portal itself."))
     is_active = models.BooleanField(default=True)
+    tax_code = tax_code_field()
+    vat_rate = vat_rate_field()
 
     class Meta:
         ordering = ["key"]
         constraints = [
+            *tax_constraints("metering_meter"),
             models.CheckConstraint(
                 condition=Q(aggregation__in=Aggregation.values),
                 name="metering_meter_aggregation_valid",

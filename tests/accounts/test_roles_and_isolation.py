@@ -64,6 +64,7 @@ def build_world(org=None) -> World:
         currency="USD",
     )  # fmt: skip
     notice = _bank_transfer_notice(org)
+    fapiao_request = _fapiao_request(org)
     return World(
         org=org,
         objects={
@@ -79,6 +80,7 @@ def build_world(org=None) -> World:
             "credit_request": credit_request.pk,
             "notice": notice.pk,
             "wallet_payment": wallet_payment.pk,
+            "fapiao": fapiao_request.pk,
         },
     )
 
@@ -95,6 +97,23 @@ def _bank_transfer_notice(org):
         organization=org, reference="GC2222222A", amount=100, currency=org.currency,
         sent_on="2026-11-30", payer_name=org.name, slip_name="slip.pdf", slip_path=path,
         slip_content_type="application/pdf",
+    )  # fmt: skip
+
+
+def _fapiao_request(org):
+    """An issued fapiao request with its file stored."""
+    from django.core.files.base import ContentFile
+
+    from billing.fapiao import files
+    from billing.models import FapiaoRequest
+
+    path = files.storage().save(f"{org.pk}/fapiao.pdf", ContentFile(b"%PDF-1.7\n%%EOF\n"))
+    return FapiaoRequest.objects.create(
+        organization=org, kind="ordinary", currency="CNY", amount=100, net="94.34", tax="5.66",
+        buyer_title=org.name, buyer_tax_id="91110108MA01ABCD1E", status="issued",
+        number=f"{org.pk:020d}", issued_on="2026-11-30", issued_net="94.34", issued_tax="5.66",
+        issued_total=100, file_name="fapiao.pdf", file_path=path,
+        file_content_type="application/pdf",
     )  # fmt: skip
 
 
@@ -392,6 +411,43 @@ API_OPS = [
         api=True,
     ),
     op(
+        "api fapiao requests",
+        "GET",
+        "/api/v1/fapiao-requests",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
+        "api fapiao request create",
+        "POST",
+        "/api/v1/fapiao-requests",
+        BILLING_MANAGERS,
+        400,
+        Action.BILLING_MANAGE,
+        {"kind": "ordinary"},
+        True,
+    ),  # no invoices, no buyer
+    op(
+        "api fapiao request",
+        "GET",
+        "/api/v1/fapiao-requests/{fapiao}",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
+        "api fapiao file",
+        "GET",
+        "/api/v1/fapiao-requests/{fapiao}/file",
+        BILLING_READERS,
+        200,
+        Action.BILLING_VIEW,
+        api=True,
+    ),
+    op(
         "api bank transfer reference",
         "GET",
         "/api/v1/bank-transfers/reference",
@@ -574,6 +630,13 @@ PAGE_OPS = [
        Action.BILLING_MANAGE, {"amount": "1", "sent_on": "2026-11-30", "payer_name": "x"}),
     op("bank transfer slip", "GET", "/billing/bank-transfer/notices/{notice}/slip/", BILLING_READERS, 200,
        Action.BILLING_VIEW),
+    op("fapiao page", "GET", "/billing/fapiao/", BILLING_READERS, 200, Action.BILLING_VIEW),
+    op("fapiao request", "POST", "/billing/fapiao/", BILLING_MANAGERS, 422, Action.BILLING_MANAGE,
+       {"kind": "ordinary"}),  # no invoice, no buyer
+    op("fapiao request page", "GET", "/billing/fapiao/{fapiao}/", BILLING_READERS, 200,
+       Action.BILLING_VIEW),
+    op("fapiao file", "GET", "/billing/fapiao/{fapiao}/file/", BILLING_READERS, 200,
+       Action.BILLING_VIEW),
     op("wallet pay page", "GET", "/billing/pay/{wallet_payment}/", BILLING_READERS, 200, Action.BILLING_VIEW),
     op("wallet pay status", "GET", "/billing/pay/{wallet_payment}/status/", BILLING_READERS, 200,
        Action.BILLING_VIEW),
@@ -728,6 +791,12 @@ FINANCE_OPS = [
     ("POST", "/finance/bank-transfers/lines/1/return/"),
     ("POST", "/finance/bank-transfers/notices/1/reject/"),
     ("GET", "/finance/bank-transfers/notices/1/slip/"),
+    ("GET", "/finance/fapiao/"),
+    ("POST", "/finance/fapiao/export/"),
+    ("POST", "/finance/fapiao/1/issue/"),
+    ("POST", "/finance/fapiao/1/reject/"),
+    ("POST", "/finance/fapiao/red-letter/"),
+    ("GET", "/finance/fapiao/1/file/"),
 ]
 
 
@@ -748,6 +817,7 @@ SAMPLE_IDS = {
     **dict.fromkeys(
         ("volume", "card", "invoice", "job", "credit_request", "notice", "wallet_payment"), 1
     ),
+    "fapiao": 1,
     "checkout": "token",
 }
 

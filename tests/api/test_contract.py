@@ -302,7 +302,8 @@ def test_every_operation_documents_401_406_and_429_and_body_operations_415():
         for method, operation in item.items():
             documented = set(operation["responses"])
             assert {"401", "429"} <= documented, f"{method} {path}"
-            if not path.endswith("/pdf"):  # answers the PDF whatever Accept says
+            # a PDF or a fapiao file is answered whatever Accept says
+            if not path.endswith(("/pdf", "/file")):
                 assert "406" in documented, f"{method} {path}"
             if "requestBody" in operation:
                 assert "415" in documented, f"{method} {path}"

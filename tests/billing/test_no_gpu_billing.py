@@ -20,9 +20,10 @@ from portal.compute.models import Instance
 from portal.errors import PortalError
 from portal.metering import services as metering
 from portal.metering.lifecycle_usage import COMPUTE, NO_GPU
-from portal.metering.models import Meter, MeterPrice, UsageRecord
+from portal.metering.models import MeterPrice, UsageRecord
 from portal.metering.rating import Rater
 from portal.metering.selectors import committed_burn, usage_summary
+from portal.metering.services import builtin_meters
 from portal.money import at_rating_precision
 from tests.factories import World, settle
 
@@ -35,7 +36,7 @@ NO_GPU_PRICE = Decimal("0.80")  # USD per hour; gpu_1x_h200 is 3.50
 def world(memory_backend):
     world = World()
     MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU),
+        meter=builtin_meters()[NO_GPU],
         currency="USD",
         price_per_unit=NO_GPU_PRICE,
         effective_from=T0 - timedelta(days=1),
@@ -162,7 +163,7 @@ def test_the_burn_reserves_the_no_gpu_price_and_agrees_with_a_reconciliation(wor
 def test_who_cannot_pay_a_gpu_hour_can_still_start_without_gpus(memory_backend):
     world = World(credit_amount="4.00")
     MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU), currency="USD", price_per_unit=NO_GPU_PRICE
+        meter=builtin_meters()[NO_GPU], currency="USD", price_per_unit=NO_GPU_PRICE
     )
     instance, _ = compute.instance_launch(actor=world.actor(), request=world.request())
     settle(instance)
@@ -187,7 +188,7 @@ def test_who_cannot_pay_a_gpu_hour_can_still_start_without_gpus(memory_backend):
 def test_without_enough_for_a_no_gpu_hour_the_start_is_refused(memory_backend):
     world = World(credit_amount="4.00")
     MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU), currency="USD", price_per_unit=Decimal("50")
+        meter=builtin_meters()[NO_GPU], currency="USD", price_per_unit=Decimal("50")
     )
     instance, _ = compute.instance_launch(actor=world.actor(), request=world.request())
     settle(instance)

@@ -15,7 +15,8 @@ from portal.compute.lifecycle import InvalidTransition, State
 from portal.compute.models import Instance, Quota
 from portal.errors import Conflict, InvalidInput
 from portal.metering.lifecycle_usage import NO_GPU
-from portal.metering.models import Meter, MeterPrice
+from portal.metering.models import MeterPrice
+from portal.metering.services import builtin_meters
 from tests.factories import World, settle
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.django_db
 def world(memory_backend):
     world = World()
     MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU), currency="USD", price_per_unit=Decimal("0.80")
+        meter=builtin_meters()[NO_GPU], currency="USD", price_per_unit=Decimal("0.80")
     )
     return world
 
@@ -163,7 +164,7 @@ def test_not_offered_where_no_no_gpu_price_is_set(world):
 def test_a_region_s_own_price_wins_over_the_every_region_one(world):
     from portal.metering.rating import no_gpu_hourly_price
 
-    meter = Meter.objects.get(key=NO_GPU)
+    meter = builtin_meters()[NO_GPU]
     MeterPrice.objects.create(
         meter=meter, currency="USD", region=world.region, price_per_unit=Decimal("0.55")
     )

@@ -9,7 +9,8 @@ from django.utils import translation
 
 from portal.compute import services
 from portal.metering.lifecycle_usage import NO_GPU
-from portal.metering.models import Meter, MeterPrice
+from portal.metering.models import MeterPrice
+from portal.metering.services import builtin_meters
 from tests import factories
 from tests.factories import settle
 
@@ -27,7 +28,7 @@ def owner_client(org, owner):
 @pytest.fixture
 def no_gpu_price(db):
     return MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU), currency="USD", price_per_unit=Decimal("0.80")
+        meter=builtin_meters()[NO_GPU], currency="USD", price_per_unit=Decimal("0.80")
     )
 
 
@@ -93,7 +94,7 @@ def test_not_offered_without_a_no_gpu_price_nor_to_viewers(owner_client, launch,
     assert instance.state == "stopped"
 
     MeterPrice.objects.create(
-        meter=Meter.objects.get(key=NO_GPU), currency="USD", price_per_unit=Decimal("0.80")
+        meter=builtin_meters()[NO_GPU], currency="USD", price_per_unit=Decimal("0.80")
     )
     viewer = Client()
     viewer.force_login(factories.member(org, "viewer"))

@@ -111,10 +111,12 @@ def test_launch_goes_from_pending_to_running_through_a_real_worker(env, tmp_path
         )
         instance = Instance.objects.get(pk=instance_id)
         assert instance.ip_address
-        assert [e.to_state for e in instance.events.order_by("id")] == [
-            "pending",
-            "provisioning",
-            "running",
+        steps = [(e.to_state, e.detail.get("stage")) for e in instance.events.order_by("id")]
+        assert steps == [
+            ("pending", None),
+            ("provisioning", None),
+            ("", "booting"),  # the host has the machine: placing is over
+            ("running", None),
         ]
     finally:
         stop(worker)

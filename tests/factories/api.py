@@ -107,6 +107,21 @@ def api_world() -> ApiWorld:
         )
         for n in range(ROWS)
     ]
+    from billing.models import FapiaoRequest
+
+    fapiao_requests = [  # rows only: the list reads their lines and covered invoices
+        FapiaoRequest.objects.create(
+            organization=org,
+            kind="ordinary",
+            currency="CNY",
+            amount=100 * (n + 1),
+            net=100 * (n + 1),
+            tax=0,
+            buyer_title=org.name,
+            buyer_tax_id="91110108MA01ABCD1E",
+        )
+        for n in range(ROWS)
+    ]
     return ApiWorld(
         org=org,
         ids={
@@ -116,5 +131,6 @@ def api_world() -> ApiWorld:
             "invoices": [invoice.pk for invoice in invoices],
             "credit-requests": [request.pk for request in credit_requests],
             "bank-transfers": [notice.pk for notice in bank_transfers],
+            "fapiao-requests": [request.pk for request in fapiao_requests],
         },
     )
