@@ -131,9 +131,10 @@ echo "==> migrations are up to date"
 .venv/bin/python -m django makemigrations --check --dry-run >/dev/null \
     || { echo "error: models changed without a migration (make migrations)" >&2; exit 1; }
 
-# pytest runs in parallel with pytest-xdist, one process per core (TEST_WORKERS=auto; N for N
-# processes, 0 for one process), each with its own test database and its own eight databases
-# on the one Redis server (tests/conftest.py, redis_db).
+# pytest runs in parallel with pytest-xdist, one process more than there are cores (much of the
+# suite waits: on browsers, workers, booting guests), or TEST_WORKERS=N (0 for one process), each
+# with its own test database and its own eight databases on the one Redis server
+# (tests/conftest.py, redis_db). Tests sharing a daemon stay on one worker (loadgroup).
 echo "==> pytest"
-.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-auto}" \
-    --durations=15 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-$(( $(nproc) + 1 ))}" \
+    --dist loadgroup --durations=25 "$@"

@@ -155,7 +155,14 @@ def simulated_backend(settings):
 # The real-VM tests take minutes of one worker (QEMU emulates here); run first, they pass beside
 # the rest of the suite instead of after it (pytest-xdist hands out tests in collection order).
 FIRST = ("tests/provisioning/test_real_vm.py",)
+# Tests that share an expensive daemon run on one worker (``--dist loadgroup``, scripts/test.sh):
+# one private libvirtd and one Slurm cluster per run, not one per worker.
+GROUPS = {"tests/provisioning/test_real_vm.py": "real-vm", "tests/slurm/": "slurm"}
 
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(FIRST))
+    for item in items:
+        for prefix, group in GROUPS.items():
+            if item.nodeid.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
