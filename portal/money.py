@@ -16,7 +16,14 @@ places (the ledger's precision, far below a minor unit); ``at_rating_precision``
 figure there, as Decimal arithmetic itself rounds (half-even).
 """
 
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import (
+    ROUND_CEILING,
+    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    InvalidOperation,
+)
 
 from django.db import models
 from django.utils.translation import gettext as _
@@ -144,7 +151,9 @@ def decimal_text(
     """A decimal as written, without trailing zeros and never with an exponent, with at least
     ``min_places`` decimals: ``1.500000`` -> ``1.5``; with ``min_places=2``, ``4`` -> ``4.00``;
     ``grouping`` puts commas between thousands."""
-    value = Decimal(value).normalize()
+    value = Decimal(value)
+    # without trailing zeros, and never rounded: the context is as precise as the value
+    value = value.normalize(Context(prec=max(len(value.as_tuple().digits), 1)))
     exponent = value.as_tuple().exponent
     places = max(min_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
     spec = f"{',' if grouping else ''}.{places}f"

@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from portal import money
@@ -143,6 +143,7 @@ def test_unit_prices_keep_their_decimals(value, plain, document):
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=6, max_value=10**8))
+@example(Decimal("-123456789012345678901234567.123456"))  # more digits than a default context
 def test_unit_price_text_reads_back_as_the_same_number(value):
     text = money.format_unit_price(value)
     assert Decimal(text) == value
