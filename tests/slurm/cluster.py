@@ -295,8 +295,10 @@ StorageLoc={self.database}
         d = self.root
         if self.private_mysql:  # its data directory takes ~3.5 s: made while the rest starts
             (d / "log").mkdir()
+            (d / "mysql-tmp").mkdir()  # its own temporary tables, never another server's /tmp
             installing = subprocess.Popen(
                 ["mariadb-install-db", "--no-defaults", f"--datadir={d}/mysql", "--user=root",
+                 f"--tmpdir={d}/mysql-tmp",
                  "--auth-root-authentication-method=normal", "--skip-test-db",
                  "--skip-name-resolve"],
                 stdout=open(d / "log" / "mariadb-install.out", "wb"),  # noqa: SIM115
@@ -319,7 +321,7 @@ StorageLoc={self.database}
             self._spawn(
                 "mariadbd",
                 "mariadbd", "--no-defaults", f"--datadir={d}/mysql", "--user=root",
-                f"--socket={d}/mysql/sock", f"--port={self.mysql_port}", "--bind-address=127.0.0.1",
+                f"--tmpdir={d}/mysql-tmp", f"--socket={d}/mysql/sock", f"--port={self.mysql_port}", "--bind-address=127.0.0.1",
                 "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
                 f"--pid-file={d}/mysql/pid",
             )  # fmt: skip
