@@ -134,7 +134,8 @@ echo "==> migrations are up to date"
 # pytest runs in parallel with pytest-xdist, one process more than there are cores (much of the
 # suite waits: on browsers, workers, booting guests), or TEST_WORKERS=N (0 for one process), each
 # with its own test database and its own eight databases on the one Redis server
-# (tests/conftest.py, redis_db). Tests sharing a daemon stay on one worker (loadgroup).
+# (tests/conftest.py, redis_db). Tests sharing a daemon stay on one worker (tests/conftest.py,
+# GROUPS).
 echo "==> pytest"
 .venv/bin/python -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-$(( $(nproc) + 1 ))}" \
-    --dist loadgroup --durations=25 "$@"
+    --durations=25 "$@"

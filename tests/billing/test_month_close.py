@@ -612,11 +612,11 @@ def test_a_no_gpu_price_changed_in_the_month_splits_its_line_as_the_draft_does(w
     changes, as the running draft does, and leaves another region's line whole."""
     from portal.catalog import services as catalog_services
     from portal.metering.lifecycle_usage import NO_GPU
-    from portal.metering.models import Meter, MeterPrice
+    from portal.metering.models import MeterPrice
 
     one = world.types["gpu_1x_h200"]
     west = catalog_services.region_ensure(code="us-west-9", name="West", country="US")
-    meter = Meter.objects.get(key=NO_GPU)
+    meter = builtin_meters()[NO_GPU]
     change = OCT_START + 10 * 24 * H
     for region, moment, price in (
         (None, datetime(2026, 9, 1, tzinfo=UTC), "0.80"),

@@ -387,7 +387,7 @@ def test_the_no_gpu_price_is_set_per_region_and_only_it_may_have_one(staff_clien
     from portal.metering.lifecycle_usage import NO_GPU
     from tests.factories import catalog as catalog_factories
 
-    no_gpu = Meter.objects.get(key=NO_GPU)
+    no_gpu = services.builtin_meters()[NO_GPU]
     east = catalog_factories.region("us-east-1")
     html = staff_client.get(f"/admin/metering/meter/{no_gpu.pk}/change/").content.decode()
     assert 'name="prices-0-region"' in html
