@@ -613,6 +613,7 @@ def test_a_no_gpu_price_changed_in_the_month_splits_its_line_as_the_draft_does(w
     from portal.catalog import services as catalog_services
     from portal.metering.lifecycle_usage import NO_GPU
     from portal.metering.models import MeterPrice
+    from portal.metering.services import builtin_meters
 
     one = world.types["gpu_1x_h200"]
     west = catalog_services.region_ensure(code="us-west-9", name="West", country="US")
