@@ -69,6 +69,7 @@ API_COLUMNS = (
     "scheduled_stop_at",
     "release_at",
     "gpus",
+    "backend",
     "instance_type__name",
     "region__code",
     "image__name",
@@ -211,7 +212,7 @@ _API_SQL = """
 SELECT i.id, i.name, i.state, i.desired_state, i.observed_state, i.status_message,
     i.ip_address, i.disk_gb, i.created_at, i.running_since, i.terminated_at,
     i.ssh_user, i.ssh_port, i.idle_stop_enabled, i.idle_stop_threshold_pct, i.idle_stop_minutes,
-    i.scheduled_stop_at, i.release_at, i.gpus, t.name, r.code, m.name,
+    i.scheduled_stop_at, i.release_at, i.gpus, i.backend, t.name, r.code, m.name,
     (SELECT COUNT(*) FROM compute_instance c WHERE c.organization_id = %s)
 FROM compute_instance i
 JOIN catalog_instancetype t ON t.id = i.instance_type_id
@@ -222,7 +223,7 @@ ORDER BY i.created_at DESC, i.id DESC
 LIMIT %s OFFSET %s
 """
 _API_FIELDS = (
-    *(Instance._meta.get_field(name) for name in API_COLUMNS[:19]),
+    *(Instance._meta.get_field(name) for name in API_COLUMNS[:20]),
     InstanceType._meta.get_field("name"),
     Region._meta.get_field("code"),
     Image._meta.get_field("name"),

@@ -42,7 +42,7 @@ from portal.compute.forms import (
     TerminateForm,
     VolumeForm,
 )
-from portal.compute.lifecycle import FINAL, LIVE, State, allowed_actions
+from portal.compute.lifecycle import FINAL, LIVE, State
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.models import Instance, VolumeState
 from portal.compute.readiness import launch_credit
@@ -339,7 +339,7 @@ def _detail_context(
     rename_form: RenameForm | None = None,
     stop_form: StopSettingsForm | None = None,
 ) -> dict:
-    allowed = allowed_actions(instance.state)
+    allowed = services.actions_offered(instance.state, instance.backend)
     can_manage = request.actor.can(Action.INSTANCE_MANAGE)
     buttons = [
         {

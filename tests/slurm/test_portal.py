@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.test import Client
 
 from portal.catalog import services as catalog_services
 from portal.catalog.models import Allocation
@@ -79,6 +80,15 @@ def test_the_api_refuses_stop_with_its_code(world, slurm, api_client):
     answer = api_client.post(f"/api/v1/instances/{instance.pk}/stop")
     assert answer.status_code == 409, answer.content
     assert answer.json()["error"]["code"] == "action_unsupported"
+    # nor is it offered: the API lists, and the page shows, only what Slurm can do
+    assert api_client.get(f"/api/v1/instances/{instance.pk}").json()["actions"] == ["terminate"]
+    listed = api_client.get("/api/v1/instances").json()["results"]
+    assert [row["actions"] for row in listed] == [["terminate"]]
+    page = Client()
+    page.force_login(world.owner)
+    html = page.get(f"/instances/{instance.pk}/").content.decode()
+    assert 'id="action-stop"' not in html and 'id="action-reboot"' not in html
+    assert 'id="terminate-form"' in html
 
 
 def fill_the_cluster(slurm) -> None:

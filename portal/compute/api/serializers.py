@@ -2,7 +2,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from portal.compute.lifecycle import State, allowed_actions
+from portal.compute.lifecycle import State
 from portal.compute.models import (
     DEFAULT_SSH_USER,
     IDLE_MINUTES,
@@ -12,6 +12,7 @@ from portal.compute.models import (
     Volume,
     ssh_command,
 )
+from portal.compute.services import actions_offered
 
 # The automatic stop settings (``portal.compute.services.idle``), shown and set through the API.
 STOP_FIELDS = (
@@ -83,14 +84,11 @@ class InstanceSerializer(serializers.ModelSerializer):
         return instance.ssh_user or DEFAULT_SSH_USER
 
     def get_actions(self, instance) -> list[str]:
-        return allowed_actions(instance.state)
+        return actions_offered(instance.state, instance.backend)
 
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_release_at(self, instance) -> str | None:
         return _DATETIME.to_representation(release_at(instance.state, instance.release_at))
-
-
-_ACTIONS = {state: allowed_actions(state) for state in State.values}
 
 
 def instance_list_rows(rows) -> list[dict]:
@@ -116,7 +114,7 @@ def instance_list_rows(rows) -> list[dict]:
             "ssh_user": row["ssh_user"] or DEFAULT_SSH_USER,
             "gpus": row["gpus"],
             "disk_gb": row["disk_gb"],
-            "actions": list(_ACTIONS[row["state"]]),
+            "actions": actions_offered(row["state"], row["backend"]),
             "created_at": when(row["created_at"]),
             "running_since": when(row["running_since"]),
             "terminated_at": when(row["terminated_at"]),

@@ -26,6 +26,7 @@ from portal.compute.errors import QuotaExceeded
 from portal.compute.services._checks import MIG_COMPUTE_SLICES, gpu_units
 from portal.compute.services._common import NAME_PATTERN, SYSTEM, mark_dispatched
 from portal.compute.services.actions import (
+    actions_offered,
     instance_action,
     instance_rename,
     no_gpu_price,
@@ -69,6 +70,7 @@ __all__ = [
     "QuotaExceeded",
     "ReconcileReport",
     "ReleaseReport",
+    "actions_offered",
     "gpu_units",
     "idle_verdict",
     "idle_watch",

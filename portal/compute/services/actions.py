@@ -20,7 +20,7 @@ from portal.catalog import capacity
 from portal.catalog.models import InstanceType
 from portal.catalog.types import CpuShape
 from portal.compute.errors import ComputeErrorCode
-from portal.compute.lifecycle import LIVE, Action, action_target
+from portal.compute.lifecycle import LIVE, Action, action_target, allowed_actions
 from portal.compute.models import DesiredState, Instance
 from portal.compute.services._checks import check_quota, run_launch_checks
 from portal.compute.services._common import (
@@ -120,6 +120,14 @@ def _unsupported_actions(alias: str) -> frozenset[str]:
         return get_backend(alias).unsupported_actions
     except InvalidBackendError:  # an alias no longer configured: the sync reports it
         return frozenset()
+
+
+def actions_offered(state: str, backend: str) -> list[str]:
+    """What a customer may ask of an instance in ``state`` on ``backend``: the lifecycle's
+    actions, less what the engine cannot do (a Slurm allocation is not stopped or started).
+    Pages show these buttons and the API lists these ``actions``."""
+    unsupported = _unsupported_actions(backend)
+    return [action for action in allowed_actions(state) if action not in unsupported]
 
 
 @transaction.atomic(durable=True)
