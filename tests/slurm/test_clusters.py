@@ -6,7 +6,9 @@ import pytest
 
 from portal.catalog.capacity import CapacityUnavailable
 from portal.compute.models import Cluster, Instance, InstanceEvent
+from portal.compute.services import instance_action
 from portal.compute.services.clusters import cluster_launch, cluster_sync, cluster_terminate
+from portal.errors import Conflict
 from portal.metering.lifecycle_usage import COMPUTE, instance_usage, seconds
 from tests.slurm.conftest import REGION
 from tests.slurm.test_portal import world  # noqa: F401 - the fixture
@@ -60,6 +62,12 @@ def test_a_two_node_cluster_runs_all_or_nothing_and_ends_as_one(world, slurm):  
     assert Cluster.objects.filter(name="third").count() == 0
     assert not Instance.objects.filter(name__startswith="third-").exists()
     assert len(slurm.rest("GET", "jobs")["jobs"]) == before[2]
+
+    for action in ("terminate", "stop"):  # a node goes only with its cluster
+        with pytest.raises(Conflict) as refused:
+            instance_action(actor=world.actor(), instance_id=members[0].pk, action=action)
+        assert refused.value.code == "cluster_member"
+    assert Instance.objects.get(pk=members[0].pk).state == "running"
 
     cluster_terminate(actor=world.actor(), cluster_id=cluster.pk)
     assert cluster_sync(cluster_id=cluster.pk) == "terminated"
