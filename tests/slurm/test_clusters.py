@@ -14,6 +14,11 @@ from tests.slurm.conftest import REGION
 from tests.slurm.test_portal import world  # noqa: F401 - the fixture
 
 
+@pytest.fixture(autouse=True)
+def room_for_clusters(settings):
+    settings.DEFAULT_GPU_QUOTA = 64  # the whole test cluster: 4 nodes x 8 GPUs, twice over
+
+
 def launch(world, name, nodes):  # noqa: F811
     key_ids = tuple(world.request(name, "gpu_8x_h200").ssh_key_ids)
     return cluster_launch(
@@ -122,3 +127,17 @@ def test_slurm_refusing_the_cluster_fails_it_whole(world, slurm):  # noqa: F811
     assert event.detail["code"] == "capacity_unavailable"
     assert event.detail["free_nodes"] == 3
     assert [j["name"] for j in running_jobs(slurm)] == ["other-user"]
+
+
+def test_a_cluster_over_the_gpu_quota_is_refused_whole(world, slurm):  # noqa: F811
+    """Each node is checked as a launch is, counting the nodes before it: 16 GPUs with a quota
+    of 8 is refused, and nothing is written."""
+    from portal.compute.errors import QuotaExceeded
+    from portal.compute.models import Quota
+
+    Quota.objects.create(organization=world.org, max_gpus=8)
+    with pytest.raises(QuotaExceeded):
+        launch(world, "too-big", 2)
+    assert not Cluster.objects.exists() and not Instance.objects.exists()
+    assert running_jobs(slurm) == []
+    assert launch(world, "fits", 1).node_count == 1  # one node is within the quota

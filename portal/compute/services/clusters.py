@@ -24,6 +24,7 @@ from portal.catalog import capacity
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import FINAL, State
 from portal.compute.models import Cluster, ClusterState, Instance, InstanceEvent
+from portal.compute.services._checks import check_quota, run_launch_checks
 from portal.compute.services._common import (
     SYSTEM,
     announce_instance,
@@ -85,6 +86,17 @@ def cluster_launch(
         backend=settings.PROVISIONING_BACKEND,
     )
     for number in range(1, node_count + 1):
+        # each node is checked as a launch is: the GPU quota, verification and whether the
+        # organisation can pay, counting the nodes before it (inserted and announced above)
+        check_quota(organization, itype)
+        run_launch_checks(
+            organization=organization,
+            instance_type=itype,
+            region=region_obj,
+            actor=actor,
+            new_volume_gb=0,
+            hourly_price=hourly,
+        )
         member = Instance(
             organization=organization,
             name=f"{name}-node{number}",
