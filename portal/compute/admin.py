@@ -20,7 +20,7 @@ from portal.accounts.types import Actor
 from portal.admin_base import ReadOnlyAdmin, ReadOnlyTabularInline
 from portal.compute import services
 from portal.compute.lifecycle import FINAL
-from portal.compute.models import BackendOrphan, Instance, InstanceEvent, Quota, Volume
+from portal.compute.models import BackendOrphan, Cluster, Instance, InstanceEvent, Quota, Volume
 
 BOTH = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
 
@@ -246,3 +246,22 @@ class BackendOrphanAdmin(ReadOnlyAdmin):
     list_display = ["machine_id", "backend", "state", "first_seen", "last_seen", "detail"]
     list_filter = ["backend", "state"]
     search_fields = ["machine_id"]
+
+
+@admin.register(Cluster)
+class ClusterAdmin(ReadOnlyAdmin):
+    list_display = [
+        "name",
+        "organization",
+        "instance_type",
+        "region",
+        "node_count",
+        "state",
+        "backend",
+        "created_at",
+        "running_since",
+        "terminated_at",
+    ]
+    list_filter = ["state", "region", "organization"]
+    list_select_related = ["organization", "instance_type", "region"]
+    search_fields = ["name", "organization__name"]

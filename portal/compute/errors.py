@@ -19,6 +19,8 @@ class ComputeErrorCode(StrEnum):
     INVALID = "invalid"  # a launch, volume or rename request that is not valid (see details)
     ACTION_UNSUPPORTED = "action_unsupported"  # the instance's engine cannot (Slurm: stop)
     NAME_TAKEN = "name_taken"
+    # a node of a cluster is stopped or terminated only with its cluster
+    CLUSTER_MEMBER = "cluster_member"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     QUOTA_EXCEEDED = "quota_exceeded"
     VOLUME_IN_USE = "volume_in_use"

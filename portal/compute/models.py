@@ -26,6 +26,53 @@ class DesiredState(models.TextChoices):
     TERMINATED = "terminated", _("Terminated")
 
 
+class ClusterState(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    TERMINATING = "terminating", _("Terminating")
+    TERMINATED = "terminated", _("Terminated")
+    FAILED = "failed", _("Failed")
+
+
+class Cluster(models.Model):
+    """N nodes x 8 GPUs of one type, allocated all-or-nothing as one backend job. Its nodes are
+    ordinary instances (``Instance.cluster``), so metering, invoices and quotas see them."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="clusters"
+    )
+    name = models.CharField(max_length=63)
+    instance_type = models.ForeignKey(InstanceType, on_delete=models.PROTECT, related_name="+")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
+    node_count = models.PositiveSmallIntegerField()
+    state = models.CharField(
+        max_length=12, choices=ClusterState.choices, default=ClusterState.PENDING
+    )
+    status_message = models.CharField(max_length=300, blank=True)
+    backend = models.CharField(max_length=40, help_text=_("Provisioning backend alias."))
+    created_at = models.DateTimeField(default=timezone.now)
+    running_since = models.DateTimeField(null=True, blank=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=ClusterState.values), name="compute_cluster_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(node_count__gte=1), name="compute_cluster_node_count_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def backend_id(self) -> str:
+        return f"cluster-{self.pk}"
+
+
 class Instance(models.Model):
     """A GPU machine of an organisation.
 
@@ -58,6 +105,9 @@ class Instance(models.Model):
     status_message = models.CharField(max_length=300, blank=True)
 
     backend = models.CharField(max_length=40, help_text=_("Provisioning backend alias."))
+    cluster = models.ForeignKey(
+        "Cluster", on_delete=models.PROTECT, null=True, blank=True, related_name="members"
+    )
     allocation = models.OneToOneField(
         Allocation, null=True, blank=True, on_delete=models.SET_NULL, related_name="instance"
     )

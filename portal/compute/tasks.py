@@ -50,3 +50,22 @@ def release_stopped() -> dict:
     """Notices before, then the release of, instances stopped too long (volumes kept)."""
     report = services.release_due()
     return {key: list(value) for key, value in report.__dict__.items()}
+
+
+@shared_task(
+    name="compute.cluster_sync",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(TransientBackendError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=10,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def cluster_sync(cluster_id: int) -> None:
+    """Create a pending cluster on its backend, or end a terminating one (safe to run twice)."""
+    from portal.compute.services.clusters import cluster_sync as sync
+
+    sync(cluster_id=cluster_id)

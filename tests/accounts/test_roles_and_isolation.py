@@ -81,8 +81,21 @@ def build_world(org=None) -> World:
             "notice": notice.pk,
             "wallet_payment": wallet_payment.pk,
             "fapiao": fapiao_request.pk,
+            "cluster": _cluster(instance).pk,
         },
     )
+
+
+def _cluster(instance):
+    """A running cluster whose one node is ``instance``'s sibling (no backend job: terminate
+    only records the request)."""
+    from portal.compute.models import Cluster
+
+    return Cluster.objects.create(
+        organization=instance.organization, name=f"c{instance.pk}",
+        instance_type=instance.instance_type, region=instance.region, node_count=1,
+        state="running", backend=instance.backend,
+    )  # fmt: skip
 
 
 def _bank_transfer_notice(org):
@@ -341,6 +354,29 @@ API_OPS = [
         for a, s in (("stop", "stopping"), ("reboot", "rebooting"), ("terminate", "terminating"))
     ),
     op("api volumes", "GET", "/api/v1/volumes", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op("api clusters", "GET", "/api/v1/clusters", ALL, 200, Action.INSTANCE_VIEW, api=True),
+    op(
+        "api cluster", "GET", "/api/v1/clusters/{cluster}", ALL, 200, Action.INSTANCE_VIEW, api=True
+    ),
+    op(
+        "api cluster launch",
+        "POST",
+        "/api/v1/clusters",
+        BUILDERS,
+        400,
+        Action.INSTANCE_MANAGE,
+        {},
+        True,
+    ),
+    op(
+        "api cluster terminate",
+        "POST",
+        "/api/v1/clusters/{cluster}/terminate",
+        BUILDERS,
+        202,
+        Action.INSTANCE_MANAGE,
+        api=True,
+    ),
     # permission is checked before the body: allowed roles get the validation error
     op("api launch", "POST", "/api/v1/instances", BUILDERS, 400, Action.INSTANCE_MANAGE, {}, True),
     op(
@@ -818,6 +854,7 @@ SAMPLE_IDS = {
         ("volume", "card", "invoice", "job", "credit_request", "notice", "wallet_payment"), 1
     ),
     "fapiao": 1,
+    "cluster": 1,
     "checkout": "token",
 }
 

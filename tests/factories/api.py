@@ -68,6 +68,20 @@ def api_world() -> ApiWorld:
         )
         for n in range(ROWS)
     ]
+    from portal.compute.models import Cluster
+
+    clusters = [
+        Cluster.objects.create(
+            organization=org,
+            name=f"cluster-{n}",
+            instance_type=running.instance_type,
+            region=running.region,
+            node_count=2,
+            state="running",
+            backend=running.backend,
+        )
+        for n in range(ROWS)
+    ]
     for _ in range(ROWS - 1):
         factories.credit(org, "100")
     this_month = timezone.now().date().replace(day=1)
@@ -128,6 +142,7 @@ def api_world() -> ApiWorld:
             "instances": [running.pk, stopped.pk, pending.pk],
             "ssh-keys": [key.pk for key in ssh_keys],
             "volumes": [volume.pk for volume in volumes],
+            "clusters": [cluster.pk for cluster in clusters],
             "invoices": [invoice.pk for invoice in invoices],
             "credit-requests": [request.pk for request in credit_requests],
             "bank-transfers": [notice.pk for notice in bank_transfers],

@@ -7,6 +7,7 @@ from portal.compute.models import (
     DEFAULT_SSH_USER,
     IDLE_MINUTES,
     IDLE_THRESHOLD_PCT,
+    Cluster,
     Instance,
     InstanceEvent,
     Volume,
@@ -255,3 +256,42 @@ class VolumeCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=63)
     region = serializers.CharField(max_length=40)
     size_gb = serializers.IntegerField(min_value=1, max_value=65536)
+
+
+class ClusterNodeSerializer(serializers.ModelSerializer):
+    host = serializers.CharField(source="host.name", allow_null=True, default=None)
+
+    class Meta:
+        model = Instance
+        fields = ["id", "name", "state", "host", "running_since"]
+
+
+class ClusterSerializer(serializers.ModelSerializer):
+    instance_type = serializers.CharField(source="instance_type.name")
+    region = serializers.CharField(source="region.code")
+    nodes = ClusterNodeSerializer(source="members", many=True, read_only=True)
+
+    class Meta:
+        model = Cluster
+        fields = [
+            "id",
+            "name",
+            "instance_type",
+            "region",
+            "node_count",
+            "state",
+            "status_message",
+            "created_at",
+            "running_since",
+            "terminated_at",
+            "nodes",
+        ]
+
+
+class ClusterCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    instance_type = serializers.CharField(max_length=100)
+    region = serializers.CharField(max_length=50)
+    node_count = serializers.IntegerField(min_value=1, max_value=64)
+    ssh_key_ids = serializers.ListField(child=serializers.IntegerField(), allow_empty=False)
+    image = serializers.CharField(max_length=100, required=False, default="")

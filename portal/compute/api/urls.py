@@ -19,6 +19,13 @@ urlpatterns = [
         path(f"instances/<int:pk>/{name}", view, name=f"api-instance-{name}")
         for name, view in views.INSTANCE_ACTION_VIEWS.items()
     ),
+    path("clusters", views.ClusterListView.as_view(), name="api-clusters"),
+    path("clusters/<int:pk>", views.ClusterDetailView.as_view(), name="api-cluster"),
+    path(
+        "clusters/<int:pk>/terminate",
+        views.ClusterTerminateView.as_view(),
+        name="api-cluster-terminate",
+    ),
     path("volumes", views.VolumeListView.as_view(), name="api-volumes"),
     path("volumes/<int:pk>", views.VolumeDetailView.as_view(), name="api-volume"),
 ]

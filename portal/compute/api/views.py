@@ -1,6 +1,7 @@
 """Instances and volumes API. Views parse input, call one service or selector, render."""
 
 import django_filters
+from django.db.models import Prefetch
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -14,7 +15,8 @@ from portal.compute.api import serializers
 from portal.compute.errors import ComputeErrorCode
 from portal.compute.lifecycle import Action as InstanceAction
 from portal.compute.lifecycle import State
-from portal.compute.models import Instance, InstanceEvent, Volume
+from portal.compute.models import Cluster, Instance, InstanceEvent, Volume
+from portal.compute.services.clusters import cluster_launch, cluster_terminate
 from portal.errors import InvalidInput
 
 
@@ -295,3 +297,78 @@ class VolumeDetailView(APIView):
     def delete(self, request, pk: int):
         services.volume_delete(actor=request.actor, volume_id=pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _clusters(organization):
+    return (
+        Cluster.objects.filter(organization=organization)
+        .select_related("instance_type", "region")
+        .prefetch_related(
+            Prefetch("members", Instance.objects.select_related("host").order_by("pk"))
+        )
+    )
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="The organisation's clusters",
+        responses=list_responses(serializers.ClusterSerializer),
+    ),
+    post=extend_schema(summary="Launch a cluster of N nodes x 8 GPUs, all or nothing"),
+)
+class ClusterListView(generics.ListAPIView):
+    actions = {"GET": Action.INSTANCE_VIEW, "POST": Action.INSTANCE_MANAGE}
+    serializer_class = serializers.ClusterSerializer
+    queryset = Cluster.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return _clusters(self.request.actor.organization)
+
+    @extend_schema(
+        request=serializers.ClusterCreateSerializer,
+        responses={201: serializers.ClusterSerializer, **error_responses(400, 401, 403, 409, 415)},
+    )
+    def post(self, request):
+        payload = serializers.ClusterCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        cluster = cluster_launch(
+            actor=request.actor, **{**data, "ssh_key_ids": tuple(data["ssh_key_ids"])}
+        )
+        cluster = _clusters(request.actor.organization).get(pk=cluster.pk)
+        return Response(serializers.ClusterSerializer(cluster).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        summary="A cluster with its nodes",
+        responses={200: serializers.ClusterSerializer, **error_responses(401, 403, 404)},
+    )
+)
+class ClusterDetailView(generics.RetrieveAPIView):
+    actions = {"GET": Action.INSTANCE_VIEW}
+    serializer_class = serializers.ClusterSerializer
+    queryset = Cluster.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return _clusters(self.request.actor.organization)
+
+
+@extend_schema_view(post=extend_schema(summary="Terminate a cluster and all its nodes"))
+class ClusterTerminateView(APIView):
+    actions = {"POST": Action.INSTANCE_MANAGE}
+
+    @extend_schema(
+        request=None,
+        responses={202: serializers.ClusterSerializer, **error_responses(401, 403, 404)},
+    )
+    def post(self, request, pk: int):
+        cluster_terminate(actor=request.actor, cluster_id=pk)
+        cluster = _clusters(request.actor.organization).get(pk=pk)
+        return Response(
+            serializers.ClusterSerializer(cluster).data, status=status.HTTP_202_ACCEPTED
+        )

@@ -99,9 +99,11 @@ def record_event(
     from_state: str = "",
     to_state: str = "",
     detail=None,
+    at: datetime | None = None,
 ) -> InstanceEvent:
     event = InstanceEvent(
         instance=instance,
+        created_at=at or timezone.now(),
         actor_label=actor[:200],
         reason=reason[:300],
         from_state=from_state,
@@ -112,7 +114,15 @@ def record_event(
     return event
 
 
-def transition(instance: Instance, target: State, *, actor: str, reason: str, detail=None) -> None:
+def transition(
+    instance: Instance,
+    target: State,
+    *,
+    actor: str,
+    reason: str,
+    detail=None,
+    at: datetime | None = None,
+) -> None:
     """Move a locked instance to ``target`` (if the lifecycle allows it) and record the event.
     The event of an instance in no-GPU mode says so (``"gpus": false``): metering bills its
     running time from the events, on the no-GPU meter."""
@@ -121,14 +131,20 @@ def transition(instance: Instance, target: State, *, actor: str, reason: str, de
         detail = {**(detail or {}), "gpus": False}
     previous = instance.state
     instance.state = target
-    instance.state_changed_at = timezone.now()
+    instance.state_changed_at = at or timezone.now()
     instance.status_message = reason[:300] if target == State.FAILED else ""
     _stopped_clock(instance, previous, target)
     instance.save(
         update_fields=["state", "state_changed_at", "status_message", "stopped_since", "release_at"]
     )
     event = record_event(
-        instance, actor=actor, reason=reason, from_state=previous, to_state=target, detail=detail
+        instance,
+        actor=actor,
+        reason=reason,
+        from_state=previous,
+        to_state=target,
+        detail=detail,
+        at=at,
     )
     # at the event's moment: metering bills each state from its event
     announce_instance(instance, previous, target, at=event.created_at)

@@ -169,6 +169,13 @@ def action_in_transaction(
     )
     if current is None:
         raise NotFound(_("No such instance in this organisation."))
+    if current.cluster_id is not None:
+        raise Conflict(
+            _("This instance is a node of cluster %(cluster)s: terminate the cluster instead.")
+            % {"cluster": current.cluster_id},
+            code=ComputeErrorCode.CLUSTER_MEMBER,
+            details={"action": action, "cluster": current.cluster_id},
+        )
     if action in _unsupported_actions(current.backend):
         raise Conflict(
             UNSUPPORTED[Action(action)],
