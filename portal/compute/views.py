@@ -25,6 +25,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from portal.accounts import selectors as account_selectors
 from portal.accounts.roles import Action
 from portal.accounts.views import org_page
+from portal.api.errors import error_body
 from portal.catalog import selectors as catalog_selectors
 from portal.catalog import services as catalog_services
 from portal.catalog.capacity import CapacityUnavailable
@@ -611,6 +612,5 @@ def phone_home(request: HttpRequest, token: str) -> HttpResponse:
     try:
         services.instance_phone_home(token=token, posted=request.POST)
     except PortalError as exc:
-        body = {"error": {"code": str(exc.code), "message": exc.message, "details": exc.details}}
-        return JsonResponse(body, status=exc.status)
+        return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
     return JsonResponse({"received": True})

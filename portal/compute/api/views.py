@@ -1,7 +1,6 @@
 """Instances and volumes API. Views parse input, call one service or selector, render."""
 
 import django_filters
-from django.db.models import Prefetch
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, status
@@ -299,16 +298,6 @@ class VolumeDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-def _clusters(organization):
-    return (
-        Cluster.objects.filter(organization=organization)
-        .select_related("instance_type", "region")
-        .prefetch_related(
-            Prefetch("members", Instance.objects.select_related("host").order_by("pk"))
-        )
-    )
-
-
 @extend_schema_view(
     get=extend_schema(
         summary="The organisation's clusters",
@@ -324,7 +313,7 @@ class ClusterListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return _clusters(self.request.actor.organization)
+        return selectors.clusters_list(self.request.actor.organization)
 
     @extend_schema(
         request=serializers.ClusterCreateSerializer,
@@ -337,7 +326,7 @@ class ClusterListView(generics.ListAPIView):
         cluster = cluster_launch(
             actor=request.actor, **{**data, "ssh_key_ids": tuple(data["ssh_key_ids"])}
         )
-        cluster = _clusters(request.actor.organization).get(pk=cluster.pk)
+        cluster = selectors.clusters_list(request.actor.organization).get(pk=cluster.pk)
         return Response(serializers.ClusterSerializer(cluster).data, status=status.HTTP_201_CREATED)
 
 
@@ -355,7 +344,7 @@ class ClusterDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return _clusters(self.request.actor.organization)
+        return selectors.clusters_list(self.request.actor.organization)
 
 
 @extend_schema_view(post=extend_schema(summary="Terminate a cluster and all its nodes"))
@@ -368,7 +357,7 @@ class ClusterTerminateView(APIView):
     )
     def post(self, request, pk: int):
         cluster_terminate(actor=request.actor, cluster_id=pk)
-        cluster = _clusters(request.actor.organization).get(pk=pk)
+        cluster = selectors.clusters_list(request.actor.organization).get(pk=pk)
         return Response(
             serializers.ClusterSerializer(cluster).data, status=status.HTTP_202_ACCEPTED
         )
