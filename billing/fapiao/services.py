@@ -435,6 +435,21 @@ def _fapiao_number(value: str, field: str = "number") -> str:
     return number
 
 
+def _amounts(values: dict, *, message: str) -> dict:
+    """CNY amounts of a recorded fapiao as finance typed them (the tax may be zero); every
+    amount that cannot be read is named in one ``amount_invalid``."""
+    errors: dict[str, str] = {}
+    amounts = {}
+    for field, value in values.items():
+        try:
+            amounts[field] = parse_amount(value, "CNY", field=field, allow_zero=field == "tax")
+        except InvalidInput as exc:
+            errors.update(exc.details)
+    if errors:
+        raise InvalidInput(message, code=ErrorCode.AMOUNT_INVALID, details=errors)
+    return amounts
+
+
 def _issued_on(value, *, not_before) -> date:
     try:
         day = value if isinstance(value, date) else date.fromisoformat(str(value or "").strip())
@@ -464,17 +479,9 @@ def request_record_issued(
     OFD or XML, checked by content). The customer is emailed after commit. Nothing is
     written, and the file is not kept, when anything is refused."""
     finance_check(user)
-    errors: dict[str, str] = {}
-    amounts = {}
-    for field, value in (("net", net), ("tax", tax), ("total", total)):
-        try:
-            amounts[field] = parse_amount(value, "CNY", field=field, allow_zero=field == "tax")
-        except InvalidInput as exc:
-            errors.update(exc.details)
-    if errors:
-        raise InvalidInput(
-            _("Check the fapiao's amounts."), code=ErrorCode.AMOUNT_INVALID, details=errors
-        )
+    amounts = _amounts(
+        {"net": net, "tax": tax, "total": total}, message=_("Check the fapiao's amounts.")
+    )
     checked, content = files.file_check(upload)
     with transaction.atomic(durable=True):
         request = _locked_request(request_id)
@@ -621,19 +628,10 @@ def red_letter_record(
         raise InvalidInput(
             _("Say why the fapiao is reversed."), code=BillingErrorCode.REASON_REQUIRED
         )
-    errors: dict[str, str] = {}
-    amounts = {}
-    for field, value in (("amount", amount), ("net", net), ("tax", tax)):
-        try:
-            amounts[field] = parse_amount(value, "CNY", field=field, allow_zero=field == "tax")
-        except InvalidInput as exc:
-            errors.update(exc.details)
-    if errors:
-        raise InvalidInput(
-            _("Check the red-letter fapiao's amounts."),
-            code=ErrorCode.AMOUNT_INVALID,
-            details=errors,
-        )
+    amounts = _amounts(
+        {"amount": amount, "net": net, "tax": tax},
+        message=_("Check the red-letter fapiao's amounts."),
+    )
     if amounts["net"] + amounts["tax"] != amounts["amount"]:
         message = _("The amount before tax plus the tax must be the red-letter total.")
         raise InvalidInput(
